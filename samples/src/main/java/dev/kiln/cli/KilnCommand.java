@@ -15,6 +15,7 @@ import picocli.CommandLine.Command;
     subcommands = {
       CommandLine.HelpCommand.class,
       DoctorCommand.class,
+      BenchCommand.class,
     })
 public final class KilnCommand implements Runnable {
   @CommandLine.Spec CommandLine.Model.CommandSpec spec;
