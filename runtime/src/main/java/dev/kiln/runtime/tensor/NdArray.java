@@ -80,7 +80,7 @@ public final class NdArray {
   /** A new contiguous array with every element {@code value}. */
   public static NdArray full(DType dtype, double value, long... shape) {
     NdArray a = zeros(dtype, shape);
-    if (value != 0) {
+    if (Double.doubleToRawLongBits(value) != 0) { // -0.0 must be written too: zeros() holds +0.0
       a.fill(value);
     }
     return a;
@@ -199,6 +199,9 @@ public final class NdArray {
 
   /** Row-major contiguous: element {@code i} of the flat order lies at {@code offset + i}. */
   public boolean isContiguous() {
+    if (numel() == 0) {
+      return true; // no element is out of place; strides of an empty array are arbitrary
+    }
     long expect = 1;
     for (int d = shape.length - 1; d >= 0; d--) {
       if (shape[d] != 1 && strides[d] != expect) {
