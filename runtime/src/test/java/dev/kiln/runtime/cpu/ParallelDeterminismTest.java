@@ -34,16 +34,19 @@ class ParallelDeterminismTest {
   void everyOpIsBitIdenticalForOneAndManyThreads(boolean simd) {
     Simd.setEnabled(simd);
     Random rnd = new Random(61);
-    // Sizes above Parallel.MIN_PARALLEL_ELEMENTS and spanning many chunks; strided views on purpose.
-    NdArray big = TestArrays.fill(rnd, NdArray.zeros(DType.F32, 500, 600), 3).slice(1, 0, 600, 3); // [500, 200]
-    NdArray row = TestArrays.fill(rnd, NdArray.zeros(DType.F32, 200), 1);
-    NdArray bigD = TestArrays.fill(rnd, NdArray.zeros(DType.F64, 400, 500), 1).transpose(0, 1);
-    NdArray bf = TestArrays.fill(rnd, NdArray.zeros(DType.BF16, 300, 400), 1);
+    // Sizes above Parallel.MIN_PARALLEL_ELEMENTS (checked below) and spanning many chunks; strided views on purpose.
+    NdArray big = TestArrays.fill(rnd, NdArray.zeros(DType.F32, 800, 1200), 3).slice(1, 0, 1200, 3); // [800, 400]
+    NdArray row = TestArrays.fill(rnd, NdArray.zeros(DType.F32, 400), 1);
+    NdArray bigD = TestArrays.fill(rnd, NdArray.zeros(DType.F64, 600, 500), 1).transpose(0, 1);
+    NdArray bf = TestArrays.fill(rnd, NdArray.zeros(DType.BF16, 600, 500), 1);
     NdArray ids = NdArray.zeros(DType.I64, 5000);
     for (int i = 0; i < 5000; i++) {
-      ids.setLong(rnd.nextInt(700), i);
+      ids.setLong(rnd.nextInt(700), i); // 5000 x 64 = 320K elements looked up
     }
     NdArray table = TestArrays.fill(rnd, NdArray.zeros(DType.F32, 700, 64), 1);
+    for (NdArray a : new NdArray[] {big, bigD, bf}) {
+      assertTrue(a.numel() >= Parallel.MIN_PARALLEL_ELEMENTS, "test arrays must be large enough to go parallel");
+    }
     List<Supplier<NdArray>> ops = new ArrayList<>();
     ops.add(() -> Elementwise.exp(big));
     ops.add(() -> Elementwise.silu(big));
@@ -55,7 +58,7 @@ class ParallelDeterminismTest {
     ops.add(() -> Reduce.sum(big));
     ops.add(() -> Reduce.reduce(big, Op.MEAN, new int[] {0}, false));
     ops.add(() -> Reduce.reduce(bigD, Op.SUM, new int[] {1}, true));
-    ops.add(() -> Reduce.sum(NdArray.full(DType.F32, 0.1, 1 << 18)));
+    ops.add(() -> Reduce.sum(NdArray.full(DType.F32, 0.1, 1 << 19)));
     ops.add(() -> Reduce.argmax(big, 1, false));
     ops.add(() -> Softmax.softmax(big, -1));
     ops.add(() -> Softmax.logSoftmax(big, 0));
