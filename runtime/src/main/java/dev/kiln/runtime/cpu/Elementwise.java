@@ -42,6 +42,12 @@ public final class Elementwise {
   /** Fixed chunk size for {@link Parallel} (a multiple of the scratch block): results never depend on threads. */
   static final long GRAIN = 32 * Buffers.BLOCK;
 
+  /**
+   * Whether contiguous F32 add/sub/mul/div stream straight between segments (default) instead of going through
+   * the float[] scratch blocks; {@code -Dkiln.directF32=false} turns it off so the two can be measured.
+   */
+  static final boolean DIRECT_F32 = !"false".equalsIgnoreCase(System.getProperty("kiln.directF32"));
+
   private Elementwise() {}
 
   /** Unary functions; {@code keepsIntegers} ops compute on integer types, the rest give F32 for them. */
@@ -270,13 +276,55 @@ public final class Elementwise {
   private static NdArray binaryTo(Binary op, NdArray a, NdArray b, DType rt) {
     long[] shape = NdArray.broadcastShapes(a.shape(), b.shape());
     NdArray out = NdArray.zeros(rt, shape);
+    run(op, a, b, rt, shape, out);
+    return out;
+  }
+
+  /**
+   * {@code out = a op b} into an existing array (reusing buffers, or in place when {@code out} is {@code a} or
+   * {@code b}): {@code out} must have the broadcast shape and the result dtype {@link #binary} would give, must not
+   * be a broadcast view, and may share memory with an input only as exactly the same view. Returns {@code out}.
+   */
+  public static NdArray binaryInto(Binary op, NdArray a, NdArray b, NdArray out) {
+    long[] shape = NdArray.broadcastShapes(a.shape(), b.shape());
+    DType rt = DTypes.promote(a.dtype(), b.dtype());
+    if (op == Binary.DIV && !rt.isFloating()) {
+      rt = DType.F32;
+    }
+    checkOut(out, shape, rt, a, b);
+    run(op, a, b, rt, shape, out);
+    return out;
+  }
+
+  /** Checks a caller-supplied output array (shared by the {@code ...Into} kernels of this package). */
+  static void checkOut(NdArray out, long[] shape, DType rt, NdArray... inputs) {
+    if (!Arrays.equals(out.shape(), shape) || out.dtype() != rt) {
+      throw new IllegalArgumentException(
+          "output array is " + out.dtype() + Arrays.toString(out.shape()) + " but the result is " + rt
+              + Arrays.toString(shape));
+    }
+    for (int d = 0; d < shape.length; d++) {
+      if (shape[d] > 1 && out.stride(d) == 0) {
+        throw new IllegalArgumentException("output array is a broadcast view (dim " + d + " has stride 0)");
+      }
+    }
+    for (NdArray in : inputs) {
+      if (in.sharesStorageWith(out)
+          && !(in.offset() == out.offset() && Arrays.equals(in.shape(), out.shape())
+              && Arrays.equals(in.strides(), out.strides()))) {
+        throw new IllegalArgumentException(
+            "output array overlaps an input with a different layout; write into a separate array");
+      }
+    }
+  }
+
+  private static void run(Binary op, NdArray a, NdArray b, DType rt, long[] shape, NdArray out) {
     NdArray ea = a.expand(shape);
     NdArray eb = b.expand(shape);
-    boolean direct =
-        rt == DType.F32 && a.dtype() == DType.F32 && b.dtype() == DType.F32
+    boolean direct = DIRECT_F32
+        && rt == DType.F32 && a.dtype() == DType.F32 && b.dtype() == DType.F32
             && (op == Binary.ADD || op == Binary.SUB || op == Binary.MUL || op == Binary.DIV);
     drive(out, new NdArray[] {ea, eb}, DTypes.kindOf(rt), binaryKernel(op), direct ? op : null);
-    return out;
   }
 
   private static Kernel binaryKernel(Binary op) {

@@ -29,7 +29,20 @@ public final class Softmax {
     return run(x, dim, true);
   }
 
+  /**
+   * Softmax (or log-softmax with {@code log}) into an existing array of x's shape and result dtype; {@code out}
+   * may be {@code x} itself (in place). Returns {@code out}.
+   */
+  public static NdArray softmaxInto(NdArray x, int dim, boolean log, NdArray out) {
+    Elementwise.checkOut(out, x.shape(), DTypes.floatOf(x.dtype()), x);
+    return run(x, dim, log, out);
+  }
+
   private static NdArray run(NdArray x, int dim, boolean log) {
+    return run(x, dim, log, null);
+  }
+
+  private static NdArray run(NdArray x, int dim, boolean log, NdArray given) {
     int r = x.rank();
     if (r == 0) {
       throw new IllegalArgumentException("softmax needs at least one dim; got a 0-d array");
@@ -40,7 +53,7 @@ public final class Softmax {
           "softmax dim " + dim + " out of range for shape " + Arrays.toString(x.shape()));
     }
     DType rt = DTypes.floatOf(x.dtype());
-    NdArray out = NdArray.zeros(rt, x.shape());
+    NdArray out = given != null ? given : NdArray.zeros(rt, x.shape());
     long n = x.shape(d);
     if (out.numel() == 0) {
       return out;

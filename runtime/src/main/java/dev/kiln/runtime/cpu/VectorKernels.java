@@ -113,16 +113,14 @@ final class VectorKernels {
   static boolean unary(Elementwise.Unary op, float[] x, float[] o, int n) {
     switch (op) {
       case EXP, SIGMOID, SILU -> {
-        for (int i = 0; i < n; i += L) {
+        int i = 0;
+        int bound = S.loopBound(n);
+        for (; i < bound; i += L) {
+          unaryLanes(op, FloatVector.fromArray(S, x, i)).intoArray(o, i);
+        }
+        if (i < n) {
           VectorMask<Float> m = S.indexInRange(i, n);
-          FloatVector v = FloatVector.fromArray(S, x, i, m);
-          FloatVector r =
-              switch (op) {
-                case EXP -> exp(v);
-                case SIGMOID -> one().div(exp(v.neg()).add(1f));
-                default -> v.div(exp(v.neg()).add(1f));
-              };
-          r.intoArray(o, i, m);
+          unaryLanes(op, FloatVector.fromArray(S, x, i, m)).intoArray(o, i, m);
         }
         return true;
       }
@@ -130,6 +128,14 @@ final class VectorKernels {
         return false;
       }
     }
+  }
+
+  private static FloatVector unaryLanes(Elementwise.Unary op, FloatVector v) {
+    return switch (op) {
+      case EXP -> exp(v);
+      case SIGMOID -> one().div(exp(v.neg()).add(1f));
+      default -> v.div(exp(v.neg()).add(1f)); // SILU
+    };
   }
 
   private static FloatVector one() {
@@ -169,45 +175,63 @@ final class VectorKernels {
 
   // ---------------------------------------------------------------- softmax rows
 
-  /** Softmax (or log-softmax) of {@code row[0, n)} in place, computed in float with a float-lane sum. */
+  /**
+   * Softmax (or log-softmax) of {@code row[0, n)} in place, computed in float; exponentials are summed in float
+   * lanes for at most 16 vector steps, then flushed in lane order into a double.
+   */
   static void softmaxRow(float[] row, int n, boolean log) {
+    int bound = S.loopBound(n);
     FloatVector mv = FloatVector.broadcast(S, Float.NEGATIVE_INFINITY);
-    for (int i = 0; i < n; i += L) {
-      VectorMask<Float> m = S.indexInRange(i, n);
-      mv = mv.max(FloatVector.fromArray(S, row, i, m).blend(Float.NEGATIVE_INFINITY, m.not()));
+    int i = 0;
+    for (; i < bound; i += L) {
+      mv = mv.max(FloatVector.fromArray(S, row, i));
     }
     float max = maxLanes(mv);
+    for (; i < n; i++) {
+      max = Math.max(max, row[i]);
+    }
     if (max == Float.NEGATIVE_INFINITY || Float.isNaN(max)) {
       Softmax.degenerateRow(row, n, max, log);
       return;
     }
-    // Lanes sum at most 16 terms in float before they are flushed, in lane order, into a double.
     FloatVector sv = FloatVector.zero(S);
     double sum = 0;
-    for (int i = 0, step = 0; i < n; i += L, step++) {
-      VectorMask<Float> m = S.indexInRange(i, n);
-      FloatVector e = exp(FloatVector.fromArray(S, row, i, m).sub(max));
-      sv = sv.add(e, m);
+    int step = 0;
+    for (i = 0; i < bound; i += L, step++) {
+      FloatVector e = exp(FloatVector.fromArray(S, row, i).sub(max));
+      sv = sv.add(e);
       if (!log) {
-        e.intoArray(row, i, m);
+        e.intoArray(row, i);
       }
       if ((step & 15) == 15) {
         sum += sumLanes(sv);
         sv = FloatVector.zero(S);
       }
     }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector e = exp(FloatVector.fromArray(S, row, i, m).sub(max));
+      sv = sv.add(e, m);
+      if (!log) {
+        e.intoArray(row, i, m);
+      }
+    }
     sum += sumLanes(sv);
     if (log) {
       float shift = (float) (max + Math.log(sum));
-      for (int i = 0; i < n; i += L) {
-        VectorMask<Float> m = S.indexInRange(i, n);
-        FloatVector.fromArray(S, row, i, m).sub(shift).intoArray(row, i, m);
+      for (i = 0; i < bound; i += L) {
+        FloatVector.fromArray(S, row, i).sub(shift).intoArray(row, i);
+      }
+      for (; i < n; i++) {
+        row[i] -= shift;
       }
     } else {
       float inv = (float) (1 / sum);
-      for (int i = 0; i < n; i += L) {
-        VectorMask<Float> m = S.indexInRange(i, n);
-        FloatVector.fromArray(S, row, i, m).mul(inv).intoArray(row, i, m);
+      for (i = 0; i < bound; i += L) {
+        FloatVector.fromArray(S, row, i).mul(inv).intoArray(row, i);
+      }
+      for (; i < n; i++) {
+        row[i] *= inv;
       }
     }
   }

@@ -280,8 +280,14 @@ public final class NdArray {
     return permute(order);
   }
 
-  /** Elements {@code [start, start+length)} along {@code dim}. */
+  /** Elements {@code [start, start+length)} along {@code dim}; unlike {@link #slice}, out-of-range is an error. */
   public NdArray narrow(int dim, long start, long length) {
+    int d = normDim(dim);
+    if (start < 0 || length < 0 || start + length > shape[d]) {
+      throw new IndexOutOfBoundsException(
+          "narrow(" + dim + ", " + start + ", " + length + ") reaches past dim " + d + " of size " + shape[d]
+              + " (shape " + Arrays.toString(shape) + ")");
+    }
     return slice(dim, start, start + length, 1);
   }
 
