@@ -1,5 +1,6 @@
 package dev.kiln.cli;
 
+import dev.kiln.runtime.bench.BandwidthBenchmark;
 import dev.kiln.runtime.bench.GemmBenchmark;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -9,7 +10,8 @@ import picocli.CommandLine.Option;
     name = "gemm",
     description = {
       "GFLOP/s of Kiln's float32 GEMM (Gemm.matmul on NdArrays) next to cblas_sgemm called directly through"
-          + " JavaCPP, interleaved, best of N, and the ratio as a percentage."
+          + " JavaCPP, interleaved, best of N, and the ratio as a percentage.",
+      "Then GB/s of elementwise add and softmax next to a plain memory copy of the same bytes."
     })
 public final class BenchGemmCommand implements Runnable {
   @Option(names = "--sizes", split = ",", description = "Square sizes n (n x n x n), default: ${DEFAULT-VALUE}.")
@@ -17,6 +19,14 @@ public final class BenchGemmCommand implements Runnable {
 
   @Option(names = "--repetitions", description = "Timed repetitions per size and side, default: ${DEFAULT-VALUE}.")
   int repetitions = 10;
+
+  @Option(
+      names = "--bandwidth",
+      negatable = true,
+      defaultValue = "true",
+      fallbackValue = "true",
+      description = "Also measure add/softmax bandwidth against memory copy (default: ${DEFAULT-VALUE}).")
+  boolean bandwidth;
 
   @Override
   public void run() {
@@ -29,5 +39,9 @@ public final class BenchGemmCommand implements Runnable {
       }
     }
     new GemmBenchmark(sizes, repetitions).run(System.out);
+    if (bandwidth) {
+      System.out.println();
+      BandwidthBenchmark.defaults().run(System.out);
+    }
   }
 }

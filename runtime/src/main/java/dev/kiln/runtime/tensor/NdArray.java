@@ -508,6 +508,10 @@ public final class NdArray {
       MemorySegment.copy(from, s.offset * dtype.byteSize(), dst, offset * dtype.byteSize(), byteSize());
       return this;
     }
+    if (s.dtype == dtype) {
+      copySameDType(s);
+      return this;
+    }
     int des = dtype.byteSize();
     int ses = s.dtype.byteSize();
     DType st = s.dtype;
@@ -526,6 +530,52 @@ public final class NdArray {
           }
         });
     return this;
+  }
+
+  /**
+   * Strided copy between arrays of one dtype: moves raw element bytes (never through {@code double}, so NaN payloads
+   * and -0.0 of every dtype survive), a whole row at a time when both innermost strides are 1.
+   */
+  private void copySameDType(NdArray s) {
+    if (numel() == 0) {
+      return;
+    }
+    MemorySegment dst = segment();
+    MemorySegment from = s.segment();
+    int es = dtype.byteSize();
+    int r = shape.length;
+    if (r == 0) {
+      MemorySegment.copy(from, s.offset * es, dst, offset * es, es);
+      return;
+    }
+    long inner = shape[r - 1];
+    long dInner = strides[r - 1];
+    long sInner = s.strides[r - 1];
+    long[] outerShape = Arrays.copyOf(shape, r - 1);
+    long[] outerD = Arrays.copyOf(strides, r - 1);
+    long[] outerS = Arrays.copyOf(s.strides, r - 1);
+    StridedWalk.forEach2(
+        outerShape,
+        outerD,
+        offset,
+        outerS,
+        s.offset,
+        (d, e) -> {
+          if (dInner == 1 && sInner == 1) {
+            MemorySegment.copy(from, e * es, dst, d * es, inner * es);
+            return;
+          }
+          for (long i = 0; i < inner; i++) {
+            long at = (d + i * dInner) * es;
+            long from$ = (e + i * sInner) * es;
+            switch (es) {
+              case 1 -> dst.set(Layouts.U8, at, from.get(Layouts.U8, from$));
+              case 2 -> dst.set(Layouts.I16, at, from.get(Layouts.I16, from$));
+              case 4 -> dst.set(Layouts.I32, at, from.get(Layouts.I32, from$));
+              default -> dst.set(Layouts.I64, at, from.get(Layouts.I64, from$));
+            }
+          }
+        });
   }
 
   /** All elements in row-major order, converted to float. */

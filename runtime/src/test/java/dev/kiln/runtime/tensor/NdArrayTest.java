@@ -26,6 +26,45 @@ class NdArrayTest {
   }
 
   @Test
+  void stridedCopyOfOneDTypeKeepsEveryBitIncludingNaNPayloads() {
+    // Raw bits are the oracle: a same-dtype copy must not round-trip through double, which would canonicalise NaN
+    // payloads of bf16/f16 and could not hold every int64 exactly.
+    for (DType t : DType.values()) {
+      NdArray a = NdArray.zeros(t, 3, 5);
+      Random rnd = new Random(7);
+      long[] raw = new long[15];
+      for (int i = 0; i < 15; i++) {
+        long bits = rnd.nextLong();
+        raw[i] = bits;
+        MemorySegment seg = a.segment();
+        switch (t.byteSize()) {
+          case 1 -> seg.set(Layouts.U8, i, (byte) bits);
+          case 2 -> seg.set(Layouts.I16, 2L * i, (short) bits);
+          case 4 -> seg.set(Layouts.I32, 4L * i, (int) bits);
+          default -> seg.set(Layouts.I64, 8L * i, bits);
+        }
+      }
+      NdArray tCopy = a.transpose(0, 1).contiguous();
+      assertFalse(tCopy.sharesStorageWith(a));
+      for (int i = 0; i < 3; i++) {
+        for (int j = 0; j < 5; j++) {
+          long want = raw[i * 5 + j];
+          long at = (long) (j * 3 + i) * t.byteSize();
+          long got =
+              switch (t.byteSize()) {
+                case 1 -> tCopy.segment().get(Layouts.U8, at);
+                case 2 -> tCopy.segment().get(Layouts.I16, at);
+                case 4 -> tCopy.segment().get(Layouts.I32, at);
+                default -> tCopy.segment().get(Layouts.I64, at);
+              };
+          long mask = t.byteSize() == 8 ? -1L : (1L << (8 * t.byteSize())) - 1;
+          assertEquals(want & mask, got & mask, t + " element [" + i + "," + j + "]");
+        }
+      }
+    }
+  }
+
+  @Test
   void viewsAliasTheirBase() {
     NdArray base = iota(2, 3, 4);
     NdArray[] views = {
