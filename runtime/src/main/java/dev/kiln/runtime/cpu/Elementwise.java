@@ -494,37 +494,8 @@ public final class Elementwise {
           "maskedFill: mask of shape " + Arrays.toString(mask.shape()) + " does not broadcast to the array's shape "
               + Arrays.toString(shape));
     }
-    NdArray fill = NdArray.scalar(x.dtype().isFloating() ? DType.F64 : DType.I64, value);
-    NdArray c = mask.dtype() == DType.BOOL ? mask : Elementwise.compare(Compare.NE, mask, 0.0);
-    NdArray out = NdArray.zeros(x.dtype(), shape);
-    drive(
-        out,
-        new NdArray[] {c.expand(shape), x, fill.expand(shape)},
-        DTypes.kindOf(x.dtype()),
-        new Kernel() {
-          @Override
-          public void f(float[][] in, float[] o, int n) {
-            for (int i = 0; i < n; i++) {
-              o[i] = in[0][i] != 0 ? in[2][i] : in[1][i];
-            }
-          }
-
-          @Override
-          public void d(double[][] in, double[] o, int n) {
-            for (int i = 0; i < n; i++) {
-              o[i] = in[0][i] != 0 ? in[2][i] : in[1][i];
-            }
-          }
-
-          @Override
-          public void l(long[][] in, long[] o, int n) {
-            for (int i = 0; i < n; i++) {
-              o[i] = in[0][i] != 0 ? in[2][i] : in[1][i];
-            }
-          }
-        },
-        null);
-    return out;
+    // where() with a fill of x's own dtype keeps x's dtype (promote(t, t) == t) and rounds value as a store would.
+    return where(mask, NdArray.scalar(x.dtype(), value), x);
   }
 
   // ---------------------------------------------------------------- in place
