@@ -14,6 +14,8 @@ import picocli.CommandLine.Command;
     description = "Build, train and serve language models from scratch in Java.",
     subcommands = {
       CommandLine.HelpCommand.class,
+      DoctorCommand.class,
+      BenchCommand.class,
     })
 public final class KilnCommand implements Runnable {
   @CommandLine.Spec CommandLine.Model.CommandSpec spec;
