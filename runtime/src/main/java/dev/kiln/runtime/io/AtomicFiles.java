@@ -34,10 +34,10 @@ public final class AtomicFiles {
     writeChannel(
         target,
         ch -> {
-          try (OutputStream out = new java.io.BufferedOutputStream(java.nio.channels.Channels.newOutputStream(ch), 1 << 16)) {
-            writer.write(new NonClosingStream(out));
-            out.flush();
-          }
+          // Not closed here: closing a Channels stream closes the channel, which must stay open to be forced.
+          OutputStream out = new java.io.BufferedOutputStream(java.nio.channels.Channels.newOutputStream(ch), 1 << 16);
+          writer.write(new NonClosingStream(out));
+          out.flush();
         });
   }
 
