@@ -29,7 +29,8 @@ import java.util.concurrent.Future;
  *       pattern ({@link PreTokenizer}); merges never cross a pre-token.
  *   <li>Each step merges the most frequent adjacent pair (overlapping occurrences counted, as in the reference);
  *       ties go to the lexicographically greatest pair: compare the left byte strings, then the right ones, as
- *       unsigned bytes, a proper prefix being smaller.
+ *       unsigned bytes, a proper prefix being smaller ({@link TieBreak#BYTES}; {@link TieBreak#GPT2_ALPHABET}
+ *       reproduces the spring-2024 CS336 reference merges).
  *   <li>Stops when the vocabulary reaches the requested size, or earlier if no pair is left.
  * </ul>
  *
@@ -47,9 +48,9 @@ public final class BpeTrainer {
   /** A trained tokenizer and its statistics. */
   public record Result(BpeTokenizer tokenizer, Stats stats) {}
 
-  /** Trains on files with all available processors; see {@link #train(List, int, List, int)}. */
+  /** Trains on files with all available processors; see {@link #train(List, int, List, int, TieBreak)}. */
   public static Result train(List<Path> inputs, int vocabSize, List<String> specials) throws IOException {
-    return train(inputs, vocabSize, specials, Runtime.getRuntime().availableProcessors());
+    return train(inputs, vocabSize, specials, Runtime.getRuntime().availableProcessors(), TieBreak.BYTES);
   }
 
   /**
@@ -57,8 +58,9 @@ public final class BpeTrainer {
    *
    * @param vocabSize the final vocabulary size: 256 bytes + specials + merges
    * @param threads threads for pre-tokenization
+   * @param tieBreak how equal counts are ordered ({@link TieBreak#BYTES} is CS336's stated rule)
    */
-  public static Result train(List<Path> inputs, int vocabSize, List<String> specials, int threads)
+  public static Result train(List<Path> inputs, int vocabSize, List<String> specials, int threads, TieBreak tieBreak)
       throws IOException {
     long t0 = System.nanoTime();
     SpecialTokens sp = new SpecialTokens(specials);
@@ -89,18 +91,23 @@ public final class BpeTrainer {
     } finally {
       pool.shutdownNow();
     }
-    return finish(counts, vocabSize, sp, bytes, t0, String.valueOf(inputs));
+    return finish(counts, vocabSize, sp, bytes, t0, String.valueOf(inputs), tieBreak);
   }
 
   /** Trains on an in-memory text (tests, small corpora), single-threaded. */
   public static Result train(String text, int vocabSize, List<String> specials) {
+    return train(text, vocabSize, specials, TieBreak.BYTES);
+  }
+
+  /** Trains on an in-memory text with the given tie-break rule. */
+  public static Result train(String text, int vocabSize, List<String> specials, TieBreak tieBreak) {
     long t0 = System.nanoTime();
     SpecialTokens sp = new SpecialTokens(specials);
     checkVocabSize(vocabSize, sp);
     byte[] b = text.getBytes(StandardCharsets.UTF_8);
     PreTokenCounts counts = new PreTokenCounts();
     counts.countChunk(b, 0, b.length, sp);
-    return finish(counts, vocabSize, sp, b.length, t0, "the text");
+    return finish(counts, vocabSize, sp, b.length, t0, "the text", tieBreak);
   }
 
   private static void checkVocabSize(int vocabSize, SpecialTokens sp) {
@@ -153,12 +160,12 @@ public final class BpeTrainer {
   }
 
   private static Result finish(
-      PreTokenCounts counts, int vocabSize, SpecialTokens sp, long bytes, long t0, String what) {
+      PreTokenCounts counts, int vocabSize, SpecialTokens sp, long bytes, long t0, String what, TieBreak tieBreak) {
     if (counts.size() == 0) {
       throw new IllegalArgumentException(
           "nothing to train on: " + what + " holds no text" + (sp.isEmpty() ? "" : " outside special tokens"));
     }
-    Merger m = new Merger(counts);
+    Merger m = new Merger(counts, tieBreak);
     m.run(vocabSize - 256 - sp.size());
     BpeTokenizer tok = m.build(sp);
     double secs = (System.nanoTime() - t0) / 1e9;
@@ -177,7 +184,7 @@ public final class BpeTrainer {
 
     private record Candidate(long count, int left, int right) {}
 
-    Merger(PreTokenCounts counts) {
+    Merger(PreTokenCounts counts, TieBreak tieBreak) {
       int n = counts.size();
       words = new int[n][];
       freq = new long[n];
@@ -203,11 +210,11 @@ public final class BpeTrainer {
                 if (c != 0) {
                   return c;
                 }
-                c = Arrays.compareUnsigned(tokenBytes.get(y.left), tokenBytes.get(x.left));
+                c = tieBreak.compare(tokenBytes.get(y.left), tokenBytes.get(x.left));
                 if (c != 0) {
                   return c;
                 }
-                return Arrays.compareUnsigned(tokenBytes.get(y.right), tokenBytes.get(x.right));
+                return tieBreak.compare(tokenBytes.get(y.right), tokenBytes.get(x.right));
               });
       PairTable.LongList unused = new PairTable.LongList();
       for (int i = 0; i < words.length; i++) {

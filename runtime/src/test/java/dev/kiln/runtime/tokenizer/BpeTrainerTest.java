@@ -33,10 +33,18 @@ class BpeTrainerTest {
     assertEquals(List.of("a c", "a b", "Ġ ac"), show(NaiveBpeTrainer.mergesOf(BpeTrainer.train("ab ac", 259, List.of()).tokenizer())));
     // Bytes compare unsigned: é is C3 A9 and 0xC3 > 'z', so (C3, A9) comes first although signed bytes say otherwise.
     assertEquals("Ã ©", show(NaiveBpeTrainer.mergesOf(BpeTrainer.train("zy é", 257, List.of()).tokenizer())).get(0));
-    // A proper prefix is smaller: after "ab" exists, ("ab","x") ties with ("a","x")? Construct counts so that
-    // (ab, c) and (a, c) tie at 1: "abab" gives (a,b)=2 first; then "abc ac" pieces.
-    List<String> m = show(NaiveBpeTrainer.mergesOf(BpeTrainer.train("ababab abc ac", 258, List.of()).tokenizer()));
-    assertEquals(List.of("a b", "ab ab"), m);
+    // A proper prefix is smaller: once "ab" exists, (ab, c) and (a, c) tie at 1 and "ab" > "a" decides.
+    // Newlines keep the words apart without adding pairs.
+    List<String> m = show(NaiveBpeTrainer.mergesOf(BpeTrainer.train("ab\nab\nab\nabc\nac", 259, List.of()).tokenizer()));
+    assertEquals(List.of("a b", "ab c", "a c"), m);
+  }
+
+  @Test
+  void gpt2AlphabetTieBreakOrdersSpaceTokensAfterLetters() {
+    // Bytes: 't' (0x74) > ' ' (0x20), so (t,h) first. Spelled: 'Ġ' (U+0120) > 't', so (Ġ,c) first.
+    assertEquals(List.of("t h", "Ġ c"), show(NaiveBpeTrainer.mergesOf(BpeTrainer.train("th c", 258, List.of()).tokenizer())));
+    assertEquals(List.of("Ġ c", "t h"), show(NaiveBpeTrainer.mergesOf(
+        BpeTrainer.train("th c", 258, List.of(), TieBreak.GPT2_ALPHABET).tokenizer())));
   }
 
   @Test
@@ -49,9 +57,11 @@ class BpeTrainerTest {
     Path corpus = DATA.resolve("tokenizer/corpus.en");
     String text = Files.readString(corpus);
     List<String> specials = List.of("<|endoftext|>");
-    BpeTrainer.Result fast = BpeTrainer.train(List.of(corpus), 500, specials, 2);
+    BpeTrainer.Result fast = BpeTrainer.train(List.of(corpus), 500, specials, 2, TieBreak.BYTES);
     List<String[]> expected = NaiveBpeTrainer.merges(text, 500, specials);
     assertEquals(243, expected.size());
+    assertEquals(show(NaiveBpeTrainer.merges(text, 500, specials, true)), show(NaiveBpeTrainer.mergesOf(
+        BpeTrainer.train(List.of(corpus), 500, specials, 2, TieBreak.GPT2_ALPHABET).tokenizer())));
     assertEquals(show(expected), show(NaiveBpeTrainer.mergesOf(fast.tokenizer())));
     BpeTokenizer tok = fast.tokenizer();
     assertEquals(500, tok.vocabSize());
@@ -87,8 +97,10 @@ class BpeTrainerTest {
       List<String> specials = trial % 2 == 0 ? List.of("<|s|>") : List.of("<|s|>", "<|s|><|s|>");
       int vocab = 256 + specials.size() + 1 + rnd.nextInt(60);
       String text = b.toString();
-      List<String[]> expected = NaiveBpeTrainer.merges(text, vocab, specials);
-      BpeTokenizer tok = BpeTrainer.train(text, vocab, specials).tokenizer();
+      boolean spelled = trial % 4 == 1;
+      List<String[]> expected = NaiveBpeTrainer.merges(text, vocab, specials, spelled);
+      BpeTokenizer tok =
+          BpeTrainer.train(text, vocab, specials, spelled ? TieBreak.GPT2_ALPHABET : TieBreak.BYTES).tokenizer();
       assertEquals(show(expected), show(NaiveBpeTrainer.mergesOf(tok)), "trial " + trial + " on \"" + text + "\"");
       assertEquals(256 + specials.size() + expected.size(), tok.vocabSize(), "stops early when pairs run out");
     }
@@ -107,7 +119,7 @@ class BpeTrainerTest {
     List<String> specials = List.of("<|endoftext|>");
     BpeTokenizer whole = BpeTrainer.train(b.toString(), 700, specials).tokenizer();
     // 400 kB over 4 threads gives 64 kB chunks: several cuts.
-    BpeTokenizer chunked = BpeTrainer.train(List.of(f), 700, specials, 4).tokenizer();
+    BpeTokenizer chunked = BpeTrainer.train(List.of(f), 700, specials, 4, TieBreak.BYTES).tokenizer();
     assertEquals(show(NaiveBpeTrainer.mergesOf(whole)), show(NaiveBpeTrainer.mergesOf(chunked)));
   }
 
@@ -119,12 +131,12 @@ class BpeTrainerTest {
     Path empty = tmp.resolve("empty.txt");
     Files.writeString(empty, "");
     IllegalArgumentException none =
-        assertThrows(IllegalArgumentException.class, () -> BpeTrainer.train(List.of(empty), 300, List.of(), 1));
+        assertThrows(IllegalArgumentException.class, () -> BpeTrainer.train(List.of(empty), 300, List.of(), 1, TieBreak.BYTES));
     assertTrue(none.getMessage().contains("nothing to train on"), none.getMessage());
     Files.writeString(empty, "<|eot|><|eot|>");
-    assertThrows(IllegalArgumentException.class, () -> BpeTrainer.train(List.of(empty), 300, List.of("<|eot|>"), 1));
+    assertThrows(IllegalArgumentException.class, () -> BpeTrainer.train(List.of(empty), 300, List.of("<|eot|>"), 1, TieBreak.BYTES));
     assertThrows(java.nio.file.NoSuchFileException.class,
-        () -> BpeTrainer.train(List.of(tmp.resolve("missing.txt")), 300, List.of(), 1));
+        () -> BpeTrainer.train(List.of(tmp.resolve("missing.txt")), 300, List.of(), 1, TieBreak.BYTES));
   }
 
   @Test

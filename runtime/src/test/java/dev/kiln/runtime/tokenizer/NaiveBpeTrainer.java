@@ -21,6 +21,11 @@ final class NaiveBpeTrainer {
 
   /** Merges learned on {@code text}, as pairs of Latin-1 strings (one char per byte). */
   static List<String[]> merges(String text, int vocabSize, List<String> specials) {
+    return merges(text, vocabSize, specials, false);
+  }
+
+  /** With {@code spelled}, ties compare the GPT-2 alphabet spellings of the tokens instead of their bytes. */
+  static List<String[]> merges(String text, int vocabSize, List<String> specials, boolean spelled) {
     List<String> segments = new ArrayList<>();
     if (specials.isEmpty()) {
       segments.add(text);
@@ -63,8 +68,9 @@ final class NaiveBpeTrainer {
             best == null
                 || c > bestCount
                 || (c == bestCount
-                    && (p.get(0).compareTo(best.get(0)) > 0
-                        || (p.get(0).equals(best.get(0)) && p.get(1).compareTo(best.get(1)) > 0)));
+                    && (key(p.get(0), spelled).compareTo(key(best.get(0), spelled)) > 0
+                        || (p.get(0).equals(best.get(0))
+                            && key(p.get(1), spelled).compareTo(key(best.get(1), spelled)) > 0)));
         if (better) {
           best = p;
           bestCount = c;
@@ -100,6 +106,10 @@ final class NaiveBpeTrainer {
       out.add(new String[] {latin1(tok.tokenBytes(tok.mergeLeft(r))), latin1(tok.tokenBytes(tok.mergeRight(r)))});
     }
     return out;
+  }
+
+  private static String key(String latin1, boolean spelled) {
+    return spelled ? ByteLevelAlphabet.encode(latin1.getBytes(StandardCharsets.ISO_8859_1)) : latin1;
   }
 
   static String latin1(byte[] b) {
