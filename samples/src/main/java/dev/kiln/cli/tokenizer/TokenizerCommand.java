@@ -14,7 +14,6 @@ import java.io.IOException;
 import java.io.PrintWriter;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.channels.FileChannel;
@@ -46,6 +45,13 @@ public final class TokenizerCommand implements Runnable {
   @Override
   public void run() {
     spec.commandLine().usage(spec.commandLine().getOut());
+  }
+
+  /** A byte count for people: kB below a megabyte, MB above. */
+  static String size(long bytes) {
+    return bytes < 1_000_000
+        ? String.format(Locale.ROOT, "%.1f kB", bytes / 1e3)
+        : String.format(Locale.ROOT, "%.1f MB", bytes / 1e6);
   }
 
   /** Shows a token for people: its text, escaped so whitespace and control characters are visible. */
@@ -105,8 +111,8 @@ public final class TokenizerCommand implements Runnable {
       int longest = tok.longestTokenId();
       PrintWriter o = spec.commandLine().getOut();
       BpeTrainer.Stats s = r.stats();
-      o.printf(Locale.ROOT, "trained in %.2f s (%.1f MB, %,d unique pre-tokens): %d merges, vocabulary %d%n",
-          s.seconds(), s.inputBytes() / 1e6, s.uniquePreTokens(), s.merges(), tok.vocabSize());
+      o.printf(Locale.ROOT, "trained in %.2f s (%s, %,d unique pre-tokens): %d merges, vocabulary %d%n",
+          s.seconds(), size(s.inputBytes()), s.uniquePreTokens(), s.merges(), tok.vocabSize());
       if (s.merges() < vocabSize - 256 - tok.specialTokenList().size()) {
         o.printf("note: the text ran out of pairs before reaching vocabulary size %d%n", vocabSize);
       }
@@ -180,8 +186,8 @@ public final class TokenizerCommand implements Runnable {
       if (bar != null) {
         bar.finish();
       }
-      err.printf(Locale.ROOT, "encoded %s: %.1f MB into %,d tokens (%s) in %.2f s, %.1f MB/s on %d thread(s) -> %s%n",
-          input, s.bytes() / 1e6, s.tokens(), kind, s.seconds(), s.megabytesPerSecond(), Math.max(1, threads),
+      err.printf(Locale.ROOT, "encoded %s: %s into %,d tokens (%s) in %.2f s, %.1f MB/s on %d thread(s) -> %s%n",
+          input, size(s.bytes()), s.tokens(), kind, s.seconds(), s.megabytesPerSecond(), Math.max(1, threads),
           output);
       err.flush();
       return 0;
