@@ -48,12 +48,25 @@ public final class BpeTokenizer {
       int[] mergeResult,
       List<String> specials,
       int[] specialIds) {
+    this(tokenBytes, byteToId, mergeLeft, mergeRight, mergeResult, specials, specialIds,
+        new MergeTable(mergeLeft, mergeRight));
+  }
+
+  BpeTokenizer(
+      byte[][] tokenBytes,
+      int[] byteToId,
+      int[] mergeLeft,
+      int[] mergeRight,
+      int[] mergeResult,
+      List<String> specials,
+      int[] specialIds,
+      MergeTable mergeTable) {
     this.tokenBytes = tokenBytes;
     this.byteToId = byteToId;
     this.mergeLeft = mergeLeft;
     this.mergeRight = mergeRight;
     this.mergeResult = mergeResult;
-    this.mergeTable = new MergeTable(mergeLeft, mergeRight);
+    this.mergeTable = mergeTable;
     this.specials = new SpecialTokens(specials);
     if (this.specials.size() != specialIds.length) {
       throw new IllegalArgumentException("special tokens repeat: " + specials);

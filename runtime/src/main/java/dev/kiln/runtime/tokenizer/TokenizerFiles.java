@@ -9,8 +9,6 @@ import java.nio.file.Files;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.Arrays;
-import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -67,25 +65,30 @@ public final class TokenizerFiles {
     } catch (Json.ParseException e) {
       throw new IllegalArgumentException(vocabJson + ": malformed JSON: " + e.getMessage(), e);
     }
+    String text = readUtf8(mergesTxt);
     List<MergeLine> merges = new ArrayList<>();
-    List<String> lines = Arrays.asList(readUtf8(mergesTxt).split("\n", -1));
-    for (int k = 0; k < lines.size(); k++) {
-      String line = lines.get(k);
-      if (line.endsWith("\r")) {
-        line = line.substring(0, line.length() - 1);
-      }
-      if ((k == 0 && line.startsWith("#version")) || line.isEmpty()) {
+    int at = 0;
+    for (int k = 0; at < text.length(); k++) {
+      int nl = text.indexOf('\n', at);
+      int end = nl < 0 ? text.length() : nl;
+      int stop = end > at && text.charAt(end - 1) == '\r' ? end - 1 : end;
+      int lineStart = at;
+      at = end + 1;
+      if (stop == lineStart || (k == 0 && text.startsWith("#version", lineStart))) {
         continue;
       }
-      String where = mergesTxt + " line " + (k + 1);
-      int sp = line.indexOf(' ');
-      if (sp <= 0 || sp == line.length() - 1 || line.indexOf(' ', sp + 1) >= 0) {
-        throw new IllegalArgumentException(
-            where + ": expected two tokens separated by one space, found \"" + line + "\"");
+      int sp = text.indexOf(' ', lineStart);
+      int sp2 = sp < 0 ? -1 : text.indexOf(' ', sp + 1);
+      boolean oneSpaceInside = sp > lineStart && sp < stop - 1 && (sp2 < 0 || sp2 >= stop);
+      if (!oneSpaceInside) {
+        throw new IllegalArgumentException(mergesTxt + " line " + (k + 1)
+            + ": expected two tokens separated by one space, found \"" + text.substring(lineStart, stop) + "\"");
       }
-      merges.add(new MergeLine(line.substring(0, sp), line.substring(sp + 1), where));
+      merges.add(new MergeLine(text.substring(lineStart, sp), text.substring(sp + 1, stop), k + 1));
     }
-    return assemble(vocabJson + "", name, vocab, merges, new LinkedHashMap<>(), specials);
+    text = null;
+    return assemble(vocabJson + "", name, vocab, merges, line -> mergesTxt + " line " + line,
+        new LinkedHashMap<>(), specials);
   }
 
   /** Loads a Hugging Face {@code tokenizer.json} whose model is byte-level BPE. */
@@ -143,17 +146,18 @@ public final class TokenizerFiles {
     for (int k = 0; k < ml.size(); k++) {
       String where = file + " model.merges[" + k + "]";
       Object m = ml.get(k);
+      ml.set(k, null);
       if (m instanceof String s) {
         String[] parts = s.split(" ", -1);
         if (parts.length != 2 || parts[0].isEmpty() || parts[1].isEmpty()) {
           throw new IllegalArgumentException(where + ": expected \"left right\", found " + Json.write(s));
         }
-        merges.add(new MergeLine(parts[0], parts[1], where));
+        merges.add(new MergeLine(parts[0], parts[1], k));
       } else if (m instanceof List<?> pair
           && pair.size() == 2
           && pair.get(0) instanceof String a
           && pair.get(1) instanceof String b) {
-        merges.add(new MergeLine(a, b, where));
+        merges.add(new MergeLine(a, b, k));
       } else {
         throw new IllegalArgumentException(where + ": expected \"left right\" or [\"left\", \"right\"], found "
             + Json.write(m));
@@ -173,7 +177,8 @@ public final class TokenizerFiles {
     } else if (added != null) {
       throw new IllegalArgumentException(file + ": added_tokens must be an array");
     }
-    return assemble(file + " model.vocab", file + " model.vocab", vocab, merges, fixed, extraSpecials);
+    return assemble(file + " model.vocab", file + " model.vocab", vocab, merges,
+        k -> file + " model.merges[" + k + "]", fixed, extraSpecials);
   }
 
   private static void requireAbsentOr(Path file, Map<String, Object> m, String key, Object ok, String why) {
@@ -198,18 +203,21 @@ public final class TokenizerFiles {
     }
   }
 
-  record MergeLine(String left, String right, String where) {}
+  /** One merge as read; {@code line} is what {@code where} turns into a location for messages. */
+  record MergeLine(String left, String right, int line) {}
 
-  /** Checks and links vocabulary, merges and special tokens into a tokenizer. */
+  /**
+   * Checks and links vocabulary, merges and special tokens into a tokenizer. Works on the parsed JSON map directly
+   * and keeps no second map of the vocabulary, so a GPT-2 vocabulary loads in a small heap.
+   */
   private static BpeTokenizer assemble(
       String vocabWhere,
       String vocabName,
       Map<String, Object> vocab,
       List<MergeLine> merges,
+      java.util.function.IntFunction<String> where,
       LinkedHashMap<String, Integer> fixedSpecials,
       List<String> extraSpecials) {
-    Map<String, Integer> idOf = new HashMap<>();
-    Map<Integer, String> tokenAt = new HashMap<>();
     int maxId = -1;
     for (Map.Entry<String, Object> e : vocab.entrySet()) {
       if (!(e.getValue() instanceof Long v) || v < 0 || v >= Integer.MAX_VALUE - 1_000_000) {
@@ -217,22 +225,24 @@ public final class TokenizerFiles {
             vocabWhere + ": token " + Json.write(e.getKey()) + " has id " + Json.write(e.getValue())
                 + "; ids must be non-negative integers");
       }
-      int id = v.intValue();
-      String prev = tokenAt.put(id, e.getKey());
-      if (prev != null) {
-        throw new IllegalArgumentException(
-            vocabWhere + ": id " + id + " is used by both " + Json.write(prev) + " and " + Json.write(e.getKey()));
-      }
-      idOf.put(e.getKey(), id);
-      maxId = Math.max(maxId, id);
+      maxId = Math.max(maxId, v.intValue());
     }
-    if (idOf.isEmpty()) {
+    if (vocab.isEmpty()) {
       throw new IllegalArgumentException(vocabWhere + ": the vocabulary is empty");
+    }
+    String[] tokenAt = new String[maxId + 1];
+    for (Map.Entry<String, Object> e : vocab.entrySet()) {
+      int id = ((Long) e.getValue()).intValue();
+      if (tokenAt[id] != null) {
+        throw new IllegalArgumentException(vocabWhere + ": id " + id + " is used by both " + Json.write(tokenAt[id])
+            + " and " + Json.write(e.getKey()));
+      }
+      tokenAt[id] = e.getKey();
     }
     // Special tokens: those the file fixes, then the caller's, found by their text or their byte spelling.
     LinkedHashMap<String, Integer> specials = new LinkedHashMap<>();
     for (Map.Entry<String, Integer> e : fixedSpecials.entrySet()) {
-      String there = tokenAt.get(e.getValue());
+      String there = e.getValue() < tokenAt.length ? tokenAt[e.getValue()] : null;
       String spelled = ByteLevelAlphabet.encode(e.getKey().getBytes(StandardCharsets.UTF_8));
       if (there != null && !there.equals(e.getKey()) && !there.equals(spelled)) {
         throw new IllegalArgumentException(vocabWhere + ": added token " + Json.write(e.getKey()) + " has id "
@@ -248,75 +258,76 @@ public final class TokenizerFiles {
       if (specials.containsKey(s)) {
         continue;
       }
-      Integer id = idOf.get(s);
+      Object id = vocab.get(s);
       if (id == null) {
-        id = idOf.get(ByteLevelAlphabet.encode(s.getBytes(StandardCharsets.UTF_8)));
+        id = vocab.get(ByteLevelAlphabet.encode(s.getBytes(StandardCharsets.UTF_8)));
       }
-      if (id == null) {
-        id = ++maxId;
-      }
-      specials.put(s, id);
+      specials.put(s, id == null ? ++maxId : ((Long) id).intValue());
     }
     byte[][] tokenBytes = new byte[maxId + 1][];
     java.util.Set<Integer> specialIdSet = new java.util.HashSet<>(specials.values());
-    for (Map.Entry<String, Integer> e : idOf.entrySet()) {
-      if (specialIdSet.contains(e.getValue())) {
+    for (int id = 0; id < tokenAt.length; id++) {
+      if (tokenAt[id] == null || specialIdSet.contains(id)) {
         continue;
       }
-      byte[] b = ByteLevelAlphabet.decodeOrNull(e.getKey());
+      byte[] b = ByteLevelAlphabet.decodeOrNull(tokenAt[id]);
       if (b == null || b.length == 0) {
-        throw new IllegalArgumentException(vocabWhere + ": token " + Json.write(e.getKey()) + " (id " + e.getValue()
+        throw new IllegalArgumentException(vocabWhere + ": token " + Json.write(tokenAt[id]) + " (id " + id
             + ") is not spelled in GPT-2's byte alphabet; if it is a special token, name it as one"
             + " (--special-tokens)");
       }
-      tokenBytes[e.getValue()] = b;
+      tokenBytes[id] = b;
     }
+    tokenAt = null;
     for (Map.Entry<String, Integer> e : specials.entrySet()) {
       tokenBytes[e.getValue()] = e.getKey().getBytes(StandardCharsets.UTF_8);
     }
     int[] byteToId = new int[256];
     for (int b = 0; b < 256; b++) {
-      Integer id = idOf.get(String.valueOf(ByteLevelAlphabet.charOf(b)));
-      if (id == null || specialIdSet.contains(id)) {
+      Object id = vocab.get(String.valueOf(ByteLevelAlphabet.charOf(b)));
+      if (id == null || specialIdSet.contains(((Long) id).intValue())) {
         throw new IllegalArgumentException(String.format(
             "%s: no token for byte 0x%02X (spelled \"%c\"); a byte-level vocabulary needs all 256 bytes",
             vocabWhere, b, ByteLevelAlphabet.charOf(b)));
       }
-      byteToId[b] = id;
+      byteToId[b] = ((Long) id).intValue();
     }
     int n = merges.size();
     int[] left = new int[n];
     int[] right = new int[n];
     int[] result = new int[n];
-    Map<Long, Integer> seen = new HashMap<>();
+    int[] lines = new int[n];
     for (int r = 0; r < n; r++) {
       MergeLine m = merges.get(r);
-      Integer a = idOf.get(m.left());
-      Integer b = idOf.get(m.right());
+      merges.set(r, null);
       for (String part : new String[] {m.left(), m.right()}) {
-        if (!idOf.containsKey(part)) {
+        if (!vocab.containsKey(part)) {
           throw new IllegalArgumentException(
-              m.where() + ": token " + Json.write(part) + " is not in " + vocabName);
+              where.apply(m.line()) + ": token " + Json.write(part) + " is not in " + vocabName);
         }
       }
-      Integer c = idOf.get(m.left() + m.right());
+      Object c = vocab.get(m.left() + m.right());
       if (c == null) {
-        throw new IllegalArgumentException(m.where() + ": merging " + Json.write(m.left()) + " and "
-            + Json.write(m.right()) + " gives " + Json.write(m.left() + m.right()) + ", which is not in " + vocabName);
+        throw new IllegalArgumentException(where.apply(m.line()) + ": merging " + Json.write(m.left()) + " and "
+            + Json.write(m.right()) + " gives " + Json.write(m.left() + m.right()) + ", which is not in "
+            + vocabName);
       }
-      Integer before = seen.put(MergeTable.key(a, b), r);
-      if (before != null) {
-        throw new IllegalArgumentException(
-            m.where() + ": repeats the merge " + Json.write(m.left() + " " + m.right()) + " of "
-                + merges.get(before).where());
+      left[r] = ((Long) vocab.get(m.left())).intValue();
+      right[r] = ((Long) vocab.get(m.right())).intValue();
+      result[r] = ((Long) c).intValue();
+      lines[r] = m.line();
+    }
+    MergeTable table = new MergeTable(left, right);
+    for (int r = 0; r < n; r++) {
+      int first = table.rank(left[r], right[r]);
+      if (first != r) {
+        throw new IllegalArgumentException(where.apply(lines[r]) + ": repeats the merge of "
+            + where.apply(lines[first]));
       }
-      left[r] = a;
-      right[r] = b;
-      result[r] = c;
     }
     List<String> specialList = new ArrayList<>(specials.keySet());
     int[] specialIds = specials.values().stream().mapToInt(Integer::intValue).toArray();
-    return new BpeTokenizer(tokenBytes, byteToId, left, right, result, specialList, specialIds);
+    return new BpeTokenizer(tokenBytes, byteToId, left, right, result, specialList, specialIds, table);
   }
 
   /**

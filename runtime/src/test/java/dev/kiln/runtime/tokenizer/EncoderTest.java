@@ -74,6 +74,41 @@ class EncoderTest {
   }
 
   @Test
+  @SuppressWarnings("unchecked")
+  void huggingFaceTokenizerJsonWithPairMergesEncodesLikeTheGpt2Files(@org.junit.jupiter.api.io.TempDir java.nio.file.Path tmp)
+      throws Exception {
+    java.nio.file.Path dir = TestData.dir().resolve("tokenizer");
+    java.util.Map<String, Object> vocab =
+        dev.kiln.runtime.io.Json.parseObject(Files.readString(dir.resolve("gpt2_vocab.json")));
+    List<Object> merges = new ArrayList<>();
+    for (String line : Files.readAllLines(dir.resolve("gpt2_merges.txt"))) {
+      if (!line.isEmpty()) {
+        merges.add(List.of(line.split(" ")));
+      }
+    }
+    java.util.Map<String, Object> model = new java.util.LinkedHashMap<>();
+    model.put("type", "BPE");
+    model.put("vocab", vocab);
+    model.put("merges", merges);
+    java.util.Map<String, Object> root = new java.util.LinkedHashMap<>();
+    root.put("added_tokens", List.of(java.util.Map.of("id", 50256, "content", "<|endoftext|>", "special", true)));
+    root.put("normalizer", null);
+    root.put("pre_tokenizer", java.util.Map.of("type", "ByteLevel", "add_prefix_space", false));
+    root.put("model", model);
+    Files.writeString(tmp.resolve("tokenizer.json"), dev.kiln.runtime.io.Json.write(root));
+    BpeTokenizer hf = BpeTokenizer.load(tmp, List.of());
+    assertEquals(List.of("<|endoftext|>"), hf.specialTokenList());
+    String text = Files.readString(dir.resolve("corpus.en")) + "<|endoftext|>" + RandomText.mixed(new Random(3), 300);
+    assertSameIds(hf, Gpt2Files.gpt2().encode(text), hf.encode(text), "tokenizer.json vs GPT-2 files");
+    // A model this loader cannot run exactly is refused with the reason.
+    root.put("pre_tokenizer", java.util.Map.of("type", "Metaspace"));
+    Files.writeString(tmp.resolve("tokenizer.json"), dev.kiln.runtime.io.Json.write(root));
+    IllegalArgumentException e =
+        org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class, () -> BpeTokenizer.load(tmp, List.of()));
+    org.junit.jupiter.api.Assertions.assertTrue(e.getMessage().contains("pre_tokenizer must be"), e.getMessage());
+  }
+
+  @Test
   void longPieceMergeEqualsShortPieceMerge() {
     Encoder enc = Gpt2Files.gpt2().newEncoder();
     Random rnd = new Random(5);
