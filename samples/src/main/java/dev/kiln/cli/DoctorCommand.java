@@ -44,6 +44,9 @@ public final class DoctorCommand implements Runnable {
     out.println("  arch           " + System.getProperty("os.arch") + ", " + System.getProperty("os.name") + " "
         + System.getProperty("os.version"));
 
+    out.println("OpenBLAS");
+    OpenBlasInfo.print(out);
+
     out.println("GPU");
     CudaProbe.Report gpu = CudaProbe.probe();
     if (!gpu.available()) {

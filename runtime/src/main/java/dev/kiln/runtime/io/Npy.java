@@ -79,8 +79,22 @@ public final class Npy {
 
   /** Reads one array from a stream (an {@code .npz} entry) into new off-heap memory; the stream must end there. */
   public static NdArray read(InputStream in, String source) throws IOException {
+    return read(in, -1, source);
+  }
+
+  /**
+   * Like {@link #read(InputStream, String)} for a stream of known length ({@code -1} if unknown), which lets a corrupt
+   * shape be refused before memory is allocated for it.
+   */
+  public static NdArray read(InputStream in, long streamBytes, String source) throws IOException {
     Header h = readHeader(in, source);
     long need = dataBytes(h, source);
+    if (streamBytes >= 0 && streamBytes - h.dataOffset != need) {
+      throw new NpyException(
+          source + ": shape " + Arrays.toString(h.shape) + " of " + h.descr + " needs " + need
+              + " data bytes after the " + h.dataOffset + "-byte header, but the entry has "
+              + (streamBytes - h.dataOffset) + (streamBytes - h.dataOffset < need ? " (truncated)" : " (trailing bytes)"));
+    }
     Storage storage = Storage.allocate(need);
     MemorySegment seg = storage.segment();
     byte[] chunk = new byte[COPY_CHUNK];

@@ -52,7 +52,7 @@ public final class Npz {
         // The zip reader does not check CRCs, so a flipped bit in a stored entry would pass unnoticed.
         try (java.util.zip.CheckedInputStream in =
             new java.util.zip.CheckedInputStream(zip.getInputStream(e), new CRC32())) {
-          NdArray a = Npy.read(in, file + "!" + name);
+          NdArray a = Npy.read(in, e.getSize(), file + "!" + name);
           if (e.getCrc() != -1 && in.getChecksum().getValue() != e.getCrc()) {
             throw new NpyException(file + ": entry \"" + name + "\" fails its CRC check (corrupt archive)");
           }

@@ -80,7 +80,7 @@ public final class NdArray {
   /** A new contiguous array with every element {@code value}. */
   public static NdArray full(DType dtype, double value, long... shape) {
     NdArray a = zeros(dtype, shape);
-    if (value != 0) {
+    if (Double.doubleToRawLongBits(value) != 0) { // -0.0 must be written too: zeros() holds +0.0
       a.fill(value);
     }
     return a;
@@ -199,6 +199,9 @@ public final class NdArray {
 
   /** Row-major contiguous: element {@code i} of the flat order lies at {@code offset + i}. */
   public boolean isContiguous() {
+    if (numel() == 0) {
+      return true; // no element is out of place; strides of an empty array are arbitrary
+    }
     long expect = 1;
     for (int d = shape.length - 1; d >= 0; d--) {
       if (shape[d] != 1 && strides[d] != expect) {
@@ -277,8 +280,14 @@ public final class NdArray {
     return permute(order);
   }
 
-  /** Elements {@code [start, start+length)} along {@code dim}. */
+  /** Elements {@code [start, start+length)} along {@code dim}; unlike {@link #slice}, out-of-range is an error. */
   public NdArray narrow(int dim, long start, long length) {
+    int d = normDim(dim);
+    if (start < 0 || length < 0 || start + length > shape[d]) {
+      throw new IndexOutOfBoundsException(
+          "narrow(" + dim + ", " + start + ", " + length + ") reaches past dim " + d + " of size " + shape[d]
+              + " (shape " + Arrays.toString(shape) + ")");
+    }
     return slice(dim, start, start + length, 1);
   }
 
@@ -499,6 +508,10 @@ public final class NdArray {
       MemorySegment.copy(from, s.offset * dtype.byteSize(), dst, offset * dtype.byteSize(), byteSize());
       return this;
     }
+    if (s.dtype == dtype) {
+      copySameDType(s);
+      return this;
+    }
     int des = dtype.byteSize();
     int ses = s.dtype.byteSize();
     DType st = s.dtype;
@@ -517,6 +530,52 @@ public final class NdArray {
           }
         });
     return this;
+  }
+
+  /**
+   * Strided copy between arrays of one dtype: moves raw element bytes (never through {@code double}, so NaN payloads
+   * and -0.0 of every dtype survive), a whole row at a time when both innermost strides are 1.
+   */
+  private void copySameDType(NdArray s) {
+    if (numel() == 0) {
+      return;
+    }
+    MemorySegment dst = segment();
+    MemorySegment from = s.segment();
+    int es = dtype.byteSize();
+    int r = shape.length;
+    if (r == 0) {
+      MemorySegment.copy(from, s.offset * es, dst, offset * es, es);
+      return;
+    }
+    long inner = shape[r - 1];
+    long dInner = strides[r - 1];
+    long sInner = s.strides[r - 1];
+    long[] outerShape = Arrays.copyOf(shape, r - 1);
+    long[] outerD = Arrays.copyOf(strides, r - 1);
+    long[] outerS = Arrays.copyOf(s.strides, r - 1);
+    StridedWalk.forEach2(
+        outerShape,
+        outerD,
+        offset,
+        outerS,
+        s.offset,
+        (d, e) -> {
+          if (dInner == 1 && sInner == 1) {
+            MemorySegment.copy(from, e * es, dst, d * es, inner * es);
+            return;
+          }
+          for (long i = 0; i < inner; i++) {
+            long at = (d + i * dInner) * es;
+            long from$ = (e + i * sInner) * es;
+            switch (es) {
+              case 1 -> dst.set(Layouts.U8, at, from.get(Layouts.U8, from$));
+              case 2 -> dst.set(Layouts.I16, at, from.get(Layouts.I16, from$));
+              case 4 -> dst.set(Layouts.I32, at, from.get(Layouts.I32, from$));
+              default -> dst.set(Layouts.I64, at, from.get(Layouts.I64, from$));
+            }
+          }
+        });
   }
 
   /** All elements in row-major order, converted to float. */

@@ -284,4 +284,43 @@ class NpyTest {
     NpyException crc = assertThrows(NpyException.class, () -> Npz.read(p));
     assertTrue(crc.getMessage().contains("CRC"), crc.getMessage());
   }
+
+  /**
+   * Mutations of a valid file (bit flips, truncations, header character edits) read from memory must give an array
+   * or an NpyException, never another exception type. Seeded.
+   */
+  @Test
+  void fuzzNeverThrowsAnythingElse() throws IOException {
+    Random rnd = new Random(77);
+    Path p = dir.resolve("valid.npy");
+    Npy.write(p, SafetensorsTest.randomArray(DType.I32, new long[] {3, 5}, rnd));
+    byte[] valid = Files.readAllBytes(p);
+    int parsed = 0;
+    int rejected = 0;
+    for (int c = 0; c < 3000; c++) {
+      byte[] img = valid.clone();
+      switch (c % 4) {
+        case 0 -> img = java.util.Arrays.copyOf(img, rnd.nextInt(img.length));
+        case 1 -> img[rnd.nextInt(img.length)] ^= (byte) (1 << rnd.nextInt(8));
+        case 2 -> img[10 + rnd.nextInt(60)] = (byte) "{}()[]',:0123456789-LTrueFalse <>|fiub".charAt(rnd.nextInt(38));
+        default -> {
+          img = new byte[rnd.nextInt(120)];
+          rnd.nextBytes(img);
+          if (img.length > 10) {
+            System.arraycopy(valid, 0, img, 0, 8);
+          }
+        }
+      }
+      try {
+        NdArray a = Npy.read(new java.io.ByteArrayInputStream(img), img.length, "fuzz" + c);
+        a.toDoubleArray(); // every element readable
+        parsed++;
+      } catch (NpyException expected) {
+        rejected++;
+      } catch (RuntimeException | Error other) {
+        throw new AssertionError("case " + c + " threw " + other, other);
+      }
+    }
+    assertTrue(parsed > 100 && rejected > 100, "parsed=" + parsed + " rejected=" + rejected);
+  }
 }

@@ -1,0 +1,256 @@
+package dev.kiln.runtime.cpu;
+
+import java.lang.foreign.MemorySegment;
+import java.nio.ByteOrder;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
+import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorSpecies;
+
+/**
+ * F32 kernels on the Vector API. Only reached behind {@link Simd#enabled()}, so this class (and the incubator
+ * module) is never loaded when the module is absent.
+ *
+ * <p>Tails use masked vector ops rather than a scalar loop, so an element's result never depends on where a block
+ * or chunk boundary falls. {@code exp} is computed here from add/mul/fma and bit operations instead of
+ * {@code lanewise(EXP)}: the incubator's EXP may take a different code path (SVML stub vs Java fallback) in
+ * interpreted and compiled code, which would make results depend on JIT timing and break bit-for-bit determinism.
+ * Lane sums are finished in a fixed sequential order for the same reason ({@code reduceLanes(ADD)} has no fixed
+ * order).
+ */
+final class VectorKernels {
+  private static final VectorSpecies<Float> S = FloatVector.SPECIES_PREFERRED;
+  private static final int L = S.length();
+  private static final ByteOrder LE = ByteOrder.LITTLE_ENDIAN;
+
+  private VectorKernels() {}
+
+  // ---------------------------------------------------------------- binary over contiguous F32 segments
+
+  /** {@code o[i] = a[i] op b[i]} for {@code n} contiguous F32 elements at the given byte offsets. */
+  static boolean binary(Elementwise.Binary op, MemorySegment a, long ab, MemorySegment b, long bb, MemorySegment o,
+      long ob, long n) {
+    switch (op) {
+      case ADD -> add(a, ab, b, bb, o, ob, n);
+      case SUB -> sub(a, ab, b, bb, o, ob, n);
+      case MUL -> mul(a, ab, b, bb, o, ob, n);
+      case DIV -> div(a, ab, b, bb, o, ob, n);
+      default -> {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private static void add(MemorySegment a, long ab, MemorySegment b, long bb, MemorySegment o, long ob, long n) {
+    long i = 0;
+    long bound = n - n % L;
+    for (; i < bound; i += L) {
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE);
+      x.add(y).intoMemorySegment(o, ob + i * 4, LE);
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE, m);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE, m);
+      x.add(y).intoMemorySegment(o, ob + i * 4, LE, m);
+    }
+  }
+
+  private static void sub(MemorySegment a, long ab, MemorySegment b, long bb, MemorySegment o, long ob, long n) {
+    long i = 0;
+    long bound = n - n % L;
+    for (; i < bound; i += L) {
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE);
+      x.sub(y).intoMemorySegment(o, ob + i * 4, LE);
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE, m);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE, m);
+      x.sub(y).intoMemorySegment(o, ob + i * 4, LE, m);
+    }
+  }
+
+  private static void mul(MemorySegment a, long ab, MemorySegment b, long bb, MemorySegment o, long ob, long n) {
+    long i = 0;
+    long bound = n - n % L;
+    for (; i < bound; i += L) {
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE);
+      x.mul(y).intoMemorySegment(o, ob + i * 4, LE);
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE, m);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE, m);
+      x.mul(y).intoMemorySegment(o, ob + i * 4, LE, m);
+    }
+  }
+
+  private static void div(MemorySegment a, long ab, MemorySegment b, long bb, MemorySegment o, long ob, long n) {
+    long i = 0;
+    long bound = n - n % L;
+    for (; i < bound; i += L) {
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE);
+      x.div(y).intoMemorySegment(o, ob + i * 4, LE);
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector x = FloatVector.fromMemorySegment(S, a, ab + i * 4, LE, m);
+      FloatVector y = FloatVector.fromMemorySegment(S, b, bb + i * 4, LE, m);
+      x.div(y).intoMemorySegment(o, ob + i * 4, LE, m);
+    }
+  }
+
+  // ---------------------------------------------------------------- unary over float[] blocks
+
+  /** {@code o = op(x)} over {@code n} elements; false when this op has no vector form here (caller goes scalar). */
+  static boolean unary(Elementwise.Unary op, float[] x, float[] o, int n) {
+    switch (op) {
+      case EXP, SIGMOID, SILU -> {
+        int i = 0;
+        int bound = S.loopBound(n);
+        for (; i < bound; i += L) {
+          unaryLanes(op, FloatVector.fromArray(S, x, i)).intoArray(o, i);
+        }
+        if (i < n) {
+          VectorMask<Float> m = S.indexInRange(i, n);
+          unaryLanes(op, FloatVector.fromArray(S, x, i, m)).intoArray(o, i, m);
+        }
+        return true;
+      }
+      default -> {
+        return false;
+      }
+    }
+  }
+
+  private static FloatVector unaryLanes(Elementwise.Unary op, FloatVector v) {
+    return switch (op) {
+      case EXP -> exp(v);
+      case SIGMOID -> one().div(exp(v.neg()).add(1f));
+      default -> v.div(exp(v.neg()).add(1f)); // SILU
+    };
+  }
+
+  private static FloatVector one() {
+    return FloatVector.broadcast(S, 1f);
+  }
+
+  private static final float LOG2E = 1.44269504088896341f;
+  private static final float LN2_HI = 0.693145751953125f;
+  private static final float LN2_LO = 1.428606765330187045e-06f;
+  private static final float MAGIC = 12582912f; // 1.5 * 2^23: adding it rounds a float to an integer in its low bits
+
+  /**
+   * e^x to about 1 ulp: x = k ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial (error below
+   * 2^-24 on that range), then scaled by 2^k in two halves so that under- and overflow round like IEEE.
+   */
+  static FloatVector exp(FloatVector x) {
+    FloatVector xc = x.max(-104f).min(89f); // beyond these e^x is 0 or +inf in float; NaN stays NaN
+    FloatVector t = xc.mul(LOG2E).add(MAGIC);
+    FloatVector kf = t.sub(MAGIC);
+    IntVector k = t.reinterpretAsInts().sub(Float.floatToRawIntBits(MAGIC));
+    FloatVector r = kf.neg().fma(FloatVector.broadcast(S, LN2_HI), xc);
+    r = kf.neg().fma(FloatVector.broadcast(S, LN2_LO), r);
+    FloatVector p = FloatVector.broadcast(S, 1f / 5040);
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 720));
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 120));
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 24));
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 6));
+    p = p.fma(r, FloatVector.broadcast(S, 0.5f));
+    p = p.fma(r, one());
+    p = p.fma(r, one());
+    IntVector k1 = k.lanewise(VectorOperators.ASHR, 1);
+    IntVector k2 = k.sub(k1);
+    FloatVector s1 = k1.add(127).lanewise(VectorOperators.LSHL, 23).reinterpretAsFloats();
+    FloatVector s2 = k2.add(127).lanewise(VectorOperators.LSHL, 23).reinterpretAsFloats();
+    return p.mul(s1).mul(s2);
+  }
+
+  // ---------------------------------------------------------------- softmax rows
+
+  /**
+   * Softmax (or log-softmax) of {@code row[0, n)} in place, computed in float; exponentials are summed in float
+   * lanes for at most 16 vector steps, then flushed in lane order into a double.
+   */
+  static void softmaxRow(float[] row, int n, boolean log) {
+    int bound = S.loopBound(n);
+    FloatVector mv = FloatVector.broadcast(S, Float.NEGATIVE_INFINITY);
+    int i = 0;
+    for (; i < bound; i += L) {
+      mv = mv.max(FloatVector.fromArray(S, row, i));
+    }
+    float max = maxLanes(mv);
+    for (; i < n; i++) {
+      max = Math.max(max, row[i]);
+    }
+    if (max == Float.NEGATIVE_INFINITY || Float.isNaN(max)) {
+      Softmax.degenerateRow(row, n, max, log);
+      return;
+    }
+    FloatVector sv = FloatVector.zero(S);
+    double sum = 0;
+    int step = 0;
+    for (i = 0; i < bound; i += L, step++) {
+      FloatVector e = exp(FloatVector.fromArray(S, row, i).sub(max));
+      sv = sv.add(e);
+      if (!log) {
+        e.intoArray(row, i);
+      }
+      if ((step & 15) == 15) {
+        sum += sumLanes(sv);
+        sv = FloatVector.zero(S);
+      }
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector e = exp(FloatVector.fromArray(S, row, i, m).sub(max));
+      sv = sv.add(e, m);
+      if (!log) {
+        e.intoArray(row, i, m);
+      }
+    }
+    sum += sumLanes(sv);
+    if (log) {
+      float shift = (float) (max + Math.log(sum));
+      for (i = 0; i < bound; i += L) {
+        FloatVector.fromArray(S, row, i).sub(shift).intoArray(row, i);
+      }
+      for (; i < n; i++) {
+        row[i] -= shift;
+      }
+    } else {
+      float inv = (float) (1 / sum);
+      for (i = 0; i < bound; i += L) {
+        FloatVector.fromArray(S, row, i).mul(inv).intoArray(row, i);
+      }
+      for (; i < n; i++) {
+        row[i] *= inv;
+      }
+    }
+  }
+
+  private static float maxLanes(FloatVector v) {
+    float[] lanes = v.toArray();
+    float m = lanes[0];
+    for (int i = 1; i < lanes.length; i++) {
+      m = Math.max(m, lanes[i]);
+    }
+    return m;
+  }
+
+  private static double sumLanes(FloatVector v) {
+    float[] lanes = v.toArray();
+    double s = 0;
+    for (float f : lanes) {
+      s += f;
+    }
+    return s;
+  }
+}
