@@ -16,6 +16,7 @@ import picocli.CommandLine.Command;
       CommandLine.HelpCommand.class,
       DoctorCommand.class,
       BenchCommand.class,
+      dev.kiln.cli.tokenizer.TokenizerCommand.class,
     })
 public final class KilnCommand implements Runnable {
   @CommandLine.Spec CommandLine.Model.CommandSpec spec;
