@@ -788,7 +788,7 @@ public final class BodyWalker {
         };
         Attr.Pattern attr = new Attr.Pattern(parsed, sizes, how);
         Pos specPos = pos(pat.tree());
-        Value out = atSite(at, Map.of(x, pos(a.get(0))), specPos, how == Reduction.MEAN ? "reduce" : null, block,
+        Value out = atSite(at, Map.of(x, pos(a.get(0))), specPos, null, block,
             () -> p == Primitive.REDUCE_PATTERN ? Composites.reduce(builder(block), x, attr)
                 : builder(block).prim(p, attr, x));
         return new TensorV(out);

@@ -77,6 +77,7 @@ public final class ModuleReader {
     for (RecordComponentElement c : type.getRecordComponents()) {
       component(m, c, report);
     }
+    boolean forwardDeclared = false;
     for (Element e : type.getEnclosedElements()) {
       if (e instanceof ExecutableElement x) {
         boolean fwd = Annotations.find(x, Annotations.FORWARD) != null;
@@ -84,23 +85,24 @@ public final class ModuleReader {
         if (fwd && loss) {
           report.add(Id.BadModule, new Pos.OnElement(x), "'" + x.getSimpleName() + "' cannot be both @Forward and @Loss");
         } else if (fwd) {
-          if (m.forward() != null) {
+          if (forwardDeclared) {
             report.add(Id.BadModule, new Pos.OnElement(x), "module " + m.simpleName() + " has a second @Forward method '"
-                + x.getSimpleName() + "' (the first is '" + m.forward().method() + "')");
+                + x.getSimpleName() + "'");
           } else {
-            m.setForward(signature(x, report));
+            forwardDeclared = true;
+            m.setForward(signature(m, x, report));
           }
         } else if (loss) {
           if (m.loss() != null) {
             report.add(Id.BadModule, new Pos.OnElement(x), "module " + m.simpleName() + " has a second @Loss method '"
                 + x.getSimpleName() + "'");
           } else {
-            m.setLoss(signature(x, report));
+            m.setLoss(signature(m, x, report));
           }
         }
       }
     }
-    if (m.forward() == null) {
+    if (!forwardDeclared) {
       report.add(Id.BadModule, new Pos.OnElement(type), "module " + m.simpleName() + " has no @Forward method");
     }
     return m;
@@ -271,7 +273,27 @@ public final class ModuleReader {
     return out;
   }
 
-  private ModuleIr.Signature signature(ExecutableElement x, Report report) {
+  /** Every name in the result shape must get its size from an input shape or from the config. */
+  private static boolean resultBound(ModuleIr m, ExecutableElement x, Annotations.Text text, List<Shape> params,
+      Report report) {
+    Set<String> known = new HashSet<>(m.dims());
+    for (Shape p : params) {
+      for (Dim d : p.dims()) {
+        known.addAll(d.symbols());
+      }
+    }
+    ShapeSpec spec = ShapeParser.parseShape(text.text());
+    for (Axis.Name n : spec.axisNames()) {
+      if (!known.contains(n.name())) {
+        report.add(Id.UnboundDim, text.pos().at(n.start()), "the result of '" + x.getSimpleName() + "' names '" + n.name()
+            + "', which no input shape, parameter shape or config dim of " + m.simpleName() + " gives a size");
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private ModuleIr.Signature signature(ModuleIr m, ExecutableElement x, Report report) {
     List<String> names = new ArrayList<>();
     List<Shape> params = new ArrayList<>();
     boolean ok = true;
@@ -309,8 +331,13 @@ public final class ModuleReader {
           + "' needs @Shape(\"...\") on the method");
       ok = false;
     } else {
-      result = parseShape(Annotations.text(x, rs, "value"), report, "the result of '" + x.getSimpleName() + "'", true);
+      Annotations.Text text = Annotations.text(x, rs, "value");
+      result = parseShape(text, report, "the result of '" + x.getSimpleName() + "'", true);
       ok &= result != null;
+      // After a mistake in a component or a parameter the module's dims are incomplete: do not guess further.
+      if (result != null && ok && !report.hasErrors()) {
+        ok = resultBound(m, x, text, params, report);
+      }
     }
     return ok ? new ModuleIr.Signature(x.getSimpleName().toString(), names, params, result) : null;
   }

@@ -70,16 +70,6 @@ public final class ShapeChecker implements ShapeContext {
       }
       in.value().setShape(in.declared());
     }
-    for (Dim d : graph.result().dims()) {
-      for (String s : d.symbols()) {
-        if (!signatureNames.contains(s) && !configDims.contains(s)) {
-          report.add(Id.UnboundDim, graph.resultPos(), "the result shape '" + graph.result() + "' of '" + graph.method()
-              + "' names '" + s + "', which no input shape and no parameter or config dim of " + module.simpleName()
-              + " gives a size");
-          return;
-        }
-      }
-    }
     block(graph.body());
   }
 
@@ -277,7 +267,8 @@ public final class ShapeChecker implements ShapeContext {
     }
     boolean sameRest = e.hasRest() == a.hasRest() && (!e.hasRest() || e.rest().equals(a.rest()) && e.restAt() == a.restAt());
     if (!sameRest || e.dims().size() != a.dims().size()) {
-      if (e.hasRest() || a.hasRest()) {
+      boolean oneRest = e.hasRest() && a.hasRest() && e.rest().equals(a.rest());
+      if ((e.hasRest() || a.hasRest()) && !oneRest) {
         Shape longer = e.hasRest() ? a : e;
         Shape withRest = e.hasRest() ? e : a;
         if (!longer.hasRest() && longer.dims().size() < withRest.dims().size()) {
