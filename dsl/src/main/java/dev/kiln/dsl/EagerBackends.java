@@ -26,6 +26,13 @@ final class EagerBackends {
     return b;
   }
 
+  /** Installs {@code b} (null: look it up again on next use) and returns the previous one; visible for tests. */
+  static synchronized EagerBackend swap(EagerBackend b) {
+    EagerBackend old = backend;
+    backend = b;
+    return old;
+  }
+
   /** Loads the backend through {@link ServiceLoader} from {@code loader}; visible for tests. */
   static EagerBackend load(ClassLoader loader, String op) {
     List<EagerBackend> found = new ArrayList<>();

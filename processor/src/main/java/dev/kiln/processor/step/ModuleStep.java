@@ -16,6 +16,7 @@ import javax.lang.model.element.TypeElement;
 
 /** Runs the passes over one module and prints its report. Code generation (part B) will run on a clean report. */
 final class ModuleStep {
+  // Package-private: the step test drives it directly to inspect the IR.
   private final ProcessingEnvironment env;
   private final Trees trees;
   private final ModuleReader reader;
