@@ -159,7 +159,7 @@ public final class BodyWalker {
       return null;
     }
     Pos resultPos = new Pos.AtTree(tree, unit);
-    return new Graph(sig.method(), kind, inputs, sig.result(), resultPos, body, values.next());
+    return new Graph(sig.method(), kind, inputs, sig.result(), resultPos, body, values);
   }
 
   // ---- statements ---------------------------------------------------------------------------------------------

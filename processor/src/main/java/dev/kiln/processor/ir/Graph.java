@@ -24,16 +24,16 @@ public final class Graph {
   private final Pos resultPos;
   private final Block body;
   private final List<RuntimeCheck> checks = new ArrayList<>();
-  private int nextValue;
+  private final Values values;
 
-  public Graph(String method, Kind kind, List<Input> inputs, Shape result, Pos resultPos, Block body, int nextValue) {
+  public Graph(String method, Kind kind, List<Input> inputs, Shape result, Pos resultPos, Block body, Values values) {
     this.method = method;
     this.kind = kind;
     this.inputs = List.copyOf(inputs);
     this.result = result;
     this.resultPos = resultPos;
     this.body = body;
-    this.nextValue = nextValue;
+    this.values = values;
   }
 
   public String method() {
@@ -65,8 +65,8 @@ public final class Graph {
     return checks;
   }
 
-  /** A fresh value number, for passes that add nodes. */
-  public int nextValueId() {
-    return nextValue++;
+  /** Makes new values of this graph, for passes that add nodes (grad, lower). */
+  public Values values() {
+    return values;
   }
 }
