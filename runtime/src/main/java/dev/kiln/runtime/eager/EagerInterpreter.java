@@ -113,7 +113,7 @@ public final class EagerInterpreter implements EagerBackend {
     for (int i = 0; i < v.length; i++) {
       v[i] = f.applyAsDouble(v[i]);
     }
-    NdArray out = NdArray.fromDoubles(v, x.shape());
+    NdArray out = NdArray.fromDoubles(v).reshape(x.shape()); // no shape would mean 1-d, so 0-d is a reshape
     return x.dtype() == DType.F64 ? out : out.to(x.dtype());
   }
 
