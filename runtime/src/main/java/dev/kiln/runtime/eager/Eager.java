@@ -33,8 +33,9 @@ import java.util.Set;
  * <p><b>Initialisation</b> follows CS336: {@link Init#TRUNC_NORMAL_FAN_IN_OUT} draws from N(0, σ²) with
  * σ = sqrt(2 / (fan_in + fan_out)) cut at ±3σ (fan_in the last dim, fan_out the product of the others),
  * {@link Init#TRUNC_NORMAL_UNIT} from N(0, 1) cut at ±3, {@link Init#ONES} and {@link Init#ZEROS} are constants.
- * One {@link Rng} seeded with {@code seed} fills the parameters in state-dict order, so a seed gives the same
- * model on every machine and thread count.
+ * Parameter number {@code i} in state-dict order is drawn from Philox stream {@code i} of {@code seed} at offset 0
+ * ({@code new Rng(seed).stream(i)}) — what the device SPI's {@code fillTruncatedNormal(out, std, 3 std, seed, i)}
+ * draws — so a seed gives the same model on every machine, thread count and device.
  */
 public final class Eager {
   private static final ThreadLocal<DType> PRECISION = new ThreadLocal<>();
@@ -115,8 +116,9 @@ public final class Eager {
     if (!dtype.isFloating()) {
       throw new IllegalArgumentException("parameters are floating tensors, not " + dtype);
     }
-    Rng rng = new Rng(seed);
-    ModuleWalker w = new ModuleWalker("Eager.init", slot -> initialise(slot, dtype, rng));
+    Rng root = new Rng(seed);
+    long[] index = {0};
+    ModuleWalker w = new ModuleWalker("Eager.init", slot -> initialise(slot, dtype, root.stream(index[0]++)));
     return w.build(moduleType, config);
   }
 
