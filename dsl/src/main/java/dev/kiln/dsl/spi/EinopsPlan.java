@@ -105,6 +105,21 @@ public final class EinopsPlan {
     return dev.reshape(dev.contiguous(t), b.out);
   }
 
+  /**
+   * The size of every name on the left side when it is bound to {@code shape} with the {@code given} sizes: what
+   * the inverse op (in a gradient) needs to split the dims this op merged.
+   */
+  public Map<String, Long> bindSizes(long[] shape, Map<String, Long> given) {
+    Bound b = bind(shape, given);
+    Map<String, Long> out = new HashMap<>(given);
+    for (int i = 0; i < b.leftNames.size(); i++) {
+      if (!b.leftNames.get(i).startsWith("...")) {
+        out.put(b.leftNames.get(i), b.split[i]);
+      }
+    }
+    return out;
+  }
+
   /** The elementary dims of both sides under actual sizes. */
   private static final class Bound {
     long[] split;
