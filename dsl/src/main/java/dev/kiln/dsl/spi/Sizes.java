@@ -16,6 +16,19 @@ public final class Sizes {
     return a / b;
   }
 
+  /** A dim taken from a hyper-parameter ({@code size("h", numHeads)}): it must be positive. */
+  public static long dim(long value, String key) {
+    if (value <= 0) {
+      throw new IllegalArgumentException("'" + key + "' is used as a dim size and must be positive, got " + value);
+    }
+    return value;
+  }
+
+  /** {@code a / b} in floating point (a scalar of a generated constant; never integer division). */
+  public static double div(double a, double b) {
+    return a / b;
+  }
+
   /** Product of {@code shape[from..to)}. */
   public static long prod(long[] shape, int from, int to) {
     long p = 1;

@@ -67,6 +67,7 @@ public final class Lowering {
     Dce.run(g.body(), live);
     Dce.run(b.block(), new HashSet<>(b.block().results()));
 
+    Schedule.hoist(g.body());
     Fusion fwd = new Fusion(kernelPrefix + "_fwd_");
     fuseAll(fwd, g.body());
 
@@ -112,6 +113,7 @@ public final class Lowering {
     }
     r.saved.putAll(refs);
 
+    Schedule.hoist(b.block());
     Fusion bwd = new Fusion(kernelPrefix + "_bwd_");
     fuseAll(bwd, b.block());
     r.kernelOf.putAll(fwd.kernelOf());
@@ -129,6 +131,10 @@ public final class Lowering {
       return;
     }
     Node.Prim p = def.get(v);
+    if (p != null && p.op() == Primitive.CONST && topLevel.contains(v) && !refsOutsideTop.contains(v)) {
+      recompute.add(copy(p)); // a constant is cheaper to make again than to save
+      return;
+    }
     FusedKernel k = p == null ? null : fwd.kernelOf().get(p);
     if (k == null || k.outputs().containsKey(v)) {
       return; // materialised: saved as it is

@@ -140,6 +140,11 @@ public final class Differentiator {
       if (g.shape() != null && g.shape().equals(like.shape())) {
         return g;
       }
+      // Summing a broadcast '... 1' back is a last-dim row sum, which fuses into a row kernel.
+      if (g.shape() != null && g.shape().tailSize() >= 1
+          && like.shape().equals(g.shape().withTail(1, List.of(dev.kiln.processor.ir.Dim.of(1))))) {
+        return prim(Primitive.SUM, new Attr.Axes(false, true), Value.Elem.FLOAT, like.shape(), g);
+      }
       return prim(Primitive.SUM_TO, like.shape(), g, like);
     }
   };

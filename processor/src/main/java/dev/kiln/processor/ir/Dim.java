@@ -231,7 +231,9 @@ public final class Dim {
     for (var e : terms.entrySet()) {
       List<String> up = new ArrayList<>();
       List<String> down = new ArrayList<>();
-      up.add(e.getValue().num + "L");
+      if (e.getValue().num != 1 || e.getKey().isEmpty() || e.getKey().values().stream().allMatch(p -> p < 0)) {
+        up.add(e.getValue().num + "L");
+      }
       if (e.getValue().den != 1) {
         down.add(e.getValue().den + "L");
       }

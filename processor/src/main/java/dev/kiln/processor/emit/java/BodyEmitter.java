@@ -292,12 +292,13 @@ final class BodyEmitter {
   String scalar(Scalar s) {
     return switch (s) {
       case Scalar.Lit l -> literal(l.value());
-      case Scalar.Hyper h -> "(double) params$." + h.component() + "()";
+      case Scalar.Hyper h -> "params$." + h.component() + "()";
       case Scalar.AxisSize a -> "(double) Sizes.size(" + shapeOf(a.value()) + ", " + a.axis() + ")";
       case Scalar.Count c -> "(double) Sizes.count(" + shapeOf(c.value()) + ")";
       case Scalar.Op o -> switch (o.op()) {
         case "ln" -> "Math.log(" + scalar(o.left()) + ")";
         case "sqrt" -> "Math.sqrt(" + scalar(o.left()) + ")";
+        case "/" -> "Sizes.div(" + scalar(o.left()) + ", " + scalar(o.right()) + ")";
         default -> "(" + scalar(o.left()) + " " + o.op() + " " + scalar(o.right()) + ")";
       };
     };
@@ -316,7 +317,7 @@ final class BodyEmitter {
       if (h == null) {
         throw new IllegalStateException("the size '" + sym + "' is not an int hyper-parameter of " + module.type());
       }
-      return "(long) params$." + h + "()";
+      return "Sizes.dim(params$." + h + "(), \"" + sym + "\")";
     });
   }
 
