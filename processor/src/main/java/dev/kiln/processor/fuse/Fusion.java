@@ -43,7 +43,8 @@ final class Fusion {
     if (isRowReduction(p)) {
       return true;
     }
-    return p.op().isPointwise() && p.op() != Primitive.CONST && p.op() != Primitive.CAST_FLOAT;
+    return (p.op().isPointwise() || p.op() == Primitive.EXPAND) && p.op() != Primitive.CONST
+        && p.op() != Primitive.CAST_FLOAT;
   }
 
   /** The level of {@code s} relative to {@code domain}, or null when it is none of them. */
@@ -83,7 +84,7 @@ final class Fusion {
     // For each value, the positions of the nodes using it.
     Map<Value, List<Integer>> uses = new HashMap<>();
     for (int i = 0; i < nodes.size(); i++) {
-      for (Value v : inputsOf(nodes.get(i))) {
+      for (Value v : contentUses(nodes.get(i))) {
         uses.computeIfAbsent(v, k -> new ArrayList<>()).add(i);
       }
       for (Value v : nodes.get(i).outputs()) {
@@ -104,6 +105,16 @@ final class Fusion {
         FusedKernel g = prod == null ? null : kernelOf.get(prod);
         if (g != null && accepts(g, p, producer) && !usedInBetween(g, first.get(g), i, uses)) {
           joined = g;
+        }
+      }
+      if (joined == null) {
+        // An independent node at a level of an open kernel's domain joins it too (the two halves of a product's
+        // gradient; per-row arithmetic next to the row reduction it feeds).
+        for (int k = kernels.size() - 1; k >= 0 && joined == null; k--) {
+          FusedKernel g = kernels.get(k);
+          if (accepts(g, p, producer) && !usedInBetween(g, first.get(g), i, uses)) {
+            joined = g;
+          }
         }
       }
       if (joined == null) {
@@ -142,7 +153,7 @@ final class Fusion {
   private final List<FusedKernel> all = new ArrayList<>();
 
   private static boolean hasFullInput(FusedKernel g, Node.Prim p) {
-    for (Value v : p.inputs()) {
+    for (Value v : contentUses(p)) {
       if (level(v.shape(), g.domain) == Level.FULL) {
         return true;
       }
@@ -158,7 +169,11 @@ final class Fusion {
     if (out != Level.FULL && out != Level.ROW) {
       return false;
     }
-    for (Value v : p.inputs()) {
+    for (int i = 0; i < p.inputs().size(); i++) {
+      if (Lowering.shapeOnly(p, i)) {
+        continue;
+      }
+      Value v = p.inputs().get(i);
       Level l = level(v.shape(), g.domain);
       if (l == null) {
         return false;
@@ -207,7 +222,7 @@ final class Fusion {
       memberValues.add(m.out());
     }
     for (Node.Prim m : g.members) {
-      for (Value v : m.inputs()) {
+      for (Value v : contentUses(m)) {
         if (memberValues.contains(v)) {
           continue;
         }
@@ -243,6 +258,24 @@ final class Fusion {
     }
     g.outputs.putIfAbsent(v, g.levels.get(v));
     return true;
+  }
+
+  /**
+   * The values whose contents a node reads: its inputs without those it reads only the shape of (a size in a
+   * constant, the target of a broadcast gradient). A value used only for its shape may stay inside a kernel; its
+   * shape is the kernel's domain's.
+   */
+  static List<Value> contentUses(Node n) {
+    if (n instanceof Node.Prim p) {
+      List<Value> out = new ArrayList<>();
+      for (int i = 0; i < p.inputs().size(); i++) {
+        if (!Lowering.shapeOnly(p, i)) {
+          out.add(p.inputs().get(i));
+        }
+      }
+      return out;
+    }
+    return inputsOf(n);
   }
 
   /** The values a node reads, nested blocks included (they are uses at the node's position). */

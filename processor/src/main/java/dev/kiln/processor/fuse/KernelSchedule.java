@@ -70,7 +70,7 @@ public final class KernelSchedule {
       while (progress) {
         progress = false;
         for (Node.Prim p : rowMembers) {
-          if (!rowReady.contains(p.out()) && rowReady.containsAll(p.inputs())) {
+          if (!rowReady.contains(p.out()) && rowReady.containsAll(Fusion.contentUses(p))) {
             rowNow.add(p);
             rowReady.add(p.out());
             progress = true;
@@ -144,7 +144,7 @@ public final class KernelSchedule {
         def = p;
       }
     }
-    for (Value in : def.inputs()) {
+    for (Value in : Fusion.contentUses(def)) {
       if (!coneReady(k, in, members, rowReady, cone)) {
         return false;
       }

@@ -62,8 +62,8 @@ public enum Primitive {
       in.get(2).dims().size() - 1, in.get(2).dims().size())), VjpRules::attention)),
   /** Gradient of broadcasting: input 0 summed down to the shape of input 1 (whose contents are not read). */
   SUM_TO(Rules.backwardOnly(2, 1)),
-  /** Input 0 broadcast to the shape of input 1 (whose contents are not read). */
-  EXPAND(Rules.backwardOnly(2, 1)),
+  /** Input 0 broadcast to the shape of input 1 (whose contents are not read); in a kernel, a read at a coarser level. */
+  EXPAND(new Rules(2, (ctx, node, in) -> in.get(1), Vjp.SECOND_ORDER, "%1$s", "%1$s")),
   /** Gradient of {@link #GATHER}: {@code (ids, dOut, table)} → zeros like the table with rows of dOut added at ids. */
   SCATTER_ROWS(Rules.backwardOnly(3, 2)),
   /**

@@ -242,6 +242,10 @@ final class BodyEmitter {
 
   /** The code of {@code v}'s shape ({@code long[]}). */
   String shapeOf(Value v) {
+    FusedKernel k = internal(v);
+    if (k != null && !declared(v)) {
+      return kernelShape(k, k.levels().get(v));
+    }
     if (declared(v) || paramReads.contains(v) || !backward) {
       return ref(v) + ".shape()";
     }
@@ -257,6 +261,22 @@ final class BodyEmitter {
   }
 
   private final Set<Value> shapeLoaded = new HashSet<>();
+
+  /** The kernel of this method that computes {@code v} without writing it out, or null. */
+  private FusedKernel internal(Value v) {
+    for (FusedKernel k : backward ? plan.backwardKernels : plan.forwardKernels) {
+      if (k.levels().containsKey(v) && !k.outputs().containsKey(v)) {
+        return k;
+      }
+    }
+    return null;
+  }
+
+  /** The shape of a value at {@code level} of kernel {@code k}: its domain's, or the domain's rows. */
+  private String kernelShape(FusedKernel k, Level level) {
+    String s = shapeOf(k.domainSource());
+    return level == Level.ROW ? "Sizes.cat(Sizes.range(" + s + ", 0, " + s + ".length - 1), new long[] {1})" : s;
+  }
 
   private String savedContext(Value v) {
     Node.Loop l = forwardLoopOf.get(v);
@@ -742,6 +762,12 @@ final class BodyEmitter {
     for (Value v : outs) {
       declare(v);
       save(v);
+    }
+    // Values the kernel keeps to itself whose shape backward needs.
+    for (var e : k.levels().entrySet()) {
+      if (!k.outputs().containsKey(e.getKey()) && !backward && plan.saved.get(e.getKey()) == Lowering.Save.SHAPE) {
+        line(ctx + ".saveShape(\"" + key(e.getKey()) + "\", " + kernelShape(k, e.getValue()) + ");");
+      }
     }
   }
 

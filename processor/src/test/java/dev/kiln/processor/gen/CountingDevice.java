@@ -1,0 +1,200 @@
+package dev.kiln.processor.gen;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Mask;
+import dev.kiln.dsl.Reduction;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.TopK;
+import dev.kiln.dsl.spi.Device;
+import dev.kiln.dsl.spi.Kernel;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * A device that records every compute call (a fused kernel launch, a GEMM, an unfused primitive, attention) before
+ * passing it to the CPU device, so tests can count kernels. Memory and view calls are not kernels and are not
+ * recorded.
+ */
+final class CountingDevice implements Device {
+  private final Device d;
+  final List<String> calls = new ArrayList<>();
+  final List<Kernel> launches = new ArrayList<>();
+
+  CountingDevice(Device d) {
+    this.d = d;
+  }
+
+  void reset() {
+    calls.clear();
+    launches.clear();
+  }
+
+  @Override
+  public String name() {
+    return "counting(" + d.name() + ")";
+  }
+
+  @Override
+  public Tensor empty(DType dtype, long... shape) {
+    return d.empty(dtype, shape);
+  }
+
+  @Override
+  public Tensor zeros(DType dtype, long... shape) {
+    return d.zeros(dtype, shape);
+  }
+
+  @Override
+  public Tensor full(DType dtype, double value, long... shape) {
+    return d.full(dtype, value, shape);
+  }
+
+  @Override
+  public Tensor upload(DType dtype, long[] shape, double[] values) {
+    return d.upload(dtype, shape, values);
+  }
+
+  @Override
+  public double[] download(Tensor x) {
+    return d.download(x);
+  }
+
+  @Override
+  public Tensor iota(DType dtype, long n) {
+    return d.iota(dtype, n);
+  }
+
+  @Override
+  public void fill(Tensor out, double value) {
+    d.fill(out, value);
+  }
+
+  @Override
+  public void fillTruncatedNormal(Tensor out, double std, double bound, long seed, long stream) {
+    d.fillTruncatedNormal(out, std, bound, seed, stream);
+  }
+
+  @Override
+  public void copy(Tensor src, Tensor dst) {
+    calls.add("copy");
+    d.copy(src, dst);
+  }
+
+  @Override
+  public Tensor cast(Tensor x, DType dtype) {
+    calls.add("cast");
+    return d.cast(x, dtype);
+  }
+
+  @Override
+  public Tensor reshape(Tensor x, long... shape) {
+    return d.reshape(x, shape);
+  }
+
+  @Override
+  public Tensor permute(Tensor x, int... order) {
+    return d.permute(x, order);
+  }
+
+  @Override
+  public Tensor expand(Tensor x, long... shape) {
+    return d.expand(x, shape);
+  }
+
+  @Override
+  public Tensor contiguous(Tensor x) {
+    return d.contiguous(x);
+  }
+
+  @Override
+  public void gemm(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c, double alpha, double beta) {
+    calls.add("gemm");
+    d.gemm(a, transA, b, transB, c, alpha, beta);
+  }
+
+  @Override
+  public Tensor unary(Unary op, Tensor x) {
+    calls.add("unary " + op);
+    return d.unary(op, x);
+  }
+
+  @Override
+  public Tensor binary(Binary op, Tensor a, Tensor b) {
+    calls.add("binary " + op);
+    return d.binary(op, a, b);
+  }
+
+  @Override
+  public Tensor compare(Compare op, Tensor a, Tensor b) {
+    calls.add("compare " + op);
+    return d.compare(op, a, b);
+  }
+
+  @Override
+  public Tensor where(Tensor cond, Tensor a, Tensor b) {
+    calls.add("where");
+    return d.where(cond, a, b);
+  }
+
+  @Override
+  public Tensor reduce(Reduction how, Tensor x, int[] axes, boolean keepDims) {
+    calls.add("reduce " + how);
+    return d.reduce(how, x, axes, keepDims);
+  }
+
+  @Override
+  public Tensor sumTo(Tensor x, long... shape) {
+    calls.add("sumTo");
+    return d.sumTo(x, shape);
+  }
+
+  @Override
+  public Tensor gather(Tensor table, Tensor ids) {
+    calls.add("gather");
+    return d.gather(table, ids);
+  }
+
+  @Override
+  public void scatterAddRows(Tensor dTable, Tensor ids, Tensor src) {
+    calls.add("scatterAddRows");
+    d.scatterAddRows(dTable, ids, src);
+  }
+
+  @Override
+  public Tensor pick(Tensor x, Tensor idx) {
+    calls.add("pick");
+    return d.pick(x, idx);
+  }
+
+  @Override
+  public void scatterAddLast(Tensor dx, Tensor idx, Tensor src) {
+    calls.add("scatterAddLast");
+    d.scatterAddLast(dx, idx, src);
+  }
+
+  @Override
+  public TopK topk(Tensor x, int k) {
+    calls.add("topk");
+    return d.topk(x, k);
+  }
+
+  @Override
+  public void launch(Kernel kernel, Tensor[] tensors, long[] sizes, double[] scalars) {
+    calls.add("launch " + kernel.name());
+    launches.add(kernel);
+    d.launch(kernel, tensors, sizes, scalars);
+  }
+
+  @Override
+  public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
+    calls.add("attention");
+    return d.attention(q, k, v, mask, scale);
+  }
+
+  @Override
+  public AttentionGrads attentionBackward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask,
+      double scale) {
+    calls.add("attentionBackward");
+    return d.attentionBackward(q, k, v, out, lse, dOut, mask, scale);
+  }
+}

@@ -1,0 +1,86 @@
+package dev.kiln.processor.gen;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Config;
+import dev.kiln.dsl.spi.Context;
+import dev.kiln.dsl.spi.Device;
+import dev.kiln.dsl.spi.Kernel;
+import java.util.List;
+import java.util.Map;
+import java.util.Random;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Counts what generated code asks the device to do. The counts are the point of the lower pass: a pointwise chain
+ * or a row reduction is one kernel, an einsum is one GEMM without copies, attention is one call each way.
+ */
+class FusionTest {
+  private static Object compiled(String module, CountingDevice dev) {
+    try {
+      return Generated.cs336().type(Harness.compiledName(module)).getConstructor(Device.class, DType.class)
+          .newInstance(dev, DType.F64);
+    } catch (ReflectiveOperationException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  @Test
+  void swiGluSiluTimesGateIsOneKernelEachWay() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object m = compiled("cs336.SwiGlu", dev);
+    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 4, "d_ff", 6)), 1L);
+    Context ctx = new Context();
+    dev.reset();
+    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 4));
+    // Three Linear layers are three GEMMs; silu(w1 x) * w3 x is one kernel.
+    assertEquals(List.of("gemm", "gemm", "launch SwiGlu_apply_fwd_0", "gemm"), dev.calls);
+    dev.reset();
+    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    // Each Linear backward is two GEMMs (dx, dW); the backward of silu(a) * b is one kernel writing da and db; the
+    // two paths into x add up (one add).
+    assertEquals(1, dev.launches.size(), dev.calls::toString);
+    assertEquals(2, dev.launches.get(0).outputs(), "the backward kernel writes d(w1 x) and d(w3 x)");
+    assertEquals(6, dev.calls.stream().filter(c -> c.equals("gemm")).count(), dev.calls::toString);
+    assertEquals(List.of("binary ADD"), dev.calls.stream().filter(c -> !c.equals("gemm") && !c.startsWith("launch"))
+        .toList());
+  }
+
+  @Test
+  void rmsNormForwardIsOneRowKernel() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object m = compiled("cs336.RmsNorm", dev);
+    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 6, "eps", 1e-5)), 1L);
+    Context ctx = new Context();
+    dev.reset();
+    Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 3, 6));
+    assertEquals(List.of("launch RmsNorm_apply_fwd_0"), dev.calls);
+    assertEquals(Kernel.Kind.ROWS, dev.launches.get(0).kind());
+    // Backward saves only the input and the row statistic (1/rms), not the normalised row.
+    assertEquals(2, ctx.savedCount(), "saved: x and the inverse rms");
+  }
+
+  @Test
+  void attentionIsOneCallEachWayAndLinearsUseNoCopies() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object m = compiled("cs336.MultiHeadSelfAttention", dev);
+    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 8, "num_heads", 2, "rope_theta",
+        10000.0)), 1L);
+    Context ctx = new Context();
+    dev.reset();
+    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8),
+        Harness.arange(3));
+    assertEquals(1, dev.calls.stream().filter(c -> c.equals("attention")).count(), dev.calls::toString);
+    // q, k, v and output projections, and the rotation of RoPE (an einsum with a 2x2 table) for q and k.
+    assertEquals(6, dev.calls.stream().filter(c -> c.equals("gemm")).count(), dev.calls::toString);
+    dev.reset();
+    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    assertEquals(1, dev.calls.stream().filter(c -> c.equals("attentionBackward")).count(), dev.calls::toString);
+    String source = Generated.cs336().source("CompiledLinear.java");
+    assertTrue(source.contains("no copies"), "Linear's einsums are GEMMs with layout flags:\n" + source);
+    assertTrue(!source.contains("interleaved groups"), source);
+  }
+}
