@@ -23,7 +23,7 @@ import javax.tools.JavaFileObject;
  * Compiles test modules with Kiln's processor in memory and loads what came out (the user's records, the generated
  * {@code Compiled<Module>} classes, their kernels and {@code .cu} resources) in one class loader.
  */
-final class Generated {
+public final class Generated {
   final Compilation compilation;
   final ClassLoader loader;
   private final Map<String, String> sources = new HashMap<>();
@@ -81,10 +81,17 @@ final class Generated {
     return CACHE.computeIfAbsent(List.of(resourcePaths), Generated::new);
   }
 
+  /**
+   * The modules whose generated code the tests run: the CS336 modules and the primitive fixtures. The coverage test
+   * reads the same list, so a primitive counts as gradient-tested only if one of these uses it.
+   */
+  public static final List<String> FIXTURES = List.of("cs336/Linear.java", "cs336/Embedding.java", "cs336/RmsNorm.java",
+      "cs336/SwiGlu.java", "cs336/Rope.java", "cs336/MultiHeadSelfAttention.java", "cs336/TransformerBlock.java",
+      "cs336/TransformerLm.java", "cs336/Mlp.java", "prims/Pointwise.java", "prims/Einops.java",
+      "prims/Selection.java");
+
   static Generated cs336() {
-    return of("cs336/Linear.java", "cs336/Embedding.java", "cs336/RmsNorm.java", "cs336/SwiGlu.java", "cs336/Rope.java",
-        "cs336/MultiHeadSelfAttention.java", "cs336/TransformerBlock.java", "cs336/TransformerLm.java",
-        "cs336/Mlp.java");
+    return of(FIXTURES.toArray(String[]::new));
   }
 
   private String dump() {

@@ -14,11 +14,11 @@ import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 
 /**
- * Every CS336 module compiled by the processor and run on the CPU device: generated forward equals the eager
+ * Every CS336 module and every primitive fixture ({@code prims/}) compiled by the processor and run on the CPU device: generated forward equals the eager
  * interpreter's forward, and generated backward equals central differences of the eager forward, in float64, on
  * shapes drawn at random per case.
  */
-class Cs336GeneratedTest {
+class GeneratedModulesTest {
   /** A module, a config, and inputs made from a random source. */
   record Case(String name, String module, String eagerMethod, String forward, String backward,
       Map<String, Object> config, java.util.function.Function<Random, Object[]> inputs, boolean[] differentiable) {
@@ -61,7 +61,15 @@ class Cs336GeneratedTest {
         new Case("Mlp(gelu)", "cs336.Mlp", "apply", "forward", "backward", mlpConfig("GELU"),
             r -> new Object[] {Harness.random(r, b, s, 4)}, new boolean[] {true}),
         new Case("Mlp.loss", "cs336.Mlp", "loss", "loss", "lossBackward", mlpConfig("GELU"),
-            r -> new Object[] {Harness.random(r, 5, 4), Harness.ints(r, 3, 5)}, new boolean[] {true, false}));
+            r -> new Object[] {Harness.random(r, 5, 4), Harness.ints(r, 3, 5)}, new boolean[] {true, false}),
+        new Case("Pointwise", "prims.Pointwise", "apply", "forward", "backward", Map.of("d", 5),
+            r -> new Object[] {Harness.random(r, b + 1, 5)}, new boolean[] {true}),
+        new Case("Einops", "prims.Einops", "apply", "forward", "backward", Map.of("d", 3, "e", 4),
+            r -> new Object[] {Harness.random(r, b, s, 3)}, new boolean[] {true}),
+        new Case("Selection(relu)", "prims.Selection", "apply", "forward", "backward",
+            Map.of("d", 5, "rectify", true), r -> new Object[] {Harness.random(r, b + 1, 5)}, new boolean[] {true}),
+        new Case("Selection", "prims.Selection", "apply", "forward", "backward", Map.of("d", 5, "rectify", false),
+            r -> new Object[] {Harness.random(r, b + 1, 5)}, new boolean[] {true}));
     return cs.stream().map(Arguments::of);
   }
 
