@@ -129,6 +129,7 @@ public final class CudaEmitter {
     } else {
       b.append("  const long long e = (long long) blockIdx.x * blockDim.x + threadIdx.x;\n");
       b.append("  if (e >= rows * cols) return;\n  const long long r = e / cols, c = e % cols, i = e;\n");
+      b.append("  (void) r;\n  (void) c;\n");
     }
     List<Value> ins = new ArrayList<>(k.inputs().keySet());
     List<Value> outs = new ArrayList<>(k.outputs().keySet());

@@ -1,0 +1,72 @@
+package dev.kiln.processor.gen;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The CUDA C twin of every fused kernel: each module's {@code .cu} holds an {@code extern "C"} {@code _f32} and
+ * {@code _f64} function per kernel of its Java kernels class, and compiles with {@code nvcc} for sm_90 without a
+ * warning when {@code nvcc} is on the PATH (running the kernels is the CUDA device's test, on a GPU).
+ */
+class CudaSourceTest {
+  private static final List<String> WITH_KERNELS = List.of("cs336.RmsNorm", "cs336.SwiGlu", "cs336.Rope",
+      "cs336.Mlp", "cs336.TransformerLm", "prims.Pointwise", "prims.Einops");
+
+  @Test
+  void everyJavaKernelHasCudaTwins() {
+    Generated g = Generated.cs336();
+    for (String m : WITH_KERNELS) {
+      String cu = g.resource("META-INF/kiln/cuda/" + m + ".cu");
+      String java = g.source("Compiled" + m.substring(m.indexOf('.') + 1) + "Kernels.java");
+      int kernels = 0;
+      for (String line : java.split("\n")) {
+        String t = line.strip();
+        if (t.startsWith("public static void ")) {
+          String name = t.substring("public static void ".length(), t.indexOf('('));
+          assertTrue(cu.contains("extern \"C\" __global__ void " + name + "_f32("), m + " lacks " + name + "_f32");
+          assertTrue(cu.contains("extern \"C\" __global__ void " + name + "_f64("), m + " lacks " + name + "_f64");
+          kernels++;
+        }
+      }
+      assertTrue(kernels > 0, m + " has no kernels");
+      assertEquals(2 * kernels, cu.split("extern \"C\"", -1).length - 1, m + ": one f32 and one f64 per kernel");
+      assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
+    }
+  }
+
+  @Test
+  void compilesWithNvcc() throws IOException, InterruptedException {
+    Path nvcc = null;
+    for (String dir : System.getenv().getOrDefault("PATH", "").split(java.io.File.pathSeparator)) {
+      Path p = Path.of(dir, "nvcc");
+      if (Files.isExecutable(p)) {
+        nvcc = p;
+        break;
+      }
+    }
+    Assumptions.assumeTrue(nvcc != null, "nvcc is not on the PATH: the CUDA C is checked for its kernels only");
+    Generated g = Generated.cs336();
+    Path dir = Files.createTempDirectory("kiln-cu");
+    // Two modules (a row kernel with reductions, and pointwise kernels with every expression) keep the test short;
+    // the emitter writes all modules with the same code.
+    for (String m : List.of("cs336.RmsNorm", "prims.Pointwise")) {
+      Path src = dir.resolve(m + ".cu");
+      Files.writeString(src, g.resource("META-INF/kiln/cuda/" + m + ".cu"));
+      List<String> cmd = new ArrayList<>(List.of(nvcc.toString(), "-arch=sm_90", "-Werror", "all-warnings", "-c",
+          "-o", dir.resolve(m + ".o").toString(), src.toString()));
+      Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+      String out = new String(p.getInputStream().readAllBytes());
+      assertTrue(p.waitFor(120, TimeUnit.SECONDS), "nvcc timed out");
+      assertEquals(0, p.exitValue(), m + ":\n" + out);
+    }
+  }
+}
