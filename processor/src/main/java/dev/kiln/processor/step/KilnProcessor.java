@@ -43,6 +43,17 @@ public final class KilnProcessor extends AbstractProcessor {
   }
 
   @Override
+  public Set<String> getSupportedOptions() {
+    return Set.of(TIMING);
+  }
+
+  /** {@code -Akiln.timing} prints, as a note, the time the processor itself took (all rounds). */
+  static final String TIMING = "kiln.timing";
+
+  private long nanos;
+  private int modules;
+
+  @Override
   public SourceVersion getSupportedSourceVersion() {
     return SourceVersion.latestSupported();
   }
@@ -56,6 +67,19 @@ public final class KilnProcessor extends AbstractProcessor {
 
   @Override
   public boolean process(Set<? extends TypeElement> annotations, RoundEnvironment round) {
+    long start = System.nanoTime();
+    try {
+      return processTimed(round);
+    } finally {
+      nanos += System.nanoTime() - start;
+      if (round.processingOver() && processingEnv.getOptions().containsKey(TIMING)) {
+        processingEnv.getMessager().printMessage(Diagnostic.Kind.NOTE, String.format(
+            "Kiln: %d module(s) checked and generated in %.0f ms", modules, nanos / 1e6));
+      }
+    }
+  }
+
+  private boolean processTimed(RoundEnvironment round) {
     List<TypeElement> todo = new ArrayList<>();
     for (String name : deferred) {
       TypeElement t = processingEnv.getElementUtils().getTypeElement(name);
@@ -83,6 +107,7 @@ public final class KilnProcessor extends AbstractProcessor {
         if (r.clean()) {
           clean.add(new CodegenStep.Checked(r.module(), t));
         }
+        modules++;
         done.add(name);
       } catch (Deferred d) {
         deferred.add(name);
