@@ -112,6 +112,13 @@ public final class Sizes {
     }
   }
 
+  /** Checks that {@code divisor} divides {@code value}, with the compile-time warning's message. */
+  public static void checkDivides(long divisor, long value, String message) {
+    if (divisor == 0 || value % divisor != 0) {
+      throw new IllegalArgumentException(message + " (at run time: " + value + " is not divisible by " + divisor + ")");
+    }
+  }
+
   /** A stable 64-bit hash of a parameter name (FNV-1a): its Philox stream, so init does not depend on order. */
   public static long stream(String name) {
     long h = 0xcbf29ce484222325L;

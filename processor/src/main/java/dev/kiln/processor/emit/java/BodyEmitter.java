@@ -300,6 +300,55 @@ final class BodyEmitter {
     }
   }
 
+  /**
+   * The shape facts the check pass could not prove, checked with its message before anything runs. A fact is
+   * checked when every dim it names can be read here: from an input's shape, a parameter's shape or an int
+   * hyper-parameter; the others (dims inside a {@code ...} of unknown length) are left to the device's own checks.
+   */
+  int checks(List<dev.kiln.processor.ir.RuntimeCheck> checks) {
+    Map<String, String> env = new HashMap<>();
+    for (Graph.Input in : plan.graph.inputs()) {
+      dev.kiln.processor.ir.Shape s = in.declared();
+      int after = s.hasRest() ? s.dims().size() - s.restAt() : 0;
+      for (int j = 0; j < s.dims().size(); j++) {
+        String sym = s.dims().get(j).asSymbol();
+        if (sym != null && !env.containsKey(sym)) {
+          boolean before = !s.hasRest() || j < s.restAt();
+          env.put(sym, before ? in.name() + ".shape()[" + j + "]"
+              : "Sizes.size(" + in.name() + ".shape(), " + (j - s.restAt() - after) + ")");
+        }
+      }
+    }
+    for (ModuleIr.Component c : module.components().values()) {
+      if (c instanceof ModuleIr.ParamTensor p) {
+        for (int j = 0; j < p.shape().dims().size(); j++) {
+          String sym = p.shape().dims().get(j).asSymbol();
+          if (sym != null) {
+            env.putIfAbsent(sym, "params$." + p.name() + "().shape()[" + j + "]");
+          }
+        }
+      }
+      if (c instanceof ModuleIr.Hyper h && h.kind() == ModuleIr.HyperKind.INT) {
+        env.putIfAbsent(h.configKey(), "params$." + h.name() + "()");
+      }
+    }
+    int emitted = 0;
+    for (dev.kiln.processor.ir.RuntimeCheck k : checks) {
+      if (k.kind() == dev.kiln.processor.ir.RuntimeCheck.Kind.RANK || !env.keySet().containsAll(k.left().symbols())
+          || !env.keySet().containsAll(k.right().symbols())) {
+        continue;
+      }
+      String l = k.left().toJava(env::get);
+      String r = k.right().toJava(env::get);
+      String msg = "\"[RuntimeCheck] " + k.message().replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+          + "\"";
+      line(k.kind() == dev.kiln.processor.ir.RuntimeCheck.Kind.EQUAL ? "Sizes.check(" + l + ", " + r + ", " + msg + ");"
+          : "Sizes.checkDivides(" + l + ", " + r + ", " + msg + ");");
+      emitted++;
+    }
+    return emitted;
+  }
+
   void saveInputs() {
     for (Graph.Input in : plan.graph.inputs()) {
       declare(in.value());

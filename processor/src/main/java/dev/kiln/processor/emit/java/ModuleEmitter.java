@@ -486,6 +486,7 @@ public final class ModuleEmitter {
       sig.append(sig.isEmpty() ? "" : ", ").append(in.name()).append(": '").append(in.declared()).append("'");
     }
     e.result("// " + sig + " -> '" + r.graph.result() + "'");
+    e.checks(r.graph.checks());
     e.saveInputs();
     e.block(r.graph.body());
     e.result("return " + e.ref(r.graph.body().results().get(0)) + ";");
