@@ -214,7 +214,7 @@ public final class GemmPlan {
   private static String index(List<String> side, String name, String rest) {
     int j = side.indexOf(name);
     int e = side.indexOf("...");
-    return e < 0 || j < e ? Integer.toString(j) : rest + " + " + (j - 1);
+    return e < 0 || j < e ? Integer.toString(j) : j - 1 == 0 ? rest : rest + " + " + (j - 1);
   }
 
   private static String product(List<String> group, List<String> side, String shape, String rest) {
@@ -225,7 +225,7 @@ public final class GemmPlan {
     for (String x : group) {
       if (x.equals("...")) {
         int e = side.indexOf("...");
-        f.add("Sizes.prod(" + shape + ", " + e + ", " + e + " + " + rest + ")");
+        f.add("Sizes.prod(" + shape + ", " + e + ", " + (e == 0 ? rest : e + " + " + rest) + ")");
       } else {
         f.add(shape + "[" + index(side, x, rest) + "]");
       }
@@ -236,7 +236,7 @@ public final class GemmPlan {
   private static String slice(String x, List<String> side, String shape, String rest) {
     if (x.equals("...")) {
       int e = side.indexOf("...");
-      return "Sizes.range(" + shape + ", " + e + ", " + e + " + " + rest + ")";
+      return "Sizes.range(" + shape + ", " + e + ", " + (e == 0 ? rest : e + " + " + rest) + ")";
     }
     return "new long[] {" + shape + "[" + index(side, x, rest) + "]}";
   }
