@@ -1,6 +1,7 @@
 package dev.kiln.runtime.tensor;
 
 import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 
@@ -15,8 +16,11 @@ import java.util.Arrays;
  * writes through one are seen by the other. {@link #reshape} is a view when the strides allow it and a copy
  * otherwise; {@link #canView} says in advance which, and {@link #sharesStorageWith} says afterwards.
  * {@link #contiguous()} returns {@code this} when already contiguous.
+ *
+ * <p>An {@code NdArray} is the CPU implementation of the DSL's {@link Tensor}: a module's forward method called
+ * directly (the eager reference interpreter) receives and returns {@code NdArray}s.
  */
-public final class NdArray {
+public final class NdArray implements Tensor {
   private final Storage storage;
   private final DType dtype;
   private final long[] shape;
@@ -148,6 +152,7 @@ public final class NdArray {
 
   // ---------------------------------------------------------------- accessors
 
+  @Override
   public DType dtype() {
     return dtype;
   }
@@ -162,6 +167,7 @@ public final class NdArray {
   }
 
   /** A copy of the shape. */
+  @Override
   public long[] shape() {
     return shape.clone();
   }

@@ -1,0 +1,43 @@
+package dev.kiln.processor.ir;
+
+import dev.kiln.dsl.Reduction;
+import dev.kiln.dsl.shape.EinopsPattern;
+import dev.kiln.dsl.shape.EinsumSpec;
+import java.util.List;
+import java.util.Map;
+
+/** The static arguments of a primitive node. */
+public sealed interface Attr {
+  record None() implements Attr {}
+
+  record Einsum(EinsumSpec spec) implements Attr {}
+
+  /**
+   * An einops pattern with the sizes given in the call; {@code how} only for {@link Primitive#REDUCE_PATTERN}.
+   */
+  record Pattern(EinopsPattern pattern, Map<String, Dim> sizes, Reduction how) implements Attr {
+    public Pattern {
+      sizes = Map.copyOf(sizes);
+    }
+  }
+
+  /** A reduction over the last axis ({@code keep}: leave it as size 1) or, with {@code all}, over every axis. */
+  record Axes(boolean all, boolean keep) implements Attr {}
+
+  /** A constant scalar, broadcast like a rank-0 tensor. */
+  record Const(Scalar value) implements Attr {}
+
+  /** A small constant table, row-major, e.g. RoPE's pair rotation. */
+  record Table(List<Long> shape, List<Double> values) implements Attr {
+    public Table {
+      shape = List.copyOf(shape);
+      values = List.copyOf(values);
+    }
+  }
+
+  /** Which axis of the operand gives the length ({@link Primitive#IOTA}), counted from the end. */
+  record Axis(int fromEnd) implements Attr {}
+
+  /** The {@code k} of top-k: a literal or a config dim. */
+  record TopK(Dim k) implements Attr {}
+}

@@ -1,0 +1,93 @@
+package dev.kiln.processor.ir;
+
+import dev.kiln.processor.diag.Pos;
+import java.util.List;
+
+/** One operation of a {@link Block}. Control flow is structured: loops and conditionals own their blocks. */
+public sealed interface Node {
+  /** The values this node defines. */
+  List<Value> outputs();
+
+  /**
+   * A primitive applied to values. {@code argPos} gives, per input, where the user wrote it (the call when the input
+   * was made inside a composite); {@code specPos} is the spec or pattern literal. {@code composite} names the
+   * composite op this node was expanded from ({@code rmsNorm}), or is null; {@code group} numbers the expansion so
+   * a later pass can fuse it as one kernel.
+   */
+  record Prim(
+      Primitive op,
+      List<Value> inputs,
+      Attr attr,
+      Value out,
+      Pos pos,
+      List<Pos> argPos,
+      Pos specPos,
+      String composite,
+      int group)
+      implements Node {
+    public Prim {
+      inputs = List.copyOf(inputs);
+      argPos = List.copyOf(argPos);
+    }
+
+    @Override
+    public List<Value> outputs() {
+      return List.of(out);
+    }
+  }
+
+  /** Reads a {@code @Param} tensor of this module. */
+  record ParamRead(String component, Value out, Pos pos) implements Node {
+    @Override
+    public List<Value> outputs() {
+      return List.of(out);
+    }
+  }
+
+  /**
+   * Calls the forward method of a sub-module component, of an element of a {@code @Repeat} list (the loop element),
+   * or this module's own forward ({@code component} null).
+   */
+  record Call(String component, String calleeType, String display, List<Value> args, Value out, Pos pos, List<Pos> argPos)
+      implements Node {
+    public Call {
+      args = List.copyOf(args);
+      argPos = List.copyOf(argPos);
+    }
+
+    @Override
+    public List<Value> outputs() {
+      return List.of(out);
+    }
+  }
+
+  /**
+   * A for-each over the {@code @Repeat} list {@code listComponent}. The body's parameters are the loop-carried
+   * values (initially {@code init}); its results are their new values; {@code out} are the values after the loop.
+   */
+  record Loop(String listComponent, List<Value> init, Block body, List<Value> out, List<String> names, Pos pos)
+      implements Node {
+    public Loop {
+      init = List.copyOf(init);
+      out = List.copyOf(out);
+      names = List.copyOf(names);
+    }
+
+    @Override
+    public List<Value> outputs() {
+      return out;
+    }
+  }
+
+  /** {@code cond ? then : otherwise}, decided at init time; both blocks yield values of the same shapes. */
+  record Branch(Cond cond, Block then, Block otherwise, List<Value> out, Pos pos) implements Node {
+    public Branch {
+      out = List.copyOf(out);
+    }
+
+    @Override
+    public List<Value> outputs() {
+      return out;
+    }
+  }
+}

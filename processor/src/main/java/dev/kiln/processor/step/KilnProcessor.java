@@ -1,0 +1,100 @@
+package dev.kiln.processor.step;
+
+import com.google.auto.service.AutoService;
+import com.sun.source.util.Trees;
+import dev.kiln.processor.analyze.Deferred;
+import dev.kiln.processor.analyze.ModuleReader;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.util.ArrayList;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Set;
+import javax.annotation.processing.AbstractProcessor;
+import javax.annotation.processing.Processor;
+import javax.annotation.processing.RoundEnvironment;
+import javax.lang.model.SourceVersion;
+import javax.lang.model.element.Element;
+import javax.lang.model.element.TypeElement;
+import javax.tools.Diagnostic;
+
+/**
+ * Kiln's annotation processor: checks every {@code @Module} record (pass 1 {@code analyze}, pass 2 {@code check}).
+ *
+ * <p>Round discipline as AutoValue's: a module whose component types are not generated yet is deferred by name to
+ * the next round; a module with errors is given up and the others are still processed; an internal crash is
+ * reported with its stack trace on the module, then rethrown; the annotations are never claimed, so other
+ * processors see them too.
+ */
+@AutoService(Processor.class)
+public final class KilnProcessor extends AbstractProcessor {
+  private static final String MODULE = "dev.kiln.dsl.Module";
+
+  private final Set<String> deferred = new LinkedHashSet<>();
+  private final Set<String> done = new LinkedHashSet<>();
+  private ModuleReader reader;
+  private Trees trees;
+
+  @Override
+  public Set<String> getSupportedAnnotationTypes() {
+    return Set.of(MODULE);
+  }
+
+  @Override
+  public SourceVersion getSupportedSourceVersion() {
+    return SourceVersion.latestSupported();
+  }
+
+  @Override
+  public synchronized void init(javax.annotation.processing.ProcessingEnvironment env) {
+    super.init(env);
+    reader = new ModuleReader();
+    trees = Trees.instance(env);
+  }
+
+  @Override
+  public boolean process(Set<? extends TypeElement> annotations, RoundEnvironment round) {
+    List<TypeElement> todo = new ArrayList<>();
+    for (String name : deferred) {
+      TypeElement t = processingEnv.getElementUtils().getTypeElement(name);
+      if (t != null) {
+        todo.add(t);
+      }
+    }
+    deferred.clear();
+    TypeElement module = processingEnv.getElementUtils().getTypeElement(MODULE);
+    if (module != null) {
+      for (Element e : round.getElementsAnnotatedWith(module)) {
+        if (e instanceof TypeElement t) {
+          todo.add(t);
+        }
+      }
+    }
+    for (TypeElement t : todo) {
+      String name = t.getQualifiedName().toString();
+      if (done.contains(name)) {
+        continue;
+      }
+      try {
+        new ModuleStep(processingEnv, trees, reader).process(t);
+        done.add(name);
+      } catch (Deferred d) {
+        deferred.add(name);
+      } catch (RuntimeException | Error crash) {
+        StringWriter w = new StringWriter();
+        crash.printStackTrace(new PrintWriter(w));
+        processingEnv.getMessager().printMessage(Diagnostic.Kind.ERROR,
+            "[InternalError] Kiln's processor crashed while checking " + name + ": " + w, t);
+        throw crash;
+      }
+    }
+    if (round.processingOver() && !deferred.isEmpty()) {
+      for (String name : deferred) {
+        TypeElement t = processingEnv.getElementUtils().getTypeElement(name);
+        processingEnv.getMessager().printMessage(Diagnostic.Kind.WARNING,
+            "Kiln did not check " + name + " because it refers to types that were never generated", t);
+      }
+    }
+    return false;
+  }
+}

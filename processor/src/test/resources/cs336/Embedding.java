@@ -1,0 +1,19 @@
+package cs336;
+
+import static dev.kiln.dsl.Ops.gather;
+
+import dev.kiln.dsl.Forward;
+import dev.kiln.dsl.Init;
+import dev.kiln.dsl.Module;
+import dev.kiln.dsl.Param;
+import dev.kiln.dsl.Shape;
+import dev.kiln.dsl.Tensor;
+
+/** Token ids to vectors. */
+@Module
+public record Embedding(@Param(shape = "vocab_size d_model", init = Init.TRUNC_NORMAL_UNIT) Tensor weight) {
+  @Forward
+  public @Shape("... d_model") Tensor apply(@Shape("...") Tensor tokenIds) {
+    return gather(weight, tokenIds);
+  }
+}

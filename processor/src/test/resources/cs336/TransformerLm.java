@@ -1,0 +1,36 @@
+package cs336;
+
+import static dev.kiln.dsl.Ops.crossEntropy;
+
+import dev.kiln.dsl.Bind;
+import dev.kiln.dsl.Forward;
+import dev.kiln.dsl.Loss;
+import dev.kiln.dsl.Module;
+import dev.kiln.dsl.Repeat;
+import dev.kiln.dsl.Shape;
+import dev.kiln.dsl.Tensor;
+import java.util.List;
+
+/** The CS336 Transformer language model: embedding, a stack of blocks, final norm, LM head. */
+@Module
+public record TransformerLm(
+    Embedding tokenEmbeddings,
+    @Repeat("num_layers") List<TransformerBlock> layers,
+    RmsNorm lnFinal,
+    @Bind("d_in=d_model d_out=vocab_size") Linear lmHead) {
+
+  @Forward
+  public @Shape("b s vocab_size") Tensor apply(@Shape("b s") Tensor tokenIds, @Shape("s") Tensor positions) {
+    Tensor x = tokenEmbeddings.apply(tokenIds);
+    for (TransformerBlock layer : layers) {
+      x = layer.apply(x, positions);
+    }
+    return lmHead.apply(lnFinal.apply(x));
+  }
+
+  @Loss
+  public @Shape("") Tensor loss(
+      @Shape("b s") Tensor tokenIds, @Shape("s") Tensor positions, @Shape("b s") Tensor targets) {
+    return crossEntropy(apply(tokenIds, positions), targets);
+  }
+}

@@ -1,0 +1,19 @@
+package erroneous;
+
+import static dev.kiln.dsl.Ops.*;
+
+import cs336.*;
+import dev.kiln.dsl.*;
+import dev.kiln.dsl.Module;
+import java.util.List;
+
+@Module
+public record ErroneousCountedFor(@Param(shape = "d_model", init = Init.ONES) Tensor gain) {
+  @Forward
+  public @Shape("... d_model") Tensor apply(@Shape("... d_model") Tensor x) {
+    for (int i = 0; i < 3; i++) { // expect [UnsupportedConstruct] 5
+      x = x.mul(gain);
+    }
+    return x;
+  }
+}

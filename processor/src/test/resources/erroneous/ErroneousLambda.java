@@ -1,0 +1,17 @@
+package erroneous;
+
+import static dev.kiln.dsl.Ops.*;
+
+import cs336.*;
+import dev.kiln.dsl.*;
+import dev.kiln.dsl.Module;
+import java.util.List;
+
+@Module
+public record ErroneousLambda(@Param(shape = "d_model", init = Init.ONES) Tensor gain) {
+  @Forward
+  public @Shape("... d_model") Tensor apply(@Shape("... d_model") Tensor x) {
+    java.util.function.UnaryOperator<Tensor> f = t -> t.mul(gain); // expect [UnsupportedConstruct] 50
+    return f.apply(x);
+  }
+}

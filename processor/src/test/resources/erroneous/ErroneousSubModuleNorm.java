@@ -1,0 +1,16 @@
+package erroneous;
+
+import static dev.kiln.dsl.Ops.*;
+
+import cs336.*;
+import dev.kiln.dsl.*;
+import dev.kiln.dsl.Module;
+import java.util.List;
+
+@Module
+public record ErroneousSubModuleNorm(@Bind("d_in=d_model d_out=d_ff") Linear up, RmsNorm norm) {
+  @Forward
+  public @Shape("... d_model") Tensor apply(@Shape("... d_model") Tensor x) {
+    return norm.apply(up.apply(x)); // expect [ShapeMismatch] 23
+  }
+}
