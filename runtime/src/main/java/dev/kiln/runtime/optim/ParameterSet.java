@@ -42,6 +42,10 @@ public final class ParameterSet {
             "parameter " + name + " is a strided view " + Arrays.toString(a.shape()) + "; pass a contiguous array"
                 + " (.contiguous()) so optimizers can update it in place");
       }
+      if (a.storage().isReadOnly()) {
+        throw new IllegalArgumentException(
+            "parameter " + name + " is read-only (a memory-mapped checkpoint?); copy it (.copy()) before training");
+      }
       copy.put(name, a);
     }
     return new ParameterSet(copy);
