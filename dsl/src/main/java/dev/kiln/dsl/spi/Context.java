@@ -1,0 +1,77 @@
+package dev.kiln.dsl.spi;
+
+import dev.kiln.dsl.Tensor;
+import java.util.LinkedHashMap;
+import java.util.Map;
+
+/**
+ * What one forward call saves for its backward call: tensors (activations, row statistics), shapes of values whose
+ * contents backward does not need, and one child context per sub-module call ({@code w1}, {@code layers.3}).
+ *
+ * <p>Generated {@code forward} fills it; the matching {@code backward} reads it. Use a fresh context per forward call
+ * (or {@link #clear()} it); a context is not thread-safe.
+ */
+public final class Context {
+  private final Map<String, Tensor> tensors = new LinkedHashMap<>();
+  private final Map<String, long[]> shapes = new LinkedHashMap<>();
+  private final Map<String, Context> children = new LinkedHashMap<>();
+
+  /** Saves {@code value} under {@code key}, replacing what was there. */
+  public void save(String key, Tensor value) {
+    tensors.put(key, value);
+  }
+
+  /**
+   * The tensor saved under {@code key}.
+   *
+   * @throws IllegalStateException when nothing was saved there (backward called without its forward)
+   */
+  public Tensor saved(String key) {
+    Tensor t = tensors.get(key);
+    if (t == null) {
+      throw new IllegalStateException("nothing saved under '" + key + "': call forward with this context before"
+          + " backward (saved: " + tensors.keySet() + ")");
+    }
+    return t;
+  }
+
+  /** Saves a shape (copied). */
+  public void saveShape(String key, long[] shape) {
+    shapes.put(key, shape.clone());
+  }
+
+  /**
+   * The shape saved under {@code key} (a copy).
+   *
+   * @throws IllegalStateException when none was saved
+   */
+  public long[] savedShape(String key) {
+    long[] s = shapes.get(key);
+    if (s == null) {
+      throw new IllegalStateException("no shape saved under '" + key + "': call forward with this context before"
+          + " backward");
+    }
+    return s.clone();
+  }
+
+  /** The context of a sub-module call, made on first use. */
+  public Context child(String name) {
+    return children.computeIfAbsent(name, n -> new Context());
+  }
+
+  /** Number of tensors saved here and in every child: what a forward keeps alive for backward. */
+  public int savedCount() {
+    int n = tensors.size();
+    for (Context c : children.values()) {
+      n += c.savedCount();
+    }
+    return n;
+  }
+
+  /** Forgets everything, so the saved activations can be freed. */
+  public void clear() {
+    tensors.clear();
+    shapes.clear();
+    children.clear();
+  }
+}

@@ -1,0 +1,40 @@
+package dev.kiln.dsl.spi;
+
+import dev.kiln.dsl.DType;
+import java.lang.foreign.MemorySegment;
+
+/**
+ * A fused kernel the processor generated for one module, as {@link Device#launch} runs it. The same kernel exists
+ * twice: as a static Java method ({@link #cpu()}) in the module's {@code <Module>Kernels} class and as
+ * {@code extern "C"} CUDA functions {@code <name>_f32} / {@code <name>_f64} in the resource {@link #cudaResource()}.
+ *
+ * @param name deterministic name, unique within the module: {@code <module>_<forward|backward>_<n>}
+ * @param kind how the iteration space {@code [rows, cols]} is walked
+ * @param inputs number of input tensors (they come first in {@link Device#launch}'s {@code tensors})
+ * @param outputs number of output tensors, written with {@code =}
+ * @param cudaResource class-path resource of the module's CUDA C, e.g. {@code META-INF/kiln/cuda/cs336.SwiGlu.cu}
+ * @param cpu the Java implementation
+ */
+public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
+
+  /** How a kernel walks its iteration space. */
+  public enum Kind {
+    /**
+     * Every element {@code (row, col)} independently: one CUDA thread per element. An input is read at
+     * {@code row * cols + col} (full), {@code col} (a last-dim vector broadcast over rows), {@code row} (one value per
+     * row) or {@code 0} (a scalar); the kernel's comment says which.
+     */
+    POINTWISE,
+    /**
+     * One row at a time, with reductions over the row (softmax, RMSNorm, cross-entropy): one CUDA block per row.
+     * Outputs are full ({@code rows × cols}) or per row ({@code rows}).
+     */
+    ROWS
+  }
+
+  /** The Java implementation: {@code tensors} as contiguous segments of {@code dtype} elements. */
+  @FunctionalInterface
+  public interface Cpu {
+    void run(DType dtype, MemorySegment[] tensors, long rows, long cols, double[] scalars);
+  }
+}
