@@ -22,7 +22,7 @@ import jcuda.driver.JCudaDriver;
  *
  * <p>Order: the fatbin that nvcc built at build time ({@code NAME.fatbin}: sm_80 and sm_90 code plus compute_90
  * PTX); when there is none, or the driver rejects it, the {@code .cu} source compiled by NVRTC for this device,
- * cached on disk under {@code ~/.cache/kiln/cuda} ({@code KILN_CUDA_CACHE} overrides) keyed by the SHA-256 of source,
+ * cached on disk under {@code ~/.cache/kiln/cuda} ({@code KILN_CUDA_CACHE} or the system property {@code kiln.cuda.cache} override) keyed by the SHA-256 of source,
  * headers, options and NVRTC version plus the compute capability. {@code KILN_CUDA_NVRTC=1} skips the fatbins.
  */
 public final class KernelLoader {
@@ -145,7 +145,7 @@ public final class KernelLoader {
 
   /** {@code KILN_CUDA_CACHE}, else {@code ~/.cache/kiln/cuda}. */
   public static Path cacheDir() {
-    String env = System.getenv("KILN_CUDA_CACHE");
+    String env = System.getProperty("kiln.cuda.cache", System.getenv("KILN_CUDA_CACHE"));
     if (env != null && !env.isBlank()) {
       return Path.of(env);
     }
