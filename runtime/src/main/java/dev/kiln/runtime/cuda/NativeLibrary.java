@@ -37,7 +37,11 @@ public final class NativeLibrary {
     List<String> tried = new ArrayList<>();
     if (override != null && !override.isBlank()) {
       try {
-        return new Loaded(SymbolLookup.libraryLookup(Path.of(override), Arena.global()), override);
+        Path file = Path.of(override);
+        if (file.getParent() != null) {
+          preloadSiblings(file.getParent(), file.getFileName().toString());
+        }
+        return new Loaded(SymbolLookup.libraryLookup(file, Arena.global()), override);
       } catch (IllegalArgumentException e) {
         throw new IllegalStateException(
             "cannot load " + what + " from " + envVar + "=" + override + ": " + e.getMessage()
@@ -76,7 +80,11 @@ public final class NativeLibrary {
    * same folder satisfies the dependency even when that folder is not on the loader's path.
    */
   private static void preloadSiblings(Path dir, String name) {
-    String major = name.substring(name.lastIndexOf(".so.") + 4);
+    int so = name.lastIndexOf(".so");
+    if (so < 0) {
+      return;
+    }
+    String major = name.length() > so + 4 ? name.substring(so + 4) : "";
     List<String> siblings = new ArrayList<>();
     if (name.startsWith("libcublas.")) {
       siblings.add("libcublasLt.so." + major);

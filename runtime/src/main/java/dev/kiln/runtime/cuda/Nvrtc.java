@@ -65,8 +65,10 @@ public final class Nvrtc {
         headerNames.setAtIndex(ADDRESS, i, arena.allocateFrom(h.getKey()));
         i++;
       }
-      check((int) a.create.invokeExact(progOut, arena.allocateFrom(source), arena.allocateFrom(name), nh,
-          nh == 0 ? MemorySegment.NULL : headerTexts, nh == 0 ? MemorySegment.NULL : headerNames),
+      MemorySegment texts = nh == 0 ? MemorySegment.NULL : headerTexts;
+      MemorySegment names = nh == 0 ? MemorySegment.NULL : headerNames;
+      check((int) a.create.invokeExact(progOut, arena.allocateFrom(source), arena.allocateFrom(name), nh, texts,
+          names),
           "nvrtcCreateProgram(" + name + ")", null);
       MemorySegment prog = progOut.get(ADDRESS, 0);
       try {

@@ -35,7 +35,7 @@ extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAda
   }
   const KilnAdamTensor tt = tensors[lo];
   const kiln_i64 start = (b - tt.first_block) * KILN_ADAM_CHUNK;
-  const kiln_i64 end = min(start + KILN_ADAM_CHUNK, tt.numel);
+  const kiln_i64 end = kiln_min(start + (kiln_i64)KILN_ADAM_CHUNK, tt.numel);
   const float step = lr / bc1;
   const float inv_sqrt_bc2 = rsqrtf(bc2);
   const float decay = 1.f - lr * weight_decay;

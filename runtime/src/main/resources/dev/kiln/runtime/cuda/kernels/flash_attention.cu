@@ -80,7 +80,7 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
   const int wrow0 = m0 + warp * 16;  // first query row of this warp
 
   int nkb = (n + BN - 1) / BN;
-  if (causal) nkb = min(nkb, (m0 + BM + BN - 1) / BN);
+  if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
 
   load_tile<D, BM, NT>(Qs, q, m0, n, tid);
   kiln_cp_async_commit();
@@ -403,7 +403,7 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   const int wrow0 = m0 + warp * 16;
 
   int nkb = (n + BN - 1) / BN;
-  if (causal) nkb = min(nkb, (m0 + BM + BN - 1) / BN);
+  if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
 
   load_tile<D, BM, NT>(Qs, Q + base, m0, n, tid);
   load_tile<D, BM, NT>(dOs, dO + base, m0, n, tid);

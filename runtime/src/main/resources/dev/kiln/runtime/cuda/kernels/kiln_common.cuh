@@ -12,6 +12,10 @@ typedef long long kiln_i64;
 #define KILN_LN2 0.6931471805599453f
 #define KILN_INF __int_as_float(0x7f800000)
 
+// Plain min: NVRTC compiles these sources without CUDA's math headers.
+__device__ __forceinline__ int kiln_min(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ kiln_i64 kiln_min(kiln_i64 a, kiln_i64 b) { return a < b ? a : b; }
+
 __device__ __forceinline__ float kiln_to_float(float x) { return x; }
 __device__ __forceinline__ float kiln_to_float(kiln_bf16 x) { return __uint_as_float(((unsigned)x) << 16); }
 
