@@ -36,7 +36,7 @@ print(f"GPU tests: {tests['PASS']} passed, {tests['FAIL']} failed, {tests['SKIP'
       + (" -- FAILED: " + ", ".join(failed) if failed else ""))
 print()
 print("attention causal bf16 (16k tokens, width 2048)  |  fwd ms: kiln / torch   |  fwd+bwd ms: kiln / torch   | speed-up fwd+bwd | kiln TFLOP/s")
-for key in sorted(k for k in set(kiln) | set(torch) if k[0] == "attn"):
+for key in sorted((k for k in set(kiln) | set(torch) if k[0] == "attn"), key=lambda k: (int(k[1]), int(k[2]))):
     _, d, n = key
     a, b = kiln.get(key, {}), torch.get(key, {})
     kf, tf = a.get("fwd_ms"), b.get("fwd_ms")

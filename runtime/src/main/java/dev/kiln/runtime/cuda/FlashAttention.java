@@ -34,16 +34,37 @@ public final class FlashAttention {
     }
   }
 
+  /**
+   * Launch choices of the tensor-core kernels, for benchmarking alternatives against each other: the backward
+   * kernels' warps per block (8, the default, or 4) and, for head dim 64, a forward kernel capped at 128 registers
+   * so two blocks share a multiprocessor.
+   */
+  public record Tuning(int backwardWarps, boolean forwardTwoBlocksD64) {
+    public static final Tuning DEFAULT = new Tuning(8, false);
+
+    public Tuning {
+      if (backwardWarps != 4 && backwardWarps != 8) {
+        throw new IllegalArgumentException("backward warps must be 4 or 8, got " + backwardWarps);
+      }
+    }
+  }
+
   private final CudaDevice device;
   private final CudaStream stream;
+  private final Tuning tuning;
 
   public FlashAttention(CudaDevice device) {
     this(device.defaultStream());
   }
 
   public FlashAttention(CudaStream stream) {
+    this(stream, Tuning.DEFAULT);
+  }
+
+  public FlashAttention(CudaStream stream, Tuning tuning) {
     this.device = stream.device();
     this.stream = stream;
+    this.tuning = tuning;
   }
 
   /** True when {@code dtype} and head dim {@code d} take the tensor-core kernels. */
@@ -82,7 +103,8 @@ public final class FlashAttention {
       int bm = warps * 16;
       int bn = 64;
       int smem = (bm + 4 * bn) * (d + 8) * 2;
-      m.kernel("kiln_attn_fwd_bf16_d" + d).launch(stream, ceilDiv(g.n, bm), g.bh, warps * 32, smem,
+      String name = "kiln_attn_fwd_bf16_d" + d + (d == 64 && tuning.forwardTwoBlocksD64() ? "_mb2" : "");
+      m.kernel(name).launch(stream, ceilDiv(g.n, bm), g.bh, warps * 32, smem,
           new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).f32(scale).i32(causal));
     } else {
       m.kernel("kiln_attn_fwd_simt_" + suffix(q.dtype())).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,
@@ -129,15 +151,16 @@ public final class FlashAttention {
           new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i64(rows).i32((int) g.d));
       if (usesTensorCores(q.dtype(), g.d)) {
         int d = (int) g.d;
-        int warps = 4;
+        int warps = tuning.backwardWarps();
+        String variant = warps == 4 ? "_w4" : "";
         int tile = d == 64 ? 64 : 32; // query tile of dK/dV, key tile of dQ (see flash_attention.cu)
         int block = warps * 16;
         int smemDkdv = (2 * block + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
-        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d).launch(stream, ceilDiv(g.n, block), g.bh, warps * 32, smemDkdv,
+        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant).launch(stream, ceilDiv(g.n, block), g.bh, warps * 32, smemDkdv,
             new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk).ptr(dv).i32((int) g.n)
                 .f32(scale).i32(causal));
         int smemDq = (2 * block + 4 * tile) * (d + 8) * 2;
-        m.kernel("kiln_attn_bwd_dq_bf16_d" + d).launch(stream, ceilDiv(g.n, block), g.bh, warps * 32, smemDq,
+        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant).launch(stream, ceilDiv(g.n, block), g.bh, warps * 32, smemDq,
             new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq).i32((int) g.n).f32(scale)
                 .i32(causal));
       } else {

@@ -81,6 +81,11 @@ class FlashAttentionGpuTest {
   }
 
   private static void run(DType dtype, int batch, int heads, int n, int d, AttentionMask mask) {
+    run(dtype, batch, heads, n, d, mask, FlashAttention.Tuning.DEFAULT);
+  }
+
+  private static void run(DType dtype, int batch, int heads, int n, int d, AttentionMask mask,
+      FlashAttention.Tuning tuning) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(31L * n + d + (mask == AttentionMask.CAUSAL ? 7 : 0) + dtype.ordinal());
     NdArray q = GpuTesting.randn(rnd, dtype, 1, batch, heads, n, d);
@@ -90,15 +95,16 @@ class FlashAttentionGpuTest {
     double scale = 1.0 / Math.sqrt(d);
     Reference ref = new Reference(GpuTesting.doubles(q), GpuTesting.doubles(k), GpuTesting.doubles(v),
         GpuTesting.doubles(g), batch * heads, n, d, mask == AttentionMask.CAUSAL, scale);
-    String name = String.format("%s d%d n%d %s %s", dtype, d, n, mask,
-        FlashAttention.usesTensorCores(dtype, d) ? "tensor-core" : "simt");
+    String name = String.format("%s d%d n%d %s %s%s", dtype, d, n, mask,
+        FlashAttention.usesTensorCores(dtype, d) ? "tensor-core" : "simt",
+        tuning.equals(FlashAttention.Tuning.DEFAULT) ? "" : " " + tuning);
     // Tolerances. fp32 (SIMT kernel, fp32 math): 2e-5 of the largest reference magnitude, 1e-5 relative.
     // bf16: inputs are exact, but P and dS are rounded to bf16 before the second GEMM of each pair and outputs are
     // stored as bf16 (8 significant bits): 2e-2 of the largest magnitude plus 2e-2 relative.
     boolean bf16 = dtype == DType.BF16;
     double rtol = bf16 ? 2e-2 : 1e-5;
     double atolRel = bf16 ? 2e-2 : 2e-5;
-    FlashAttention fa = new FlashAttention(dev);
+    FlashAttention fa = new FlashAttention(dev.defaultStream(), tuning);
     try (CudaArray dq = CudaArray.fromHost(dev, q);
         CudaArray dk = CudaArray.fromHost(dev, k);
         CudaArray dv = CudaArray.fromHost(dev, v);
@@ -135,6 +141,12 @@ class FlashAttentionGpuTest {
   void bf16HeadDim128CausalAndNot() {
     run(DType.BF16, 1, 2, 700, 128, AttentionMask.CAUSAL);
     run(DType.BF16, 2, 1, 77, 128, AttentionMask.NONE);
+  }
+
+  @Test
+  void tuningVariantsGiveTheSameAnswers() {
+    run(DType.BF16, 1, 2, 200, 64, AttentionMask.CAUSAL, new FlashAttention.Tuning(4, true));
+    run(DType.BF16, 1, 2, 333, 128, AttentionMask.CAUSAL, new FlashAttention.Tuning(4, false));
   }
 
   @Test

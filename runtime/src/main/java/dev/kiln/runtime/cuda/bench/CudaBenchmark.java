@@ -55,7 +55,6 @@ public final class CudaBenchmark {
   private static void attention(CudaDevice dev, int reps) {
     long numel = TOKENS * WIDTH;
     CudaStream stream = dev.defaultStream();
-    FlashAttention fa = new FlashAttention(dev);
     try (CudaArray q = CudaArray.fromHost(dev, uniformBf16(numel, 1));
         CudaArray k = CudaArray.fromHost(dev, uniformBf16(numel, 2));
         CudaArray v = CudaArray.fromHost(dev, uniformBf16(numel, 3));
@@ -64,41 +63,66 @@ public final class CudaBenchmark {
         CudaArray dq = CudaArray.empty(dev, DType.BF16, numel);
         CudaArray dk = CudaArray.empty(dev, DType.BF16, numel);
         CudaArray dv = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray lse = CudaArray.empty(dev, DType.F32, TOKENS * WIDTH / 64);
-        CudaEvent e0 = new CudaEvent(dev);
-        CudaEvent e1 = new CudaEvent(dev);
-        CudaEvent e2 = new CudaEvent(dev)) {
+        CudaArray lse = CudaArray.empty(dev, DType.F32, TOKENS * WIDTH / 64)) {
+      CudaArray[] bufs = {q, k, v, dOut, out, dq, dk, dv, lse};
+      FlashAttention fa = new FlashAttention(stream);
       for (long d : new long[] {64, 128}) {
         for (long n : new long[] {1024, 2048, 4096, 8192, 16384}) {
-          long b = TOKENS / n;
-          long h = WIDTH / d;
-          long[] shape = {b, h, n, d};
-          CudaArray vq = q.view(shape), vk = k.view(shape), vv = v.view(shape), vg = dOut.view(shape);
-          CudaArray vo = out.view(shape), vdq = dq.view(shape), vdk = dk.view(shape), vdv = dv.view(shape);
-          CudaArray vl = lse.narrow(0, 0, b * h * n).view(b, h, n);
-          float scale = (float) (1 / Math.sqrt(d));
-          for (int i = 0; i < 2; i++) {
-            fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
-            fa.backwardInto(vq, vk, vv, vo, vl, vg, AttentionMask.CAUSAL, scale, vdq, vdk, vdv);
-          }
-          e0.record(stream);
-          for (int i = 0; i < reps; i++) {
-            fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
-          }
-          e1.record(stream);
-          for (int i = 0; i < reps; i++) {
-            fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
-            fa.backwardInto(vq, vk, vv, vo, vl, vg, AttentionMask.CAUSAL, scale, vdq, vdk, vdv);
-          }
-          e2.record(stream);
-          double fwd = e1.elapsedMillisSince(e0) / reps;
-          double both = e2.elapsedMillisSince(e1) / reps;
-          // Causal: half the score matrix. Forward 2 GEMMs (4 n^2 d), backward 5 (10 n^2 d): 3.5x forward in all.
-          double fwdFlops = 4.0 * b * h * n * n * d / 2;
-          System.out.printf("BENCH attn d=%d n=%d b=%d h=%d fwd_ms=%.4f fwdbwd_ms=%.4f tflops=%.1f%n", d, n, b, h, fwd,
-              both, 3.5 * fwdFlops / (both * 1e-3) / 1e12);
+          double[] t = time(dev, fa, bufs, d, n, reps);
+          long b = TOKENS / n, h = WIDTH / d;
+          System.out.printf("BENCH attn d=%d n=%d b=%d h=%d fwd_ms=%.4f fwdbwd_ms=%.4f tflops=%.1f%n", d, n, b, h,
+              t[0], t[1], 3.5 * causalForwardFlops(b, h, n, d) / (t[1] * 1e-3) / 1e12);
         }
       }
+      // Alternatives to the default launch choices, timed in the same run so the default can be re-chosen.
+      FlashAttention.Tuning[] variants = {new FlashAttention.Tuning(4, false), new FlashAttention.Tuning(8, true)};
+      for (FlashAttention.Tuning tu : variants) {
+        FlashAttention alt = new FlashAttention(stream, tu);
+        for (long d : tu.forwardTwoBlocksD64() ? new long[] {64} : new long[] {64, 128}) {
+          for (long n : new long[] {2048, 16384}) {
+            double[] t = time(dev, alt, bufs, d, n, reps);
+            System.out.printf("BENCHVAR warps=%d fwd2blocks=%b d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n",
+                tu.backwardWarps(), tu.forwardTwoBlocksD64(), d, n, t[0], t[1]);
+          }
+        }
+      }
+    }
+  }
+
+  /** Causal: half the score matrix. Forward 2 GEMMs (4 n^2 d); backward 5 (10 n^2 d): 3.5x forward in all. */
+  private static double causalForwardFlops(long b, long h, long n, long d) {
+    return 4.0 * b * h * n * n * d / 2;
+  }
+
+  /** {mean forward ms, mean forward+backward ms} over {@code reps} after two warm-up rounds. */
+  private static double[] time(CudaDevice dev, FlashAttention fa, CudaArray[] bufs, long d, long n, int reps) {
+    CudaStream stream = dev.defaultStream();
+    long b = TOKENS / n;
+    long h = WIDTH / d;
+    long[] shape = {b, h, n, d};
+    CudaArray vq = bufs[0].view(shape), vk = bufs[1].view(shape), vv = bufs[2].view(shape);
+    CudaArray vg = bufs[3].view(shape), vo = bufs[4].view(shape);
+    CudaArray vdq = bufs[5].view(shape), vdk = bufs[6].view(shape), vdv = bufs[7].view(shape);
+    CudaArray vl = bufs[8].narrow(0, 0, b * h * n).view(b, h, n);
+    float scale = (float) (1 / Math.sqrt(d));
+    try (CudaEvent e0 = new CudaEvent(dev);
+        CudaEvent e1 = new CudaEvent(dev);
+        CudaEvent e2 = new CudaEvent(dev)) {
+      for (int i = 0; i < 2; i++) {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
+        fa.backwardInto(vq, vk, vv, vo, vl, vg, AttentionMask.CAUSAL, scale, vdq, vdk, vdv);
+      }
+      e0.record(stream);
+      for (int i = 0; i < reps; i++) {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
+      }
+      e1.record(stream);
+      for (int i = 0; i < reps; i++) {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
+        fa.backwardInto(vq, vk, vv, vo, vl, vg, AttentionMask.CAUSAL, scale, vdq, vdk, vdv);
+      }
+      e2.record(stream);
+      return new double[] {e1.elapsedMillisSince(e0) / reps, e2.elapsedMillisSince(e1) / reps};
     }
   }
 
