@@ -35,17 +35,32 @@ public final class FlashAttention {
   }
 
   /**
-   * Launch choices of the tensor-core kernels, for benchmarking alternatives against each other: the backward
-   * kernels' warps per block (8, the default, or 4) and, for head dim 64, a forward kernel capped at 128 registers
-   * so two blocks share a multiprocessor.
+   * Which compiled variant of each tensor-core kernel to launch, per head dim: {@code w<warps>[mb<blocks>]} names
+   * the warps per block and the register cap (see the end of flash_attention.cu). {@link #DEFAULT} is what measured
+   * fastest on an H200; {@code CudaBenchmark} times the others so the choice can be re-made on other GPUs.
    */
-  public record Tuning(int backwardWarps, boolean forwardTwoBlocksD64) {
-    public static final Tuning DEFAULT = new Tuning(8, false);
+  public record Tuning(String forward64, String forward128, String backward64, String backward128) {
+    /** Measured on an H200 (docs/cuda.md): forward d64 8 warps capped at 2 blocks/SM, backward 4 warps. */
+    public static final Tuning DEFAULT = new Tuning("w8mb2", "w8", "w4", "w4");
 
     public Tuning {
-      if (backwardWarps != 4 && backwardWarps != 8) {
-        throw new IllegalArgumentException("backward warps must be 4 or 8, got " + backwardWarps);
+      for (String v : new String[] {forward64, forward128, backward64, backward128}) {
+        if (v == null || !v.matches("w[48](mb[1-4])?")) {
+          throw new IllegalArgumentException("attention kernel variant must look like w4, w8 or w4mb3, got " + v);
+        }
       }
+    }
+
+    String forward(long d) {
+      return d == 64 ? forward64 : forward128;
+    }
+
+    String backward(long d) {
+      return d == 64 ? backward64 : backward128;
+    }
+
+    static int warps(String variant) {
+      return variant.charAt(1) - '0';
     }
   }
 
@@ -99,12 +114,12 @@ public final class FlashAttention {
     KernelLoader.Module m = device.kernels().module("flash_attention");
     if (usesTensorCores(q.dtype(), g.d)) {
       int d = (int) g.d;
-      int warps = 8;
+      String variant = tuning.forward(d);
+      int warps = Tuning.warps(variant);
       int bm = warps * 16;
       int bn = 64;
       int smem = (bm + 4 * bn) * (d + 8) * 2;
-      String name = "kiln_attn_fwd_bf16_d" + d + (d == 64 && tuning.forwardTwoBlocksD64() ? "_mb2" : "");
-      m.kernel(name).launch(stream, ceilDiv(g.n, bm), g.bh, warps * 32, smem,
+      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant).launch(stream, ceilDiv(g.n, bm), g.bh, warps * 32, smem,
           new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).f32(scale).i32(causal));
     } else {
       m.kernel("kiln_attn_fwd_simt_" + suffix(q.dtype())).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,
@@ -151,8 +166,8 @@ public final class FlashAttention {
           new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i64(rows).i32((int) g.d));
       if (usesTensorCores(q.dtype(), g.d)) {
         int d = (int) g.d;
-        int warps = tuning.backwardWarps();
-        String variant = warps == 4 ? "_w4" : "";
+        String variant = "_" + tuning.backward(d);
+        int warps = Tuning.warps(tuning.backward(d));
         int tile = d == 64 ? 64 : 32; // query tile of dK/dV, key tile of dQ (see flash_attention.cu)
         int block = warps * 16;
         int smemDkdv = (2 * block + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;

@@ -145,8 +145,11 @@ class FlashAttentionGpuTest {
 
   @Test
   void tuningVariantsGiveTheSameAnswers() {
-    run(DType.BF16, 1, 2, 200, 64, AttentionMask.CAUSAL, new FlashAttention.Tuning(4, true));
-    run(DType.BF16, 1, 2, 333, 128, AttentionMask.CAUSAL, new FlashAttention.Tuning(4, false));
+    // Every compiled variant other than the defaults, so the benchmark's alternatives are known to be right.
+    run(DType.BF16, 1, 2, 200, 64, AttentionMask.CAUSAL, new FlashAttention.Tuning("w8", "w4mb2", "w8", "w8"));
+    run(DType.BF16, 1, 2, 333, 128, AttentionMask.CAUSAL, new FlashAttention.Tuning("w4mb4", "w4mb2", "w4mb3", "w8"));
+    run(DType.BF16, 1, 2, 150, 128, AttentionMask.NONE, new FlashAttention.Tuning("w4mb4", "w4mb3", "w4mb3", "w8"));
+    run(DType.BF16, 1, 2, 150, 64, AttentionMask.NONE, new FlashAttention.Tuning("w4mb4", "w4mb3", "w4mb3", "w8"));
   }
 
   @Test

@@ -75,15 +75,20 @@ public final class CudaBenchmark {
         }
       }
       // Alternatives to the default launch choices, timed in the same run so the default can be re-chosen.
-      FlashAttention.Tuning[] variants = {new FlashAttention.Tuning(4, false), new FlashAttention.Tuning(8, true)};
-      for (FlashAttention.Tuning tu : variants) {
+      FlashAttention.Tuning base = FlashAttention.Tuning.DEFAULT;
+      String[][] variants = { // {pass, head dim, variant}
+        {"fwd", "64", "w8"}, {"fwd", "64", "w4mb4"}, {"fwd", "128", "w4mb2"}, {"fwd", "128", "w4mb3"},
+        {"bwd", "64", "w8"}, {"bwd", "64", "w4mb3"}, {"bwd", "128", "w8"}};
+      for (String[] var : variants) {
+        boolean fwd = var[0].equals("fwd");
+        long d = Long.parseLong(var[1]);
+        FlashAttention.Tuning tu = new FlashAttention.Tuning(
+            fwd && d == 64 ? var[2] : base.forward64(), fwd && d == 128 ? var[2] : base.forward128(),
+            !fwd && d == 64 ? var[2] : base.backward64(), !fwd && d == 128 ? var[2] : base.backward128());
         FlashAttention alt = new FlashAttention(stream, tu);
-        for (long d : tu.forwardTwoBlocksD64() ? new long[] {64} : new long[] {64, 128}) {
-          for (long n : new long[] {2048, 16384}) {
-            double[] t = time(dev, alt, bufs, d, n, reps);
-            System.out.printf("BENCHVAR warps=%d fwd2blocks=%b d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n",
-                tu.backwardWarps(), tu.forwardTwoBlocksD64(), d, n, t[0], t[1]);
-          }
+        for (long n : new long[] {2048, 16384}) {
+          double[] t = time(dev, alt, bufs, d, n, reps);
+          System.out.printf("BENCHVAR %s=%s d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n", var[0], var[2], d, n, t[0], t[1]);
         }
       }
     }

@@ -653,43 +653,49 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ entry points
-// Tile shapes: forward 8 warps x 16 query rows, 64-key tiles; dK/dV 8 warps x 16 keys, query tiles of 64 (d64) or
-// 32 (d128, to stay under 255 registers with both accumulators live); dQ 8 warps x 16 queries, key tiles 64 / 32.
-// Eight warps per block halve the K/V (or Q/dO) re-reads from L2 against four; on an H200 at 16k tokens that
-// traffic is several GB per pass.
+// Variants. Kernel names end in _w<warps>[mb<min blocks per SM>]: the warps per block (16 rows each) and, where
+// given, the __launch_bounds__ minimum of resident blocks, which caps registers per thread (65536 / (32 * warps *
+// min blocks)). FlashAttention.Tuning picks one per pass and head dim; its DEFAULT is what measured fastest on an
+// H200 (docs/cuda.md), the others stay so the choice can be re-measured with CudaBenchmark.
+// Forward: 64-key tiles. dK/dV: query tiles of 64 (d64) or 32 (d128, to stay under 255 registers with both
+// accumulators live). dQ: key tiles of 64 (d64) or 32 (d128).
 
 #define KILN_FWD(NAME, D, W, BN, BOUNDS)                                                                        \
-  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, kiln_bf16* o, float* lse, int n, float scale, \
       int causal) {                                                                                            \
     fwd_tc<D, W, BN>(q, k, v, o, lse, n, scale, causal);                                                       \
   }
-KILN_FWD(kiln_attn_fwd_bf16_d64, 64, 8, 64, (256))
-KILN_FWD(kiln_attn_fwd_bf16_d128, 128, 8, 64, (256))
-// Tuning variant, chosen by FlashAttention.Tuning: at most 128 registers so two blocks share an SM.
-KILN_FWD(kiln_attn_fwd_bf16_d64_mb2, 64, 8, 64, (256, 2))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w8, 64, 8, 64, (256))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w8mb2, 64, 8, 64, (256, 2))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w4mb4, 64, 4, 64, (128, 4))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w8, 128, 8, 64, (256))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb2, 128, 4, 64, (128, 2))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb3, 128, 4, 64, (128, 3))
 
-#define KILN_DKDV(NAME, D, W, BM)                                                                              \
-  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                           \
+#define KILN_DKDV(NAME, D, W, BM, BOUNDS)                                                                      \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, kiln_bf16* dk, kiln_bf16* dv, int n, float scale, int causal) {                        \
     bwd_dkdv_tc<D, W, BM>(q, k, v, dout, lse, dot, dk, dv, n, scale, causal);                                  \
   }
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64, 64, 8, 64)
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128, 128, 8, 32)
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4, 64, 4, 64)
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w4, 128, 4, 32)
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4, 64, 4, 64, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w8, 64, 8, 64, (256))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4mb3, 64, 4, 64, (128, 3))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w4, 128, 4, 32, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w8, 128, 8, 32, (256))
 
-#define KILN_DQ(NAME, D, W, BN)                                                                                \
-  extern "C" __global__ void __launch_bounds__(W * 32) NAME(                             \
+#define KILN_DQ(NAME, D, W, BN, BOUNDS)                                                                        \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, kiln_bf16* dq, int n, float scale, int causal) {                                       \
     bwd_dq_tc<D, W, BN>(q, k, v, dout, lse, dot, dq, n, scale, causal);                                        \
   }
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64, 64, 8, 64)
-KILN_DQ(kiln_attn_bwd_dq_bf16_d128, 128, 8, 32)
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4, 64, 4, 64)
-KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w4, 128, 4, 32)
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4, 64, 4, 64, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w8, 64, 8, 64, (256))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4mb3, 64, 4, 64, (128, 3))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w4, 128, 4, 32, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w8, 128, 8, 32, (256))
 
 #define KILN_SIMT(SUFFIX, T)                                                                                   \
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \
