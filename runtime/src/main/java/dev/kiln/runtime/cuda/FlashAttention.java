@@ -40,8 +40,12 @@ public final class FlashAttention {
    * fastest on an H200; {@code CudaBenchmark} times the others so the choice can be re-made on other GPUs.
    */
   public record Tuning(String forward64, String forward128, String backward64, String backward128) {
-    /** Measured on an H200 (docs/cuda.md): forward d64 8 warps capped at 2 blocks/SM, backward 4 warps. */
-    public static final Tuning DEFAULT = new Tuning("w8mb2", "w8", "w4", "w4");
+    /**
+     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md): 4-warp blocks
+     * throughout, with register caps that let 4 (forward d64), 2 (forward d128) and 3 (backward d64) blocks share a
+     * multiprocessor; backward d128 needs 252 registers and runs uncapped.
+     */
+    public static final Tuning DEFAULT = new Tuning("w4mb4", "w4mb2", "w4mb3", "w4");
 
     public Tuning {
       for (String v : new String[] {forward64, forward128, backward64, backward128}) {

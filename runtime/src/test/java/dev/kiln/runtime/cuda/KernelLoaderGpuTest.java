@@ -70,7 +70,10 @@ class KernelLoaderGpuTest {
         assertEquals(KernelLoader.Origin.FATBIN, m.origin(), name);
       }
     }
-    System.out.println("  kiln_attn_fwd_bf16_d128 uses " + dev.kernels().module("flash_attention")
-        .kernel("kiln_attn_fwd_bf16_d128").registers() + " registers per thread");
+    KernelLoader.Module fa = dev.kernels().module("flash_attention");
+    for (String k : new String[] {"kiln_attn_fwd_bf16_d64_w4mb4", "kiln_attn_fwd_bf16_d128_w4mb2",
+        "kiln_attn_bwd_dkdv_bf16_d64_w4mb3", "kiln_attn_bwd_dkdv_bf16_d128_w4", "kiln_attn_bwd_dq_bf16_d128_w4"}) {
+      System.out.println("  " + k + " uses " + fa.kernel(k).registers() + " registers per thread");
+    }
   }
 }

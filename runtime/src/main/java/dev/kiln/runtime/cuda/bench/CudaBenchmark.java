@@ -77,8 +77,8 @@ public final class CudaBenchmark {
       // Alternatives to the default launch choices, timed in the same run so the default can be re-chosen.
       FlashAttention.Tuning base = FlashAttention.Tuning.DEFAULT;
       String[][] variants = { // {pass, head dim, variant}
-        {"fwd", "64", "w8"}, {"fwd", "64", "w4mb4"}, {"fwd", "128", "w4mb2"}, {"fwd", "128", "w4mb3"},
-        {"bwd", "64", "w8"}, {"bwd", "64", "w4mb3"}, {"bwd", "128", "w8"}};
+        {"fwd", "64", "w8"}, {"fwd", "64", "w8mb2"}, {"fwd", "128", "w8"}, {"fwd", "128", "w4mb3"},
+        {"bwd", "64", "w4"}, {"bwd", "64", "w8"}, {"bwd", "128", "w8"}};
       for (String[] var : variants) {
         boolean fwd = var[0].equals("fwd");
         long d = Long.parseLong(var[1]);
