@@ -21,6 +21,13 @@ echo "=== Kiln benchmark"
 timeout 240 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark "$reps" 2>&1 | tee "$out/kiln-bench.log" | cut -c1-200
 echo "=== PyTorch benchmark"
 PYTHONUNBUFFERED=1 timeout 240 python3 "$pkg/reference/attention_bench.py" "$reps" 2>&1 | tee "$out/torch-bench.log" | cut -c1-200
+if [[ "${KILN_SANITIZE:-0}" == 1 ]]; then
+  # Out-of-bounds and misaligned accesses in the attention kernels (the JVM's own signals are not CUDA errors).
+  echo "=== compute-sanitizer memcheck, attention tests"
+  timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "${java[@]}" dev.kiln.runtime.cuda.GpuTestMain \
+    "$pkg/test-classes" FlashAttention > "$out/sanitizer.log" 2>&1
+  echo "exit $?; $(grep -E 'ERROR SUMMARY|GPUTEST (PASS|FAIL)' "$out/sanitizer.log" | tr '\n' ' ' | cut -c1-600)"
+fi
 echo
 echo "=== Failures (first lines)"
 grep -A12 "^GPUTEST FAIL" "$out/gpu-tests.log" | head -60

@@ -21,7 +21,7 @@ import org.junit.platform.launcher.listeners.SummaryGeneratingListener;
 /**
  * Runs every {@code *GpuTest} class found under a test-classes folder, on a machine without Maven (the GPU machine,
  * see scripts/gpu-check.sh). Prints one {@code GPUTEST PASS|FAIL|SKIP name ms} line per test and exits non-zero
- * when any failed. Usage: {@code GpuTestMain TEST_CLASSES_DIR}.
+ * when any failed. Usage: {@code GpuTestMain TEST_CLASSES_DIR [CLASS_NAME_SUBSTRING]}.
  */
 public final class GpuTestMain {
   private GpuTestMain() {}
@@ -32,6 +32,7 @@ public final class GpuTestMain {
     try (Stream<Path> files = Files.walk(root)) {
       files.map(p -> root.relativize(p).toString())
           .filter(s -> s.endsWith("GpuTest.class"))
+          .filter(s -> args.length < 2 || s.contains(args[1]))
           .map(s -> s.substring(0, s.length() - ".class".length()).replace('/', '.'))
           .sorted()
           .forEach(classes::add);
