@@ -19,11 +19,13 @@ class GemmBenchmarkTest {
     assertEquals(3, lines.length, String.join("\n", lines));
     assertTrue(lines[0].contains("OpenBLAS 0.3.31"), lines[0]);
     assertTrue(
-        lines[1].matches("64x64x64 f32  kiln \\d+\\.\\d GFLOP/s  direct \\d+\\.\\d GFLOP/s  \\d+% of direct OpenBLAS"),
+        lines[1].matches(
+            "64x64x64 f32  kiln \\d+\\.\\d GFLOP/s  direct \\d+\\.\\d GFLOP/s  \\d+% of direct OpenBLAS"
+                + "  \\(allocating matmul \\d+\\.\\d GFLOP/s, \\d+%\\)"),
         lines[1]);
     assertTrue(lines[2].startsWith("96x96x96 f32  kiln "), lines[2]);
     for (GemmBenchmark.Result r : results) {
-      assertTrue(r.kilnGflops() > 0 && r.directGflops() > 0, r.toString());
+      assertTrue(r.kilnGflops() > 0 && r.directGflops() > 0 && r.matmulGflops() > 0, r.toString());
     }
   }
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Compiles Kiln's CUDA kernels (*.cu in SRC) to fatbins in OUT: sm_80 and sm_90 machine code plus compute_90 PTX,
+# so Ampere and Hopper load them directly and newer GPUs JIT the PTX. Called by Maven (runtime/pom.xml) in
+# process-resources. Without nvcc on the PATH it says so and exits 0: the runtime then compiles the same sources
+# with NVRTC on first use (KernelLoader).
+#   usage: build-kernels.sh SRC_DIR OUT_DIR
+set -euo pipefail
+src=${1:?usage: build-kernels.sh SRC_DIR OUT_DIR}
+out=${2:?usage: build-kernels.sh SRC_DIR OUT_DIR}
+nvcc=${NVCC:-nvcc}
+if ! command -v "$nvcc" >/dev/null 2>&1; then
+  echo "[kiln] nvcc not on the PATH: CUDA kernels will be compiled with NVRTC at run time"
+  exit 0
+fi
+mkdir -p "$out"
+for cu in "$src"/*.cu; do
+  name=$(basename "$cu" .cu)
+  fatbin="$out/$name.fatbin"
+  # Rebuild only when the source or the shared header is newer than the fatbin.
+  if [[ -f "$fatbin" && "$fatbin" -nt "$cu" && "$fatbin" -nt "$src/kiln_common.cuh" && "$fatbin" -nt "$0" ]]; then
+    continue
+  fi
+  echo "[kiln] nvcc $name.cu -> $name.fatbin"
+  "$nvcc" -std=c++17 -O3 -fatbin -I"$src" \
+    -gencode arch=compute_80,code=sm_80 \
+    -gencode arch=compute_90,code=sm_90 \
+    -gencode arch=compute_90,code=compute_90 \
+    -o "$fatbin.tmp" "$cu"
+  mv "$fatbin.tmp" "$fatbin"
+done

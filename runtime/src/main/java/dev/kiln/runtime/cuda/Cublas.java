@@ -1,0 +1,213 @@
+package dev.kiln.runtime.cuda;
+
+import static java.lang.foreign.ValueLayout.ADDRESS;
+import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
+import static java.lang.foreign.ValueLayout.JAVA_INT;
+import static java.lang.foreign.ValueLayout.JAVA_LONG;
+
+import dev.kiln.dsl.DType;
+import java.lang.foreign.Arena;
+import java.lang.foreign.FunctionDescriptor;
+import java.lang.foreign.Linker;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.SymbolLookup;
+import java.lang.invoke.MethodHandle;
+import java.util.List;
+
+/**
+ * cuBLAS through the FFM API (JCuda's cuBLAS binding needs {@code libcublas.so.12} and does not load on CUDA 13).
+ *
+ * <p>A handle is bound to one stream: its GEMMs are queued there in order with the kernels Kiln launches on it.
+ * {@link #matmul} has {@link dev.kiln.runtime.tensor.NdArray}-style row-major semantics; see {@link GemmPlan} for
+ * how that maps onto column-major cuBLAS without copies. Inputs fp32, bf16 or fp16; accumulation always fp32
+ * ({@code CUBLAS_COMPUTE_32F}); fp32 GEMMs stay in full fp32 (no TF32).
+ *
+ * <p>The library is {@code libcublas.so.13}, else {@code libcublas.so.12}; {@code KILN_CUBLAS=/path/to/libcublas.so}
+ * overrides the search.
+ */
+public final class Cublas implements AutoCloseable {
+  private static final int CUDA_R_32F = 0;
+  private static final int CUDA_R_16F = 2;
+  private static final int CUDA_R_16BF = 14;
+  private static final int CUBLAS_COMPUTE_32F = 68;
+  private static final int CUBLAS_GEMM_DEFAULT = -1;
+
+  private static volatile Api api;
+
+  private final CudaDevice device;
+  private final CudaStream stream;
+  private final MemorySegment handle;
+  private final Arena scalars = Arena.ofShared();
+  private final MemorySegment alphaBeta = scalars.allocate(JAVA_FLOAT, 2);
+  private boolean closed;
+
+  /** A handle whose work is queued on {@code stream}. */
+  public Cublas(CudaStream stream) {
+    this.device = stream.device();
+    this.stream = stream;
+    device.makeCurrent();
+    Api a = api();
+    try (Arena arena = Arena.ofConfined()) {
+      MemorySegment out = arena.allocate(ADDRESS);
+      check((int) a.create.invokeExact(out), "cublasCreate_v2");
+      handle = out.get(ADDRESS, 0);
+      check((int) a.setStream.invokeExact(handle, MemorySegment.ofAddress(stream.rawHandle())), "cublasSetStream_v2");
+    } catch (CudaException e) {
+      throw e;
+    } catch (Throwable t) {
+      throw new IllegalStateException("cuBLAS call failed", t);
+    }
+  }
+
+  /** Where the cuBLAS library was found (a file or a soname), loading it if needed. */
+  public static String librarySource() {
+    return api().source;
+  }
+
+  public CudaStream stream() {
+    return stream;
+  }
+
+  /** {@code c = a @ b} with row-major semantics; rank-2 or rank-3 (batched, size-1 batches broadcast). */
+  public void matmul(CudaArray a, CudaArray b, CudaArray c) {
+    gemm(1f, a, b, 0f, c);
+  }
+
+  /** {@code c = alpha * (a @ b) + beta * c}. */
+  public synchronized void gemm(float alpha, CudaArray a, CudaArray b, float beta, CudaArray c) {
+    if (closed) {
+      throw new IllegalStateException("cuBLAS handle used after close()");
+    }
+    if (a.dtype() != b.dtype()) {
+      throw new IllegalArgumentException("matmul inputs differ in dtype: A is " + a.dtype() + ", B is " + b.dtype());
+    }
+    int inType = dataType(a.dtype(), "A");
+    int outType = dataType(c.dtype(), "C");
+    if (a.dtype() == DType.F32 && c.dtype() != DType.F32) {
+      throw new IllegalArgumentException("fp32 matmul writes fp32, got C of " + c.dtype());
+    }
+    GemmPlan p = GemmPlan.of(a.shape(), a.strides(), b.shape(), b.strides(), c.shape(), c.strides());
+    if ((long) p.m() * p.n() == 0) {
+      return;
+    }
+    device.makeCurrent();
+    // An empty sum (k = 0) still scales C by beta: cuBLAS with k = 1, alpha = 0 does exactly that.
+    int k = Math.max(p.k(), 1);
+    alphaBeta.setAtIndex(JAVA_FLOAT, 0, p.k() == 0 ? 0f : alpha);
+    alphaBeta.setAtIndex(JAVA_FLOAT, 1, beta);
+    MemorySegment alphaPtr = alphaBeta;
+    MemorySegment betaPtr = alphaBeta.asSlice(4);
+    MemorySegment first = MemorySegment.ofAddress(b.address());
+    MemorySegment second = MemorySegment.ofAddress(a.address());
+    MemorySegment out = MemorySegment.ofAddress(c.address());
+    int ldFirst = (int) Math.max(p.ldFirst(), p.opFirst() == 0 ? p.m() : k);
+    int ldSecond = (int) Math.max(p.ldSecond(), p.opSecond() == 0 ? k : p.n());
+    Api x = api();
+    try {
+      int rc;
+      if (p.batch() == 1) {
+        rc = (int) x.gemmEx.invokeExact(handle, p.opFirst(), p.opSecond(), p.m(), p.n(), k, alphaPtr, first, inType,
+            ldFirst, second, inType, ldSecond, betaPtr, out, outType,
+            (int) p.ldc(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        check(rc, "cublasGemmEx(m=" + p.m() + ", n=" + p.n() + ", k=" + p.k() + ")");
+      } else {
+        rc = (int) x.gemmStridedBatchedEx.invokeExact(handle, p.opFirst(), p.opSecond(), p.m(), p.n(), k, alphaPtr,
+            first, inType, ldFirst, p.strideFirst(), second, inType,
+            ldSecond, p.strideSecond(), betaPtr, out, outType, (int) p.ldc(), p.strideC(),
+            p.batch(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        check(rc, "cublasGemmStridedBatchedEx(m=" + p.m() + ", n=" + p.n() + ", k=" + p.k() + ", batch=" + p.batch()
+            + ")");
+      }
+    } catch (CudaException e) {
+      throw e;
+    } catch (Throwable t) {
+      throw new IllegalStateException("cuBLAS call failed", t);
+    }
+  }
+
+  private static int dataType(DType t, String which) {
+    return switch (t) {
+      case F32 -> CUDA_R_32F;
+      case BF16 -> CUDA_R_16BF;
+      case F16 -> CUDA_R_16F;
+      default -> throw new IllegalArgumentException(
+          "cuBLAS matmul supports F32, BF16 and F16; " + which + " is " + t);
+    };
+  }
+
+  private static void check(int status, String call) {
+    if (status != 0) {
+      String text;
+      try {
+        MemorySegment s = (MemorySegment) api().statusString.invokeExact(status);
+        text = s.reinterpret(256).getString(0);
+      } catch (Throwable t) {
+        text = "cublasStatus_t " + status;
+      }
+      throw new CudaException(call, status, text + " (" + status + ")");
+    }
+  }
+
+  @Override
+  public synchronized void close() {
+    if (!closed) {
+      closed = true;
+      device.makeCurrent();
+      try {
+        check((int) api().destroy.invokeExact(handle), "cublasDestroy_v2");
+      } catch (CudaException e) {
+        throw e;
+      } catch (Throwable t) {
+        throw new IllegalStateException("cuBLAS call failed", t);
+      } finally {
+        scalars.close();
+      }
+    }
+  }
+
+  private static Api api() {
+    Api a = api;
+    if (a == null) {
+      synchronized (Cublas.class) {
+        if (api == null) {
+          api = new Api(NativeLibrary.load("cuBLAS", "KILN_CUBLAS", List.of("libcublas.so.13", "libcublas.so.12")));
+        }
+        a = api;
+      }
+    }
+    return a;
+  }
+
+  private static final class Api {
+    final String source;
+    final MethodHandle create;
+    final MethodHandle destroy;
+    final MethodHandle setStream;
+    final MethodHandle statusString;
+    final MethodHandle gemmEx;
+    final MethodHandle gemmStridedBatchedEx;
+
+    Api(NativeLibrary.Loaded lib) {
+      this.source = lib.source();
+      SymbolLookup l = lib.lookup();
+      Linker linker = Linker.nativeLinker();
+      create = find(linker, l, "cublasCreate_v2", FunctionDescriptor.of(JAVA_INT, ADDRESS));
+      destroy = find(linker, l, "cublasDestroy_v2", FunctionDescriptor.of(JAVA_INT, ADDRESS));
+      setStream = find(linker, l, "cublasSetStream_v2", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS));
+      statusString = find(linker, l, "cublasGetStatusString", FunctionDescriptor.of(ADDRESS, JAVA_INT));
+      gemmEx = find(linker, l, "cublasGemmEx", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT,
+          JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS,
+          JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT));
+      gemmStridedBatchedEx = find(linker, l, "cublasGemmStridedBatchedEx", FunctionDescriptor.of(JAVA_INT, ADDRESS,
+          JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS,
+          JAVA_INT, JAVA_INT, JAVA_LONG, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, JAVA_LONG, JAVA_INT, JAVA_INT,
+          JAVA_INT));
+    }
+
+    private static MethodHandle find(Linker linker, SymbolLookup l, String name, FunctionDescriptor fd) {
+      MemorySegment sym = l.find(name).orElseThrow(
+          () -> new IllegalStateException("cuBLAS library has no symbol " + name + "; is it cuBLAS 12 or 13?"));
+      return linker.downcallHandle(sym, fd);
+    }
+  }
+}

@@ -1,0 +1,321 @@
+package dev.kiln.runtime.cuda;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Storage;
+import java.util.Arrays;
+import jcuda.driver.JCudaDriver;
+
+/**
+ * A strided n-dimensional array in device memory: the GPU twin of {@link NdArray}, with the same metadata (dtype,
+ * shape and strides in elements, element offset) over a {@link DeviceBuffer}.
+ *
+ * <p>Views ({@link #view}, {@link #transpose}, {@link #permute}, {@link #narrow}, {@link #select}) share the
+ * buffer and never copy; only the array that allocated the buffer returns it on {@link #close()}.
+ */
+public final class CudaArray implements AutoCloseable {
+  private final CudaDevice device;
+  private final DeviceBuffer buffer;
+  private final boolean owner;
+  private final DType dtype;
+  private final long[] shape;
+  private final long[] strides;
+  private final long offset;
+
+  private CudaArray(
+      CudaDevice device, DeviceBuffer buffer, boolean owner, DType dtype, long[] shape, long[] strides, long offset) {
+    this.device = device;
+    this.buffer = buffer;
+    this.owner = owner;
+    this.dtype = dtype;
+    this.shape = shape;
+    this.strides = strides;
+    this.offset = offset;
+  }
+
+  /** A new contiguous array with unspecified contents, allocated for use on the device's default stream. */
+  public static CudaArray empty(CudaDevice device, DType dtype, long... shape) {
+    return empty(device, device.defaultStream(), dtype, shape);
+  }
+
+  public static CudaArray empty(CudaDevice device, CudaStream stream, DType dtype, long... shape) {
+    long n = NdArray.numel(shape);
+    DeviceBuffer b = device.allocator().allocate(Math.multiplyExact(n, dtype.byteSize()), stream);
+    return new CudaArray(device, b, true, dtype, shape.clone(), NdArray.contiguousStrides(shape), 0);
+  }
+
+  /** A new zero-filled contiguous array. */
+  public static CudaArray zeros(CudaDevice device, DType dtype, long... shape) {
+    CudaArray a = empty(device, dtype, shape);
+    a.fillBits(0);
+    return a;
+  }
+
+  /** Copies {@code host} (any layout) to a new contiguous device array, through pinned staging buffers. */
+  public static CudaArray fromHost(CudaDevice device, NdArray host) {
+    NdArray c = host.contiguous();
+    CudaArray a = empty(device, c.dtype(), c.shape());
+    long bytes = c.byteSize();
+    if (bytes > 0) {
+      device.staging().upload(
+          c.segment().asSlice(c.offset() * c.dtype().byteSize(), bytes), a.buffer, 0, bytes, device.defaultStream());
+    }
+    return a;
+  }
+
+  /** Copies this array to a new contiguous host array (waits for the work queued before it). */
+  public NdArray toHost() {
+    long lo = offset;
+    long hi = offset;
+    for (int d = 0; d < shape.length; d++) {
+      if (shape[d] == 0) {
+        return NdArray.zeros(dtype, shape);
+      }
+      if (strides[d] >= 0) {
+        hi += strides[d] * (shape[d] - 1);
+      } else {
+        lo += strides[d] * (shape[d] - 1);
+      }
+    }
+    long es = dtype.byteSize();
+    long bytes = (hi - lo + 1) * es;
+    Storage s = Storage.allocate(bytes);
+    device.staging().download(buffer, lo * es, s.segment(), bytes, device.defaultStream());
+    NdArray span = NdArray.of(s, dtype, shape, strides, offset - lo);
+    return span.isContiguous() ? span : span.contiguous();
+  }
+
+  /** Copies a host array of the same shape and dtype into this (contiguous) array. */
+  public CudaArray copyFromHost(NdArray host) {
+    requireContiguous("copyFromHost");
+    if (!Arrays.equals(host.shape(), shape) || host.dtype() != dtype) {
+      throw new IllegalArgumentException(
+          "copyFromHost: host " + host.dtype() + Arrays.toString(host.shape()) + " into device " + this);
+    }
+    NdArray c = host.contiguous();
+    device.staging().upload(
+        c.segment().asSlice(c.offset() * dtype.byteSize(), c.byteSize()),
+        buffer,
+        offset * dtype.byteSize(),
+        c.byteSize(),
+        device.defaultStream());
+    return this;
+  }
+
+  /**
+   * Fills every element with NaN (floats) or all-ones bits (integers): tests call this on outputs before a kernel
+   * runs, so an element the kernel forgot to write cannot pass for a right answer.
+   */
+  public CudaArray poison() {
+    switch (dtype) {
+      case F32 -> fillBits(0x7FC00000);
+      case BF16 -> fill16((short) 0x7FC0);
+      case F16 -> fill16((short) 0x7E00);
+      case F64 -> fillBits(0x7FF80000); // each 8-byte element reads 0x7FF800007FF80000: a NaN
+      default -> fillBits(0xFFFFFFFF);
+    }
+    return this;
+  }
+
+  private void fillBits(int pattern) {
+    requireContiguous("fill");
+    long bytes = byteSize();
+    if (bytes % 4 != 0) {
+      fill16((short) pattern);
+      return;
+    }
+    device.makeCurrent();
+    CudaException.check(
+        JCudaDriver.cuMemsetD32Async(buffer.at(offset * dtype.byteSize()), pattern, bytes / 4,
+            device.defaultStream().handle()),
+        "cuMemsetD32Async");
+  }
+
+  private void fill16(short pattern) {
+    requireContiguous("fill");
+    device.makeCurrent();
+    CudaException.check(
+        JCudaDriver.cuMemsetD16Async(buffer.at(offset * dtype.byteSize()), pattern, byteSize() / 2,
+            device.defaultStream().handle()),
+        "cuMemsetD16Async");
+  }
+
+  // ---------------------------------------------------------------- metadata
+
+  public CudaDevice device() {
+    return device;
+  }
+
+  public DType dtype() {
+    return dtype;
+  }
+
+  public long[] shape() {
+    return shape.clone();
+  }
+
+  public long shape(int dim) {
+    return shape[dim < 0 ? dim + shape.length : dim];
+  }
+
+  public long[] strides() {
+    return strides.clone();
+  }
+
+  public long stride(int dim) {
+    return strides[dim < 0 ? dim + strides.length : dim];
+  }
+
+  public long offset() {
+    return offset;
+  }
+
+  public int rank() {
+    return shape.length;
+  }
+
+  public long numel() {
+    return NdArray.numel(shape);
+  }
+
+  public long byteSize() {
+    return numel() * dtype.byteSize();
+  }
+
+  /** The device address of element {@code [0, 0, ...]}. */
+  public long address() {
+    return buffer.address() + offset * dtype.byteSize();
+  }
+
+  public boolean isContiguous() {
+    return Arrays.equals(strides, NdArray.contiguousStrides(shape)) || numel() <= 1;
+  }
+
+  void requireContiguous(String op) {
+    if (!isContiguous()) {
+      throw new IllegalArgumentException(
+          op + " needs a contiguous array, got " + this + "; copy it with toHost().contiguous() or lay it out so");
+    }
+  }
+
+  // ---------------------------------------------------------------- views
+
+  /** The same elements with a new shape (contiguous arrays only; one dim may be -1). */
+  public CudaArray view(long... newShape) {
+    requireContiguous("view");
+    long[] s = newShape.clone();
+    int infer = -1;
+    long known = 1;
+    for (int i = 0; i < s.length; i++) {
+      if (s[i] == -1) {
+        if (infer >= 0) {
+          throw new IllegalArgumentException("view " + Arrays.toString(newShape) + ": only one dim may be -1");
+        }
+        infer = i;
+      } else {
+        known *= s[i];
+      }
+    }
+    if (infer >= 0) {
+      s[infer] = known == 0 ? 0 : numel() / known;
+    }
+    if (NdArray.numel(s) != numel()) {
+      throw new IllegalArgumentException("cannot view " + this + " as " + Arrays.toString(newShape));
+    }
+    return new CudaArray(device, buffer, false, dtype, s, NdArray.contiguousStrides(s), offset);
+  }
+
+  public CudaArray permute(int... order) {
+    if (order.length != shape.length) {
+      throw new IllegalArgumentException("permute " + Arrays.toString(order) + " of rank-" + shape.length + " array");
+    }
+    long[] s = new long[order.length];
+    long[] st = new long[order.length];
+    boolean[] seen = new boolean[order.length];
+    for (int i = 0; i < order.length; i++) {
+      int d = order[i] < 0 ? order[i] + order.length : order[i];
+      if (d < 0 || d >= order.length || seen[d]) {
+        throw new IllegalArgumentException("permute " + Arrays.toString(order) + " is not a permutation");
+      }
+      seen[d] = true;
+      s[i] = shape[d];
+      st[i] = strides[d];
+    }
+    return new CudaArray(device, buffer, false, dtype, s, st, offset);
+  }
+
+  public CudaArray transpose(int a, int b) {
+    int[] order = new int[shape.length];
+    for (int i = 0; i < order.length; i++) {
+      order[i] = i;
+    }
+    a = a < 0 ? a + order.length : a;
+    b = b < 0 ? b + order.length : b;
+    order[a] = b;
+    order[b] = a;
+    return permute(order);
+  }
+
+  public CudaArray narrow(int dim, long start, long length) {
+    int d = dim < 0 ? dim + shape.length : dim;
+    if (start < 0 || length < 0 || start + length > shape[d]) {
+      throw new IndexOutOfBoundsException(
+          "narrow(dim " + dim + ", " + start + ", " + length + ") of " + Arrays.toString(shape));
+    }
+    long[] s = shape.clone();
+    s[d] = length;
+    return new CudaArray(device, buffer, false, dtype, s, strides.clone(), offset + start * strides[d]);
+  }
+
+  public CudaArray select(int dim, long index) {
+    int d = dim < 0 ? dim + shape.length : dim;
+    if (index < 0 || index >= shape[d]) {
+      throw new IndexOutOfBoundsException("select(dim " + dim + ", " + index + ") of " + Arrays.toString(shape));
+    }
+    long[] s = new long[shape.length - 1];
+    long[] st = new long[shape.length - 1];
+    for (int i = 0, j = 0; i < shape.length; i++) {
+      if (i != d) {
+        s[j] = shape[i];
+        st[j++] = strides[i];
+      }
+    }
+    return new CudaArray(device, buffer, false, dtype, s, st, offset + index * strides[d]);
+  }
+
+  /** A view that broadcasts size-1 dims (stride 0), as {@link NdArray#expand}. */
+  public CudaArray expand(long... newShape) {
+    if (newShape.length < shape.length) {
+      throw new IllegalArgumentException("expand " + this + " to fewer dims " + Arrays.toString(newShape));
+    }
+    int lead = newShape.length - shape.length;
+    long[] st = new long[newShape.length];
+    for (int i = 0; i < newShape.length; i++) {
+      int j = i - lead;
+      if (j < 0) {
+        st[i] = 0;
+      } else if (shape[j] == newShape[i]) {
+        st[i] = strides[j];
+      } else if (shape[j] == 1) {
+        st[i] = 0;
+      } else {
+        throw new IllegalArgumentException("cannot expand " + this + " to " + Arrays.toString(newShape));
+      }
+    }
+    return new CudaArray(device, buffer, false, dtype, newShape.clone(), st, offset);
+  }
+
+  /** Returns the buffer to the allocator's cache if this array allocated it; views do nothing. */
+  @Override
+  public void close() {
+    if (owner) {
+      buffer.close();
+    }
+  }
+
+  @Override
+  public String toString() {
+    return "CudaArray(" + dtype + Arrays.toString(shape) + ", strides " + Arrays.toString(strides) + ", offset "
+        + offset + ", " + device + ")";
+  }
+}

@@ -1,0 +1,58 @@
+package dev.kiln.runtime.cuda;
+
+import jcuda.driver.CUfunction;
+import jcuda.driver.CUfunction_attribute;
+import jcuda.driver.JCudaDriver;
+
+/** One {@code extern "C" __global__} function of a loaded module. */
+public final class CudaKernel {
+  private final CudaDevice device;
+  private final CUfunction function;
+  private final String name;
+  private int dynamicSharedLimit = 48 * 1024;
+
+  CudaKernel(CudaDevice device, CUfunction function, String name) {
+    this.device = device;
+    this.function = function;
+    this.name = name;
+  }
+
+  public String name() {
+    return name;
+  }
+
+  /** Registers per thread, from the compiled code. */
+  public int registers() {
+    int[] out = new int[1];
+    device.makeCurrent();
+    CudaException.check(
+        JCudaDriver.cuFuncGetAttribute(out, CUfunction_attribute.CU_FUNC_ATTRIBUTE_NUM_REGS, function),
+        "cuFuncGetAttribute(" + name + ")");
+    return out[0];
+  }
+
+  /** Queues the kernel on {@code stream}; raises the dynamic shared memory limit first when needed. */
+  public void launch(CudaStream stream, long gridX, long gridY, int block, int sharedBytes, KernelArgs args) {
+    if (gridX <= 0 || gridY <= 0) {
+      return;
+    }
+    if (gridX > Integer.MAX_VALUE || gridY > 65535) {
+      throw new IllegalArgumentException(name + ": grid " + gridX + " x " + gridY + " exceeds CUDA's limits");
+    }
+    device.makeCurrent();
+    if (sharedBytes > dynamicSharedLimit) {
+      if (sharedBytes > device.maxSharedMemoryPerBlock()) {
+        throw new IllegalArgumentException(name + " needs " + sharedBytes + " bytes of shared memory; "
+            + device + " allows " + device.maxSharedMemoryPerBlock() + " per block");
+      }
+      CudaException.check(JCudaDriver.cuFuncSetAttribute(function,
+              CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, sharedBytes),
+          "cuFuncSetAttribute(" + name + ", max dynamic shared memory " + sharedBytes + ")");
+      dynamicSharedLimit = sharedBytes;
+    }
+    CudaException.check(JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, block, 1, 1, sharedBytes,
+            stream.handle(), args.toPointer(), null),
+        "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + ", block " + block + ", smem " + sharedBytes
+            + ")");
+  }
+}

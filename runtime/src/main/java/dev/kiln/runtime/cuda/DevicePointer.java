@@ -1,0 +1,22 @@
+package dev.kiln.runtime.cuda;
+
+import jcuda.driver.CUdeviceptr;
+import jcuda.driver.CUstream;
+
+/**
+ * JCuda keeps raw handles in a protected field; these subclasses read them, because cuBLAS and NVRTC are called
+ * through FFM (their JCuda bindings do not load on CUDA 13, see docs/cuda.md) and need plain addresses.
+ */
+final class DevicePointer extends CUdeviceptr {
+  /** The device address this pointer holds. */
+  long address() {
+    return getNativePointer() + getByteOffset();
+  }
+
+  /** A stream whose raw {@code CUstream} handle can be handed to cuBLAS. */
+  static final class Stream extends CUstream {
+    long handle() {
+      return getNativePointer();
+    }
+  }
+}

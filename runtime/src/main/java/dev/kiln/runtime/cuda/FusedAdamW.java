@@ -1,0 +1,105 @@
+package dev.kiln.runtime.cuda;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Storage;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.List;
+
+/**
+ * AdamW over many parameter tensors in one kernel launch ({@code adamw.cu}), with fp32 master weights and fp32
+ * moments, as {@code torch.optim.AdamW(fused=True)} computes it (decoupled weight decay; bias corrections from the
+ * step number).
+ */
+public final class FusedAdamW {
+  /** Elements each thread block updates; must match KILN_ADAM_CHUNK in adamw.cu. */
+  static final int CHUNK = 4096;
+  private static final int DESCRIPTOR_BYTES = 64;
+
+  /**
+   * One parameter: fp32 {@code param}, {@code m}, {@code v} of one size; {@code grad} fp32 or bf16 of that size;
+   * {@code paramBf16} (or null) receives a bf16 copy of the updated parameter.
+   */
+  public record Param(CudaArray param, CudaArray grad, CudaArray m, CudaArray v, CudaArray paramBf16) {
+    public Param {
+      long n = param.numel();
+      if (param.dtype() != DType.F32 || m.dtype() != DType.F32 || v.dtype() != DType.F32) {
+        throw new IllegalArgumentException("AdamW keeps fp32 params and moments; got param " + param.dtype()
+            + ", m " + m.dtype() + ", v " + v.dtype());
+      }
+      if (grad.dtype() != DType.F32 && grad.dtype() != DType.BF16) {
+        throw new IllegalArgumentException("AdamW gradients must be F32 or BF16, got " + grad.dtype());
+      }
+      if (grad.numel() != n || m.numel() != n || v.numel() != n || (paramBf16 != null && paramBf16.numel() != n)) {
+        throw new IllegalArgumentException("AdamW param of " + n + " elements with grad " + grad.numel() + ", m "
+            + m.numel() + ", v " + v.numel() + (paramBf16 == null ? "" : ", bf16 copy " + paramBf16.numel()));
+      }
+      if (paramBf16 != null && paramBf16.dtype() != DType.BF16) {
+        throw new IllegalArgumentException("AdamW's parameter copy must be BF16, got " + paramBf16.dtype());
+      }
+      for (CudaArray a : new CudaArray[] {param, grad, m, v, paramBf16}) {
+        if (a != null) {
+          a.requireContiguous("AdamW");
+        }
+      }
+    }
+  }
+
+  /** Hyper-parameters of one step; {@code step} counts from 1. */
+  public record Hyper(float lr, float beta1, float beta2, float eps, float weightDecay, long step, float gradScale) {
+    public Hyper {
+      if (step < 1) {
+        throw new IllegalArgumentException("AdamW step counts from 1, got " + step);
+      }
+    }
+  }
+
+  private final CudaDevice device;
+  private final CudaStream stream;
+
+  public FusedAdamW(CudaDevice device) {
+    this.device = device;
+    this.stream = device.defaultStream();
+  }
+
+  /** Updates every parameter in place, in one launch. All gradients must share one dtype. */
+  public void step(List<Param> params, Hyper h) {
+    if (params.isEmpty()) {
+      return;
+    }
+    DType gradType = params.getFirst().grad().dtype();
+    Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
+    MemorySegment t = table.segment();
+    long blocks = 0;
+    for (int i = 0; i < params.size(); i++) {
+      Param p = params.get(i);
+      if (p.grad().dtype() != gradType) {
+        throw new IllegalArgumentException("AdamW gradients mix " + gradType + " and " + p.grad().dtype()
+            + " (param " + i + "); one launch takes one gradient dtype");
+      }
+      long base = (long) i * DESCRIPTOR_BYTES;
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base, p.param().address());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 8, p.grad().address());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 16, p.m().address());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 24, p.v().address());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 32, p.paramBf16() == null ? 0L : p.paramBf16().address());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 40, p.param().numel());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 48, blocks);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, 0L);
+      blocks += (p.param().numel() + CHUNK - 1) / CHUNK;
+    }
+    if (blocks == 0) {
+      return;
+    }
+    float bc1 = (float) (1 - Math.pow(h.beta1(), h.step()));
+    float bc2 = (float) (1 - Math.pow(h.beta2(), h.step()));
+    try (CudaArray dTable = CudaArray.fromHost(device,
+        NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES))) {
+      device.kernels().module("adamw").kernel("kiln_adamw_multi").launch(stream, blocks, 1, 256, 0,
+          new KernelArgs().ptr(dTable).i32(params.size()).i32(gradType == DType.BF16 ? 1 : 0).f32(h.lr())
+              .f32(h.beta1()).f32(h.beta2()).f32(h.eps()).f32(h.weightDecay()).f32(bc1).f32(bc2)
+              .f32(h.gradScale()));
+    }
+  }
+}

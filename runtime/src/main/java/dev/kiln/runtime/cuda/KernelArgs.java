@@ -1,0 +1,45 @@
+package dev.kiln.runtime.cuda;
+
+import java.util.ArrayList;
+import java.util.List;
+import jcuda.NativePointerObject;
+import jcuda.Pointer;
+
+/** Kernel parameters in declaration order, each with its C type made explicit (no guessing int vs long). */
+public final class KernelArgs {
+  private final List<NativePointerObject> args = new ArrayList<>();
+
+  /** A device pointer parameter ({@code T*}). */
+  public KernelArgs ptr(long address) {
+    args.add(Pointer.to(new long[] {address}));
+    return this;
+  }
+
+  public KernelArgs ptr(CudaArray a) {
+    return ptr(a.address());
+  }
+
+  /** A null pointer, for optional outputs. */
+  public KernelArgs nullPtr() {
+    return ptr(0L);
+  }
+
+  public KernelArgs i32(int v) {
+    args.add(Pointer.to(new int[] {v}));
+    return this;
+  }
+
+  public KernelArgs i64(long v) {
+    args.add(Pointer.to(new long[] {v}));
+    return this;
+  }
+
+  public KernelArgs f32(float v) {
+    args.add(Pointer.to(new float[] {v}));
+    return this;
+  }
+
+  Pointer toPointer() {
+    return Pointer.to(args.toArray(new NativePointerObject[0]));
+  }
+}

@@ -1,0 +1,159 @@
+package dev.kiln.runtime.cuda.bench;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.runtime.cuda.AttentionMask;
+import dev.kiln.runtime.cuda.Cublas;
+import dev.kiln.runtime.cuda.CudaArray;
+import dev.kiln.runtime.cuda.CudaDevice;
+import dev.kiln.runtime.cuda.CudaEvent;
+import dev.kiln.runtime.cuda.CudaStream;
+import dev.kiln.runtime.cuda.FlashAttention;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Storage;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.SplittableRandom;
+
+/**
+ * GPU benchmarks, timed with CUDA events, in the shapes {@code scripts/reference/attention_bench.py} times PyTorch
+ * with, so the two logs join line for line (scripts/gpu-check.sh prints the table):
+ *
+ * <ul>
+ *   <li>attention forward and forward+backward, causal, bf16, head dims 64 and 128, sequence 1k-16k, 16k tokens per
+ *       batch and 2048 model width (batch = 16384 / n, heads = 2048 / d), the FlashAttention papers' setting;
+ *   <li>bf16 GEMM (bf16 out, fp32 accumulation) of square sizes 4096 and 8192 through cuBLAS.
+ * </ul>
+ *
+ * Output lines: {@code BENCH attn d=.. n=.. b=.. h=.. fwd_ms=.. fwdbwd_ms=.. tflops=..} and
+ * {@code BENCH gemm n=.. ms=.. tflops=..}; times are the mean over the timed repetitions after warm-up.
+ */
+public final class CudaBenchmark {
+  private static final long TOKENS = 16384;
+  private static final long WIDTH = 2048;
+
+  private CudaBenchmark() {}
+
+  public static void main(String[] args) {
+    CudaDevice dev = CudaDevice.first();
+    System.out.println("device " + dev);
+    attention(dev, args.length > 0 ? Integer.parseInt(args[0]) : 10);
+    gemm(dev);
+  }
+
+  /** Uniform values in [-1, 1) as bf16, filled quickly on the host. */
+  private static NdArray uniformBf16(long n, long seed) {
+    Storage s = Storage.allocate(n * 2);
+    MemorySegment m = s.segment();
+    SplittableRandom r = new SplittableRandom(seed);
+    for (long i = 0; i < n; i++) {
+      float f = (float) (r.nextDouble() * 2 - 1);
+      m.set(ValueLayout.JAVA_SHORT_UNALIGNED, i * 2, (short) (Float.floatToRawIntBits(f) >>> 16));
+    }
+    return NdArray.of(s, DType.BF16, n);
+  }
+
+  private static void attention(CudaDevice dev, int reps) {
+    long numel = TOKENS * WIDTH;
+    CudaStream stream = dev.defaultStream();
+    try (CudaArray q = CudaArray.fromHost(dev, uniformBf16(numel, 1));
+        CudaArray k = CudaArray.fromHost(dev, uniformBf16(numel, 2));
+        CudaArray v = CudaArray.fromHost(dev, uniformBf16(numel, 3));
+        CudaArray dOut = CudaArray.fromHost(dev, uniformBf16(numel, 4));
+        CudaArray out = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray dq = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray dk = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray dv = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray lse = CudaArray.empty(dev, DType.F32, TOKENS * WIDTH / 64)) {
+      CudaArray[] bufs = {q, k, v, dOut, out, dq, dk, dv, lse};
+      FlashAttention fa = new FlashAttention(stream);
+      for (long d : new long[] {64, 128}) {
+        for (long n : new long[] {1024, 2048, 4096, 8192, 16384}) {
+          double[] t = time(dev, fa, bufs, d, n, reps);
+          long b = TOKENS / n, h = WIDTH / d;
+          System.out.printf("BENCH attn d=%d n=%d b=%d h=%d fwd_ms=%.4f fwdbwd_ms=%.4f tflops=%.1f%n", d, n, b, h,
+              t[0], t[1], 3.5 * causalForwardFlops(b, h, n, d) / (t[1] * 1e-3) / 1e12);
+        }
+      }
+      // Alternatives to the default launch choices, timed in the same run so the default can be re-chosen.
+      FlashAttention.Tuning base = FlashAttention.Tuning.DEFAULT;
+      String[][] variants = { // {pass, head dim, variant}
+        {"fwd", "64", "w8"}, {"fwd", "64", "w8mb2"}, {"fwd", "128", "w8"}, {"fwd", "128", "w4mb3"},
+        {"bwd", "64", "w4"}, {"bwd", "64", "w8"}, {"bwd", "128", "w8"}};
+      for (String[] var : variants) {
+        boolean fwd = var[0].equals("fwd");
+        long d = Long.parseLong(var[1]);
+        FlashAttention.Tuning tu = new FlashAttention.Tuning(
+            fwd && d == 64 ? var[2] : base.forward64(), fwd && d == 128 ? var[2] : base.forward128(),
+            !fwd && d == 64 ? var[2] : base.backward64(), !fwd && d == 128 ? var[2] : base.backward128());
+        FlashAttention alt = new FlashAttention(stream, tu);
+        for (long n : new long[] {2048, 16384}) {
+          double[] t = time(dev, alt, bufs, d, n, reps);
+          System.out.printf("BENCHVAR %s=%s d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n", var[0], var[2], d, n, t[0], t[1]);
+        }
+      }
+    }
+  }
+
+  /** Causal: half the score matrix. Forward 2 GEMMs (4 n^2 d); backward 5 (10 n^2 d): 3.5x forward in all. */
+  private static double causalForwardFlops(long b, long h, long n, long d) {
+    return 4.0 * b * h * n * n * d / 2;
+  }
+
+  /** {mean forward ms, mean forward+backward ms} over {@code reps} after two warm-up rounds. */
+  private static double[] time(CudaDevice dev, FlashAttention fa, CudaArray[] bufs, long d, long n, int reps) {
+    CudaStream stream = dev.defaultStream();
+    long b = TOKENS / n;
+    long h = WIDTH / d;
+    long[] shape = {b, h, n, d};
+    CudaArray vq = bufs[0].view(shape), vk = bufs[1].view(shape), vv = bufs[2].view(shape);
+    CudaArray vg = bufs[3].view(shape), vo = bufs[4].view(shape);
+    CudaArray vdq = bufs[5].view(shape), vdk = bufs[6].view(shape), vdv = bufs[7].view(shape);
+    CudaArray vl = bufs[8].narrow(0, 0, b * h * n).view(b, h, n);
+    float scale = (float) (1 / Math.sqrt(d));
+    try (CudaEvent e0 = new CudaEvent(dev);
+        CudaEvent e1 = new CudaEvent(dev);
+        CudaEvent e2 = new CudaEvent(dev)) {
+      for (int i = 0; i < 2; i++) {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
+        fa.backwardInto(vq, vk, vv, vo, vl, vg, AttentionMask.CAUSAL, scale, vdq, vdk, vdv);
+      }
+      e0.record(stream);
+      for (int i = 0; i < reps; i++) {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
+      }
+      e1.record(stream);
+      for (int i = 0; i < reps; i++) {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, vo, vl);
+        fa.backwardInto(vq, vk, vv, vo, vl, vg, AttentionMask.CAUSAL, scale, vdq, vdk, vdv);
+      }
+      e2.record(stream);
+      return new double[] {e1.elapsedMillisSince(e0) / reps, e2.elapsedMillisSince(e1) / reps};
+    }
+  }
+
+  private static void gemm(CudaDevice dev) {
+    try (Cublas blas = new Cublas(dev.defaultStream());
+        CudaEvent e0 = new CudaEvent(dev);
+        CudaEvent e1 = new CudaEvent(dev)) {
+      for (long n : new long[] {4096, 8192}) {
+        try (CudaArray flatA = CudaArray.fromHost(dev, uniformBf16(n * n, 5));
+            CudaArray flatB = CudaArray.fromHost(dev, uniformBf16(n * n, 6));
+            CudaArray c = CudaArray.empty(dev, DType.BF16, n, n)) {
+          CudaArray a = flatA.view(n, n);
+          CudaArray b = flatB.view(n, n);
+          for (int i = 0; i < 3; i++) {
+            blas.matmul(a, b, c);
+          }
+          int reps = 20;
+          e0.record(dev.defaultStream());
+          for (int i = 0; i < reps; i++) {
+            blas.matmul(a, b, c);
+          }
+          e1.record(dev.defaultStream());
+          double ms = e1.elapsedMillisSince(e0) / reps;
+          System.out.printf("BENCH gemm n=%d ms=%.4f tflops=%.1f%n", n, ms, 2.0 * n * n * n / (ms * 1e-3) / 1e12);
+        }
+      }
+    }
+  }
+}

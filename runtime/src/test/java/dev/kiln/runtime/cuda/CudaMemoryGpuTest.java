@@ -1,0 +1,77 @@
+package dev.kiln.runtime.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.runtime.tensor.NdArray;
+import java.util.Random;
+import org.junit.jupiter.api.Test;
+
+class CudaMemoryGpuTest {
+  @Test
+  void allocatorReusesFreedBlocksOfTheSameClass() {
+    CudaDevice dev = GpuTesting.device();
+    CachingAllocator alloc = dev.allocator();
+    CudaStream s = dev.defaultStream();
+    CachingAllocator.Stats before = alloc.stats();
+    DeviceBuffer a = alloc.allocate(3_000_000, s);
+    long addr = a.address();
+    assertEquals(4L << 20, a.size(), "3 MB rounds up to the 2 MiB granule");
+    a.close();
+    DeviceBuffer b = alloc.allocate(2_500_000, s);
+    assertEquals(addr, b.address(), "a freed block of the same class is handed out again");
+    CachingAllocator.Stats mid = alloc.stats();
+    assertTrue(mid.cacheHits() > before.cacheHits());
+    assertEquals(before.bytesInUse() + b.size(), mid.bytesInUse());
+    assertTrue(mid.peakBytesInUse() >= mid.bytesInUse());
+    b.close();
+    assertEquals(before.bytesInUse(), alloc.stats().bytesInUse());
+    assertTrue(alloc.stats().bytesCached() >= 4L << 20);
+  }
+
+  @Test
+  void roundTripsEveryDtypeAndLargeArraysThroughPinnedStaging() {
+    CudaDevice dev = GpuTesting.device();
+    Random rnd = new Random(1);
+    for (DType t : new DType[] {DType.F32, DType.BF16, DType.F16, DType.F64}) {
+      NdArray h = GpuTesting.randn(rnd, t, 3, 37, 53);
+      try (CudaArray d = CudaArray.fromHost(dev, h)) {
+        assertArrayEquals(h.to(DType.F64).toDoubleArray(), d.toHost().to(DType.F64).toDoubleArray(), 0.0, t.name());
+      }
+    }
+    int[] ints = new int[1001];
+    for (int i = 0; i < ints.length; i++) {
+      ints[i] = rnd.nextInt();
+    }
+    try (CudaArray d = CudaArray.fromHost(dev, NdArray.fromInts(ints, 7, 143))) {
+      assertArrayEquals(ints, d.toHost().toIntArray());
+    }
+    // 5.3M floats = 21 MB: three staging chunks, the last one partial.
+    NdArray big = GpuTesting.randn(rnd, DType.F32, 1, 5_300_001);
+    try (CudaArray d = CudaArray.fromHost(dev, big)) {
+      assertArrayEquals(big.toFloatArray(), d.toHost().toFloatArray());
+    }
+  }
+
+  @Test
+  void viewsDownloadTheirOwnElementsAndPoisonWritesNaN() {
+    CudaDevice dev = GpuTesting.device();
+    NdArray h = GpuTesting.randn(new Random(2), DType.F32, 1, 6, 9);
+    try (CudaArray d = CudaArray.fromHost(dev, h)) {
+      assertArrayEquals(h.transpose(0, 1).contiguous().toFloatArray(), d.transpose(0, 1).toHost().toFloatArray());
+      assertArrayEquals(h.narrow(1, 2, 5).contiguous().toFloatArray(), d.narrow(1, 2, 5).toHost().toFloatArray());
+      assertArrayEquals(h.select(0, 4).toFloatArray(), d.select(0, 4).toHost().toFloatArray());
+      d.poison();
+      for (float f : d.toHost().toFloatArray()) {
+        assertTrue(Float.isNaN(f));
+      }
+    }
+    try (CudaArray d = CudaArray.empty(dev, DType.BF16, 33).poison()) {
+      for (double x : d.toHost().to(DType.F64).toDoubleArray()) {
+        assertTrue(Double.isNaN(x));
+      }
+    }
+  }
+}

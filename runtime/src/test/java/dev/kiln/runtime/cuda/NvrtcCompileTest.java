@@ -1,0 +1,60 @@
+package dev.kiln.runtime.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import java.util.Map;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Compiles every kernel source with NVRTC exactly as {@link KernelLoader} does on a machine without build-time
+ * fatbins. Needs the NVRTC library but no GPU, so it runs wherever NVRTC is installed (skipped, with the reason,
+ * elsewhere).
+ */
+class NvrtcCompileTest {
+  @BeforeAll
+  static void nvrtcPresent() {
+    String problem = null;
+    try {
+      Nvrtc.version();
+    } catch (IllegalStateException e) {
+      problem = e.getMessage();
+      System.out.println("[skip] NVRTC unavailable: " + problem);
+    }
+    String p = problem;
+    Assumptions.assumeTrue(p == null, () -> "NVRTC unavailable: " + p);
+  }
+
+  private static String resource(String name) throws IOException {
+    try (InputStream in = NvrtcCompileTest.class.getResourceAsStream("/dev/kiln/runtime/cuda/kernels/" + name)) {
+      return new String(in.readAllBytes(), StandardCharsets.UTF_8);
+    }
+  }
+
+  @Test
+  void everyKernelSourceCompilesForAmpereAndHopper() throws IOException {
+    String header = resource("kiln_common.cuh");
+    for (String name : new String[] {"flash_attention.cu", "cross_entropy.cu", "adamw.cu"}) {
+      for (int cc : new int[] {80, 90}) {
+        byte[] cubin = Nvrtc.compileToCubin(name, resource(name), Map.of("kiln_common.cuh", header), cc,
+            List.of("-std=c++17"));
+        // An ELF image: 0x7f 'E' 'L' 'F'.
+        assertTrue(cubin.length > 1000 && cubin[0] == 0x7f && cubin[1] == 'E', name + " sm_" + cc);
+        System.out.println("  NVRTC " + name + " sm_" + cc + ": " + cubin.length + " bytes of cubin");
+      }
+    }
+  }
+
+  @Test
+  void compileErrorsCarryNvrtcsLog() {
+    CudaException e = assertThrows(CudaException.class, () -> Nvrtc.compileToCubin("broken.cu",
+        "extern \"C\" __global__ void k() { undeclared_thing(); }", Map.of(), 90, List.of()));
+    assertTrue(e.getMessage().contains("undeclared_thing"), e.getMessage());
+  }
+}

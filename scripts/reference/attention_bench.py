@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""PyTorch peer of dev.kiln.runtime.cuda.bench.CudaBenchmark: the same shapes, timed the same way (CUDA events,
+mean over repetitions after warm-up), printing lines in the same format so scripts/gpu-check.sh can join them.
+
+  attention: torch.nn.functional.scaled_dot_product_attention, flash backend only, causal, bf16,
+             [batch, heads, n, d] with batch = 16384 / n, heads = 2048 / d
+  gemm:      torch.matmul of bf16 square matrices (cuBLAS underneath)
+"""
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+TOKENS, WIDTH = 16384, 2048
+
+
+def timed(fn, reps):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def attention(reps):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for d in (64, 128):
+        for n in (1024, 2048, 4096, 8192, 16384):
+            b, h = TOKENS // n, WIDTH // d
+            mk = lambda: (torch.rand(b, h, n, d, device="cuda", generator=gen, dtype=torch.float32) * 2 - 1).to(
+                torch.bfloat16)
+            q, k, v, g = mk().requires_grad_(), mk().requires_grad_(), mk().requires_grad_(), mk()
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                def fwd():
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+                def fwdbwd():
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    out.backward(g)
+
+                with torch.no_grad():
+                    for _ in range(2):
+                        fwd()
+                    t_fwd = timed(fwd, reps)
+                for _ in range(2):
+                    fwdbwd()
+                t_both = timed(fwdbwd, reps)
+            flops = 3.5 * 4.0 * b * h * n * n * d / 2
+            print(f"BENCH attn d={d} n={n} b={b} h={h} fwd_ms={t_fwd:.4f} fwdbwd_ms={t_both:.4f} "
+                  f"tflops={flops / (t_both * 1e-3) / 1e12:.1f}", flush=True)
+            del q, k, v, g
+
+
+def gemm():
+    for n in (4096, 8192):
+        a = torch.rand(n, n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+        b = torch.rand(n, n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+        for _ in range(3):
+            a @ b
+        ms = timed(lambda: a @ b, 20)
+        print(f"BENCH gemm n={n} ms={ms:.4f} tflops={2.0 * n ** 3 / (ms * 1e-3) / 1e12:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
+    attention(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    gemm()
