@@ -47,6 +47,15 @@ public final class Config {
     return n.longValue();
   }
 
+  /** An integer hyper-parameter (any sign). */
+  public long integer(String key) {
+    Object v = get(key);
+    if (!(v instanceof Number n) || n.doubleValue() != Math.rint(n.doubleValue())) {
+      throw new IllegalArgumentException("config '" + key + "' must be an integer, got " + v);
+    }
+    return n.longValue();
+  }
+
   /** A real hyper-parameter. */
   public double real(String key) {
     Object v = get(key);

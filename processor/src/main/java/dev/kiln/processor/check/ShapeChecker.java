@@ -95,6 +95,9 @@ public final class ShapeChecker implements ShapeContext {
       case Node.Call c -> call(c);
       case Node.Loop l -> loop(l);
       case Node.Branch br -> branch(br);
+      case Node.CallGrad g -> throw new IllegalStateException("the shape checker runs before the grad pass");
+      case Node.LoopGrad g -> throw new IllegalStateException("the shape checker runs before the grad pass");
+      case Node.ParamGrad g -> throw new IllegalStateException("the shape checker runs before the grad pass");
     }
   }
 

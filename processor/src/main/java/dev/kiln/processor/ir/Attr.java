@@ -40,4 +40,18 @@ public sealed interface Attr {
 
   /** The {@code k} of top-k: a literal or a config dim. */
   record TopK(Dim k) implements Attr {}
+
+  /** {@link Primitive#ATTENTION} and its gradients: the mask and the score scale ({@code 1/sqrt(d)}). */
+  record Attention(dev.kiln.dsl.Mask mask, Scalar scale) implements Attr {}
+
+  /**
+   * A pattern op the grad pass made to undo {@code forward} (a rearrange, repeat or reduce): {@code inverse} applied
+   * with the sizes that binding {@code forward} to the shape of the node's second input (the forward operand, whose
+   * contents are not read) gives, plus the forward call's own {@code sizes}.
+   */
+  record Inverse(EinopsPattern forward, Map<String, Dim> sizes, EinopsPattern inverse) implements Attr {
+    public Inverse {
+      sizes = Map.copyOf(sizes);
+    }
+  }
 }

@@ -219,6 +219,32 @@ public final class Dim {
     return p == 1 ? x : of(1).div(x);
   }
 
+  /**
+   * Java code computing this dim as a {@code long}, with {@code name} giving the code of each symbol; every division
+   * goes through {@code dev.kiln.dsl.spi.Sizes.exact}, which rejects a size that does not divide.
+   */
+  public String toJava(Function<String, String> name) {
+    if (terms.isEmpty()) {
+      return "0L";
+    }
+    List<String> parts = new ArrayList<>();
+    for (var e : terms.entrySet()) {
+      List<String> up = new ArrayList<>();
+      List<String> down = new ArrayList<>();
+      up.add(e.getValue().num + "L");
+      if (e.getValue().den != 1) {
+        down.add(e.getValue().den + "L");
+      }
+      for (var p : e.getKey().entrySet()) {
+        String code = name.apply(p.getKey());
+        (p.getValue() > 0 ? up : down).addAll(Collections.nCopies(Math.abs(p.getValue()), code));
+      }
+      String num = String.join(" * ", up);
+      parts.add(down.isEmpty() ? num : "dev.kiln.dsl.spi.Sizes.exact(" + num + ", " + String.join(" * ", down) + ")");
+    }
+    return parts.size() == 1 ? parts.get(0) : "(" + String.join(" + ", parts) + ")";
+  }
+
   @Override
   public boolean equals(Object o) {
     return o instanceof Dim d && terms.equals(d.terms);

@@ -79,6 +79,51 @@ public sealed interface Node {
     }
   }
 
+  /**
+   * Backward of a {@link Call}: runs the callee's backward on the context the forward call saved, with the adjoint
+   * {@code dOut} of its result; {@code dArgs} are the adjoints of its arguments (null where an argument is not
+   * differentiable), and the callee's parameter gradients are added to the gradient of {@code call.component()}
+   * (of every component, for a call of this module's own forward).
+   */
+  record CallGrad(Call call, Value dOut, List<Value> dArgs) implements Node {
+    public CallGrad {
+      dArgs = java.util.Collections.unmodifiableList(new java.util.ArrayList<>(dArgs));
+    }
+
+    @Override
+    public List<Value> outputs() {
+      return dArgs.stream().filter(java.util.Objects::nonNull).toList();
+    }
+  }
+
+  /**
+   * Backward of a {@link Loop}, iterating the list in reverse. The body's parameters are the adjoints of the carried
+   * values after an iteration ({@code init}: of the loop's outputs); its results are the adjoints of the carried
+   * values before it; {@code out} are the adjoints of the loop's initial values. Forward values from outside the
+   * loop that the body uses ({@code externals}) get their adjoints summed over the iterations: they follow the carried
+   * ones in {@code init} (zeros), the body's parameters and results, and {@code out}.
+   */
+  record LoopGrad(Loop loop, List<Value> externals, List<Value> init, Block body, List<Value> out) implements Node {
+    public LoopGrad {
+      externals = List.copyOf(externals);
+      init = List.copyOf(init);
+      out = List.copyOf(out);
+    }
+
+    @Override
+    public List<Value> outputs() {
+      return out;
+    }
+  }
+
+  /** Adds {@code grad} to the gradient of the {@code @Param} component {@code component}. */
+  record ParamGrad(String component, Value grad, ParamRead read) implements Node {
+    @Override
+    public List<Value> outputs() {
+      return List.of();
+    }
+  }
+
   /** {@code cond ? then : otherwise}, decided at init time; both blocks yield values of the same shapes. */
   record Branch(Cond cond, Block then, Block otherwise, List<Value> out, Pos pos) implements Node {
     public Branch {

@@ -1,66 +1,107 @@
 package dev.kiln.processor.ir;
 
+import dev.kiln.processor.grad.VjpRules;
+
 /**
  * The closed set of operations the IR is made of. Every op of {@code dev.kiln.dsl.Ops} is one of these or a
  * composite built from them (see {@code analyze.Composites}), so a rule given here once serves every model: the
- * shape rule now; the vector-Jacobian product and the CPU/CUDA expressions join {@link Rules} in later passes.
+ * shape rule, the vector-Jacobian product, and for pointwise primitives the CPU and CUDA expression
+ * ({@link Rules}).
+ *
+ * <p>The last group of primitives never comes from user code: {@link #ATTENTION} is what the lower pass makes of the
+ * {@code attention} composite, and the rest are what VJP rules emit (gradients of broadcasting, gathering, picking
+ * and attention). They have no VJP of their own: Kiln differentiates once.
  */
 public enum Primitive {
-  NEG(Rules.unary()),
-  EXP(Rules.unary()),
-  LOG(Rules.unary()),
-  SQRT(Rules.unary()),
-  RSQRT(Rules.unary()),
-  TANH(Rules.unary()),
-  SIGMOID(Rules.unary()),
-  COS(Rules.unary()),
-  SIN(Rules.unary()),
+  NEG(Rules.unary(VjpRules::neg, "-%1$s", "-%1$s")),
+  EXP(Rules.unary(VjpRules::exp, "Math.exp(%1$s)", "exp(%1$s)")),
+  LOG(Rules.unary(VjpRules::log, "Math.log(%1$s)", "log(%1$s)")),
+  SQRT(Rules.unary(VjpRules::sqrt, "Math.sqrt(%1$s)", "sqrt(%1$s)")),
+  RSQRT(Rules.unary(VjpRules::rsqrt, "1.0 / Math.sqrt(%1$s)", "rsqrt(%1$s)")),
+  TANH(Rules.unary(VjpRules::tanh, "Math.tanh(%1$s)", "tanh(%1$s)")),
+  SIGMOID(Rules.unary(VjpRules::sigmoid, "1.0 / (1.0 + Math.exp(-%1$s))", "T(1) / (T(1) + exp(-%1$s))")),
+  COS(Rules.unary(VjpRules::cos, "Math.cos(%1$s)", "cos(%1$s)")),
+  SIN(Rules.unary(VjpRules::sin, "Math.sin(%1$s)", "sin(%1$s)")),
   /** Integer or boolean to float. */
-  CAST_FLOAT(Rules.unary()),
-  ADD(Rules.pointwise(2)),
-  SUB(Rules.pointwise(2)),
-  MUL(Rules.pointwise(2)),
-  DIV(Rules.pointwise(2)),
-  MAXIMUM(Rules.pointwise(2)),
-  GREATER(Rules.pointwise(2)),
-  LESS(Rules.pointwise(2)),
+  CAST_FLOAT(Rules.unary(Vjp.NONE, "%1$s", "%1$s")),
+  ADD(Rules.pointwise(2, VjpRules::add, "%1$s + %2$s", "%1$s + %2$s")),
+  SUB(Rules.pointwise(2, VjpRules::sub, "%1$s - %2$s", "%1$s - %2$s")),
+  MUL(Rules.pointwise(2, VjpRules::mul, "%1$s * %2$s", "%1$s * %2$s")),
+  DIV(Rules.pointwise(2, VjpRules::div, "%1$s / %2$s", "%1$s / %2$s")),
+  MAXIMUM(Rules.pointwise(2, VjpRules::maximum, "Math.max(%1$s, %2$s)", "fmax(%1$s, %2$s)")),
+  GREATER(Rules.pointwise(2, Vjp.NONE, "(%1$s > %2$s ? 1.0 : 0.0)", "(%1$s > %2$s ? T(1) : T(0))")),
+  LESS(Rules.pointwise(2, Vjp.NONE, "(%1$s < %2$s ? 1.0 : 0.0)", "(%1$s < %2$s ? T(1) : T(0))")),
   /** {@code cond ? a : b}. */
-  WHERE(Rules.pointwise(3)),
+  WHERE(Rules.pointwise(3, VjpRules::where, "(%1$s != 0.0 ? %2$s : %3$s)", "(%1$s != T(0) ? %2$s : %3$s)")),
   /** Sum over the last axis or all axes ({@link Attr.Axes}). */
-  SUM(new Rules(1, ShapeRules::reduceAxes)),
+  SUM(new Rules(1, ShapeRules::reduceAxes, VjpRules::sum)),
   /** Max over the last axis or all axes. */
-  MAX(new Rules(1, ShapeRules::reduceAxes)),
-  EINSUM(new Rules(-1, ShapeRules::einsum)),
-  REARRANGE(new Rules(1, ShapeRules::pattern)),
-  REPEAT(new Rules(1, ShapeRules::pattern)),
+  MAX(new Rules(1, ShapeRules::reduceAxes, VjpRules::max)),
+  EINSUM(new Rules(-1, ShapeRules::einsum, VjpRules::einsum)),
+  REARRANGE(new Rules(1, ShapeRules::pattern, VjpRules::rearrange)),
+  REPEAT(new Rules(1, ShapeRules::pattern, VjpRules::repeat)),
   /** Sum, max or min over the dims a pattern drops (mean is a composite). */
-  REDUCE_PATTERN(new Rules(1, ShapeRules::pattern)),
+  REDUCE_PATTERN(new Rules(1, ShapeRules::pattern, VjpRules::reducePattern)),
   /** Rows of a table by integer ids: {@code n d}, {@code S} → {@code S d}. */
-  GATHER(new Rules(2, ShapeRules::gather)),
+  GATHER(new Rules(2, ShapeRules::gather, VjpRules::gather)),
   /** One element per row of the last axis: {@code S v}, {@code S} → {@code S}. */
-  PICK(new Rules(2, ShapeRules::pick)),
-  TOPK_VALUES(new Rules(1, ShapeRules::topk)),
-  TOPK_INDICES(new Rules(1, ShapeRules::topk)),
+  PICK(new Rules(2, ShapeRules::pick, VjpRules::pick)),
+  TOPK_VALUES(new Rules(1, ShapeRules::topk, VjpRules::topkValues)),
+  TOPK_INDICES(new Rules(1, ShapeRules::topk, Vjp.NONE)),
   /** {@code 0, 1, ..., n-1} with {@code n} an axis of the operand ({@link Attr.Axis}). */
-  IOTA(new Rules(1, ShapeRules::iota)),
+  IOTA(new Rules(1, ShapeRules::iota, Vjp.NONE)),
   /** A scalar ({@link Attr.Const}). */
-  CONST(new Rules(0, (ctx, node, in) -> Shape.scalar())),
+  CONST(new Rules(0, (ctx, node, in) -> Shape.scalar(), Vjp.NONE)),
   /** A small literal table ({@link Attr.Table}). */
-  TABLE(new Rules(0, ShapeRules::table));
+  TABLE(new Rules(0, ShapeRules::table, Vjp.NONE)),
+
+  // ---- made by the passes, never written by users
+
+  /** Scaled dot-product attention as one kernel: {@code q, k, v} → out ({@link Attr.Attention}). */
+  ATTENTION(new Rules(3, (ctx, node, in) -> in.get(0).withTail(1, in.get(2).dims().subList(
+      in.get(2).dims().size() - 1, in.get(2).dims().size())), VjpRules::attention)),
+  /** Gradient of broadcasting: input 0 summed down to the shape of input 1 (whose contents are not read). */
+  SUM_TO(Rules.backwardOnly(2, 1)),
+  /** Input 0 broadcast to the shape of input 1 (whose contents are not read). */
+  EXPAND(Rules.backwardOnly(2, 1)),
+  /** Gradient of {@link #GATHER}: {@code (ids, dOut, table)} → zeros like the table with rows of dOut added at ids. */
+  SCATTER_ROWS(Rules.backwardOnly(3, 2)),
+  /**
+   * Gradient of {@link #PICK} and top-k: {@code (idx, dOut, x)} → zeros like x with dOut added at idx along the
+   * last axis ({@code idx} has x's rank minus one for a pick, x's rank for top-k).
+   */
+  SCATTER_LAST(Rules.backwardOnly(3, 2)),
+  /** Gradients of {@link #ATTENTION}: {@code (q, k, v, out, dOut)} → dq; the three come from one device call. */
+  ATTENTION_DQ(Rules.backwardOnly(5, 0)),
+  ATTENTION_DK(Rules.backwardOnly(5, 1)),
+  ATTENTION_DV(Rules.backwardOnly(5, 2));
 
   /**
    * What Kiln knows about one primitive.
    *
    * @param arity number of tensor inputs, -1 for any
    * @param shape the shape rule
+   * @param vjp the vector-Jacobian product; {@link Vjp#NONE} where no input is differentiable
+   * @param cpu for a pointwise primitive, the Java expression of one element in {@code double}s (a format string
+   *     over the inputs {@code %1$s, %2$s, ...}); null otherwise
+   * @param cuda the same in CUDA C over the element type {@code T} ({@code float} or {@code double})
    */
-  public record Rules(int arity, ShapeRule shape) {
-    static Rules unary() {
-      return new Rules(1, (ctx, node, in) -> in.get(0));
+  public record Rules(int arity, ShapeRule shape, Vjp vjp, String cpu, String cuda) {
+    Rules(int arity, ShapeRule shape, Vjp vjp) {
+      this(arity, shape, vjp, null, null);
     }
 
-    static Rules pointwise(int arity) {
-      return new Rules(arity, ShapeRules::broadcast);
+    static Rules unary(Vjp vjp, String cpu, String cuda) {
+      return new Rules(1, (ctx, node, in) -> in.get(0), vjp, cpu, cuda);
+    }
+
+    static Rules pointwise(int arity, Vjp vjp, String cpu, String cuda) {
+      return new Rules(arity, ShapeRules::broadcast, vjp, cpu, cuda);
+    }
+
+    /** A primitive only VJP rules emit, shaped like input {@code like}; it is not differentiated again. */
+    static Rules backwardOnly(int arity, int like) {
+      return new Rules(arity, (ctx, node, in) -> in.get(like), Vjp.SECOND_ORDER);
     }
   }
 
@@ -72,5 +113,14 @@ public enum Primitive {
 
   public Rules rules() {
     return rules;
+  }
+
+  /** Whether this is computed element by element (with broadcasting): what a fused pointwise kernel may contain. */
+  public boolean isPointwise() {
+    return switch (this) {
+      case NEG, EXP, LOG, SQRT, RSQRT, TANH, SIGMOID, COS, SIN, CAST_FLOAT, ADD, SUB, MUL, DIV, MAXIMUM, GREATER,
+          LESS, WHERE, CONST -> true;
+      default -> false;
+    };
   }
 }

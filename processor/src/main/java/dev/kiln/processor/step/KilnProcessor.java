@@ -19,7 +19,8 @@ import javax.lang.model.element.TypeElement;
 import javax.tools.Diagnostic;
 
 /**
- * Kiln's annotation processor: checks every {@code @Module} record (pass 1 {@code analyze}, pass 2 {@code check}).
+ * Kiln's annotation processor: checks every {@code @Module} record (pass 1 {@code analyze}, pass 2 {@code check}) and
+ * generates its {@code Compiled<Module>} class, fused kernels and CUDA C (passes 3-5, {@link CodegenStep}).
  *
  * <p>Round discipline as AutoValue's: a module whose component types are not generated yet is deferred by name to
  * the next round; a module with errors is given up and the others are still processed; an internal crash is
@@ -34,6 +35,7 @@ public final class KilnProcessor extends AbstractProcessor {
   private final Set<String> done = new LinkedHashSet<>();
   private ModuleReader reader;
   private Trees trees;
+  private final java.util.Map<String, boolean[]> differentiable = CodegenStep.newCache();
 
   @Override
   public Set<String> getSupportedAnnotationTypes() {
@@ -70,13 +72,17 @@ public final class KilnProcessor extends AbstractProcessor {
         }
       }
     }
+    List<CodegenStep.Checked> clean = new ArrayList<>();
     for (TypeElement t : todo) {
       String name = t.getQualifiedName().toString();
       if (done.contains(name)) {
         continue;
       }
       try {
-        new ModuleStep(processingEnv, trees, reader).process(t);
+        ModuleStep.Result r = new ModuleStep(processingEnv, trees, reader).check(t);
+        if (r.clean()) {
+          clean.add(new CodegenStep.Checked(r.module(), t));
+        }
         done.add(name);
       } catch (Deferred d) {
         deferred.add(name);
@@ -87,6 +93,15 @@ public final class KilnProcessor extends AbstractProcessor {
             "[InternalError] Kiln's processor crashed while checking " + name + ": " + w, t);
         throw crash;
       }
+    }
+    try {
+      new CodegenStep(processingEnv, reader, differentiable).generate(clean);
+    } catch (RuntimeException | Error crash) {
+      StringWriter w = new StringWriter();
+      crash.printStackTrace(new PrintWriter(w));
+      processingEnv.getMessager().printMessage(Diagnostic.Kind.ERROR,
+          "[InternalError] Kiln's processor crashed while generating code: " + w);
+      throw crash;
     }
     if (round.processingOver() && !deferred.isEmpty()) {
       for (String name : deferred) {

@@ -14,7 +14,7 @@ import javax.lang.model.element.Element;
 import javax.lang.model.element.ExecutableElement;
 import javax.lang.model.element.TypeElement;
 
-/** Runs the passes over one module and prints its report. Code generation (part B) will run on a clean report. */
+/** Runs passes 1 and 2 over one module and prints its report; {@link CodegenStep} runs on the clean ones. */
 final class ModuleStep {
   // Package-private: the step test drives it directly to inspect the IR.
   private final ProcessingEnvironment env;
@@ -29,6 +29,13 @@ final class ModuleStep {
 
   /** The passes' result for one module: its IR and its report (already printed). */
   ModuleIr process(TypeElement type) {
+    return check(type).module();
+  }
+
+  /** The checked module and whether it is free of errors (so code may be generated from it). */
+  record Result(ModuleIr module, boolean clean) {}
+
+  Result check(TypeElement type) {
     Report report = new Report();
     ModuleIr module = reader.read(type, report);
     if (!report.hasErrors()) {
@@ -59,6 +66,6 @@ final class ModuleStep {
       }
     }
     report.printTo(env.getMessager(), trees);
-    return module;
+    return new Result(module, !report.hasErrors());
   }
 }

@@ -1,0 +1,107 @@
+package dev.kiln.processor.fuse;
+
+import dev.kiln.processor.ir.Node;
+import dev.kiln.processor.ir.Shape;
+import dev.kiln.processor.ir.Value;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * A chain of pointwise primitives and last-dim reductions run as one kernel over a {@code [rows, cols]} domain
+ * ({@code cols} the last dim of {@link #domain}). Every value in it is at one {@link Level}; tensor inputs are read at
+ * their level, {@code CONST} inputs arrive as scalar arguments, outputs are written at theirs.
+ */
+public final class FusedKernel {
+  /** Where a value of the kernel lives relative to the domain {@code [rows, cols]}. */
+  public enum Level {
+    /** One value per element ({@code row * cols + col}). */
+    FULL,
+    /** One value per row: the domain with its last dim 1 (row statistics). */
+    ROW,
+    /** A last-dim vector broadcast over the rows ({@code col}). */
+    COL,
+    /** One value. */
+    SCALAR
+  }
+
+  String name;
+  final Shape domain;
+  final List<Node.Prim> members = new ArrayList<>();
+  /** Tensor inputs in launch order, with their level. */
+  final Map<Value, Level> inputs = new LinkedHashMap<>();
+  /** CONST values used as scalar arguments, in order. */
+  final List<Value> scalars = new ArrayList<>();
+  /** Outputs in launch order (after the inputs), FULL or ROW. */
+  final Map<Value, Level> outputs = new LinkedHashMap<>();
+  final Map<Value, Level> levels = new LinkedHashMap<>();
+
+  FusedKernel(String name, Shape domain) {
+    this.name = name;
+    this.domain = domain;
+  }
+
+  public String name() {
+    return name;
+  }
+
+  public Shape domain() {
+    return domain;
+  }
+
+  public List<Node.Prim> members() {
+    return members;
+  }
+
+  public Map<Value, Level> inputs() {
+    return inputs;
+  }
+
+  public List<Value> scalars() {
+    return scalars;
+  }
+
+  public Map<Value, Level> outputs() {
+    return outputs;
+  }
+
+  /** The level of every member's result. */
+  public Map<Value, Level> levels() {
+    return levels;
+  }
+
+  /** Whether the kernel reduces over rows (a ROWS kernel: one CUDA block per row) rather than pointwise. */
+  public boolean hasReduction() {
+    for (Node.Prim p : members) {
+      if (Fusion.isRowReduction(p)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** The member the kernel is launched at: its last. */
+  public Node.Prim anchor() {
+    return members.get(members.size() - 1);
+  }
+
+  /** A full-size input, which gives the domain's actual shape at launch (every kernel starts from one). */
+  public Value domainSource() {
+    for (var e : inputs.entrySet()) {
+      if (e.getValue() == Level.FULL) {
+        return e.getKey();
+      }
+    }
+    throw new IllegalStateException("kernel " + name + " has no full-size tensor");
+  }
+
+  /** Where the members came from, for the kernel's comment. */
+  public String describe() {
+    List<String> ops = new ArrayList<>();
+    for (Node.Prim p : members) {
+      ops.add(p.op().name().toLowerCase());
+    }
+    return String.join(" ", ops);
+  }
+}

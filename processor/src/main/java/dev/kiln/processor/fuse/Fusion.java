@@ -1,0 +1,296 @@
+package dev.kiln.processor.fuse;
+
+import dev.kiln.processor.fuse.FusedKernel.Level;
+import dev.kiln.processor.ir.Attr;
+import dev.kiln.processor.ir.Block;
+import dev.kiln.processor.ir.Dim;
+import dev.kiln.processor.ir.Node;
+import dev.kiln.processor.ir.Primitive;
+import dev.kiln.processor.ir.Shape;
+import dev.kiln.processor.ir.Value;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.HashSet;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+
+/**
+ * Groups the pointwise primitives and last-dim reductions of one straight-line block into {@link FusedKernel}s,
+ * greedily in program order: a node joins the kernel of one of its producers when its result and inputs sit at a
+ * level of that kernel's domain ({@link Level}) and no node outside the kernel has used a kernel value in between
+ * (which would need the kernel finished before it). A kernel of one node is not kept: the device's own op serves.
+ */
+final class Fusion {
+  private final String prefix;
+  private final Map<Node.Prim, FusedKernel> kernelOf = new IdentityHashMap<>();
+  private final List<FusedKernel> kernels = new ArrayList<>();
+
+  Fusion(String prefix) {
+    this.prefix = prefix;
+  }
+
+  static boolean isRowReduction(Node.Prim p) {
+    return (p.op() == Primitive.SUM || p.op() == Primitive.MAX) && p.attr() instanceof Attr.Axes a && !a.all()
+        && a.keep();
+  }
+
+  private static boolean fusible(Node.Prim p) {
+    if (p.out().shape() == null) {
+      return false;
+    }
+    if (isRowReduction(p)) {
+      return true;
+    }
+    return p.op().isPointwise() && p.op() != Primitive.CONST && p.op() != Primitive.CAST_FLOAT;
+  }
+
+  /** The level of {@code s} relative to {@code domain}, or null when it is none of them. */
+  static Level level(Shape s, Shape domain) {
+    if (s == null) {
+      return null;
+    }
+    if (s.equals(domain)) {
+      return Level.FULL;
+    }
+    if (!s.hasRest() && s.dims().stream().allMatch(Dim::isOne)) {
+      return Level.SCALAR;
+    }
+    if (domain.tailSize() >= 1) {
+      Dim last = domain.dims().get(domain.dims().size() - 1);
+      if (s.equals(domain.withTail(1, List.of(Dim.of(1))))) {
+        return Level.ROW;
+      }
+      if (!s.hasRest() && !s.dims().isEmpty() && s.dims().get(s.dims().size() - 1).equals(last)
+          && s.dims().subList(0, s.dims().size() - 1).stream().allMatch(Dim::isOne)) {
+        return Level.COL;
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Groups {@code block}'s nodes. {@code usedLater} says which values are used after the block or by nested blocks
+   * (they must be outputs); a kernel's outputs are the member values used outside it.
+   */
+  void run(Block block, Set<Value> usedOutside) {
+    List<Node> nodes = block.nodes();
+    currentNodes = nodes;
+    kernels.clear();
+    Map<Value, Node.Prim> producer = new HashMap<>();
+    Map<Value, Integer> position = new HashMap<>();
+    // For each value, the positions of the nodes using it.
+    Map<Value, List<Integer>> uses = new HashMap<>();
+    for (int i = 0; i < nodes.size(); i++) {
+      for (Value v : inputsOf(nodes.get(i))) {
+        uses.computeIfAbsent(v, k -> new ArrayList<>()).add(i);
+      }
+      for (Value v : nodes.get(i).outputs()) {
+        position.put(v, i);
+        if (nodes.get(i) instanceof Node.Prim p) {
+          producer.put(v, p);
+        }
+      }
+    }
+    Map<FusedKernel, Integer> first = new IdentityHashMap<>();
+    for (int i = 0; i < nodes.size(); i++) {
+      if (!(nodes.get(i) instanceof Node.Prim p) || !fusible(p)) {
+        continue;
+      }
+      FusedKernel joined = null;
+      for (int k = p.inputs().size() - 1; k >= 0 && joined == null; k--) {
+        Node.Prim prod = producer.get(p.inputs().get(k));
+        FusedKernel g = prod == null ? null : kernelOf.get(prod);
+        if (g != null && accepts(g, p, producer) && !usedInBetween(g, first.get(g), i, uses)) {
+          joined = g;
+        }
+      }
+      if (joined == null) {
+        Shape domain = isRowReduction(p) ? p.inputs().get(0).shape() : p.out().shape();
+        if (domain == null || domain.tailSize() < 1) {
+          continue;
+        }
+        FusedKernel g = new FusedKernel(prefix + (all.size() + kernels.size()), domain);
+        if (!accepts(g, p, producer) || !hasFullInput(g, p)) {
+          continue;
+        }
+        kernels.add(g);
+        first.put(g, i);
+        joined = g;
+      }
+      add(joined, p, producer);
+    }
+    // Kernels of one node are left to the device's own op.
+    List<FusedKernel> kept = new ArrayList<>();
+    for (FusedKernel g : kernels) {
+      if (g.members.size() < 2) {
+        for (Node.Prim p : g.members) {
+          kernelOf.remove(p);
+        }
+      } else {
+        kept.add(g);
+      }
+    }
+    for (FusedKernel g : kept) {
+      g.name = prefix + all.size();
+      finish(g, nodes, usedOutside, uses, position);
+      all.add(g);
+    }
+  }
+
+  private final List<FusedKernel> all = new ArrayList<>();
+
+  private static boolean hasFullInput(FusedKernel g, Node.Prim p) {
+    for (Value v : p.inputs()) {
+      if (level(v.shape(), g.domain) == Level.FULL) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private boolean accepts(FusedKernel g, Node.Prim p, Map<Value, Node.Prim> producer) {
+    Level out = level(p.out().shape(), g.domain);
+    if (isRowReduction(p)) {
+      return level(p.inputs().get(0).shape(), g.domain) == Level.FULL && out == Level.ROW;
+    }
+    if (out != Level.FULL && out != Level.ROW) {
+      return false;
+    }
+    for (Value v : p.inputs()) {
+      Level l = level(v.shape(), g.domain);
+      if (l == null) {
+        return false;
+      }
+      Node.Prim prod = producer.get(v);
+      boolean inside = prod != null && kernelOf.get(prod) == g;
+      boolean constant = prod != null && prod.op() == Primitive.CONST;
+      // Kernels compute in floats: a boolean or integer tensor can only be made inside.
+      if (!inside && !constant && v.elem() != Value.Elem.FLOAT) {
+        return false;
+      }
+      if (out == Level.ROW && (l == Level.FULL || l == Level.COL)) {
+        return false; // a per-row value may depend on a full one only through a reduction
+      }
+    }
+    return true;
+  }
+
+  private boolean usedInBetween(FusedKernel g, int from, int to, Map<Value, List<Integer>> uses) {
+    for (Node.Prim m : g.members) {
+      for (int at : uses.getOrDefault(m.out(), List.of())) {
+        if (at > from && at < to && !(g.members.contains(nodesAt(at)))) {
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  private List<Node> currentNodes;
+
+  private Node nodesAt(int i) {
+    return currentNodes.get(i);
+  }
+
+  private void add(FusedKernel g, Node.Prim p, Map<Value, Node.Prim> producer) {
+    g.members.add(p);
+    kernelOf.put(p, g);
+    g.levels.put(p.out(), level(p.out().shape(), g.domain));
+  }
+
+  private void finish(FusedKernel g, List<Node> nodes, Set<Value> usedOutside, Map<Value, List<Integer>> uses,
+      Map<Value, Integer> position) {
+    Set<Value> memberValues = new HashSet<>();
+    for (Node.Prim m : g.members) {
+      memberValues.add(m.out());
+    }
+    for (Node.Prim m : g.members) {
+      for (Value v : m.inputs()) {
+        if (memberValues.contains(v)) {
+          continue;
+        }
+        Node def = position.containsKey(v) ? nodes.get(position.get(v)) : null;
+        if (def instanceof Node.Prim c && c.op() == Primitive.CONST) {
+          if (!g.scalars.contains(v)) {
+            g.scalars.add(v);
+          }
+        } else {
+          g.inputs.putIfAbsent(v, level(v.shape(), g.domain));
+        }
+      }
+    }
+    for (Node.Prim m : g.members) {
+      Value v = m.out();
+      boolean outside = usedOutside.contains(v);
+      for (int at : uses.getOrDefault(v, List.of())) {
+        if (!(nodes.get(at) instanceof Node.Prim c) || kernelOf.get(c) != g) {
+          outside = true;
+        }
+      }
+      if (outside) {
+        g.outputs.put(v, g.levels.get(v));
+      }
+    }
+  }
+
+  /** Makes a value an output of its kernel (backward reads it); false when it is not in a kernel. */
+  boolean exposeOutput(Value v, Node.Prim def) {
+    FusedKernel g = kernelOf.get(def);
+    if (g == null) {
+      return false;
+    }
+    g.outputs.putIfAbsent(v, g.levels.get(v));
+    return true;
+  }
+
+  /** The values a node reads, nested blocks included (they are uses at the node's position). */
+  static List<Value> inputsOf(Node n) {
+    List<Value> out = new ArrayList<>();
+    switch (n) {
+      case Node.Prim p -> {
+        out.addAll(p.inputs());
+        if (p.attr() instanceof Attr.Const c) {
+          Lowering.scalarValues(c.value(), out);
+        }
+      }
+      case Node.ParamRead r -> {}
+      case Node.Call c -> out.addAll(c.args());
+      case Node.Loop l -> {
+        out.addAll(l.init());
+        blockUses(l.body(), out);
+      }
+      case Node.Branch br -> {
+        blockUses(br.then(), out);
+        blockUses(br.otherwise(), out);
+      }
+      case Node.CallGrad g -> {
+        out.add(g.dOut());
+        out.addAll(g.call().args());
+      }
+      case Node.LoopGrad l -> {
+        out.addAll(l.init());
+        blockUses(l.body(), out);
+      }
+      case Node.ParamGrad g -> out.add(g.grad());
+    }
+    return out;
+  }
+
+  private static void blockUses(Block b, List<Value> out) {
+    for (Node n : b.nodes()) {
+      out.addAll(inputsOf(n));
+    }
+    out.addAll(b.results());
+  }
+
+  Map<Node.Prim, FusedKernel> kernelOf() {
+    return kernelOf;
+  }
+
+  /** Every kernel kept so far, over all blocks run. */
+  List<FusedKernel> kernels() {
+    return all;
+  }
+}

@@ -1,0 +1,179 @@
+package dev.kiln.processor.step;
+
+import com.palantir.javapoet.ClassName;
+import dev.kiln.processor.analyze.ModuleReader;
+import dev.kiln.processor.diag.Id;
+import dev.kiln.processor.diag.Pos;
+import dev.kiln.processor.diag.Report;
+import dev.kiln.processor.emit.GeneratedFiles;
+import dev.kiln.processor.emit.cuda.CudaEmitter;
+import dev.kiln.processor.emit.java.KernelJavaEmitter;
+import dev.kiln.processor.emit.java.ModuleEmitter;
+import dev.kiln.processor.fuse.AttentionLowering;
+import dev.kiln.processor.fuse.Lowering;
+import dev.kiln.processor.fuse.LoweringException;
+import dev.kiln.processor.grad.Differentiator;
+import dev.kiln.processor.grad.GradException;
+import dev.kiln.processor.ir.Block;
+import dev.kiln.processor.ir.Graph;
+import dev.kiln.processor.ir.ModuleIr;
+import dev.kiln.processor.ir.Node;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import javax.annotation.processing.ProcessingEnvironment;
+import javax.lang.model.element.Element;
+import javax.lang.model.element.TypeElement;
+import javax.lang.model.element.VariableElement;
+
+/**
+ * Passes 3 to 5 for the modules of one round that checked clean, callees before callers (a caller's gradient needs
+ * to know which inputs of its callees are differentiable): grad, lower/fuse, emit.
+ */
+final class CodegenStep {
+  /** A module that passed the checks. */
+  record Checked(ModuleIr module, TypeElement type) {}
+
+  private final ProcessingEnvironment env;
+  private final ModuleReader reader;
+  private final Map<String, boolean[]> differentiable;
+  private final GeneratedFiles files;
+
+  CodegenStep(ProcessingEnvironment env, ModuleReader reader, Map<String, boolean[]> differentiable) {
+    this.env = env;
+    this.reader = reader;
+    this.differentiable = differentiable;
+    this.files = new GeneratedFiles(env.getFiler());
+  }
+
+  void generate(List<Checked> modules) {
+    Map<String, Checked> byName = new LinkedHashMap<>();
+    for (Checked c : modules) {
+      byName.put(c.module().type(), c);
+    }
+    Set<String> done = new LinkedHashSet<>();
+    for (Checked c : modules) {
+      visit(c, byName, done, new LinkedHashSet<>());
+    }
+  }
+
+  private void visit(Checked c, Map<String, Checked> byName, Set<String> done, Set<String> path) {
+    String name = c.module().type();
+    if (done.contains(name) || !path.add(name)) {
+      return;
+    }
+    for (String callee : callees(c.module())) {
+      Checked d = byName.get(callee);
+      if (d != null) {
+        visit(d, byName, done, path);
+      }
+    }
+    done.add(name);
+    one(c);
+  }
+
+  private static Set<String> callees(ModuleIr m) {
+    Set<String> out = new LinkedHashSet<>();
+    for (Graph g : m.graphs()) {
+      callees(g.body(), m, out);
+    }
+    return out;
+  }
+
+  private static void callees(Block b, ModuleIr m, Set<String> out) {
+    for (Node n : b.nodes()) {
+      switch (n) {
+        case Node.Call c when c.component() != null -> out.add(c.calleeType());
+        case Node.Loop l -> callees(l.body(), m, out);
+        case Node.Branch br -> {
+          callees(br.then(), m, out);
+          callees(br.otherwise(), m, out);
+        }
+        default -> {}
+      }
+    }
+  }
+
+  /** Which inputs a callee's backward returns a gradient for. */
+  private boolean[] differentiableArgs(Node.Call c, ModuleIr self) {
+    String type = c.component() == null ? self.type() : c.calleeType();
+    boolean[] known = differentiable.get(type);
+    if (known != null) {
+      return known;
+    }
+    boolean[] all = new boolean[c.args().size()];
+    Arrays.fill(all, true);
+    TypeElement te = env.getElementUtils().getTypeElement(type);
+    ModuleIr callee = te == null ? null : reader.callee(te);
+    TypeElement compiled = te == null ? null : env.getElementUtils().getTypeElement(
+        ModuleEmitter.compiledName(type, ClassName.get(te)).canonicalName());
+    if (compiled != null && callee != null && callee.forward() != null) {
+      for (Element e : compiled.getEnclosedElements()) {
+        if (e instanceof VariableElement v && v.getSimpleName().contentEquals("DIFFERENTIABLE_INPUTS")
+            && v.getConstantValue() instanceof String s) {
+          List<String> names = Arrays.asList(s.split(","));
+          for (int i = 0; i < all.length && i < callee.forward().paramNames().size(); i++) {
+            all[i] = names.contains(callee.forward().paramNames().get(i));
+          }
+        }
+      }
+    }
+    return all;
+  }
+
+  private void one(Checked c) {
+    ModuleIr m = c.module();
+    Report report = new Report();
+    try {
+      List<Graph> graphs = new ArrayList<>(m.graphs());
+      graphs.sort(Comparator.comparing(Graph::kind));
+      if (graphs.isEmpty() || graphs.get(0).kind() != Graph.Kind.FORWARD) {
+        return; // no body to compile (a module from a class file)
+      }
+      List<Lowering.Result> lowered = new ArrayList<>();
+      for (Graph g : graphs) {
+        AttentionLowering.run(g);
+        Differentiator.Backward b = new Differentiator(g.values(), call -> differentiableArgs(call, m)).run(g);
+        if (g.kind() == Graph.Kind.FORWARD) {
+          boolean[] diff = new boolean[g.inputs().size()];
+          for (int i = 0; i < diff.length; i++) {
+            diff[i] = b.inputGrads().get(i) != null;
+          }
+          differentiable.put(m.type(), diff);
+        }
+        lowered.add(Lowering.run(m.simpleName() + "_" + g.method(), g, b));
+      }
+      ModuleEmitter emitter = new ModuleEmitter(m, c.type(), lowered, new ModuleEmitter.Callees() {
+        @Override
+        public ModuleIr module(String qualifiedType) {
+          return reader.callee(env.getElementUtils().getTypeElement(qualifiedType));
+        }
+
+        @Override
+        public ClassName className(String qualifiedType) {
+          TypeElement te = env.getElementUtils().getTypeElement(qualifiedType.replace('$', '.'));
+          return te == null ? ClassName.bestGuess(qualifiedType) : ClassName.get(te);
+        }
+      });
+      String pkg = emitter.compiledClass().packageName();
+      files.writeJava(pkg, emitter.type(), c.type());
+      if (!emitter.kernels().isEmpty()) {
+        files.writeJava(pkg, KernelJavaEmitter.type(emitter.kernelsClass().simpleName(), emitter.kernels()), c.type());
+        files.writeResource(emitter.cudaResource(), CudaEmitter.source(m.type(), emitter.kernels()), c.type());
+      }
+    } catch (GradException | LoweringException e) {
+      report.add(Id.UnsupportedConstruct, new Pos.OnElement(c.type()), e.getMessage());
+    }
+    report.printTo(env.getMessager(), com.sun.source.util.Trees.instance(env));
+  }
+
+  static Map<String, boolean[]> newCache() {
+    return new HashMap<>();
+  }
+}
