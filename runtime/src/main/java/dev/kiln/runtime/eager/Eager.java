@@ -3,6 +3,7 @@ package dev.kiln.runtime.eager;
 import dev.kiln.dsl.DType;
 import dev.kiln.dsl.Init;
 import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Sizes;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Rng;
 import java.util.ArrayList;
@@ -33,9 +34,10 @@ import java.util.Set;
  * <p><b>Initialisation</b> follows CS336: {@link Init#TRUNC_NORMAL_FAN_IN_OUT} draws from N(0, σ²) with
  * σ = sqrt(2 / (fan_in + fan_out)) cut at ±3σ (fan_in the last dim, fan_out the product of the others),
  * {@link Init#TRUNC_NORMAL_UNIT} from N(0, 1) cut at ±3, {@link Init#ONES} and {@link Init#ZEROS} are constants.
- * Parameter number {@code i} in state-dict order is drawn from Philox stream {@code i} of {@code seed} at offset 0
- * ({@code new Rng(seed).stream(i)}) — what the device SPI's {@code fillTruncatedNormal(out, std, 3 std, seed, i)}
- * draws — so a seed gives the same model on every machine, thread count and device.
+ * The parameter with state-dict key {@code k} is drawn from Philox stream {@code Sizes.stream(k)} (FNV-1a of the
+ * key) of {@code seed} at offset 0 — what generated {@code Compiled<M>.init(config, seed)} draws through the device
+ * SPI's {@code fillTruncatedNormal} — so a seed gives the same model eagerly and compiled, on every device and
+ * thread count, and adding a parameter does not change the others.
  */
 public final class Eager {
   private static final ThreadLocal<DType> PRECISION = new ThreadLocal<>();
@@ -117,8 +119,8 @@ public final class Eager {
       throw new IllegalArgumentException("parameters are floating tensors, not " + dtype);
     }
     Rng root = new Rng(seed);
-    long[] index = {0};
-    ModuleWalker w = new ModuleWalker("Eager.init", slot -> initialise(slot, dtype, root.stream(index[0]++)));
+    ModuleWalker w =
+        new ModuleWalker("Eager.init", slot -> initialise(slot, dtype, root.stream(Sizes.stream(slot.name()))));
     return w.build(moduleType, config);
   }
 

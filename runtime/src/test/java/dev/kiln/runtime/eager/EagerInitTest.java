@@ -16,6 +16,7 @@ import dev.kiln.dsl.Module;
 import dev.kiln.dsl.Param;
 import dev.kiln.dsl.Shape;
 import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Sizes;
 import dev.kiln.runtime.eager.cs336.Embedding;
 import dev.kiln.runtime.eager.cs336.Linear;
 import dev.kiln.runtime.eager.cs336.TransformerLm;
@@ -105,24 +106,23 @@ class EagerInitTest {
   }
 
   @Test
-  void parameterIIsPhiloxStreamIOfTheSeed() {
+  void eachParameterIsThePhiloxStreamOfItsKey() {
     TransformerLm a = Eager.init(TransformerLm.class, CONFIG, 99);
     TransformerLm b = Eager.init(TransformerLm.class, CONFIG, 99);
     TransformerLm c = Eager.init(TransformerLm.class, CONFIG, 100);
     Map<String, NdArray> sa = Eager.stateDict(a);
     Map<String, NdArray> sb = Eager.stateDict(b);
     Map<String, NdArray> sc = Eager.stateDict(c);
-    int i = 0;
     for (Map.Entry<String, NdArray> e : sa.entrySet()) {
       String k = e.getKey();
       assertArrayEquals(e.getValue().toFloatArray(), sb.get(k).toFloatArray(), k + ": same seed, same values");
       if (k.endsWith("q_proj.weight")) {
         assertFalse(java.util.Arrays.equals(e.getValue().toFloatArray(), sc.get(k).toFloatArray()), k);
         double std = Math.sqrt(2.0 / 64);
-        NdArray want = new Rng(99).stream(i).truncNormal(NdArray.zeros(DType.F32, 32, 32), 0, std, -3 * std, 3 * std);
-        assertArrayEquals(want.toFloatArray(), e.getValue().toFloatArray(), k + " is stream " + i);
+        NdArray want = new Rng(99).stream(Sizes.stream(k))
+            .truncNormal(NdArray.zeros(DType.F32, 32, 32), 0, std, -3 * std, 3 * std);
+        assertArrayEquals(want.toFloatArray(), e.getValue().toFloatArray(), k + " is the stream of its key");
       }
-      i++;
     }
     TransformerLm f64 = Eager.init(TransformerLm.class, CONFIG, 99, DType.F64);
     assertEquals(DType.F64, Eager.stateDict(f64).get("lm_head.weight").dtype());
