@@ -218,16 +218,15 @@ public final class ModuleEmitter {
 
   private void addInit(TypeSpec.Builder t) {
     t.addMethod(MethodSpec.methodBuilder("init").addModifiers(Modifier.PUBLIC).returns(record)
-        .addJavadoc("New parameters for {@code config}: the {@code i}-th parameter in state-dict order drawn from"
-            + " Philox({@code seed}) stream {@code i} (as the eager interpreter's {@code Eager.init}), ones and zeros as"
-            + " each {@code @Param} says; hyper-parameters read from the config.\n")
+        .addJavadoc("New parameters for {@code config}: the parameter with state-dict key {@code k} drawn from"
+            + " Philox({@code seed}) stream {@code Sizes.stream(k)} (as the eager interpreter's {@code Eager.init}, so"
+            + " the order of components does not matter), ones and zeros as each {@code @Param} says; hyper-parameters"
+            + " read from the config.\n")
         .addParameter(CONFIG, "config").addParameter(TypeName.LONG, "seed")
-        .addStatement("return init(config, seed, $S, new long[1])", "").build());
+        .addStatement("return init(config, seed, $S)", "").build());
     MethodSpec.Builder m = MethodSpec.methodBuilder("init").addModifiers(Modifier.PUBLIC).returns(record)
-        .addJavadoc("{@link #init(Config, long)} for a module whose state-dict keys start with {@code prefix};"
-            + " {@code stream[0]} is the Philox stream of its first parameter, advanced past its last.\n")
-        .addParameter(CONFIG, "config").addParameter(TypeName.LONG, "seed").addParameter(String.class, "prefix")
-        .addParameter(long[].class, "stream");
+        .addJavadoc("{@link #init(Config, long)} for a module whose state-dict keys start with {@code prefix}.\n")
+        .addParameter(CONFIG, "config").addParameter(TypeName.LONG, "seed").addParameter(String.class, "prefix");
     List<String> args = new ArrayList<>();
     for (ModuleIr.Component c : module.components().values()) {
       String local = c.name() + "$v";
@@ -239,28 +238,29 @@ public final class ModuleEmitter {
             dims.add(configDim(d));
           }
           m.addStatement("$T $L = dev.empty(dtype, $L)", TENSOR, local, String.join(", ", dims));
+          String key = "prefix + \"" + BodyEmitter.toSnake(p.name()) + "\"";
           switch (p.init()) {
             case TRUNC_NORMAL_FAN_IN_OUT -> {
               List<Dim> ds = p.shape().dims();
               String fanIn = configDim(ds.get(ds.size() - 1));
               String fanOut = ds.size() == 1 ? "1L" : configDim(Dim.product(ds.subList(0, ds.size() - 1)));
               m.addStatement("double $L = Math.sqrt(2.0 / ($L + $L))", local + "std", fanIn, fanOut);
-              m.addStatement("dev.fillTruncatedNormal($L, $L, 3 * $L, seed, stream[0]++)", local, local + "std",
-                  local + "std");
+              m.addStatement("dev.fillTruncatedNormal($L, $L, 3 * $L, seed, $T.stream($L))", local, local + "std",
+                  local + "std", SIZES, key);
             }
-            case TRUNC_NORMAL_UNIT -> m.addStatement("dev.fillTruncatedNormal($L, 1.0, 3.0, seed, stream[0]++)",
-                local);
-            case ONES -> m.addStatement("dev.fill($L, 1.0); stream[0]++", local);
-            case ZEROS -> m.addStatement("dev.fill($L, 0.0); stream[0]++", local);
+            case TRUNC_NORMAL_UNIT -> m.addStatement("dev.fillTruncatedNormal($L, 1.0, 3.0, seed, $T.stream($L))",
+                local, SIZES, key);
+            case ONES -> m.addStatement("dev.fill($L, 1.0)", local);
+            case ZEROS -> m.addStatement("dev.fill($L, 0.0)", local);
           }
         }
-        case ModuleIr.SubModule s -> m.addStatement("$T $L = $L.init($L, seed, prefix + $S, stream)", callees.className(s.type()), local,
+        case ModuleIr.SubModule s -> m.addStatement("$T $L = $L.init($L, seed, prefix + $S)", callees.className(s.type()), local,
             s.name() + "$", bind("config", s.bindings()), BodyEmitter.toSnake(s.name()) + ".");
         case ModuleIr.ModuleList l -> {
           TypeName elem = callees.className(l.elementType());
           m.addStatement("$T<$T> $L = new $T<>()", List.class, elem, local, ArrayList.class);
           m.beginControlFlow("for (long i$$ = 0; i$$ < config.dim($S); i$$++)", l.countKey());
-          m.addStatement("$L.add($L.init($L, seed, prefix + $S + i$$ + $S, stream))", local, l.name() + "$",
+          m.addStatement("$L.add($L.init($L, seed, prefix + $S + i$$ + $S))", local, l.name() + "$",
               bind("config", l.bindings()), BodyEmitter.toSnake(l.name()) + ".", ".");
           m.endControlFlow();
           args.set(args.size() - 1, "List.copyOf(" + local + ")");
