@@ -244,9 +244,9 @@ public final class ModuleEmitter {
               List<Dim> ds = p.shape().dims();
               String fanIn = configDim(ds.get(ds.size() - 1));
               String fanOut = ds.size() == 1 ? "1L" : configDim(Dim.product(ds.subList(0, ds.size() - 1)));
-              m.addStatement("double $L = Math.sqrt(2.0 / ($L + $L))", local + "std", fanIn, fanOut);
-              m.addStatement("dev.fillTruncatedNormal($L, $L, 3 * $L, seed, $T.stream($L))", local, local + "std",
-                  local + "std", SIZES, key);
+              m.addStatement("double $L = Math.sqrt(2.0 / ($L + $L))", p.name() + "$std", fanIn, fanOut);
+              m.addStatement("dev.fillTruncatedNormal($L, $L, 3 * $L, seed, $T.stream($L))", local, p.name() + "$std",
+                  p.name() + "$std", SIZES, key);
             }
             case TRUNC_NORMAL_UNIT -> m.addStatement("dev.fillTruncatedNormal($L, 1.0, 3.0, seed, $T.stream($L))",
                 local, SIZES, key);
