@@ -50,7 +50,7 @@ public final class GenerateCommand implements Callable<Integer> {
       description = "Keep the K most probable tokens; 0 keeps all (default: ${DEFAULT-VALUE}).")
   int topK;
 
-  @Option(names = "--top-p", defaultValue = "0.95", paramLabel = "P",
+  @Option(names = "--top-p", defaultValue = "1", paramLabel = "P",
       description = "Nucleus sampling: the smallest set of tokens with probability >= P; 1 keeps all"
           + " (default: ${DEFAULT-VALUE}).")
   double topP;

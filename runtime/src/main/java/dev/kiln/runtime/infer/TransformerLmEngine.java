@@ -230,7 +230,14 @@ public final class TransformerLmEngine {
   /** {@code x W^T} for {@code x: [rows, d_in]}, {@code W: [d_out, d_in]}. */
   private static NdArray linear(NdArray x, NdArray weight) {
     NdArray out = newRows(x.shape(0), weight.shape(0));
-    Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, 1.0, x, weight, 0.0, out);
+    if (x.shape(0) == 1) {
+      // One row (a decode step): computed as the column W x^T, the form OpenBLAS 0.3.31 runs faster (best of 30,
+      // interleaved, 2 busy Cooperlake cores: W [10000, 512] 2.26 ms vs 2.95 ms as a row, [1344, 512] 0.05 vs
+      // 0.15 ms). Same memory: out [1, d_out] viewed as [d_out, 1].
+      Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, 1.0, weight, x, 0.0, out.view(weight.shape(0), 1));
+    } else {
+      Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, 1.0, x, weight, 0.0, out);
+    }
     return out;
   }
 
