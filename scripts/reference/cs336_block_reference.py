@@ -15,15 +15,27 @@ W2 (silu(W1 x) * W3 x); RoPE rotates the pairs (2i, 2i+1) of each head dim by po
 are consecutive slices of d_model; attention is causal softmax(q k^T / sqrt(d_head)) v; blocks are pre-norm.
 State-dict names are the CS336 ones (layers.0.attn.q_proj.weight, ...).
 
-Run with Debian's python3-torch:  /usr/bin/python3 scripts/reference/cs336_block_reference.py
+With the argument "variants" it writes instead, under runtime/src/test/resources/reference/lm_variants/, one tiny LM
+per architecture variant of Kiln's model config (post-norm, no norm, LayerNorm, the FFN kinds, NoPE, learned
+positions, tied embeddings, QK-norm, and two combinations): weights, token ids, and the float32 and float64 logits.
+The variants follow docs/inference.md: post-norm is x = norm(x + sublayer(x)) and keeps ln_final; "none" drops every
+norm including ln_final; LayerNorm has a weight and a bias and the biased variance (torch.nn.functional.layer_norm);
+GeLU is the tanh form; the plain FFNs are w2 act(w1 x); squared ReLU is relu(x)^2; learned positions add
+position_embeddings.weight[p] to the token embedding; tied embeddings use token_embeddings.weight as the LM head (no
+lm_head.weight); QK-norm normalises each head's queries and keys over d_head (the model's norm type, gains
+[d_head] shared by the heads) before RoPE.
+
+Run with Debian's python3-torch:  /usr/bin/python3 scripts/reference/cs336_block_reference.py [variants]
 The output is deterministic (torch.manual_seed); rerunning rewrites the same files.
 """
 
 import json
 import os
 import struct
+import sys
 
 import torch
+import torch.nn.functional as F
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "runtime", "src", "test", "resources", "reference")
@@ -170,8 +182,155 @@ def write_lm():
                       "source": "scripts/reference/cs336_block_reference.py"})
 
 
+# ---------------------------------------------------------------- architecture variants
+
+VARIANT_DEFAULTS = {"norm_placement": "pre", "norm": "rmsnorm", "ffn": "swiglu", "positions": "rope",
+                    "tied_embeddings": False, "qk_norm": False}
+
+VARIANTS = {
+    "post_norm": {"norm_placement": "post"},
+    "no_norm": {"norm_placement": "none"},
+    "layernorm": {"norm": "layernorm"},
+    "silu": {"ffn": "silu"},
+    "gelu": {"ffn": "gelu"},
+    "relu": {"ffn": "relu"},
+    "squared_relu": {"ffn": "squared_relu"},
+    "nope": {"positions": "nope"},
+    "learned_positions": {"positions": "learned"},
+    "tied_embeddings": {"tied_embeddings": True},
+    "qk_norm": {"qk_norm": True},
+    "post_layernorm_gelu_learned_tied_qk": {"norm_placement": "post", "norm": "layernorm", "ffn": "gelu",
+                                            "positions": "learned", "tied_embeddings": True, "qk_norm": True},
+    "none_squared_relu_nope_qk_layernorm": {"norm_placement": "none", "ffn": "squared_relu", "positions": "nope",
+                                            "qk_norm": True, "norm": "layernorm"},
+}
+
+
+def v_norm(x, p, prefix, cfg):
+    if cfg["norm"] == "layernorm":
+        return F.layer_norm(x, (x.shape[-1],), p[prefix + ".weight"], p[prefix + ".bias"], EPS)
+    return rms_norm(x, p[prefix + ".weight"])
+
+
+def v_attention(x, positions, p, prefix, cfg):
+    b, s, d = x.shape
+    heads = cfg["num_heads"]
+    dh = d // heads
+
+    def split(t):
+        return t.view(b, s, heads, dh).transpose(1, 2)
+
+    q = split(linear(x, p[prefix + "q_proj.weight"]))
+    k = split(linear(x, p[prefix + "k_proj.weight"]))
+    v = split(linear(x, p[prefix + "v_proj.weight"]))
+    if cfg["qk_norm"]:
+        q = v_norm(q, p, prefix + "q_norm", cfg)
+        k = v_norm(k, p, prefix + "k_norm", cfg)
+    if cfg["positions"] == "rope":
+        q = rope(q, positions, cfg["rope_theta"])
+        k = rope(k, positions, cfg["rope_theta"])
+    scores = q @ k.transpose(-1, -2) / dh ** 0.5
+    future = torch.triu(torch.ones(s, s, dtype=torch.bool), diagonal=1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    o = (weights @ v).transpose(1, 2).reshape(b, s, d)
+    return linear(o, p[prefix + "output_proj.weight"])
+
+
+def v_ffn(x, p, prefix, cfg):
+    if cfg["ffn"] == "swiglu":
+        return swiglu(x, p, prefix)
+    a = linear(x, p[prefix + "w1.weight"])
+    act = {"silu": F.silu, "gelu": lambda t: F.gelu(t, approximate="tanh"), "relu": F.relu,
+           "squared_relu": lambda t: F.relu(t) ** 2}[cfg["ffn"]]
+    return linear(act(a), p[prefix + "w2.weight"])
+
+
+def v_block(x, positions, p, prefix, cfg):
+    placement = cfg["norm_placement"]
+    if placement == "pre":
+        h = x + v_attention(v_norm(x, p, prefix + "ln1", cfg), positions, p, prefix + "attn.", cfg)
+        return h + v_ffn(v_norm(h, p, prefix + "ln2", cfg), p, prefix + "ffn.", cfg)
+    if placement == "post":
+        h = v_norm(x + v_attention(x, positions, p, prefix + "attn.", cfg), p, prefix + "ln1", cfg)
+        return v_norm(h + v_ffn(h, p, prefix + "ffn.", cfg), p, prefix + "ln2", cfg)
+    h = x + v_attention(x, positions, p, prefix + "attn.", cfg)
+    return h + v_ffn(h, p, prefix + "ffn.", cfg)
+
+
+def v_lm(tokens, positions, p, cfg):
+    x = p["token_embeddings.weight"][tokens]
+    if cfg["positions"] == "learned":
+        x = x + p["position_embeddings.weight"][positions]
+    for i in range(cfg["num_layers"]):
+        x = v_block(x, positions, p, "layers.%d." % i, cfg)
+    if cfg["norm_placement"] != "none":
+        x = v_norm(x, p, "ln_final", cfg)
+    head = p["token_embeddings.weight"] if cfg["tied_embeddings"] else p["lm_head.weight"]
+    return linear(x, head)
+
+
+def v_params(cfg):
+    d, dff, dh = cfg["d_model"], cfg["d_ff"], cfg["d_model"] // cfg["num_heads"]
+    layernorm = cfg["norm"] == "layernorm"
+
+    def norm(prefix, n):
+        p[prefix + ".weight"] = 1 + 0.2 * torch.randn(n)
+        if layernorm:
+            p[prefix + ".bias"] = 0.1 * torch.randn(n)
+
+    p = {"token_embeddings.weight": torch.randn(cfg["vocab_size"], d)}
+    if cfg["positions"] == "learned":
+        p["position_embeddings.weight"] = 0.5 * torch.randn(cfg["context_length"], d)
+    for i in range(cfg["num_layers"]):
+        pre = "layers.%d." % i
+        if cfg["norm_placement"] != "none":
+            norm(pre + "ln1", d)
+        for name in ("q_proj", "k_proj", "v_proj", "output_proj"):
+            p[pre + "attn.%s.weight" % name] = torch.randn(d, d) / d ** 0.5
+        if cfg["qk_norm"]:
+            norm(pre + "attn.q_norm", dh)
+            norm(pre + "attn.k_norm", dh)
+        if cfg["norm_placement"] != "none":
+            norm(pre + "ln2", d)
+        p[pre + "ffn.w1.weight"] = torch.randn(dff, d) / d ** 0.5
+        p[pre + "ffn.w2.weight"] = torch.randn(d, dff) / dff ** 0.5
+        if cfg["ffn"] == "swiglu":
+            p[pre + "ffn.w3.weight"] = torch.randn(dff, d) / d ** 0.5
+    if cfg["norm_placement"] != "none":
+        norm("ln_final", d)
+    if not cfg["tied_embeddings"]:
+        p["lm_head.weight"] = torch.randn(cfg["vocab_size"], d) / d ** 0.5
+    return p
+
+
+def write_variants():
+    out = os.path.join(OUT, "lm_variants")
+    os.makedirs(out, exist_ok=True)
+    for name, overrides in VARIANTS.items():
+        cfg = {"vocab_size": 24, "context_length": 8, "d_model": 8, "num_layers": 2, "num_heads": 2, "d_ff": 12,
+               "rope_theta": 10000.0, "norm_eps": EPS}
+        cfg.update(VARIANT_DEFAULTS)
+        cfg.update(overrides)
+        p = v_params(cfg)
+        tokens = torch.randint(0, cfg["vocab_size"], (1, cfg["context_length"]))
+        positions = torch.arange(cfg["context_length"], dtype=torch.int64)
+        logits32 = v_lm(tokens, positions, p, cfg)
+        logits64 = v_lm(tokens, positions, widen(p), cfg)
+        tensors = dict(p)
+        tensors.update({"input.tokens": tokens, "output.logits_f32": logits32, "output.logits_f64": logits64})
+        save_safetensors(os.path.join(out, name + ".safetensors"), tensors,
+                         {"config": json.dumps(cfg), "torch": torch.__version__,
+                          "source": "scripts/reference/cs336_block_reference.py variants"})
+
+
 if __name__ == "__main__":
-    torch.manual_seed(336)
     os.makedirs(OUT, exist_ok=True)
-    write_block()
-    write_lm()
+    if sys.argv[1:] == ["variants"]:
+        torch.manual_seed(337)
+        write_variants()
+    elif sys.argv[1:]:
+        sys.exit("usage: cs336_block_reference.py [variants]")
+    else:
+        torch.manual_seed(336)
+        write_block()
+        write_lm()

@@ -17,6 +17,7 @@ import picocli.CommandLine.Command;
       DoctorCommand.class,
       BenchCommand.class,
       dev.kiln.cli.tokenizer.TokenizerCommand.class,
+      GenerateCommand.class,
     })
 public final class KilnCommand implements Runnable {
   @CommandLine.Spec CommandLine.Model.CommandSpec spec;

@@ -65,6 +65,19 @@ public final class ConfigLoader {
     return c;
   }
 
+  /**
+   * Binds a model section on its own (the keys of {@link ModelConfig}; a CS336/PyTorch {@code config.json} holds them
+   * at the top level), with defaults for keys left out; wrong types and missing required keys fail, each named.
+   */
+  public static ModelConfig modelFromTree(Map<String, Object> tree, String source) {
+    List<String> problems = new ArrayList<>();
+    ModelConfig m = ConfigTree.bind(ModelConfig.class, tree, k -> null, problems);
+    if (!problems.isEmpty()) {
+      throw new ConfigException(source, problems);
+    }
+    return m;
+  }
+
   /** The resolved config as JSON (every key, defaults included): what a run writes as {@code config.json}. */
   public static String toJson(TrainConfig config) {
     return Json.writePretty(ConfigTree.toTree(config));
