@@ -18,6 +18,8 @@ import picocli.CommandLine.Command;
       BenchCommand.class,
       dev.kiln.cli.tokenizer.TokenizerCommand.class,
       GenerateCommand.class,
+      TrainCommand.class,
+      ForwardCommand.class,
     })
 public final class KilnCommand implements Runnable {
   @CommandLine.Spec CommandLine.Model.CommandSpec spec;

@@ -221,7 +221,9 @@ public final class Dim {
 
   /**
    * Java code computing this dim as a {@code long}, with {@code name} giving the code of each symbol; every division
-   * goes through {@code dev.kiln.dsl.spi.Sizes.exact}, which rejects a size that does not divide.
+   * goes through {@code Sizes.exact} ({@code dev.kiln.dsl.spi}, which every generated file imports; the qualified name
+   * would not compile there, where the field {@code dev} hides the package), which rejects a size that does not
+   * divide.
    */
   public String toJava(Function<String, String> name) {
     if (terms.isEmpty()) {
@@ -242,7 +244,7 @@ public final class Dim {
         (p.getValue() > 0 ? up : down).addAll(Collections.nCopies(Math.abs(p.getValue()), code));
       }
       String num = String.join(" * ", up);
-      parts.add(down.isEmpty() ? num : "dev.kiln.dsl.spi.Sizes.exact(" + num + ", " + String.join(" * ", down) + ")");
+      parts.add(down.isEmpty() ? num : "Sizes.exact(" + num + ", " + String.join(" * ", down) + ")");
     }
     return parts.size() == 1 ? parts.get(0) : "(" + String.join(" + ", parts) + ")";
   }

@@ -88,7 +88,7 @@ public final class Generated {
   public static final List<String> FIXTURES = List.of("cs336/Linear.java", "cs336/Embedding.java", "cs336/RmsNorm.java",
       "cs336/SwiGlu.java", "cs336/Rope.java", "cs336/MultiHeadSelfAttention.java", "cs336/TransformerBlock.java",
       "cs336/TransformerLm.java", "cs336/Mlp.java", "prims/Pointwise.java", "prims/Einops.java",
-      "prims/Selection.java");
+      "prims/Selection.java", "devpkg/HeadGain.java", "devpkg/Heads.java");
 
   static Generated cs336() {
     return of(FIXTURES.toArray(String[]::new));

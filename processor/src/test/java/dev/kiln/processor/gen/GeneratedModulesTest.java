@@ -69,7 +69,13 @@ class GeneratedModulesTest {
         new Case("Selection(relu)", "prims.Selection", "apply", "forward", "backward",
             Map.of("d", 5, "rectify", true), r -> new Object[] {Harness.random(r, b + 1, 5)}, new boolean[] {true}),
         new Case("Selection", "prims.Selection", "apply", "forward", "backward", Map.of("d", 5, "rectify", false),
-            r -> new Object[] {Harness.random(r, b + 1, 5)}, new boolean[] {true}));
+            r -> new Object[] {Harness.random(r, b + 1, 5)}, new boolean[] {true}),
+        new Case("Heads(gained, twice)", "dev.kiln.fixture.Heads", "apply", "forward", "backward",
+            Map.of("d", 8, "heads", 2, "mode", "GAINED", "twice", true),
+            r -> new Object[] {Harness.random(r, b, s, 8), Harness.arange(s)}, new boolean[] {true, false}),
+        new Case("Heads(plain)", "dev.kiln.fixture.Heads", "apply", "forward", "backward",
+            Map.of("d", 8, "heads", 2, "mode", "PLAIN", "twice", false),
+            r -> new Object[] {Harness.random(r, b, s, 8), Harness.arange(s)}, new boolean[] {true, false}));
     return cs.stream().map(Arguments::of);
   }
 

@@ -50,7 +50,11 @@ final class BodyEmitter {
     String calleeGradients(Node.Call c);
 
     /** The Java expression of an enum hyper-parameter's constant. */
-    String enumConstant(String component, String constant);
+    /**
+     * The test that enum hyper-parameter {@code component} (read as {@code params$.component()}) is {@code constant}:
+     * a Java expression valid in a generated method, where the field {@code dev} hides a package named {@code dev}.
+     */
+    String enumIs(String component, String constant);
 
     /** The accessor of a hyper-parameter whose config key is {@code key} (for sizes), or null. */
     String hyperByKey(String key);
@@ -66,7 +70,12 @@ final class BodyEmitter {
   private final Map<Value, Node.Loop> forwardLoopOf = new IdentityHashMap<>();
   private final Set<Value> paramReads = new HashSet<>();
   private final Map<Value, Node.ParamRead> paramReadOf = new HashMap<>();
-  private final Map<Node.Call, String> callKeys = new IdentityHashMap<>();
+  /**
+   * Context keys of sub-module calls, by the call's result: CSE rebuilds a forward {@code Call} record when it rewrites
+   * inputs of its block, while the backward's {@code CallGrad} still holds the record from before, so the node itself
+   * is no key; its result value is the same in both.
+   */
+  private final Map<Value, String> callKeys = new IdentityHashMap<>();
   private final Map<String, String> attentionGrads = new HashMap<>();
   private final Set<Value> constUsedOutsideKernels = new HashSet<>();
   private String indent = "";
@@ -123,7 +132,7 @@ final class BodyEmitter {
         case Node.Call c -> {
           String base = c.component() == null ? "self" : toSnake(c.component());
           int k = seen.merge(base, 1, Integer::sum) - 1;
-          callKeys.put(c, k == 0 ? base : base + "#" + k);
+          callKeys.put(c.out(), k == 0 ? base : base + "#" + k);
         }
         case Node.Loop l -> callKeys(l.body(), seen);
         case Node.Branch br -> {
@@ -404,7 +413,7 @@ final class BodyEmitter {
   String cond(Cond c) {
     return switch (c) {
       case Cond.Flag f -> "params$." + f.component() + "()";
-      case Cond.Is i -> "params$." + i.component() + "() == " + host.enumConstant(i.component(), i.constant());
+      case Cond.Is i -> host.enumIs(i.component(), i.constant());
       case Cond.Compare k -> "(" + scalar(k.left()) + " " + k.op() + " " + scalar(k.right()) + ")";
       case Cond.Not n -> "!(" + cond(n.c()) + ")";
       case Cond.And a -> "(" + cond(a.a()) + " && " + cond(a.b()) + ")";
@@ -453,7 +462,7 @@ final class BodyEmitter {
     for (Value a : c.args()) {
       args.add(ref(a));
     }
-    String key = callKeys.get(c);
+    String key = callKeys.get(c.out());
     String target;
     String params;
     String context;
@@ -551,7 +560,7 @@ final class BodyEmitter {
     String dOut = ref(g.dOut());
     String r = "r" + (temps++) + "$";
     ModuleIr.Component comp = c.component() == null ? null : module.components().get(c.component());
-    String key = callKeys.get(c);
+    String key = callKeys.get(c.out());
     if (comp == null) {
       line("Gradients " + r + " = backward(ctx$.child(\"" + key + "\"), params$, " + dOut + ");");
       for (ModuleIr.Component each : module.components().values()) {

@@ -456,8 +456,15 @@ public final class ModuleEmitter {
       }
 
       @Override
-      public String enumConstant(String component, String constant) {
-        return canonical(((ModuleIr.Hyper) module.components().get(component)).enumType()) + "." + constant;
+      public String enumIs(String component, String constant) {
+        String type = canonical(((ModuleIr.Hyper) module.components().get(component)).enumType());
+        String pkg = compiled.packageName();
+        if (!pkg.isEmpty() && type.startsWith(pkg + ".")) {
+          // Same package as the generated class: the simple (or Outer.Inner) name resolves, and reads best.
+          return "params$." + component + "() == " + type.substring(pkg.length() + 1) + "." + constant;
+        }
+        // A qualified name would start with a package that a field may hide (the field 'dev' hides 'dev.kiln...').
+        return "params$." + component + "().name().equals(\"" + constant + "\")";
       }
 
       @Override

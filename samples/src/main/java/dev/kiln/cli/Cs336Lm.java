@@ -1,0 +1,130 @@
+package dev.kiln.cli;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Config;
+import dev.kiln.dsl.spi.Context;
+import dev.kiln.models.cs336.CompiledTransformerLm;
+import dev.kiln.models.cs336.TransformerLm;
+import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.infer.LmWeights;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.train.CompiledModel;
+import dev.kiln.runtime.train.LmModule;
+import dev.kiln.runtime.train.ModelConfig;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The CS336 Transformer LM of {@code kiln-models}, compiled by Kiln's processor, built from a {@link ModelConfig} for
+ * the trainer and for {@code kiln forward}.
+ *
+ * <p>This glue lives in {@code samples}, the one module that sees both the runtime and the models: the runtime's
+ * {@link CompiledModel} reaches the generated {@link CompiledTransformerLm} through three method references, so the
+ * runtime needs neither a compile-time dependency on {@code kiln-models} nor reflection (a renamed module fails here,
+ * at compile time, not at run time).
+ */
+public final class Cs336Lm {
+  private final ModelConfig config;
+  private final CompiledTransformerLm compiled;
+  private final CompiledModel<TransformerLm> model;
+  private final Map<Long, NdArray> positions = new HashMap<>();
+
+  private Cs336Lm(ModelConfig config, DType dtype, long seed) {
+    this.config = config;
+    this.compiled = new CompiledTransformerLm(new CpuDevice(), dtype);
+    TransformerLm params = compiled.init(Config.of(LmModule.moduleConfig(config)), seed);
+    if (config.tiedEmbeddings()) {
+      params = params.withTiedEmbeddings();
+    }
+    this.model = new CompiledModel<>(new Program(), params,
+        LmModule.names(config, compiled.stateDict(params).keySet()));
+  }
+
+  /**
+   * A freshly initialised model (CS336's initialisation; the parameter with state-dict key {@code k} drawn from
+   * Philox({@code seed}) stream {@code Sizes.stream(k)}), with parameters of {@code dtype} (F32 or F64).
+   */
+  public static Cs336Lm create(ModelConfig config, long seed, DType dtype) {
+    return new Cs336Lm(config, dtype, seed);
+  }
+
+  /**
+   * A model holding the weights of {@code stateDict} (copied, converted to {@code dtype}). Every missing, unexpected
+   * or misshapen tensor is named, with the expected and the found shape, before anything is copied.
+   *
+   * @param source what the weights came from (a file), for messages
+   */
+  public static Cs336Lm load(ModelConfig config, Map<String, ? extends NdArray> stateDict, String source,
+      DType dtype) {
+    Map<String, long[]> expected = LmWeights.expectedShapes(config);
+    List<String> problems = new ArrayList<>();
+    for (Map.Entry<String, long[]> e : expected.entrySet()) {
+      NdArray a = stateDict.get(e.getKey());
+      if (a == null) {
+        problems.add("missing tensor " + e.getKey() + " (expected shape " + Arrays.toString(e.getValue()) + ")"
+            + (e.getKey().equals("lm_head.weight") ? "; if the model shares it with token_embeddings.weight, set"
+                + " tied_embeddings: true" : ""));
+      } else if (!Arrays.equals(a.shape(), e.getValue())) {
+        problems.add("tensor " + e.getKey() + " has shape " + Arrays.toString(a.shape()) + " but the config needs "
+            + Arrays.toString(e.getValue()));
+      } else if (!a.dtype().isFloating()) {
+        problems.add("tensor " + e.getKey() + " has dtype " + a.dtype() + "; weights must be floating point");
+      }
+    }
+    for (String n : stateDict.keySet()) {
+      if (!expected.containsKey(n)) {
+        problems.add("unexpected tensor " + n + " " + Arrays.toString(stateDict.get(n).shape())
+            + " (not part of this model config: check norm_placement, norm, ffn, positions, tied_embeddings,"
+            + " qk_norm)");
+      }
+    }
+    if (!problems.isEmpty()) {
+      throw new IllegalArgumentException(source + ": the weights do not fit the model config; " + (problems.size()
+          == 1 ? problems.get(0) : problems.size() + " problems:\n  - " + String.join("\n  - ", problems)));
+    }
+    // The initial values are overwritten; a fixed seed keeps loading deterministic and cheap to reason about.
+    Cs336Lm lm = new Cs336Lm(config, dtype, 0);
+    lm.model.parameters().forEach((n, a) -> a.copyFrom(stateDict.get(n)));
+    return lm;
+  }
+
+  public ModelConfig config() {
+    return config;
+  }
+
+  /** The model as the trainer sees it (parameters by state-dict name, loss, gradients). */
+  public CompiledModel<TransformerLm> trainable() {
+    return model;
+  }
+
+  /** Logits {@code [batch, seq, vocab_size]} of token ids {@code [batch, seq]} (I64), at positions 0..seq-1. */
+  public NdArray logits(NdArray tokenIds) {
+    return (NdArray) compiled.forward(new Context(), model.params(), tokenIds, positions(tokenIds));
+  }
+
+  private NdArray positions(NdArray tokenIds) {
+    long seq = tokenIds.shape(tokenIds.rank() - 1);
+    return positions.computeIfAbsent(seq, s -> NdArray.arange(DType.I64, s));
+  }
+
+  private final class Program implements CompiledModel.Program<TransformerLm> {
+    @Override
+    public Tensor loss(Context ctx, TransformerLm params, NdArray inputs, NdArray targets) {
+      return compiled.loss(ctx, params, inputs, positions(inputs), targets);
+    }
+
+    @Override
+    public TransformerLm lossBackward(Context ctx, TransformerLm params, Tensor dLoss) {
+      return compiled.lossBackward(ctx, params, dLoss).params();
+    }
+
+    @Override
+    public Map<String, Tensor> stateDict(TransformerLm record) {
+      return compiled.stateDict(record);
+    }
+  }
+}
