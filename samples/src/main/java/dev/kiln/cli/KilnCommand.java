@@ -15,6 +15,7 @@ import picocli.CommandLine.Command;
     subcommands = {
       CommandLine.HelpCommand.class,
       DoctorCommand.class,
+      QuickstartCommand.class,
       BenchCommand.class,
       dev.kiln.cli.tokenizer.TokenizerCommand.class,
       GenerateCommand.class,

@@ -57,6 +57,15 @@ public final class TrainCommand implements Callable<Integer> {
           + " config.json)");
     }
     TrainConfig config = ConfigLoader.load(file, overrides);
+    Trainer.Result r = train(config, resume, err);
+    return r.status() == Trainer.Status.COMPLETED ? 0 : 130;
+  }
+
+  /**
+   * Builds the model a config describes and runs the trainer (Ctrl-C checkpoints and stops), optionally resuming;
+   * prints the model line and a summary to {@code err}. {@code kiln quickstart} trains through here too.
+   */
+  static Trainer.Result train(TrainConfig config, Path resume, PrintStream err) throws java.io.IOException {
     ModelConfig m = config.model();
     long t0 = System.nanoTime();
     Cs336Lm lm = Cs336Lm.create(m, config.training().seed(), DType.F32);
@@ -77,7 +86,7 @@ public final class TrainCommand implements Callable<Integer> {
           r.status() == Trainer.Status.COMPLETED ? "done" : "stopped", r.step(), r.trainLoss(),
           Double.isNaN(r.valLoss()) ? "" : String.format(Locale.ROOT, ", validation loss %.4f", r.valLoss()),
           r.checkpoint(), r.plot());
-      return r.status() == Trainer.Status.COMPLETED ? 0 : 130;
+      return r;
     }
   }
 

@@ -143,8 +143,9 @@ final class ConfigTree {
       }
     } else if (t == int.class || t == long.class) {
       Long n = null;
-      if (v instanceof Long l) {
-        n = l;
+      if (v instanceof Long || v instanceof Integer || v instanceof Short || v instanceof Byte) {
+        // Trees built in Java (kiln quickstart) hold Integers; parsed JSON/YAML holds Longs.
+        n = ((Number) v).longValue();
       } else if (v instanceof Double d && d == Math.rint(d) && Math.abs(d) < 9.0e15) {
         n = (long) (double) d; // 1e4 and 10000.0 are whole numbers too
       }
@@ -156,11 +157,8 @@ final class ConfigTree {
         return t == int.class ? (Object) n.intValue() : (Object) n;
       }
     } else if (t == double.class) {
-      if (v instanceof Long l) {
-        return l.doubleValue();
-      }
-      if (v instanceof Double d) {
-        return d;
+      if (v instanceof Long || v instanceof Integer || v instanceof Double || v instanceof Float) {
+        return ((Number) v).doubleValue();
       }
     } else if (t.isEnum()) {
       if (v instanceof String s) {

@@ -67,6 +67,24 @@ class ConfigTest {
     return p;
   }
 
+  /** A tree built in Java holds Integers (and maybe Floats) where parsed JSON holds Longs and Doubles. */
+  @Test
+  void treesBuiltInJavaBindLikeParsedOnes() throws IOException {
+    TrainConfig parsed = ConfigLoader.load(file("c.yaml", yaml("")), List.of());
+    java.util.Map<String, Object> tree = Json.parseObject(ConfigLoader.toJson(parsed));
+    @SuppressWarnings("unchecked")
+    java.util.Map<String, Object> model = (java.util.Map<String, Object>) tree.get("model");
+    model.put("d_model", 128);
+    model.put("num_layers", Integer.valueOf(2));
+    model.put("rope_theta", 10_000);
+    model.put("z_loss", 1e-4f);
+    TrainConfig built = ConfigLoader.fromTree(tree, List.of(), "a Java tree");
+    assertEquals(parsed.model().dModel(), built.model().dModel());
+    assertEquals(parsed.model().numLayers(), built.model().numLayers());
+    assertEquals(parsed.model().ropeTheta(), built.model().ropeTheta());
+    assertEquals((double) 1e-4f, built.model().zLoss());
+  }
+
   @Test
   void yamlFileBindsWithDefaultsAndRoundTripsThroughConfigJson() throws IOException {
     TrainConfig c = ConfigLoader.load(file("c.yaml", yaml("")), List.of());
