@@ -160,7 +160,7 @@ public final class Elementwise {
   /** Applies {@code op} to every element. */
   public static NdArray unary(Unary op, NdArray x) {
     DType rt = x.dtype().isFloating() || !op.keepsIntegers ? DTypes.floatOf(x.dtype()) : x.dtype();
-    NdArray out = NdArray.zeros(rt, x.shape());
+    NdArray out = NdArray.empty(rt, x.shape());
     drive(
         out,
         new NdArray[] {x},
@@ -275,7 +275,7 @@ public final class Elementwise {
 
   private static NdArray binaryTo(Binary op, NdArray a, NdArray b, DType rt) {
     long[] shape = NdArray.broadcastShapes(a.shape(), b.shape());
-    NdArray out = NdArray.zeros(rt, shape);
+    NdArray out = NdArray.empty(rt, shape);
     run(op, a, b, rt, shape, out);
     return out;
   }
@@ -376,7 +376,7 @@ public final class Elementwise {
   public static NdArray compare(Compare op, NdArray a, NdArray b) {
     long[] shape = NdArray.broadcastShapes(a.shape(), b.shape());
     DType ct = DTypes.promote(a.dtype(), b.dtype());
-    NdArray out = NdArray.zeros(DType.BOOL, shape);
+    NdArray out = NdArray.empty(DType.BOOL, shape);
     drive(
         out,
         new NdArray[] {a.expand(shape), b.expand(shape)},
@@ -453,7 +453,7 @@ public final class Elementwise {
   public static NdArray where(NdArray cond, NdArray a, NdArray b) {
     long[] shape = NdArray.broadcastShapes(NdArray.broadcastShapes(cond.shape(), a.shape()), b.shape());
     DType rt = DTypes.promote(a.dtype(), b.dtype());
-    NdArray out = NdArray.zeros(rt, shape);
+    NdArray out = NdArray.empty(rt, shape);
     NdArray c = cond.dtype() == DType.BOOL ? cond : Elementwise.compare(Compare.NE, cond, 0.0);
     drive(
         out,

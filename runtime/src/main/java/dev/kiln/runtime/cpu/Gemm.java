@@ -96,7 +96,7 @@ public final class Gemm {
     outShape[batch.length] = m;
     outShape[batch.length + 1] = n;
     DType compute = computeDtype(dtype);
-    NdArray out = NdArray.zeros(compute, outShape);
+    NdArray out = NdArray.empty(compute, outShape);
     if (compute != dtype) {
       a2 = a2.to(compute);
       b2 = b2.to(compute);
@@ -162,7 +162,7 @@ public final class Gemm {
     }
     DType compute = computeDtype(dtype);
     if (compute != dtype) {
-      NdArray c32 = beta == 0 ? NdArray.zeros(compute, c.shape()) : c.to(compute);
+      NdArray c32 = beta == 0 ? NdArray.empty(compute, c.shape()) : c.to(compute);
       run(opA.to(compute), opB.to(compute), c32, alpha, beta);
       c.copyFrom(c32);
       return;

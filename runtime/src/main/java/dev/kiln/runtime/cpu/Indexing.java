@@ -36,7 +36,7 @@ public final class Indexing {
     long dModel = table.shape(1);
     long[] outShape = Arrays.copyOf(ids.shape(), ids.rank() + 1);
     outShape[ids.rank()] = dModel;
-    NdArray out = NdArray.zeros(table.dtype(), outShape);
+    NdArray out = NdArray.empty(table.dtype(), outShape);
     long n = ids.numel();
     long[] idv = flatIds(ids);
     for (long p = 0; p < n; p++) {
@@ -113,7 +113,7 @@ public final class Indexing {
     long n = shape[d];
     long[] iv = flatIds(idx);
     shape[d] = iv.length;
-    NdArray out = NdArray.zeros(x.dtype(), shape);
+    NdArray out = NdArray.empty(x.dtype(), shape);
     for (int k = 0; k < iv.length; k++) {
       long i = iv[k];
       if (i < 0 || i >= n) {
@@ -134,7 +134,7 @@ public final class Indexing {
     requireIntegral("gather index", idx);
     int d = normDim(x, dim, "gather");
     checkIndexShape("gather", x, idx, d);
-    NdArray out = NdArray.zeros(x.dtype(), idx.shape());
+    NdArray out = NdArray.empty(x.dtype(), idx.shape());
     long[] ishape = idx.shape();
     long[] xst = x.strides();
     long n = idx.numel();
@@ -229,8 +229,8 @@ public final class Indexing {
     }
     long[] os = x.shape();
     os[d] = k;
-    NdArray values = NdArray.zeros(x.dtype(), os);
-    NdArray indices = NdArray.zeros(DType.I64, os);
+    NdArray values = NdArray.empty(x.dtype(), os);
+    NdArray indices = NdArray.empty(DType.I64, os);
     long[] outer = x.shape();
     outer[d] = 1;
     int len = (int) n;
@@ -282,7 +282,7 @@ public final class Indexing {
   public static NdArray cumsum(NdArray x, int dim) {
     int d = normDim(x, dim, "cumsum");
     DType rt = x.dtype().isFloating() ? x.dtype() : DType.I64;
-    NdArray out = NdArray.zeros(rt, x.shape());
+    NdArray out = NdArray.empty(rt, x.shape());
     if (out.numel() == 0) {
       return out;
     }

@@ -310,7 +310,7 @@ public final class Reduce {
     long n = x.shape(d);
     long[] outShape = x.shape();
     outShape[d] = 1;
-    NdArray out = NdArray.zeros(DType.I64, outShape);
+    NdArray out = NdArray.empty(DType.I64, outShape);
     if (out.numel() == 0) {
       return keepDims ? out : out.squeeze(d);
     }

@@ -53,7 +53,7 @@ public final class Softmax {
           "softmax dim " + dim + " out of range for shape " + Arrays.toString(x.shape()));
     }
     DType rt = DTypes.floatOf(x.dtype());
-    NdArray out = given != null ? given : NdArray.zeros(rt, x.shape());
+    NdArray out = given != null ? given : NdArray.empty(rt, x.shape());
     long n = x.shape(d);
     if (out.numel() == 0) {
       return out;

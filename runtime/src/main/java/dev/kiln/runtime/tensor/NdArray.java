@@ -81,6 +81,18 @@ public final class NdArray implements Tensor {
         Storage.allocate(Math.multiplyExact(n, dtype.byteSize())), dtype, shape.clone(), contiguousStrides(shape), 0);
   }
 
+  /**
+   * A new contiguous array whose elements are <em>unspecified</em> (not zeroed): for results that are written in
+   * full before they are read. Saves the zero-filling pass of {@link #zeros}.
+   */
+  public static NdArray empty(DType dtype, long... shape) {
+    checkShape(shape);
+    long n = numel(shape);
+    return new NdArray(
+        Storage.allocateUninitialized(Math.multiplyExact(n, dtype.byteSize())), dtype, shape.clone(),
+        contiguousStrides(shape), 0);
+  }
+
   /** A new contiguous array with every element {@code value}. */
   public static NdArray full(DType dtype, double value, long... shape) {
     NdArray a = zeros(dtype, shape);
@@ -96,7 +108,7 @@ public final class NdArray implements Tensor {
 
   /** {@code [0, 1, ..., n-1]} as a 1-d array. */
   public static NdArray arange(DType dtype, long n) {
-    NdArray a = zeros(dtype, n);
+    NdArray a = empty(dtype, n);
     MemorySegment s = a.segment();
     for (long i = 0; i < n; i++) {
       Layouts.setLong(s, dtype, i * dtype.byteSize(), i);
@@ -106,35 +118,35 @@ public final class NdArray implements Tensor {
 
   /** A float32 array holding a copy of {@code data}, shaped as given (1-d when no shape is given). */
   public static NdArray fromFloats(float[] data, long... shape) {
-    NdArray a = zeros(DType.F32, shapeFor(data.length, shape));
+    NdArray a = empty(DType.F32, shapeFor(data.length, shape));
     MemorySegment.copy(data, 0, a.segment(), Layouts.F32, 0, data.length);
     return a;
   }
 
   /** A float64 array holding a copy of {@code data}. */
   public static NdArray fromDoubles(double[] data, long... shape) {
-    NdArray a = zeros(DType.F64, shapeFor(data.length, shape));
+    NdArray a = empty(DType.F64, shapeFor(data.length, shape));
     MemorySegment.copy(data, 0, a.segment(), Layouts.F64, 0, data.length);
     return a;
   }
 
   /** An int32 array holding a copy of {@code data}. */
   public static NdArray fromInts(int[] data, long... shape) {
-    NdArray a = zeros(DType.I32, shapeFor(data.length, shape));
+    NdArray a = empty(DType.I32, shapeFor(data.length, shape));
     MemorySegment.copy(data, 0, a.segment(), Layouts.I32, 0, data.length);
     return a;
   }
 
   /** An int64 array holding a copy of {@code data}. */
   public static NdArray fromLongs(long[] data, long... shape) {
-    NdArray a = zeros(DType.I64, shapeFor(data.length, shape));
+    NdArray a = empty(DType.I64, shapeFor(data.length, shape));
     MemorySegment.copy(data, 0, a.segment(), Layouts.I64, 0, data.length);
     return a;
   }
 
   /** A 0-d array holding one value. */
   public static NdArray scalar(DType dtype, double value) {
-    NdArray a = zeros(dtype);
+    NdArray a = empty(dtype);
     Layouts.setDouble(a.segment(), dtype, 0, value);
     return a;
   }
@@ -431,13 +443,13 @@ public final class NdArray implements Tensor {
 
   /** A contiguous copy converted to {@code target} ({@code this} is never returned, even for the same dtype). */
   public NdArray to(DType target) {
-    NdArray out = zeros(target, shape);
+    NdArray out = empty(target, shape);
     out.copyFrom(this);
     return out;
   }
 
   private NdArray contiguousCopy() {
-    NdArray out = zeros(dtype, shape);
+    NdArray out = empty(dtype, shape);
     out.copyFrom(this);
     return out;
   }

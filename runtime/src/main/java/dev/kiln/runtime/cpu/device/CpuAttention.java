@@ -79,7 +79,7 @@ final class CpuAttention {
     NdArray qh = heads(q, g.heads);
     NdArray kh = heads(k, g.heads);
     NdArray vh = heads(v, g.heads);
-    NdArray out = NdArray.zeros(dt, g.heads, g.s, g.e);
+    NdArray out = NdArray.empty(dt, g.heads, g.s, g.e);
     double[] lse = new double[g.heads * g.s];
     double[] row = new double[g.t];
     for (int h = 0; h < g.heads; h++) {
@@ -90,7 +90,7 @@ final class CpuAttention {
       for (int i0 = 0; i0 < g.s; i0 += BLOCK) {
         int rows = Math.min(BLOCK, g.s - i0);
         int n = visible(mask, i0 + rows - 1, g.t);
-        NdArray scores = NdArray.zeros(dt, rows, n);
+        NdArray scores = NdArray.empty(dt, rows, n);
         Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, scale, qi.narrow(0, i0, rows), ki.narrow(0, 0, n), 0, scores);
         MemorySegment seg = scores.segment();
         for (int r = 0; r < rows; r++) {
@@ -171,8 +171,8 @@ final class CpuAttention {
         NdArray dob = doi.narrow(0, i0, rows);
         NdArray kn = ki.narrow(0, 0, n);
         NdArray vn = vi.narrow(0, 0, n);
-        NdArray p = NdArray.zeros(dt, rows, n);
-        NdArray dp = NdArray.zeros(dt, rows, n);
+        NdArray p = NdArray.empty(dt, rows, n);
+        NdArray dp = NdArray.empty(dt, rows, n);
         Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, scale, qb, kn, 0, p);
         Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, 1, dob, vn, 0, dp);
         MemorySegment ps = p.segment();

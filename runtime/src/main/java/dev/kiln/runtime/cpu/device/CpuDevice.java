@@ -13,6 +13,7 @@ import dev.kiln.runtime.cpu.Gemm;
 import dev.kiln.runtime.cpu.Indexing;
 import dev.kiln.runtime.cpu.Reduce;
 import dev.kiln.runtime.tensor.Layouts;
+import dev.kiln.runtime.cpu.Parallel;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Rng;
 import java.lang.foreign.MemorySegment;
@@ -106,7 +107,7 @@ public final class CpuDevice implements Device {
 
   @Override
   public Tensor empty(DType dtype, long... shape) {
-    return NdArray.zeros(dtype, shape);
+    return NdArray.empty(dtype, shape);
   }
 
   @Override
@@ -379,20 +380,22 @@ public final class CpuDevice implements Device {
           "cpu device, pick: x must be idx.shape + [n]; got x " + Arrays.toString(a.shape()) + ", idx "
               + Arrays.toString(i.shape()));
     }
-    int n = Math.toIntExact(a.shape(-1));
-    double[] xv = a.toDoubleArray();
+    long n = a.shape(-1);
+    // Reads only the picked element of each row (the logits of a language model are rows x vocabulary: converting
+    // all of them to pick one per row cost 15% of a training step).
+    NdArray rows = a.contiguous().reshape(-1, n);
     long[] iv = i.toLongArray();
-    double[] out = new double[iv.length];
+    NdArray o = NdArray.empty(a.dtype(), i.shape());
+    NdArray flat = o.reshape(-1);
     for (int r = 0; r < iv.length; r++) {
       long j = iv[r];
       if (j < 0 || j >= n) {
         throw new IndexOutOfBoundsException(
             "cpu device, pick: index " + j + " at position " + r + " is out of range for a last dim of " + n);
       }
-      out[r] = xv[r * n + (int) j];
+      flat.setDouble(rows.getDouble(r, j), r);
     }
-    NdArray o = NdArray.fromDoubles(out).reshape(i.shape());
-    return a.dtype() == DType.F64 ? o : o.to(a.dtype());
+    return o;
   }
 
   @Override
@@ -471,7 +474,57 @@ public final class CpuDevice implements Device {
       }
       segments[i] = a.segment().asSlice(a.offset() * a.dtype().byteSize(), a.byteSize());
     }
-    kernel.cpu().run(dtype, segments, sizes[0], sizes[1], scalars);
+    runRows(kernel, dtype, segments, sizes[0], sizes[1], scalars);
+  }
+
+  /** Rows per parallel chunk: about 16K elements, enough to amortise a task, small enough to balance. */
+  private static final long CHUNK_ELEMENTS = 1 << 14;
+
+  /**
+   * Runs a fused kernel over its rows, split into chunks of rows on {@link Parallel}'s threads when it is large.
+   * Generated kernels treat rows independently (a {@code POINTWISE} element or a {@code ROWS} row reads only its own
+   * row of full and per-row tensors, plus last-dim vectors and scalars), so a chunk is the same kernel run on slices
+   * of the full ({@code rows × cols}) and per-row ({@code rows}) tensors, and the result does not depend on the
+   * split. A tensor's role is read off its element count; when two roles have the same count ({@code rows == cols},
+   * one row, one column) the launch stays whole rather than guess.
+   */
+  private static void runRows(
+      Kernel kernel, DType dtype, MemorySegment[] segments, long rows, long cols, double[] scalars) {
+    long es = dtype.byteSize();
+    boolean split = rows > 1 && cols > 1 && rows != cols && rows * cols >= Parallel.MIN_PARALLEL_ELEMENTS
+        && Parallel.threads() > 1;
+    int[] role = new int[segments.length]; // 0 whole (vector or scalar), 1 full, 2 per row
+    for (int i = 0; split && i < segments.length; i++) {
+      long n = segments[i].byteSize() / es;
+      if (n == rows * cols) {
+        role[i] = 1;
+      } else if (n == rows) {
+        role[i] = 2;
+      } else if (n != cols && n != 1) {
+        split = false;
+      }
+    }
+    if (!split) {
+      kernel.cpu().run(dtype, segments, rows, cols, scalars);
+      return;
+    }
+    long grain = Math.max(1, CHUNK_ELEMENTS / cols);
+    Parallel.forChunks(
+        rows,
+        grain,
+        rows * cols,
+        (chunk, start, end) -> {
+          MemorySegment[] part = new MemorySegment[segments.length];
+          for (int i = 0; i < segments.length; i++) {
+            part[i] =
+                switch (role[i]) {
+                  case 1 -> segments[i].asSlice(start * cols * es, (end - start) * cols * es);
+                  case 2 -> segments[i].asSlice(start * es, (end - start) * es);
+                  default -> segments[i];
+                };
+          }
+          kernel.cpu().run(dtype, part, end - start, cols, scalars);
+        });
   }
 
   // ================================================================ attention
