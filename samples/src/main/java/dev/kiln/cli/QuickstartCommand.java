@@ -41,10 +41,10 @@ public final class QuickstartCommand implements Callable<Integer> {
   Path out = Path.of("runs", "quickstart");
 
   @Option(names = "--steps", description = "Training steps (default: ${DEFAULT-VALUE}).")
-  int steps = 1200;
+  int steps = 300;
 
   @Option(names = "--vocab-size", description = "BPE vocabulary size (default: ${DEFAULT-VALUE}).")
-  int vocabSize = 2048;
+  int vocabSize = 1024;
 
   @Option(names = "--prompt", description = "Start of the story (default: \"${DEFAULT-VALUE}\").")
   String prompt = "Once upon a time";
@@ -104,13 +104,13 @@ public final class QuickstartCommand implements Callable<Integer> {
 
   /**
    * The training config: a model small enough to learn TinyStories' simple English on two cores in a few minutes
-   * (about 3.4M parameters), the CS336 optimizer recipe scaled down (AdamW, cosine with warmup, clipping).
+   * (about 1.1M parameters), the CS336 optimizer recipe scaled down (AdamW, cosine with warmup, clipping).
    */
   private Map<String, Object> config(QuickstartData.Prepared d) {
     Map<String, Object> tree = new LinkedHashMap<>();
     tree.put("model", map(
-        "vocab_size", d.vocabSize(), "context_length", 128, "d_model", 192, "num_layers", 4, "num_heads", 6,
-        "d_ff", 512, "rope_theta", 10000.0));
+        "vocab_size", d.vocabSize(), "context_length", 128, "d_model", 128, "num_layers", 4, "num_heads", 4,
+        "d_ff", 384, "rope_theta", 10000.0));
     tree.put("optimizer", map("name", "adamw", "beta1", 0.9, "beta2", 0.95, "eps", 1e-8, "weight_decay", 0.1));
     tree.put("schedule", map("type", "cosine", "max_lr", 3e-3, "min_lr", 3e-4, "warmup_steps", Math.min(100, steps / 10)));
     tree.put("data", map("train", d.trainTokens().toString(), "validation", d.validationTokens().toString(),
