@@ -134,21 +134,10 @@ public final class BenchTrainCommand implements Callable<Integer> {
     return times[steps / 2];
   }
 
+  /** The best float32 GEMM of this run (OpenBLAS called directly, 2048³), through {@code kiln bench gemm}'s code. */
   private static double peakGflops() {
-    NdArray a = new Rng(2).uniform(NdArray.zeros(DType.F32, 2048, 2048));
-    NdArray b = new Rng(3).uniform(NdArray.zeros(DType.F32, 2048, 2048));
-    NdArray c = NdArray.zeros(DType.F32, 2048, 2048);
-    double best = Double.MAX_VALUE;
-    for (int i = 0; i < 4; i++) {
-      long t0 = System.nanoTime();
-      dev.kiln.runtime.cpu.Gemm.gemm(
-          dev.kiln.runtime.cpu.Gemm.Transpose.NONE, dev.kiln.runtime.cpu.Gemm.Transpose.NONE, 1, a, b, 0, c);
-      double s = (System.nanoTime() - t0) / 1e9;
-      if (i > 0) {
-        best = Math.min(best, s);
-      }
-    }
-    return 2.0 * 2048 * 2048 * 2048 / best / 1e9;
+    PrintStream quiet = new PrintStream(java.io.OutputStream.nullOutputStream());
+    return new dev.kiln.runtime.bench.GemmBenchmark(new int[] {2048}, 3).run(quiet)[0].directGflops();
   }
 
   private static void row(PrintStream out, String side, double stepSeconds, long tokens, double flopsPerToken,
