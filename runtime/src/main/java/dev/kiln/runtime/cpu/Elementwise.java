@@ -324,6 +324,9 @@ public final class Elementwise {
     boolean direct = DIRECT_F32
         && rt == DType.F32 && a.dtype() == DType.F32 && b.dtype() == DType.F32
             && (op == Binary.ADD || op == Binary.SUB || op == Binary.MUL || op == Binary.DIV);
+    if (direct && tiledBroadcastF32(op, ea, eb, out)) {
+      return;
+    }
     drive(out, new NdArray[] {ea, eb}, DTypes.kindOf(rt), binaryKernel(op), direct ? op : null);
   }
 
@@ -665,6 +668,71 @@ public final class Elementwise {
                 }
               });
         });
+  }
+
+  /** Smallest repeated block worth the tile path; shorter ones stay on the general driver. */
+  private static final long MIN_TILE = 64;
+
+  /**
+   * Contiguous F32 {@code a op b} where one operand is contiguous and the other is broadcast along its leading dims
+   * only (e.g. RoPE's {@code [b, h, s, d/2, 2] * [s, d/2, 1]}): the broadcast operand's trailing block is
+   * materialised once as a contiguous tile, and every leading index runs the streaming kernel over one block. The
+   * general driver would walk such shapes in rows as short as the innermost dim (2 for RoPE). Same values in the
+   * same order, so the results are bit-identical. Returns false, computing nothing, when the shapes do not fit.
+   */
+  private static boolean tiledBroadcastF32(Binary op, NdArray ea, NdArray eb, NdArray out) {
+    if (!out.isContiguous()) {
+      return false;
+    }
+    boolean bIsTiled;
+    if (ea.isContiguous() && !eb.isContiguous()) {
+      bIsTiled = true;
+    } else if (eb.isContiguous() && !ea.isContiguous()) {
+      bIsTiled = false;
+    } else {
+      return false;
+    }
+    NdArray full = bIsTiled ? ea : eb;
+    NdArray bcast = bIsTiled ? eb : ea;
+    long[] shape = out.shape();
+    int lead = 0;
+    long outer = 1;
+    while (lead < shape.length - 1 && (shape[lead] == 1 || bcast.stride(lead) == 0)) {
+      outer *= shape[lead];
+      lead++;
+    }
+    long numel = out.numel();
+    if (outer < 2 || numel / outer < MIN_TILE) {
+      return false;
+    }
+    long inner = numel / outer;
+    NdArray tile = bcast;
+    for (int d = 0; d < lead; d++) {
+      tile = tile.select(0, 0);
+    }
+    tile = tile.contiguous();
+    MemorySegment fs = full.segment();
+    MemorySegment ts = tile.segment();
+    MemorySegment os = out.segment();
+    long fo = full.offset();
+    long to = tile.offset();
+    long oo = out.offset();
+    Parallel.forChunks(
+        outer,
+        Math.max(1, GRAIN / inner),
+        numel,
+        (chunk, start, end) -> {
+          for (long r = start; r < end; r++) {
+            long fb = (fo + r * inner) * 4;
+            long ob = (oo + r * inner) * 4;
+            if (bIsTiled) {
+              binaryDirectF32(op, fs, fb, ts, to * 4, os, ob, inner);
+            } else {
+              binaryDirectF32(op, ts, to * 4, fs, fb, os, ob, inner);
+            }
+          }
+        });
+    return true;
   }
 
   /** Contiguous F32 {@code a op b} straight between segments (byte offsets); Vector API when enabled. */
