@@ -150,14 +150,17 @@ final class CpuAttention {
     NdArray vh = heads(v, g.heads);
     NdArray doh = heads(dOut, g.heads);
     double[] ls = lse.toDoubleArray();
-    // delta_i = sum_j P_ij dP_ij = dO_i . O_i, one per query row.
-    double[] os = out.toDoubleArray();
-    double[] dos = dOut.toDoubleArray();
+    // delta_i = sum_j P_ij dP_ij = dO_i . O_i, one per query row (rows read in bulk, not element by element).
+    NdArray oh = heads(out, g.heads);
     double[] delta = new double[g.heads * g.s];
+    double[] oRow = new double[g.e];
+    double[] doRow = new double[g.e];
     for (int r = 0; r < delta.length; r++) {
+      read(oh.segment(), oh.dtype(), oh.offset() + (long) r * g.e, oRow, g.e);
+      read(doh.segment(), doh.dtype(), doh.offset() + (long) r * g.e, doRow, g.e);
       double acc = 0;
       for (int x = 0; x < g.e; x++) {
-        acc += dos[r * g.e + x] * os[r * g.e + x];
+        acc += doRow[x] * oRow[x];
       }
       delta[r] = acc;
     }
