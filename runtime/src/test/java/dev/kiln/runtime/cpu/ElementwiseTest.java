@@ -220,7 +220,7 @@ class ElementwiseTest {
 
   /**
    * F32 shapes broadcast along leading dims only (RoPE's {@code [b, h, s, d/2, 2] op [s, d/2, 1]}, either side)
-   * take the tiled path once the repeated block reaches 64 elements; the small random shapes above never do.
+   * take the tiled path once the contiguous runs reach 16 elements; the small random shapes above never do.
    */
   @ParameterizedTest
   @ValueSource(booleans = {false, true})
@@ -232,12 +232,17 @@ class ElementwiseTest {
       long b = 1 + rnd.nextInt(3);
       long h = 1 + rnd.nextInt(4);
       long s = 4 + rnd.nextInt(29);
-      long half = 1 + rnd.nextInt(12);
+      long half = 4 + rnd.nextInt(12);
       long[] full = {b, h, s, half, 2};
       long[] part = trial % 3 == 0 ? new long[] {1, s, half, 2} : new long[] {s, half, 1};
-      // The full operand is contiguous in most trials (the tiled path needs that) and in a random layout in the rest.
-      NdArray x = trial % 4 == 3 ? TestArrays.random(rnd, DType.F32, full, 1.5)
-          : TestArrays.random(rnd, DType.F32, full, 1.5, TestArrays.Layout.CONTIGUOUS);
+      // The tiled path needs the full operand contiguous over its trailing dims: contiguous, a head-split view
+      // ([b, s, h, d/2, 2] seen as [b, h, s, d/2, 2]), and in a random layout (mostly the general driver).
+      NdArray x = switch (trial % 4) {
+        case 3 -> TestArrays.random(rnd, DType.F32, full, 1.5);
+        case 2 -> TestArrays.random(rnd, DType.F32, new long[] {b, s, h, half, 2}, 1.5, TestArrays.Layout.CONTIGUOUS)
+            .permute(0, 2, 1, 3, 4);
+        default -> TestArrays.random(rnd, DType.F32, full, 1.5, TestArrays.Layout.CONTIGUOUS);
+      };
       NdArray y = TestArrays.random(rnd, DType.F32, part, 1.5);
       for (Binary op : ops) {
         for (boolean fullFirst : new boolean[] {true, false}) {
