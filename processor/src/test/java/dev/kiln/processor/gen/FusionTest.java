@@ -49,6 +49,22 @@ class FusionTest {
         .toList());
   }
 
+  /**
+   * The cross-entropy backward kernel reads exp(logit) in two passes over a row (the row sum, then the output); the
+   * Java emitter computes it in the first and keeps the row, so each body calls Math.exp once per element.
+   * (Its numerics are covered with the rest of the generated modules by GeneratedModulesTest.)
+   */
+  @Test
+  void transcendentalsUsedByTwoPassesAreComputedOnce() {
+    String src = Generated.cs336().source("CompiledTransformerLmKernels.java");
+    int at = src.indexOf("private static void TransformerLm_loss_bwd_0_f32(");
+    assertTrue(at >= 0, "no f32 body of TransformerLm_loss_bwd_0 in the generated kernels");
+    String body = src.substring(at, src.indexOf("\n  }\n", at));
+    assertEquals(2, body.split("for \\(long c = 0", -1).length - 1, "two passes over the row:\n" + body);
+    assertEquals(1, body.split("Math\\.exp\\(", -1).length - 1, "one exp per element:\n" + body);
+    assertTrue(body.contains("= new double[Math.toIntExact(cols)];"), "a row scratch array:\n" + body);
+  }
+
   @Test
   void rmsNormForwardIsOneRowKernel() {
     CountingDevice dev = new CountingDevice(Harness.CPU);

@@ -324,6 +324,9 @@ public final class Elementwise {
     boolean direct = DIRECT_F32
         && rt == DType.F32 && a.dtype() == DType.F32 && b.dtype() == DType.F32
             && (op == Binary.ADD || op == Binary.SUB || op == Binary.MUL || op == Binary.DIV);
+    if (direct && tiledBroadcastF32(op, ea, eb, out)) {
+      return;
+    }
     drive(out, new NdArray[] {ea, eb}, DTypes.kindOf(rt), binaryKernel(op), direct ? op : null);
   }
 
@@ -665,6 +668,94 @@ public final class Elementwise {
                 }
               });
         });
+  }
+
+  /** Shortest contiguous run worth the tile path; shorter ones stay on the general driver. */
+  private static final long MIN_RUN = 16;
+
+  /**
+   * F32 {@code a op b} into a contiguous output where one operand is broadcast along its leading dims only (e.g.
+   * RoPE's {@code [b, h, s, d/2, 2] * [s, d/2, 1]}) and the other is contiguous over its trailing dims (a whole
+   * array, or a head-split view such as {@code [b, s, h, d] -> [b, h, s, d]}): the broadcast operand's trailing
+   * block is materialised once as a contiguous tile, and each contiguous run of the other operand goes through the
+   * streaming kernel against the matching part of the tile. The general driver would walk such shapes in rows as
+   * short as the innermost dim (2 for RoPE). Same values in the same order, so the results are bit-identical.
+   * Returns false, computing nothing, when the shapes do not fit.
+   */
+  private static boolean tiledBroadcastF32(Binary op, NdArray ea, NdArray eb, NdArray out) {
+    if (!out.isContiguous()) {
+      return false;
+    }
+    long[] shape = out.shape();
+    int rank = shape.length;
+    int leadA = broadcastLead(ea, shape);
+    int leadB = broadcastLead(eb, shape);
+    if (leadA == leadB) {
+      return false; // neither (or both) broadcast along leading dims: the general driver
+    }
+    boolean bIsTiled = leadB > leadA;
+    NdArray full = bIsTiled ? ea : eb;
+    NdArray bcast = bIsTiled ? eb : ea;
+    int lead = Math.max(leadA, leadB);
+    // The trailing dims [q, rank) over which `full` is contiguous, from lead on at the least.
+    int q = rank;
+    long expect = 1;
+    while (q > lead && (shape[q - 1] == 1 || full.stride(q - 1) == expect)) {
+      expect *= shape[q - 1];
+      q--;
+    }
+    long run = NdArray.numel(Arrays.copyOfRange(shape, q, rank));
+    long outer = NdArray.numel(Arrays.copyOf(shape, lead));
+    long numel = out.numel();
+    if (outer < 2 || run < MIN_RUN || numel == 0) {
+      return false;
+    }
+    long runsPerTile = NdArray.numel(Arrays.copyOfRange(shape, lead, q));
+    NdArray tile = bcast;
+    for (int d = 0; d < lead; d++) {
+      tile = tile.select(0, 0);
+    }
+    tile = tile.contiguous();
+    MemorySegment fs = full.segment();
+    MemorySegment ts = tile.segment();
+    MemorySegment os = out.segment();
+    long[] fst = full.strides();
+    long fo = full.offset();
+    long to = tile.offset();
+    long oo = out.offset();
+    int qq = q;
+    Parallel.forChunks(
+        numel / run,
+        Math.max(1, GRAIN / run),
+        numel,
+        (chunk, start, end) -> {
+          for (long j = start; j < end; j++) {
+            long f = fo;
+            long rem = j;
+            for (int d = qq - 1; d >= 0; d--) {
+              f += (rem % shape[d]) * fst[d];
+              rem /= shape[d];
+            }
+            long fb = f * 4;
+            long tb = (to + (j % runsPerTile) * run) * 4;
+            long ob = (oo + j * run) * 4;
+            if (bIsTiled) {
+              binaryDirectF32(op, fs, fb, ts, tb, os, ob, run);
+            } else {
+              binaryDirectF32(op, ts, tb, fs, fb, os, ob, run);
+            }
+          }
+        });
+    return true;
+  }
+
+  /** How many leading dims of {@code x} (expanded to {@code shape}) are broadcast (stride 0) or of size 1. */
+  private static int broadcastLead(NdArray x, long[] shape) {
+    int lead = 0;
+    while (lead < shape.length - 1 && (shape[lead] == 1 || x.stride(lead) == 0)) {
+      lead++;
+    }
+    return lead;
   }
 
   /** Contiguous F32 {@code a op b} straight between segments (byte offsets); Vector API when enabled. */

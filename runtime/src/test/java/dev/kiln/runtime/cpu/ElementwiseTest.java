@@ -218,6 +218,58 @@ class ElementwiseTest {
     }
   }
 
+  /**
+   * F32 shapes broadcast along leading dims only (RoPE's {@code [b, h, s, d/2, 2] op [s, d/2, 1]}, either side)
+   * take the tiled path once the contiguous runs reach 16 elements; the small random shapes above never do.
+   */
+  @ParameterizedTest
+  @ValueSource(booleans = {false, true})
+  void leadingBroadcastOfLargeBlocksMatchesReference(boolean simd) {
+    useSimd(simd);
+    Random rnd = new Random(11);
+    Binary[] ops = {Binary.ADD, Binary.SUB, Binary.MUL, Binary.DIV};
+    for (int trial = 0; trial < 12; trial++) {
+      long b = 1 + rnd.nextInt(3);
+      long h = 1 + rnd.nextInt(4);
+      long s = 4 + rnd.nextInt(29);
+      long half = 4 + rnd.nextInt(12);
+      long[] full = {b, h, s, half, 2};
+      long[] part = trial % 3 == 0 ? new long[] {1, s, half, 2} : new long[] {s, half, 1};
+      // The tiled path needs the full operand contiguous over its trailing dims: contiguous, a head-split view
+      // ([b, s, h, d/2, 2] seen as [b, h, s, d/2, 2]), and in a random layout (mostly the general driver).
+      NdArray x = switch (trial % 4) {
+        case 3 -> TestArrays.random(rnd, DType.F32, full, 1.5);
+        case 2 -> TestArrays.random(rnd, DType.F32, new long[] {b, s, h, half, 2}, 1.5, TestArrays.Layout.CONTIGUOUS)
+            .permute(0, 2, 1, 3, 4);
+        default -> TestArrays.random(rnd, DType.F32, full, 1.5, TestArrays.Layout.CONTIGUOUS);
+      };
+      NdArray y = TestArrays.random(rnd, DType.F32, part, 1.5);
+      for (Binary op : ops) {
+        for (boolean fullFirst : new boolean[] {true, false}) {
+          NdArray l = fullFirst ? x : y;
+          NdArray r = fullFirst ? y : x;
+          NdArray c = Elementwise.binary(op, l, r);
+          assertArrayEquals(full, c.shape());
+          long[] ls = l.shape();
+          long[] rs = r.shape();
+          forEachIndex(full, idx -> {
+            float lv = (float) l.getDouble(broadcastIndex(idx, ls));
+            float rv = (float) r.getDouble(broadcastIndex(idx, rs));
+            float ref = switch (op) {
+              case ADD -> lv + rv;
+              case SUB -> lv - rv;
+              case MUL -> lv * rv;
+              default -> lv / rv;
+            };
+            // Exact: one float32 operation per element on every path, so every path gives the same bits.
+            assertEquals(ref, (float) c.getDouble(idx),
+                op + " " + describe(l) + " , " + describe(r) + " at " + Arrays.toString(idx));
+          });
+        }
+      }
+    }
+  }
+
   @Test
   void integerArithmeticIsExactIn64Bits() {
     NdArray a = NdArray.fromLongs(new long[] {(1L << 53) + 1, -7});

@@ -12,9 +12,13 @@ import dev.kiln.processor.ir.Node;
 import dev.kiln.processor.ir.Primitive;
 import dev.kiln.processor.ir.Value;
 import java.util.ArrayList;
+import java.util.EnumSet;
 import java.util.HashMap;
+import java.util.HashSet;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import javax.lang.model.element.Modifier;
 
 /**
@@ -106,6 +110,12 @@ public final class KernelJavaEmitter {
     for (int i = 0; i < k.scalars().size(); i++) {
       b.append("final double v").append(k.scalars().get(i).id()).append(" = s[").append(i).append("];\n");
     }
+    List<KernelSchedule.Step> steps = KernelSchedule.of(k);
+    Map<Value, String> kept = keptAcrossPasses(steps);
+    for (var e : kept.entrySet()) {
+      b.append("final double[] ").append(e.getValue()).append(" = new double[Math.toIntExact(cols)];\n");
+    }
+    Set<Value> stored = new HashSet<>();
     b.append("for (long r = 0; r < rows; r++) {\n");
     for (var e : k.inputs().entrySet()) {
       if (e.getValue() == Level.ROW || e.getValue() == Level.SCALAR) {
@@ -113,7 +123,7 @@ public final class KernelJavaEmitter {
             .append(".getAtIndex(").append(L).append(", ").append(e.getValue() == Level.ROW ? "r" : "0").append(");\n");
       }
     }
-    for (KernelSchedule.Step st : KernelSchedule.of(k)) {
+    for (KernelSchedule.Step st : steps) {
       switch (st) {
         case KernelSchedule.RowValues rv -> {
           for (Node.Prim p : rv.members()) {
@@ -133,7 +143,13 @@ public final class KernelJavaEmitter {
           }
           b.append("  for (long c = 0, i = r * cols; c < cols; c++, i++) {\n");
           List<Value> loaded = new ArrayList<>();
+          List<Value> storedHere = new ArrayList<>();
           for (Node.Prim p : pass.members()) {
+            String keep = kept.get(p.out());
+            if (keep != null && stored.contains(p.out())) {
+              b.append("    final double v").append(p.out().id()).append(" = ").append(keep).append("[(int) c];\n");
+              continue;
+            }
             for (Value in : p.inputs()) {
               Level l = k.inputs().get(in);
               if ((l == Level.FULL || l == Level.COL) && !loaded.contains(in)) {
@@ -143,6 +159,10 @@ public final class KernelJavaEmitter {
               }
             }
             b.append("    final double v").append(p.out().id()).append(" = ").append(expr(p)).append(";\n");
+            if (keep != null) {
+              b.append("    ").append(keep).append("[(int) c] = v").append(p.out().id()).append(";\n");
+              storedHere.add(p.out());
+            }
           }
           for (Node.Prim red : pass.reductions()) {
             String x = "v" + red.inputs().get(0).id();
@@ -161,6 +181,7 @@ public final class KernelJavaEmitter {
                 .append('v').append(v.id()).append(");\n");
           }
           b.append("  }\n");
+          stored.addAll(storedHere);
           for (Node.Prim red : pass.reductions()) {
             b.append("  final double v").append(red.out().id()).append(" = acc").append(red.out().id()).append(";\n");
           }
@@ -171,6 +192,30 @@ public final class KernelJavaEmitter {
     m.addCode("$L", b.toString());
     return m.build();
   }
+
+  /**
+   * Per-element transcendental values ({@code exp}, {@code log}, ...) that more than one pass of a row computes,
+   * each with the name of a row-long scratch array: the first pass stores them and later passes read them back
+   * instead of calling the math function again (same doubles, so the results do not change). Cheap arithmetic is
+   * still recomputed, as the schedule intends; only the Java emitter keeps rows (a CUDA thread's row would not fit).
+   */
+  private static Map<Value, String> keptAcrossPasses(List<KernelSchedule.Step> steps) {
+    Map<Value, String> kept = new LinkedHashMap<>();
+    Set<Value> seen = new HashSet<>();
+    for (KernelSchedule.Step st : steps) {
+      if (st instanceof KernelSchedule.Pass pass) {
+        for (Node.Prim p : pass.members()) {
+          if (!seen.add(p.out()) && COSTLY.contains(p.op())) {
+            kept.putIfAbsent(p.out(), "row" + p.out().id());
+          }
+        }
+      }
+    }
+    return kept;
+  }
+
+  private static final Set<Primitive> COSTLY = EnumSet.of(Primitive.EXP, Primitive.LOG, Primitive.TANH,
+      Primitive.SIGMOID, Primitive.COS, Primitive.SIN);
 
   /** The Java expression of one pointwise member over its inputs' locals. */
   static String expr(Node.Prim p) {

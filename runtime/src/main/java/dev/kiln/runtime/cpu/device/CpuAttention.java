@@ -5,6 +5,7 @@ import dev.kiln.dsl.Mask;
 import dev.kiln.dsl.spi.Device;
 import dev.kiln.runtime.cpu.Gemm;
 import dev.kiln.runtime.cpu.Gemm.Transpose;
+import dev.kiln.runtime.cpu.Parallel;
 import dev.kiln.runtime.tensor.Layouts;
 import dev.kiln.runtime.tensor.NdArray;
 import java.lang.foreign.MemorySegment;
@@ -19,14 +20,19 @@ import java.util.Arrays;
  * the four gradient products as GEMMs, accumulating key and value gradients across blocks with {@code beta = 1}.
  *
  * <p>GEMMs are OpenBLAS ({@link Gemm#gemm}) on views of the operands with transposes as flags, in the tensors' own
- * dtype; softmax statistics are double. Blocks run one after another in a fixed order (OpenBLAS threads each
- * product), so results never depend on the thread count.
+ * dtype; softmax statistics are double. Each block is taken for all heads at once (batched GEMMs over the head
+ * dim, the softmax rows split over cores by {@link Parallel}); blocks run one after another in a fixed order, so
+ * every head accumulates its gradients in the same order as head by head and results never depend on the thread
+ * count.
  *
  * <p>Measured on the 2-core development machine, float32, b=8, h=8, s=t=256, d=64, causal: see docs/eager.md.
  */
 final class CpuAttention {
   /** Query rows per block: a 64 × t score block stays in L2 for the context lengths CS336 trains on. */
   static final int BLOCK = 64;
+
+  /** Score rows per {@link Parallel} chunk: fixed, so the split never depends on the thread count. */
+  private static final long ROW_GRAIN = 16;
 
   private CpuAttention() {}
 
@@ -81,21 +87,22 @@ final class CpuAttention {
     NdArray vh = heads(v, g.heads);
     NdArray out = NdArray.empty(dt, g.heads, g.s, g.e);
     double[] lse = new double[g.heads * g.s];
-    double[] row = new double[g.t];
-    for (int h = 0; h < g.heads; h++) {
-      NdArray qi = qh.select(0, h);
-      NdArray ki = kh.select(0, h);
-      NdArray vi = vh.select(0, h);
-      NdArray oi = out.select(0, h);
-      for (int i0 = 0; i0 < g.s; i0 += BLOCK) {
-        int rows = Math.min(BLOCK, g.s - i0);
-        int n = visible(mask, i0 + rows - 1, g.t);
-        NdArray scores = NdArray.empty(dt, rows, n);
-        Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, scale, qi.narrow(0, i0, rows), ki.narrow(0, 0, n), 0, scores);
-        MemorySegment seg = scores.segment();
-        for (int r = 0; r < rows; r++) {
-          int m = visible(mask, i0 + r, g.t);
-          read(seg, dt, (long) r * n, row, n);
+    for (int i0 = 0; i0 < g.s; i0 += BLOCK) {
+      int rows = Math.min(BLOCK, g.s - i0);
+      int n = visible(mask, i0 + rows - 1, g.t);
+      int first = i0;
+      // One block of query rows for every head at once: batched GEMMs, and the softmax rows split over cores.
+      NdArray scores = NdArray.empty(dt, g.heads, rows, n);
+      Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, scale, qh.narrow(1, i0, rows), kh.narrow(1, 0, n), 0, scores);
+      MemorySegment seg = scores.segment();
+      long all = (long) g.heads * rows;
+      Parallel.forChunks(all, ROW_GRAIN, all * n, (chunk, lo, hi) -> {
+        double[] row = new double[n];
+        for (long hr = lo; hr < hi; hr++) {
+          int h = (int) (hr / rows);
+          int r = (int) (hr % rows);
+          int m = visible(mask, first + r, g.t);
+          read(seg, dt, hr * n, row, n);
           double max = Double.NEGATIVE_INFINITY;
           for (int j = 0; j < m; j++) {
             max = Math.max(max, row[j]);
@@ -109,11 +116,11 @@ final class CpuAttention {
           for (int j = 0; j < n; j++) {
             row[j] = j < m ? row[j] * inv : 0;
           }
-          write(seg, dt, (long) r * n, row, n);
-          lse[h * g.s + i0 + r] = max + Math.log(sum);
+          write(seg, dt, hr * n, row, n);
+          lse[h * g.s + first + r] = max + Math.log(sum);
         }
-        Gemm.gemm(Transpose.NONE, Transpose.NONE, 1, scores, vi.narrow(0, 0, n), 0, oi.narrow(0, i0, rows));
-      }
+      });
+      Gemm.gemm(Transpose.NONE, Transpose.NONE, 1, scores, vh.narrow(1, 0, n), 0, out.narrow(1, i0, rows));
     }
     long[] outShape = Arrays.copyOf(g.lead, g.lead.length + 2);
     outShape[g.lead.length] = g.s;
@@ -143,66 +150,80 @@ final class CpuAttention {
     NdArray vh = heads(v, g.heads);
     NdArray doh = heads(dOut, g.heads);
     double[] ls = lse.toDoubleArray();
-    // delta_i = sum_j P_ij dP_ij = dO_i . O_i, one per query row.
-    double[] os = out.toDoubleArray();
-    double[] dos = dOut.toDoubleArray();
+    // delta_i = sum_j P_ij dP_ij = dO_i . O_i, one per query row (rows read in bulk, not element by element).
+    NdArray oh = heads(out, g.heads);
     double[] delta = new double[g.heads * g.s];
+    double[] oRow = new double[g.e];
+    double[] doRow = new double[g.e];
     for (int r = 0; r < delta.length; r++) {
+      read(oh.segment(), oh.dtype(), oh.offset() + (long) r * g.e, oRow, g.e);
+      read(doh.segment(), doh.dtype(), doh.offset() + (long) r * g.e, doRow, g.e);
       double acc = 0;
       for (int x = 0; x < g.e; x++) {
-        acc += dos[r * g.e + x] * os[r * g.e + x];
+        acc += doRow[x] * oRow[x];
       }
       delta[r] = acc;
     }
     NdArray dq = NdArray.zeros(dt, g.heads, g.s, g.d);
     NdArray dk = NdArray.zeros(dt, g.heads, g.t, g.d);
     NdArray dv = NdArray.zeros(dt, g.heads, g.t, g.e);
-    double[] pRow = new double[g.t];
-    double[] dpRow = new double[g.t];
-    for (int h = 0; h < g.heads; h++) {
-      NdArray qi = qh.select(0, h);
-      NdArray ki = kh.select(0, h);
-      NdArray vi = vh.select(0, h);
-      NdArray doi = doh.select(0, h);
-      for (int i0 = 0; i0 < g.s; i0 += BLOCK) {
-        int rows = Math.min(BLOCK, g.s - i0);
-        int n = visible(mask, i0 + rows - 1, g.t);
-        NdArray qb = qi.narrow(0, i0, rows);
-        NdArray dob = doi.narrow(0, i0, rows);
-        NdArray kn = ki.narrow(0, 0, n);
-        NdArray vn = vi.narrow(0, 0, n);
-        NdArray p = NdArray.empty(dt, rows, n);
-        NdArray dp = NdArray.empty(dt, rows, n);
-        Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, scale, qb, kn, 0, p);
-        Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, 1, dob, vn, 0, dp);
-        MemorySegment ps = p.segment();
-        MemorySegment dps = dp.segment();
-        for (int r = 0; r < rows; r++) {
-          int m = visible(mask, i0 + r, g.t);
-          int at = h * g.s + i0 + r;
-          read(ps, dt, (long) r * n, pRow, n);
-          read(dps, dt, (long) r * n, dpRow, n);
+    for (int i0 = 0; i0 < g.s; i0 += BLOCK) {
+      int rows = Math.min(BLOCK, g.s - i0);
+      int n = visible(mask, i0 + rows - 1, g.t);
+      int first = i0;
+      // Every head's block at once, as in forward; per head, key and value gradients still accumulate over the
+      // blocks in the same order, so the sums are the same as head by head.
+      NdArray qb = qh.narrow(1, i0, rows);
+      NdArray dob = doh.narrow(1, i0, rows);
+      NdArray kn = kh.narrow(1, 0, n);
+      NdArray vn = vh.narrow(1, 0, n);
+      NdArray p = NdArray.empty(dt, g.heads, rows, n);
+      NdArray dp = NdArray.empty(dt, g.heads, rows, n);
+      Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, scale, qb, kn, 0, p);
+      Gemm.gemm(Transpose.NONE, Transpose.TRANSPOSED, 1, dob, vn, 0, dp);
+      MemorySegment ps = p.segment();
+      MemorySegment dps = dp.segment();
+      long all = (long) g.heads * rows;
+      Parallel.forChunks(all, ROW_GRAIN, all * n, (chunk, lo, hi) -> {
+        double[] pRow = new double[n];
+        double[] dpRow = new double[n];
+        for (long hr = lo; hr < hi; hr++) {
+          int h = (int) (hr / rows);
+          int r = (int) (hr % rows);
+          int m = visible(mask, first + r, g.t);
+          int at = h * g.s + first + r;
+          read(ps, dt, hr * n, pRow, n);
+          read(dps, dt, hr * n, dpRow, n);
           for (int j = 0; j < n; j++) {
             double pj = j < m ? Math.exp(pRow[j] - ls[at]) : 0;
             pRow[j] = pj;
             dpRow[j] = pj * (dpRow[j] - delta[at]) * scale; // dS, with the score's scale folded in
           }
-          write(ps, dt, (long) r * n, pRow, n);
-          write(dps, dt, (long) r * n, dpRow, n);
+          write(ps, dt, hr * n, pRow, n);
+          write(dps, dt, hr * n, dpRow, n);
         }
-        // p now holds P and dp holds dS for this block.
-        Gemm.gemm(Transpose.TRANSPOSED, Transpose.NONE, 1, p, dob, 1, dv.select(0, h).narrow(0, 0, n));
-        Gemm.gemm(Transpose.NONE, Transpose.NONE, 1, dp, kn, 0, dq.select(0, h).narrow(0, i0, rows));
-        Gemm.gemm(Transpose.TRANSPOSED, Transpose.NONE, 1, dp, qb, 1, dk.select(0, h).narrow(0, 0, n));
-      }
+      });
+      // p now holds P and dp holds dS for this block.
+      Gemm.gemm(Transpose.TRANSPOSED, Transpose.NONE, 1, p, dob, 1, dv.narrow(1, 0, n));
+      Gemm.gemm(Transpose.NONE, Transpose.NONE, 1, dp, kn, 0, dq.narrow(1, i0, rows));
+      Gemm.gemm(Transpose.TRANSPOSED, Transpose.NONE, 1, dp, qb, 1, dk.narrow(1, 0, n));
     }
     return new Device.AttentionGrads(dq.reshape(q.shape()), dk.reshape(k.shape()), dv.reshape(v.shape()));
   }
 
-  /** {@code n} elements of a contiguous F32 or F64 array from element {@code first}, as doubles. */
+  /**
+   * {@code n} elements of a contiguous F32 or F64 array from element {@code first}, as doubles: one bulk copy
+   * (through the thread's float scratch for F32) rather than an access per element.
+   */
   private static void read(MemorySegment s, DType t, long first, double[] into, int n) {
     if (t == DType.F64) {
       MemorySegment.copy(s, Layouts.F64, first * 8, into, 0, n);
+    } else if (t == DType.F32) {
+      float[] f = floatScratch(n);
+      MemorySegment.copy(s, Layouts.F32, first * 4, f, 0, n);
+      for (int j = 0; j < n; j++) {
+        into[j] = f[j];
+      }
     } else {
       for (int j = 0; j < n; j++) {
         into[j] = Layouts.getDouble(s, t, (first + j) * t.byteSize());
@@ -213,10 +234,27 @@ final class CpuAttention {
   private static void write(MemorySegment s, DType t, long first, double[] from, int n) {
     if (t == DType.F64) {
       MemorySegment.copy(from, 0, s, Layouts.F64, first * 8, n);
+    } else if (t == DType.F32) {
+      float[] f = floatScratch(n);
+      for (int j = 0; j < n; j++) {
+        f[j] = (float) from[j];
+      }
+      MemorySegment.copy(f, 0, s, Layouts.F32, first * 4, n);
     } else {
       for (int j = 0; j < n; j++) {
         Layouts.setDouble(s, t, (first + j) * t.byteSize(), from[j]);
       }
     }
+  }
+
+  private static final ThreadLocal<float[]> FLOAT_SCRATCH = ThreadLocal.withInitial(() -> new float[0]);
+
+  private static float[] floatScratch(int n) {
+    float[] f = FLOAT_SCRATCH.get();
+    if (f.length < n) {
+      f = new float[n];
+      FLOAT_SCRATCH.set(f);
+    }
+    return f;
   }
 }
