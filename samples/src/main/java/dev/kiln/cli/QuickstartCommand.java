@@ -41,7 +41,7 @@ public final class QuickstartCommand implements Callable<Integer> {
   Path out = Path.of("runs", "quickstart");
 
   @Option(names = "--steps", description = "Training steps (default: ${DEFAULT-VALUE}).")
-  int steps = 300;
+  int steps = 700;
 
   @Option(names = "--vocab-size", description = "BPE vocabulary size (default: ${DEFAULT-VALUE}).")
   int vocabSize = 1024;
