@@ -11,6 +11,7 @@ import java.io.IOException;
 import java.io.PrintStream;
 import java.io.PrintWriter;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -67,6 +68,12 @@ public final class QuickstartCommand implements Callable<Integer> {
     }
     if (maxTokens < 1) {
       throw new IllegalArgumentException("--max-tokens must be at least 1, got " + maxTokens);
+    }
+    Path runDir = out.resolve("run");
+    if (Files.exists(runDir)) {
+      // Checked before anything is written: a finished run (and its tokenizer and data) is never overwritten.
+      throw new IllegalArgumentException(out + " already holds a quickstart run (" + runDir + "); pass --out DIR for"
+          + " a new one, or talk to it: kiln generate --model " + runDir + " --prompt \"Once upon a time\"");
     }
     PrintStream err = System.err;
     long t0 = System.nanoTime();

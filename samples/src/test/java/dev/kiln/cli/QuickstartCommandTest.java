@@ -33,6 +33,11 @@ class QuickstartCommandTest {
     CliTestSupport.Result g = CliTestSupport.run("generate", "--model", out.resolve("run").toString(), "--prompt",
         "Once", "--max-tokens", "3", "--seed", "1");
     assertEquals(0, g.exitCode(), g.err());
+
+    // A second quickstart into the same folder refuses before touching the finished run.
+    CliTestSupport.Result again = CliTestSupport.run("quickstart", "--out", out.toString(), "--steps", "2");
+    assertEquals(1, again.exitCode());
+    assertTrue(again.err().contains("already holds a quickstart run"), again.err());
   }
 
   @Test
