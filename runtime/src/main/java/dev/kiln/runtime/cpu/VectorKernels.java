@@ -1,6 +1,7 @@
 package dev.kiln.runtime.cpu;
 
 import java.lang.foreign.MemorySegment;
+import dev.kiln.runtime.tensor.Layouts;
 import java.nio.ByteOrder;
 import jdk.incubator.vector.FloatVector;
 import jdk.incubator.vector.IntVector;
@@ -232,6 +233,82 @@ final class VectorKernels {
       }
       for (; i < n; i++) {
         row[i] *= inv;
+      }
+    }
+  }
+
+  /**
+   * Softmax (or log-softmax) of {@code n} contiguous F32 elements read from {@code x} at byte offset {@code xb},
+   * written to {@code o} at byte offset {@code ob} ({@code o} may be {@code x} at the same offset: in place).
+   *
+   * <p>Works on the segments directly: one pass reads the row for its maximum, a second computes the exponentials
+   * into the output while summing them, and a third scales the output, which by then is in cache. The row is
+   * thus read from memory once and written once, without the copies into and out of a scratch array. Lane sums
+   * are flushed into a double every 16 vector steps in lane order, so the result is the same as
+   * {@link #softmaxRow(float[], int, boolean)} bit for bit.
+   */
+  static void softmaxRow(MemorySegment x, long xb, MemorySegment o, long ob, int n, boolean log) {
+    int bound = S.loopBound(n);
+    long vb = (long) L * 4;
+    // Two accumulators hide the latency of max; max is exact, so the grouping cannot change the result.
+    FloatVector m0 = FloatVector.broadcast(S, Float.NEGATIVE_INFINITY);
+    FloatVector m1 = m0;
+    int i = 0;
+    for (; i + L < bound; i += 2 * L) {
+      m0 = m0.max(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE));
+      m1 = m1.max(FloatVector.fromMemorySegment(S, x, xb + i * 4L + vb, LE));
+    }
+    for (; i < bound; i += L) {
+      m0 = m0.max(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE));
+    }
+    float max = maxLanes(m0.max(m1));
+    for (; i < n; i++) {
+      max = Math.max(max, x.get(Layouts.F32, xb + i * 4L));
+    }
+    if (max == Float.NEGATIVE_INFINITY || Float.isNaN(max)) {
+      for (i = 0; i < n; i++) {
+        o.set(Layouts.F32, ob + i * 4L, Float.NaN);
+      }
+      return;
+    }
+    FloatVector sv = FloatVector.zero(S);
+    double sum = 0;
+    int step = 0;
+    for (i = 0; i < bound; i += L, step++) {
+      FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(max));
+      sv = sv.add(e);
+      if (!log) {
+        e.intoMemorySegment(o, ob + i * 4L, LE);
+      }
+      if ((step & 15) == 15) {
+        sum += sumLanes(sv);
+        sv = FloatVector.zero(S);
+      }
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE, m).sub(max));
+      sv = sv.add(e, m);
+      if (!log) {
+        e.intoMemorySegment(o, ob + i * 4L, LE, m);
+      }
+    }
+    sum += sumLanes(sv);
+    if (log) {
+      float shift = (float) (max + Math.log(sum));
+      for (i = 0; i < bound; i += L) {
+        FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(shift).intoMemorySegment(o, ob + i * 4L, LE);
+      }
+      for (; i < n; i++) {
+        o.set(Layouts.F32, ob + i * 4L, x.get(Layouts.F32, xb + i * 4L) - shift);
+      }
+    } else {
+      float inv = (float) (1 / sum);
+      for (i = 0; i < bound; i += L) {
+        FloatVector.fromMemorySegment(S, o, ob + i * 4L, LE).mul(inv).intoMemorySegment(o, ob + i * 4L, LE);
+      }
+      for (; i < n; i++) {
+        o.set(Layouts.F32, ob + i * 4L, o.get(Layouts.F32, ob + i * 4L) * inv);
       }
     }
   }
