@@ -153,7 +153,10 @@ final class VectorKernels {
    * 2^-24 on that range), then scaled by 2^k in two halves so that under- and overflow round like IEEE.
    */
   static FloatVector exp(FloatVector x) {
-    FloatVector xc = x.max(-104f).min(89f); // beyond these e^x is 0 or +inf in float; NaN stays NaN
+    // Beyond these e^x is 0 or +inf in float; NaN stays NaN (its comparisons are false). Compare-and-blend rather
+    // than max/min, whose Java semantics (NaN, -0) cost several extra instructions per vector.
+    FloatVector xc = x.blend(-104f, x.lt(-104f));
+    xc = xc.blend(89f, xc.compare(VectorOperators.GT, 89f));
     FloatVector t = xc.mul(LOG2E).add(MAGIC);
     FloatVector kf = t.sub(MAGIC);
     IntVector k = t.reinterpretAsInts().sub(Float.floatToRawIntBits(MAGIC));
@@ -244,8 +247,7 @@ final class VectorKernels {
    * <p>Works on the segments directly: one pass reads the row for its maximum, a second computes the exponentials
    * into the output while summing them, and a third scales the output, which by then is in cache. The row is
    * thus read from memory once and written once, without the copies into and out of a scratch array. Lane sums
-   * are flushed into a double every 16 vector steps in lane order, so the result is the same as
-   * {@link #softmaxRow(float[], int, boolean)} bit for bit.
+   * are flushed into a double every 16 vector steps in lane order, a fixed order whatever the thread count.
    */
   static void softmaxRow(MemorySegment x, long xb, MemorySegment o, long ob, int n, boolean log) {
     int bound = S.loopBound(n);
@@ -271,29 +273,7 @@ final class VectorKernels {
       }
       return;
     }
-    FloatVector sv = FloatVector.zero(S);
-    double sum = 0;
-    int step = 0;
-    for (i = 0; i < bound; i += L, step++) {
-      FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(max));
-      sv = sv.add(e);
-      if (!log) {
-        e.intoMemorySegment(o, ob + i * 4L, LE);
-      }
-      if ((step & 15) == 15) {
-        sum += sumLanes(sv);
-        sv = FloatVector.zero(S);
-      }
-    }
-    if (i < n) {
-      VectorMask<Float> m = S.indexInRange(i, n);
-      FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE, m).sub(max));
-      sv = sv.add(e, m);
-      if (!log) {
-        e.intoMemorySegment(o, ob + i * 4L, LE, m);
-      }
-    }
-    sum += sumLanes(sv);
+    double sum = expSum(x, xb, o, ob, n, max, !log);
     if (log) {
       float shift = (float) (max + Math.log(sum));
       for (i = 0; i < bound; i += L) {
@@ -311,6 +291,46 @@ final class VectorKernels {
         o.set(Layouts.F32, ob + i * 4L, o.get(Layouts.F32, ob + i * 4L) * inv);
       }
     }
+  }
+
+  /**
+   * Sums {@code exp(x[i] - max)} over the row, storing each exponential into {@code o} when {@code store}. Float
+   * lanes accumulate 16 vector steps, then are added into a double in lane order. Kept apart from the caller (and
+   * the lane flush written without a call) so that C2 inlines {@code exp} and keeps every vector in registers.
+   */
+  private static double expSum(MemorySegment x, long xb, MemorySegment o, long ob, int n, float max, boolean store) {
+    int bound = S.loopBound(n);
+    float[] lanes = new float[L];
+    double sum = 0;
+    int i = 0;
+    while (i < bound) {
+      int blockEnd = Math.min(bound, i + 16 * L);
+      FloatVector sv = FloatVector.zero(S);
+      for (; i < blockEnd; i += L) {
+        FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(max));
+        sv = sv.add(e);
+        if (store) {
+          e.intoMemorySegment(o, ob + i * 4L, LE);
+        }
+      }
+      sv.intoArray(lanes, 0);
+      for (int j = 0; j < L; j++) {
+        sum += lanes[j];
+      }
+    }
+    if (i < n) {
+      VectorMask<Float> m = S.indexInRange(i, n);
+      FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE, m).sub(max));
+      FloatVector sv = FloatVector.zero(S).add(e, m);
+      if (store) {
+        e.intoMemorySegment(o, ob + i * 4L, LE, m);
+      }
+      sv.intoArray(lanes, 0);
+      for (int j = 0; j < L; j++) {
+        sum += lanes[j];
+      }
+    }
+    return sum;
   }
 
   private static float maxLanes(FloatVector v) {
