@@ -177,6 +177,37 @@ final class VectorKernels {
     return p.mul(s1).mul(s2);
   }
 
+  private static final float TWO_POW_MINUS_64 = 0x1p-64f;
+
+  /**
+   * e^x for x <= 0 (or -inf, or NaN), to the accuracy of {@link #exp}: the same reduction and polynomial, with
+   * fewer instructions because the range is one-sided. Softmax only ever exponentiates {@code x - max <= 0}.
+   *
+   * <p>With x clamped to [-104, 0], k = round(x log2 e) lies in [-150, 0], so 2^(k+64) is a normal float and
+   * {@code p * 2^(k+64)} is exact; the final {@code * 2^-64} is then the only rounding, exactly as IEEE rounds a
+   * subnormal result. 2^(k+64) is built from the bits of {@code t = x log2 e + 1.5*2^23}: its low bits hold k, and
+   * the bits of 1.5*2^23 vanish when shifted left by 23, so {@code (t.bits << 23) + ((127+64) << 23)} is the float
+   * 2^(k+64) with two integer ops.
+   */
+  static FloatVector expNonPositive(FloatVector x) {
+    FloatVector xc = x.blend(-104f, x.lt(-104f)); // e^-104 rounds to 0 in float; NaN compares false and stays
+    FloatVector t = xc.mul(LOG2E).add(MAGIC);
+    FloatVector kf = t.sub(MAGIC);
+    FloatVector r = kf.fma(FloatVector.broadcast(S, -LN2_HI), xc);
+    r = kf.fma(FloatVector.broadcast(S, -LN2_LO), r);
+    FloatVector p = FloatVector.broadcast(S, 1f / 5040);
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 720));
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 120));
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 24));
+    p = p.fma(r, FloatVector.broadcast(S, 1f / 6));
+    p = p.fma(r, FloatVector.broadcast(S, 0.5f));
+    p = p.fma(r, one());
+    p = p.fma(r, one());
+    FloatVector scale = t.reinterpretAsInts().lanewise(VectorOperators.LSHL, 23).add((127 + 64) << 23)
+        .reinterpretAsFloats();
+    return p.mul(scale).mul(TWO_POW_MINUS_64);
+  }
+
   // ---------------------------------------------------------------- softmax rows
 
   /**
@@ -202,7 +233,7 @@ final class VectorKernels {
     double sum = 0;
     int step = 0;
     for (i = 0; i < bound; i += L, step++) {
-      FloatVector e = exp(FloatVector.fromArray(S, row, i).sub(max));
+      FloatVector e = expNonPositive(FloatVector.fromArray(S, row, i).sub(max));
       sv = sv.add(e);
       if (!log) {
         e.intoArray(row, i);
@@ -214,7 +245,7 @@ final class VectorKernels {
     }
     if (i < n) {
       VectorMask<Float> m = S.indexInRange(i, n);
-      FloatVector e = exp(FloatVector.fromArray(S, row, i, m).sub(max));
+      FloatVector e = expNonPositive(FloatVector.fromArray(S, row, i, m).sub(max));
       sv = sv.add(e, m);
       if (!log) {
         e.intoArray(row, i, m);
@@ -250,6 +281,25 @@ final class VectorKernels {
    * are flushed into a double every 16 vector steps in lane order, a fixed order whatever the thread count.
    */
   static void softmaxRow(MemorySegment x, long xb, MemorySegment o, long ob, int n, boolean log) {
+    float max = rowMax(x, xb, n);
+    if (max == Float.NEGATIVE_INFINITY || Float.isNaN(max)) {
+      for (int i = 0; i < n; i++) {
+        o.set(Layouts.F32, ob + i * 4L, Float.NaN);
+      }
+      return;
+    }
+    double sum = expSum(x, xb, o, ob, n, max, !log);
+    if (log) {
+      addRow(x, xb, o, ob, n, -(float) (max + Math.log(sum)));
+    } else {
+      scaleRow(o, ob, n, (float) (1 / sum));
+    }
+  }
+
+  // The passes of the segment row are separate small methods: in one large method C2 stops inlining at its node
+  // budget, and a vector that reaches a call it did not inline is boxed on the heap in the hot loop.
+
+  private static float rowMax(MemorySegment x, long xb, int n) {
     int bound = S.loopBound(n);
     long vb = (long) L * 4;
     // Two accumulators hide the latency of max; max is exact, so the grouping cannot change the result.
@@ -267,29 +317,30 @@ final class VectorKernels {
     for (; i < n; i++) {
       max = Math.max(max, x.get(Layouts.F32, xb + i * 4L));
     }
-    if (max == Float.NEGATIVE_INFINITY || Float.isNaN(max)) {
-      for (i = 0; i < n; i++) {
-        o.set(Layouts.F32, ob + i * 4L, Float.NaN);
-      }
-      return;
+    return max;
+  }
+
+  /** {@code o[i] = x[i] + c}. */
+  private static void addRow(MemorySegment x, long xb, MemorySegment o, long ob, int n, float c) {
+    int bound = S.loopBound(n);
+    int i = 0;
+    for (; i < bound; i += L) {
+      FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).add(c).intoMemorySegment(o, ob + i * 4L, LE);
     }
-    double sum = expSum(x, xb, o, ob, n, max, !log);
-    if (log) {
-      float shift = (float) (max + Math.log(sum));
-      for (i = 0; i < bound; i += L) {
-        FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(shift).intoMemorySegment(o, ob + i * 4L, LE);
-      }
-      for (; i < n; i++) {
-        o.set(Layouts.F32, ob + i * 4L, x.get(Layouts.F32, xb + i * 4L) - shift);
-      }
-    } else {
-      float inv = (float) (1 / sum);
-      for (i = 0; i < bound; i += L) {
-        FloatVector.fromMemorySegment(S, o, ob + i * 4L, LE).mul(inv).intoMemorySegment(o, ob + i * 4L, LE);
-      }
-      for (; i < n; i++) {
-        o.set(Layouts.F32, ob + i * 4L, o.get(Layouts.F32, ob + i * 4L) * inv);
-      }
+    for (; i < n; i++) {
+      o.set(Layouts.F32, ob + i * 4L, x.get(Layouts.F32, xb + i * 4L) + c);
+    }
+  }
+
+  /** {@code o[i] *= c}. */
+  private static void scaleRow(MemorySegment o, long ob, int n, float c) {
+    int bound = S.loopBound(n);
+    int i = 0;
+    for (; i < bound; i += L) {
+      FloatVector.fromMemorySegment(S, o, ob + i * 4L, LE).mul(c).intoMemorySegment(o, ob + i * 4L, LE);
+    }
+    for (; i < n; i++) {
+      o.set(Layouts.F32, ob + i * 4L, o.get(Layouts.F32, ob + i * 4L) * c);
     }
   }
 
@@ -307,7 +358,7 @@ final class VectorKernels {
       int blockEnd = Math.min(bound, i + 16 * L);
       FloatVector sv = FloatVector.zero(S);
       for (; i < blockEnd; i += L) {
-        FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(max));
+        FloatVector e = expNonPositive(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE).sub(max));
         sv = sv.add(e);
         if (store) {
           e.intoMemorySegment(o, ob + i * 4L, LE);
@@ -320,7 +371,7 @@ final class VectorKernels {
     }
     if (i < n) {
       VectorMask<Float> m = S.indexInRange(i, n);
-      FloatVector e = exp(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE, m).sub(max));
+      FloatVector e = expNonPositive(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE, m).sub(max));
       FloatVector sv = FloatVector.zero(S).add(e, m);
       if (store) {
         e.intoMemorySegment(o, ob + i * 4L, LE, m);
