@@ -302,20 +302,28 @@ final class VectorKernels {
   private static float rowMax(MemorySegment x, long xb, int n) {
     int bound = S.loopBound(n);
     long vb = (long) L * 4;
-    // Two accumulators hide the latency of max; max is exact, so the grouping cannot change the result.
+    // Two accumulators hide the latency of max; max is exact, so the grouping cannot change the result. A
+    // compare-and-blend max (two instructions, against several for Java's max with its NaN and -0 rules) skips
+    // NaNs, which is harmless: a NaN entry still makes the sum of exponentials, and so the whole row, NaN, and a
+    // row of only NaNs keeps max = -inf, which also gives an all-NaN row. Which zero wins between -0 and +0 does
+    // not change x - max's exponential.
     FloatVector m0 = FloatVector.broadcast(S, Float.NEGATIVE_INFINITY);
     FloatVector m1 = m0;
     int i = 0;
     for (; i + L < bound; i += 2 * L) {
-      m0 = m0.max(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE));
-      m1 = m1.max(FloatVector.fromMemorySegment(S, x, xb + i * 4L + vb, LE));
+      FloatVector a = FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE);
+      FloatVector b = FloatVector.fromMemorySegment(S, x, xb + i * 4L + vb, LE);
+      m0 = m0.blend(a, m0.lt(a));
+      m1 = m1.blend(b, m1.lt(b));
     }
     for (; i < bound; i += L) {
-      m0 = m0.max(FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE));
+      FloatVector a = FloatVector.fromMemorySegment(S, x, xb + i * 4L, LE);
+      m0 = m0.blend(a, m0.lt(a));
     }
     float max = maxLanes(m0.max(m1));
     for (; i < n; i++) {
-      max = Math.max(max, x.get(Layouts.F32, xb + i * 4L));
+      float v = x.get(Layouts.F32, xb + i * 4L);
+      max = v > max ? v : max;
     }
     return max;
   }

@@ -127,4 +127,28 @@ class SoftmaxRowTest {
       }
     }
   }
+
+  /** A NaN anywhere in a long row, or an +inf, makes the whole row NaN (as in PyTorch); other rows are unaffected. */
+  @ParameterizedTest
+  @ValueSource(booleans = {false, true})
+  void nanOrInfinityPoisonsOnlyItsRow(boolean simd) {
+    Simd.setEnabled(simd);
+    int n = 300;
+    float[] v = new float[3 * n];
+    for (int i = 0; i < v.length; i++) {
+      v[i] = (i % 17) * 0.25f;
+    }
+    v[123] = Float.NaN;
+    v[n + 250] = Float.POSITIVE_INFINITY;
+    NdArray x = NdArray.fromFloats(v, 3, n);
+    for (boolean log : new boolean[] {false, true}) {
+      float[] y = (log ? Softmax.logSoftmax(x, -1) : Softmax.softmax(x, -1)).toFloatArray();
+      for (int i = 0; i < 2 * n; i++) {
+        assertTrue(Float.isNaN(y[i]), "row " + i / n + " col " + i % n + " should be NaN but is " + y[i]);
+      }
+      for (int i = 2 * n; i < 3 * n; i++) {
+        assertTrue(Float.isFinite(y[i]), "row 2 col " + (i - 2 * n) + " should be finite but is " + y[i]);
+      }
+    }
+  }
 }
