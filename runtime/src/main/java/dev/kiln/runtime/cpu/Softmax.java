@@ -72,6 +72,10 @@ public final class Softmax {
     long rowCount = rows.numel();
     long grain = Math.max(1, CHUNK_ELEMENTS / len);
     boolean dbl = rt == DType.F64;
+    // Contiguous F32 rows in and out (the common last-dim case) are processed on the segments themselves.
+    boolean direct = Simd.enabled() && x.dtype() == DType.F32 && sx == 1 && so == 1;
+    var xs = x.segment();
+    var os = out.segment();
     Parallel.forChunks(
         rowCount,
         grain,
@@ -86,7 +90,9 @@ public final class Softmax {
                 for (long i = 0; i < cnt; i++) {
                   long ox = off[1] + i * st[1];
                   long oOut = off[0] + i * st[0];
-                  if (dbl) {
+                  if (direct) {
+                    VectorKernels.softmaxRow(xs, ox * 4, os, oOut * 4, len, log);
+                  } else if (dbl) {
                     Buffers.load(x, ox, sx, len, db);
                     rowD(db, len, log);
                     Buffers.store(db, len, out, oOut, so);
