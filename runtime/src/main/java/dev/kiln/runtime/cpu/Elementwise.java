@@ -790,6 +790,10 @@ public final class Elementwise {
   }
 
   // ---------------------------------------------------------------- block math
+  //
+  // One plain loop per operator (not a loop calling scalar(op, ...) per element): the JIT vectorises a loop whose
+  // body is a single arithmetic op, and does not vectorise one that switches on the operator inside. scalar(...)
+  // stays the one definition every path is tested against.
 
   private static final double SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 
