@@ -283,6 +283,38 @@ public final class CudaArray implements AutoCloseable {
     return new CudaArray(device, buffer, false, dtype, s, st, offset + index * strides[d]);
   }
 
+  /**
+   * A view of the same buffer with any {@code shape}, {@code strides} (in elements, 0 to broadcast) and element
+   * {@code offset} from the buffer's start; the elements it can reach must lie inside the buffer.
+   */
+  public CudaArray strided(long[] shape, long[] strides, long offset) {
+    if (shape.length != strides.length) {
+      throw new IllegalArgumentException("strided view: shape " + Arrays.toString(shape) + " and strides "
+          + Arrays.toString(strides) + " differ in rank");
+    }
+    long lo = offset;
+    long hi = offset;
+    for (int d = 0; d < shape.length; d++) {
+      if (shape[d] == 0) {
+        lo = hi = offset;
+        break;
+      }
+      long span = strides[d] * (shape[d] - 1);
+      if (span >= 0) {
+        hi += span;
+      } else {
+        lo += span;
+      }
+    }
+    long capacity = buffer.requestedBytes() / dtype.byteSize();
+    if (lo < 0 || (NdArray.numel(shape) > 0 && hi >= capacity)) {
+      throw new IllegalArgumentException("strided view " + Arrays.toString(shape) + " strides "
+          + Arrays.toString(strides) + " offset " + offset + " reaches elements " + lo + ".." + hi + " of a buffer of "
+          + capacity);
+    }
+    return new CudaArray(device, buffer, false, dtype, shape.clone(), strides.clone(), offset);
+  }
+
   /** A view that broadcasts size-1 dims (stride 0), as {@link NdArray#expand}. */
   public CudaArray expand(long... newShape) {
     if (newShape.length < shape.length) {

@@ -39,6 +39,17 @@ public final class KernelArgs {
     return this;
   }
 
+  public KernelArgs f64(double v) {
+    args.add(Pointer.to(new double[] {v}));
+    return this;
+  }
+
+  /** A struct passed by value, given as its bytes in 8-byte words (the kernel's signature sets how many it reads). */
+  public KernelArgs struct(long[] words) {
+    args.add(Pointer.to(words.clone()));
+    return this;
+  }
+
   Pointer toPointer() {
     return Pointer.to(args.toArray(new NativePointerObject[0]));
   }

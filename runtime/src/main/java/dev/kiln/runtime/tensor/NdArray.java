@@ -722,13 +722,18 @@ public final class NdArray implements Tensor {
     return out;
   }
 
-  /**
-   * Strides that express {@code target} over this array's memory, or null. Walks both shapes in chunks of equal
-   * element count; each chunk of the old shape must be internally contiguous (PyTorch's computeStride).
-   */
   private long[] viewStrides(long[] target) {
+    return viewStrides(shape, strides, target);
+  }
+
+  /**
+   * Strides that express {@code target} (same element count) over the memory of an array of {@code shape} and
+   * {@code strides}, or null when that needs a copy. Walks both shapes in chunks of equal element count; each chunk
+   * of the old shape must be internally contiguous (PyTorch's computeStride). Shared with the device arrays.
+   */
+  public static long[] viewStrides(long[] shape, long[] strides, long[] target) {
     long[] out = new long[target.length];
-    if (numel() == 0) {
+    if (numel(shape) == 0) {
       return contiguousStrides(target);
     }
     int oldD = shape.length - 1;
@@ -762,7 +767,8 @@ public final class NdArray implements Tensor {
           if (oldStart < 0) {
             return null;
           }
-          if (strides[oldStart] != strides[oldStart + nextNonUnit(oldStart)] * shape[oldStart + nextNonUnit(oldStart)]) {
+          int next = oldStart + nextNonUnit(shape, oldStart);
+          if (strides[oldStart] != strides[next] * shape[next]) {
             return null;
           }
           oldCount *= shape[oldStart];
@@ -786,7 +792,7 @@ public final class NdArray implements Tensor {
   }
 
   /** Distance from {@code d} to the next dim to its right with size != 1. */
-  private int nextNonUnit(int d) {
+  private static int nextNonUnit(long[] shape, int d) {
     int k = 1;
     while (shape[d + k] == 1) {
       k++;

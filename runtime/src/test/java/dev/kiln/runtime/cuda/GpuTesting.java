@@ -8,11 +8,11 @@ import java.util.Random;
 import org.junit.jupiter.api.Assumptions;
 
 /** Shared pieces of the *GpuTest classes: the skip rule, random inputs, and tolerance checks that report. */
-final class GpuTesting {
+public final class GpuTesting {
   private GpuTesting() {}
 
   /** The first GPU, or a skipped test that prints why there is none (always the case in CI). */
-  static CudaDevice device() {
+  public static CudaDevice device() {
     CudaProbe.Report r = CudaProbe.probe();
     if (!r.available()) {
       System.out.println("[skip] no CUDA device: " + r.problem());
@@ -22,7 +22,7 @@ final class GpuTesting {
   }
 
   /** Standard normal values (never all zeros), rounded to {@code dtype}, as a contiguous host array. */
-  static NdArray randn(Random rnd, DType dtype, double scale, long... shape) {
+  public static NdArray randn(Random rnd, DType dtype, double scale, long... shape) {
     int n = Math.toIntExact(NdArray.numel(shape));
     float[] v = new float[n];
     for (int i = 0; i < n; i++) {
@@ -33,11 +33,11 @@ final class GpuTesting {
   }
 
   /** Values as doubles, whatever the dtype. */
-  static double[] doubles(NdArray a) {
+  public static double[] doubles(NdArray a) {
     return a.contiguous().to(DType.F64).toDoubleArray();
   }
 
-  static double maxAbs(double[] v) {
+  public static double maxAbs(double[] v) {
     double m = 0;
     for (double x : v) {
       m = Math.max(m, Math.abs(x));
@@ -49,7 +49,7 @@ final class GpuTesting {
    * Fails unless every element satisfies {@code |got - ref| <= atol + rtol * |ref|}; NaN (an element the kernel never
    * wrote over the poison) always fails. Prints the worst error so logs show the margin.
    */
-  static void assertClose(String what, double[] ref, double[] got, double rtol, double atol) {
+  public static void assertClose(String what, double[] ref, double[] got, double rtol, double atol) {
     if (ref.length != got.length) {
       fail(what + ": " + got.length + " elements, expected " + ref.length);
     }

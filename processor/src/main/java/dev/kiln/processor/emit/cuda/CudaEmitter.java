@@ -51,7 +51,9 @@ public final class CudaEmitter {
       b.append("//   ").append(d).append(d.equals("...") ? ": the leading dims of the input, any number (rows)\n"
           : ": a config dim or a dim of the module's inputs\n");
     }
-    b.append("\n#include <cuda_runtime.h>\n#include <math.h>\n\n");
+    // NVRTC (the runtime's fallback when no fatbin was built) has the math functions built in but no headers.
+    b.append("\n#ifdef __CUDACC_RTC__\n#define INFINITY __int_as_float(0x7f800000)\n#else\n")
+        .append("#include <cuda_runtime.h>\n#include <math.h>\n#endif\n\n");
     b.append(PRELUDE);
     for (FusedKernel k : kernels) {
       kernel(b, k);

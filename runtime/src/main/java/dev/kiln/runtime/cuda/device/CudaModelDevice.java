@@ -1,0 +1,930 @@
+package dev.kiln.runtime.cuda.device;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Mask;
+import dev.kiln.dsl.Reduction;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.TopK;
+import dev.kiln.dsl.spi.Device;
+import dev.kiln.dsl.spi.Kernel;
+import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.cuda.AttentionMask;
+import dev.kiln.runtime.cuda.Cublas;
+import dev.kiln.runtime.cuda.CudaArray;
+import dev.kiln.runtime.cuda.CudaDevice;
+import dev.kiln.runtime.cuda.CudaKernel;
+import dev.kiln.runtime.cuda.CudaStream;
+import dev.kiln.runtime.cuda.FlashAttention;
+import dev.kiln.runtime.cuda.KernelArgs;
+import dev.kiln.runtime.cuda.KernelLoader;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Rng;
+import java.util.ArrayDeque;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * The device SPI on an NVIDIA GPU: generated {@code Compiled<Module>} code runs here unchanged. GEMMs go to cuBLAS,
+ * attention to Kiln's FlashAttention kernels, the processor's fused kernels to their {@code extern "C"} functions
+ * (fatbins built by nvcc, else NVRTC), and the remaining primitives to {@code device_ops.cu}. Everything is queued
+ * on the GPU's default stream in call order; {@link #download} and {@link #synchronize} wait.
+ *
+ * <p><b>Precision.</b> Models run in F32 ({@link DType#F64} is refused with a pointer to the CPU device, which is the
+ * float64 reference). With {@link Precision#BF16} the device does what {@code torch.autocast(dtype=bfloat16)} does for
+ * a Transformer: GEMMs and attention read bf16 operands and accumulate in fp32, every other operation (norms,
+ * softmax, cross-entropy, residual adds, reductions) and every stored activation stays fp32. A parameter registered
+ * with {@link #withBf16Twin} carries a bf16 copy that the optimizer rewrites after each update, so GEMMs on weights
+ * cast nothing; activations are cast on the way into a GEMM (a memory-bound pass, small next to the GEMM).
+ *
+ * <p><b>Memory.</b> Device memory comes from the GPU's caching allocator. Tensors made while a {@link Scope} is open
+ * belong to it and are returned to the cache when it closes (one scope per training step: the next step reuses the
+ * same blocks, no {@code cuMemAlloc}); tensors made outside any scope live until {@link #release}. Using a tensor
+ * after its scope closed fails with "used after close".
+ *
+ * <p><b>Errors.</b> Device code cannot throw: an embedding id out of range is recorded in an error word and raised
+ * as {@link IndexOutOfBoundsException} at the next {@link #download}/{@link #synchronize}. Not thread-safe: one
+ * thread drives a device (as generated code does).
+ */
+public final class CudaModelDevice implements Device {
+  /** Arithmetic of GEMMs and attention. */
+  public enum Precision {
+    /** Everything in fp32 (attention uses the exact SIMT kernels: correct, not fast). */
+    FP32,
+    /** bf16 GEMM and attention operands with fp32 accumulation; everything else fp32 (mixed precision). */
+    BF16
+  }
+
+  private static final int BLOCK = 256;
+  private static final long MAX_GRID = 1L << 20;
+
+  private final CudaDevice gpu;
+  private final CudaStream stream;
+  private final Cublas cublas;
+  private final FlashAttention flash;
+  private final Precision precision;
+  private final CudaArray errorWord;
+  private final ArrayDeque<Scope> scopes = new ArrayDeque<>();
+  private final CpuDevice host = new CpuDevice();
+  /** bf16 copies attention made in forward, by the {@code out} tensor they belong to, for its backward. */
+  private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
+  private long launches;
+  private boolean poison;
+
+  /** A device on GPU {@code ordinal} with {@code precision}; throws {@link IllegalStateException} without a GPU. */
+  public CudaModelDevice(int ordinal, Precision precision) {
+    this.gpu = CudaDevice.get(ordinal);
+    this.stream = gpu.defaultStream();
+    this.cublas = new Cublas(stream);
+    this.flash = new FlashAttention(stream);
+    this.precision = precision;
+    this.errorWord = CudaArray.zeros(gpu, DType.I64, 2);
+  }
+
+  @Override
+  public String name() {
+    return "cuda:" + gpu.ordinal();
+  }
+
+  public CudaDevice gpu() {
+    return gpu;
+  }
+
+  public Precision precision() {
+    return precision;
+  }
+
+  /** Kernel launches and cuBLAS calls queued so far (what CUDA graphs would save on). */
+  public long launches() {
+    return launches;
+  }
+
+  // ================================================================ scopes and host transfers
+
+  /** A region whose tensors are freed together; scopes nest, the innermost collects. */
+  public final class Scope implements AutoCloseable {
+    private final List<CudaArray> owned = new ArrayList<>();
+    private boolean closed;
+
+    /** Keeps {@code t} (made in this scope) alive past it: it moves to the enclosing scope, or becomes permanent. */
+    public Tensor keep(Tensor t) {
+      CudaArray a = arr(t, "keep", "t");
+      if (owned.remove(a)) {
+        Scope outer = null;
+        boolean below = false;
+        for (Scope s : scopes) {
+          if (below) {
+            outer = s;
+            break;
+          }
+          below = s == this;
+        }
+        if (outer != null) {
+          outer.owned.add(a);
+        }
+      }
+      return t;
+    }
+
+    @Override
+    public void close() {
+      if (closed) {
+        return;
+      }
+      closed = true;
+      if (scopes.peek() != this) {
+        throw new IllegalStateException("cuda device: scopes must close innermost first");
+      }
+      scopes.pop();
+      for (CudaArray a : owned) {
+        attentionBf16.remove(a);
+        a.close();
+      }
+      owned.clear();
+    }
+  }
+
+  /** Opens a scope: tensors made until it closes are freed when it closes. */
+  public Scope scope() {
+    Scope s = new Scope();
+    scopes.push(s);
+    return s;
+  }
+
+  private CudaArray track(CudaArray a) {
+    Scope s = scopes.peek();
+    if (s != null) {
+      s.owned.add(a);
+    }
+    return a;
+  }
+
+  private CudaTensor wrap(CudaArray a) {
+    return new CudaTensor(a, null);
+  }
+
+  private CudaArray newArray(DType dtype, long... shape) {
+    CudaArray a = track(CudaArray.empty(gpu, stream, dtype, shape));
+    return poison ? a.poison() : a;
+  }
+
+  /**
+   * With {@code on}, every tensor the device makes starts as NaN (floats) or all-ones bits: tests turn it on so an
+   * element a kernel forgot to write cannot pass for a right answer.
+   */
+  public void poisonNewTensors(boolean on) {
+    this.poison = on;
+  }
+
+  /** Frees a tensor made outside any scope (a parameter, an optimizer state) now. */
+  public void release(Tensor t) {
+    if (t instanceof CudaTensor c) {
+      c.array().close();
+      if (c.bf16Twin() != null) {
+        c.bf16Twin().close();
+      }
+    }
+  }
+
+  /** A copy of {@code host} on this device. */
+  public CudaTensor fromHost(NdArray host) {
+    return wrap(track(CudaArray.fromHost(gpu, host)));
+  }
+
+  /** A host copy of {@code t}; waits for the work queued before it. */
+  public NdArray toHost(Tensor t) {
+    synchronize();
+    return arr(t, "toHost", "t").toHost();
+  }
+
+  /** Copies {@code host} into the contiguous device tensor {@code dst} of the same shape and dtype. */
+  public void copyFromHost(NdArray host, Tensor dst) {
+    arr(dst, "copyFromHost", "dst").copyFromHost(host);
+  }
+
+  /**
+   * {@code param} (F32, contiguous, made outside a scope) with a bf16 twin for {@link Precision#BF16} GEMMs; the
+   * twin is filled now, and whoever updates the parameter must rewrite it (the fused AdamW does). The result
+   * replaces {@code param} in the model's parameter record.
+   */
+  public CudaTensor withBf16Twin(Tensor param) {
+    CudaArray p = arr(param, "withBf16Twin", "param");
+    if (p.dtype() != DType.F32 || !p.isContiguous()) {
+      throw new IllegalArgumentException("cuda device: a bf16 twin needs a contiguous F32 parameter, got " + p);
+    }
+    CudaArray twin = CudaArray.empty(gpu, stream, DType.BF16, p.shape());
+    copyArray(p, twin);
+    return new CudaTensor(p, twin);
+  }
+
+  /** Waits for the GPU, then raises an index error recorded by a kernel since the last check. */
+  public void synchronize() {
+    gpu.synchronize();
+    NdArray err = errorWord.toHost();
+    long bad = err.getLong(0);
+    if (bad != 0) {
+      long bound = err.getLong(1);
+      errorWord.copyFromHost(NdArray.zeros(DType.I64, 2));
+      throw new IndexOutOfBoundsException("cuda device: id " + (bad - 1) + " is out of range for a dim of size "
+          + bound + " (an embedding or cross-entropy target beyond the vocabulary?)");
+    }
+  }
+
+  // ================================================================ arguments
+
+  private static CudaTensor ct(Tensor t, String op, String role) {
+    if (t instanceof CudaTensor c) {
+      return c;
+    }
+    throw new IllegalArgumentException("cuda device, " + op + ": " + role + " is "
+        + (t == null ? "null" : "a " + t.getClass().getSimpleName())
+        + ", not a tensor of the cuda device (move host arrays with fromHost)");
+  }
+
+  private static CudaArray arr(Tensor t, String op, String role) {
+    return ct(t, op, role).array();
+  }
+
+  private static CudaArray floating(Tensor t, String op, String role) {
+    CudaArray a = arr(t, op, role);
+    if (a.dtype() != DType.F32 && a.dtype() != DType.F64) {
+      throw new IllegalArgumentException("cuda device, " + op + ": " + role + " must be F32 (or F64), got "
+          + a.dtype());
+    }
+    return a;
+  }
+
+  private static void sameFloat(String op, CudaArray... xs) {
+    for (CudaArray x : xs) {
+      if (x.dtype() != xs[0].dtype()) {
+        throw new IllegalArgumentException("cuda device, " + op + ": operands mix " + xs[0].dtype() + " and "
+            + x.dtype());
+      }
+    }
+  }
+
+  private static void requireContiguous(CudaArray a, String op, String role) {
+    if (!a.isContiguous()) {
+      throw new IllegalArgumentException("cuda device, " + op + ": " + role + " must be contiguous, got " + a);
+    }
+  }
+
+  private static String suffix(DType t) {
+    return switch (t) {
+      case F32 -> "f32";
+      case F64 -> "f64";
+      case BF16 -> "bf16";
+      case I32 -> "i32";
+      case I64 -> "i64";
+      case U8 -> "u8";
+      case BOOL -> "b8";
+      default -> throw new IllegalArgumentException("cuda device: no kernels for dtype " + t);
+    };
+  }
+
+  private CudaKernel op(String symbol) {
+    return gpu.kernels().module("device_ops").kernel(symbol);
+  }
+
+  private void launchFlat(String symbol, long n, KernelArgs args) {
+    if (n == 0) {
+      return;
+    }
+    long blocks = Math.min((n + BLOCK - 1) / BLOCK, MAX_GRID);
+    op(symbol).launch(stream, blocks, 1, BLOCK, 0, args);
+    launches++;
+  }
+
+  // ================================================================ memory
+
+  @Override
+  public Tensor empty(DType dtype, long... shape) {
+    return wrap(newArray(dtype, shape));
+  }
+
+  @Override
+  public Tensor zeros(DType dtype, long... shape) {
+    Tensor t = empty(dtype, shape);
+    fill(t, 0);
+    return t;
+  }
+
+  @Override
+  public Tensor full(DType dtype, double value, long... shape) {
+    Tensor t = empty(dtype, shape);
+    fill(t, value);
+    return t;
+  }
+
+  @Override
+  public Tensor upload(DType dtype, long[] shape, double[] values) {
+    return fromHost((NdArray) host.upload(dtype, shape, values));
+  }
+
+  @Override
+  public double[] download(Tensor x) {
+    return toHost(x).toDoubleArray();
+  }
+
+  @Override
+  public Tensor iota(DType dtype, long n) {
+    return fromHost(NdArray.arange(dtype, n));
+  }
+
+  @Override
+  public void fill(Tensor out, double value) {
+    CudaArray o = arr(out, "fill", "out");
+    StridedPlan p = StridedPlan.of(o.shape(), o.strides());
+    launchFlat("kiln_fill_" + suffix(o.dtype()), p.numel(),
+        new KernelArgs().ptr(o).struct(p.shapeWords()).struct(p.strideWords(0)).i64(p.numel()).f64(value));
+  }
+
+  @Override
+  public void fillTruncatedNormal(Tensor out, double std, double bound, long seed, long stream) {
+    CudaArray o = floating(out, "fillTruncatedNormal", "out");
+    // Drawn on the host with the runtime's Philox generator, so every device initialises a model bit for bit alike.
+    NdArray h = NdArray.empty(o.dtype(), o.shape());
+    new Rng(seed).stream(stream).truncNormal(h, 0, std, -bound, bound);
+    o.copyFromHost(h);
+  }
+
+  @Override
+  public void copy(Tensor src, Tensor dst) {
+    copyArray(arr(src, "copy", "src"), arr(dst, "copy", "dst"));
+  }
+
+  private void copyArray(CudaArray s, CudaArray d) {
+    long[] ss = StridedPlan.broadcastStrides(s.shape(), s.strides(), d.shape(), "cuda device, copy: src");
+    StridedPlan p = StridedPlan.of(d.shape(), ss, d.strides());
+    launchFlat("kiln_copy_" + suffix(s.dtype()) + "_" + suffix(d.dtype()), p.numel(),
+        new KernelArgs().ptr(s).struct(p.shapeWords()).struct(p.strideWords(0)).ptr(d).struct(p.strideWords(1))
+            .i64(p.numel()));
+  }
+
+  @Override
+  public Tensor cast(Tensor x, DType dtype) {
+    CudaArray a = arr(x, "cast", "x");
+    CudaArray out = newArray(dtype, a.shape());
+    copyArray(a, out);
+    return wrap(out);
+  }
+
+  private CudaArray contiguousArray(CudaArray a) {
+    if (a.isContiguous()) {
+      return a;
+    }
+    CudaArray out = newArray(a.dtype(), a.shape());
+    copyArray(a, out);
+    return out;
+  }
+
+  // ================================================================ views
+
+  @Override
+  public Tensor reshape(Tensor x, long... shape) {
+    CudaTensor t = ct(x, "reshape", "x");
+    long[] target = inferShape(t.array(), shape);
+    return new CudaTensor(reshapeArray(t.array(), target), t.bf16Twin() == null ? null
+        : reshapeArray(t.bf16Twin(), target));
+  }
+
+  private CudaArray reshapeArray(CudaArray a, long[] target) {
+    long[] st = NdArray.viewStrides(a.shape(), a.strides(), target);
+    if (st != null) {
+      return a.strided(target, st, a.offset());
+    }
+    CudaArray c = contiguousArray(a);
+    return c.strided(target, NdArray.contiguousStrides(target), c.offset());
+  }
+
+  private static long[] inferShape(CudaArray a, long[] shape) {
+    long n = a.numel();
+    long known = 1;
+    int infer = -1;
+    for (int i = 0; i < shape.length; i++) {
+      if (shape[i] == -1 && infer < 0) {
+        infer = i;
+      } else if (shape[i] < 0) {
+        throw new IllegalArgumentException("cuda device, reshape: bad shape " + Arrays.toString(shape));
+      } else {
+        known *= shape[i];
+      }
+    }
+    long[] out = shape.clone();
+    if (infer >= 0) {
+      if (known == 0 || n % known != 0) {
+        throw new IllegalArgumentException("cuda device, reshape: cannot infer -1 in " + Arrays.toString(shape)
+            + " for " + n + " elements");
+      }
+      out[infer] = n / known;
+    } else if (known != n) {
+      throw new IllegalArgumentException("cuda device, reshape: " + Arrays.toString(a.shape()) + " (" + n
+          + " elements) to " + Arrays.toString(shape));
+    }
+    return out;
+  }
+
+  @Override
+  public Tensor permute(Tensor x, int... order) {
+    CudaTensor t = ct(x, "permute", "x");
+    return new CudaTensor(t.array().permute(order), t.bf16Twin() == null ? null : t.bf16Twin().permute(order));
+  }
+
+  @Override
+  public Tensor expand(Tensor x, long... shape) {
+    CudaTensor t = ct(x, "expand", "x");
+    return new CudaTensor(t.array().expand(shape), t.bf16Twin() == null ? null : t.bf16Twin().expand(shape));
+  }
+
+  @Override
+  public Tensor contiguous(Tensor x) {
+    CudaTensor t = ct(x, "contiguous", "x");
+    return t.array().isContiguous() ? t : wrap(contiguousArray(t.array()));
+  }
+
+  // ================================================================ GEMM
+
+  @Override
+  public void gemm(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c, double alpha, double beta) {
+    CudaTensor ta = ct(a, "gemm", "a");
+    CudaTensor tb = ct(b, "gemm", "b");
+    CudaArray z = floating(c, "gemm", "c");
+    CudaArray x = ta.array();
+    CudaArray y = tb.array();
+    sameFloat("gemm", x, y, z);
+    if (z.dtype() == DType.F64) {
+      throw new IllegalArgumentException("cuda device, gemm: F64 is not supported on the GPU (the CUDA device runs"
+          + " F32 models, with bf16 GEMMs in mixed precision); use the cpu device for float64");
+    }
+    if (z.rank() < 2 || z.rank() > 3 || x.rank() < 2 || x.rank() > z.rank() || y.rank() < 2 || y.rank() > z.rank()) {
+      throw new IllegalArgumentException("cuda device, gemm: c must be [batch, m, n] or [m, n], and a and b rank 2"
+          + " (shared) or c's rank; got a " + Arrays.toString(x.shape()) + ", b " + Arrays.toString(y.shape())
+          + ", c " + Arrays.toString(z.shape()));
+    }
+    if (precision == Precision.BF16) {
+      x = bf16Of(ta);
+      y = bf16Of(tb);
+    }
+    CudaArray opA = transA ? x.transpose(-2, -1) : x;
+    CudaArray opB = transB ? y.transpose(-2, -1) : y;
+    opA = gemmOperand(opA);
+    opB = gemmOperand(opB);
+    cublas.gemm((float) alpha, opA, opB, (float) beta, z);
+    launches++;
+  }
+
+  /** cuBLAS needs rows or columns contiguous; anything else is copied first. */
+  private CudaArray gemmOperand(CudaArray m) {
+    int r = m.rank();
+    long rows = m.shape(r - 2);
+    long cols = m.shape(r - 1);
+    long rs = m.stride(r - 2);
+    long cs = m.stride(r - 1);
+    boolean rowMajor = (cols == 1 || cs == 1) && (rows == 1 || rs >= cols);
+    boolean colMajor = (rows == 1 || rs == 1) && (cols == 1 || cs >= rows);
+    return rowMajor || colMajor ? m : contiguousArray(m);
+  }
+
+  /** The bf16 form of an F32 tensor: its twin when it has one, else a cast into the current scope. */
+  private CudaArray bf16Of(CudaTensor t) {
+    if (t.bf16Twin() != null) {
+      return t.bf16Twin();
+    }
+    CudaArray a = t.array();
+    if (a.dtype() == DType.BF16) {
+      return a;
+    }
+    CudaArray out = newArray(DType.BF16, a.shape());
+    copyArray(a, out);
+    return out;
+  }
+
+  // ================================================================ primitives
+
+  @Override
+  public Tensor unary(Unary op, Tensor x) {
+    CudaArray a = floating(x, "unary " + op, "x");
+    CudaArray out = newArray(a.dtype(), a.shape());
+    StridedPlan p = StridedPlan.of(a.shape(), a.strides());
+    launchFlat("kiln_unary_" + suffix(a.dtype()), p.numel(), new KernelArgs().ptr(a).struct(p.shapeWords())
+        .struct(p.strideWords(0)).ptr(out).i64(p.numel()).i32(op.ordinal()));
+    return wrap(out);
+  }
+
+  @Override
+  public Tensor binary(Binary op, Tensor a, Tensor b) {
+    CudaArray x = floating(a, "binary " + op, "a");
+    CudaArray y = floating(b, "binary " + op, "b");
+    sameFloat("binary " + op, x, y);
+    long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
+    CudaArray out = newArray(x.dtype(), shape);
+    StridedPlan p = StridedPlan.of(shape, bstrides(x, shape, "a"), bstrides(y, shape, "b"));
+    launchFlat("kiln_binary_" + suffix(x.dtype()), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0)).ptr(y)
+        .struct(p.strideWords(1)).struct(p.shapeWords()).ptr(out).i64(p.numel()).i32(op.ordinal()));
+    return wrap(out);
+  }
+
+  private static long[] bstrides(CudaArray a, long[] shape, String role) {
+    return StridedPlan.broadcastStrides(a.shape(), a.strides(), shape, "cuda device: " + role);
+  }
+
+  @Override
+  public Tensor compare(Compare op, Tensor a, Tensor b) {
+    CudaArray x = floating(a, "compare " + op, "a");
+    CudaArray y = floating(b, "compare " + op, "b");
+    sameFloat("compare " + op, x, y);
+    long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
+    CudaArray out = newArray(DType.BOOL, shape);
+    StridedPlan p = StridedPlan.of(shape, bstrides(x, shape, "a"), bstrides(y, shape, "b"));
+    launchFlat("kiln_compare_" + suffix(x.dtype()), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0))
+        .ptr(y).struct(p.strideWords(1)).struct(p.shapeWords()).ptr(out).i64(p.numel()).i32(op.ordinal()));
+    return wrap(out);
+  }
+
+  @Override
+  public Tensor where(Tensor cond, Tensor a, Tensor b) {
+    CudaArray c = arr(cond, "where", "cond");
+    if (c.dtype() != DType.BOOL) {
+      throw new IllegalArgumentException("cuda device, where: cond must be BOOL, got " + c.dtype());
+    }
+    CudaArray x = floating(a, "where", "a");
+    CudaArray y = floating(b, "where", "b");
+    sameFloat("where", x, y);
+    long[] shape = NdArray.broadcastShapes(NdArray.broadcastShapes(c.shape(), x.shape()), y.shape());
+    CudaArray out = newArray(x.dtype(), shape);
+    StridedPlan p = StridedPlan.of(shape, bstrides(c, shape, "cond"), bstrides(x, shape, "a"),
+        bstrides(y, shape, "b"));
+    launchFlat("kiln_where_" + suffix(x.dtype()), p.numel(), new KernelArgs().ptr(c).struct(p.strideWords(0)).ptr(x)
+        .struct(p.strideWords(1)).ptr(y).struct(p.strideWords(2)).struct(p.shapeWords()).ptr(out).i64(p.numel()));
+    return wrap(out);
+  }
+
+  @Override
+  public Tensor reduce(Reduction how, Tensor x, int[] axes, boolean keepDims) {
+    CudaArray a = floating(x, "reduce", "x");
+    if (how == Reduction.MEAN) {
+      throw new IllegalArgumentException("cuda device, reduce: MEAN is not a device reduction (scale a SUM)");
+    }
+    int r = a.rank();
+    boolean[] red = new boolean[r];
+    for (int ax : axes) {
+      int d = ax < 0 ? ax + r : ax;
+      if (d < 0 || d >= r || red[d]) {
+        throw new IllegalArgumentException("cuda device, reduce: bad or repeated axis " + ax + " for rank " + r);
+      }
+      red[d] = true;
+    }
+    List<Long> keptShape = new ArrayList<>();
+    long[] outKeep = new long[r];
+    int[] order = new int[r];
+    int k = 0;
+    long rows = 1;
+    long cols = 1;
+    for (int d = 0; d < r; d++) {
+      outKeep[d] = red[d] ? 1 : a.shape(d);
+      if (!red[d]) {
+        keptShape.add(a.shape(d));
+        order[k++] = d;
+        rows *= a.shape(d);
+      } else {
+        cols *= a.shape(d);
+      }
+    }
+    for (int d = 0; d < r; d++) {
+      if (red[d]) {
+        order[k++] = d;
+      }
+    }
+    long[] outShape = keepDims ? outKeep : keptShape.stream().mapToLong(Long::longValue).toArray();
+    CudaArray out = newArray(a.dtype(), outShape);
+    int opCode = switch (how) {
+      case SUM -> 0;
+      case MAX -> 1;
+      case MIN -> 2;
+      default -> throw new IllegalArgumentException("cuda device, reduce: " + how);
+    };
+    String t = suffix(a.dtype());
+    if (cols == 1 || rows * cols == 0) {
+      // Nothing reduced (or nothing to reduce over): a copy, or the empty reduction's identity.
+      if (rows * cols == 0) {
+        fill(wrap(out), opCode == 0 ? 0 : (opCode == 1 ? Double.NEGATIVE_INFINITY : Double.POSITIVE_INFINITY));
+      } else {
+        copyArray(a.strided(outShape, stridesOfKept(a, red, outShape.length, keepDims), a.offset()), out);
+      }
+      return wrap(out);
+    }
+    boolean leading = true;
+    boolean seenKept = false;
+    for (int d = 0; d < r; d++) {
+      if (!red[d]) {
+        seenKept |= a.shape(d) != 1;
+      } else if (seenKept && a.shape(d) != 1) {
+        leading = false;
+      }
+    }
+    if (a.isContiguous() && leading && rows > 1) {
+      reduceColumns(t, a, out, cols, rows, opCode);
+    } else {
+      CudaArray src = a.isContiguous() && isIdentity(order) ? a : contiguousArray(a.permute(order));
+      op("kiln_reduce_rows_" + t).launch(stream, rows, 1, BLOCK, 0,
+          new KernelArgs().ptr(src).ptr(out).i64(rows).i64(cols).i32(opCode));
+      launches++;
+    }
+    return wrap(out);
+  }
+
+  private static long[] stridesOfKept(CudaArray a, boolean[] red, int outRank, boolean keepDims) {
+    long[] st = new long[outRank];
+    int j = 0;
+    for (int d = 0; d < a.rank(); d++) {
+      if (keepDims) {
+        st[j++] = a.stride(d);
+      } else if (!red[d]) {
+        st[j++] = a.stride(d);
+      }
+    }
+    return st;
+  }
+
+  private static boolean isIdentity(int[] order) {
+    for (int i = 0; i < order.length; i++) {
+      if (order[i] != i) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** out[c] = reduce over r of a[r, c] for contiguous a [reducedRows, keptCols]: chunks of rows, then the chunks. */
+  private void reduceColumns(String t, CudaArray a, CudaArray out, long reduced, long kept, int opCode) {
+    long colBlocks = (kept + 31) / 32;
+    long chunks = Math.max(1, Math.min(Math.min(reduced / 64, 256), Math.max(1, 2048 / colBlocks)));
+    long perChunk = (reduced + chunks - 1) / chunks;
+    chunks = (reduced + perChunk - 1) / perChunk;
+    CudaKernel k = op("kiln_reduce_cols_" + t);
+    if (chunks == 1) {
+      k.launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs().ptr(a).ptr(out).i64(reduced).i64(kept).i32(opCode)
+          .i64(reduced));
+      launches++;
+      return;
+    }
+    CudaArray partial = newArray(a.dtype(), chunks, kept);
+    k.launch(stream, colBlocks, chunks, BLOCK, 0, new KernelArgs().ptr(a).ptr(partial).i64(reduced).i64(kept)
+        .i32(opCode).i64(perChunk));
+    k.launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs().ptr(partial).ptr(out).i64(chunks).i64(kept)
+        .i32(opCode).i64(chunks));
+    launches += 2;
+  }
+
+  // ================================================================ indexing
+
+  private static CudaArray ids(Tensor t, String op) {
+    CudaArray a = arr(t, op, "ids");
+    if (a.dtype() != DType.I32 && a.dtype() != DType.I64) {
+      throw new IllegalArgumentException("cuda device, " + op + ": ids must be I32 or I64, got " + a.dtype());
+    }
+    return a;
+  }
+
+  @Override
+  public Tensor gather(Tensor table, Tensor idsT) {
+    CudaArray tab = contiguousArray(floating(table, "gather", "table"));
+    CudaArray id = contiguousArray(ids(idsT, "gather"));
+    if (tab.rank() != 2) {
+      throw new IllegalArgumentException("cuda device, gather: table must be [n, d], got "
+          + Arrays.toString(tab.shape()));
+    }
+    long d = tab.shape(1);
+    long[] shape = Arrays.copyOf(id.shape(), id.rank() + 1);
+    shape[id.rank()] = d;
+    CudaArray out = newArray(tab.dtype(), shape);
+    long count = id.numel();
+    if (count > 0) {
+      op("kiln_gather_rows_" + suffix(tab.dtype()) + "_" + suffix(id.dtype())).launch(stream, count, 1,
+          rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(out).i64(count).i64(d).i64(tab.shape(0))
+              .ptr(errorWord));
+      launches++;
+    }
+    return wrap(out);
+  }
+
+  @Override
+  public void scatterAddRows(Tensor dTable, Tensor idsT, Tensor src) {
+    CudaArray tab = floating(dTable, "scatterAddRows", "dTable");
+    requireContiguous(tab, "scatterAddRows", "dTable");
+    CudaArray id = contiguousArray(ids(idsT, "scatterAddRows"));
+    CudaArray s = contiguousArray(floating(src, "scatterAddRows", "src"));
+    sameFloat("scatterAddRows", tab, s);
+    long d = tab.shape(1);
+    long count = id.numel();
+    if (s.numel() != count * d) {
+      throw new IllegalArgumentException("cuda device, scatterAddRows: src " + Arrays.toString(s.shape())
+          + " is not ids " + Arrays.toString(id.shape()) + " + [" + d + "]");
+    }
+    if (count > 0) {
+      op("kiln_scatter_rows_" + suffix(tab.dtype()) + "_" + suffix(id.dtype())).launch(stream, count, 1,
+          rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(s).i64(count).i64(d).i64(tab.shape(0))
+              .ptr(errorWord));
+      launches++;
+    }
+  }
+
+  @Override
+  public Tensor pick(Tensor x, Tensor idx) {
+    CudaArray a = contiguousArray(floating(x, "pick", "x"));
+    CudaArray id = contiguousArray(ids(idx, "pick"));
+    long n = a.shape(-1);
+    long rows = id.numel();
+    if (a.numel() != rows * n) {
+      throw new IllegalArgumentException("cuda device, pick: x " + Arrays.toString(a.shape()) + " is not idx "
+          + Arrays.toString(id.shape()) + " + [n]");
+    }
+    CudaArray out = newArray(a.dtype(), id.shape());
+    launchFlat("kiln_pick_" + suffix(a.dtype()) + "_" + suffix(id.dtype()), rows,
+        new KernelArgs().ptr(a).ptr(id).ptr(out).i64(rows).i64(n).ptr(errorWord));
+    return wrap(out);
+  }
+
+  @Override
+  public void scatterAddLast(Tensor dx, Tensor idx, Tensor src) {
+    CudaArray d = floating(dx, "scatterAddLast", "dx");
+    requireContiguous(d, "scatterAddLast", "dx");
+    CudaArray id = contiguousArray(ids(idx, "scatterAddLast"));
+    CudaArray s = contiguousArray(floating(src, "scatterAddLast", "src"));
+    sameFloat("scatterAddLast", d, s);
+    long n = d.shape(-1);
+    long k = id.shape(-1);
+    long rows = id.numel() / Math.max(k, 1);
+    if (d.numel() != rows * n || s.numel() != id.numel()) {
+      throw new IllegalArgumentException("cuda device, scatterAddLast: dx " + Arrays.toString(d.shape()) + ", idx "
+          + Arrays.toString(id.shape()) + ", src " + Arrays.toString(s.shape()) + " do not line up");
+    }
+    launchFlat("kiln_scatter_last_" + suffix(d.dtype()) + "_" + suffix(id.dtype()), rows * k,
+        new KernelArgs().ptr(d).ptr(id).ptr(s).i64(rows).i64(n).i64(k).ptr(errorWord));
+  }
+
+  @Override
+  public TopK topk(Tensor x, int k) {
+    // Top-k (mixture-of-experts routing) is small next to the GEMMs around it; it runs on the host copy.
+    TopK r = host.topk(toHost(x), k);
+    return new TopK(fromHost((NdArray) r.values()), fromHost((NdArray) r.indices()));
+  }
+
+  private static int rowBlock(long cols) {
+    if (cols >= 4096) {
+      return 1024;
+    }
+    if (cols >= 1024) {
+      return 512;
+    }
+    if (cols >= 256) {
+      return 256;
+    }
+    return cols > 64 ? 128 : 64;
+  }
+
+  // ================================================================ fused kernels
+
+  @Override
+  public void launch(Kernel kernel, Tensor[] tensors, long[] sizes, double[] scalars) {
+    String what = "launch " + kernel.name();
+    if (tensors.length != kernel.inputs() + kernel.outputs()) {
+      throw new IllegalArgumentException("cuda device, " + what + ": the kernel takes " + kernel.inputs()
+          + " inputs and " + kernel.outputs() + " outputs, got " + tensors.length + " tensors");
+    }
+    KernelArgs args = new KernelArgs();
+    DType dtype = null;
+    for (int i = 0; i < tensors.length; i++) {
+      CudaArray a = floating(tensors[i], what, "tensor " + i);
+      if (!a.isContiguous()) {
+        throw new IllegalArgumentException("cuda device, " + what + ": tensor " + i + " is not contiguous");
+      }
+      if (dtype == null) {
+        dtype = a.dtype();
+      } else if (a.dtype() != dtype) {
+        throw new IllegalArgumentException("cuda device, " + what + ": tensors mix " + dtype + " and " + a.dtype());
+      }
+      args.ptr(a);
+    }
+    long rows = sizes[0];
+    long cols = sizes[1];
+    args.i64(rows).i64(cols);
+    for (double s : scalars) {
+      args.f64(s);
+    }
+    KernelLoader.Module m = gpu.kernels().generated(kernel.cudaResource());
+    CudaKernel k = m.kernel(kernel.name() + "_" + suffix(dtype == null ? DType.F32 : dtype));
+    if (rows * cols == 0) {
+      return;
+    }
+    if (kernel.kind() == Kernel.Kind.POINTWISE) {
+      k.launch(stream, (rows * cols + BLOCK - 1) / BLOCK, 1, BLOCK, 0, args);
+    } else {
+      k.launch(stream, rows, 1, rowBlock(cols), 0, args);
+    }
+    launches++;
+  }
+
+  // ================================================================ attention
+
+  @Override
+  public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
+    CudaArray[] qkv = attentionInputs(q, k, v, "attention");
+    long[] shape = arr(q, "attention", "q").shape();
+    long[] lseShape = Arrays.copyOf(shape, shape.length - 1);
+    CudaArray lse = newArray(DType.F32, bhnd(lseShape, false));
+    CudaArray out;
+    if (precision == Precision.BF16) {
+      CudaArray outBf16 = newArray(DType.BF16, qkv[0].shape());
+      flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, outBf16, lse);
+      out = newArray(DType.F32, shape);
+      copyArray(outBf16, out.strided(qkv[0].shape(), NdArray.contiguousStrides(qkv[0].shape()), out.offset()));
+      attentionBf16.put(out, new CudaArray[] {qkv[0], qkv[1], qkv[2], outBf16});
+    } else {
+      CudaArray o = newArray(DType.F32, qkv[0].shape());
+      flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, o, lse);
+      out = o.strided(shape, NdArray.contiguousStrides(shape), o.offset());
+    }
+    launches += 2;
+    return new AttentionOut(wrap(out), wrap(lse.strided(lseShape, NdArray.contiguousStrides(lseShape),
+        lse.offset())));
+  }
+
+  @Override
+  public AttentionGrads attentionBackward(
+      Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale) {
+    long[] shape = arr(q, "attentionBackward", "q").shape();
+    CudaArray outArr = arr(out, "attentionBackward", "out");
+    CudaArray[] saved = precision == Precision.BF16 ? attentionBf16.get(outArr) : null;
+    CudaArray[] qkv = saved != null ? saved : attentionInputs(q, k, v, "attentionBackward");
+    long[] flat = qkv[0].shape();
+    DType dt = qkv[0].dtype();
+    CudaArray o = saved != null ? saved[3] : toAttention(outArr, flat, dt);
+    CudaArray dO = toAttention(arr(dOut, "attentionBackward", "dOut"), flat, dt);
+    long[] lseFlat = bhnd(Arrays.copyOf(shape, shape.length - 1), false);
+    CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
+    l = l.strided(lseFlat, NdArray.contiguousStrides(lseFlat), l.offset());
+    CudaArray dq = newArray(dt, flat);
+    CudaArray dk = newArray(dt, flat);
+    CudaArray dv = newArray(dt, flat);
+    flash.backwardInto(qkv[0], qkv[1], qkv[2], o, l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
+    launches += 3;
+    return new AttentionGrads(fromAttention(dq, shape), fromAttention(dk, shape), fromAttention(dv, shape));
+  }
+
+  /** q, k, v as contiguous [batch·heads, 1, n, d] arrays of the attention dtype (bf16 in mixed precision). */
+  private CudaArray[] attentionInputs(Tensor q, Tensor k, Tensor v, String op) {
+    CudaArray a = arr(q, op, "q");
+    CudaArray b = arr(k, op, "k");
+    CudaArray c = arr(v, op, "v");
+    if (!Arrays.equals(a.shape(), b.shape()) || !Arrays.equals(a.shape(), c.shape()) || a.rank() < 2) {
+      throw new IllegalArgumentException("cuda device, " + op + ": q, k and v must have one shape [..., n, d] (self"
+          + " attention; the CUDA kernels take no other), got q " + Arrays.toString(a.shape()) + ", k "
+          + Arrays.toString(b.shape()) + ", v " + Arrays.toString(c.shape()));
+    }
+    if (a.dtype() != DType.F32 || b.dtype() != DType.F32 || c.dtype() != DType.F32) {
+      throw new IllegalArgumentException("cuda device, " + op + ": attention runs on F32 tensors, got " + a.dtype());
+    }
+    DType dt = precision == Precision.BF16 ? DType.BF16 : DType.F32;
+    long[] flat = bhnd(a.shape(), true);
+    return new CudaArray[] {toAttention(a, flat, dt), toAttention(b, flat, dt), toAttention(c, flat, dt)};
+  }
+
+  /** [..., n, d] as [prod(...), 1, n, d] (or [..., n] as [prod(...), 1, n] when {@code !withD}). */
+  private static long[] bhnd(long[] shape, boolean withD) {
+    int tail = withD ? 2 : 1;
+    long lead = 1;
+    for (int i = 0; i < shape.length - tail; i++) {
+      lead *= shape[i];
+    }
+    return withD ? new long[] {lead, 1, shape[shape.length - 2], shape[shape.length - 1]}
+        : new long[] {lead, 1, shape[shape.length - 1]};
+  }
+
+  private CudaArray toAttention(CudaArray a, long[] flat, DType dt) {
+    if (a.dtype() == dt && a.isContiguous()) {
+      return a.strided(flat, NdArray.contiguousStrides(flat), a.offset());
+    }
+    CudaArray out = newArray(dt, a.shape());
+    copyArray(a, out);
+    return out.strided(flat, NdArray.contiguousStrides(flat), out.offset());
+  }
+
+  private Tensor fromAttention(CudaArray g, long[] shape) {
+    if (g.dtype() == DType.F32) {
+      return wrap(g.strided(shape, NdArray.contiguousStrides(shape), g.offset()));
+    }
+    CudaArray out = newArray(DType.F32, shape);
+    copyArray(g.strided(shape, NdArray.contiguousStrides(shape), g.offset()), out);
+    return wrap(out);
+  }
+
+  private static AttentionMask attentionMask(Mask m) {
+    return switch (m) {
+      case NONE -> AttentionMask.NONE;
+      case CAUSAL -> AttentionMask.CAUSAL;
+    };
+  }
+}

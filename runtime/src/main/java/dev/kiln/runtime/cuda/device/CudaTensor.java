@@ -1,0 +1,53 @@
+package dev.kiln.runtime.cuda.device;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.runtime.cuda.CudaArray;
+
+/**
+ * A tensor of {@link CudaModelDevice}: a {@link CudaArray} in device memory, and for a parameter trained in mixed
+ * precision its bf16 twin, which the optimizer rewrites after every update so GEMMs read it without a cast.
+ *
+ * <p>Views of a tensor ({@code reshape}, {@code permute}, {@code expand} on the device) carry the matching view of
+ * the twin. Generated code only sees {@link Tensor}; the device unwraps it.
+ */
+public final class CudaTensor implements Tensor {
+  private final CudaArray array;
+  private final CudaArray bf16;
+
+  CudaTensor(CudaArray array, CudaArray bf16) {
+    this.array = array;
+    this.bf16 = bf16;
+  }
+
+  /** The device array (shape, strides, dtype, address). */
+  public CudaArray array() {
+    return array;
+  }
+
+  /** The bf16 twin kept current by the optimizer, or null. */
+  public CudaArray bf16Twin() {
+    return bf16;
+  }
+
+  @Override
+  public long[] shape() {
+    return array.shape();
+  }
+
+  @Override
+  public DType dtype() {
+    return array.dtype();
+  }
+
+  @Override
+  public int rank() {
+    return array.rank();
+  }
+
+  @Override
+  public String toString() {
+    return "CudaTensor(" + array.dtype() + java.util.Arrays.toString(array.shape()) + (bf16 != null ? ", bf16 twin"
+        : "") + ")";
+  }
+}

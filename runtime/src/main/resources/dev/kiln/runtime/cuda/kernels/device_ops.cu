@@ -1,0 +1,396 @@
+// The primitives of Kiln's device SPI on CUDA (dev.kiln.dsl.spi.Device, implemented by CudaModelDevice): strided
+// copies and casts, fills, unary/binary/compare/where with broadcasting, reductions, embedding gather/scatter.
+// The processor's fused kernels do the heavy pointwise work; these run where generated code calls a primitive.
+//
+// Strided operands. The host flattens the output's shape after merging dims that are contiguous in every operand
+// (so most calls arrive as rank 1) and passes it as KilnShape; each operand brings its own strides over that
+// shape (0 where it broadcasts). Element i of the output (row-major) reads operand offset sum(coord_d * stride_d).
+// Outputs of unary/binary/compare/where are contiguous; copy and fill write through strides.
+//
+// Types: f32 float, f64 double, bf16 (KilnB16), i32 int, i64 long long, u8 unsigned char, b8 (KilnBool, 0 or 1).
+// Casts go through double, except integer to integer (through long long, exact); to b8 means "!= 0"; float to
+// integer truncates toward zero (as a C cast and torch's .to(int)).
+//
+// Index errors (an id outside the table) cannot throw on the device: the first bad id is written to an error
+// word that the host reads at its next synchronisation and turns into an IndexOutOfBoundsException.
+#include "kiln_common.cuh"
+
+#define KILN_MAX_RANK 8
+
+struct KilnShape {  // 72 bytes; CudaModelDevice writes the same layout
+  kiln_i64 size[KILN_MAX_RANK];
+  kiln_i64 rank;
+};
+
+struct KilnStrides {  // 64 bytes
+  kiln_i64 s[KILN_MAX_RANK];
+};
+
+struct KilnB16 {
+  unsigned short bits;
+};
+
+struct KilnBool {
+  unsigned char v;
+};
+
+// ---------------------------------------------------------------- conversions
+
+__device__ __forceinline__ double kd(float x) { return x; }
+__device__ __forceinline__ double kd(double x) { return x; }
+__device__ __forceinline__ double kd(KilnB16 x) { return __uint_as_float(((unsigned)x.bits) << 16); }
+__device__ __forceinline__ double kd(int x) { return x; }
+__device__ __forceinline__ double kd(kiln_i64 x) { return (double)x; }
+__device__ __forceinline__ double kd(unsigned char x) { return x; }
+__device__ __forceinline__ double kd(KilnBool x) { return x.v; }
+
+__device__ __forceinline__ kiln_i64 ki(int x) { return x; }
+__device__ __forceinline__ kiln_i64 ki(kiln_i64 x) { return x; }
+__device__ __forceinline__ kiln_i64 ki(unsigned char x) { return x; }
+__device__ __forceinline__ kiln_i64 ki(KilnBool x) { return x.v; }
+
+template <class T> struct KilnIsInt { static const bool value = false; };
+template <> struct KilnIsInt<int> { static const bool value = true; };
+template <> struct KilnIsInt<kiln_i64> { static const bool value = true; };
+template <> struct KilnIsInt<unsigned char> { static const bool value = true; };
+template <> struct KilnIsInt<KilnBool> { static const bool value = true; };
+
+template <class T> __device__ __forceinline__ T kfd(double x);
+template <> __device__ __forceinline__ float kfd<float>(double x) { return (float)x; }
+template <> __device__ __forceinline__ double kfd<double>(double x) { return x; }
+template <> __device__ __forceinline__ KilnB16 kfd<KilnB16>(double x) {
+  KilnB16 r;
+  r.bits = (unsigned short)(kiln_pack_bf16((float)x, 0.f) & 0xffffu);
+  return r;
+}
+template <> __device__ __forceinline__ int kfd<int>(double x) { return (int)x; }
+template <> __device__ __forceinline__ kiln_i64 kfd<kiln_i64>(double x) { return (kiln_i64)x; }
+template <> __device__ __forceinline__ unsigned char kfd<unsigned char>(double x) { return (unsigned char)x; }
+template <> __device__ __forceinline__ KilnBool kfd<KilnBool>(double x) {
+  KilnBool r;
+  r.v = x != 0.0;
+  return r;
+}
+
+template <class T> __device__ __forceinline__ T kfi(kiln_i64 x) { return kfd<T>((double)x); }
+template <> __device__ __forceinline__ int kfi<int>(kiln_i64 x) { return (int)x; }
+template <> __device__ __forceinline__ kiln_i64 kfi<kiln_i64>(kiln_i64 x) { return x; }
+template <> __device__ __forceinline__ unsigned char kfi<unsigned char>(kiln_i64 x) { return (unsigned char)x; }
+template <> __device__ __forceinline__ KilnBool kfi<KilnBool>(kiln_i64 x) {
+  KilnBool r;
+  r.v = x != 0;
+  return r;
+}
+
+template <class TO, class TI, bool INTS> struct KilnCvt {
+  static __device__ __forceinline__ TO run(TI x) { return kfd<TO>(kd(x)); }
+};
+template <class TO, class TI> struct KilnCvt<TO, TI, true> {
+  static __device__ __forceinline__ TO run(TI x) { return kfi<TO>(ki(x)); }
+};
+template <class TO, class TI> __device__ __forceinline__ TO kcvt(TI x) {
+  return KilnCvt<TO, TI, KilnIsInt<TO>::value && KilnIsInt<TI>::value>::run(x);
+}
+
+// ---------------------------------------------------------------- indexing
+
+__device__ __forceinline__ kiln_i64 kiln_offset(kiln_i64 i, const KilnShape& sh, const KilnStrides& st) {
+  if (sh.rank == 1) return i * st.s[0];
+  kiln_i64 off = 0;
+  for (int d = (int)sh.rank - 1; d >= 0; --d) {
+    const kiln_i64 n = sh.size[d];
+    off += (i % n) * st.s[d];
+    i /= n;
+  }
+  return off;
+}
+
+#define KILN_GRID_LOOP(i, n) \
+  for (kiln_i64 i = (kiln_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (kiln_i64)gridDim.x * blockDim.x)
+
+// ---------------------------------------------------------------- copy / cast / fill
+
+template <class TI, class TO>
+__device__ void kiln_copy(const TI* __restrict__ src, KilnShape sh, KilnStrides ss, TO* __restrict__ dst,
+                          KilnStrides ds, kiln_i64 n) {
+  KILN_GRID_LOOP(i, n) { dst[kiln_offset(i, sh, ds)] = kcvt<TO>(src[kiln_offset(i, sh, ss)]); }
+}
+
+#define KILN_COPY(NI, TI, NO, TO)                                                                           \
+  extern "C" __global__ void kiln_copy_##NI##_##NO(const TI* src, KilnShape sh, KilnStrides ss, TO* dst,   \
+                                                   KilnStrides ds, kiln_i64 n) {                           \
+    kiln_copy<TI, TO>(src, sh, ss, dst, ds, n);                                                             \
+  }
+#define KILN_COPY_FROM(NI, TI)                    \
+  KILN_COPY(NI, TI, f32, float)                   \
+  KILN_COPY(NI, TI, f64, double)                  \
+  KILN_COPY(NI, TI, bf16, KilnB16)                \
+  KILN_COPY(NI, TI, i32, int)                     \
+  KILN_COPY(NI, TI, i64, kiln_i64)                \
+  KILN_COPY(NI, TI, u8, unsigned char)            \
+  KILN_COPY(NI, TI, b8, KilnBool)
+KILN_COPY_FROM(f32, float)
+KILN_COPY_FROM(f64, double)
+KILN_COPY_FROM(bf16, KilnB16)
+KILN_COPY_FROM(i32, int)
+KILN_COPY_FROM(i64, kiln_i64)
+KILN_COPY_FROM(u8, unsigned char)
+KILN_COPY_FROM(b8, KilnBool)
+
+template <class T>
+__device__ void kiln_fill(T* __restrict__ dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double value) {
+  const T v = kfd<T>(value);
+  KILN_GRID_LOOP(i, n) { dst[kiln_offset(i, sh, ds)] = v; }
+}
+
+#define KILN_FILL(N, T)                                                                                    \
+  extern "C" __global__ void kiln_fill_##N(T* dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double v) { \
+    kiln_fill<T>(dst, sh, ds, n, v);                                                                       \
+  }
+KILN_FILL(f32, float)
+KILN_FILL(f64, double)
+KILN_FILL(bf16, KilnB16)
+KILN_FILL(i32, int)
+KILN_FILL(i64, kiln_i64)
+KILN_FILL(u8, unsigned char)
+KILN_FILL(b8, KilnBool)
+
+// ---------------------------------------------------------------- pointwise math (f32, f64)
+
+__device__ __forceinline__ float kexp(float x) { return expf(x); }
+__device__ __forceinline__ double kexp(double x) { return exp(x); }
+__device__ __forceinline__ float klog(float x) { return logf(x); }
+__device__ __forceinline__ double klog(double x) { return log(x); }
+__device__ __forceinline__ float ksqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double ksqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float krsqrt(float x) { return 1.f / sqrtf(x); }
+__device__ __forceinline__ double krsqrt(double x) { return 1.0 / sqrt(x); }
+__device__ __forceinline__ float ktanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double ktanh(double x) { return tanh(x); }
+__device__ __forceinline__ float kcos(float x) { return cosf(x); }
+__device__ __forceinline__ double kcos(double x) { return cos(x); }
+__device__ __forceinline__ float ksin(float x) { return sinf(x); }
+__device__ __forceinline__ double ksin(double x) { return sin(x); }
+
+// op codes: the ordinal of Device.Unary / Device.Binary / Device.Compare
+template <class T> __device__ __forceinline__ T kiln_unary_op(int op, T x) {
+  switch (op) {
+    case 0: return -x;
+    case 1: return kexp(x);
+    case 2: return klog(x);
+    case 3: return ksqrt(x);
+    case 4: return krsqrt(x);
+    case 5: return ktanh(x);
+    case 6: return T(1) / (T(1) + kexp(-x));
+    case 7: return kcos(x);
+    default: return ksin(x);
+  }
+}
+
+template <class T> __device__ __forceinline__ T kiln_binary_op(int op, T a, T b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    case 3: return a / b;
+    default: return (a != a || b != b) ? a + b : (a > b ? a : b);  // NaN propagates, as torch.maximum
+  }
+}
+
+template <class T>
+__device__ void kiln_unary(const T* __restrict__ x, KilnShape sh, KilnStrides xs, T* __restrict__ out, kiln_i64 n,
+                           int op) {
+  KILN_GRID_LOOP(i, n) { out[i] = kiln_unary_op<T>(op, x[kiln_offset(i, sh, xs)]); }
+}
+
+template <class T>
+__device__ void kiln_binary(const T* __restrict__ a, KilnStrides as, const T* __restrict__ b, KilnStrides bs,
+                            KilnShape sh, T* __restrict__ out, kiln_i64 n, int op) {
+  KILN_GRID_LOOP(i, n) { out[i] = kiln_binary_op<T>(op, a[kiln_offset(i, sh, as)], b[kiln_offset(i, sh, bs)]); }
+}
+
+template <class T>
+__device__ void kiln_compare(const T* __restrict__ a, KilnStrides as, const T* __restrict__ b, KilnStrides bs,
+                             KilnShape sh, KilnBool* __restrict__ out, kiln_i64 n, int op) {
+  KILN_GRID_LOOP(i, n) {
+    const T x = a[kiln_offset(i, sh, as)];
+    const T y = b[kiln_offset(i, sh, bs)];
+    out[i].v = op == 0 ? x > y : x < y;
+  }
+}
+
+template <class T>
+__device__ void kiln_where(const KilnBool* __restrict__ c, KilnStrides cs, const T* __restrict__ a, KilnStrides as,
+                           const T* __restrict__ b, KilnStrides bs, KilnShape sh, T* __restrict__ out, kiln_i64 n) {
+  KILN_GRID_LOOP(i, n) {
+    out[i] = c[kiln_offset(i, sh, cs)].v ? a[kiln_offset(i, sh, as)] : b[kiln_offset(i, sh, bs)];
+  }
+}
+
+#define KILN_MATH(N, T)                                                                                        \
+  extern "C" __global__ void kiln_unary_##N(const T* x, KilnShape sh, KilnStrides xs, T* out, kiln_i64 n,     \
+                                            int op) {                                                          \
+    kiln_unary<T>(x, sh, xs, out, n, op);                                                                      \
+  }                                                                                                            \
+  extern "C" __global__ void kiln_binary_##N(const T* a, KilnStrides as, const T* b, KilnStrides bs,          \
+                                             KilnShape sh, T* out, kiln_i64 n, int op) {                       \
+    kiln_binary<T>(a, as, b, bs, sh, out, n, op);                                                              \
+  }                                                                                                            \
+  extern "C" __global__ void kiln_compare_##N(const T* a, KilnStrides as, const T* b, KilnStrides bs,         \
+                                              KilnShape sh, KilnBool* out, kiln_i64 n, int op) {               \
+    kiln_compare<T>(a, as, b, bs, sh, out, n, op);                                                             \
+  }                                                                                                            \
+  extern "C" __global__ void kiln_where_##N(const KilnBool* c, KilnStrides cs, const T* a, KilnStrides as,    \
+                                            const T* b, KilnStrides bs, KilnShape sh, T* out, kiln_i64 n) {    \
+    kiln_where<T>(c, cs, a, as, b, bs, sh, out, n);                                                            \
+  }
+KILN_MATH(f32, float)
+KILN_MATH(f64, double)
+
+// ---------------------------------------------------------------- reductions (f32, f64; sums in double)
+
+// op: 0 sum, 1 max, 2 min (Reduction.SUM/MAX/MIN). Max and min propagate NaN, as torch.amax.
+__device__ __forceinline__ double kiln_red_init(int op) {
+  return op == 0 ? 0.0 : (op == 1 ? -(double)KILN_INF : (double)KILN_INF);
+}
+__device__ __forceinline__ double kiln_red(int op, double a, double b) {
+  if (op == 0) return a + b;
+  if (a != a || b != b) return a + b;
+  return op == 1 ? (a > b ? a : b) : (a < b ? a : b);
+}
+
+__device__ __forceinline__ double kiln_warp_red(int op, double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = kiln_red(op, v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// out[r] = reduce(x[r, 0..cols)), x contiguous rows; one block per row.
+template <class T>
+__device__ void kiln_reduce_rows(const T* __restrict__ x, T* __restrict__ out, kiln_i64 rows, kiln_i64 cols, int op) {
+  __shared__ double part[32];
+  const kiln_i64 r = blockIdx.x;
+  if (r >= rows) return;
+  double acc = kiln_red_init(op);
+  for (kiln_i64 c = threadIdx.x; c < cols; c += blockDim.x) acc = kiln_red(op, acc, (double)x[r * cols + c]);
+  acc = kiln_warp_red(op, acc);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    acc = lane < warps ? part[lane] : kiln_red_init(op);
+    acc = kiln_warp_red(op, acc);
+    if (lane == 0) out[r] = (T)acc;
+  }
+}
+
+// out[chunk, c] = reduce(x[r, c] for r in the chunk's rows), x contiguous [rows, cols]. Block: 32 columns x 8 row
+// lanes (coalesced reads along a row); gridDim.y chunks of rows. The host reduces the chunks in a second launch.
+template <class T>
+__device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, kiln_i64 rows, kiln_i64 cols, int op,
+                                 kiln_i64 rows_per_chunk) {
+  __shared__ double part[8][33];
+  const kiln_i64 c = (kiln_i64)blockIdx.x * 32 + (threadIdx.x & 31);
+  const int lane_row = threadIdx.x >> 5;
+  const kiln_i64 r0 = (kiln_i64)blockIdx.y * rows_per_chunk;
+  const kiln_i64 r1 = kiln_min(r0 + rows_per_chunk, rows);
+  double acc = kiln_red_init(op);
+  if (c < cols) {
+    for (kiln_i64 r = r0 + lane_row; r < r1; r += 8) acc = kiln_red(op, acc, (double)x[r * cols + c]);
+  }
+  part[lane_row][threadIdx.x & 31] = acc;
+  __syncthreads();
+  if (lane_row == 0 && c < cols) {
+    for (int k = 1; k < 8; k++) acc = kiln_red(op, acc, part[k][threadIdx.x]);
+    out[(kiln_i64)blockIdx.y * cols + c] = (T)acc;
+  }
+}
+
+#define KILN_REDUCE(N, T)                                                                                      \
+  extern "C" __global__ void kiln_reduce_rows_##N(const T* x, T* out, kiln_i64 rows, kiln_i64 cols, int op) { \
+    kiln_reduce_rows<T>(x, out, rows, cols, op);                                                               \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__(256) kiln_reduce_cols_##N(const T* x, T* out, kiln_i64 rows,  \
+                                                                         kiln_i64 cols, int op,               \
+                                                                         kiln_i64 rows_per_chunk) {           \
+    kiln_reduce_cols<T>(x, out, rows, cols, op, rows_per_chunk);                                               \
+  }
+KILN_REDUCE(f32, float)
+KILN_REDUCE(f64, double)
+
+// ---------------------------------------------------------------- embedding rows and last-dim picks
+
+// err[0] = 1 + (first bad id found), err[1] = the bound it broke; written once (the first writer wins).
+__device__ __forceinline__ bool kiln_check_id(kiln_i64 id, kiln_i64 bound, kiln_i64* err) {
+  if (id >= 0 && id < bound) return true;
+  if (atomicCAS((unsigned long long*)err, 0ull, (unsigned long long)(id + 1)) == 0ull) err[1] = bound;
+  return false;
+}
+
+__device__ __forceinline__ void kiln_atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ __forceinline__ void kiln_atomic_add(double* p, double v) { atomicAdd(p, v); }
+
+// out[i, :] = table[ids[i], :]; one block per id. Out-of-range ids give rows of zeros and set err.
+template <class T, class I>
+__device__ void kiln_gather_rows(const T* __restrict__ table, const I* __restrict__ ids, T* __restrict__ out,
+                                 kiln_i64 count, kiln_i64 d, kiln_i64 rows, kiln_i64* err) {
+  const kiln_i64 i = blockIdx.x;
+  if (i >= count) return;
+  const kiln_i64 id = (kiln_i64)ids[i];
+  const bool ok = kiln_check_id(id, rows, err);
+  for (kiln_i64 c = threadIdx.x; c < d; c += blockDim.x) out[i * d + c] = ok ? table[id * d + c] : T(0);
+}
+
+// dtable[ids[i], :] += src[i, :] (atomics: repeated ids add up, in no fixed order).
+template <class T, class I>
+__device__ void kiln_scatter_rows(T* __restrict__ dtable, const I* __restrict__ ids, const T* __restrict__ src,
+                                  kiln_i64 count, kiln_i64 d, kiln_i64 rows, kiln_i64* err) {
+  const kiln_i64 i = blockIdx.x;
+  if (i >= count) return;
+  const kiln_i64 id = (kiln_i64)ids[i];
+  if (!kiln_check_id(id, rows, err)) return;
+  for (kiln_i64 c = threadIdx.x; c < d; c += blockDim.x) kiln_atomic_add(dtable + id * d + c, src[i * d + c]);
+}
+
+// out[r] = x[r, idx[r]] for x contiguous [rows, n].
+template <class T, class I>
+__device__ void kiln_pick(const T* __restrict__ x, const I* __restrict__ idx, T* __restrict__ out, kiln_i64 rows,
+                          kiln_i64 n, kiln_i64* err) {
+  KILN_GRID_LOOP(r, rows) {
+    const kiln_i64 j = (kiln_i64)idx[r];
+    out[r] = kiln_check_id(j, n, err) ? x[r * n + j] : T(0);
+  }
+}
+
+// dx[r, idx[r, j]] += src[r, j] for dx contiguous [rows, n], idx and src contiguous [rows, k].
+template <class T, class I>
+__device__ void kiln_scatter_last(T* __restrict__ dx, const I* __restrict__ idx, const T* __restrict__ src,
+                                  kiln_i64 rows, kiln_i64 n, kiln_i64 k, kiln_i64* err) {
+  KILN_GRID_LOOP(e, rows * k) {
+    const kiln_i64 r = e / k;
+    const kiln_i64 j = (kiln_i64)idx[e];
+    if (kiln_check_id(j, n, err)) kiln_atomic_add(dx + r * n + j, src[e]);
+  }
+}
+
+#define KILN_INDEX(N, T, NI, I)                                                                                  \
+  extern "C" __global__ void kiln_gather_rows_##N##_##NI(const T* table, const I* ids, T* out, kiln_i64 count, \
+                                                         kiln_i64 d, kiln_i64 rows, kiln_i64* err) {            \
+    kiln_gather_rows<T, I>(table, ids, out, count, d, rows, err);                                                \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_scatter_rows_##N##_##NI(T* dtable, const I* ids, const T* src, kiln_i64 count,\
+                                                          kiln_i64 d, kiln_i64 rows, kiln_i64* err) {           \
+    kiln_scatter_rows<T, I>(dtable, ids, src, count, d, rows, err);                                              \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_pick_##N##_##NI(const T* x, const I* idx, T* out, kiln_i64 rows, kiln_i64 n,  \
+                                                  kiln_i64* err) {                                               \
+    kiln_pick<T, I>(x, idx, out, rows, n, err);                                                                  \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_scatter_last_##N##_##NI(T* dx, const I* idx, const T* src, kiln_i64 rows,     \
+                                                          kiln_i64 n, kiln_i64 k, kiln_i64* err) {              \
+    kiln_scatter_last<T, I>(dx, idx, src, rows, n, k, err);                                                      \
+  }
+KILN_INDEX(f32, float, i32, int)
+KILN_INDEX(f32, float, i64, kiln_i64)
+KILN_INDEX(f64, double, i32, int)
+KILN_INDEX(f64, double, i64, kiln_i64)

@@ -1,0 +1,272 @@
+package dev.kiln.runtime.cuda.device;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Mask;
+import dev.kiln.dsl.Reduction;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.TopK;
+import dev.kiln.dsl.spi.Device;
+import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.cuda.GpuTesting;
+import dev.kiln.runtime.tensor.NdArray;
+import java.util.Arrays;
+import java.util.Random;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+/**
+ * Every primitive of {@link CudaModelDevice} against {@link CpuDevice} on the same random inputs (never zeros), with
+ * every device output poisoned (NaN) before the kernel runs. fp32 results are compared with 1e-5 relative (the same
+ * float math in another order: sums over at most a few thousand terms; transcendental functions within a few ulp),
+ * bf16 GEMM/attention with 2e-2 of the largest magnitude (8 significant bits in the operands).
+ */
+class CudaModelDeviceGpuTest {
+  private CudaModelDevice gpu;
+  private CudaModelDevice gpuBf16;
+  private final CpuDevice cpu = new CpuDevice();
+  private final Random rnd = new Random(42);
+
+  @BeforeEach
+  void open() {
+    GpuTesting.device();
+    gpu = new CudaModelDevice(0, CudaModelDevice.Precision.FP32);
+    gpu.poisonNewTensors(true);
+    gpuBf16 = new CudaModelDevice(0, CudaModelDevice.Precision.BF16);
+    gpuBf16.poisonNewTensors(true);
+  }
+
+  private NdArray randn(long... shape) {
+    return GpuTesting.randn(rnd, DType.F32, 1.0, shape);
+  }
+
+  /** Values in [0.1, 5): logs and roots are defined, and unsigned casts do not wrap. */
+  private NdArray positive(long... shape) {
+    float[] v = new float[(int) NdArray.numel(shape)];
+    for (int i = 0; i < v.length; i++) {
+      v[i] = 0.1f + 4.9f * rnd.nextFloat();
+    }
+    return NdArray.fromFloats(v, shape);
+  }
+
+  private static double[] d(Tensor t, Device dev) {
+    NdArray a = dev instanceof CudaModelDevice c ? c.toHost(t) : (NdArray) t;
+    return GpuTesting.doubles(a);
+  }
+
+  private void same(String what, Tensor ref, Tensor got) {
+    assertEquals(Arrays.toString(ref.shape()), Arrays.toString(got.shape()), what + ": shape");
+    GpuTesting.assertClose(what, d(ref, cpu), d(got, gpu), 1e-5, 1e-6);
+  }
+
+  @Test
+  void copiesAndCastsBetweenEveryDtypeThroughStridesAndBroadcasts() {
+    NdArray x = GpuTesting.randn(rnd, DType.F32, 7.0, 3, 4, 5);
+    NdArray px = positive(3, 4, 5);
+    DType[] types = {DType.F32, DType.F64, DType.BF16, DType.I32, DType.I64, DType.U8, DType.BOOL};
+    for (DType from : types) {
+      NdArray src = from == DType.U8 ? px.to(from) : x.to(from);
+      for (DType to : types) {
+        Tensor ref = cpu.cast(cpu.permute(src, 2, 0, 1), to);
+        Tensor got = gpu.cast(gpu.permute(gpu.fromHost(src), 2, 0, 1), to);
+        GpuTesting.assertClose("cast " + from + " -> " + to, d(ref, cpu), d(got, gpu), 0, 0);
+      }
+    }
+    NdArray row = randn(5);
+    Tensor dst = gpu.zeros(DType.F32, 4, 5);
+    gpu.copy(gpu.fromHost(row), dst);
+    Tensor ref = cpu.zeros(DType.F32, 4, 5);
+    cpu.copy(row, ref);
+    same("broadcast copy", ref, dst);
+    Tensor full = gpu.full(DType.F32, 2.5, 3, 2);
+    assertTrue(Arrays.stream(gpu.download(full)).allMatch(v -> v == 2.5));
+    Tensor iota = gpu.iota(DType.I64, 9);
+    assertEquals(8.0, gpu.download(iota)[8]);
+  }
+
+  @Test
+  void pointwiseOpsBroadcastLikeTheCpu() {
+    NdArray a = randn(4, 1, 6);
+    NdArray b = randn(3, 1);
+    NdArray pos = positive(4, 3, 6);
+    for (Device.Unary op : Device.Unary.values()) {
+      NdArray in = op == Device.Unary.LOG || op == Device.Unary.SQRT || op == Device.Unary.RSQRT ? pos : a;
+      same("unary " + op, cpu.unary(op, in), gpu.unary(op, gpu.fromHost(in)));
+    }
+    for (Device.Binary op : Device.Binary.values()) {
+      same("binary " + op, cpu.binary(op, a, b), gpu.binary(op, gpu.fromHost(a), gpu.fromHost(b)));
+    }
+    for (Device.Compare op : Device.Compare.values()) {
+      Tensor ref = cpu.compare(op, a, b);
+      Tensor got = gpu.compare(op, gpu.fromHost(a), gpu.fromHost(b));
+      GpuTesting.assertClose("compare " + op, d(ref, cpu), d(got, gpu), 0, 0);
+      same("where after " + op, cpu.where(ref, a, b), gpu.where(got, gpu.fromHost(a), gpu.fromHost(b)));
+    }
+    // A transposed (non-contiguous) operand.
+    NdArray m = randn(5, 7);
+    NdArray n = randn(7, 5);
+    same("add transposed", cpu.binary(Device.Binary.ADD, m.transpose(0, 1), n),
+        gpu.binary(Device.Binary.ADD, gpu.permute(gpu.fromHost(m), 1, 0), gpu.fromHost(n)));
+  }
+
+  @Test
+  void reductionsOverEveryAxisPattern() {
+    NdArray x = randn(6, 130, 33);
+    int[][] patterns = {{0}, {1}, {2}, {0, 1}, {1, 2}, {0, 2}, {0, 1, 2}, {}};
+    for (Reduction how : new Reduction[] {Reduction.SUM, Reduction.MAX, Reduction.MIN}) {
+      for (int[] axes : patterns) {
+        for (boolean keep : new boolean[] {false, true}) {
+          String what = how + " over " + Arrays.toString(axes) + (keep ? " keepDims" : "");
+          same(what, cpu.reduce(how, x, axes, keep), gpu.reduce(how, gpu.fromHost(x), axes, keep));
+        }
+      }
+    }
+    // A long column reduction (bias gradients: [tokens, features] summed over tokens) takes the chunked path.
+    NdArray tall = randn(4096, 70);
+    same("sum over 4096 rows", cpu.reduce(Reduction.SUM, tall, new int[] {0}, false),
+        gpu.reduce(Reduction.SUM, gpu.fromHost(tall), new int[] {0}, false));
+    same("sumTo", cpu.sumTo(tall, 1, 70), gpu.sumTo(gpu.fromHost(tall), 1, 70));
+  }
+
+  @Test
+  void gatherScatterPickAndTheirIndexErrors() {
+    NdArray table = randn(50, 16);
+    long[] idv = new long[24];
+    for (int i = 0; i < idv.length; i++) {
+      idv[i] = rnd.nextInt(50) / (i % 3 == 0 ? 5 : 1); // repeats, so scatter-add accumulates
+    }
+    NdArray ids = NdArray.fromLongs(idv, 4, 6);
+    same("gather", cpu.gather(table, ids), gpu.gather(gpu.fromHost(table), gpu.fromHost(ids)));
+    NdArray ids32 = ids.to(DType.I32);
+    same("gather i32", cpu.gather(table, ids32), gpu.gather(gpu.fromHost(table), gpu.fromHost(ids32)));
+    NdArray src = randn(4, 6, 16);
+    Tensor refT = cpu.zeros(DType.F32, 50, 16);
+    cpu.scatterAddRows(refT, ids, src);
+    Tensor gotT = gpu.zeros(DType.F32, 50, 16);
+    gpu.scatterAddRows(gotT, gpu.fromHost(ids), gpu.fromHost(src));
+    same("scatterAddRows", refT, gotT);
+
+    NdArray logits = randn(4, 6, 50);
+    same("pick", cpu.pick(logits, ids), gpu.pick(gpu.fromHost(logits), gpu.fromHost(ids)));
+    NdArray k2 = NdArray.fromLongs(new long[] {1, 7, 7, 3, 0, 49}, 3, 2);
+    NdArray s2 = randn(3, 2);
+    Tensor refD = cpu.zeros(DType.F32, 3, 50);
+    cpu.scatterAddLast(refD, k2, s2);
+    Tensor gotD = gpu.zeros(DType.F32, 3, 50);
+    gpu.scatterAddLast(gotD, gpu.fromHost(k2), gpu.fromHost(s2));
+    same("scatterAddLast", refD, gotD);
+
+    TopK rt = cpu.topk(logits, 3);
+    TopK gt = gpu.topk(gpu.fromHost(logits), 3);
+    same("topk values", rt.values(), gt.values());
+    GpuTesting.assertClose("topk indices", d(rt.indices(), cpu), d(gt.indices(), gpu), 0, 0);
+
+    NdArray bad = NdArray.fromLongs(new long[] {3, 50}, 2);
+    gpu.gather(gpu.fromHost(table), gpu.fromHost(bad));
+    IndexOutOfBoundsException e = assertThrows(IndexOutOfBoundsException.class, gpu::synchronize);
+    assertTrue(e.getMessage().contains("id 50") && e.getMessage().contains("size 50"), e.getMessage());
+    gpu.synchronize(); // the error word was cleared
+  }
+
+  @Test
+  void viewsReshapeWithoutCopiesWhereStridesAllow() {
+    NdArray x = randn(4, 6, 8);
+    Tensor g = gpu.fromHost(x);
+    same("reshape view", cpu.reshape(x, 24, 8), gpu.reshape(g, 24, 8));
+    Tensor t = gpu.permute(g, 0, 2, 1);
+    same("reshape of a transpose (copy)", cpu.reshape(cpu.permute(x, 0, 2, 1), 4, 48), gpu.reshape(t, 4, 48));
+    NdArray row = randn(1, 8);
+    same("expand", cpu.contiguous(cpu.expand(row, 5, 8)), gpu.contiguous(gpu.expand(gpu.fromHost(row), 5, 8)));
+  }
+
+  @Test
+  void gemmWithLayoutsBatchesAndMixedPrecision() {
+    NdArray a = randn(3, 20, 12);
+    NdArray b = randn(12, 9);
+    NdArray bt = randn(9, 12);
+    for (boolean transB : new boolean[] {false, true}) {
+      NdArray bb = transB ? bt : b;
+      Tensor ref = cpu.zeros(DType.F32, 3, 20, 9);
+      cpu.gemm(a, false, bb, transB, ref, 1.5, 0);
+      Tensor got = gpu.empty(DType.F32, 3, 20, 9);
+      gpu.gemm(gpu.fromHost(a), false, gpu.fromHost(bb), transB, got, 1.5, 0);
+      same("gemm shared b, transB " + transB, ref, got);
+      // beta = 1 accumulates (parameter gradients).
+      cpu.gemm(a, false, bb, transB, ref, 1, 1);
+      gpu.gemm(gpu.fromHost(a), false, gpu.fromHost(bb), transB, got, 1, 1);
+      same("gemm += , transB " + transB, ref, got);
+    }
+    NdArray at = randn(12, 30);
+    Tensor ref = cpu.zeros(DType.F32, 30, 9);
+    cpu.gemm(at, true, b, false, ref, 1, 0);
+    Tensor got = gpuBf16.empty(DType.F32, 30, 9);
+    gpuBf16.gemm(gpuBf16.fromHost(at), true, gpuBf16.withBf16Twin(gpuBf16.fromHost(b)), false, got, 1, 0);
+    double[] r = d(ref, cpu);
+    GpuTesting.assertClose("bf16 gemm (transA, twin)", r, GpuTesting.doubles(gpuBf16.toHost(got)), 0,
+        2e-2 * GpuTesting.maxAbs(r));
+  }
+
+  @Test
+  void attentionMatchesTheCpuInFp32AndBf16() {
+    for (Mask mask : Mask.values()) {
+      NdArray q = randn(2, 3, 40, 64);
+      NdArray k = randn(2, 3, 40, 64);
+      NdArray v = randn(2, 3, 40, 64);
+      NdArray dOut = randn(2, 3, 40, 64);
+      double scale = 0.125;
+      Device.AttentionOut ro = cpu.attention(q, k, v, mask, scale);
+      Device.AttentionGrads rg = cpu.attentionBackward(q, k, v, ro.out(), ro.lse(), dOut, mask, scale);
+      for (CudaModelDevice dev : new CudaModelDevice[] {gpu, gpuBf16}) {
+        boolean bf = dev.precision() == CudaModelDevice.Precision.BF16;
+        // fp32: 2e-5 of the largest magnitude (online softmax in another order); bf16: 2e-2 (8-bit operands).
+        double tol = bf ? 3e-2 : 2e-5;
+        Tensor gq = dev.fromHost(q);
+        Tensor gk = dev.fromHost(k);
+        Tensor gv = dev.fromHost(v);
+        Device.AttentionOut go = dev.attention(gq, gk, gv, mask, scale);
+        Device.AttentionGrads gg = dev.attentionBackward(gq, gk, gv, go.out(), go.lse(), dev.fromHost(dOut), mask,
+            scale);
+        String what = mask + (bf ? " bf16" : " fp32");
+        check(what + " out", ro.out(), go.out(), dev, tol);
+        check(what + " lse", ro.lse(), go.lse(), dev, tol);
+        check(what + " dq", rg.dq(), gg.dq(), dev, tol);
+        check(what + " dk", rg.dk(), gg.dk(), dev, tol);
+        check(what + " dv", rg.dv(), gg.dv(), dev, tol);
+      }
+    }
+  }
+
+  private void check(String what, Tensor ref, Tensor got, CudaModelDevice dev, double tol) {
+    double[] r = d(ref, cpu);
+    GpuTesting.assertClose(what, r, GpuTesting.doubles(dev.toHost(got)), 0, tol * GpuTesting.maxAbs(r));
+  }
+
+  @Test
+  void scopesReturnMemoryAndRefuseUseAfterClose() {
+    Tensor kept;
+    Tensor dropped;
+    long before = gpu.gpu().allocator().stats().bytesInUse();
+    try (CudaModelDevice.Scope s = gpu.scope()) {
+      dropped = gpu.zeros(DType.F32, 1024, 1024);
+      kept = s.keep(gpu.full(DType.F32, 1, 16));
+    }
+    assertEquals(before + 512 /* the kept 64 bytes' size class */, gpu.gpu().allocator().stats().bytesInUse());
+    assertEquals(16.0, Arrays.stream(gpu.download(kept)).sum());
+    assertThrows(IllegalStateException.class, () -> gpu.download(dropped));
+    gpu.release(kept);
+  }
+
+  @Test
+  void refusesForeignTensorsAndFloat64Gemm() {
+    IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+        () -> gpu.unary(Device.Unary.EXP, randn(3)));
+    assertTrue(e.getMessage().contains("not a tensor of the cuda device"), e.getMessage());
+    Tensor a = gpu.fromHost(randn(2, 2).to(DType.F64));
+    e = assertThrows(IllegalArgumentException.class, () -> gpu.gemm(a, false, a, false, gpu.zeros(DType.F64, 2, 2),
+        1, 0));
+    assertTrue(e.getMessage().contains("cpu device"), e.getMessage());
+  }
+}
