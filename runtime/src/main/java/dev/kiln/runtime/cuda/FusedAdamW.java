@@ -46,12 +46,22 @@ public final class FusedAdamW {
     }
   }
 
-  /** Hyper-parameters of one step; {@code step} counts from 1. */
-  public record Hyper(float lr, float beta1, float beta2, float eps, float weightDecay, long step, float gradScale) {
+  /**
+   * Hyper-parameters of one step; {@code step} counts from 1. {@code cs336} selects CS336's form of the update
+   * (Adam step, then decay; ε added to sqrt(v)), else {@code torch.optim.AdamW}'s (see {@code
+   * dev.kiln.runtime.optim.AdamW.Formula}).
+   */
+  public record Hyper(float lr, float beta1, float beta2, float eps, float weightDecay, long step, float gradScale,
+      boolean cs336) {
     public Hyper {
       if (step < 1) {
         throw new IllegalArgumentException("AdamW step counts from 1, got " + step);
       }
+    }
+
+    /** {@code torch.optim.AdamW}'s update. */
+    public Hyper(float lr, float beta1, float beta2, float eps, float weightDecay, long step, float gradScale) {
+      this(lr, beta1, beta2, eps, weightDecay, step, gradScale, false);
     }
   }
 
@@ -99,7 +109,7 @@ public final class FusedAdamW {
       device.kernels().module("adamw").kernel("kiln_adamw_multi").launch(stream, blocks, 1, 256, 0,
           new KernelArgs().ptr(dTable).i32(params.size()).i32(gradType == DType.BF16 ? 1 : 0).f32(h.lr())
               .f32(h.beta1()).f32(h.beta2()).f32(h.eps()).f32(h.weightDecay()).f32(bc1).f32(bc2)
-              .f32(h.gradScale()));
+              .f32(h.gradScale()).i32(h.cs336() ? 1 : 0));
     }
   }
 }

@@ -7,9 +7,16 @@ import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
-/** Multi-tensor AdamW against a float64 loop of torch.optim.AdamW's update, over several steps. */
+/**
+ * Multi-tensor AdamW against a float64 loop of torch.optim.AdamW's update (and of CS336's, the form Kiln's trainer
+ * uses by default), over several steps.
+ */
 class FusedAdamWGpuTest {
   private static void run(DType gradType, boolean bf16Copy) {
+    run(gradType, bf16Copy, false);
+  }
+
+  private static void run(DType gradType, boolean bf16Copy, boolean cs336) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(gradType.ordinal() * 2 + (bf16Copy ? 1 : 0));
     // Sizes straddle the 4096-element chunk: one element, chunk + 1, several chunks and a ragged end.
@@ -47,13 +54,18 @@ class FusedAdamWGpuTest {
           for (int i = 0; i < sizes[t]; i++) {
             double gi = gd[i] * gradScale;
             double[] pp = p.get(t), mm = m.get(t), vv = v.get(t);
-            pp[i] *= 1 - (double) lr * wd;
             mm[i] = b1 * mm[i] + (1 - (double) b1) * gi;
             vv[i] = b2 * vv[i] + (1 - (double) b2) * gi * gi;
-            pp[i] -= (lr / bc1) * mm[i] / (Math.sqrt(vv[i]) / Math.sqrt(bc2) + eps);
+            if (cs336) {
+              pp[i] -= (lr * Math.sqrt(bc2) / bc1) * mm[i] / (Math.sqrt(vv[i]) + eps);
+              pp[i] -= (double) lr * wd * pp[i];
+            } else {
+              pp[i] *= 1 - (double) lr * wd;
+              pp[i] -= (lr / bc1) * mm[i] / (Math.sqrt(vv[i]) / Math.sqrt(bc2) + eps);
+            }
           }
         }
-        opt.step(params, new FusedAdamW.Hyper(lr, b1, b2, eps, wd, step, gradScale));
+        opt.step(params, new FusedAdamW.Hyper(lr, b1, b2, eps, wd, step, gradScale, cs336));
       }
       for (int t = 0; t < sizes.length; t++) {
         String name = "gradients " + gradType + ", tensor of " + sizes[t];
@@ -76,6 +88,11 @@ class FusedAdamWGpuTest {
   @Test
   void fp32GradientsSeveralTensorsThreeSteps() {
     run(DType.F32, false);
+  }
+
+  @Test
+  void cs336FormulaAsTheTrainerUsesIt() {
+    run(DType.F32, true, true);
   }
 
   @Test

@@ -40,7 +40,7 @@ class NvrtcCompileTest {
   @Test
   void everyKernelSourceCompilesForAmpereAndHopper() throws IOException {
     String header = resource("kiln_common.cuh");
-    for (String name : new String[] {"flash_attention.cu", "cross_entropy.cu", "adamw.cu"}) {
+    for (String name : new String[] {"flash_attention.cu", "cross_entropy.cu", "adamw.cu", "device_ops.cu"}) {
       for (int cc : new int[] {80, 90}) {
         byte[] cubin = Nvrtc.compileToCubin(name, resource(name), Map.of("kiln_common.cuh", header), cc,
             List.of("-std=c++17"));

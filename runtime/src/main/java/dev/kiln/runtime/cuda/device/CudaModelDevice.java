@@ -205,18 +205,61 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * {@code param} (F32, contiguous, made outside a scope) with a bf16 twin for {@link Precision#BF16} GEMMs; the
-   * twin is filled now, and whoever updates the parameter must rewrite it (the fused AdamW does). The result
-   * replaces {@code param} in the model's parameter record.
+   * Gives {@code param} (F32, contiguous, made outside a scope) a bf16 twin for {@link Precision#BF16} GEMMs, filled
+   * now; whoever updates the parameter must rewrite it (the fused AdamW does). The tensor is changed in place, so
+   * the model's parameter record needs no rebuilding. Returns the twin.
    */
-  public CudaTensor withBf16Twin(Tensor param) {
-    CudaArray p = arr(param, "withBf16Twin", "param");
+  public CudaArray withBf16Twin(Tensor param) {
+    CudaTensor t = ct(param, "withBf16Twin", "param");
+    if (t.bf16Twin() != null) {
+      return t.bf16Twin();
+    }
+    CudaArray p = t.array();
     if (p.dtype() != DType.F32 || !p.isContiguous()) {
       throw new IllegalArgumentException("cuda device: a bf16 twin needs a contiguous F32 parameter, got " + p);
     }
     CudaArray twin = CudaArray.empty(gpu, stream, DType.BF16, p.shape());
     copyArray(p, twin);
-    return new CudaTensor(p, twin);
+    t.attachBf16Twin(twin);
+    return twin;
+  }
+
+  /** {@code dst += src} element by element ({@code src} broadcasts to {@code dst}, which must be contiguous). */
+  public void addInto(Tensor dst, Tensor src) {
+    CudaArray d = floating(dst, "addInto", "dst");
+    CudaArray s = floating(src, "addInto", "src");
+    sameFloat("addInto", d, s);
+    requireContiguous(d, "addInto", "dst");
+    long[] shape = d.shape();
+    StridedPlan p = StridedPlan.of(shape, d.strides(), bstrides(s, shape, "src"));
+    // out = dst read at the same index it is written: an in-place add.
+    launchFlat("kiln_binary_" + suffix(d.dtype()), p.numel(), new KernelArgs().ptr(d).struct(p.strideWords(0))
+        .ptr(s).struct(p.strideWords(1)).struct(p.shapeWords()).ptr(d).i64(p.numel()).i32(Binary.ADD.ordinal()));
+  }
+
+  /**
+   * The squared L2 norm of each tensor, summed in double on the device and read back in one transfer (gradient
+   * clipping's global norm).
+   */
+  public double[] sumsOfSquares(List<? extends Tensor> tensors) {
+    CudaArray out = CudaArray.zeros(gpu, DType.F64, Math.max(1, tensors.size()));
+    try {
+      for (int i = 0; i < tensors.size(); i++) {
+        CudaArray a = contiguousArray(floating(tensors.get(i), "sumsOfSquares", "tensor " + i));
+        long n = a.numel();
+        if (n == 0) {
+          continue;
+        }
+        long blocks = Math.min((n + BLOCK * 8L - 1) / (BLOCK * 8L), 1024);
+        op("kiln_sumsq_" + suffix(a.dtype())).launch(stream, blocks, 1, BLOCK, 0,
+            new KernelArgs().ptr(a).i64(n).ptr(out.address() + 8L * i));
+        launches++;
+      }
+      synchronize();
+      return Arrays.copyOf(out.toHost().toDoubleArray(), tensors.size());
+    } finally {
+      out.close();
+    }
   }
 
   /** Waits for the GPU, then raises an index error recorded by a kernel since the last check. */

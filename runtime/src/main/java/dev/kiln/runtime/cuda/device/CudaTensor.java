@@ -13,7 +13,7 @@ import dev.kiln.runtime.cuda.CudaArray;
  */
 public final class CudaTensor implements Tensor {
   private final CudaArray array;
-  private final CudaArray bf16;
+  private CudaArray bf16;
 
   CudaTensor(CudaArray array, CudaArray bf16) {
     this.array = array;
@@ -28,6 +28,14 @@ public final class CudaTensor implements Tensor {
   /** The bf16 twin kept current by the optimizer, or null. */
   public CudaArray bf16Twin() {
     return bf16;
+  }
+
+  /** Set once, by {@link CudaModelDevice#withBf16Twin}, on a parameter the model's record already holds. */
+  void attachBf16Twin(CudaArray twin) {
+    if (bf16 != null) {
+      throw new IllegalStateException(this + " already has a bf16 twin");
+    }
+    bf16 = twin;
   }
 
   @Override

@@ -394,3 +394,28 @@ KILN_INDEX(f32, float, i32, int)
 KILN_INDEX(f32, float, i64, kiln_i64)
 KILN_INDEX(f64, double, i32, int)
 KILN_INDEX(f64, double, i64, kiln_i64)
+
+// ---------------------------------------------------------------- squared norms (gradient clipping)
+
+// *out += sum(x[i]^2) over this launch's blocks, in double; the host zeroes *out first. Block partials are added
+// with a double atomic, so the last bits may differ from run to run (the sum only scales the clipping).
+template <class T> __device__ void kiln_sumsq(const T* __restrict__ x, kiln_i64 n, double* out) {
+  __shared__ double part[32];
+  double acc = 0;
+  KILN_GRID_LOOP(i, n) {
+    const double v = (double)x[i];
+    acc += v * v;
+  }
+  acc = kiln_warp_red(0, acc);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  if (lane == 0) part[warp] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    acc = lane < warps ? part[lane] : 0.0;
+    acc = kiln_warp_red(0, acc);
+    if (lane == 0) atomicAdd(out, acc);
+  }
+}
+
+extern "C" __global__ void kiln_sumsq_f32(const float* x, kiln_i64 n, double* out) { kiln_sumsq<float>(x, n, out); }
+extern "C" __global__ void kiln_sumsq_f64(const double* x, kiln_i64 n, double* out) { kiln_sumsq<double>(x, n, out); }

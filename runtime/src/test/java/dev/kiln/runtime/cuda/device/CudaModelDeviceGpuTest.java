@@ -203,7 +203,9 @@ class CudaModelDeviceGpuTest {
     Tensor ref = cpu.zeros(DType.F32, 30, 9);
     cpu.gemm(at, true, b, false, ref, 1, 0);
     Tensor got = gpuBf16.empty(DType.F32, 30, 9);
-    gpuBf16.gemm(gpuBf16.fromHost(at), true, gpuBf16.withBf16Twin(gpuBf16.fromHost(b)), false, got, 1, 0);
+    Tensor w = gpuBf16.fromHost(b);
+    gpuBf16.withBf16Twin(w);
+    gpuBf16.gemm(gpuBf16.fromHost(at), true, w, false, got, 1, 0);
     double[] r = d(ref, cpu);
     GpuTesting.assertClose("bf16 gemm (transA, twin)", r, GpuTesting.doubles(gpuBf16.toHost(got)), 0,
         2e-2 * GpuTesting.maxAbs(r));
@@ -242,6 +244,26 @@ class CudaModelDeviceGpuTest {
   private void check(String what, Tensor ref, Tensor got, CudaModelDevice dev, double tol) {
     double[] r = d(ref, cpu);
     GpuTesting.assertClose(what, r, GpuTesting.doubles(dev.toHost(got)), 0, tol * GpuTesting.maxAbs(r));
+  }
+
+  @Test
+  void inPlaceAddAndSquaredNorms() {
+    NdArray a = randn(33, 17);
+    NdArray b = randn(17);
+    Tensor g = gpu.fromHost(a);
+    gpu.addInto(g, gpu.fromHost(b));
+    same("addInto", cpu.binary(Device.Binary.ADD, a, b), g);
+    NdArray big = randn(300_001);
+    double[] ref = {0, 0};
+    for (double v : GpuTesting.doubles(a)) {
+      ref[0] += v * v;
+    }
+    for (double v : GpuTesting.doubles(big)) {
+      ref[1] += v * v;
+    }
+    double[] got = gpu.sumsOfSquares(java.util.List.of(gpu.fromHost(a), gpu.fromHost(big)));
+    // Squares of floats summed in double on both sides: only the order differs.
+    GpuTesting.assertClose("sums of squares", ref, got, 1e-12, 0);
   }
 
   @Test
