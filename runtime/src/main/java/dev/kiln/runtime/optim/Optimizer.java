@@ -41,6 +41,17 @@ public abstract class Optimizer {
     return steps;
   }
 
+  /**
+   * Sets the update count, for state that was advanced elsewhere (the GPU trainer keeps the moments on the device
+   * and copies them here before a checkpoint).
+   */
+  public void restoreStepCount(long count) {
+    if (count < 0) {
+      throw new IllegalArgumentException("step count must be >= 0, got " + count);
+    }
+    steps = count;
+  }
+
   /** The name stored in the state file's metadata ({@code "adamw"}, {@code "sgd"}). */
   public abstract String kind();
 

@@ -34,8 +34,11 @@ import java.util.Objects;
 public final class CompiledModel<P> implements TrainableModel {
   /** What the adapter calls on a compiled module whose loss reads a batch of inputs and targets. */
   public interface Program<P> {
-    /** The generated {@code loss(ctx, params, ...)}: a 0-d tensor; saves what {@link #lossBackward} needs. */
-    Tensor loss(Context ctx, P params, NdArray inputs, NdArray targets);
+    /**
+     * The generated {@code loss(ctx, params, ...)}: a 0-d tensor; saves what {@link #lossBackward} needs. Inputs and
+     * targets are tensors of the device the program runs on.
+     */
+    Tensor loss(Context ctx, P params, Tensor inputs, Tensor targets);
 
     /** The parameter gradients of the generated {@code lossBackward(ctx, params, dLoss)}. */
     P lossBackward(Context ctx, P params, Tensor dLoss);

@@ -107,12 +107,28 @@ public record TrainConfig(
     UINT32
   }
 
-  /** The optimisation loop. */
+  /**
+   * The optimisation loop, and where it runs: {@code device} cpu or cuda; {@code precision} fp32, or bf16 (mixed
+   * precision on cuda: bf16 GEMMs and attention, fp32 master weights, optimizer state and everything else).
+   */
   public record TrainingConfig(
-      @Required long steps, int batchSize, int gradAccumSteps, double maxGradNorm, long seed, Path runDir) {
+      @Required long steps, int batchSize, int gradAccumSteps, double maxGradNorm, long seed, Path runDir,
+      TrainDevice device, Precision precision) {
     public static TrainingConfig defaults() {
-      return new TrainingConfig(0, 32, 1, 1.0, 0, Path.of("run"));
+      return new TrainingConfig(0, 32, 1, 1.0, 0, Path.of("run"), TrainDevice.CPU, Precision.FP32);
     }
+  }
+
+  /** Where training runs. */
+  public enum TrainDevice {
+    CPU,
+    CUDA
+  }
+
+  /** Arithmetic of the matrix products. */
+  public enum Precision {
+    FP32,
+    BF16
   }
 
   /** Validation: a loss over the validation file every {@code every} steps (0: only at the end). */
@@ -183,6 +199,13 @@ public record TrainConfig(
     positive(p, "training.steps", t.steps());
     positive(p, "training.batch_size", t.batchSize());
     positive(p, "training.grad_accum_steps", t.gradAccumSteps());
+    if (t.precision() == Precision.BF16 && t.device() != TrainDevice.CUDA) {
+      p.add("training.precision bf16 (mixed precision) needs training.device cuda; on the cpu use fp32");
+    }
+    if (t.device() == TrainDevice.CUDA && o.name() != OptimizerName.ADAMW) {
+      p.add("training.device cuda trains with AdamW (the fused GPU optimizer); optimizer.name " + o.name()
+          .toString().toLowerCase(java.util.Locale.ROOT) + " runs on the cpu only");
+    }
     if (!(t.maxGradNorm() >= 0)) {
       p.add("training.max_grad_norm must be >= 0 (0 turns clipping off), got " + t.maxGradNorm());
     }

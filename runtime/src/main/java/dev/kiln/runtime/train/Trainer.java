@@ -5,9 +5,7 @@ import dev.kiln.runtime.data.RandomBatches;
 import dev.kiln.runtime.data.SequentialBatches;
 import dev.kiln.runtime.data.TokenSource;
 import dev.kiln.runtime.io.TokenFile;
-import dev.kiln.runtime.optim.GradClip;
 import dev.kiln.runtime.optim.LrSchedule;
-import dev.kiln.runtime.optim.Optimizer;
 import dev.kiln.runtime.optim.ParameterSet;
 import dev.kiln.runtime.tensor.Rng;
 import java.io.IOException;
@@ -50,10 +48,8 @@ public final class Trainer implements AutoCloseable {
       Status status, long step, double trainLoss, double valLoss, double bestValLoss, Path checkpoint, Path plot) {}
 
   private final TrainConfig config;
-  private final TrainableModel model;
+  private final TrainingEngine engine;
   private final ParameterSet params;
-  private final ParameterSet grads;
-  private final Optimizer optimizer;
   private final LrSchedule schedule;
   private final TokenFile trainTokens;
   private final TokenFile valTokens;
@@ -82,11 +78,14 @@ public final class Trainer implements AutoCloseable {
    * {@code config}; progress goes to {@code log} ({@code System.err}), redrawn in place when {@code terminal}.
    */
   public Trainer(TrainConfig config, TrainableModel model, PrintStream log, boolean terminal) throws IOException {
+    this(config, TrainingEngine.forModel(model, config.optimizer()), log, terminal);
+  }
+
+  /** A trainer that runs its steps on {@code engine} (the CPU's, or {@link CudaEngine} on a GPU). */
+  public Trainer(TrainConfig config, TrainingEngine engine, PrintStream log, boolean terminal) throws IOException {
     this.config = config;
-    this.model = model;
-    this.params = model.parameters();
-    this.grads = ParameterSet.zerosLike(params);
-    this.optimizer = config.optimizer().create(params);
+    this.engine = engine;
+    this.params = engine.hostParameters();
     this.schedule = config.schedule().create(config.training().steps());
     this.runDir = config.training().runDir();
     this.checkpoints = new Checkpoints(runDir.resolve("checkpoints"), config.checkpoint().keep());
@@ -124,12 +123,13 @@ public final class Trainer implements AutoCloseable {
     Path ckpt = Checkpoints.resolve(path);
     TrainerState s = Checkpoints.readState(ckpt);
     Checkpoints.loadModel(ckpt, params);
-    optimizer.load(ckpt.resolve(Checkpoints.OPTIMIZER));
-    if (optimizer.stepCount() != s.step()) {
+    engine.hostOptimizer().load(ckpt.resolve(Checkpoints.OPTIMIZER));
+    if (engine.hostOptimizer().stepCount() != s.step()) {
       throw new IOException(
           "checkpoint " + ckpt + " is inconsistent: trainer.json says step " + s.step() + " but the optimizer state"
-              + " has taken " + optimizer.stepCount() + " steps");
+              + " has taken " + engine.hostOptimizer().stepCount() + " steps");
     }
+    engine.syncFromHost();
     if (s.step() > config.training().steps()) {
       throw new IllegalArgumentException(
           "checkpoint " + ckpt + " is at step " + s.step() + ", past training.steps = " + config.training().steps()
@@ -220,20 +220,18 @@ public final class Trainer implements AutoCloseable {
     while (step < total) {
       long t0 = System.nanoTime();
       double lr = schedule.lr(step);
-      grads.zero();
+      engine.beginStep();
       double loss = 0;
       for (int micro = 0; micro < t.gradAccumSteps(); micro++) {
         Batch b = trainBatches.next();
-        loss += model.accumulateGradients(b.inputs(), b.targets(), grads);
+        loss += engine.accumulate(b.inputs(), b.targets());
       }
       loss /= t.gradAccumSteps();
-      if (t.gradAccumSteps() > 1) {
-        GradClip.scale(grads, 1.0 / t.gradAccumSteps());
-      }
-      double norm = t.maxGradNorm() > 0 ? GradClip.clip(grads, t.maxGradNorm()) : GradClip.globalNorm(grads);
+      double norm = engine.clipGradients(t.gradAccumSteps(), t.maxGradNorm());
       long thisStep = step + 1;
       double elapsed = elapsedBefore + (System.nanoTime() - start) / 1e9;
       if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
+        engine.abandonStep();
         metrics.append(new MetricsLog.Entry(thisStep, loss, Double.NaN, lr, norm, 0, elapsed));
         progress.finish();
         String what = !Double.isFinite(loss) ? "loss is " + loss : "gradient norm is " + norm;
@@ -244,7 +242,7 @@ public final class Trainer implements AutoCloseable {
         plot();
         throw new TrainingDivergedException(msg, thisStep, lastCheckpoint);
       }
-      optimizer.step(grads, lr);
+      engine.update(lr);
       step = thisStep;
       tokensSeen += tokensPerStep;
       lastLoss = loss;
@@ -255,7 +253,7 @@ public final class Trainer implements AutoCloseable {
       boolean evalNow = validation != null
           && ((config.eval().every() > 0 && step % config.eval().every() == 0) || step == total);
       if (evalNow) {
-        val = validation.meanLoss(b -> model.loss(b.inputs(), b.targets()));
+        val = validation.meanLoss(b -> engine.loss(b.inputs(), b.targets()));
         lastVal = val;
         if (Double.isNaN(bestValLoss) || val < bestValLoss) {
           bestValLoss = val;
@@ -271,7 +269,8 @@ public final class Trainer implements AutoCloseable {
       boolean due = (config.checkpoint().every() > 0 && step % config.checkpoint().every() == 0) || step == total;
       if (due || stop) {
         elapsed = elapsedBefore + (System.nanoTime() - start) / 1e9;
-        lastCheckpoint = checkpoints.write(config, params, optimizer,
+        engine.syncToHost();
+        lastCheckpoint = checkpoints.write(config, params, engine.hostOptimizer(),
             new TrainerState(step, trainBatches.rngState(), trainBatches.batchesDrawn(), tokensSeen, bestValLoss,
                 elapsed),
             config.data().tokenizer());
@@ -305,9 +304,10 @@ public final class Trainer implements AutoCloseable {
     return png;
   }
 
-  /** Unmaps the token files. */
+  /** Unmaps the token files and releases the engine (GPU memory). */
   @Override
   public void close() {
+    engine.close();
     trainTokens.close();
     if (valTokens != null) {
       valTokens.close();

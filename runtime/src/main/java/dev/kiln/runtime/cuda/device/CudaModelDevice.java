@@ -224,6 +224,14 @@ public final class CudaModelDevice implements Device {
     return twin;
   }
 
+  /** Rewrites the bf16 twin of {@code param} (if it has one) from its fp32 values, after they were loaded. */
+  public void refreshBf16Twin(Tensor param) {
+    CudaTensor t = ct(param, "refreshBf16Twin", "param");
+    if (t.bf16Twin() != null) {
+      copyArray(t.array(), t.bf16Twin());
+    }
+  }
+
   /** {@code dst += src} element by element ({@code src} broadcasts to {@code dst}, which must be contiguous). */
   public void addInto(Tensor dst, Tensor src) {
     CudaArray d = floating(dst, "addInto", "dst");

@@ -1,0 +1,255 @@
+package dev.kiln.runtime.train;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Context;
+import dev.kiln.runtime.cuda.CudaArray;
+import dev.kiln.runtime.cuda.FusedAdamW;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
+import dev.kiln.runtime.cuda.device.CudaTensor;
+import dev.kiln.runtime.optim.AdamW;
+import dev.kiln.runtime.optim.GradClip;
+import dev.kiln.runtime.optim.Optimizer;
+import dev.kiln.runtime.optim.ParameterSet;
+import dev.kiln.runtime.tensor.NdArray;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Training on a GPU: a compiled module's generated {@code loss}/{@code lossBackward} on a {@link CudaModelDevice},
+ * parameters, gradients and AdamW moments in device memory, one fused AdamW launch per step
+ * ({@link FusedAdamW}, CS336's or PyTorch's form as configured), gradient clipping folded into that launch's
+ * gradient scale. The host sees the parameters and optimizer state only in {@link #syncToHost}/{@link #syncFromHost},
+ * around checkpoints.
+ *
+ * <p><b>Mixed precision</b> ({@link CudaModelDevice.Precision#BF16}): every parameter gets a bf16 twin that AdamW
+ * rewrites after each update, so GEMMs read bf16 weights with no cast; master weights, gradients and moments are fp32.
+ *
+ * <p><b>Memory per step.</b> Everything a step allocates (inputs, activations, gradients) lives in one device scope,
+ * closed when the step ends; the caching allocator hands the same blocks to the next step. With gradient
+ * accumulation each micro-batch has its own scope, and only the running gradient sums outlive it.
+ *
+ * <p><b>Determinism.</b> GPU steps are not bit-for-bit reproducible: embedding gradients are summed with atomics in
+ * arrival order. Resume restores the exact state, but the losses after it agree with an uninterrupted run only to
+ * rounding.
+ *
+ * @param <P> the compiled module's parameter record
+ */
+public final class CudaEngine<P> implements TrainingEngine {
+  private record Route(String moduleKey, String name) {}
+
+  private final CudaModelDevice dev;
+  private final CompiledModel.Program<P> program;
+  private final P params;
+  private final ParameterSet hostParams;
+  private final TrainConfig.OptimizerConfig optConfig;
+  private final List<Route> routes = new ArrayList<>();
+  private final Map<String, CudaTensor> byName = new LinkedHashMap<>();
+  private final Map<String, CudaArray> m = new LinkedHashMap<>();
+  private final Map<String, CudaArray> v = new LinkedHashMap<>();
+  private final Map<String, CudaArray> twins = new LinkedHashMap<>();
+  private final FusedAdamW adamw;
+  private Optimizer hostOptimizer;
+  private long steps;
+
+  private CudaModelDevice.Scope stepScope;
+  private Map<String, Tensor> grads;
+  private double gradScale = 1;
+
+  /**
+   * An engine over {@code params} (a record whose tensors are the device's, e.g. the generated {@code init} run on
+   * {@code dev}), named for the trainer by {@code names} (module state-dict key → trainer name, as
+   * {@link CompiledModel}), with {@code hostParams} the host arrays of the same names that checkpoints read and
+   * write.
+   *
+   * @throws IllegalArgumentException when the optimizer is not AdamW, or names and tensors do not line up
+   */
+  public CudaEngine(CudaModelDevice dev, CompiledModel.Program<P> program, P params, Map<String, String> names,
+      ParameterSet hostParams, TrainConfig.OptimizerConfig optimizer) {
+    if (optimizer.name() != TrainConfig.OptimizerName.ADAMW) {
+      throw new IllegalArgumentException("the GPU trainer runs AdamW only (the fused optimizer), not "
+          + optimizer.name());
+    }
+    this.dev = dev;
+    this.program = program;
+    this.params = params;
+    this.hostParams = hostParams;
+    this.optConfig = optimizer;
+    this.adamw = new FusedAdamW(dev.gpu());
+    Map<String, Tensor> sd = program.stateDict(params);
+    for (Map.Entry<String, String> e : names.entrySet()) {
+      Tensor t = sd.get(e.getKey());
+      if (!(t instanceof CudaTensor c)) {
+        throw new IllegalArgumentException("parameter '" + e.getKey() + "' is " + (t == null ? "missing" : "a "
+            + t.getClass().getSimpleName() + ", not a tensor of " + dev.name()));
+      }
+      CudaTensor earlier = byName.putIfAbsent(e.getValue(), c);
+      if (earlier != null && earlier != c) {
+        throw new IllegalArgumentException("'" + e.getKey() + "' and another key both map to '" + e.getValue()
+            + "' but are different tensors");
+      }
+      routes.add(new Route(e.getKey(), e.getValue()));
+    }
+    if (!hostParams.names().equals(new ArrayList<>(byName.keySet()))) {
+      throw new IllegalArgumentException("host parameters " + hostParams.names() + " and device parameters "
+          + byName.keySet() + " differ");
+    }
+    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+      CudaArray p = e.getValue().array();
+      if (!java.util.Arrays.equals(p.shape(), hostParams.get(e.getKey()).shape())) {
+        throw new IllegalArgumentException("parameter '" + e.getKey() + "' is " + java.util.Arrays.toString(p.shape())
+            + " on the device but " + java.util.Arrays.toString(hostParams.get(e.getKey()).shape()) + " on the host");
+      }
+      if (p.dtype() != DType.F32 || !p.isContiguous()) {
+        throw new IllegalArgumentException("GPU training keeps fp32 contiguous master weights; '" + e.getKey()
+            + "' is " + p);
+      }
+      m.put(e.getKey(), CudaArray.zeros(dev.gpu(), DType.F32, p.shape()));
+      v.put(e.getKey(), CudaArray.zeros(dev.gpu(), DType.F32, p.shape()));
+      if (dev.precision() == CudaModelDevice.Precision.BF16) {
+        twins.put(e.getKey(), dev.withBf16Twin(e.getValue()));
+      }
+    }
+  }
+
+  /** The module's parameter record, on the device. */
+  public P params() {
+    return params;
+  }
+
+  public CudaModelDevice device() {
+    return dev;
+  }
+
+  @Override
+  public ParameterSet hostParameters() {
+    return hostParams;
+  }
+
+  @Override
+  public Optimizer hostOptimizer() {
+    if (hostOptimizer == null) {
+      hostOptimizer = optConfig.create(hostParams);
+    }
+    return hostOptimizer;
+  }
+
+  @Override
+  public void beginStep() {
+    abandonStep();
+    stepScope = dev.scope();
+    grads = null;
+  }
+
+  @Override
+  public double accumulate(NdArray inputs, NdArray targets) {
+    if (stepScope == null) {
+      throw new IllegalStateException("accumulate outside a step: call beginStep first");
+    }
+    try (CudaModelDevice.Scope micro = dev.scope()) {
+      Context ctx = new Context();
+      Tensor loss = program.loss(ctx, params, dev.fromHost(inputs), dev.fromHost(targets));
+      Map<String, Tensor> g = program.stateDict(program.lossBackward(ctx, params, dev.full(DType.F32, 1.0)));
+      ctx.clear();
+      boolean first = grads == null;
+      if (first) {
+        grads = new LinkedHashMap<>();
+      }
+      for (Route r : routes) {
+        Tensor gi = g.get(r.moduleKey());
+        Tensor sum = grads.get(r.name());
+        if (sum == null) {
+          // The first micro-batch's gradient becomes the running sum: moved out of the micro-batch's scope.
+          grads.put(r.name(), micro.keep(dev.contiguous(gi)));
+        } else {
+          dev.addInto(sum, gi);
+        }
+      }
+      return dev.download(loss)[0];
+    }
+  }
+
+  @Override
+  public double clipGradients(int microBatches, double maxNorm) {
+    List<Tensor> list = new ArrayList<>();
+    for (String n : byName.keySet()) {
+      list.add(grads.get(n));
+    }
+    double sum = 0;
+    for (double s : dev.sumsOfSquares(list)) {
+      sum += s;
+    }
+    double norm = Math.sqrt(sum) / microBatches;
+    double clip = maxNorm > 0 && norm > maxNorm && !Double.isInfinite(norm) ? maxNorm / (norm + GradClip.EPS) : 1;
+    gradScale = clip / microBatches;
+    return norm;
+  }
+
+  @Override
+  public void update(double lr) {
+    List<FusedAdamW.Param> ps = new ArrayList<>();
+    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+      String n = e.getKey();
+      CudaArray g = ((CudaTensor) grads.get(n)).array();
+      ps.add(new FusedAdamW.Param(e.getValue().array(), g, m.get(n), v.get(n), twins.get(n)));
+    }
+    steps++;
+    adamw.step(ps, new FusedAdamW.Hyper((float) lr, (float) optConfig.beta1(), (float) optConfig.beta2(),
+        (float) optConfig.eps(), (float) optConfig.weightDecay(), steps, (float) gradScale,
+        optConfig.formula() == AdamW.Formula.CS336));
+    abandonStep();
+  }
+
+  @Override
+  public void abandonStep() {
+    if (stepScope != null) {
+      stepScope.close();
+      stepScope = null;
+    }
+    grads = null;
+  }
+
+  @Override
+  public double loss(NdArray inputs, NdArray targets) {
+    try (CudaModelDevice.Scope s = dev.scope()) {
+      Tensor loss = program.loss(new Context(), params, dev.fromHost(inputs), dev.fromHost(targets));
+      return dev.download(loss)[0];
+    }
+  }
+
+  @Override
+  public void syncToHost() {
+    Map<String, NdArray> state = hostOptimizer().stateTensors();
+    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+      String n = e.getKey();
+      hostParams.get(n).copyFrom(dev.toHost(e.getValue()));
+      state.get(n + ".exp_avg").copyFrom(m.get(n).toHost());
+      state.get(n + ".exp_avg_sq").copyFrom(v.get(n).toHost());
+    }
+    hostOptimizer().restoreStepCount(steps);
+  }
+
+  @Override
+  public void syncFromHost() {
+    Map<String, NdArray> state = hostOptimizer().stateTensors();
+    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+      String n = e.getKey();
+      dev.copyFromHost(hostParams.get(n), e.getValue());
+      m.get(n).copyFromHost(state.get(n + ".exp_avg"));
+      v.get(n).copyFromHost(state.get(n + ".exp_avg_sq"));
+      dev.refreshBf16Twin(e.getValue());
+    }
+    steps = hostOptimizer().stepCount();
+  }
+
+  @Override
+  public void close() {
+    abandonStep();
+    m.values().forEach(CudaArray::close);
+    v.values().forEach(CudaArray::close);
+    m.clear();
+    v.clear();
+  }
+}
