@@ -17,22 +17,29 @@ jre_tool=${KILN_DEVICE_JRE_TOOL:-$root/../shared/tools/make-device-jre.sh}
 [[ -x "$jre_tool" ]] || jre_tool=/work/shared/tools/make-device-jre.sh
 
 echo "[gpu-check] building (nvcc: $(command -v nvcc || echo 'absent, NVRTC at run time'))"
-./mvnw -q -B -o -DskipTests install -pl dsl,runtime
+./mvnw -q -B -o -DskipTests install
 
 mkdir -p "$dest"
 rm -rf "$dest/lib" "$dest/test-classes" "$dest/reference"
-mkdir -p "$dest/lib" "$dest/test-classes/dev/kiln/runtime/cuda" "$dest/reference"
+mkdir -p "$dest/lib" "$dest/test-classes/dev/kiln/runtime/cuda" "$dest/test-classes/dev/kiln/models/cs336" "$dest/reference"
 
 # The JRE is the slow part; rebuild it only when the tool changed.
 if [[ ! -f "$dest/jre25.tgz" || "$jre_tool" -nt "$dest/jre25.tgz" ]]; then
   "$jre_tool" "$dest"
 fi
 
-cp dsl/target/kiln-dsl-*.jar runtime/target/kiln-runtime-*.jar "$dest/lib/"
+cp dsl/target/kiln-dsl-*.jar runtime/target/kiln-runtime-*.jar models/target/kiln-models-*.jar \
+  samples/target/kiln-samples-*.jar "$dest/lib/"
 rm -f "$dest"/lib/*-sources.jar "$dest"/lib/*-tests.jar
 cp -r runtime/target/test-classes/dev/kiln/runtime/cuda/. "$dest/test-classes/dev/kiln/runtime/cuda/"
+# The generated-model GPU tests and the CPU-side fixtures they reuse (the variant list).
+cp models/target/test-classes/dev/kiln/models/cs336/TransformerLm*Test*.class "$dest/test-classes/dev/kiln/models/cs336/"
 
 ./mvnw -q -B -o dependency:build-classpath -pl runtime -Dmdep.includeScope=test -Dmdep.outputFile="$root/$dest/cp.txt"
+# picocli, for the kiln command line (samples).
+./mvnw -q -B -o dependency:build-classpath -pl samples -Dmdep.includeScope=runtime -Dmdep.outputFile="$root/$dest/cp2.txt"
+printf ':%s\n' "$(tr ':' '\n' < "$dest/cp2.txt" | grep picocli | head -1)" >> "$dest/cp.txt"
+rm -f "$dest/cp2.txt"
 tr ':' '\n' < "$dest/cp.txt" | while read -r jar; do
   case "$(basename "$jar")" in
     openblas-*|kiln-*|auto-service-*) ;;              # OpenBLAS natives stay here; kiln jars copied above
@@ -45,7 +52,8 @@ tr ':' '\n' < "$dest/cp.txt" | while read -r jar; do
   esac
 done
 rm -f "$dest/cp.txt"
-cp scripts/reference/attention_bench.py scripts/reference/bench_table.py "$dest/reference/"
+cp scripts/reference/attention_bench.py scripts/reference/bench_table.py scripts/reference/train_bench_gpu.py \
+  scripts/reference/train_bench_table.py "$dest/reference/"
 cp scripts/run-gpu-checks.sh "$dest/run-gpu-checks.sh"
 
 size=$(du -sb "$dest" | cut -f1)

@@ -1,37 +1,71 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the package scripts/gpu-check.sh built (it is copied there as run-gpu-checks.sh):
-# unpacks the JRE, runs every *GpuTest, the Kiln CUDA benchmark and the PyTorch peer, writes logs to $OUT and
-# prints the summary table last. Exit status: non-zero when a GPU test failed.
+# unpacks the JRE, runs every *GpuTest (runtime and the generated models), the training benchmark (Kiln, then the
+# PyTorch peer on the same card), optionally the attention benchmark, writes logs to $OUT and prints the tables last.
+# Exit status: non-zero when a GPU test failed.
+#
+# Environment (all optional):
+#   KILN_TESTS=0            skip the GPU tests
+#   KILN_TRAIN=small,...    configs of the training benchmark (default: all five; "none" skips it)
+#   KILN_TORCH_MODES=eager,compile   PyTorch modes (default both; "none" skips the peer)
+#   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
+#   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
+#   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/kiln-gpu-out}
 mkdir -p "$out"
 reps=${KILN_BENCH_REPS:-10}
+train=${KILN_TRAIN:-small,medium,large,xl,tinystories}
+torch_modes=${KILN_TORCH_MODES:-eager,compile}
+torch_configs=${KILN_TORCH_CONFIGS:-$train}
 
 tar xzf "$pkg/jre25.tgz" -C /tmp
-java=(/tmp/jre25/bin/java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx16g
+java=(/tmp/jre25/bin/java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx48g
   -cp "$pkg/lib/*:$pkg/test-classes")
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/nvidia-smi.txt" 2>&1
+tests_rc=0
 
-echo "=== GPU tests"
-"${java[@]}" dev.kiln.runtime.cuda.GpuTestMain "$pkg/test-classes" > "$out/gpu-tests.log" 2>&1
-tests_rc=$?
-grep -E "^(GPUTEST|  )" "$out/gpu-tests.log" | cut -c1-220
-echo "=== Kiln benchmark"
-timeout 240 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark "$reps" 2>&1 | tee "$out/kiln-bench.log" | cut -c1-200
-echo "=== PyTorch benchmark"
-PYTHONUNBUFFERED=1 timeout 240 python3 "$pkg/reference/attention_bench.py" "$reps" 2>&1 | tee "$out/torch-bench.log" | cut -c1-200
+if [[ "${KILN_TESTS:-1}" == 1 ]]; then
+  echo "=== GPU tests"
+  timeout ${KILN_TEST_TIMEOUT:-200} "${java[@]}" dev.kiln.runtime.cuda.GpuTestMain "$pkg/test-classes" > "$out/gpu-tests.log" 2>&1
+  tests_rc=$?
+  grep -E "^(GPUTEST|  )" "$out/gpu-tests.log" | cut -c1-220
+fi
+if [[ "$train" != none ]]; then
+  echo "=== Kiln training benchmark ($train)"
+  timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$train" --steps 20 \
+    --warmup 5 2> "$out/kiln-train.err" | tee "$out/kiln-train.jsonl" | cut -c1-300
+  tail -5 "$out/kiln-train.err"
+fi
+if [[ "$torch_modes" != none ]]; then
+  echo "=== PyTorch training benchmark ($torch_configs; $torch_modes)"
+  PYTHONUNBUFFERED=1 timeout ${KILN_TORCH_TIMEOUT:-300} python3 "$pkg/reference/train_bench_gpu.py" --configs "$torch_configs" \
+    --modes "$torch_modes" --steps 20 --warmup 5 2> "$out/torch-train.err" | tee "$out/torch-train.jsonl" | cut -c1-300
+  tail -3 "$out/torch-train.err"
+fi
+if [[ "${KILN_ATTENTION:-0}" == 1 ]]; then
+  echo "=== Kiln attention benchmark"
+  timeout 240 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark "$reps" 2>&1 | tee "$out/kiln-bench.log" | cut -c1-200
+  echo "=== PyTorch attention benchmark"
+  PYTHONUNBUFFERED=1 timeout 240 python3 "$pkg/reference/attention_bench.py" "$reps" 2>&1 | tee "$out/torch-bench.log" | cut -c1-200
+fi
 if [[ "${KILN_SANITIZE:-0}" == 1 ]]; then
-  # Out-of-bounds and misaligned accesses in the attention kernels (the JVM's own signals are not CUDA errors).
-  echo "=== compute-sanitizer memcheck, attention tests"
+  echo "=== compute-sanitizer memcheck, attention and device tests"
   timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "${java[@]}" dev.kiln.runtime.cuda.GpuTestMain \
-    "$pkg/test-classes" FlashAttention > "$out/sanitizer.log" 2>&1
+    "$pkg/test-classes" Device > "$out/sanitizer.log" 2>&1
   echo "exit $?; $(grep -E 'ERROR SUMMARY|GPUTEST (PASS|FAIL)' "$out/sanitizer.log" | tr '\n' ' ' | cut -c1-600)"
 fi
 echo
 echo "=== Failures (first lines)"
-grep -A12 "^GPUTEST FAIL" "$out/gpu-tests.log" | head -60
+[[ -f "$out/gpu-tests.log" ]] && grep -A12 "^GPUTEST FAIL" "$out/gpu-tests.log" | head -80
 echo
 echo "=== Summary ($(head -2 "$out/nvidia-smi.txt" | tail -1))"
-python3 "$pkg/reference/bench_table.py" "$out/gpu-tests.log" "$out/kiln-bench.log" "$out/torch-bench.log" | tee "$out/table.txt"
+if [[ -f "$out/kiln-bench.log" ]]; then
+  python3 "$pkg/reference/bench_table.py" "$out/gpu-tests.log" "$out/kiln-bench.log" "$out/torch-bench.log" | tee "$out/table.txt"
+elif [[ -f "$out/gpu-tests.log" ]]; then
+  grep -cE "^GPUTEST PASS" "$out/gpu-tests.log" | sed 's/^/GPU tests passed: /'
+  grep -E "^GPUTEST (FAIL|SKIP)" "$out/gpu-tests.log" | cut -c1-200
+fi
+python3 "$pkg/reference/train_bench_table.py" "$out"/kiln-train.jsonl "$out"/torch-train.jsonl 2>/dev/null | tee "$out/train-table.txt"
 exit $tests_rc

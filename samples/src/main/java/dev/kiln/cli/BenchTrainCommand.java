@@ -1,6 +1,7 @@
 package dev.kiln.cli;
 
 import dev.kiln.dsl.DType;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.io.Json;
 import dev.kiln.runtime.optim.AdamW;
 import dev.kiln.runtime.optim.ParameterSet;
@@ -66,8 +67,32 @@ public final class BenchTrainCommand implements Callable<Integer> {
       + " skips it.")
   String python = "/usr/bin/python3";
 
+  @Option(names = "--device", description = "cpu (default), or cuda: the CS336 sizes on the GPU, one JSON line per"
+      + " config; the PyTorch peer is scripts/reference/train_bench_gpu.py, joined by train_bench_table.py.")
+  String device = "cpu";
+
+  @Option(names = "--configs", split = ",", description = "With --device cuda: small, medium, large, xl, tinystories"
+      + " (default: all).")
+  List<String> configs = List.of("small", "medium", "large", "xl", "tinystories");
+
+  @Option(names = "--precision", description = "With --device cuda: bf16 (mixed, default) or fp32.")
+  String precision = "bf16";
+
   @Override
   public Integer call() throws Exception {
+    if (device.equals("cuda")) {
+      configs.forEach(GpuTrainBench::size);
+      CudaModelDevice.Precision p = switch (precision) {
+        case "bf16" -> CudaModelDevice.Precision.BF16;
+        case "fp32" -> CudaModelDevice.Precision.FP32;
+        default -> throw new IllegalArgumentException("--precision must be bf16 or fp32, got " + precision);
+      };
+      GpuTrainBench.run(configs, p, steps, warmup, System.out);
+      return 0;
+    }
+    if (!device.equals("cpu")) {
+      throw new IllegalArgumentException("--device must be cpu or cuda, got " + device);
+    }
     for (int v : new int[] {vocab, context, dModel, layers, heads, dFf, batch, steps}) {
       if (v < 1) {
         throw new IllegalArgumentException("every size and --steps must be positive");

@@ -7,14 +7,19 @@ import dev.kiln.dsl.spi.Context;
 import dev.kiln.models.cs336.CompiledTransformerLm;
 import dev.kiln.models.cs336.TransformerLm;
 import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
+import dev.kiln.runtime.optim.ParameterSet;
 import dev.kiln.runtime.infer.LmWeights;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.train.CompiledModel;
+import dev.kiln.runtime.train.CudaEngine;
+import dev.kiln.runtime.train.TrainConfig;
 import dev.kiln.runtime.train.LmModule;
 import dev.kiln.runtime.train.ModelConfig;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -40,8 +45,27 @@ public final class Cs336Lm {
     if (config.tiedEmbeddings()) {
       params = params.withTiedEmbeddings();
     }
-    this.model = new CompiledModel<>(new Program(), params,
+    this.model = new CompiledModel<>(new Program(compiled, null), params,
         LmModule.names(config, compiled.stateDict(params).keySet()));
+  }
+
+  /**
+   * The model on a GPU, as the CUDA trainer's engine: the compiled module runs on {@code dev}, its parameters
+   * initialised there (bit for bit the CPU's initialisation: the same Philox streams), AdamW state on the device.
+   * The engine's host parameter arrays are filled only when a checkpoint asks for them.
+   */
+  public static CudaEngine<TransformerLm> cudaEngine(ModelConfig config, long seed, CudaModelDevice dev,
+      TrainConfig.OptimizerConfig optimizer) {
+    CompiledTransformerLm compiled = new CompiledTransformerLm(dev, DType.F32);
+    TransformerLm params = compiled.init(Config.of(LmModule.moduleConfig(config)), seed);
+    if (config.tiedEmbeddings()) {
+      params = params.withTiedEmbeddings();
+    }
+    Map<String, Tensor> sd = compiled.stateDict(params);
+    Map<String, String> names = LmModule.names(config, sd.keySet());
+    Map<String, NdArray> host = new LinkedHashMap<>();
+    names.forEach((key, name) -> host.putIfAbsent(name, NdArray.empty(DType.F32, sd.get(key).shape())));
+    return new CudaEngine<>(dev, new Program(compiled, dev), params, names, ParameterSet.of(host), optimizer);
   }
 
   /**
@@ -111,10 +135,14 @@ public final class Cs336Lm {
     return positions.computeIfAbsent(seq, s -> NdArray.arange(DType.I64, s));
   }
 
-  private final class Program implements CompiledModel.Program<TransformerLm> {
+  /** The generated code's loss and gradients on one device ({@code cuda} null: the CPU). */
+  private record Program(CompiledTransformerLm compiled, CudaModelDevice cuda)
+      implements CompiledModel.Program<TransformerLm> {
     @Override
-    public Tensor loss(Context ctx, TransformerLm params, NdArray inputs, NdArray targets) {
-      return compiled.loss(ctx, params, inputs, positions(inputs), targets);
+    public Tensor loss(Context ctx, TransformerLm params, Tensor inputs, Tensor targets) {
+      long seq = inputs.shape()[inputs.rank() - 1];
+      Tensor positions = cuda != null ? cuda.iota(DType.I64, seq) : NdArray.arange(DType.I64, seq);
+      return compiled.loss(ctx, params, inputs, positions, targets);
     }
 
     @Override

@@ -1,12 +1,14 @@
 package dev.kiln.cli;
 
 import dev.kiln.dsl.DType;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.train.Checkpoints;
 import dev.kiln.runtime.train.ConfigLoader;
 import dev.kiln.runtime.train.ModelConfig;
 import dev.kiln.runtime.train.ProgressBar;
 import dev.kiln.runtime.train.TrainConfig;
 import dev.kiln.runtime.train.Trainer;
+import dev.kiln.runtime.train.TrainingEngine;
 import java.io.PrintStream;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -39,6 +41,15 @@ public final class TrainCommand implements Callable<Integer> {
       description = "Override one config key, e.g. --set training.steps=2000 --set model.ffn=gelu (repeatable).")
   List<String> overrides = new ArrayList<>();
 
+  @Option(names = "--device", paramLabel = "cpu|cuda",
+      description = "Where to train (same as --set training.device=...); cuda needs an NVIDIA GPU.")
+  String device;
+
+  @Option(names = "--precision", paramLabel = "fp32|bf16",
+      description = "bf16: mixed precision on cuda (bf16 GEMMs and attention, fp32 weights and optimizer state);"
+          + " same as --set training.precision=...")
+  String precision;
+
   @Option(names = "--resume", paramLabel = "DIR",
       description = "Continue from a checkpoint: a run folder, its checkpoints/ folder or one step-NNNNNN/ folder."
           + " The losses after a resume equal those of an uninterrupted run.")
@@ -56,7 +67,14 @@ public final class TrainCommand implements Callable<Integer> {
       throw new IllegalArgumentException("give --config FILE (or --resume DIR, which reads the checkpoint's"
           + " config.json)");
     }
-    TrainConfig config = ConfigLoader.load(file, overrides);
+    List<String> sets = new ArrayList<>(overrides);
+    if (device != null) {
+      sets.add("training.device=" + device);
+    }
+    if (precision != null) {
+      sets.add("training.precision=" + precision);
+    }
+    TrainConfig config = ConfigLoader.load(file, sets);
     Trainer.Result r = train(config, resume, err);
     return r.status() == Trainer.Status.COMPLETED ? 0 : 130;
   }
@@ -68,14 +86,25 @@ public final class TrainCommand implements Callable<Integer> {
   static Trainer.Result train(TrainConfig config, Path resume, PrintStream err) throws java.io.IOException {
     ModelConfig m = config.model();
     long t0 = System.nanoTime();
-    Cs336Lm lm = Cs336Lm.create(m, config.training().seed(), DType.F32);
+    TrainingEngine engine;
+    String where;
+    if (config.training().device() == TrainConfig.TrainDevice.CUDA) {
+      CudaModelDevice dev = new CudaModelDevice(0, config.training().precision() == TrainConfig.Precision.BF16
+          ? CudaModelDevice.Precision.BF16 : CudaModelDevice.Precision.FP32);
+      engine = Cs336Lm.cudaEngine(m, config.training().seed(), dev, config.optimizer());
+      where = dev.gpu() + ", " + lower(config.training().precision());
+    } else {
+      engine = TrainingEngine.forModel(Cs336Lm.create(m, config.training().seed(), DType.F32).trainable(),
+          config.optimizer());
+      where = "cpu";
+    }
     err.printf(Locale.ROOT, "model: %,d parameters (d_model %d, %d layers, %d heads, d_ff %d, vocab %d, context %d;"
-            + " %s, %s, %s, %s%s%s%s), built in %.2f s%n",
-        lm.trainable().parameters().numel(), m.dModel(), m.numLayers(), m.numHeads(), m.dFf(), m.vocabSize(),
+            + " %s, %s, %s, %s%s%s%s) on %s, built in %.2f s%n",
+        engine.hostParameters().numel(), m.dModel(), m.numLayers(), m.numHeads(), m.dFf(), m.vocabSize(),
         m.contextLength(), lower(m.normPlacement()) + "-norm", lower(m.norm()), lower(m.ffn()), lower(m.positions()),
         m.tiedEmbeddings() ? ", tied" : "", m.qkNorm() ? ", qk-norm" : "",
-        m.zLoss() > 0 ? ", z-loss " + m.zLoss() : "", (System.nanoTime() - t0) / 1e9);
-    try (Trainer trainer = new Trainer(config, lm.trainable(), err, ProgressBar.isTerminal())) {
+        m.zLoss() > 0 ? ", z-loss " + m.zLoss() : "", where, (System.nanoTime() - t0) / 1e9);
+    try (Trainer trainer = new Trainer(config, engine, err, ProgressBar.isTerminal())) {
       if (resume != null) {
         Path from = trainer.resumeFrom(resume);
         err.println("resumed from " + from + " at step " + trainer.step());

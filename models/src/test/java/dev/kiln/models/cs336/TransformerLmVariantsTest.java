@@ -184,7 +184,7 @@ class TransformerLmVariantsTest {
   static CompiledModel.Program<TransformerLm> program(CompiledTransformerLm m, NdArray positions) {
     return new CompiledModel.Program<>() {
       @Override
-      public Tensor loss(Context ctx, TransformerLm params, NdArray inputs, NdArray targets) {
+      public Tensor loss(Context ctx, TransformerLm params, Tensor inputs, Tensor targets) {
         return m.loss(ctx, params, inputs, positions, targets);
       }
 

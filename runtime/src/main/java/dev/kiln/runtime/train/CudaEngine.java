@@ -244,6 +244,7 @@ public final class CudaEngine<P> implements TrainingEngine {
     steps = hostOptimizer().stepCount();
   }
 
+  /** Frees the device memory of the run: optimizer state, and the parameters (the model is unusable afterwards). */
   @Override
   public void close() {
     abandonStep();
@@ -251,5 +252,7 @@ public final class CudaEngine<P> implements TrainingEngine {
     v.values().forEach(CudaArray::close);
     m.clear();
     v.clear();
+    byName.values().forEach(dev::release);
+    byName.clear();
   }
 }

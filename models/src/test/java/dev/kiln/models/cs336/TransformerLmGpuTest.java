@@ -1,0 +1,194 @@
+package dev.kiln.models.cs336;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Config;
+import dev.kiln.dsl.spi.Context;
+import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.cuda.CudaProbe;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
+import dev.kiln.runtime.optim.AdamW;
+import dev.kiln.runtime.optim.ParameterSet;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Rng;
+import dev.kiln.runtime.train.CompiledModel;
+import dev.kiln.runtime.train.CudaEngine;
+import dev.kiln.runtime.train.LmModule;
+import dev.kiln.runtime.train.ModelConfig;
+import dev.kiln.runtime.train.TrainConfig;
+import dev.kiln.runtime.train.TrainingEngine;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The generated CS336 LM on the GPU ({@link CudaModelDevice}) against the same generated code on the CPU device, from
+ * the same initialisation (the device draws Philox numbers exactly as the CPU does): loss and every parameter
+ * gradient, in fp32 and in bf16 mixed precision, for every variant; then 12 training steps of {@link CudaEngine}
+ * next to the CPU trainer's engine.
+ */
+class TransformerLmGpuTest {
+  private static final int BATCH = 3;
+
+  private static CudaModelDevice gpu(CudaModelDevice.Precision p) {
+    CudaProbe.Report r = CudaProbe.probe();
+    if (!r.available()) {
+      System.out.println("[skip] no CUDA device: " + r.problem());
+    }
+    Assumptions.assumeTrue(r.available(), () -> "no CUDA device: " + r.problem());
+    CudaModelDevice d = new CudaModelDevice(0, p);
+    d.poisonNewTensors(true);
+    return d;
+  }
+
+  /** vocab 97, context 32, d_model 128 in 2 heads of 64 (the tensor-core attention path), d_ff 192. */
+  private static ModelConfig config(TransformerLmVariantsTest.Variant v) {
+    ModelConfig c = v.config();
+    return new ModelConfig(97, 32, 128, c.numLayers(), 2, 192, c.ropeTheta(), c.normPlacement(), c.norm(),
+        c.normEps(), c.ffn(), c.positions(), c.tiedEmbeddings(), c.qkNorm(), c.zLoss());
+  }
+
+  private record Run(double loss, Map<String, double[]> grads) {}
+
+  private static Run run(CompiledTransformerLm m, ModelConfig c, Tensor tokens, Tensor positions, Tensor targets,
+      java.util.function.Function<Tensor, double[]> read, CudaModelDevice cuda) {
+    TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
+    if (c.tiedEmbeddings()) {
+      p = p.withTiedEmbeddings();
+    }
+    if (cuda != null && cuda.precision() == CudaModelDevice.Precision.BF16) {
+      for (Tensor t : m.stateDict(p).values()) {
+        cuda.withBf16Twin(t);
+      }
+    }
+    Context ctx = new Context();
+    double loss = read.apply(m.loss(ctx, p, tokens, positions, targets))[0];
+    Tensor one = cuda != null ? cuda.full(DType.F32, 1, new long[0]) : NdArray.scalar(DType.F32, 1);
+    Map<String, double[]> g = new LinkedHashMap<>();
+    m.stateDict(m.lossBackward(ctx, p, one).params()).forEach((k, t) -> g.put(k, read.apply(t)));
+    return new Run(loss, g);
+  }
+
+  @Test
+  void everyVariantMatchesTheCpuDeviceInFp32AndBf16() {
+    CudaModelDevice fp32 = gpu(CudaModelDevice.Precision.FP32);
+    CudaModelDevice bf16 = gpu(CudaModelDevice.Precision.BF16);
+    for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
+      ModelConfig c = config(v);
+      Rng rng = new Rng(3);
+      NdArray tokens = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      NdArray targets = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      NdArray positions = NdArray.arange(DType.I64, c.contextLength());
+      Run ref = run(new CompiledTransformerLm(new CpuDevice(), DType.F32), c, tokens, positions, targets,
+          t -> ((NdArray) t).to(DType.F64).toDoubleArray(), null);
+      for (CudaModelDevice dev : new CudaModelDevice[] {fp32, bf16}) {
+        boolean mixed = dev.precision() == CudaModelDevice.Precision.BF16;
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          Run got = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(tokens), dev.fromHost(positions),
+              dev.fromHost(targets), dev::download, dev);
+          String what = v.name() + (mixed ? " bf16" : " fp32");
+          // fp32: the same float math in another order (cuBLAS, block reductions, atomics in the embedding
+          // gradient): 1e-5 relative on the loss, 1e-3 of each gradient's largest element. bf16: operands of GEMMs
+          // and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
+          assertEquals(ref.loss(), got.loss(), (mixed ? 1e-2 : 1e-5) * Math.abs(ref.loss()), what + ": loss");
+          for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
+            double[] r = e.getValue();
+            double[] g = got.grads().get(e.getKey());
+            double num = 0;
+            double den = 0;
+            double worst = 0;
+            double max = 0;
+            for (int i = 0; i < r.length; i++) {
+              assertTrue(!Double.isNaN(g[i]), what + " " + e.getKey() + ": NaN at " + i);
+              num += (g[i] - r[i]) * (g[i] - r[i]);
+              den += r[i] * r[i];
+              worst = Math.max(worst, Math.abs(g[i] - r[i]));
+              max = Math.max(max, Math.abs(r[i]));
+            }
+            if (mixed) {
+              assertTrue(den == 0 ? num == 0 : Math.sqrt(num / den) < 6e-2, what + " " + e.getKey()
+                  + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
+            } else {
+              assertTrue(worst <= 1e-3 * max + 1e-7, what + " " + e.getKey() + ": worst error " + worst + " of max "
+                  + max);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  @Test
+  void gpuTrainingFollowsTheCpuTrainer() {
+    CudaModelDevice dev = gpu(CudaModelDevice.Precision.FP32);
+    ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
+    Map<String, Object> mc = LmModule.moduleConfig(c);
+    CompiledTransformerLm cpuM = new CompiledTransformerLm(new CpuDevice(), DType.F32);
+    TransformerLm cpuP = cpuM.init(Config.of(mc), 11);
+    CompiledModel<TransformerLm> cpuModel = new CompiledModel<>(
+        TransformerLmVariantsTest.program(cpuM, NdArray.arange(DType.I64, c.contextLength())), cpuP,
+        LmModule.names(c, cpuM.stateDict(cpuP).keySet()));
+    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
+        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    TrainingEngine cpu = TrainingEngine.forModel(cpuModel, opt);
+
+    CompiledTransformerLm gpuM = new CompiledTransformerLm(dev, DType.F32);
+    TransformerLm gpuP = gpuM.init(Config.of(mc), 11);
+    Map<String, String> names = LmModule.names(c, gpuM.stateDict(gpuP).keySet());
+    Map<String, NdArray> host = new LinkedHashMap<>();
+    names.forEach((k, n) -> host.put(n, NdArray.zeros(DType.F32, gpuM.stateDict(gpuP).get(k).shape())));
+    CompiledModel.Program<TransformerLm> program = new CompiledModel.Program<>() {
+      @Override
+      public Tensor loss(Context ctx, TransformerLm params, Tensor inputs, Tensor targets) {
+        return gpuM.loss(ctx, params, inputs, dev.iota(DType.I64, c.contextLength()), targets);
+      }
+
+      @Override
+      public TransformerLm lossBackward(Context ctx, TransformerLm params, Tensor dLoss) {
+        return gpuM.lossBackward(ctx, params, dLoss).params();
+      }
+
+      @Override
+      public Map<String, Tensor> stateDict(TransformerLm record) {
+        return gpuM.stateDict(record);
+      }
+    };
+    try (CudaEngine<TransformerLm> gpu = new CudaEngine<>(dev, program, gpuP, names, ParameterSet.of(host), opt)) {
+      Rng rng = new Rng(5);
+      for (int step = 1; step <= 12; step++) {
+        NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+        NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+        double[] loss = new double[2];
+        double[] norm = new double[2];
+        TrainingEngine[] engines = {cpu, gpu};
+        for (int e = 0; e < 2; e++) {
+          engines[e].beginStep();
+          // Two micro-batches (the halves of the batch) so accumulation is exercised.
+          loss[e] = (engines[e].accumulate(x.narrow(0, 0, 1), y.narrow(0, 0, 1))
+              + engines[e].accumulate(x.narrow(0, 1, 2), y.narrow(0, 1, 2))) / 2;
+          norm[e] = engines[e].clipGradients(2, 0.5);
+          engines[e].update(3e-3);
+        }
+        // Rounding differences grow slowly through the updates: 1e-4 relative after 12 steps is far below the
+        // change a wrong update rule, clipping or accumulation makes (those move the loss by 1e-2 within a step).
+        assertEquals(loss[0], loss[1], 1e-4 * loss[0], "step " + step + " loss");
+        assertEquals(norm[0], norm[1], 1e-3 * norm[0], "step " + step + " gradient norm");
+      }
+      gpu.syncToHost();
+      double worst = 0;
+      for (String n : cpu.hostParameters().names()) {
+        double[] a = cpu.hostParameters().get(n).to(DType.F64).toDoubleArray();
+        double[] b = gpu.hostParameters().get(n).to(DType.F64).toDoubleArray();
+        for (int i = 0; i < a.length; i++) {
+          worst = Math.max(worst, Math.abs(a[i] - b[i]));
+        }
+      }
+      assertTrue(worst < 1e-3, "parameters after 12 steps differ by " + worst);
+      assertEquals(12, gpu.hostOptimizer().stepCount());
+    }
+  }
+}

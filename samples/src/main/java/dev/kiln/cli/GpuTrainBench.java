@@ -1,0 +1,130 @@
+package dev.kiln.cli;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
+import dev.kiln.runtime.io.Json;
+import dev.kiln.runtime.optim.AdamW;
+import dev.kiln.runtime.optim.ParameterSet;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Rng;
+import dev.kiln.runtime.train.CudaEngine;
+import dev.kiln.runtime.train.ModelConfig;
+import dev.kiln.runtime.train.TrainConfig;
+import java.io.PrintStream;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Full CS336 training steps on a GPU (forward, loss, backward, global-norm clipping, fused AdamW), for the named
+ * model sizes of CS336 assignment 2 and the TinyStories config of assignment 1. Prints one JSON line per config in
+ * the format of {@code scripts/reference/train_bench_gpu.py} (the PyTorch peer), so
+ * {@code scripts/reference/train_bench_table.py} lines both up.
+ *
+ * <p>MFU counts {@code 6·N·tokens + 6·L·T·d·tokens} FLOPs per step: N the matmul weights (projections, FFN, LM head;
+ * not the embedding table or norm gains), the attention term PaLM's {@code 12·L·T·d} halved for the causal mask;
+ * peak 989.4 TFLOP/s (H200 dense bf16). The same definition as the peer's.
+ */
+final class GpuTrainBench {
+  /** A benchmark config: model and batch. */
+  record Size(String name, int dModel, int dFf, int layers, int heads, int context, int batch) {}
+
+  static final List<Size> SIZES = List.of(
+      new Size("small", 768, 3072, 12, 12, 512, 4),
+      new Size("medium", 1024, 4096, 24, 16, 512, 4),
+      new Size("large", 1280, 5120, 36, 20, 512, 4),
+      new Size("xl", 2560, 10240, 32, 32, 512, 4),
+      new Size("tinystories", 512, 1344, 4, 16, 256, 128));
+
+  private static final double PEAK = 989.4e12;
+  private static final int VOCAB = 10_000;
+
+  private GpuTrainBench() {}
+
+  static Size size(String name) {
+    return SIZES.stream().filter(s -> s.name().equals(name)).findFirst().orElseThrow(() ->
+        new IllegalArgumentException("unknown config '" + name + "'; known: "
+            + SIZES.stream().map(Size::name).toList()));
+  }
+
+  /** Times {@code steps} steps after {@code warmup} of each config; one JSON line each on {@code out}. */
+  static void run(List<String> configs, CudaModelDevice.Precision precision, int steps, int warmup,
+      PrintStream out) {
+    CudaModelDevice dev = new CudaModelDevice(0, precision);
+    for (String name : configs) {
+      Size s = size(name);
+      Map<String, Object> line = new LinkedHashMap<>();
+      line.put("impl", "kiln");
+      line.put("config", s.name());
+      try {
+        line.putAll(measure(dev, s, steps, warmup));
+      } catch (RuntimeException | OutOfMemoryError e) {
+        line.put("error", String.valueOf(e));
+      }
+      line.put("device", dev.gpu().toString());
+      line.put("precision", precision.name().toLowerCase(java.util.Locale.ROOT));
+      out.println(Json.write(line));
+      out.flush();
+      dev.gpu().allocator().emptyCache();
+    }
+  }
+
+  private static Map<String, Object> measure(CudaModelDevice dev, Size s, int steps, int warmup) {
+    ModelConfig config = new ModelConfig(VOCAB, s.context(), s.dModel(), s.layers(), s.heads(), s.dFf(), 10_000.0,
+        ModelConfig.NormPlacement.PRE, ModelConfig.NormType.RMSNORM, 1e-5, ModelConfig.Ffn.SWIGLU,
+        ModelConfig.Positions.ROPE, false, false, 0.0);
+    // torch.optim.AdamW's form and settings, as the peer script runs it.
+    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.999,
+        1e-8, 0.01, AdamW.Formula.PYTORCH, 0, false);
+    long buildStart = System.nanoTime();
+    try (CudaEngine<?> engine = Cs336Lm.cudaEngine(config, 0, dev, opt)) {
+      double buildSeconds = (System.nanoTime() - buildStart) / 1e9;
+      ParameterSet p = engine.hostParameters();
+      long matmul = 0;
+      for (String n : p.names()) {
+        NdArray a = p.get(n);
+        if (a.rank() == 2 && !n.startsWith("token_embeddings") && !n.startsWith("position_embeddings")) {
+          matmul += a.numel();
+        }
+      }
+      long tokens = (long) s.batch() * s.context();
+      double flops = 6.0 * matmul * tokens + 6.0 * s.layers() * s.context() * s.dModel() * tokens;
+      Rng rng = new Rng(1);
+      double[] times = new double[steps];
+      long launchesBefore = 0;
+      for (int i = -warmup; i < steps; i++) {
+        NdArray x = rng.integers(NdArray.zeros(DType.I64, s.batch(), s.context()), 0, VOCAB);
+        NdArray y = rng.integers(NdArray.zeros(DType.I64, s.batch(), s.context()), 0, VOCAB);
+        if (i == 0) {
+          launchesBefore = dev.launches();
+        }
+        long t0 = System.nanoTime();
+        engine.beginStep();
+        double loss = engine.accumulate(x, y);
+        engine.clipGradients(1, 1.0);
+        engine.update(1e-4);
+        dev.synchronize();
+        if (i >= 0) {
+          times[i] = (System.nanoTime() - t0) / 1e9;
+        }
+        if (!Double.isFinite(loss)) {
+          throw new IllegalStateException("loss is " + loss + " at step " + i);
+        }
+      }
+      double[] sorted = times.clone();
+      Arrays.sort(sorted);
+      double mean = Arrays.stream(times).sum() / steps;
+      Map<String, Object> r = new LinkedHashMap<>();
+      r.put("params", p.numel());
+      r.put("ms_per_step", mean * 1e3);
+      r.put("median_ms", sorted[steps / 2] * 1e3);
+      r.put("tokens_per_s", tokens / mean);
+      r.put("mfu", flops / (mean * PEAK));
+      r.put("launches_per_step", (dev.launches() - launchesBefore) / steps);
+      r.put("peak_mem_gib", dev.gpu().allocator().stats().peakBytesInUse() / (double) (1L << 30));
+      r.put("build_s", buildSeconds);
+      return r;
+    }
+  }
+}
