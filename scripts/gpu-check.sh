@@ -2,8 +2,8 @@
 # Builds Kiln here and packs into .device/ everything the GPU machine needs to run all *GpuTest classes and the CUDA
 # benchmarks (Kiln and the PyTorch peer) in one command. The GPU machine has no Java, Maven or network
 # (docs/cuda.md, ../shared/design/GPU.md), so the package holds a jlinked JRE, the project jars, the CUDA test
-# classes, JUnit's launcher, JCuda with only its driver natives, and the Python peer scripts; OpenBLAS is left
-# behind (no GPU test uses the CPU GEMM). The package must stay under the 64 MiB transfer limit.
+# classes, JUnit's launcher, JCuda with only its driver natives, OpenBLAS (the GPU tests compare against the CPU
+# device) and the Python peer scripts. The package must stay under the 64 MiB transfer limit.
 #
 #   scripts/gpu-check.sh [DEST]      # DEST defaults to .device (git-ignored)
 # then on the GPU machine, from the folder that holds DEST:
@@ -42,7 +42,7 @@ printf ':%s\n' "$(tr ':' '\n' < "$dest/cp2.txt" | grep picocli | head -1)" >> "$
 rm -f "$dest/cp2.txt"
 tr ':' '\n' < "$dest/cp.txt" | while read -r jar; do
   case "$(basename "$jar")" in
-    openblas-*|kiln-*|auto-service-*) ;;              # OpenBLAS natives stay here; kiln jars copied above
+    kiln-*|auto-service-*) ;;                         # kiln jars copied above
     jcuda-natives-*)
       # Only the driver binding loads (cuBLAS/NVRTC go through FFM): drop the other natives (24 MB of them).
       tmp=$(mktemp -d)

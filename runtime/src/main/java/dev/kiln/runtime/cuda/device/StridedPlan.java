@@ -30,8 +30,9 @@ final class StridedPlan {
       n = Math.multiplyExact(n, s);
     }
     int ops = strides.length;
-    long[] outShape = new long[shape.length];
-    long[][] outStrides = new long[ops][shape.length];
+    // At least one dim: a 0-d tensor walks as [1].
+    long[] outShape = new long[Math.max(1, shape.length)];
+    long[][] outStrides = new long[ops][Math.max(1, shape.length)];
     int r = 0;
     // Walk from the innermost dim outwards; dim d merges into the current innermost kept dim when, for every
     // operand, stride[d] == stride[kept] * size[kept].

@@ -63,9 +63,10 @@ template <> __device__ __forceinline__ KilnB16 kfd<KilnB16>(double x) {
   r.bits = (unsigned short)(kiln_pack_bf16((float)x, 0.f) & 0xffffu);
   return r;
 }
-template <> __device__ __forceinline__ int kfd<int>(double x) { return (int)x; }
+template <> __device__ __forceinline__ int kfd<int>(double x) { return (int)(kiln_i64)x; }
 template <> __device__ __forceinline__ kiln_i64 kfd<kiln_i64>(double x) { return (kiln_i64)x; }
-template <> __device__ __forceinline__ unsigned char kfd<unsigned char>(double x) { return (unsigned char)x; }
+// Through a 64-bit integer, so negative values wrap modulo 256 as the CPU's cast does (a direct cast is undefined).
+template <> __device__ __forceinline__ unsigned char kfd<unsigned char>(double x) { return (unsigned char)(kiln_i64)x; }
 template <> __device__ __forceinline__ KilnBool kfd<KilnBool>(double x) {
   KilnBool r;
   r.v = x != 0.0;

@@ -83,6 +83,7 @@ class CudaModelDeviceGpuTest {
     same("broadcast copy", ref, dst);
     Tensor full = gpu.full(DType.F32, 2.5, 3, 2);
     assertTrue(Arrays.stream(gpu.download(full)).allMatch(v -> v == 2.5));
+    assertEquals(0.5, gpu.download(gpu.full(DType.F32, 0.5))[0], "a 0-d tensor");
     Tensor iota = gpu.iota(DType.I64, 9);
     assertEquals(8.0, gpu.download(iota)[8]);
   }
