@@ -92,8 +92,10 @@ class TransformerLmGpuTest {
               dev.fromHost(targets), dev::download, dev);
           String what = v.name() + (mixed ? " bf16" : " fp32");
           // fp32: the same float math in another order (cuBLAS, block reductions, atomics in the embedding
-          // gradient): 1e-5 relative on the loss, 1e-3 of each gradient's largest element. bf16: operands of GEMMs
-          // and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
+          // gradient): 1e-5 relative on the loss, 1e-3 of each gradient's largest element plus 1e-5 absolute
+          // (some gradients are sums of nearly cancelling terms, ~1e-6 in size, e.g. QK-norm biases under
+          // z-loss: there only rounding noise is left, while real gradient entries are 1e-3 to 1). bf16: operands
+          // of GEMMs and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
           assertEquals(ref.loss(), got.loss(), (mixed ? 1e-2 : 1e-5) * Math.abs(ref.loss()), what + ": loss");
           for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
             double[] r = e.getValue();
@@ -110,10 +112,11 @@ class TransformerLmGpuTest {
               max = Math.max(max, Math.abs(r[i]));
             }
             if (mixed) {
-              assertTrue(den == 0 ? num == 0 : Math.sqrt(num / den) < 6e-2, what + " " + e.getKey()
+              // Plus 1e-5 per element in the L2 sum, for the rounding-noise gradients described above.
+              assertTrue(Math.sqrt(num) <= 6e-2 * Math.sqrt(den) + 1e-5 * Math.sqrt(r.length), what + " " + e.getKey()
                   + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
             } else {
-              assertTrue(worst <= 1e-3 * max + 1e-7, what + " " + e.getKey() + ": worst error " + worst + " of max "
+              assertTrue(worst <= 1e-3 * max + 1e-5, what + " " + e.getKey() + ": worst error " + worst + " of max "
                   + max);
             }
           }

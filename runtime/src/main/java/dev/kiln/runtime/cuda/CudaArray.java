@@ -337,6 +337,16 @@ public final class CudaArray implements AutoCloseable {
     return new CudaArray(device, buffer, false, dtype, newShape.clone(), st, offset);
   }
 
+  /** Whether this array and {@code other} are views of one device buffer. */
+  public boolean sharesBufferWith(CudaArray other) {
+    return buffer == other.buffer;
+  }
+
+  /** Whether this array allocated its buffer (and returns it on {@link #close()}); views do not. */
+  public boolean ownsBuffer() {
+    return owner;
+  }
+
   /** Returns the buffer to the allocator's cache if this array allocated it; views do nothing. */
   @Override
   public void close() {

@@ -108,22 +108,31 @@ public final class CudaModelDevice implements Device {
     private final List<CudaArray> owned = new ArrayList<>();
     private boolean closed;
 
-    /** Keeps {@code t} (made in this scope) alive past it: it moves to the enclosing scope, or becomes permanent. */
+    /**
+     * Keeps {@code t} (made in this scope, or a view of a tensor made in it) alive past it: its memory moves to the
+     * enclosing scope, or becomes permanent when there is none.
+     */
     public Tensor keep(Tensor t) {
       CudaArray a = arr(t, "keep", "t");
-      if (owned.remove(a)) {
-        Scope outer = null;
-        boolean below = false;
-        for (Scope s : scopes) {
-          if (below) {
-            outer = s;
-            break;
-          }
-          below = s == this;
+      List<CudaArray> moved = new ArrayList<>();
+      owned.removeIf(o -> {
+        boolean same = o.sharesBufferWith(a);
+        if (same) {
+          moved.add(o);
         }
-        if (outer != null) {
-          outer.owned.add(a);
+        return same;
+      });
+      Scope outer = null;
+      boolean below = false;
+      for (Scope s : scopes) { // innermost first
+        if (below) {
+          outer = s;
+          break;
         }
+        below = s == this;
+      }
+      if (outer != null) {
+        outer.owned.addAll(moved);
       }
       return t;
     }
