@@ -112,6 +112,16 @@ final class GpuTrainBench {
           throw new IllegalStateException("loss is " + loss + " at step " + i);
         }
       }
+      // One more step with the device's profiler on (a sync after every operation): where the time goes.
+      NdArray px = rng.integers(NdArray.zeros(DType.I64, s.batch(), s.context()), 0, VOCAB);
+      dev.profile(true);
+      engine.beginStep();
+      engine.accumulate(px, px);
+      engine.clipGradients(1, 1.0);
+      engine.update(1e-4);
+      dev.profile(false);
+      System.err.println("profile of one " + s.name() + " step (synchronised after every operation):");
+      System.err.print(dev.profileReport());
       double[] sorted = times.clone();
       Arrays.sort(sorted);
       double mean = Arrays.stream(times).sum() / steps;

@@ -97,6 +97,12 @@ class TransformerLmGpuTest {
           // z-loss: there only rounding noise is left, while real gradient entries are 1e-3 to 1). bf16: operands
           // of GEMMs and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
           assertEquals(ref.loss(), got.loss(), (mixed ? 1e-2 : 1e-5) * Math.abs(ref.loss()), what + ": loss");
+          double scale = 0;
+          for (double[] r : ref.grads().values()) {
+            for (double x : r) {
+              scale = Math.max(scale, Math.abs(x));
+            }
+          }
           for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
             double[] r = e.getValue();
             double[] g = got.grads().get(e.getKey());
@@ -112,8 +118,10 @@ class TransformerLmGpuTest {
               max = Math.max(max, Math.abs(r[i]));
             }
             if (mixed) {
-              // Plus 1e-5 per element in the L2 sum, for the rounding-noise gradients described above.
-              assertTrue(Math.sqrt(num) <= 6e-2 * Math.sqrt(den) + 1e-5 * Math.sqrt(r.length), what + " " + e.getKey()
+              // Plus, per element, 2^-8 of the model's largest gradient entry: a gradient that is a sum of nearly
+              // cancelling terms (the QK-norm biases above) keeps only bf16 rounding noise of terms of that size.
+              assertTrue(Math.sqrt(num) <= 6e-2 * Math.sqrt(den) + scale / 256 * Math.sqrt(r.length), what + " "
+                  + e.getKey()
                   + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
             } else {
               assertTrue(worst <= 1e-3 * max + 1e-5, what + " " + e.getKey() + ": worst error " + worst + " of max "

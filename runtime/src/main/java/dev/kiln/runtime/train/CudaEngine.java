@@ -167,7 +167,9 @@ public final class CudaEngine<P> implements TrainingEngine {
           dev.addInto(sum, gi);
         }
       }
-      return dev.download(loss)[0];
+      double value = dev.download(loss)[0];
+      dev.mark("loss download");
+      return value;
     }
   }
 
@@ -181,6 +183,7 @@ public final class CudaEngine<P> implements TrainingEngine {
     for (double s : dev.sumsOfSquares(list)) {
       sum += s;
     }
+    dev.mark("gradient norms");
     double norm = Math.sqrt(sum) / microBatches;
     double clip = maxNorm > 0 && norm > maxNorm && !Double.isInfinite(norm) ? maxNorm / (norm + GradClip.EPS) : 1;
     gradScale = clip / microBatches;
@@ -199,7 +202,9 @@ public final class CudaEngine<P> implements TrainingEngine {
     adamw.step(ps, new FusedAdamW.Hyper((float) lr, (float) optConfig.beta1(), (float) optConfig.beta2(),
         (float) optConfig.eps(), (float) optConfig.weightDecay(), steps, (float) gradScale,
         optConfig.formula() == AdamW.Formula.CS336));
+    dev.mark("fused AdamW");
     abandonStep();
+    dev.mark("end of step (scope close)");
   }
 
   @Override

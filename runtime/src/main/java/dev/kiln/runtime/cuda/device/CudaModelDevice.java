@@ -175,8 +175,56 @@ public final class CudaModelDevice implements Device {
   }
 
   private CudaArray newArray(DType dtype, long... shape) {
-    CudaArray a = track(CudaArray.empty(gpu, stream, dtype, shape));
+    return track(temp(dtype, shape));
+  }
+
+  /**
+   * A scratch array outside every scope, which the caller closes as soon as the work reading it is queued: blocks
+   * are reused only on this device's one stream, so a later user cannot overtake the work queued before it.
+   */
+  private CudaArray temp(DType dtype, long... shape) {
+    CudaArray a = CudaArray.empty(gpu, stream, dtype, shape);
     return poison ? a.poison() : a;
+  }
+
+  // ================================================================ profiling
+
+  private final Map<String, double[]> profile = new java.util.TreeMap<>();
+  private boolean profiling;
+  private long lastMark;
+
+  /**
+   * With {@code on}, the device waits for the GPU after every operation and charges the time since the previous one
+   * (host preparation plus GPU execution) to the operation's kind: slow, for finding where a step's time goes.
+   */
+  public void profile(boolean on) {
+    if (on && !profiling) {
+      gpu.synchronize();
+      lastMark = System.nanoTime();
+      profile.clear();
+    }
+    profiling = on;
+  }
+
+  /** Milliseconds and calls per kind of operation since {@link #profile} was turned on, slowest first. */
+  public String profileReport() {
+    StringBuilder b = new StringBuilder();
+    profile.entrySet().stream().sorted((x, y) -> Double.compare(y.getValue()[0], x.getValue()[0]))
+        .forEach(e -> b.append(String.format(java.util.Locale.ROOT, "%-44s %9.3f ms %7d calls%n", e.getKey(),
+            e.getValue()[0] / 1e6, (long) e.getValue()[1])));
+    return b.toString();
+  }
+
+  /** Charges the time since the last operation to {@code kind} when profiling (for work queued outside the device). */
+  public void mark(String kind) {
+    if (profiling) {
+      gpu.synchronize();
+      long now = System.nanoTime();
+      double[] acc = profile.computeIfAbsent(kind, k -> new double[2]);
+      acc[0] += now - lastMark;
+      acc[1]++;
+      lastMark = now;
+    }
   }
 
   /**
@@ -355,6 +403,7 @@ public final class CudaModelDevice implements Device {
     long blocks = Math.min((n + BLOCK - 1) / BLOCK, MAX_GRID);
     op(symbol).launch(stream, blocks, 1, BLOCK, 0, args);
     launches++;
+    mark(symbol);
   }
 
   // ================================================================ memory
@@ -523,20 +572,24 @@ public final class CudaModelDevice implements Device {
           + " (shared) or c's rank; got a " + Arrays.toString(x.shape()) + ", b " + Arrays.toString(y.shape())
           + ", c " + Arrays.toString(z.shape()));
     }
-    if (precision == Precision.BF16) {
-      x = bf16Of(ta);
-      y = bf16Of(tb);
+    List<CudaArray> temps = new ArrayList<>(4);
+    try {
+      if (precision == Precision.BF16) {
+        x = bf16Of(ta, temps);
+        y = bf16Of(tb, temps);
+      }
+      CudaArray opA = gemmOperand(transA ? x.transpose(-2, -1) : x, temps);
+      CudaArray opB = gemmOperand(transB ? y.transpose(-2, -1) : y, temps);
+      cublas.gemm((float) alpha, opA, opB, (float) beta, z);
+      launches++;
+    } finally {
+      temps.forEach(CudaArray::close);
     }
-    CudaArray opA = transA ? x.transpose(-2, -1) : x;
-    CudaArray opB = transB ? y.transpose(-2, -1) : y;
-    opA = gemmOperand(opA);
-    opB = gemmOperand(opB);
-    cublas.gemm((float) alpha, opA, opB, (float) beta, z);
-    launches++;
+    mark("gemm " + (z.rank() == 3 ? "batched" : "") + (precision == Precision.BF16 ? "bf16" : "fp32"));
   }
 
-  /** cuBLAS needs rows or columns contiguous; anything else is copied first. */
-  private CudaArray gemmOperand(CudaArray m) {
+  /** cuBLAS needs rows or columns contiguous; anything else is copied (into a scratch array) first. */
+  private CudaArray gemmOperand(CudaArray m, List<CudaArray> temps) {
     int r = m.rank();
     long rows = m.shape(r - 2);
     long cols = m.shape(r - 1);
@@ -544,11 +597,17 @@ public final class CudaModelDevice implements Device {
     long cs = m.stride(r - 1);
     boolean rowMajor = (cols == 1 || cs == 1) && (rows == 1 || rs >= cols);
     boolean colMajor = (rows == 1 || rs == 1) && (cols == 1 || cs >= rows);
-    return rowMajor || colMajor ? m : contiguousArray(m);
+    if (rowMajor || colMajor) {
+      return m;
+    }
+    CudaArray c = temp(m.dtype(), m.shape());
+    temps.add(c);
+    copyArray(m, c);
+    return c;
   }
 
-  /** The bf16 form of an F32 tensor: its twin when it has one, else a cast into the current scope. */
-  private CudaArray bf16Of(CudaTensor t) {
+  /** The bf16 form of an F32 tensor: its twin when it has one, else a cast into a scratch array. */
+  private CudaArray bf16Of(CudaTensor t, List<CudaArray> temps) {
     if (t.bf16Twin() != null) {
       return t.bf16Twin();
     }
@@ -556,7 +615,8 @@ public final class CudaModelDevice implements Device {
     if (a.dtype() == DType.BF16) {
       return a;
     }
-    CudaArray out = newArray(DType.BF16, a.shape());
+    CudaArray out = temp(DType.BF16, a.shape());
+    temps.add(out);
     copyArray(a, out);
     return out;
   }
@@ -686,13 +746,30 @@ public final class CudaModelDevice implements Device {
     }
     if (a.isContiguous() && leading && rows > 1) {
       reduceColumns(t, a, out, cols, rows, opCode);
+      mark("reduce columns");
     } else {
-      CudaArray src = a.isContiguous() && isIdentity(order) ? a : contiguousArray(a.permute(order));
+      boolean direct = a.isContiguous() && isIdentity(order);
+      CudaArray src = direct ? a : temp(a.dtype(), permuted(a.shape(), order));
+      if (!direct) {
+        copyArray(a.permute(order), src);
+      }
       op("kiln_reduce_rows_" + t).launch(stream, rows, 1, BLOCK, 0,
           new KernelArgs().ptr(src).ptr(out).i64(rows).i64(cols).i32(opCode));
       launches++;
+      if (!direct) {
+        src.close();
+      }
+      mark("reduce rows");
     }
     return wrap(out);
+  }
+
+  private static long[] permuted(long[] shape, int[] order) {
+    long[] out = new long[order.length];
+    for (int i = 0; i < order.length; i++) {
+      out[i] = shape[order[i]];
+    }
+    return out;
   }
 
   private static long[] stridesOfKept(CudaArray a, boolean[] red, int outRank, boolean keepDims) {
@@ -730,11 +807,12 @@ public final class CudaModelDevice implements Device {
       launches++;
       return;
     }
-    CudaArray partial = newArray(a.dtype(), chunks, kept);
-    k.launch(stream, colBlocks, chunks, BLOCK, 0, new KernelArgs().ptr(a).ptr(partial).i64(reduced).i64(kept)
-        .i32(opCode).i64(perChunk));
-    k.launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs().ptr(partial).ptr(out).i64(chunks).i64(kept)
-        .i32(opCode).i64(chunks));
+    try (CudaArray partial = temp(a.dtype(), chunks, kept)) {
+      k.launch(stream, colBlocks, chunks, BLOCK, 0, new KernelArgs().ptr(a).ptr(partial).i64(reduced).i64(kept)
+          .i32(opCode).i64(perChunk));
+      k.launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs().ptr(partial).ptr(out).i64(chunks).i64(kept)
+          .i32(opCode).i64(chunks));
+    }
     launches += 2;
   }
 
@@ -766,6 +844,7 @@ public final class CudaModelDevice implements Device {
           rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(out).i64(count).i64(d).i64(tab.shape(0))
               .ptr(errorWord));
       launches++;
+      mark("gather rows");
     }
     return wrap(out);
   }
@@ -788,6 +867,7 @@ public final class CudaModelDevice implements Device {
           rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(s).i64(count).i64(d).i64(tab.shape(0))
               .ptr(errorWord));
       launches++;
+      mark("scatter-add rows");
     }
   }
 
@@ -885,31 +965,30 @@ public final class CudaModelDevice implements Device {
       k.launch(stream, rows, 1, rowBlock(cols), 0, args);
     }
     launches++;
+    mark("generated " + kernel.name());
   }
 
   // ================================================================ attention
 
   @Override
   public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
-    CudaArray[] qkv = attentionInputs(q, k, v, "attention");
     long[] shape = arr(q, "attention", "q").shape();
+    CudaArray[] qkv = attentionInputs(q, k, v, "attention");
     long[] lseShape = Arrays.copyOf(shape, shape.length - 1);
-    CudaArray lse = newArray(DType.F32, bhnd(lseShape, false));
-    CudaArray out;
+    long[] lseFlat = bhnd(lseShape, false);
+    CudaArray lse = newArray(DType.F32, lseShape);
+    CudaArray lseView = lse.strided(lseFlat, NdArray.contiguousStrides(lseFlat), lse.offset());
+    CudaArray o = newArray(qkv[0].dtype(), qkv[0].shape());
+    flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, o, lseView);
+    launches++;
+    CudaArray out = fromAttention(o, shape);
     if (precision == Precision.BF16) {
-      CudaArray outBf16 = newArray(DType.BF16, qkv[0].shape());
-      flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, outBf16, lse);
-      out = newArray(DType.F32, shape);
-      copyArray(outBf16, out.strided(qkv[0].shape(), NdArray.contiguousStrides(qkv[0].shape()), out.offset()));
-      attentionBf16.put(out, new CudaArray[] {qkv[0], qkv[1], qkv[2], outBf16});
-    } else {
-      CudaArray o = newArray(DType.F32, qkv[0].shape());
-      flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, o, lse);
-      out = o.strided(shape, NdArray.contiguousStrides(shape), o.offset());
+      // q, k, v and out as the kernels saw them (bf16, padded), for this attention's backward; out is a scope
+      // array, so the entry goes when the scope closes.
+      attentionBf16.put(out, new CudaArray[] {qkv[0], qkv[1], qkv[2], o});
     }
-    launches += 2;
-    return new AttentionOut(wrap(out), wrap(lse.strided(lseShape, NdArray.contiguousStrides(lseShape),
-        lse.offset())));
+    mark("attention forward");
+    return new AttentionOut(wrap(out), wrap(lse));
   }
 
   @Override
@@ -917,24 +996,55 @@ public final class CudaModelDevice implements Device {
       Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale) {
     long[] shape = arr(q, "attentionBackward", "q").shape();
     CudaArray outArr = arr(out, "attentionBackward", "out");
-    CudaArray[] saved = precision == Precision.BF16 ? attentionBf16.get(outArr) : null;
-    CudaArray[] qkv = saved != null ? saved : attentionInputs(q, k, v, "attentionBackward");
-    long[] flat = qkv[0].shape();
-    DType dt = qkv[0].dtype();
-    CudaArray o = saved != null ? saved[3] : toAttention(outArr, flat, dt);
-    CudaArray dO = toAttention(arr(dOut, "attentionBackward", "dOut"), flat, dt);
-    long[] lseFlat = bhnd(Arrays.copyOf(shape, shape.length - 1), false);
-    CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
-    l = l.strided(lseFlat, NdArray.contiguousStrides(lseFlat), l.offset());
-    CudaArray dq = newArray(dt, flat);
-    CudaArray dk = newArray(dt, flat);
-    CudaArray dv = newArray(dt, flat);
-    flash.backwardInto(qkv[0], qkv[1], qkv[2], o, l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
-    launches += 3;
-    return new AttentionGrads(fromAttention(dq, shape), fromAttention(dk, shape), fromAttention(dv, shape));
+    CudaArray[] saved = attentionBf16.get(outArr);
+    List<CudaArray> temps = new ArrayList<>();
+    try {
+      CudaArray[] qkvo;
+      if (saved != null) {
+        qkvo = saved;
+      } else {
+        CudaArray[] qkv = attentionInputs(q, k, v, "attentionBackward");
+        temps.addAll(Arrays.asList(qkv));
+        qkvo = new CudaArray[] {qkv[0], qkv[1], qkv[2], toAttention(outArr, qkv[0].shape(), temps)};
+      }
+      long[] flat = qkvo[0].shape();
+      CudaArray dO = toAttention(arr(dOut, "attentionBackward", "dOut"), flat, temps);
+      long[] lseFlat = bhnd(Arrays.copyOf(shape, shape.length - 1), false);
+      CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
+      l = l.strided(lseFlat, NdArray.contiguousStrides(lseFlat), l.offset());
+      // fp32 at the true width: the kernels write the results themselves (scope arrays); else scratch to copy from.
+      boolean direct = qkvo[0].dtype() == DType.F32 && flat[3] == shape[shape.length - 1];
+      CudaArray dq = direct ? newArray(DType.F32, flat) : temp(qkvo[0].dtype(), flat);
+      CudaArray dk = direct ? newArray(DType.F32, flat) : temp(qkvo[0].dtype(), flat);
+      CudaArray dv = direct ? newArray(DType.F32, flat) : temp(qkvo[0].dtype(), flat);
+      if (!direct) {
+        temps.addAll(List.of(dq, dk, dv));
+      }
+      flash.backwardInto(qkvo[0], qkvo[1], qkvo[2], qkvo[3], l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
+      launches += 3;
+      AttentionGrads g = new AttentionGrads(wrap(copyOut(dq, shape)), wrap(copyOut(dk, shape)),
+          wrap(copyOut(dv, shape)));
+      mark("attention backward");
+      return g;
+    } finally {
+      // Scratch only: results were copied out; q, k, v, out saved by forward belong to its scope.
+      temps.forEach(CudaArray::close);
+    }
   }
 
-  /** q, k, v as contiguous [batch·heads, 1, n, d] arrays of the attention dtype (bf16 in mixed precision). */
+  /**
+   * Head width the attention kernels run at: in mixed precision, widths other than 64 and 128 are zero-padded up to
+   * the next of them (≤ 128), so they take the tensor-core kernels; zero columns add nothing to q·k and produce
+   * zero output columns, which are dropped. fp32 runs at the true width (SIMT kernels).
+   */
+  private long attentionWidth(long d) {
+    if (precision != Precision.BF16 || d == 64 || d == 128 || d > 128) {
+      return d;
+    }
+    return d < 64 ? 64 : 128;
+  }
+
+  /** q, k, v as contiguous [batch·heads, 1, n, width] arrays of the attention dtype (bf16 in mixed precision). */
   private CudaArray[] attentionInputs(Tensor q, Tensor k, Tensor v, String op) {
     CudaArray a = arr(q, op, "q");
     CudaArray b = arr(k, op, "k");
@@ -947,9 +1057,9 @@ public final class CudaModelDevice implements Device {
     if (a.dtype() != DType.F32 || b.dtype() != DType.F32 || c.dtype() != DType.F32) {
       throw new IllegalArgumentException("cuda device, " + op + ": attention runs on F32 tensors, got " + a.dtype());
     }
-    DType dt = precision == Precision.BF16 ? DType.BF16 : DType.F32;
     long[] flat = bhnd(a.shape(), true);
-    return new CudaArray[] {toAttention(a, flat, dt), toAttention(b, flat, dt), toAttention(c, flat, dt)};
+    flat[3] = attentionWidth(flat[3]);
+    return new CudaArray[] {toAttention(a, flat, null), toAttention(b, flat, null), toAttention(c, flat, null)};
   }
 
   /** [..., n, d] as [prod(...), 1, n, d] (or [..., n] as [prod(...), 1, n] when {@code !withD}). */
@@ -963,22 +1073,50 @@ public final class CudaModelDevice implements Device {
         : new long[] {lead, 1, shape[shape.length - 1]};
   }
 
-  private CudaArray toAttention(CudaArray a, long[] flat, DType dt) {
-    if (a.dtype() == dt && a.isContiguous()) {
+  /**
+   * {@code a} ([..., n, d], F32) as the kernels want it: {@code flat} ([lead, 1, n, width]) in the attention dtype,
+   * zero-padded to the width. A view when nothing changes; else a new array, tracked by the scope ({@code temps}
+   * null) or added to {@code temps}.
+   */
+  private CudaArray toAttention(CudaArray a, long[] flat, List<CudaArray> temps) {
+    DType dt = precision == Precision.BF16 ? DType.BF16 : DType.F32;
+    long d = a.shape(-1);
+    if (a.dtype() == dt && a.isContiguous() && flat[3] == d) {
       return a.strided(flat, NdArray.contiguousStrides(flat), a.offset());
     }
-    CudaArray out = newArray(dt, a.shape());
-    copyArray(a, out);
-    return out.strided(flat, NdArray.contiguousStrides(flat), out.offset());
+    CudaArray out = temps == null ? newArray(dt, flat) : temp(dt, flat);
+    if (temps != null) {
+      temps.add(out);
+    }
+    if (flat[3] != d) {
+      fill(wrap(out), 0);
+    }
+    long[] src = flat.clone();
+    src[3] = d;
+    copyArray(reshapeArray(a, src), out.narrow(3, 0, d));
+    return out;
   }
 
-  private Tensor fromAttention(CudaArray g, long[] shape) {
-    if (g.dtype() == DType.F32) {
-      return wrap(g.strided(shape, NdArray.contiguousStrides(shape), g.offset()));
+  /** The first {@code shape[-1]} columns of a kernel result [lead, 1, n, width] as a new F32 array of {@code shape}. */
+  private CudaArray copyOut(CudaArray g, long[] shape) {
+    long d = shape[shape.length - 1];
+    if (g.dtype() == DType.F32 && g.shape(3) == d) {
+      return g.strided(shape, NdArray.contiguousStrides(shape), g.offset());
     }
     CudaArray out = newArray(DType.F32, shape);
-    copyArray(g.strided(shape, NdArray.contiguousStrides(shape), g.offset()), out);
-    return wrap(out);
+    long[] flat = g.shape();
+    flat[3] = d;
+    copyArray(g.narrow(3, 0, d), out.strided(flat, NdArray.contiguousStrides(flat), out.offset()));
+    return out;
+  }
+
+  /** The forward's output as an F32 array of {@code shape} (a view when the kernel already wrote that). */
+  private CudaArray fromAttention(CudaArray o, long[] shape) {
+    long d = shape[shape.length - 1];
+    if (o.dtype() == DType.F32 && o.shape(3) == d) {
+      return o.strided(shape, NdArray.contiguousStrides(shape), o.offset());
+    }
+    return copyOut(o, shape);
   }
 
   private static AttentionMask attentionMask(Mask m) {
