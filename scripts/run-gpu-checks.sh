@@ -10,6 +10,7 @@
 #   KILN_TORCH_MODES=eager,compile   PyTorch modes (default both; "none" skips the peer)
 #   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
+#   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16), from the project folder
 #   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
@@ -43,6 +44,13 @@ if [[ "$torch_modes" != none ]]; then
   PYTHONUNBUFFERED=1 timeout ${KILN_TORCH_TIMEOUT:-300} python3 "$pkg/reference/train_bench_gpu.py" --configs "$torch_configs" \
     --modes "$torch_modes" --steps 20 --warmup 5 2> "$out/torch-train.err" | tee "$out/torch-train.jsonl" | cut -c1-300
   tail -3 "$out/torch-train.err"
+fi
+if [[ "${KILN_QUICKSTART:-0}" == 1 ]]; then
+  echo "=== kiln quickstart, training on cuda (bf16)"
+  timeout ${KILN_QUICKSTART_TIMEOUT:-150} "${java[@]}" -Dkiln.home=. dev.kiln.cli.KilnCommand quickstart \
+    --out "$out/quickstart" --set training.device=cuda --set training.precision=bf16 > "$out/quickstart.log" 2>&1
+  echo "exit $?"
+  grep -vE "^\s*$" "$out/quickstart.log" | tr '\r' '\n' | grep -v "^step " | tail -25 | cut -c1-220
 fi
 if [[ "${KILN_ATTENTION:-0}" == 1 ]]; then
   echo "=== Kiln attention benchmark"

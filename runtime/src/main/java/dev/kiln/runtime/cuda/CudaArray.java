@@ -342,6 +342,11 @@ public final class CudaArray implements AutoCloseable {
     return buffer == other.buffer;
   }
 
+  /** The buffer's identity (equal for every view of one allocation), for caches keyed by memory. */
+  public Object bufferIdentity() {
+    return buffer;
+  }
+
   /** Whether this array allocated its buffer (and returns it on {@link #close()}); views do not. */
   public boolean ownsBuffer() {
     return owner;

@@ -50,9 +50,11 @@ public final class CudaKernel {
           "cuFuncSetAttribute(" + name + ", max dynamic shared memory " + sharedBytes + ")");
       dynamicSharedLimit = sharedBytes;
     }
-    CudaException.check(JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, block, 1, 1, sharedBytes,
-            stream.handle(), args.toPointer(), null),
-        "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + ", block " + block + ", smem " + sharedBytes
-            + ")");
+    int rc = JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, block, 1, 1, sharedBytes,
+        stream.handle(), args.toPointer(), null);
+    if (rc != 0) { // the message is built only on failure: launches are the hot path of a training step
+      CudaException.check(rc, "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + ", block " + block
+          + ", smem " + sharedBytes + ")");
+    }
   }
 }

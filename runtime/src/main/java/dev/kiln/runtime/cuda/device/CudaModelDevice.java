@@ -68,6 +68,22 @@ public final class CudaModelDevice implements Device {
   private final CudaArray errorWord;
   private final ArrayDeque<Scope> scopes = new ArrayDeque<>();
   private final CpuDevice host = new CpuDevice();
+  /** A bf16 cast of an F32 array made in the current step, by the memory it was cast from. */
+  private record CastKey(Object buffer, long offset, List<Long> shape, List<Long> strides) {
+    static CastKey of(CudaArray a) {
+      return new CastKey(a.bufferIdentity(), a.offset(), Arrays.stream(a.shape()).boxed().toList(),
+          Arrays.stream(a.strides()).boxed().toList());
+    }
+  }
+
+  /**
+   * bf16 casts of GEMM operands made while a scope is open, so an activation read by several GEMMs (q, k and v
+   * projections; forward and weight-gradient products) is cast once. Dropped when any scope closes; an entry goes
+   * as soon as its source memory is written ({@link #written}).
+   */
+  private final Map<CastKey, CudaArray> castCache = new java.util.HashMap<>();
+  private final Map<Object, List<CastKey>> castsByBuffer = new IdentityHashMap<>();
+
   /** bf16 copies attention made in forward, by the {@code out} tensor they belong to, for its backward. */
   private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
   private long launches;
@@ -147,6 +163,8 @@ public final class CudaModelDevice implements Device {
         throw new IllegalStateException("cuda device: scopes must close innermost first");
       }
       scopes.pop();
+      castCache.clear();
+      castsByBuffer.clear();
       for (CudaArray a : owned) {
         attentionBf16.remove(a);
         a.close();
@@ -258,6 +276,7 @@ public final class CudaModelDevice implements Device {
 
   /** Copies {@code host} into the contiguous device tensor {@code dst} of the same shape and dtype. */
   public void copyFromHost(NdArray host, Tensor dst) {
+    written(arr(dst, "copyFromHost", "dst"));
     arr(dst, "copyFromHost", "dst").copyFromHost(host);
   }
 
@@ -295,10 +314,11 @@ public final class CudaModelDevice implements Device {
     CudaArray s = floating(src, "addInto", "src");
     sameFloat("addInto", d, s);
     requireContiguous(d, "addInto", "dst");
+    written(d);
     long[] shape = d.shape();
     StridedPlan p = StridedPlan.of(shape, d.strides(), bstrides(s, shape, "src"));
     // out = dst read at the same index it is written: an in-place add.
-    launchFlat("kiln_binary_" + suffix(d.dtype()), p.numel(), new KernelArgs().ptr(d).struct(p.strideWords(0))
+    launchFlat(p.kernel("kiln_binary_" + suffix(d.dtype())), p.numel(), new KernelArgs().ptr(d).struct(p.strideWords(0))
         .ptr(s).struct(p.strideWords(1)).struct(p.shapeWords()).ptr(d).i64(p.numel()).i32(Binary.ADD.ordinal()));
   }
 
@@ -445,14 +465,16 @@ public final class CudaModelDevice implements Device {
   @Override
   public void fill(Tensor out, double value) {
     CudaArray o = arr(out, "fill", "out");
+    written(o);
     StridedPlan p = StridedPlan.of(o.shape(), o.strides());
-    launchFlat("kiln_fill_" + suffix(o.dtype()), p.numel(),
+    launchFlat(p.kernel("kiln_fill_" + suffix(o.dtype())), p.numel(),
         new KernelArgs().ptr(o).struct(p.shapeWords()).struct(p.strideWords(0)).i64(p.numel()).f64(value));
   }
 
   @Override
   public void fillTruncatedNormal(Tensor out, double std, double bound, long seed, long stream) {
     CudaArray o = floating(out, "fillTruncatedNormal", "out");
+    written(o);
     // Drawn on the host with the runtime's Philox generator, so every device initialises a model bit for bit alike.
     NdArray h = NdArray.empty(o.dtype(), o.shape());
     new Rng(seed).stream(stream).truncNormal(h, 0, std, -bound, bound);
@@ -465,9 +487,10 @@ public final class CudaModelDevice implements Device {
   }
 
   private void copyArray(CudaArray s, CudaArray d) {
+    written(d);
     long[] ss = StridedPlan.broadcastStrides(s.shape(), s.strides(), d.shape(), "cuda device, copy: src");
     StridedPlan p = StridedPlan.of(d.shape(), ss, d.strides());
-    launchFlat("kiln_copy_" + suffix(s.dtype()) + "_" + suffix(d.dtype()), p.numel(),
+    launchFlat(p.kernel("kiln_copy_" + suffix(s.dtype()) + "_" + suffix(d.dtype())), p.numel(),
         new KernelArgs().ptr(s).struct(p.shapeWords()).struct(p.strideWords(0)).ptr(d).struct(p.strideWords(1))
             .i64(p.numel()));
   }
@@ -572,6 +595,7 @@ public final class CudaModelDevice implements Device {
           + " (shared) or c's rank; got a " + Arrays.toString(x.shape()) + ", b " + Arrays.toString(y.shape())
           + ", c " + Arrays.toString(z.shape()));
     }
+    written(z);
     List<CudaArray> temps = new ArrayList<>(4);
     try {
       if (precision == Precision.BF16) {
@@ -606,7 +630,10 @@ public final class CudaModelDevice implements Device {
     return c;
   }
 
-  /** The bf16 form of an F32 tensor: its twin when it has one, else a cast into a scratch array. */
+  /**
+   * The bf16 form of an F32 tensor: its twin when it has one; else, inside a scope, a cast shared by every GEMM of
+   * the scope that reads the same memory; outside, a cast into a scratch array.
+   */
   private CudaArray bf16Of(CudaTensor t, List<CudaArray> temps) {
     if (t.bf16Twin() != null) {
       return t.bf16Twin();
@@ -615,10 +642,32 @@ public final class CudaModelDevice implements Device {
     if (a.dtype() == DType.BF16) {
       return a;
     }
-    CudaArray out = temp(DType.BF16, a.shape());
-    temps.add(out);
+    if (scopes.isEmpty()) {
+      CudaArray out = temp(DType.BF16, a.shape());
+      temps.add(out);
+      copyArray(a, out);
+      return out;
+    }
+    CastKey key = CastKey.of(a);
+    CudaArray hit = castCache.get(key);
+    if (hit != null) {
+      return hit;
+    }
+    CudaArray out = newArray(DType.BF16, a.shape());
     copyArray(a, out);
+    castCache.put(key, out);
+    castsByBuffer.computeIfAbsent(key.buffer(), b -> new ArrayList<>()).add(key);
     return out;
+  }
+
+  /** Forgets the casts of memory that {@code a} is about to change. */
+  private void written(CudaArray a) {
+    if (!castsByBuffer.isEmpty()) {
+      List<CastKey> keys = castsByBuffer.remove(a.bufferIdentity());
+      if (keys != null) {
+        keys.forEach(castCache::remove);
+      }
+    }
   }
 
   // ================================================================ primitives
@@ -628,7 +677,7 @@ public final class CudaModelDevice implements Device {
     CudaArray a = floating(x, "unary " + op, "x");
     CudaArray out = newArray(a.dtype(), a.shape());
     StridedPlan p = StridedPlan.of(a.shape(), a.strides());
-    launchFlat("kiln_unary_" + suffix(a.dtype()), p.numel(), new KernelArgs().ptr(a).struct(p.shapeWords())
+    launchFlat(p.kernel("kiln_unary_" + suffix(a.dtype())), p.numel(), new KernelArgs().ptr(a).struct(p.shapeWords())
         .struct(p.strideWords(0)).ptr(out).i64(p.numel()).i32(op.ordinal()));
     return wrap(out);
   }
@@ -641,7 +690,7 @@ public final class CudaModelDevice implements Device {
     long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
     CudaArray out = newArray(x.dtype(), shape);
     StridedPlan p = StridedPlan.of(shape, bstrides(x, shape, "a"), bstrides(y, shape, "b"));
-    launchFlat("kiln_binary_" + suffix(x.dtype()), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0)).ptr(y)
+    launchFlat(p.kernel("kiln_binary_" + suffix(x.dtype())), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0)).ptr(y)
         .struct(p.strideWords(1)).struct(p.shapeWords()).ptr(out).i64(p.numel()).i32(op.ordinal()));
     return wrap(out);
   }
@@ -658,7 +707,7 @@ public final class CudaModelDevice implements Device {
     long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
     CudaArray out = newArray(DType.BOOL, shape);
     StridedPlan p = StridedPlan.of(shape, bstrides(x, shape, "a"), bstrides(y, shape, "b"));
-    launchFlat("kiln_compare_" + suffix(x.dtype()), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0))
+    launchFlat(p.kernel("kiln_compare_" + suffix(x.dtype())), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0))
         .ptr(y).struct(p.strideWords(1)).struct(p.shapeWords()).ptr(out).i64(p.numel()).i32(op.ordinal()));
     return wrap(out);
   }
@@ -676,7 +725,7 @@ public final class CudaModelDevice implements Device {
     CudaArray out = newArray(x.dtype(), shape);
     StridedPlan p = StridedPlan.of(shape, bstrides(c, shape, "cond"), bstrides(x, shape, "a"),
         bstrides(y, shape, "b"));
-    launchFlat("kiln_where_" + suffix(x.dtype()), p.numel(), new KernelArgs().ptr(c).struct(p.strideWords(0)).ptr(x)
+    launchFlat(p.kernel("kiln_where_" + suffix(x.dtype())), p.numel(), new KernelArgs().ptr(c).struct(p.strideWords(0)).ptr(x)
         .struct(p.strideWords(1)).ptr(y).struct(p.strideWords(2)).struct(p.shapeWords()).ptr(out).i64(p.numel()));
     return wrap(out);
   }
@@ -853,6 +902,7 @@ public final class CudaModelDevice implements Device {
   public void scatterAddRows(Tensor dTable, Tensor idsT, Tensor src) {
     CudaArray tab = floating(dTable, "scatterAddRows", "dTable");
     requireContiguous(tab, "scatterAddRows", "dTable");
+    written(tab);
     CudaArray id = contiguousArray(ids(idsT, "scatterAddRows"));
     CudaArray s = contiguousArray(floating(src, "scatterAddRows", "src"));
     sameFloat("scatterAddRows", tab, s);
@@ -891,6 +941,7 @@ public final class CudaModelDevice implements Device {
   public void scatterAddLast(Tensor dx, Tensor idx, Tensor src) {
     CudaArray d = floating(dx, "scatterAddLast", "dx");
     requireContiguous(d, "scatterAddLast", "dx");
+    written(d);
     CudaArray id = contiguousArray(ids(idx, "scatterAddLast"));
     CudaArray s = contiguousArray(floating(src, "scatterAddLast", "src"));
     sameFloat("scatterAddLast", d, s);
@@ -946,6 +997,9 @@ public final class CudaModelDevice implements Device {
       } else if (a.dtype() != dtype) {
         throw new IllegalArgumentException("cuda device, " + what + ": tensors mix " + dtype + " and " + a.dtype());
       }
+      if (i >= kernel.inputs()) {
+        written(a);
+      }
       args.ptr(a);
     }
     long rows = sizes[0];
@@ -982,7 +1036,7 @@ public final class CudaModelDevice implements Device {
     flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, o, lseView);
     launches++;
     CudaArray out = fromAttention(o, shape);
-    if (precision == Precision.BF16) {
+    if (precision == Precision.BF16 && !scopes.isEmpty()) {
       // q, k, v and out as the kernels saw them (bf16, padded), for this attention's backward; out is a scope
       // array, so the entry goes when the scope closes.
       attentionBf16.put(out, new CudaArray[] {qkv[0], qkv[1], qkv[2], o});

@@ -75,6 +75,34 @@ final class StridedPlan {
     return new StridedPlan(sh, st, n);
   }
 
+  /**
+   * Whether the {@code _32} kernels may run this walk: every element index and every operand offset below 2^31
+   * (32-bit division is a few instructions; 64-bit division is emulated and dominates a strided walk).
+   */
+  boolean fits32() {
+    if (numel >= 1L << 31) {
+      return false;
+    }
+    for (long[] st : strides) {
+      long reach = 0;
+      for (int d = 0; d < shape.length; d++) {
+        if (st[d] < 0) {
+          return false;
+        }
+        reach += st[d] * (shape[d] - 1);
+      }
+      if (reach >= 1L << 31) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** {@code base}, or its 32-bit-index twin {@code base_32} when {@link #fits32}. */
+  String kernel(String base) {
+    return fits32() ? base + "_32" : base;
+  }
+
   long numel() {
     return numel;
   }

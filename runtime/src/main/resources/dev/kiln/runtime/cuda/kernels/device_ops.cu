@@ -95,12 +95,15 @@ template <class TO, class TI> __device__ __forceinline__ TO kcvt(TI x) {
 
 // ---------------------------------------------------------------- indexing
 
-__device__ __forceinline__ kiln_i64 kiln_offset(kiln_i64 i, const KilnShape& sh, const KilnStrides& st) {
-  if (sh.rank == 1) return i * st.s[0];
-  kiln_i64 off = 0;
+// Index type I: kiln_i64, or unsigned 32-bit when the host has checked that every element index and every operand
+// offset fits (the "_32" kernels): 64-bit division is emulated in software and dominates a strided walk.
+template <class I>
+__device__ __forceinline__ I kiln_offset(I i, const KilnShape& sh, const KilnStrides& st) {
+  if (sh.rank == 1) return i * (I)st.s[0];
+  I off = 0;
   for (int d = (int)sh.rank - 1; d >= 0; --d) {
-    const kiln_i64 n = sh.size[d];
-    off += (i % n) * st.s[d];
+    const I n = (I)sh.size[d];
+    off += (i % n) * (I)st.s[d];
     i /= n;
   }
   return off;
@@ -108,19 +111,25 @@ __device__ __forceinline__ kiln_i64 kiln_offset(kiln_i64 i, const KilnShape& sh,
 
 #define KILN_GRID_LOOP(i, n) \
   for (kiln_i64 i = (kiln_i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (kiln_i64)gridDim.x * blockDim.x)
+#define KILN_GRID_LOOP_I(i, n) \
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)(n); i += (I)gridDim.x * blockDim.x)
 
 // ---------------------------------------------------------------- copy / cast / fill
 
-template <class TI, class TO>
+template <class I, class TI, class TO>
 __device__ void kiln_copy(const TI* __restrict__ src, KilnShape sh, KilnStrides ss, TO* __restrict__ dst,
                           KilnStrides ds, kiln_i64 n) {
-  KILN_GRID_LOOP(i, n) { dst[kiln_offset(i, sh, ds)] = kcvt<TO>(src[kiln_offset(i, sh, ss)]); }
+  KILN_GRID_LOOP_I(i, n) { dst[kiln_offset<I>(i, sh, ds)] = kcvt<TO>(src[kiln_offset<I>(i, sh, ss)]); }
 }
 
-#define KILN_COPY(NI, TI, NO, TO)                                                                           \
-  extern "C" __global__ void kiln_copy_##NI##_##NO(const TI* src, KilnShape sh, KilnStrides ss, TO* dst,   \
-                                                   KilnStrides ds, kiln_i64 n) {                           \
-    kiln_copy<TI, TO>(src, sh, ss, dst, ds, n);                                                             \
+#define KILN_COPY(NI, TI, NO, TO)                                                                            \
+  extern "C" __global__ void kiln_copy_##NI##_##NO(const TI* src, KilnShape sh, KilnStrides ss, TO* dst,    \
+                                                   KilnStrides ds, kiln_i64 n) {                            \
+    kiln_copy<kiln_i64, TI, TO>(src, sh, ss, dst, ds, n);                                                    \
+  }                                                                                                          \
+  extern "C" __global__ void kiln_copy_##NI##_##NO##_32(const TI* src, KilnShape sh, KilnStrides ss, TO* dst,\
+                                                        KilnStrides ds, kiln_i64 n) {                       \
+    kiln_copy<unsigned, TI, TO>(src, sh, ss, dst, ds, n);                                                    \
   }
 #define KILN_COPY_FROM(NI, TI)                    \
   KILN_COPY(NI, TI, f32, float)                   \
@@ -138,15 +147,18 @@ KILN_COPY_FROM(i64, kiln_i64)
 KILN_COPY_FROM(u8, unsigned char)
 KILN_COPY_FROM(b8, KilnBool)
 
-template <class T>
+template <class I, class T>
 __device__ void kiln_fill(T* __restrict__ dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double value) {
   const T v = kfd<T>(value);
-  KILN_GRID_LOOP(i, n) { dst[kiln_offset(i, sh, ds)] = v; }
+  KILN_GRID_LOOP_I(i, n) { dst[kiln_offset<I>(i, sh, ds)] = v; }
 }
 
-#define KILN_FILL(N, T)                                                                                    \
-  extern "C" __global__ void kiln_fill_##N(T* dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double v) { \
-    kiln_fill<T>(dst, sh, ds, n, v);                                                                       \
+#define KILN_FILL(N, T)                                                                                         \
+  extern "C" __global__ void kiln_fill_##N(T* dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double v) {      \
+    kiln_fill<kiln_i64, T>(dst, sh, ds, n, v);                                                                  \
+  }                                                                                                             \
+  extern "C" __global__ void kiln_fill_##N##_32(T* dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double v) { \
+    kiln_fill<unsigned, T>(dst, sh, ds, n, v);                                                                  \
   }
 KILN_FILL(f32, float)
 KILN_FILL(f64, double)
@@ -198,53 +210,59 @@ template <class T> __device__ __forceinline__ T kiln_binary_op(int op, T a, T b)
   }
 }
 
-template <class T>
+// out is written at i; an in-place add (CudaModelDevice.addInto) passes out == a with a's strides contiguous.
+template <class I, class T>
 __device__ void kiln_unary(const T* __restrict__ x, KilnShape sh, KilnStrides xs, T* __restrict__ out, kiln_i64 n,
                            int op) {
-  KILN_GRID_LOOP(i, n) { out[i] = kiln_unary_op<T>(op, x[kiln_offset(i, sh, xs)]); }
+  KILN_GRID_LOOP_I(i, n) { out[i] = kiln_unary_op<T>(op, x[kiln_offset<I>(i, sh, xs)]); }
 }
 
-template <class T>
-__device__ void kiln_binary(const T* __restrict__ a, KilnStrides as, const T* __restrict__ b, KilnStrides bs,
-                            KilnShape sh, T* __restrict__ out, kiln_i64 n, int op) {
-  KILN_GRID_LOOP(i, n) { out[i] = kiln_binary_op<T>(op, a[kiln_offset(i, sh, as)], b[kiln_offset(i, sh, bs)]); }
+template <class I, class T>
+__device__ void kiln_binary(const T* a, KilnStrides as, const T* __restrict__ b, KilnStrides bs, KilnShape sh,
+                            T* out, kiln_i64 n, int op) {
+  KILN_GRID_LOOP_I(i, n) {
+    out[i] = kiln_binary_op<T>(op, a[kiln_offset<I>(i, sh, as)], b[kiln_offset<I>(i, sh, bs)]);
+  }
 }
 
-template <class T>
+template <class I, class T>
 __device__ void kiln_compare(const T* __restrict__ a, KilnStrides as, const T* __restrict__ b, KilnStrides bs,
                              KilnShape sh, KilnBool* __restrict__ out, kiln_i64 n, int op) {
-  KILN_GRID_LOOP(i, n) {
-    const T x = a[kiln_offset(i, sh, as)];
-    const T y = b[kiln_offset(i, sh, bs)];
+  KILN_GRID_LOOP_I(i, n) {
+    const T x = a[kiln_offset<I>(i, sh, as)];
+    const T y = b[kiln_offset<I>(i, sh, bs)];
     out[i].v = op == 0 ? x > y : x < y;
   }
 }
 
-template <class T>
+template <class I, class T>
 __device__ void kiln_where(const KilnBool* __restrict__ c, KilnStrides cs, const T* __restrict__ a, KilnStrides as,
                            const T* __restrict__ b, KilnStrides bs, KilnShape sh, T* __restrict__ out, kiln_i64 n) {
-  KILN_GRID_LOOP(i, n) {
-    out[i] = c[kiln_offset(i, sh, cs)].v ? a[kiln_offset(i, sh, as)] : b[kiln_offset(i, sh, bs)];
+  KILN_GRID_LOOP_I(i, n) {
+    out[i] = c[kiln_offset<I>(i, sh, cs)].v ? a[kiln_offset<I>(i, sh, as)] : b[kiln_offset<I>(i, sh, bs)];
   }
 }
 
-#define KILN_MATH(N, T)                                                                                        \
-  extern "C" __global__ void kiln_unary_##N(const T* x, KilnShape sh, KilnStrides xs, T* out, kiln_i64 n,     \
-                                            int op) {                                                          \
-    kiln_unary<T>(x, sh, xs, out, n, op);                                                                      \
-  }                                                                                                            \
-  extern "C" __global__ void kiln_binary_##N(const T* a, KilnStrides as, const T* b, KilnStrides bs,          \
-                                             KilnShape sh, T* out, kiln_i64 n, int op) {                       \
-    kiln_binary<T>(a, as, b, bs, sh, out, n, op);                                                              \
-  }                                                                                                            \
-  extern "C" __global__ void kiln_compare_##N(const T* a, KilnStrides as, const T* b, KilnStrides bs,         \
-                                              KilnShape sh, KilnBool* out, kiln_i64 n, int op) {               \
-    kiln_compare<T>(a, as, b, bs, sh, out, n, op);                                                             \
-  }                                                                                                            \
-  extern "C" __global__ void kiln_where_##N(const KilnBool* c, KilnStrides cs, const T* a, KilnStrides as,    \
-                                            const T* b, KilnStrides bs, KilnShape sh, T* out, kiln_i64 n) {    \
-    kiln_where<T>(c, cs, a, as, b, bs, sh, out, n);                                                            \
+#define KILN_MATH_I(N, T, SUF, I)                                                                              \
+  extern "C" __global__ void kiln_unary_##N##SUF(const T* x, KilnShape sh, KilnStrides xs, T* out, kiln_i64 n,    \
+                                                 int op) {                                                       \
+    kiln_unary<I, T>(x, sh, xs, out, n, op);                                                                     \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_binary_##N##SUF(const T* a, KilnStrides as, const T* b, KilnStrides bs,       \
+                                                  KilnShape sh, T* out, kiln_i64 n, int op) {                    \
+    kiln_binary<I, T>(a, as, b, bs, sh, out, n, op);                                                             \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_compare_##N##SUF(const T* a, KilnStrides as, const T* b, KilnStrides bs,      \
+                                                   KilnShape sh, KilnBool* out, kiln_i64 n, int op) {            \
+    kiln_compare<I, T>(a, as, b, bs, sh, out, n, op);                                                            \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_where_##N##SUF(const KilnBool* c, KilnStrides cs, const T* a, KilnStrides as, \
+                                                 const T* b, KilnStrides bs, KilnShape sh, T* out, kiln_i64 n) { \
+    kiln_where<I, T>(c, cs, a, as, b, bs, sh, out, n);                                                           \
   }
+#define KILN_MATH(N, T)             \
+  KILN_MATH_I(N, T, , kiln_i64)     \
+  KILN_MATH_I(N, T, _32, unsigned)
 KILN_MATH(f32, float)
 KILN_MATH(f64, double)
 

@@ -213,12 +213,44 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void bf16CastsAreSharedWithinAScopeUntilTheirSourceChanges() {
+    NdArray x = randn(16, 32);
+    NdArray w = randn(8, 32);
+    NdArray delta = randn(16, 32);
+    try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+      Tensor gx = gpuBf16.fromHost(x);
+      Tensor gw = gpuBf16.fromHost(w);
+      Tensor first = gpuBf16.empty(DType.F32, 16, 8);
+      gpuBf16.gemm(gx, false, gw, true, first, 1, 0);
+      Tensor again = gpuBf16.empty(DType.F32, 16, 8);
+      gpuBf16.gemm(gx, false, gw, true, again, 1, 0);
+      GpuTesting.assertClose("same cast twice", d(first, gpuBf16), d(again, gpuBf16), 0, 0);
+      gpuBf16.addInto(gx, gpuBf16.fromHost(delta));
+      Tensor after = gpuBf16.empty(DType.F32, 16, 8);
+      gpuBf16.gemm(gx, false, gw, true, after, 1, 0);
+      Tensor ref = cpu.zeros(DType.F32, 16, 8);
+      cpu.gemm(cpu.binary(Device.Binary.ADD, x, delta), false, w, true, ref, 1, 0);
+      double[] r = d(ref, cpu);
+      // The second product must see the changed x (a stale cast would be off by the size of delta, ~1).
+      GpuTesting.assertClose("cast after its source changed", r, GpuTesting.doubles(gpuBf16.toHost(after)), 0,
+          2e-2 * GpuTesting.maxAbs(r));
+    }
+  }
+
+  @Test
   void attentionMatchesTheCpuInFp32AndBf16() {
+    // Widths 64 (tensor cores as is), 32 and 80 (zero-padded to 64 and 128 in bf16; SIMT in fp32).
+    for (int width : new int[] {64, 32, 80}) {
+      attentionCase(width);
+    }
+  }
+
+  private void attentionCase(int width) {
     for (Mask mask : Mask.values()) {
-      NdArray q = randn(2, 3, 40, 64);
-      NdArray k = randn(2, 3, 40, 64);
-      NdArray v = randn(2, 3, 40, 64);
-      NdArray dOut = randn(2, 3, 40, 64);
+      NdArray q = randn(2, 3, 40, width);
+      NdArray k = randn(2, 3, 40, width);
+      NdArray v = randn(2, 3, 40, width);
+      NdArray dOut = randn(2, 3, 40, width);
       double scale = 0.125;
       Device.AttentionOut ro = cpu.attention(q, k, v, mask, scale);
       Device.AttentionGrads rg = cpu.attentionBackward(q, k, v, ro.out(), ro.lse(), dOut, mask, scale);
@@ -232,7 +264,7 @@ class CudaModelDeviceGpuTest {
         Device.AttentionOut go = dev.attention(gq, gk, gv, mask, scale);
         Device.AttentionGrads gg = dev.attentionBackward(gq, gk, gv, go.out(), go.lse(), dev.fromHost(dOut), mask,
             scale);
-        String what = mask + (bf ? " bf16" : " fp32");
+        String what = mask + " d" + width + (bf ? " bf16" : " fp32");
         check(what + " out", ro.out(), go.out(), dev, tol);
         check(what + " lse", ro.lse(), go.lse(), dev, tol);
         check(what + " dq", rg.dq(), gg.dq(), dev, tol);
