@@ -45,6 +45,12 @@ if [[ "$torch_modes" != none ]]; then
     --modes "$torch_modes" --steps 20 --warmup 5 2> "$out/torch-train.err" | tee "$out/torch-train.jsonl" | cut -c1-300
   tail -3 "$out/torch-train.err"
 fi
+if [[ "${KILN_NSYS:-0}" == 1 ]] && command -v nsys > /dev/null; then
+  echo "=== nsys: kernel time of 3 small steps"
+  timeout 120 nsys profile -q -o "$out/small" --force-overwrite true "${java[@]}" dev.kiln.cli.KilnCommand bench train \
+    --device cuda --configs small --steps 3 --warmup 2 > /dev/null 2>&1
+  nsys stats -q --report cuda_gpu_kern_sum --format csv "$out/small.nsys-rep" 2> /dev/null | head -25 | cut -c1-200
+fi
 if [[ "${KILN_QUICKSTART:-0}" == 1 ]]; then
   echo "=== kiln quickstart, training on cuda (bf16)"
   timeout ${KILN_QUICKSTART_TIMEOUT:-150} "${java[@]}" -Dkiln.home=. dev.kiln.cli.KilnCommand quickstart \

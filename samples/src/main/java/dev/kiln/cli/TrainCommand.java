@@ -114,7 +114,7 @@ public final class TrainCommand implements Callable<Integer> {
       err.printf(Locale.ROOT, "%s at step %d: train loss %.4f%s; checkpoint %s; plot %s%n",
           r.status() == Trainer.Status.COMPLETED ? "done" : "stopped", r.step(), r.trainLoss(),
           Double.isNaN(r.valLoss()) ? "" : String.format(Locale.ROOT, ", validation loss %.4f", r.valLoss()),
-          r.checkpoint(), r.plot());
+          r.checkpoint(), r.plot() == null ? "not drawn" : r.plot());
       return r;
     }
   }

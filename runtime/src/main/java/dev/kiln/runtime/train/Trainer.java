@@ -43,7 +43,10 @@ public final class Trainer implements AutoCloseable {
     STOPPED
   }
 
-  /** The outcome of {@link #run}: final step, last losses (NaN when not measured), last checkpoint, plot. */
+  /**
+   * The outcome of {@link #run}: final step, last losses (NaN when not measured), last checkpoint, plot (null when
+   * this Java runtime cannot draw images).
+   */
   public record Result(
       Status status, long step, double trainLoss, double valLoss, double bestValLoss, Path checkpoint, Path plot) {}
 
@@ -300,7 +303,14 @@ public final class Trainer implements AutoCloseable {
       }
     }
     Path png = runDir.resolve("loss.png");
-    LossPlot.write(png, "Loss: " + runDir.toAbsolutePath().normalize().getFileName(), train, val);
+    try {
+      LossPlot.write(png, "Loss: " + runDir.toAbsolutePath().normalize().getFileName(), train, val);
+    } catch (LinkageError e) {
+      // A trimmed Java runtime (a jlinked one on a GPU host) may lack java.desktop; the run itself is complete.
+      log.println("kiln: loss.png not drawn: this Java runtime has no image support (" + e + "); metrics.jsonl"
+          + " has every point");
+      return null;
+    }
     return png;
   }
 
