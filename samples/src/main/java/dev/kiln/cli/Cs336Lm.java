@@ -4,6 +4,7 @@ import dev.kiln.dsl.DType;
 import dev.kiln.dsl.Tensor;
 import dev.kiln.dsl.spi.Config;
 import dev.kiln.dsl.spi.Context;
+import dev.kiln.dsl.spi.Device;
 import dev.kiln.models.cs336.CompiledTransformerLm;
 import dev.kiln.models.cs336.TransformerLm;
 import dev.kiln.runtime.cpu.device.CpuDevice;
@@ -123,6 +124,77 @@ public final class Cs336Lm {
   /** The model as the trainer sees it (parameters by state-dict name, loss, gradients). */
   public CompiledModel<TransformerLm> trainable() {
     return model;
+  }
+
+  /**
+   * This model's weights on a GPU: the same generated code on {@code dev}, parameters copied from the host (for
+   * {@code kiln forward --device cuda} and {@code kiln generate --device cuda}). F32 models only.
+   */
+  public OnCuda onCuda(CudaModelDevice dev) {
+    return new OnCuda(dev);
+  }
+
+  /** The model on a GPU; see {@link #onCuda}. */
+  public final class OnCuda {
+    private final CudaModelDevice dev;
+    private final CompiledTransformerLm gpu;
+    private final TransformerLm params;
+    private final Program program;
+
+    private OnCuda(CudaModelDevice dev) {
+      this.dev = dev;
+      this.gpu = new CompiledTransformerLm(dev, DType.F32);
+      TransformerLm p = gpu.init(Config.of(LmModule.moduleConfig(config)), 0);
+      if (config.tiedEmbeddings()) {
+        p = p.withTiedEmbeddings();
+      }
+      this.params = p;
+      Map<String, Tensor> host = compiled.stateDict(model.params());
+      for (Map.Entry<String, Tensor> e : gpu.stateDict(params).entrySet()) {
+        NdArray h = (NdArray) host.get(e.getKey());
+        if (h.dtype() != DType.F32) {
+          throw new IllegalArgumentException("the GPU runs F32 models; this one is " + h.dtype());
+        }
+        dev.copyFromHost(h, e.getValue());
+      }
+      this.program = new Program(gpu, dev);
+    }
+
+    /** Logits {@code [batch, seq, vocab_size]} of token ids {@code [batch, seq]} (I64), computed on the GPU. */
+    public NdArray logits(NdArray tokenIds) {
+      try (CudaModelDevice.Scope s = dev.scope()) {
+        Tensor ids = dev.fromHost(tokenIds);
+        long seq = tokenIds.shape(tokenIds.rank() - 1);
+        return dev.toHost(gpu.forward(new Context(), params, ids, dev.iota(DType.I64, seq)));
+      }
+    }
+
+    /** The logits of the last position of one sequence, float32 {@code [vocab_size]} (for generation). */
+    public NdArray lastLogits(long[] ids) {
+      NdArray all = logits(NdArray.fromLongs(ids, 1, ids.length));
+      return all.reshape(ids.length, config.vocabSize()).select(0, ids.length - 1).contiguous();
+    }
+
+    /** The mean loss of a batch and the gradient of every parameter by trainer name, computed on the GPU. */
+    public CompiledModel.LossAndGradients lossAndGradients(NdArray inputs, NdArray targets) {
+      Map<String, String> names = LmModule.names(config, gpu.stateDict(params).keySet());
+      try (CudaModelDevice.Scope s = dev.scope()) {
+        Context ctx = new Context();
+        double loss = dev.download(program.loss(ctx, params, dev.fromHost(inputs), dev.fromHost(targets)))[0];
+        Map<String, Tensor> g = gpu.stateDict(program.lossBackward(ctx, params, dev.full(DType.F32, 1.0)));
+        Map<String, NdArray> out = new LinkedHashMap<>();
+        names.forEach((key, name) -> {
+          NdArray gi = dev.toHost(g.get(key));
+          NdArray sum = out.get(name);
+          if (sum == null) {
+            out.put(name, gi);
+          } else {
+            out.put(name, (NdArray) new CpuDevice().binary(Device.Binary.ADD, sum, gi));
+          }
+        });
+        return new CompiledModel.LossAndGradients(loss, out);
+      }
+    }
   }
 
   /** Logits {@code [batch, seq, vocab_size]} of token ids {@code [batch, seq]} (I64), at positions 0..seq-1. */

@@ -1,6 +1,7 @@
 package dev.kiln.cli;
 
 import dev.kiln.dsl.DType;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.infer.ModelFolder;
 import dev.kiln.runtime.io.AtomicFiles;
 import dev.kiln.runtime.io.Json;
@@ -63,6 +64,11 @@ public final class ForwardCommand implements Callable<Integer> {
       description = "Compute in float32 or float64 (default: ${DEFAULT-VALUE}); outputs are float32 either way.")
   String precision;
 
+  @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda",
+      description = "Where to compute (default: ${DEFAULT-VALUE}); cuda runs the same generated code on the GPU, in"
+          + " float32.")
+  String device;
+
   @Override
   public Integer call() throws Exception {
     DType dtype = switch (precision.toLowerCase(Locale.ROOT)) {
@@ -70,6 +76,15 @@ public final class ForwardCommand implements Callable<Integer> {
       case "float64", "f64" -> DType.F64;
       default -> throw new IllegalArgumentException("--precision must be float32 or float64, not '" + precision + "'");
     };
+    boolean cuda = switch (device) {
+      case "cpu" -> false;
+      case "cuda" -> true;
+      default -> throw new IllegalArgumentException("--device must be cpu or cuda, not '" + device + "'");
+    };
+    if (cuda && dtype != DType.F32) {
+      throw new IllegalArgumentException("--device cuda computes in float32; use --device cpu for --precision"
+          + " float64");
+    }
     if (targets == null && (lossOut != null || gradsOut != null)) {
       throw new IllegalArgumentException("--loss-out and --grads need --targets (the next-token ids)");
     }
@@ -89,11 +104,13 @@ public final class ForwardCommand implements Callable<Integer> {
       lm = Cs336Lm.load(c, sd, weights.toString(), dtype);
     }
 
-    NdArray logits = lm.logits(ids);
+    Cs336Lm.OnCuda gpu = cuda ? lm.onCuda(new CudaModelDevice(0, CudaModelDevice.Precision.FP32)) : null;
+    NdArray logits = gpu != null ? gpu.logits(ids) : lm.logits(ids);
     Npy.write(output, logits.to(DType.F32));
     System.err.printf(Locale.ROOT, "logits %s -> %s%n", Arrays.toString(logits.shape()), output);
     if (next != null) {
-      CompiledModel.LossAndGradients lg = lm.trainable().lossAndGradients(ids, next);
+      CompiledModel.LossAndGradients lg = gpu != null ? gpu.lossAndGradients(ids, next)
+          : lm.trainable().lossAndGradients(ids, next);
       System.err.printf(Locale.ROOT, "loss %.8f over %d tokens%n", lg.loss(), ids.numel());
       if (lossOut != null) {
         Map<String, Object> j = new LinkedHashMap<>();

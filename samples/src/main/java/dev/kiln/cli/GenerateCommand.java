@@ -3,7 +3,14 @@ package dev.kiln.cli;
 import dev.kiln.runtime.infer.Generator;
 import dev.kiln.runtime.infer.ModelFolder;
 import dev.kiln.runtime.infer.Sampler;
-import dev.kiln.runtime.infer.TransformerLmEngine;
+import dev.kiln.dsl.DType;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
+import dev.kiln.runtime.infer.FullWindowModel;
+import dev.kiln.runtime.infer.NextTokenModel;
+import dev.kiln.runtime.io.SafetensorsFile;
+import dev.kiln.runtime.tensor.NdArray;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import dev.kiln.runtime.tensor.Rng;
 import dev.kiln.runtime.tokenizer.BpeTokenizer;
 import dev.kiln.runtime.train.ModelConfig;
@@ -64,6 +71,11 @@ public final class GenerateCommand implements Callable<Integer> {
       description = "Tokenizer folder, when the model folder has no tokenizer files.")
   Path tokenizerDir;
 
+  @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda",
+      description = "cpu (default): the KV-cache engine; cuda: the compiled model on the GPU, recomputing the whole"
+          + " window for each token (no KV cache on the GPU yet).")
+  String device;
+
   @Override
   public Integer call() throws Exception {
     if (maxTokens < 0) {
@@ -77,7 +89,11 @@ public final class GenerateCommand implements Callable<Integer> {
     long t0 = System.nanoTime();
     ModelFolder folder = ModelFolder.open(model);
     BpeTokenizer tokenizer = folder.loadTokenizer(tokenizerDir);
-    TransformerLmEngine engine = folder.loadEngine();
+    NextTokenModel engine = switch (device) {
+      case "cpu" -> folder.loadEngine();
+      case "cuda" -> onCuda(folder);
+      default -> throw new IllegalArgumentException("--device must be cpu or cuda, not '" + device + "'");
+    };
     Generator generator = new Generator(engine, tokenizer);
     generator.encodePrompt(prompt); // a prompt that does not fit fails before anything is printed
     ModelConfig c = engine.config();
@@ -100,5 +116,19 @@ public final class GenerateCommand implements Callable<Integer> {
             + " seed %d%n", r.promptIds().length, r.prefillSeconds(), r.generatedIds().length,
         r.decodeSteps() == 0 ? 0.0 : r.decodeTokensPerSecond(), stop, s);
     return 0;
+  }
+
+  /** The folder's weights in the compiled model on the GPU, generating by full-window forwards. */
+  private static NextTokenModel onCuda(ModelFolder folder) throws java.io.IOException {
+    Map<String, NdArray> sd = new LinkedHashMap<>();
+    Cs336Lm lm;
+    try (SafetensorsFile st = SafetensorsFile.open(folder.dir())) {
+      for (String n : st.names()) {
+        sd.put(n, st.get(n));
+      }
+      lm = Cs336Lm.load(folder.config(), sd, folder.dir().toString(), DType.F32);
+    }
+    Cs336Lm.OnCuda gpu = lm.onCuda(new CudaModelDevice(0, CudaModelDevice.Precision.FP32));
+    return new FullWindowModel(folder.config(), gpu::lastLogits);
   }
 }

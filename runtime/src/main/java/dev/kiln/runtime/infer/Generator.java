@@ -7,8 +7,8 @@ import java.io.IOException;
 import java.util.Arrays;
 
 /**
- * Text generation: prompt → tokenizer → {@link TransformerLmEngine#prefill} → {@link Sampler} → one {@link
- * TransformerLmEngine#decode} per new token, the text streamed to an {@link Appendable} as soon as it forms
+ * Text generation: prompt → tokenizer → {@link NextTokenModel#prefill} → {@link Sampler} → one {@link
+ * NextTokenModel#decode} per new token, the text streamed to an {@link Appendable} as soon as it forms
  * complete UTF-8 characters (the tokenizer's {@link BpeTokenizer.StreamDecoder}; a sink that is {@link Flushable},
  * such as {@code System.out}, is flushed after every token).
  *
@@ -32,7 +32,7 @@ public final class Generator {
    *
    * @param promptIds the prompt's token ids
    * @param generatedIds the new ids, without the end-of-text token
-   * @param decodeSteps tokens fed back through {@link TransformerLmEngine#decode}
+   * @param decodeSteps tokens fed back through {@link NextTokenModel#decode}
    * @param prefillSeconds time of the prompt's forward pass
    * @param decodeSeconds time of the decode steps, sampling included
    */
@@ -45,7 +45,7 @@ public final class Generator {
     }
   }
 
-  private final TransformerLmEngine engine;
+  private final NextTokenModel engine;
   private final BpeTokenizer tokenizer;
   private final int endOfText;
   private final boolean[] unprintable;
@@ -53,7 +53,7 @@ public final class Generator {
   /**
    * @throws IllegalArgumentException when the tokenizer has more ids than the model's vocabulary
    */
-  public Generator(TransformerLmEngine engine, BpeTokenizer tokenizer) {
+  public Generator(NextTokenModel engine, BpeTokenizer tokenizer) {
     int v = engine.config().vocabSize();
     if (tokenizer.vocabSize() > v) {
       throw new IllegalArgumentException("the tokenizer has " + tokenizer.vocabSize() + " tokens but the model's"

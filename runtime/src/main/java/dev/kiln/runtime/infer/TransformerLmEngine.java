@@ -34,7 +34,7 @@ import java.util.Map;
  * a {@link Softmax} in between, activations and residual adds are {@link Elementwise} kernels; norms and RoPE are
  * row loops in double. Not thread-safe: one engine serves one generation at a time.
  */
-public final class TransformerLmEngine {
+public final class TransformerLmEngine implements NextTokenModel {
   private final ModelConfig c;
   private final LmWeights w;
   private final KvCache cache;
@@ -97,11 +97,13 @@ public final class TransformerLmEngine {
     }
   }
 
+  @Override
   public ModelConfig config() {
     return c;
   }
 
   /** Tokens in the cache: the absolute position the next token will take. */
+  @Override
   public int position() {
     return position;
   }
@@ -115,6 +117,7 @@ public final class TransformerLmEngine {
    * Empties the cache, runs the prompt through the model once, filling the cache with its keys and values, and
    * returns the logits of the last position, float32 {@code [vocab_size]}: the distribution of the first new token.
    */
+  @Override
   public NdArray prefill(int[] promptIds) {
     if (promptIds.length == 0) {
       throw new IllegalArgumentException("the prompt is empty: prefill needs at least one token");
@@ -133,6 +136,7 @@ public final class TransformerLmEngine {
    *
    * @throws IllegalStateException when the cache is full (position == context_length)
    */
+  @Override
   public NdArray decode(int tokenId) {
     return append(new int[] {tokenId});
   }

@@ -52,6 +52,17 @@ class NvrtcCompileTest {
   }
 
   @Test
+  void generatedModuleSourcesCompileWithoutHeaders() throws IOException {
+    // The processor's reviewed output for CS336's RMSNorm (processor/src/test/resources/golden): what the runtime
+    // hands NVRTC when a model was built without nvcc.
+    java.nio.file.Path golden = java.nio.file.Path.of("../processor/src/test/resources/golden/cs336.RmsNorm.cu.txt");
+    Assumptions.assumeTrue(java.nio.file.Files.isRegularFile(golden), () -> "no " + golden + " (not in the project)");
+    byte[] cubin = Nvrtc.compileToCubin("cs336.RmsNorm.cu", java.nio.file.Files.readString(golden), Map.of(), 90,
+        List.of("-std=c++17"));
+    assertTrue(cubin.length > 1000 && cubin[0] == 0x7f && cubin[1] == 'E', "generated RMSNorm sm_90");
+  }
+
+  @Test
   void compileErrorsCarryNvrtcsLog() {
     CudaException e = assertThrows(CudaException.class, () -> Nvrtc.compileToCubin("broken.cu",
         "extern \"C\" __global__ void k() { undeclared_thing(); }", Map.of(), 90, List.of()));
