@@ -10,7 +10,8 @@
 #   KILN_TORCH_MODES=eager,compile   PyTorch modes (default both; "none" skips the peer)
 #   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
-#   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16), from the project folder
+#   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16), from the project folder, then
+#                           `kiln generate` (greedy) and `kiln forward` on its model with --device cpu and cuda
 #   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
@@ -57,6 +58,30 @@ if [[ "${KILN_QUICKSTART:-0}" == 1 ]]; then
     --out "$out/quickstart" --set training.device=cuda --set training.precision=bf16 > "$out/quickstart.log" 2>&1
   echo "exit $?"
   grep -vE "^\s*$" "$out/quickstart.log" | tr '\r' '\n' | grep -v "^step " | tail -25 | cut -c1-220
+  run_dir="$out/quickstart/run"
+  for dev in cpu cuda; do
+    echo "=== kiln generate --device $dev (greedy)"
+    timeout 60 "${java[@]}" dev.kiln.cli.KilnCommand generate --model "$run_dir" --prompt "Once upon a time" \
+      --max-tokens 40 --temperature 0 --seed 1 --device $dev 2>&1 | grep -v WARNING | cut -c1-300
+  done
+  python3 -c "import numpy as np; np.save('$out/ids.npy', np.random.default_rng(0).integers(0, 1024, (2, 128)));\
+np.save('$out/next.npy', np.random.default_rng(1).integers(0, 1024, (2, 128)))"
+  for dev in cpu cuda; do
+    echo "=== kiln forward --device $dev"
+    timeout 60 "${java[@]}" dev.kiln.cli.KilnCommand forward --model "$run_dir" --input "$out/ids.npy" \
+      --targets "$out/next.npy" --output "$out/logits-$dev.npy" --grads "$out/grads-$dev.safetensors" \
+      --device $dev 2>&1 | grep -v WARNING | cut -c1-200
+  done
+  python3 -c "
+import numpy as np, json, struct
+a, b = np.load('$out/logits-cpu.npy'), np.load('$out/logits-cuda.npy')
+print('forward cuda vs cpu: logits max |diff| %.3g of max |logit| %.3g' % (np.abs(a - b).max(), np.abs(a).max()))
+def st(p):
+    raw = open(p, 'rb').read(); n = struct.unpack('<Q', raw[:8])[0]; h = json.loads(raw[8:8 + n]); h.pop('__metadata__', None)
+    return {k: np.frombuffer(raw[8 + n + v['data_offsets'][0]:8 + n + v['data_offsets'][1]], np.float32) for k, v in h.items()}
+g, h = st('$out/grads-cpu.safetensors'), st('$out/grads-cuda.safetensors')
+print('gradients cuda vs cpu: worst relative L2 error %.3g over %d tensors' % (max(np.linalg.norm(g[k] - h[k]) / max(np.linalg.norm(g[k]), 1e-30) for k in g), len(g)))
+"
 fi
 if [[ "${KILN_ATTENTION:-0}" == 1 ]]; then
   echo "=== Kiln attention benchmark"
