@@ -152,22 +152,9 @@ class TransformerLmGpuTest {
     Map<String, String> names = LmModule.names(c, gpuM.stateDict(gpuP).keySet());
     Map<String, NdArray> host = new LinkedHashMap<>();
     names.forEach((k, n) -> host.put(n, NdArray.zeros(DType.F32, gpuM.stateDict(gpuP).get(k).shape())));
-    CompiledModel.Program<TransformerLm> program = new CompiledModel.Program<>() {
-      @Override
-      public Tensor loss(Context ctx, TransformerLm params, Tensor inputs, Tensor targets) {
-        return gpuM.loss(ctx, params, inputs, dev.iota(DType.I64, c.contextLength()), targets);
-      }
-
-      @Override
-      public TransformerLm lossBackward(Context ctx, TransformerLm params, Tensor dLoss) {
-        return gpuM.lossBackward(ctx, params, dLoss).params();
-      }
-
-      @Override
-      public Map<String, Tensor> stateDict(TransformerLm record) {
-        return gpuM.stateDict(record);
-      }
-    };
+    // Positions made outside any scope: they live as long as the device.
+    CompiledModel.Program<TransformerLm> program =
+        TransformerLmVariantsTest.program(gpuM, dev.iota(DType.I64, c.contextLength()));
     try (CudaEngine<TransformerLm> gpu = new CudaEngine<>(dev, program, gpuP, names, ParameterSet.of(host), opt)) {
       Rng rng = new Rng(5);
       for (int step = 1; step <= 12; step++) {

@@ -181,7 +181,7 @@ class TransformerLmVariantsTest {
         .item(), lg.loss(), 1e-12, v + ": loss through the adapter");
   }
 
-  static CompiledModel.Program<TransformerLm> program(CompiledTransformerLm m, NdArray positions) {
+  static CompiledModel.Program<TransformerLm> program(CompiledTransformerLm m, Tensor positions) {
     return new CompiledModel.Program<>() {
       @Override
       public Tensor loss(Context ctx, TransformerLm params, Tensor inputs, Tensor targets) {
