@@ -80,7 +80,7 @@ public final class QuickstartCommand implements Callable<Integer> {
     QuickstartData.Prepared d = QuickstartData.prepare(QuickstartData.locate(data), out, vocabSize, 20, err);
 
     Map<String, Object> tree = config(d);
-    TrainConfig config = ConfigLoader.fromTree(tree, overrides, "kiln quickstart");
+    TrainConfig config = ConfigLoader.fromTree(tree, overrides, "kiln quickstart").validate("kiln quickstart");
     Path configFile = out.resolve("train-config.json");
     ConfigLoader.write(config, configFile);
     err.println("config: " + configFile + " (rerun with: kiln train --config " + configFile + ")");

@@ -181,6 +181,19 @@ class ConfigTest {
     e = assertThrows(ConfigException.class,
         () -> ConfigLoader.load(file("r.yaml", yaml("")), List.of("model.d_model=12", "model.num_heads=4")));
     assertTrue(e.getMessage().contains("head width d_model / num_heads = 3 is odd"), e.getMessage());
+
+    // Where training runs: bf16 is mixed precision on a GPU; the GPU trainer's optimizer is the fused AdamW.
+    e = assertThrows(ConfigException.class,
+        () -> ConfigLoader.load(file("d.yaml", yaml("")), List.of("training.precision=bf16")));
+    assertTrue(e.getMessage().contains("training.precision bf16 (mixed precision) needs training.device cuda"),
+        e.getMessage());
+    e = assertThrows(ConfigException.class, () -> ConfigLoader.load(file("d2.yaml", yaml("")),
+        List.of("training.device=cuda", "optimizer.name=sgd")));
+    assertTrue(e.getMessage().contains("training.device cuda trains with AdamW"), e.getMessage());
+    TrainConfig gpu = ConfigLoader.load(file("d3.yaml", yaml("")), List.of("training.device=CUDA",
+        "training.precision=bf16"));
+    assertEquals(TrainConfig.TrainDevice.CUDA, gpu.training().device());
+    assertEquals(TrainConfig.Precision.BF16, gpu.training().precision());
   }
 
   @Test

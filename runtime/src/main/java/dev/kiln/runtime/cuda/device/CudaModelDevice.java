@@ -91,7 +91,12 @@ public final class CudaModelDevice implements Device {
 
   /** A device on GPU {@code ordinal} with {@code precision}; throws {@link IllegalStateException} without a GPU. */
   public CudaModelDevice(int ordinal, Precision precision) {
-    this.gpu = CudaDevice.get(ordinal);
+    try {
+      this.gpu = CudaDevice.get(ordinal);
+    } catch (IllegalStateException e) {
+      throw new IllegalStateException(e.getMessage() + "; run on the CPU instead (--device cpu, training.device: cpu)",
+          e);
+    }
     this.stream = gpu.defaultStream();
     this.cublas = new Cublas(stream);
     this.flash = new FlashAttention(stream);
