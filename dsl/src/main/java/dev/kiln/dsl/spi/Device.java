@@ -224,6 +224,51 @@ public interface Device {
    */
   void launch(Kernel kernel, Tensor[] tensors, long[] sizes, double[] scalars);
 
+  // ---------------------------------------------------------------- rotary position embedding
+
+  /**
+   * RoPE: {@code x} is {@code [..., s, d]} with {@code d} even, {@code positions} integers broadcasting to
+   * {@code [..., s]}; pair {@code (x[2i], x[2i+1])} of row {@code r} rotates by {@code a = pos[r] · theta^(-2i/d)}
+   * ({@code -a} with {@code inverse}, which is the gradient: a rotation's transpose is its inverse):
+   * {@code out[2i] = x[2i] cos a − x[2i+1] sin a}, {@code out[2i+1] = x[2i] sin a + x[2i+1] cos a}. A new tensor of
+   * {@code x}'s shape and dtype.
+   *
+   * <p>The default composes the other primitives (the angles from {@code iota}, the pair swap as a GEMM with a 2×2
+   * table); devices override it with one kernel.
+   */
+  default Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
+    long[] xs = x.shape();
+    int r = xs.length;
+    long d = xs[r - 1];
+    long[] pairsShape = java.util.Arrays.copyOf(xs, r + 1);
+    pairsShape[r - 1] = d / 2;
+    pairsShape[r] = 2;
+    DType t = x.dtype();
+    Tensor pairs = reshape(x, pairsShape);
+    Tensor i = cast(iota(DType.I64, d / 2), t);
+    Tensor invFreq = unary(Unary.EXP, binary(Binary.MUL, i, full(t, -2.0 * Math.log(theta) / d)));
+    long[] ps = positions.shape();
+    long[] posCol = java.util.Arrays.copyOf(ps, ps.length + 1);
+    posCol[ps.length] = 1;
+    Tensor angles = binary(Binary.MUL, reshape(cast(positions, t), posCol), invFreq);
+    long[] angleCol = java.util.Arrays.copyOf(angles.shape(), angles.rank() + 1);
+    angleCol[angles.rank()] = 1;
+    angles = reshape(angles, angleCol);
+    // (x0, x1) @ [[0, 1], [-1, 0]] = (-x1, x0): the pair rotated by 90°, without strided slicing.
+    Tensor swap = upload(t, new long[] {2, 2}, new double[] {0, 1, -1, 0});
+    long rows = 1;
+    for (int k = 0; k < r - 1; k++) {
+      rows *= xs[k];
+    }
+    Tensor rotated = empty(t, pairsShape);
+    gemm(reshape(contiguous(pairs), rows * (d / 2), 2), false, swap, false, reshape(rotated, rows * (d / 2), 2), 1,
+        0);
+    Tensor sin = unary(Unary.SIN, angles);
+    Tensor out = binary(inverse ? Binary.SUB : Binary.ADD, binary(Binary.MUL, pairs, unary(Unary.COS, angles)),
+        binary(Binary.MUL, rotated, sin));
+    return reshape(out, xs);
+  }
+
   // ---------------------------------------------------------------- attention
 
   /** The result of {@link #attention}: {@code out} {@code [..., s, e]} and the row log-sum-exp {@code [..., s]}. */

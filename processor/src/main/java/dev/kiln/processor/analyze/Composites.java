@@ -130,28 +130,17 @@ final class Composites {
   }
 
   /**
-   * RoPE: pairs {@code (x[2i], x[2i+1])} rotate by {@code pos * theta^(-2i/d)}. The rotation is written as
-   * {@code x * cos + rot(x) * sin} with {@code rot(a, b) = (-b, a)}, an einsum with a constant 2x2 table, so no
-   * strided slicing primitive is needed.
+   * RoPE: pairs {@code (x[2i], x[2i+1])} rotate by {@code pos * theta^(-2i/d)}, as one {@link Primitive#ROPE} device
+   * call (a kernel on the GPU, a loop on the CPU) rather than the dozen primitives the rotation decomposes into. The
+   * pair split is still written as a rearrange, whose shape rule reports an odd head width; the node itself is
+   * dead and removed.
    */
   static Value rope(Builder b, Value x, Value positions, Scalar theta) {
-    Map<String, Dim> two = Map.of("two", Dim.of(2));
-    Value pairs = b.prim(Primitive.REARRANGE, pattern("... (h two) -> ... h two", two), x);
-    Value i = b.prim(Primitive.CAST_FLOAT, b.prim(Primitive.IOTA, new Attr.Axis(-2), Value.Elem.INT, pairs));
-    Scalar step = new Scalar.Op("/", new Scalar.Op("*", new Scalar.Lit(-2), new Scalar.Op("ln", theta, null)),
-        new Scalar.AxisSize(x, -1));
-    Value invFreq = b.prim(Primitive.EXP, b.prim(Primitive.MUL, i, b.constant(step)));
-    Value pos = b.prim(Primitive.REARRANGE, pattern("... s -> ... s 1", Map.of()),
-        b.prim(Primitive.CAST_FLOAT, positions));
-    Value angles = b.prim(Primitive.REARRANGE, pattern("... h -> ... h 1", Map.of()),
-        b.prim(Primitive.MUL, pos, invFreq));
-    Value rot = b.prim(Primitive.TABLE, new Attr.Table(List.of(2L, 2L), List.of(0.0, 1.0, -1.0, 0.0)));
-    Value rotated = b.prim(Primitive.EINSUM,
-        new Attr.Einsum(ShapeParser.parseEinsum("... h two, two u -> ... h u")), pairs, rot);
-    Value out = b.prim(Primitive.ADD,
-        b.prim(Primitive.MUL, pairs, b.prim(Primitive.COS, angles)),
-        b.prim(Primitive.MUL, rotated, b.prim(Primitive.SIN, angles)));
-    return b.prim(Primitive.REARRANGE, pattern("... h two -> ... (h two)", Map.of()), out);
+    b.prim(Primitive.REARRANGE, pattern("... (h two) -> ... h two", Map.of("two", Dim.of(2))), x);
+    Value pos = b.prim(Primitive.REARRANGE, pattern("... s -> ... s 1", Map.of()), positions);
+    // Positions broadcast against x's rows: the sum's shape rule says so, or reports the conflict.
+    b.prim(Primitive.ADD, b.prim(Primitive.CAST_FLOAT, pos), x);
+    return b.prim(Primitive.ROPE, new Attr.Rope(theta, false), Value.Elem.FLOAT, x, positions);
   }
 
   /** {@code reduce(x, pattern, how)}: sum, max and min are primitives; mean is the sum scaled by the counts. */

@@ -28,7 +28,7 @@ final class Cse {
     List<Node> out = new ArrayList<>();
     for (Node n0 : b.nodes()) {
       Node n = Rewrite.node(n0, subst);
-      if (n instanceof Node.Prim p && p.op() != Primitive.TABLE) {
+      if (n instanceof Node.Prim p) {
         Key k = new Key(p.op(), p.attr(), p.inputs());
         Value earlier = seen.get(k);
         if (earlier != null && earlier.elem() == p.out().elem()) {

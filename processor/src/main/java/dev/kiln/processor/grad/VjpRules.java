@@ -280,6 +280,14 @@ public final class VjpRules {
     return list(b.prim(Primitive.SCATTER_LAST, x.shape(), idx, g, x));
   }
 
+  // ---- RoPE: a rotation; its transpose is the rotation by minus the angle
+
+  public static List<Value> rope(GradBuilder b, Node.Prim n, Value g, boolean[] need) {
+    Attr.Rope r = (Attr.Rope) n.attr();
+    return list(b.prim(Primitive.ROPE, new Attr.Rope(r.theta(), !r.inverse()), Value.Elem.FLOAT, in(n, 0).shape(), g,
+        in(n, 1)), null);
+  }
+
   // ---- attention: one device call computes all three
 
   public static List<Value> attention(GradBuilder b, Node.Prim n, Value g, boolean[] need) {

@@ -27,19 +27,17 @@ public sealed interface Attr {
   /** A constant scalar, broadcast like a rank-0 tensor. */
   record Const(Scalar value) implements Attr {}
 
-  /** A small constant table, row-major, e.g. RoPE's pair rotation. */
-  record Table(List<Long> shape, List<Double> values) implements Attr {
-    public Table {
-      shape = List.copyOf(shape);
-      values = List.copyOf(values);
-    }
-  }
-
   /** Which axis of the operand gives the length ({@link Primitive#IOTA}), counted from the end. */
   record Axis(int fromEnd) implements Attr {}
 
   /** The {@code k} of top-k: a literal or a config dim. */
   record TopK(Dim k) implements Attr {}
+
+  /**
+   * {@link Primitive#ROPE}: the base {@code theta}; {@code inverse} rotates by minus the angle (the VJP: a rotation's
+   * transpose is its inverse).
+   */
+  record Rope(Scalar theta, boolean inverse) implements Attr {}
 
   /** {@link Primitive#ATTENTION} and its gradients: the mask and the score scale ({@code 1/sqrt(d)}). */
   record Attention(dev.kiln.dsl.Mask mask, Scalar scale) implements Attr {}

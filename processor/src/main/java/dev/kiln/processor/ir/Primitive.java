@@ -52,8 +52,11 @@ public enum Primitive {
   IOTA(new Rules(1, ShapeRules::iota, Vjp.NONE)),
   /** A scalar ({@link Attr.Const}). */
   CONST(new Rules(0, (ctx, node, in) -> Shape.scalar(), Vjp.NONE)),
-  /** A small literal table ({@link Attr.Table}). */
-  TABLE(new Rules(0, ShapeRules::table, Vjp.NONE)),
+  /**
+   * RoPE as one device call ({@link Attr.Rope}): {@code x '... s d'}, integer positions broadcasting to {@code '... s'}
+   * → x with pairs {@code (2i, 2i+1)} rotated by {@code pos · theta^(-2i/d)}. Its VJP is the inverse rotation.
+   */
+  ROPE(new Rules(2, (ctx, node, in) -> in.get(0), VjpRules::rope)),
 
   // ---- made by the passes, never written by users
 

@@ -90,13 +90,6 @@ final class ShapeRules {
     return Shape.of(List.of(x.dims().get(x.dims().size() - k)));
   }
 
-  static Shape table(ShapeContext ctx, Node.Prim node, List<Shape> in) {
-    List<Dim> d = new ArrayList<>();
-    for (long s : ((Attr.Table) node.attr()).shape()) {
-      d.add(Dim.of(s));
-    }
-    return Shape.of(d);
-  }
 
   // ---- einsum and einops patterns -----------------------------------------------------------------------------
 

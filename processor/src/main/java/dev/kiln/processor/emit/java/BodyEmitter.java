@@ -687,19 +687,6 @@ final class BodyEmitter {
       case IOTA -> define(p.out(), dev + ".iota(DType.I64, Sizes.size(" + shapeOf(in.get(0)) + ", "
           + ((Attr.Axis) p.attr()).fromEnd() + "))");
       case CONST -> define(p.out(), dev + ".full(dtype, " + scalar(((Attr.Const) p.attr()).value()) + ")");
-      case TABLE -> {
-        Attr.Table t = (Attr.Table) p.attr();
-        List<String> vals = new ArrayList<>();
-        for (double d : t.values()) {
-          vals.add(literal(d));
-        }
-        List<String> dims = new ArrayList<>();
-        for (long d : t.shape()) {
-          dims.add(d + "L");
-        }
-        define(p.out(), dev + ".upload(dtype, new long[] {" + String.join(", ", dims) + "}, new double[] {"
-            + String.join(", ", vals) + "})");
-      }
       case ATTENTION -> {
         Attr.Attention a = (Attr.Attention) p.attr();
         String r = "att" + p.out().id() + "$";
@@ -709,6 +696,11 @@ final class BodyEmitter {
         if (plan.attentionLse.contains(p.out())) {
           line(ctx + ".save(\"lse" + p.out().id() + "\", " + r + ".lse());");
         }
+      }
+      case ROPE -> {
+        Attr.Rope r = (Attr.Rope) p.attr();
+        define(p.out(), dev + ".rope(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ", " + scalar(r.theta()) + ", "
+            + r.inverse() + ")");
       }
       case SUM_TO -> define(p.out(), dev + ".sumTo(" + ref(in.get(0)) + ", " + shapeOf(in.get(1)) + ")");
       case EXPAND -> define(p.out(), dev + ".expand(" + ref(in.get(0)) + ", " + shapeOf(in.get(1)) + ")");

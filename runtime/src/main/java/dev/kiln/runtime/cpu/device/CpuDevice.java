@@ -440,6 +440,63 @@ public final class CpuDevice implements Device {
     return new TopK(r.values(), r.indices());
   }
 
+  // ================================================================ rotary position embedding
+
+  /**
+   * RoPE in one pass over {@code x}, as {@link Device#rope} defines it: the angles in double
+   * ({@code pos · theta^(-2i/d)}, as the eager interpreter computes them), the rotation in {@code x}'s dtype.
+   * Rows are split over cores in fixed chunks.
+   */
+  @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
+    NdArray a = floating(x, "rope", "x").contiguous();
+    if (a.dtype() != DType.F32 && a.dtype() != DType.F64) {
+      return Device.super.rope(x, positions, theta, inverse);
+    }
+    NdArray p = nd(positions, "rope", "positions");
+    if (a.rank() < 1 || a.shape(-1) % 2 != 0) {
+      throw new IllegalArgumentException("cpu device, rope: x " + Arrays.toString(a.shape())
+          + " must have an even last dim (pairs are rotated)");
+    }
+    int d = Math.toIntExact(a.shape(-1));
+    long[] rows = Arrays.copyOf(a.shape(), a.rank() - 1);
+    long[] pos = p.expand(rows).contiguous().to(DType.I64).toLongArray();
+    double[] inverseFrequency = new double[d / 2];
+    for (int i = 0; i < d / 2; i++) {
+      inverseFrequency[i] = Math.pow(theta, -2.0 * i / d);
+    }
+    double sign = inverse ? -1 : 1;
+    NdArray out = NdArray.empty(a.dtype(), a.shape());
+    MemorySegment src = a.segment();
+    MemorySegment dst = out.segment();
+    long srcBase = a.offset();
+    boolean f32 = a.dtype() == DType.F32;
+    Parallel.forChunks(pos.length, Math.max(1, 8192 / d), pos.length, (c, lo, hi) -> {
+      for (long r = lo; r < hi; r++) {
+        for (int i = 0; i < d / 2; i++) {
+          double angle = sign * pos[(int) r] * inverseFrequency[i];
+          double cos = Math.cos(angle);
+          double sin = Math.sin(angle);
+          long e = r * d + 2L * i;
+          if (f32) {
+            float c0 = (float) cos;
+            float s0 = (float) sin;
+            float x0 = src.get(Layouts.F32, (srcBase + e) * 4);
+            float x1 = src.get(Layouts.F32, (srcBase + e + 1) * 4);
+            dst.set(Layouts.F32, e * 4, x0 * c0 - x1 * s0);
+            dst.set(Layouts.F32, (e + 1) * 4, x0 * s0 + x1 * c0);
+          } else {
+            double x0 = src.get(Layouts.F64, (srcBase + e) * 8);
+            double x1 = src.get(Layouts.F64, (srcBase + e + 1) * 8);
+            dst.set(Layouts.F64, e * 8, x0 * cos - x1 * sin);
+            dst.set(Layouts.F64, (e + 1) * 8, x0 * sin + x1 * cos);
+          }
+        }
+      }
+    });
+    return out;
+  }
+
   // ================================================================ fused kernels
 
   @Override
