@@ -68,6 +68,22 @@ public final class Cublas implements AutoCloseable {
     return stream;
   }
 
+  /**
+   * Gives cuBLAS {@code workspace} (kept alive by the caller) instead of memory it would allocate itself: required
+   * before capturing GEMMs into a CUDA graph, where cuBLAS may not allocate.
+   */
+  public synchronized void setWorkspace(CudaArray workspace) {
+    device.makeCurrent();
+    try {
+      check((int) api().setWorkspace.invokeExact(handle, MemorySegment.ofAddress(workspace.address()),
+          workspace.byteSize()), "cublasSetWorkspace_v2(" + workspace.byteSize() + " bytes)");
+    } catch (CudaException e) {
+      throw e;
+    } catch (Throwable t) {
+      throw new IllegalStateException("cuBLAS call failed", t);
+    }
+  }
+
   /** {@code c = a @ b} with row-major semantics; rank-2 or rank-3 (batched, size-1 batches broadcast). */
   public void matmul(CudaArray a, CudaArray b, CudaArray c) {
     gemm(1f, a, b, 0f, c);
@@ -183,6 +199,7 @@ public final class Cublas implements AutoCloseable {
     final MethodHandle create;
     final MethodHandle destroy;
     final MethodHandle setStream;
+    final MethodHandle setWorkspace;
     final MethodHandle statusString;
     final MethodHandle gemmEx;
     final MethodHandle gemmStridedBatchedEx;
@@ -194,6 +211,8 @@ public final class Cublas implements AutoCloseable {
       create = find(linker, l, "cublasCreate_v2", FunctionDescriptor.of(JAVA_INT, ADDRESS));
       destroy = find(linker, l, "cublasDestroy_v2", FunctionDescriptor.of(JAVA_INT, ADDRESS));
       setStream = find(linker, l, "cublasSetStream_v2", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS));
+      setWorkspace = find(linker, l, "cublasSetWorkspace_v2",
+          FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_LONG));
       statusString = find(linker, l, "cublasGetStatusString", FunctionDescriptor.of(ADDRESS, JAVA_INT));
       gemmEx = find(linker, l, "cublasGemmEx", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT,
           JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS,

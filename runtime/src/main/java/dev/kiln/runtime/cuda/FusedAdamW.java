@@ -73,14 +73,44 @@ public final class FusedAdamW {
     this.stream = device.defaultStream();
   }
 
-  /** Updates every parameter in place, in one launch. All gradients must share one dtype. */
-  public void step(List<Param> params, Hyper h) {
+  /**
+   * The tensor table of one parameter list uploaded once, for {@link #step(Prepared, CudaArray)}: what a CUDA graph
+   * needs, since it cannot copy from the host. Close it when the tensors go.
+   */
+  public record Prepared(CudaArray table, int count, long blocks, DType gradType) implements AutoCloseable {
+    @Override
+    public void close() {
+      table.close();
+    }
+  }
+
+  /** Uploads the descriptor table of {@code params} (one gradient dtype) for later steps. */
+  public Prepared prepare(List<Param> params) {
     if (params.isEmpty()) {
-      return;
+      throw new IllegalArgumentException("AdamW over no parameters");
     }
     DType gradType = params.getFirst().grad().dtype();
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    MemorySegment t = table.segment();
+    long blocks = describe(params, gradType, table.segment());
+    return new Prepared(CudaArray.fromHost(device,
+        NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES)), params.size(), blocks, gradType);
+  }
+
+  /**
+   * One step with every scalar read from {@code hyper} in device memory (F32: lr, beta1, beta2, eps, weight decay,
+   * bc1, bc2, gradient scale, skip, cs336), so the launch can be captured in a CUDA graph and the scalars changed
+   * between replays. A non-zero skip leaves everything unchanged.
+   */
+  public void step(Prepared p, CudaArray hyper) {
+    if (hyper.dtype() != DType.F32 || hyper.numel() < 10) {
+      throw new IllegalArgumentException("AdamW's device scalars are 10 F32 values, got " + hyper);
+    }
+    device.kernels().module("adamw").kernel("kiln_adamw_multi_dev").launch(stream, p.blocks(), 1, 256, 0,
+        new KernelArgs().ptr(p.table()).i32(p.count()).i32(p.gradType() == DType.BF16 ? 1 : 0).ptr(hyper));
+  }
+
+  /** Fills the 64-byte descriptors of {@code params} into {@code t}; returns the number of blocks. */
+  private static long describe(List<Param> params, DType gradType, MemorySegment t) {
     long blocks = 0;
     for (int i = 0; i < params.size(); i++) {
       Param p = params.get(i);
@@ -99,6 +129,17 @@ public final class FusedAdamW {
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, 0L);
       blocks += (p.param().numel() + CHUNK - 1) / CHUNK;
     }
+    return blocks;
+  }
+
+  /** Updates every parameter in place, in one launch. All gradients must share one dtype. */
+  public void step(List<Param> params, Hyper h) {
+    if (params.isEmpty()) {
+      return;
+    }
+    DType gradType = params.getFirst().grad().dtype();
+    Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
+    long blocks = describe(params, gradType, table.segment());
     if (blocks == 0) {
       return;
     }

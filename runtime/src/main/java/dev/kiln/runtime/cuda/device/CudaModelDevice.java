@@ -88,6 +88,12 @@ public final class CudaModelDevice implements Device {
   private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
   private long launches;
   private boolean poison;
+  /** Inside a CUDA-graph capture: nothing may synchronise or copy from the host. */
+  private boolean capturing;
+  /** Uploads and iotas served from a content cache (persistent tensors), so a captured graph never copies them. */
+  private Map<ConstKey, CudaTensor> constants;
+
+  private record ConstKey(DType dtype, List<Long> shape, List<Double> values) {}
 
   /** A device on GPU {@code ordinal} with {@code precision}; throws {@link IllegalStateException} without a GPU. */
   public CudaModelDevice(int ordinal, Precision precision) {
@@ -160,8 +166,18 @@ public final class CudaModelDevice implements Device {
 
     @Override
     public void close() {
+      for (CudaArray a : detach()) {
+        a.close();
+      }
+    }
+
+    /**
+     * Ends the scope without freeing its tensors and hands them to the caller, who closes them when done: a captured
+     * CUDA graph keeps using the memory of the step it recorded.
+     */
+    public List<CudaArray> detach() {
       if (closed) {
-        return;
+        return List.of();
       }
       closed = true;
       if (scopes.peek() != this) {
@@ -172,9 +188,10 @@ public final class CudaModelDevice implements Device {
       castsByBuffer.clear();
       for (CudaArray a : owned) {
         attentionBf16.remove(a);
-        a.close();
       }
+      List<CudaArray> out = new ArrayList<>(owned);
       owned.clear();
+      return out;
     }
   }
 
@@ -207,6 +224,12 @@ public final class CudaModelDevice implements Device {
    */
   private CudaArray temp(DType dtype, long... shape) {
     CudaArray a = CudaArray.empty(gpu, stream, dtype, shape);
+    if (capturing) {
+      // A captured graph reuses this memory at every replay: it stays with the scope (the graph keeps the scope's
+      // memory), and the caller's close() acts on a view, which frees nothing.
+      track(a);
+      a = a.strided(a.shape(), a.strides(), a.offset());
+    }
     return poison ? a.poison() : a;
   }
 
@@ -270,17 +293,70 @@ public final class CudaModelDevice implements Device {
 
   /** A copy of {@code host} on this device. */
   public CudaTensor fromHost(NdArray host) {
+    notCapturing("fromHost");
     return wrap(track(CudaArray.fromHost(gpu, host)));
+  }
+
+  private void notCapturing(String op) {
+    if (capturing) {
+      throw new IllegalStateException("cuda device, " + op + ": not allowed while a CUDA graph is being captured (it"
+          + " copies between host and device or waits for the GPU); do it before the capture");
+    }
+  }
+
+  // ================================================================ CUDA graphs
+
+  /**
+   * Prepares the device for CUDA-graph capture: uploads and iotas are served from a content cache of permanent
+   * tensors from now on (a graph cannot copy from the host), and cuBLAS gets a fixed 32 MiB workspace (it may not
+   * allocate inside a capture).
+   */
+  public void enableGraphs() {
+    if (constants == null) {
+      constants = new java.util.HashMap<>();
+      cublas.setWorkspace(CudaArray.empty(gpu, stream, DType.U8, 32L << 20));
+    }
+  }
+
+  /**
+   * Records what {@code work} queues into a CUDA graph ({@link #enableGraphs} first). Host copies and waits inside
+   * {@code work} fail with a message that names them.
+   */
+  public dev.kiln.runtime.cuda.CudaGraph capture(Runnable work) {
+    if (constants == null) {
+      throw new IllegalStateException("cuda device: call enableGraphs() before capturing a graph");
+    }
+    capturing = true;
+    try {
+      return dev.kiln.runtime.cuda.CudaGraph.capture(stream, work);
+    } finally {
+      capturing = false;
+    }
+  }
+
+  /** A permanent tensor with these contents, made once (graph mode). */
+  private CudaTensor constant(DType dtype, long[] shape, double[] values) {
+    ConstKey key = new ConstKey(dtype, Arrays.stream(shape).boxed().toList(),
+        Arrays.stream(values).boxed().toList());
+    CudaTensor t = constants.get(key);
+    if (t == null) {
+      notCapturing("a constant tensor first seen during capture");
+      t = wrap(CudaArray.fromHost(gpu, (NdArray) host.upload(dtype, shape, values)));
+      constants.put(key, t);
+    }
+    return t;
   }
 
   /** A host copy of {@code t}; waits for the work queued before it. */
   public NdArray toHost(Tensor t) {
+    notCapturing("toHost");
     synchronize();
     return arr(t, "toHost", "t").toHost();
   }
 
   /** Copies {@code host} into the contiguous device tensor {@code dst} of the same shape and dtype. */
   public void copyFromHost(NdArray host, Tensor dst) {
+    notCapturing("copyFromHost");
     written(arr(dst, "copyFromHost", "dst"));
     arr(dst, "copyFromHost", "dst").copyFromHost(host);
   }
@@ -328,23 +404,36 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
+   * {@code out[i] = } the squared L2 norm of tensor {@code i} (F64, summed on the device), without waiting: what a
+   * captured step uses for clipping. {@code out} must be contiguous F64 with one element per tensor.
+   */
+  public void sumsOfSquaresInto(List<? extends Tensor> tensors, CudaArray out) {
+    if (out.dtype() != DType.F64 || out.numel() < tensors.size()) {
+      throw new IllegalArgumentException("cuda device, sumsOfSquaresInto: out must be F64 with " + tensors.size()
+          + " elements, got " + out);
+    }
+    fill(wrap(out), 0);
+    for (int i = 0; i < tensors.size(); i++) {
+      CudaArray a = contiguousArray(floating(tensors.get(i), "sumsOfSquares", "tensor " + i));
+      long n = a.numel();
+      if (n == 0) {
+        continue;
+      }
+      long blocks = Math.min((n + BLOCK * 8L - 1) / (BLOCK * 8L), 1024);
+      op("kiln_sumsq_" + suffix(a.dtype())).launch(stream, blocks, 1, BLOCK, 0,
+          new KernelArgs().ptr(a).i64(n).ptr(out.address() + 8L * i));
+      launches++;
+    }
+  }
+
+  /**
    * The squared L2 norm of each tensor, summed in double on the device and read back in one transfer (gradient
    * clipping's global norm).
    */
   public double[] sumsOfSquares(List<? extends Tensor> tensors) {
-    CudaArray out = CudaArray.zeros(gpu, DType.F64, Math.max(1, tensors.size()));
+    CudaArray out = CudaArray.empty(gpu, stream, DType.F64, Math.max(1, tensors.size()));
     try {
-      for (int i = 0; i < tensors.size(); i++) {
-        CudaArray a = contiguousArray(floating(tensors.get(i), "sumsOfSquares", "tensor " + i));
-        long n = a.numel();
-        if (n == 0) {
-          continue;
-        }
-        long blocks = Math.min((n + BLOCK * 8L - 1) / (BLOCK * 8L), 1024);
-        op("kiln_sumsq_" + suffix(a.dtype())).launch(stream, blocks, 1, BLOCK, 0,
-            new KernelArgs().ptr(a).i64(n).ptr(out.address() + 8L * i));
-        launches++;
-      }
+      sumsOfSquaresInto(tensors, out);
       synchronize();
       return Arrays.copyOf(out.toHost().toDoubleArray(), tensors.size());
     } finally {
@@ -354,6 +443,7 @@ public final class CudaModelDevice implements Device {
 
   /** Waits for the GPU, then raises an index error recorded by a kernel since the last check. */
   public void synchronize() {
+    notCapturing("synchronize");
     gpu.synchronize();
     NdArray err = errorWord.toHost();
     long bad = err.getLong(0);
@@ -454,6 +544,9 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public Tensor upload(DType dtype, long[] shape, double[] values) {
+    if (constants != null) {
+      return constant(dtype, shape, values);
+    }
     return fromHost((NdArray) host.upload(dtype, shape, values));
   }
 
@@ -464,6 +557,13 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public Tensor iota(DType dtype, long n) {
+    if (constants != null) {
+      double[] v = new double[Math.toIntExact(n)];
+      for (int i = 0; i < v.length; i++) {
+        v[i] = i;
+      }
+      return constant(dtype, new long[] {n}, v);
+    }
     return fromHost(NdArray.arange(dtype, n));
   }
 

@@ -23,11 +23,12 @@ struct KilnAdamTensor {  // 64 bytes; the Java side writes the same layout (Adam
 
 #define KILN_ADAM_CHUNK 4096
 
-extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAdamTensor* __restrict__ tensors,
-                                                                    int count, int grad_is_bf16, float lr,
-                                                                    float beta1, float beta2, float eps,
-                                                                    float weight_decay, float bc1, float bc2,
-                                                                    float grad_scale, int cs336) {
+// One block's share of the update; the scalars come from the launch arguments (kiln_adamw_multi) or from device
+// memory (kiln_adamw_multi_dev, for CUDA graphs, where arguments are frozen at capture).
+__device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restrict__ tensors, int count,
+                                                 int grad_is_bf16, float lr, float beta1, float beta2, float eps,
+                                                 float weight_decay, float bc1, float bc2, float grad_scale,
+                                                 int cs336) {
   // Binary search for the tensor that owns this block.
   const kiln_i64 b = blockIdx.x;
   int lo = 0, hi = count - 1;
@@ -59,4 +60,39 @@ extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAda
     tt.v[i] = v;
     if (tt.param_bf16 != nullptr) kiln_store(tt.param_bf16 + i, p);
   }
+}
+
+extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAdamTensor* __restrict__ tensors,
+                                                                    int count, int grad_is_bf16, float lr,
+                                                                    float beta1, float beta2, float eps,
+                                                                    float weight_decay, float bc1, float bc2,
+                                                                    float grad_scale, int cs336) {
+  kiln_adamw_block(tensors, count, grad_is_bf16, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
+}
+
+// hyper: lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, skip (non-zero: leave everything unchanged, the
+// step diverged), cs336 (non-zero: CS336's form).
+extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi_dev(const KilnAdamTensor* __restrict__ tensors,
+                                                                        int count, int grad_is_bf16,
+                                                                        const float* __restrict__ hyper) {
+  if (hyper[8] != 0.f) return;
+  kiln_adamw_block(tensors, count, grad_is_bf16, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5],
+                   hyper[6], hyper[7], hyper[9] != 0.f);
+}
+
+// Global-norm clipping on the device: norm = sqrt(sum of sumsq[0..n)) * inv_micro (gradients summed over
+// micro-batches); hyper[7] (AdamW's gradient scale) = inv_micro * min(1, max_norm / (norm + 1e-6)) when max_norm > 0;
+// hyper[8] (skip) = 1 when the norm is not finite. out[0] = the norm before clipping, for the host to log.
+extern "C" __global__ void kiln_clip_scale(const double* __restrict__ sumsq, int n, float max_norm, float inv_micro,
+                                           float* hyper, double* out) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double s = 0;
+  for (int i = 0; i < n; i++) s += sumsq[i];
+  const double norm = sqrt(s) * inv_micro;
+  const bool finite = norm == norm && norm < 1e308;
+  double clip = 1.0;
+  if (max_norm > 0.f && finite && norm > max_norm) clip = max_norm / (norm + 1e-6);
+  hyper[7] = (float)(clip * inv_micro);
+  hyper[8] = finite ? 0.f : 1.f;
+  out[0] = norm;
 }
