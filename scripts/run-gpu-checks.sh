@@ -7,6 +7,7 @@
 # Environment (all optional):
 #   KILN_TESTS=0            skip the GPU tests
 #   KILN_TRAIN=small,...    configs of the training benchmark (default: all five; "none" skips it)
+#   KILN_GRAPHS=1           the Kiln training benchmark replays steps as CUDA graphs (bench train --graphs)
 #   KILN_TORCH_MODES=eager,compile   PyTorch modes (default both; "none" skips the peer)
 #   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
@@ -37,7 +38,7 @@ fi
 if [[ "$train" != none ]]; then
   echo "=== Kiln training benchmark ($train)"
   timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$train" --steps 20 \
-    --warmup 5 2> "$out/kiln-train.err" | tee "$out/kiln-train.jsonl" | cut -c1-300
+    --warmup 5 $([[ "${KILN_GRAPHS:-0}" == 1 ]] && echo --graphs) 2> "$out/kiln-train.err" | tee "$out/kiln-train.jsonl" | cut -c1-300
   tail -5 "$out/kiln-train.err"
 fi
 if [[ "$torch_modes" != none ]]; then

@@ -78,6 +78,9 @@ public final class BenchTrainCommand implements Callable<Integer> {
   @Option(names = "--precision", description = "With --device cuda: bf16 (mixed, default) or fp32.")
   String precision = "bf16";
 
+  @Option(names = "--graphs", description = "With --device cuda: replay each step after the first as a CUDA graph.")
+  boolean graphs;
+
   @Override
   public Integer call() throws Exception {
     if (device.equals("cuda")) {
@@ -87,7 +90,7 @@ public final class BenchTrainCommand implements Callable<Integer> {
         case "fp32" -> CudaModelDevice.Precision.FP32;
         default -> throw new IllegalArgumentException("--precision must be bf16 or fp32, got " + precision);
       };
-      GpuTrainBench.run(configs, p, steps, warmup, System.out);
+      GpuTrainBench.run(configs, p, steps, warmup, graphs, System.out);
       return 0;
     }
     if (!device.equals("cpu")) {

@@ -51,7 +51,7 @@ final class GpuTrainBench {
 
   /** Times {@code steps} steps after {@code warmup} of each config; one JSON line each on {@code out}. */
   static void run(List<String> configs, CudaModelDevice.Precision precision, int steps, int warmup,
-      PrintStream out) {
+      boolean graphs, PrintStream out) {
     CudaModelDevice dev = new CudaModelDevice(0, precision);
     for (String name : configs) {
       Size s = size(name);
@@ -59,19 +59,20 @@ final class GpuTrainBench {
       line.put("impl", "kiln");
       line.put("config", s.name());
       try {
-        line.putAll(measure(dev, s, steps, warmup));
+        line.putAll(measure(dev, s, steps, warmup, graphs));
       } catch (RuntimeException | OutOfMemoryError e) {
         line.put("error", String.valueOf(e));
       }
       line.put("device", dev.gpu().toString());
       line.put("precision", precision.name().toLowerCase(java.util.Locale.ROOT));
+      line.put("cuda_graphs", graphs);
       out.println(Json.write(line));
       out.flush();
       dev.gpu().allocator().emptyCache();
     }
   }
 
-  private static Map<String, Object> measure(CudaModelDevice dev, Size s, int steps, int warmup) {
+  private static Map<String, Object> measure(CudaModelDevice dev, Size s, int steps, int warmup, boolean graphs) {
     ModelConfig config = new ModelConfig(VOCAB, s.context(), s.dModel(), s.layers(), s.heads(), s.dFf(), 10_000.0,
         ModelConfig.NormPlacement.PRE, ModelConfig.NormType.RMSNORM, 1e-5, ModelConfig.Ffn.SWIGLU,
         ModelConfig.Positions.ROPE, false, false, 0.0);
@@ -81,6 +82,9 @@ final class GpuTrainBench {
     long buildStart = System.nanoTime();
     try (CudaEngine<?> engine = Cs336Lm.cudaEngine(config, 0, dev, opt)) {
       double buildSeconds = (System.nanoTime() - buildStart) / 1e9;
+      if (graphs) {
+        engine.enableGraphs(1.0);
+      }
       ParameterSet p = engine.hostParameters();
       long matmul = 0;
       for (String n : p.names()) {
@@ -105,7 +109,7 @@ final class GpuTrainBench {
         }
         long t0 = System.nanoTime();
         begin.record(dev.gpu().defaultStream());
-        engine.beginStep();
+        engine.beginStep(1e-4);
         double loss = engine.accumulate(x, y);
         engine.clipGradients(1, 1.0);
         engine.update(1e-4);
@@ -124,7 +128,7 @@ final class GpuTrainBench {
       // One more step with the device's profiler on (a sync after every operation): where the time goes.
       NdArray px = rng.integers(NdArray.zeros(DType.I64, s.batch(), s.context()), 0, VOCAB);
       dev.profile(true);
-      engine.beginStep();
+      engine.beginStep(1e-4);
       engine.accumulate(px, px);
       engine.clipGradients(1, 1.0);
       engine.update(1e-4);

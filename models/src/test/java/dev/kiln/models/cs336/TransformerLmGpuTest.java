@@ -134,6 +134,60 @@ class TransformerLmGpuTest {
   }
 
   @Test
+  void cudaGraphStepsEqualEagerSteps() {
+    for (CudaModelDevice.Precision precision : CudaModelDevice.Precision.values()) {
+      CudaModelDevice eagerDev = gpu(precision);
+      CudaModelDevice graphDev = gpu(precision);
+      ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
+      TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
+          1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+      try (CudaEngine<TransformerLm> eager = engine(eagerDev, c, opt);
+          CudaEngine<TransformerLm> graphed = engine(graphDev, c, opt)) {
+        graphed.enableGraphs(0.5);
+        Rng rng = new Rng(8);
+        for (int step = 1; step <= 6; step++) {
+          NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+          NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+          double[] loss = new double[2];
+          double[] norm = new double[2];
+          TrainingEngine[] engines = {eager, graphed};
+          for (int e = 0; e < 2; e++) {
+            engines[e].beginStep(3e-3);
+            loss[e] = engines[e].accumulate(x, y);
+            norm[e] = engines[e].clipGradients(1, 0.5);
+            engines[e].update(3e-3);
+          }
+          // The same kernels in the same order; only the embedding gradient's atomics may add in another order.
+          String what = precision + " step " + step + " (the graph is captured at step 2)";
+          assertEquals(loss[0], loss[1], 1e-5 * loss[0], what + " loss");
+          assertEquals(norm[0], norm[1], 1e-4 * norm[0], what + " gradient norm");
+        }
+        eager.syncToHost();
+        graphed.syncToHost();
+        assertEquals(6, graphed.hostOptimizer().stepCount());
+        for (String n : eager.hostParameters().names()) {
+          double[] a = eager.hostParameters().get(n).to(DType.F64).toDoubleArray();
+          double[] b = graphed.hostParameters().get(n).to(DType.F64).toDoubleArray();
+          for (int i = 0; i < a.length; i++) {
+            assertEquals(a[i], b[i], 1e-5, precision + " " + n + " after 6 steps");
+          }
+        }
+      }
+    }
+  }
+
+  private static CudaEngine<TransformerLm> engine(CudaModelDevice dev, ModelConfig c,
+      TrainConfig.OptimizerConfig opt) {
+    CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
+    TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 11);
+    Map<String, String> names = LmModule.names(c, m.stateDict(p).keySet());
+    Map<String, NdArray> host = new LinkedHashMap<>();
+    names.forEach((k, n) -> host.put(n, NdArray.zeros(DType.F32, m.stateDict(p).get(k).shape())));
+    return new CudaEngine<>(dev, TransformerLmVariantsTest.program(m, dev.iota(DType.I64, c.contextLength())), p,
+        names, ParameterSet.of(host), opt);
+  }
+
+  @Test
   void gpuTrainingFollowsTheCpuTrainer() {
     CudaModelDevice dev = gpu(CudaModelDevice.Precision.FP32);
     ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
@@ -164,7 +218,7 @@ class TransformerLmGpuTest {
         double[] norm = new double[2];
         TrainingEngine[] engines = {cpu, gpu};
         for (int e = 0; e < 2; e++) {
-          engines[e].beginStep();
+          engines[e].beginStep(3e-3);
           // Two micro-batches (the halves of the batch) so accumulation is exercised.
           loss[e] = (engines[e].accumulate(x.narrow(0, 0, 1), y.narrow(0, 0, 1))
               + engines[e].accumulate(x.narrow(0, 1, 2), y.narrow(0, 1, 2))) / 2;

@@ -57,6 +57,39 @@ public final class CudaEngine<P> implements TrainingEngine {
   private CudaModelDevice.Scope stepScope;
   private Map<String, Tensor> grads;
   private double gradScale = 1;
+  private double pendingLr;
+
+  /** CUDA-graph mode ({@link #enableGraphs}): null when off. */
+  private GraphState graph;
+
+  /**
+   * What a captured step keeps: its fixed inputs and gradient buffers, the AdamW table over them, the scalars the
+   * graph reads from device memory, the memory the recorded step allocated, and the graph itself.
+   */
+  private static final class GraphState {
+    final double maxNorm;
+    final CudaArray hyper;
+    final CudaArray sumsq;
+    final CudaArray norm;
+    final Map<String, CudaTensor> grads = new LinkedHashMap<>();
+    FusedAdamW.Prepared table;
+    CudaTensor inputs;
+    CudaTensor targets;
+    CudaTensor loss;
+    dev.kiln.runtime.cuda.CudaGraph graph;
+    final List<CudaArray> memory = new ArrayList<>();
+    int eagerSteps;
+    boolean replayed;
+    double lastNorm;
+    boolean lastSkipped;
+
+    GraphState(double maxNorm, CudaArray hyper, CudaArray sumsq, CudaArray norm) {
+      this.maxNorm = maxNorm;
+      this.hyper = hyper;
+      this.sumsq = sumsq;
+      this.norm = norm;
+    }
+  }
 
   /**
    * An engine over {@code params} (a record whose tensors are the device's, e.g. the generated {@code init} run on
@@ -137,16 +170,49 @@ public final class CudaEngine<P> implements TrainingEngine {
   }
 
   @Override
-  public void beginStep() {
+  public void beginStep(double lr) {
     abandonStep();
+    pendingLr = lr;
     stepScope = dev.scope();
     grads = null;
+    if (graph != null) {
+      graph.replayed = false;
+    }
+  }
+
+  /**
+   * Runs every step after the first as one CUDA-graph launch: forward, backward, clipping to {@code maxGradNorm} and
+   * AdamW recorded once (the first step runs eagerly and warms up every kernel and cache), then replayed with the
+   * new batch copied into fixed input buffers and the learning rate and bias corrections written to device memory.
+   * For one micro-batch per step (the trainer checks), and batches of one shape. A step whose gradient norm is not
+   * finite skips the update on the device, as the eager path does on the host.
+   */
+  @Override
+  public void enableGraphs(double maxGradNorm) {
+    if (graph != null) {
+      return;
+    }
+    dev.enableGraphs();
+    GraphState g = new GraphState(maxGradNorm, CudaArray.zeros(dev.gpu(), DType.F32, 10),
+        CudaArray.zeros(dev.gpu(), DType.F64, Math.max(1, byName.size())), CudaArray.zeros(dev.gpu(), DType.F64, 1));
+    List<FusedAdamW.Param> table = new ArrayList<>();
+    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+      CudaTensor gradBuffer = (CudaTensor) dev.zeros(DType.F32, e.getValue().shape());
+      g.grads.put(e.getKey(), gradBuffer);
+      table.add(new FusedAdamW.Param(e.getValue().array(), gradBuffer.array(), m.get(e.getKey()), v.get(e.getKey()),
+          twins.get(e.getKey())));
+    }
+    g.table = adamw.prepare(table);
+    graph = g;
   }
 
   @Override
   public double accumulate(NdArray inputs, NdArray targets) {
     if (stepScope == null) {
       throw new IllegalStateException("accumulate outside a step: call beginStep first");
+    }
+    if (graph != null && graph.eagerSteps > 0) {
+      return graphStep(inputs, targets);
     }
     try (CudaModelDevice.Scope micro = dev.scope()) {
       Context ctx = new Context();
@@ -173,8 +239,68 @@ public final class CudaEngine<P> implements TrainingEngine {
     }
   }
 
+  /** One step through the captured graph (capturing it first if needed); returns the loss. */
+  private double graphStep(NdArray inputs, NdArray targets) {
+    GraphState g = graph;
+    if (g.replayed) {
+      throw new IllegalStateException("CUDA-graph steps take one micro-batch (training.grad_accum_steps 1)");
+    }
+    if (g.inputs == null) {
+      g.inputs = (CudaTensor) stepScope.keep(dev.fromHost(inputs));
+      g.targets = (CudaTensor) stepScope.keep(dev.fromHost(targets));
+      g.memory.add(g.inputs.array());
+      g.memory.add(g.targets.array());
+    } else {
+      if (!java.util.Arrays.equals(inputs.shape(), g.inputs.shape())) {
+        throw new IllegalArgumentException("CUDA-graph steps need batches of one shape: captured "
+            + java.util.Arrays.toString(g.inputs.shape()) + ", got " + java.util.Arrays.toString(inputs.shape()));
+      }
+      dev.copyFromHost(inputs.contiguous(), g.inputs);
+      dev.copyFromHost(targets.contiguous(), g.targets);
+    }
+    long t = steps + 1;
+    float bc1 = (float) (1 - Math.pow(optConfig.beta1(), t));
+    float bc2 = (float) (1 - Math.pow(optConfig.beta2(), t));
+    g.hyper.copyFromHost(NdArray.fromFloats(new float[] {(float) pendingLr, (float) optConfig.beta1(),
+        (float) optConfig.beta2(), (float) optConfig.eps(), (float) optConfig.weightDecay(), bc1, bc2, 1f, 0f,
+        optConfig.formula() == AdamW.Formula.CS336 ? 1f : 0f}, 10));
+    if (g.graph == null) {
+      g.graph = dev.capture(() -> {
+        Context ctx = new Context();
+        g.loss = (CudaTensor) program.loss(ctx, params, g.inputs, g.targets);
+        Map<String, Tensor> gr = program.stateDict(program.lossBackward(ctx, params, dev.full(DType.F32, 1.0)));
+        ctx.clear();
+        java.util.Set<String> written = new java.util.HashSet<>();
+        for (Route r : routes) {
+          if (written.add(r.name())) {
+            dev.copy(gr.get(r.moduleKey()), g.grads.get(r.name()));
+          } else {
+            dev.addInto(g.grads.get(r.name()), gr.get(r.moduleKey()));
+          }
+        }
+        dev.sumsOfSquaresInto(new ArrayList<>(g.grads.values()), g.sumsq);
+        dev.gpu().kernels().module("adamw").kernel("kiln_clip_scale").launch(dev.gpu().defaultStream(), 1, 1, 32, 0,
+            new dev.kiln.runtime.cuda.KernelArgs().ptr(g.sumsq).i32(g.grads.size()).f32((float) g.maxNorm).f32(1f)
+                .ptr(g.hyper).ptr(g.norm));
+        adamw.step(g.table, g.hyper);
+      });
+      // The recorded step's memory belongs to the graph now: every replay writes the same addresses.
+      g.memory.addAll(stepScope.detach());
+      stepScope = dev.scope();
+    }
+    g.graph.launch(dev.gpu().defaultStream());
+    double loss = dev.download(g.loss)[0];
+    g.lastNorm = g.norm.toHost().toDoubleArray()[0];
+    g.lastSkipped = g.hyper.toHost().toDoubleArray()[8] != 0;
+    g.replayed = true;
+    return loss;
+  }
+
   @Override
   public double clipGradients(int microBatches, double maxNorm) {
+    if (graph != null && graph.replayed) {
+      return graph.lastNorm;
+    }
     List<Tensor> list = new ArrayList<>();
     for (String n : byName.keySet()) {
       list.add(grads.get(n));
@@ -192,6 +318,17 @@ public final class CudaEngine<P> implements TrainingEngine {
 
   @Override
   public void update(double lr) {
+    if (graph != null && graph.replayed) {
+      // The graph applied the update already (or skipped it on a non-finite norm, which the trainer reports).
+      if (!graph.lastSkipped) {
+        steps++;
+      }
+      abandonStep();
+      return;
+    }
+    if (graph != null) {
+      graph.eagerSteps++;
+    }
     List<FusedAdamW.Param> ps = new ArrayList<>();
     for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
       String n = e.getKey();
@@ -253,6 +390,18 @@ public final class CudaEngine<P> implements TrainingEngine {
   @Override
   public void close() {
     abandonStep();
+    if (graph != null) {
+      if (graph.graph != null) {
+        graph.graph.close();
+      }
+      graph.memory.forEach(CudaArray::close);
+      graph.grads.values().forEach(dev::release);
+      graph.table.close();
+      graph.hyper.close();
+      graph.sumsq.close();
+      graph.norm.close();
+      graph = null;
+    }
     m.values().forEach(CudaArray::close);
     v.values().forEach(CudaArray::close);
     m.clear();

@@ -30,7 +30,7 @@ final class HostEngine implements TrainingEngine {
   }
 
   @Override
-  public void beginStep() {
+  public void beginStep(double lr) {
     grads.zero();
   }
 

@@ -109,13 +109,14 @@ public record TrainConfig(
 
   /**
    * The optimisation loop, and where it runs: {@code device} cpu or cuda; {@code precision} fp32, or bf16 (mixed
-   * precision on cuda: bf16 GEMMs and attention, fp32 master weights, optimizer state and everything else).
+   * precision on cuda: bf16 GEMMs and attention, fp32 master weights, optimizer state and everything else);
+   * {@code cudaGraphs}: replay each step after the first as one CUDA graph (cuda, one micro-batch per step).
    */
   public record TrainingConfig(
       @Required long steps, int batchSize, int gradAccumSteps, double maxGradNorm, long seed, Path runDir,
-      TrainDevice device, Precision precision) {
+      TrainDevice device, Precision precision, boolean cudaGraphs) {
     public static TrainingConfig defaults() {
-      return new TrainingConfig(0, 32, 1, 1.0, 0, Path.of("run"), TrainDevice.CPU, Precision.FP32);
+      return new TrainingConfig(0, 32, 1, 1.0, 0, Path.of("run"), TrainDevice.CPU, Precision.FP32, false);
     }
   }
 
@@ -201,6 +202,11 @@ public record TrainConfig(
     positive(p, "training.grad_accum_steps", t.gradAccumSteps());
     if (t.precision() == Precision.BF16 && t.device() != TrainDevice.CUDA) {
       p.add("training.precision bf16 (mixed precision) needs training.device cuda; on the cpu use fp32");
+    }
+    if (t.cudaGraphs() && (t.device() != TrainDevice.CUDA || t.gradAccumSteps() != 1)) {
+      p.add("training.cuda_graphs needs training.device cuda and training.grad_accum_steps 1 (a graph records one"
+          + " micro-batch), got device " + t.device().toString().toLowerCase(java.util.Locale.ROOT)
+          + " and grad_accum_steps " + t.gradAccumSteps());
     }
     if (t.device() == TrainDevice.CUDA && o.name() != OptimizerName.ADAMW) {
       p.add("training.device cuda trains with AdamW (the fused GPU optimizer); optimizer.name " + o.name()

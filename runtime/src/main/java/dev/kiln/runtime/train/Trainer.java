@@ -89,6 +89,9 @@ public final class Trainer implements AutoCloseable {
     this.config = config;
     this.engine = engine;
     this.params = engine.hostParameters();
+    if (config.training().cudaGraphs()) {
+      engine.enableGraphs(config.training().maxGradNorm());
+    }
     this.schedule = config.schedule().create(config.training().steps());
     this.runDir = config.training().runDir();
     this.checkpoints = new Checkpoints(runDir.resolve("checkpoints"), config.checkpoint().keep());
@@ -223,7 +226,7 @@ public final class Trainer implements AutoCloseable {
     while (step < total) {
       long t0 = System.nanoTime();
       double lr = schedule.lr(step);
-      engine.beginStep();
+      engine.beginStep(lr);
       double loss = 0;
       for (int micro = 0; micro < t.gradAccumSteps(); micro++) {
         Batch b = trainBatches.next();

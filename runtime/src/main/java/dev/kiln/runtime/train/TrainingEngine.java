@@ -20,8 +20,20 @@ public interface TrainingEngine extends AutoCloseable {
   /** The optimizer whose state checkpoints save and resume loads (host arrays, as {@link #hostParameters}). */
   Optimizer hostOptimizer();
 
-  /** Starts an optimizer step: gradients are zero. */
-  void beginStep();
+  /**
+   * Starts an optimizer step that will update at learning rate {@code lr} (a captured CUDA-graph step needs it
+   * before the batch runs): gradients are zero.
+   */
+  void beginStep(double lr);
+
+  /**
+   * Runs steps as CUDA-graph replays, clipping to {@code maxGradNorm} (0: no clipping); for one micro-batch per step.
+   *
+   * @throws UnsupportedOperationException on an engine that has no graphs (the CPU's)
+   */
+  default void enableGraphs(double maxGradNorm) {
+    throw new UnsupportedOperationException("CUDA graphs need training.device cuda");
+  }
 
   /** Adds the gradient of one micro-batch's mean loss; returns that loss. */
   double accumulate(NdArray inputs, NdArray targets);

@@ -190,8 +190,13 @@ class ConfigTest {
     e = assertThrows(ConfigException.class, () -> ConfigLoader.load(file("d2.yaml", yaml("")),
         List.of("training.device=cuda", "optimizer.name=sgd")));
     assertTrue(e.getMessage().contains("training.device cuda trains with AdamW"), e.getMessage());
+    e = assertThrows(ConfigException.class, () -> ConfigLoader.load(file("d4.yaml", yaml("")),
+        List.of("training.device=cuda", "training.cuda_graphs=true", "training.grad_accum_steps=2")));
+    assertTrue(e.getMessage().contains("training.cuda_graphs needs training.device cuda and"
+        + " training.grad_accum_steps 1"), e.getMessage());
     TrainConfig gpu = ConfigLoader.load(file("d3.yaml", yaml("")), List.of("training.device=CUDA",
-        "training.precision=bf16"));
+        "training.precision=bf16", "training.cuda_graphs=true"));
+    assertTrue(gpu.training().cudaGraphs());
     assertEquals(TrainConfig.TrainDevice.CUDA, gpu.training().device());
     assertEquals(TrainConfig.Precision.BF16, gpu.training().precision());
   }
