@@ -176,6 +176,7 @@ class TransformerLmGpuTest {
     }
   }
 
+  /** The model initialised with seed 11 (as the CPU side of these tests) in a GPU engine. */
   private static CudaEngine<TransformerLm> engine(CudaModelDevice dev, ModelConfig c,
       TrainConfig.OptimizerConfig opt) {
     CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
@@ -183,6 +184,7 @@ class TransformerLmGpuTest {
     Map<String, String> names = LmModule.names(c, m.stateDict(p).keySet());
     Map<String, NdArray> host = new LinkedHashMap<>();
     names.forEach((k, n) -> host.put(n, NdArray.zeros(DType.F32, m.stateDict(p).get(k).shape())));
+    // Positions made outside any scope: they live as long as the device.
     return new CudaEngine<>(dev, TransformerLmVariantsTest.program(m, dev.iota(DType.I64, c.contextLength())), p,
         names, ParameterSet.of(host), opt);
   }
@@ -201,15 +203,7 @@ class TransformerLmGpuTest {
         1e-8, 0.1, AdamW.Formula.CS336, 0, false);
     TrainingEngine cpu = TrainingEngine.forModel(cpuModel, opt);
 
-    CompiledTransformerLm gpuM = new CompiledTransformerLm(dev, DType.F32);
-    TransformerLm gpuP = gpuM.init(Config.of(mc), 11);
-    Map<String, String> names = LmModule.names(c, gpuM.stateDict(gpuP).keySet());
-    Map<String, NdArray> host = new LinkedHashMap<>();
-    names.forEach((k, n) -> host.put(n, NdArray.zeros(DType.F32, gpuM.stateDict(gpuP).get(k).shape())));
-    // Positions made outside any scope: they live as long as the device.
-    CompiledModel.Program<TransformerLm> program =
-        TransformerLmVariantsTest.program(gpuM, dev.iota(DType.I64, c.contextLength()));
-    try (CudaEngine<TransformerLm> gpu = new CudaEngine<>(dev, program, gpuP, names, ParameterSet.of(host), opt)) {
+    try (CudaEngine<TransformerLm> gpu = engine(dev, c, opt)) {
       Rng rng = new Rng(5);
       for (int step = 1; step <= 12; step++) {
         NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
