@@ -11,6 +11,8 @@ import dev.kiln.runtime.cpu.device.CpuDevice;
 import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.optim.ParameterSet;
 import dev.kiln.runtime.infer.LmWeights;
+import dev.kiln.runtime.infer.ModelFolder;
+import dev.kiln.runtime.io.SafetensorsFile;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.train.CompiledModel;
 import dev.kiln.runtime.train.CudaEngine;
@@ -18,6 +20,8 @@ import dev.kiln.runtime.train.TrainConfig;
 import dev.kiln.runtime.train.LmModule;
 import dev.kiln.runtime.train.ModelConfig;
 import java.util.ArrayList;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
@@ -115,6 +119,22 @@ public final class Cs336Lm {
     Cs336Lm lm = new Cs336Lm(config, dtype, 0);
     lm.model.parameters().forEach((n, a) -> a.copyFrom(stateDict.get(n)));
     return lm;
+  }
+
+  /**
+   * The weights of a model folder (a Kiln run or checkpoint, or a CS336/PyTorch folder), checked against its config,
+   * as {@link #load(ModelConfig, Map, String, DType)} does.
+   */
+  public static Cs336Lm load(ModelFolder folder, DType dtype) throws java.io.IOException {
+    Path weights = Files.isRegularFile(folder.dir().resolve("model.safetensors"))
+        ? folder.dir().resolve("model.safetensors") : folder.dir().resolve("model.safetensors.index.json");
+    try (SafetensorsFile st = SafetensorsFile.open(folder.dir())) {
+      Map<String, NdArray> sd = new LinkedHashMap<>();
+      for (String n : st.names()) {
+        sd.put(n, st.get(n));
+      }
+      return load(folder.config(), sd, weights.toString(), dtype);
+    }
   }
 
   public ModelConfig config() {

@@ -7,11 +7,9 @@ import dev.kiln.runtime.io.AtomicFiles;
 import dev.kiln.runtime.io.Json;
 import dev.kiln.runtime.io.Npy;
 import dev.kiln.runtime.io.Safetensors;
-import dev.kiln.runtime.io.SafetensorsFile;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.train.CompiledModel;
 import dev.kiln.runtime.train.ModelConfig;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
@@ -93,16 +91,7 @@ public final class ForwardCommand implements Callable<Integer> {
     NdArray ids = readIds(input, "--input", c, null);
     NdArray next = targets == null ? null : readIds(targets, "--targets", c, ids.shape());
 
-    Cs336Lm lm;
-    Path weights = Files.isRegularFile(folder.dir().resolve("model.safetensors"))
-        ? folder.dir().resolve("model.safetensors") : folder.dir().resolve("model.safetensors.index.json");
-    try (SafetensorsFile st = SafetensorsFile.open(folder.dir())) {
-      Map<String, NdArray> sd = new LinkedHashMap<>();
-      for (String n : st.names()) {
-        sd.put(n, st.get(n));
-      }
-      lm = Cs336Lm.load(c, sd, weights.toString(), dtype);
-    }
+    Cs336Lm lm = Cs336Lm.load(folder, dtype);
 
     Cs336Lm.OnCuda gpu = cuda ? lm.onCuda(new CudaModelDevice(0, CudaModelDevice.Precision.FP32)) : null;
     NdArray logits = gpu != null ? gpu.logits(ids) : lm.logits(ids);

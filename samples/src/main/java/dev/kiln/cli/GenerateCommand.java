@@ -7,10 +7,6 @@ import dev.kiln.dsl.DType;
 import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.infer.FullWindowModel;
 import dev.kiln.runtime.infer.NextTokenModel;
-import dev.kiln.runtime.io.SafetensorsFile;
-import dev.kiln.runtime.tensor.NdArray;
-import java.util.LinkedHashMap;
-import java.util.Map;
 import dev.kiln.runtime.tensor.Rng;
 import dev.kiln.runtime.tokenizer.BpeTokenizer;
 import dev.kiln.runtime.train.ModelConfig;
@@ -120,14 +116,7 @@ public final class GenerateCommand implements Callable<Integer> {
 
   /** The folder's weights in the compiled model on the GPU, generating by full-window forwards. */
   private static NextTokenModel onCuda(ModelFolder folder) throws java.io.IOException {
-    Map<String, NdArray> sd = new LinkedHashMap<>();
-    Cs336Lm lm;
-    try (SafetensorsFile st = SafetensorsFile.open(folder.dir())) {
-      for (String n : st.names()) {
-        sd.put(n, st.get(n));
-      }
-      lm = Cs336Lm.load(folder.config(), sd, folder.dir().toString(), DType.F32);
-    }
+    Cs336Lm lm = Cs336Lm.load(folder, DType.F32);
     Cs336Lm.OnCuda gpu = lm.onCuda(new CudaModelDevice(0, CudaModelDevice.Precision.FP32));
     return new FullWindowModel(folder.config(), gpu::lastLogits);
   }
