@@ -125,7 +125,12 @@ final class GpuTrainBench {
           throw new IllegalStateException("loss is " + loss + " at step " + i);
         }
       }
-      // One more step with the device's profiler on (a sync after every operation): where the time goes.
+      // One more step with the device's profiler on (a sync after every operation): where the time goes. A graph
+      // replay is one launch with nothing to time inside it, so there is no profile with graphs.
+      if (graphs) {
+        System.err.println("no profile of the " + s.name() + " step: it is one CUDA-graph replay (run without"
+            + " --graphs for the per-operation profile)");
+      }
       NdArray px = rng.integers(NdArray.zeros(DType.I64, s.batch(), s.context()), 0, VOCAB);
       dev.profile(true);
       engine.beginStep(1e-4);
@@ -133,8 +138,10 @@ final class GpuTrainBench {
       engine.clipGradients(1, 1.0);
       engine.update(1e-4);
       dev.profile(false);
-      System.err.println("profile of one " + s.name() + " step (synchronised after every operation):");
-      System.err.print(dev.profileReport());
+      if (!graphs) {
+        System.err.println("profile of one " + s.name() + " step (synchronised after every operation):");
+        System.err.print(dev.profileReport());
+      }
       double[] sorted = times.clone();
       Arrays.sort(sorted);
       double mean = Arrays.stream(times).sum() / steps;

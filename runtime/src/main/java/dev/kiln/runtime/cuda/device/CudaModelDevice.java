@@ -256,7 +256,7 @@ public final class CudaModelDevice implements Device {
   public String profileReport() {
     StringBuilder b = new StringBuilder();
     profile.entrySet().stream().sorted((x, y) -> Double.compare(y.getValue()[0], x.getValue()[0]))
-        .forEach(e -> b.append(String.format(java.util.Locale.ROOT, "%-44s %9.3f ms %7d calls%n", e.getKey(),
+        .forEach(e -> b.append(String.format(java.util.Locale.ROOT, "%-52s %9.3f ms %7d calls%n", e.getKey(),
             e.getValue()[0] / 1e6, (long) e.getValue()[1])));
     return b.toString();
   }
@@ -714,7 +714,13 @@ public final class CudaModelDevice implements Device {
     } finally {
       temps.forEach(CudaArray::close);
     }
-    mark("gemm " + (z.rank() == 3 ? "batched" : "") + (precision == Precision.BF16 ? "bf16" : "fp32"));
+    if (profiling) {
+      // One line per GEMM shape (m×n×k, operand layouts), so a slow shape stands out in the profile.
+      long k = transA ? x.shape(-2) : x.shape(-1);
+      mark("gemm " + (z.rank() == 3 ? "batched " + z.shape(0) + "× " : "")
+          + (precision == Precision.BF16 ? "bf16 " : "fp32 ") + z.shape(-2) + "x" + z.shape(-1) + "x" + k + " "
+          + (transA ? "T" : "N") + (transB ? "T" : "N"));
+    }
   }
 
   /** cuBLAS needs rows or columns contiguous; anything else is copied (into a scratch array) first. */
@@ -1079,6 +1085,45 @@ public final class CudaModelDevice implements Device {
       return 256;
     }
     return cols > 64 ? 128 : 64;
+  }
+
+  // ================================================================ rotary position embedding
+
+  /**
+   * One kernel, one thread per pair; the angles are made on the device from {@code positions}, never uploaded. An
+   * {@code x} of rank up to 4 with a contiguous last dim (the head-split view of a projection) is read in place.
+   */
+  @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
+    CudaArray a = floating(x, "rope", "x");
+    if (a.rank() < 1 || a.shape(-1) % 2 != 0) {
+      throw new IllegalArgumentException("cuda device, rope: x " + Arrays.toString(a.shape())
+          + " must have an even last dim (pairs are rotated)");
+    }
+    if (a.rank() > 4 || (a.shape(-1) > 1 && a.stride(-1) != 1)) {
+      a = contiguousArray(a);
+    }
+    long[] rows = Arrays.copyOf(a.shape(), a.rank() - 1);
+    CudaArray p = ids(positions, "rope");
+    CudaArray pos = p;
+    if (p.dtype() != DType.I64 || !p.isContiguous() || !Arrays.equals(p.shape(), rows)) {
+      pos = newArray(DType.I64, rows);
+      copyArray(p, pos); // broadcasts [s] (or any shape that broadcasts) over the leading dims
+    }
+    // The leading dims as [n0, n1, n2], padded in front with size-1 dims.
+    long[] n = {1, 1, 1};
+    long[] st = {0, 0, 0};
+    for (int i = 0; i < rows.length; i++) {
+      n[3 - rows.length + i] = rows[i];
+      st[3 - rows.length + i] = a.stride(i);
+    }
+    long half = a.shape(-1) / 2;
+    long rowCount = pos.numel();
+    CudaArray out = newArray(a.dtype(), a.shape());
+    launchFlat("kiln_rope_" + suffix(a.dtype()), rowCount * half, new KernelArgs().ptr(a).i64(n[1]).i64(n[2])
+        .i64(st[0]).i64(st[1]).i64(st[2]).ptr(pos).ptr(out).i64(rowCount).i64(half).f64(theta)
+        .f64(inverse ? -1 : 1));
+    return wrap(out);
   }
 
   // ================================================================ fused kernels

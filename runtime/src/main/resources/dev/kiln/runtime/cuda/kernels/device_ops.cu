@@ -422,6 +422,39 @@ KILN_INDEX(f32, float, i64, kiln_i64)
 KILN_INDEX(f64, double, i32, int)
 KILN_INDEX(f64, double, i64, kiln_i64)
 
+// ---------------------------------------------------------------- rotary position embedding (Device.rope)
+
+// One thread per pair: out contiguous [rows, 2 * half], pos [rows]; x is [n0, n1, n2, 2 * half] with its last dim
+// contiguous and the leading strides s0, s1, s2 (so the head-split view of a projection is read in place, not copied
+// first). Pair i of row r turns by sign * pos[r] * theta^(-i / half). The angle, its cosine and sine are taken in
+// double, as the CPU device does, so both devices round the same rotation; the rotation itself is done in T.
+template <class T>
+__device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1, kiln_i64 s2,
+                          const kiln_i64* __restrict__ pos, T* __restrict__ out, kiln_i64 rows, kiln_i64 half,
+                          double theta, double sign) {
+  KILN_GRID_LOOP(e, rows * half) {
+    const kiln_i64 r = e / half;
+    const kiln_i64 i = e - r * half;
+    const kiln_i64 i2 = r % n2, i1 = (r / n2) % n1, i0 = r / (n2 * n1);
+    const T* row = x + i0 * s0 + i1 * s1 + i2 * s2;
+    const double angle = sign * (double)pos[r] * pow(theta, -(double)i / (double)half);
+    double s, c;
+    sincos(angle, &s, &c);
+    const T c0 = (T)c, s0v = (T)s;
+    const T x0 = row[2 * i], x1 = row[2 * i + 1];
+    out[2 * e] = x0 * c0 - x1 * s0v;
+    out[2 * e + 1] = x0 * s0v + x1 * c0;
+  }
+}
+#define KILN_ROPE(N, T)                                                                                          \
+  extern "C" __global__ void kiln_rope_##N(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1,       \
+                                           kiln_i64 s2, const kiln_i64* pos, T* out, kiln_i64 rows,            \
+                                           kiln_i64 half, double theta, double sign) {                          \
+    kiln_rope<T>(x, n1, n2, s0, s1, s2, pos, out, rows, half, theta, sign);                                     \
+  }
+KILN_ROPE(f32, float)
+KILN_ROPE(f64, double)
+
 // ---------------------------------------------------------------- squared norms (gradient clipping)
 
 // *out += sum(x[i]^2) over this launch's blocks, in double; the host zeroes *out first. Block partials are added

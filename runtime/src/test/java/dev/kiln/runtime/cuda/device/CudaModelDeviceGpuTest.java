@@ -280,6 +280,39 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void ropeMatchesTheCpuForStridedInputsAndBroadcastPositions() {
+    // x [2, 3, 5, 8] seen through a permutation (not contiguous); positions up to 4,095 so that the angles are large.
+    NdArray x = randn(2, 5, 3, 8);
+    NdArray seq = NdArray.fromLongs(new long[] {0, 1, 7, 512, 4095}, 5);
+    int[] rows = new int[30];
+    for (int i = 0; i < rows.length; i++) {
+      rows[i] = rnd.nextInt(4096);
+    }
+    NdArray perRow = NdArray.fromInts(rows, 2, 3, 5);
+    for (NdArray pos : new NdArray[] {seq, perRow}) {
+      for (boolean inverse : new boolean[] {false, true}) {
+        String what = "rope, positions " + Arrays.toString(pos.shape()) + " " + pos.dtype() + (inverse ? ", inverse"
+            : "");
+        // Angles, cosines and sines in double on both devices, the rotation in float: only FMA contraction differs.
+        Tensor ref = cpu.rope(cpu.permute(x, 0, 2, 1, 3), pos, 10_000, inverse);
+        Tensor got = gpu.rope(gpu.permute(gpu.fromHost(x), 0, 2, 1, 3), gpu.fromHost(pos), 10_000, inverse);
+        same(what, ref, got);
+      }
+    }
+    // Rank 2 (rows padded to three leading dims) and rank 5 (copied to contiguous first).
+    NdArray flat = randn(5, 6);
+    same("rope, rank 2", cpu.rope(flat, seq, 10_000, false), gpu.rope(gpu.fromHost(flat), gpu.fromHost(seq), 10_000,
+        false));
+    NdArray deep = randn(2, 2, 3, 5, 4);
+    same("rope, rank 5", cpu.rope(deep, seq, 10_000, false), gpu.rope(gpu.fromHost(deep), gpu.fromHost(seq), 10_000,
+        false));
+    // The inverse rotation undoes the rotation (it is the VJP the processor emits): a few float roundings apart.
+    Tensor there = gpu.rope(gpu.fromHost(x), gpu.fromHost(seq.reshape(5, 1)), 500, false);
+    Tensor back = gpu.rope(there, gpu.fromHost(seq.reshape(5, 1)), 500, true);
+    GpuTesting.assertClose("rope then inverse rope", GpuTesting.doubles(x), d(back, gpu), 0, 1e-5);
+  }
+
+  @Test
   void inPlaceAddAndSquaredNorms() {
     NdArray a = randn(33, 17);
     NdArray b = randn(17);
