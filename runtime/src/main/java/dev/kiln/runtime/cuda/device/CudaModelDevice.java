@@ -86,6 +86,8 @@ public final class CudaModelDevice implements Device {
 
   /** bf16 copies attention made in forward, by the {@code out} tensor they belong to, for its backward. */
   private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
+  /** RoPE inverse frequencies by (theta, half width): tiny, permanent, made before any capture needs them. */
+  private final Map<List<Double>, CudaArray> ropeTables = new java.util.HashMap<>();
   private long launches;
   private boolean poison;
   /** Inside a CUDA-graph capture: nothing may synchronise or copy from the host. */
@@ -186,8 +188,11 @@ public final class CudaModelDevice implements Device {
       scopes.pop();
       castCache.clear();
       castsByBuffer.clear();
-      for (CudaArray a : owned) {
-        attentionBf16.remove(a);
+      if (!attentionBf16.isEmpty()) {
+        // Keyed by the attention output, which may be a view (laid out like v) of an array this scope owns.
+        java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+        owned.forEach(a -> buffers.add(a.bufferIdentity()));
+        attentionBf16.keySet().removeIf(k -> buffers.contains(k.bufferIdentity()));
       }
       List<CudaArray> out = new ArrayList<>(owned);
       owned.clear();
@@ -216,6 +221,36 @@ public final class CudaModelDevice implements Device {
 
   private CudaArray newArray(DType dtype, long... shape) {
     return track(temp(dtype, shape));
+  }
+
+  /**
+   * A new scope array of {@code like}'s shape and dtype whose dims lie in memory in {@code like}'s stride order, as
+   * torch's {@code preserve_format}. A result made from a head-split view ({@code [b, h, s, d]} over a
+   * {@code [b, s, h·d]} projection) keeps that layout, so the rearrange that merges the heads again is a view, not a
+   * copy. Contiguous (or broadcast) inputs give a contiguous result.
+   */
+  private CudaArray newArrayLike(CudaArray like) {
+    return newArrayLike(like, like.dtype(), like.shape());
+  }
+
+  private CudaArray newArrayLike(CudaArray like, DType dtype, long[] shape) {
+    int r = like.rank();
+    if (like.isContiguous() || r < 2 || Arrays.stream(like.strides()).anyMatch(x -> x == 0)) {
+      return newArray(dtype, shape);
+    }
+    // Dims by decreasing stride, ties in dim order: the physical order of like's memory.
+    Integer[] order = new Integer[r];
+    for (int i = 0; i < r; i++) {
+      order[i] = i;
+    }
+    Arrays.sort(order, (x, y) -> Long.compare(like.stride(y), like.stride(x)));
+    long[] physical = new long[r];
+    int[] back = new int[r];
+    for (int i = 0; i < r; i++) {
+      physical[i] = shape[order[i]];
+      back[order[i]] = i;
+    }
+    return newArray(dtype, physical).permute(back);
   }
 
   /**
@@ -1090,7 +1125,8 @@ public final class CudaModelDevice implements Device {
   // ================================================================ rotary position embedding
 
   /**
-   * One kernel, one thread per pair; the angles are made on the device from {@code positions}, never uploaded. An
+   * One kernel, one thread per pair. The positions are read where they are (broadcast by strides) and the inverse
+   * frequencies come from a small table made once per (theta, width), so nothing is uploaded or expanded per call. An
    * {@code x} of rank up to 4 with a contiguous last dim (the head-split view of a projection) is read in place.
    */
   @Override
@@ -1100,30 +1136,54 @@ public final class CudaModelDevice implements Device {
       throw new IllegalArgumentException("cuda device, rope: x " + Arrays.toString(a.shape())
           + " must have an even last dim (pairs are rotated)");
     }
-    if (a.rank() > 4 || (a.shape(-1) > 1 && a.stride(-1) != 1)) {
-      a = contiguousArray(a);
-    }
     long[] rows = Arrays.copyOf(a.shape(), a.rank() - 1);
     CudaArray p = ids(positions, "rope");
-    CudaArray pos = p;
-    if (p.dtype() != DType.I64 || !p.isContiguous() || !Arrays.equals(p.shape(), rows)) {
-      pos = newArray(DType.I64, rows);
-      copyArray(p, pos); // broadcasts [s] (or any shape that broadcasts) over the leading dims
+    long[] ps = StridedPlan.broadcastStrides(p.shape(), p.strides(), rows, "cuda device, rope: positions");
+    long[] shape = a.shape();
+    if (a.rank() > 4) {
+      // More leading dims than the kernel walks: flatten x and the positions to one row dim.
+      a = contiguousArray(a);
+      CudaArray flat = newArray(p.dtype(), rows);
+      copyArray(p, flat);
+      p = flat;
+      rows = new long[] {NdArray.numel(rows)};
+      a = a.strided(new long[] {rows[0], a.shape(-1)}, new long[] {a.shape(-1), 1}, a.offset());
+      ps = new long[] {1};
+    } else if (a.shape(-1) > 1 && a.stride(-1) != 1) {
+      a = contiguousArray(a);
     }
+    // In x's layout: x's last dim has stride 1 here, and ties keep dim order, so the result's last dim is contiguous.
+    CudaArray out = newArrayLike(a);
     // The leading dims as [n0, n1, n2], padded in front with size-1 dims.
     long[] n = {1, 1, 1};
-    long[] st = {0, 0, 0};
+    long[] xs = {0, 0, 0};
+    long[] os = {0, 0, 0};
+    long[] pst = {0, 0, 0};
     for (int i = 0; i < rows.length; i++) {
       n[3 - rows.length + i] = rows[i];
-      st[3 - rows.length + i] = a.stride(i);
+      xs[3 - rows.length + i] = a.stride(i);
+      os[3 - rows.length + i] = out.stride(i);
+      pst[3 - rows.length + i] = ps[i];
     }
     long half = a.shape(-1) / 2;
-    long rowCount = pos.numel();
-    CudaArray out = newArray(a.dtype(), a.shape());
-    launchFlat("kiln_rope_" + suffix(a.dtype()), rowCount * half, new KernelArgs().ptr(a).i64(n[1]).i64(n[2])
-        .i64(st[0]).i64(st[1]).i64(st[2]).ptr(pos).ptr(out).i64(rowCount).i64(half).f64(theta)
-        .f64(inverse ? -1 : 1));
-    return wrap(out);
+    long rowCount = NdArray.numel(rows);
+    launchFlat("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype()), rowCount * half,
+        new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p).i64(pst[0]).i64(pst[1])
+            .i64(pst[2]).ptr(ropeFrequencies(theta, half)).ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount)
+            .i64(half).f64(inverse ? -1 : 1));
+    return wrap(out.rank() == shape.length ? out : out.strided(shape, NdArray.contiguousStrides(shape), out.offset()));
+  }
+
+  /** theta^(-i / half) for i below half, in double, computed on the host as the CPU device does; kept for good. */
+  private CudaArray ropeFrequencies(double theta, long half) {
+    return ropeTables.computeIfAbsent(List.of(theta, (double) half), key -> {
+      notCapturing("a RoPE frequency table first needed during capture");
+      double[] f = new double[Math.toIntExact(half)];
+      for (int i = 0; i < f.length; i++) {
+        f[i] = Math.pow(theta, -2.0 * i / (2 * half));
+      }
+      return CudaArray.fromHost(gpu, NdArray.fromDoubles(f, half));
+    });
   }
 
   // ================================================================ fused kernels
@@ -1185,7 +1245,9 @@ public final class CudaModelDevice implements Device {
     CudaArray o = newArray(qkv[0].dtype(), qkv[0].shape());
     flash.forwardInto(qkv[0], qkv[1], qkv[2], attentionMask(mask), (float) scale, o, lseView);
     launches++;
-    CudaArray out = fromAttention(o, shape);
+    mark("attention forward kernel");
+    // Laid out as v, the head-split view of its projection: merging the heads again is then a view.
+    CudaArray out = copyOut(o, shape, arr(v, "attention", "v"));
     if (precision == Precision.BF16 && !scopes.isEmpty()) {
       // q, k, v and out as the kernels saw them (bf16, padded), for this attention's backward; out is a scope
       // array, so the entry goes when the scope closes.
@@ -1226,8 +1288,11 @@ public final class CudaModelDevice implements Device {
       }
       flash.backwardInto(qkvo[0], qkvo[1], qkvo[2], qkvo[3], l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
       launches += 3;
-      AttentionGrads g = new AttentionGrads(wrap(copyOut(dq, shape)), wrap(copyOut(dk, shape)),
-          wrap(copyOut(dv, shape)));
+      mark("attention backward kernels");
+      // Each gradient laid out as its input, so the rearranges (and RoPE) that carry it back read it in place.
+      AttentionGrads g = new AttentionGrads(wrap(copyOut(dq, shape, arr(q, "attentionBackward", "q"))),
+          wrap(copyOut(dk, shape, arr(k, "attentionBackward", "k"))),
+          wrap(copyOut(dv, shape, arr(v, "attentionBackward", "v"))));
       mark("attention backward");
       return g;
     } finally {
@@ -1280,7 +1345,8 @@ public final class CudaModelDevice implements Device {
   /**
    * {@code a} ([..., n, d], F32) as the kernels want it: {@code flat} ([lead, 1, n, width]) in the attention dtype,
    * zero-padded to the width. A view when nothing changes; else a new array, tracked by the scope ({@code temps}
-   * null) or added to {@code temps}.
+   * null) or added to {@code temps}. One strided copy reads {@code a} where it lies (a head-split view is not made
+   * contiguous first), and only the pad columns are zeroed.
    */
   private CudaArray toAttention(CudaArray a, long[] flat, List<CudaArray> temps) {
     DType dt = precision == Precision.BF16 ? DType.BF16 : DType.F32;
@@ -1292,35 +1358,30 @@ public final class CudaModelDevice implements Device {
     if (temps != null) {
       temps.add(out);
     }
+    long[] padded = a.shape();
+    padded[padded.length - 1] = flat[3];
+    CudaArray wide = out.strided(padded, NdArray.contiguousStrides(padded), out.offset());
     if (flat[3] != d) {
-      fill(wrap(out), 0);
+      fill(wrap(wide.narrow(-1, d, flat[3] - d)), 0);
     }
-    long[] src = flat.clone();
-    src[3] = d;
-    copyArray(reshapeArray(a, src), out.narrow(3, 0, d));
+    copyArray(a, wide.narrow(-1, 0, d));
     return out;
   }
 
-  /** The first {@code shape[-1]} columns of a kernel result [lead, 1, n, width] as a new F32 array of {@code shape}. */
-  private CudaArray copyOut(CudaArray g, long[] shape) {
+  /**
+   * The first {@code shape[-1]} columns of a kernel result [lead, 1, n, width] as a new F32 array of {@code shape},
+   * laid out as {@code like} (null: contiguous; see {@link #newArrayLike}).
+   */
+  private CudaArray copyOut(CudaArray g, long[] shape, CudaArray like) {
     long d = shape[shape.length - 1];
     if (g.dtype() == DType.F32 && g.shape(3) == d) {
       return g.strided(shape, NdArray.contiguousStrides(shape), g.offset());
     }
-    CudaArray out = newArray(DType.F32, shape);
-    long[] flat = g.shape();
-    flat[3] = d;
-    copyArray(g.narrow(3, 0, d), out.strided(flat, NdArray.contiguousStrides(flat), out.offset()));
+    CudaArray out = like == null ? newArray(DType.F32, shape) : newArrayLike(like, DType.F32, shape);
+    long[] padded = shape.clone();
+    padded[padded.length - 1] = g.shape(3);
+    copyArray(g.strided(padded, NdArray.contiguousStrides(padded), g.offset()).narrow(-1, 0, d), out);
     return out;
-  }
-
-  /** The forward's output as an F32 array of {@code shape} (a view when the kernel already wrote that). */
-  private CudaArray fromAttention(CudaArray o, long[] shape) {
-    long d = shape[shape.length - 1];
-    if (o.dtype() == DType.F32 && o.shape(3) == d) {
-      return o.strided(shape, NdArray.contiguousStrides(shape), o.offset());
-    }
-    return copyOut(o, shape);
   }
 
   private static AttentionMask attentionMask(Mask m) {

@@ -255,23 +255,41 @@ class CudaModelDeviceGpuTest {
       Device.AttentionOut ro = cpu.attention(q, k, v, mask, scale);
       Device.AttentionGrads rg = cpu.attentionBackward(q, k, v, ro.out(), ro.lse(), dOut, mask, scale);
       for (CudaModelDevice dev : new CudaModelDevice[] {gpu, gpuBf16}) {
-        boolean bf = dev.precision() == CudaModelDevice.Precision.BF16;
-        // fp32: 2e-5 of the largest magnitude (online softmax in another order); bf16: 2e-2 (8-bit operands).
-        double tol = bf ? 3e-2 : 2e-5;
-        Tensor gq = dev.fromHost(q);
-        Tensor gk = dev.fromHost(k);
-        Tensor gv = dev.fromHost(v);
-        Device.AttentionOut go = dev.attention(gq, gk, gv, mask, scale);
-        Device.AttentionGrads gg = dev.attentionBackward(gq, gk, gv, go.out(), go.lse(), dev.fromHost(dOut), mask,
-            scale);
-        String what = mask + " d" + width + (bf ? " bf16" : " fp32");
-        check(what + " out", ro.out(), go.out(), dev, tol);
-        check(what + " lse", ro.lse(), go.lse(), dev, tol);
-        check(what + " dq", rg.dq(), gg.dq(), dev, tol);
-        check(what + " dk", rg.dk(), gg.dk(), dev, tol);
-        check(what + " dv", rg.dv(), gg.dv(), dev, tol);
+        for (boolean headSplit : new boolean[] {false, true}) {
+          boolean bf = dev.precision() == CudaModelDevice.Precision.BF16;
+          // fp32: 2e-5 of the largest magnitude (online softmax in another order); bf16: 2e-2 (8-bit operands).
+          double tol = bf ? 3e-2 : 2e-5;
+          // headSplit: q, k, v, dOut as the model passes them, [b, h, s, d] views of [b, s, h, d] memory.
+          Tensor gq = onGpu(dev, q, headSplit);
+          Tensor gk = onGpu(dev, k, headSplit);
+          Tensor gv = onGpu(dev, v, headSplit);
+          Device.AttentionOut go = dev.attention(gq, gk, gv, mask, scale);
+          Device.AttentionGrads gg = dev.attentionBackward(gq, gk, gv, go.out(), go.lse(), onGpu(dev, dOut,
+              headSplit), mask, scale);
+          String what = mask + " d" + width + (bf ? " bf16" : " fp32") + (headSplit ? " head-split views" : "");
+          check(what + " out", ro.out(), go.out(), dev, tol);
+          check(what + " lse", ro.lse(), go.lse(), dev, tol);
+          check(what + " dq", rg.dq(), gg.dq(), dev, tol);
+          check(what + " dk", rg.dk(), gg.dk(), dev, tol);
+          check(what + " dv", rg.dv(), gg.dv(), dev, tol);
+          if (headSplit && bf) {
+            // Results come back in their inputs' layout, so merging the heads again needs no copy.
+            for (Tensor t : new Tensor[] {go.out(), gg.dq(), gg.dk(), gg.dv()}) {
+              assertTrue(((CudaTensor) dev.permute(t, 0, 2, 1, 3)).array().isContiguous(), what
+                  + ": a result is not laid out as its input");
+            }
+          }
+        }
       }
     }
+  }
+
+  /** {@code x} [b, h, s, d] on the device: contiguous, or a permuted view of a [b, s, h, d] copy. */
+  private static Tensor onGpu(CudaModelDevice dev, NdArray x, boolean headSplit) {
+    if (!headSplit) {
+      return dev.fromHost(x);
+    }
+    return dev.permute(dev.fromHost(x.permute(0, 2, 1, 3).contiguous()), 0, 2, 1, 3);
   }
 
   private void check(String what, Tensor ref, Tensor got, CudaModelDevice dev, double tol) {
@@ -293,23 +311,35 @@ class CudaModelDeviceGpuTest {
       for (boolean inverse : new boolean[] {false, true}) {
         String what = "rope, positions " + Arrays.toString(pos.shape()) + " " + pos.dtype() + (inverse ? ", inverse"
             : "");
-        // Angles, cosines and sines in double on both devices, the rotation in float: only FMA contraction differs.
         Tensor ref = cpu.rope(cpu.permute(x, 0, 2, 1, 3), pos, 10_000, inverse);
         Tensor got = gpu.rope(gpu.permute(gpu.fromHost(x), 0, 2, 1, 3), gpu.fromHost(pos), 10_000, inverse);
-        same(what, ref, got);
+        sameRope(what, ref, got);
       }
     }
+    // The result keeps the head-split layout of its input, so merging the heads again is a view.
+    Tensor split = gpu.rope(gpu.permute(gpu.fromHost(x), 0, 2, 1, 3), gpu.fromHost(seq), 10_000, false);
+    assertTrue(((CudaTensor) gpu.permute(split, 0, 2, 1, 3)).array().isContiguous(), "rope changed the layout");
     // Rank 2 (rows padded to three leading dims) and rank 5 (copied to contiguous first).
     NdArray flat = randn(5, 6);
-    same("rope, rank 2", cpu.rope(flat, seq, 10_000, false), gpu.rope(gpu.fromHost(flat), gpu.fromHost(seq), 10_000,
+    sameRope("rope, rank 2", cpu.rope(flat, seq, 10_000, false), gpu.rope(gpu.fromHost(flat), gpu.fromHost(seq), 10_000,
         false));
     NdArray deep = randn(2, 2, 3, 5, 4);
-    same("rope, rank 5", cpu.rope(deep, seq, 10_000, false), gpu.rope(gpu.fromHost(deep), gpu.fromHost(seq), 10_000,
+    sameRope("rope, rank 5", cpu.rope(deep, seq, 10_000, false), gpu.rope(gpu.fromHost(deep), gpu.fromHost(seq), 10_000,
         false));
     // The inverse rotation undoes the rotation (it is the VJP the processor emits): a few float roundings apart.
     Tensor there = gpu.rope(gpu.fromHost(x), gpu.fromHost(seq.reshape(5, 1)), 500, false);
     Tensor back = gpu.rope(there, gpu.fromHost(seq.reshape(5, 1)), 500, true);
     GpuTesting.assertClose("rope then inverse rope", GpuTesting.doubles(x), d(back, gpu), 0, 1e-5);
+  }
+
+  /**
+   * The angle is in double on both devices; the CPU takes cos and sin in double, the GPU reduces the angle to
+   * [-pi, pi] in double and takes them in float (within 3e-7), and FMA contraction may round the products differently:
+   * within 1e-6 of values near 3 (the largest inputs here), so 2e-6 absolute plus 1e-5 relative.
+   */
+  private void sameRope(String what, Tensor ref, Tensor got) {
+    assertEquals(Arrays.toString(ref.shape()), Arrays.toString(got.shape()), what + ": shape");
+    GpuTesting.assertClose(what, d(ref, cpu), d(got, gpu), 1e-5, 2e-6);
   }
 
   @Test
