@@ -11,6 +11,7 @@
 #   KILN_TORCH_MODES=eager,compile   PyTorch modes (default both; "none" skips the peer)
 #   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
+#   KILN_GEMMPREC=1         also time mixed-precision GEMMs: cast + bf16 GEMM against cuBLAS's FAST_16BF on fp32
 #   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16), from the project folder, then
 #                           `kiln generate` (greedy) and `kiln forward` on its model with --device cpu and cuda
 #   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
@@ -89,6 +90,11 @@ if [[ "${KILN_ATTENTION:-0}" == 1 ]]; then
   timeout 240 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark "$reps" 2>&1 | tee "$out/kiln-bench.log" | cut -c1-200
   echo "=== PyTorch attention benchmark"
   PYTHONUNBUFFERED=1 timeout 240 python3 "$pkg/reference/attention_bench.py" "$reps" 2>&1 | tee "$out/torch-bench.log" | cut -c1-200
+fi
+if [[ "${KILN_GEMMPREC:-0}" == 1 ]]; then
+  echo "=== GEMM precision benchmark (cast + bf16 against FAST_16BF)"
+  timeout 180 "${java[@]}" dev.kiln.runtime.cuda.bench.GemmPrecisionBench 20 2>&1 | grep -v WARNING | tee "$out/gemmprec.log" \
+    | cut -c1-260
 fi
 if [[ "${KILN_SANITIZE:-0}" == 1 ]]; then
   echo "=== compute-sanitizer memcheck, attention and device tests"

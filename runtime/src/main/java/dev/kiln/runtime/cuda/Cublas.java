@@ -30,6 +30,8 @@ public final class Cublas implements AutoCloseable {
   private static final int CUDA_R_16F = 2;
   private static final int CUDA_R_16BF = 14;
   private static final int CUBLAS_COMPUTE_32F = 68;
+  /** fp32 operands rounded to bf16 inside the GEMM, tensor cores, fp32 accumulation and output. */
+  private static final int CUBLAS_COMPUTE_32F_FAST_16BF = 75;
   private static final int CUBLAS_GEMM_DEFAULT = -1;
 
   private static volatile Api api;
@@ -40,6 +42,7 @@ public final class Cublas implements AutoCloseable {
   private final Arena scalars = Arena.ofShared();
   private final MemorySegment alphaBeta = scalars.allocate(JAVA_FLOAT, 2);
   private boolean closed;
+  private boolean fp32AsBf16;
 
   /** A handle whose work is queued on {@code stream}. */
   public Cublas(CudaStream stream) {
@@ -90,6 +93,14 @@ public final class Cublas implements AutoCloseable {
   }
 
   /** {@code c = alpha * (a @ b) + beta * c}. */
+  /**
+   * With {@code on}, GEMMs of fp32 operands round them to bf16 inside cuBLAS ({@code CUBLAS_COMPUTE_32F_FAST_16BF})
+   * and run on the tensor cores, accumulating in fp32: mixed precision without a separate cast of each operand.
+   */
+  public synchronized void setFp32InputsAsBf16(boolean on) {
+    this.fp32AsBf16 = on;
+  }
+
   public synchronized void gemm(float alpha, CudaArray a, CudaArray b, float beta, CudaArray c) {
     if (closed) {
       throw new IllegalStateException("cuBLAS handle used after close()");
@@ -119,18 +130,19 @@ public final class Cublas implements AutoCloseable {
     int ldFirst = (int) Math.max(p.ldFirst(), p.opFirst() == 0 ? p.m() : k);
     int ldSecond = (int) Math.max(p.ldSecond(), p.opSecond() == 0 ? k : p.n());
     Api x = api();
+    int compute = fp32AsBf16 && a.dtype() == DType.F32 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
     try {
       int rc;
       if (p.batch() == 1) {
         rc = (int) x.gemmEx.invokeExact(handle, p.opFirst(), p.opSecond(), p.m(), p.n(), k, alphaPtr, first, inType,
             ldFirst, second, inType, ldSecond, betaPtr, out, outType,
-            (int) p.ldc(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            (int) p.ldc(), compute, CUBLAS_GEMM_DEFAULT);
         check(rc, "cublasGemmEx(m=" + p.m() + ", n=" + p.n() + ", k=" + p.k() + ")");
       } else {
         rc = (int) x.gemmStridedBatchedEx.invokeExact(handle, p.opFirst(), p.opSecond(), p.m(), p.n(), k, alphaPtr,
             first, inType, ldFirst, p.strideFirst(), second, inType,
             ldSecond, p.strideSecond(), betaPtr, out, outType, (int) p.ldc(), p.strideC(),
-            p.batch(), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            p.batch(), compute, CUBLAS_GEMM_DEFAULT);
         check(rc, "cublasGemmStridedBatchedEx(m=" + p.m() + ", n=" + p.n() + ", k=" + p.k() + ", batch=" + p.batch()
             + ")");
       }
