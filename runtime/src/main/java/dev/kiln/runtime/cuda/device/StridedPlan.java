@@ -107,6 +107,16 @@ final class StridedPlan {
     return numel;
   }
 
+  /** The size of the innermost (fastest-varying) dim of the walk. */
+  long innerSize() {
+    return shape[shape.length - 1];
+  }
+
+  /** Operand {@code i}'s stride along the innermost dim. */
+  long innerStride(int i) {
+    return strides[i][shape.length - 1];
+  }
+
   int rank() {
     return shape.length;
   }

@@ -81,6 +81,13 @@ class CudaModelDeviceGpuTest {
     Tensor ref = cpu.zeros(DType.F32, 4, 5);
     cpu.copy(row, ref);
     same("broadcast copy", ref, dst);
+    // A row broadcast over a strided destination: the four-a-thread walk (innermost size a multiple of 4).
+    NdArray row4 = randn(4);
+    Tensor wide = gpu.zeros(DType.F32, 4, 8);
+    gpu.copy(gpu.fromHost(row4), gpu.permute(wide, 1, 0));
+    Tensor refWide = cpu.zeros(DType.F32, 4, 8);
+    cpu.copy(row4, cpu.permute(refWide, 1, 0));
+    same("broadcast copy into a transposed view", refWide, wide);
     Tensor full = gpu.full(DType.F32, 2.5, 3, 2);
     assertTrue(Arrays.stream(gpu.download(full)).allMatch(v -> v == 2.5));
     assertEquals(0.5, gpu.download(gpu.full(DType.F32, 0.5))[0], "a 0-d tensor");
