@@ -125,7 +125,7 @@ final class GpuTrainBench {
           throw new IllegalStateException("loss is " + loss + " at step " + i);
         }
       }
-      // One more step with the device's profiler on (a sync after every operation): where the time goes. A graph
+      // One more step with the device's profiler on (an event after every operation): where the time goes. A graph
       // replay is one launch with nothing to time inside it, so there is no profile with graphs.
       if (graphs) {
         System.err.println("no profile of the " + s.name() + " step: it is one CUDA-graph replay (run without"
@@ -139,7 +139,7 @@ final class GpuTrainBench {
       engine.update(1e-4);
       dev.profile(false);
       if (!graphs) {
-        System.err.println("profile of one " + s.name() + " step (synchronised after every operation):");
+        System.err.println("profile of one " + s.name() + " step (GPU time between consecutive operations):");
         System.err.print(dev.profileReport());
       }
       double[] sorted = times.clone();

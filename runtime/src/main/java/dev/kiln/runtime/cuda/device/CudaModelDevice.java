@@ -272,39 +272,62 @@ public final class CudaModelDevice implements Device {
 
   private final Map<String, double[]> profile = new java.util.TreeMap<>();
   private boolean profiling;
-  private long lastMark;
+  /** Timing events, reused across profiles; the first {@code marks.size() + 1} are recorded in this profile. */
+  private final List<dev.kiln.runtime.cuda.CudaEvent> profileEvents = new ArrayList<>();
+  private final List<String> marks = new ArrayList<>();
 
   /**
-   * With {@code on}, the device waits for the GPU after every operation and charges the time since the previous one
-   * (host preparation plus GPU execution) to the operation's kind: slow, for finding where a step's time goes.
+   * With {@code on}, the device records a CUDA event after every operation, and {@link #profileReport} charges the
+   * GPU time between consecutive events to the operation's kind. Nothing waits: the queue runs as it would, so the
+   * figures add up to the step's GPU time. Where the host falls behind (a launch-bound step), the GPU's idle time
+   * before an operation is charged to that operation.
    */
   public void profile(boolean on) {
     if (on && !profiling) {
-      gpu.synchronize();
-      lastMark = System.nanoTime();
+      notCapturing("profile");
       profile.clear();
+      marks.clear();
+      profileEvent(0).record(stream);
     }
     profiling = on;
   }
 
-  /** Milliseconds and calls per kind of operation since {@link #profile} was turned on, slowest first. */
+  private dev.kiln.runtime.cuda.CudaEvent profileEvent(int i) {
+    while (profileEvents.size() <= i) {
+      profileEvents.add(new dev.kiln.runtime.cuda.CudaEvent(gpu));
+    }
+    return profileEvents.get(i);
+  }
+
+  /**
+   * GPU milliseconds and calls per kind of operation since {@link #profile} was turned on, slowest first, then the
+   * total; waits for the profiled work to finish.
+   */
   public String profileReport() {
+    if (!marks.isEmpty()) {
+      profileEvent(marks.size()).synchronize();
+      for (int i = 0; i < marks.size(); i++) {
+        double[] acc = profile.computeIfAbsent(marks.get(i), k -> new double[2]);
+        acc[0] += profileEvents.get(i + 1).elapsedMillisSince(profileEvents.get(i));
+        acc[1]++;
+      }
+      marks.clear();
+    }
     StringBuilder b = new StringBuilder();
     profile.entrySet().stream().sorted((x, y) -> Double.compare(y.getValue()[0], x.getValue()[0]))
         .forEach(e -> b.append(String.format(java.util.Locale.ROOT, "%-52s %9.3f ms %7d calls%n", e.getKey(),
-            e.getValue()[0] / 1e6, (long) e.getValue()[1])));
+            e.getValue()[0], (long) e.getValue()[1])));
+    b.append(String.format(java.util.Locale.ROOT, "%-52s %9.3f ms %7d calls%n", "total",
+        profile.values().stream().mapToDouble(v -> v[0]).sum(),
+        (long) profile.values().stream().mapToDouble(v -> v[1]).sum()));
     return b.toString();
   }
 
-  /** Charges the time since the last operation to {@code kind} when profiling (for work queued outside the device). */
+  /** Charges the GPU time since the last operation to {@code kind} when profiling (for work queued elsewhere). */
   public void mark(String kind) {
     if (profiling) {
-      gpu.synchronize();
-      long now = System.nanoTime();
-      double[] acc = profile.computeIfAbsent(kind, k -> new double[2]);
-      acc[0] += now - lastMark;
-      acc[1]++;
-      lastMark = now;
+      marks.add(kind);
+      profileEvent(marks.size()).record(stream);
     }
   }
 
@@ -1176,11 +1199,23 @@ public final class CudaModelDevice implements Device {
     }
     long half = a.shape(-1) / 2;
     long rowCount = NdArray.numel(rows);
-    launchFlat("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype()), rowCount * half,
+    // 32-bit indices when every element index and offset fits (unsigned division is a few instructions).
+    boolean fits32 = 2 * rowCount * half < 1L << 31 && reach(a) < 1L << 31 && reach(out) < 1L << 31
+        && reach(p) < 1L << 31;
+    launchFlat("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype()) + (fits32 ? "_32" : ""), rowCount * half,
         new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p).i64(pst[0]).i64(pst[1])
             .i64(pst[2]).ptr(ropeFrequencies(theta, half)).ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount)
             .i64(half).f64(inverse ? -1 : 1));
     return wrap(out.rank() == shape.length ? out : out.strided(shape, NdArray.contiguousStrides(shape), out.offset()));
+  }
+
+  /** The largest element offset a kernel walking {@code a} reaches from its first element. */
+  private static long reach(CudaArray a) {
+    long r = 0;
+    for (int d = 0; d < a.rank(); d++) {
+      r += Math.abs(a.stride(d)) * Math.max(0, a.shape(d) - 1);
+    }
+    return r;
   }
 
   /** theta^(-i / half) for i below half, in double, computed on the host as the CPU device does; kept for good. */

@@ -458,15 +458,18 @@ __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c)
 // s2 and o0, o1, o2 (the head-split view of a projection is read in place, not copied first, and the result keeps its
 // layout); pos is read through strides p0, p1, p2 over the same leading dims (0 where it broadcasts). Pair i of row r turns by
 // sign * pos[r] * invFreq[i], the angle in double; invFreq is the host's theta^(-i / half), as the CPU device uses.
-template <class T, class I>
-__device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1, kiln_i64 s2,
-                          const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1, kiln_i64 p2,
+// X is the index type: kiln_i64, or unsigned where the host checked that every index and offset fits (the "_32"
+// kernels; 64-bit division is emulated and would dominate).
+template <class X, class T, class I>
+__device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1_, kiln_i64 n2_, kiln_i64 s0, kiln_i64 s1,
+                          kiln_i64 s2, const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1, kiln_i64 p2,
                           const double* __restrict__ invFreq, T* __restrict__ out, kiln_i64 o0, kiln_i64 o1,
-                          kiln_i64 o2, kiln_i64 rows, kiln_i64 half, double sign) {
-  KILN_GRID_LOOP(e, rows * half) {
-    const kiln_i64 r = e / half;
-    const kiln_i64 i = e - r * half;
-    const kiln_i64 i2 = r % n2, i1 = (r / n2) % n1, i0 = r / (n2 * n1);
+                          kiln_i64 o2, kiln_i64 rows, kiln_i64 half_, double sign) {
+  const X n1 = (X)n1_, n2 = (X)n2_, half = (X)half_;
+  for (X e = (X)blockIdx.x * blockDim.x + threadIdx.x; e < (X)(rows * half_); e += (X)gridDim.x * blockDim.x) {
+    const X r = e / half;
+    const X i = e - r * half;
+    const X i2 = r % n2, i1 = (r / n2) % n1, i0 = r / (n2 * n1);
     const T* row = x + i0 * s0 + i1 * s1 + i2 * s2;
     const double angle = sign * (double)pos[i0 * p0 + i1 * p1 + i2 * p2] * invFreq[i];
     T sn, cs;
@@ -483,7 +486,16 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
                                                   kiln_i64 p1, kiln_i64 p2, const double* invFreq, T* out,      \
                                                   kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,         \
                                                   kiln_i64 half, double sign) {                                 \
-    kiln_rope<T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half, sign);        \
+    kiln_rope<kiln_i64, T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half,    \
+                              sign);                                                                             \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_rope_##N##_##NI##_32(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0,        \
+                                                       kiln_i64 s1, kiln_i64 s2, const I* pos, kiln_i64 p0,     \
+                                                       kiln_i64 p1, kiln_i64 p2, const double* invFreq, T* out, \
+                                                       kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,    \
+                                                       kiln_i64 half, double sign) {                            \
+    kiln_rope<unsigned, T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half,    \
+                              sign);                                                                             \
   }
 KILN_ROPE(f32, float, i32, int)
 KILN_ROPE(f32, float, i64, kiln_i64)
