@@ -269,6 +269,44 @@ public interface Device {
     return reshape(out, xs);
   }
 
+  // ---------------------------------------------------------------- cross-entropy
+
+  /**
+   * Cross-entropy of each row: {@code logits} {@code [..., v]} and integer {@code targets} {@code [...]}, each in
+   * {@code [0, v)} → {@code loss[...] = log Σ_j exp(logits[..., j]) − logits[..., target]}, a new tensor of the
+   * logits' dtype. A target out of range is an {@link IndexOutOfBoundsException}.
+   *
+   * <p>The default composes the other primitives (a max-shifted log-sum-exp and a pick); devices override it with one
+   * pass over each row.
+   */
+  default Tensor crossEntropy(Tensor logits, Tensor targets) {
+    int[] last = {logits.rank() - 1};
+    Tensor m = reduce(Reduction.MAX, logits, last, true);
+    Tensor sum = reduce(Reduction.SUM, unary(Unary.EXP, binary(Binary.SUB, logits, m)), last, true);
+    Tensor lse = binary(Binary.ADD, unary(Unary.LOG, sum), m);
+    return binary(Binary.SUB, reshape(lse, targets.shape()), pick(logits, targets));
+  }
+
+  /**
+   * The gradient of {@link #crossEntropy} with respect to the logits, given the loss's gradient {@code dLoss}
+   * {@code [...]}: {@code dLogits[..., j] = dLoss[...] · (softmax(logits)[..., j] − [j = target])}. A new tensor of
+   * the logits' shape and dtype.
+   *
+   * <p>The default composes the other primitives; devices override it with one pass over each row (the log-sum-exp is
+   * recomputed there rather than saved: one more read of a row that is read anyway).
+   */
+  default Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss) {
+    int[] last = {logits.rank() - 1};
+    DType t = logits.dtype();
+    Tensor e = unary(Unary.EXP, binary(Binary.SUB, logits, reduce(Reduction.MAX, logits, last, true)));
+    Tensor softmax = binary(Binary.DIV, e, reduce(Reduction.SUM, e, last, true));
+    long[] column = java.util.Arrays.copyOf(targets.shape(), targets.rank() + 1);
+    column[targets.rank()] = 1;
+    Tensor oneHot = zeros(t, logits.shape());
+    scatterAddLast(oneHot, reshape(targets, column), full(t, 1.0, column));
+    return binary(Binary.MUL, binary(Binary.SUB, softmax, oneHot), reshape(dLoss, column));
+  }
+
   // ---------------------------------------------------------------- attention
 
   /** The result of {@link #attention}: {@code out} {@code [..., s, e]} and the row log-sum-exp {@code [..., s]}. */

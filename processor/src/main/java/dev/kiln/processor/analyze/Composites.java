@@ -100,12 +100,13 @@ final class Composites {
     return b.prim(Primitive.MUL, b.prim(Primitive.MUL, x, b.prim(Primitive.RSQRT, ms)), weight);
   }
 
-  /** Mean cross-entropy: {@code log-sum-exp(logits) - logits[target]}, averaged over every position. */
+  /**
+   * Mean cross-entropy: {@code log-sum-exp(logits) - logits[target]}, averaged over every position. Each row's loss
+   * is one {@link Primitive#CROSS_ENTROPY} device call (one pass over the logits, and one for the gradient) rather
+   * than the shift, exponential, sum, log and pick it decomposes into, each a full pass over rows × vocabulary.
+   */
   static Value crossEntropy(Builder b, Value logits, Value targets) {
-    Value s = shifted(b, logits);
-    Value lse = b.prim(Primitive.LOG, sum(b, b.prim(Primitive.EXP, s)));
-    Value picked = b.prim(Primitive.PICK, new Attr.None(), s, targets);
-    Value perPosition = b.prim(Primitive.SUB, b.prim(Primitive.REARRANGE, pattern("... 1 -> ...", Map.of()), lse), picked);
+    Value perPosition = b.prim(Primitive.CROSS_ENTROPY, new Attr.None(), logits, targets);
     Value total = b.prim(Primitive.SUM, ALL, perPosition);
     return b.prim(Primitive.MUL, total,
         b.constant(new Scalar.Op("/", new Scalar.Lit(1), new Scalar.Count(perPosition))));

@@ -269,9 +269,11 @@ public final class VjpRules {
     return list(b.prim(Primitive.SCATTER_ROWS, table.shape(), in(n, 1), g, table), null);
   }
 
-  public static List<Value> pick(GradBuilder b, Node.Prim n, Value g, boolean[] need) {
-    Value x = in(n, 0);
-    return list(b.prim(Primitive.SCATTER_LAST, x.shape(), in(n, 1), g, x), null);
+  // ---- cross-entropy: softmax minus the one-hot target, scaled by the loss's gradient, in one device call
+
+  public static List<Value> crossEntropy(GradBuilder b, Node.Prim n, Value g, boolean[] need) {
+    Value logits = in(n, 0);
+    return list(b.prim(Primitive.CROSS_ENTROPY_GRAD, logits.shape(), logits, in(n, 1), g), null);
   }
 
   public static List<Value> topkValues(GradBuilder b, Node.Prim n, Value g, boolean[] need) {

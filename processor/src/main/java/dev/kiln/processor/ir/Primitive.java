@@ -44,8 +44,6 @@ public enum Primitive {
   REDUCE_PATTERN(new Rules(1, ShapeRules::pattern, VjpRules::reducePattern)),
   /** Rows of a table by integer ids: {@code n d}, {@code S} → {@code S d}. */
   GATHER(new Rules(2, ShapeRules::gather, VjpRules::gather)),
-  /** One element per row of the last axis: {@code S v}, {@code S} → {@code S}. */
-  PICK(new Rules(2, ShapeRules::pick, VjpRules::pick)),
   TOPK_VALUES(new Rules(1, ShapeRules::topk, VjpRules::topkValues)),
   TOPK_INDICES(new Rules(1, ShapeRules::topk, Vjp.NONE)),
   /** {@code 0, 1, ..., n-1} with {@code n} an axis of the operand ({@link Attr.Axis}). */
@@ -57,6 +55,11 @@ public enum Primitive {
    * → x with pairs {@code (2i, 2i+1)} rotated by {@code pos · theta^(-2i/d)}. Its VJP is the inverse rotation.
    */
   ROPE(new Rules(2, (ctx, node, in) -> in.get(0), VjpRules::rope)),
+  /**
+   * Cross-entropy of each row as one device call: logits {@code S v}, integer targets {@code S} → {@code S}, the
+   * log-sum-exp of the row minus its target's logit. Its VJP is {@link #CROSS_ENTROPY_GRAD}.
+   */
+  CROSS_ENTROPY(new Rules(2, ShapeRules::pick, VjpRules::crossEntropy)),
 
   // ---- made by the passes, never written by users
 
@@ -70,10 +73,15 @@ public enum Primitive {
   /** Gradient of {@link #GATHER}: {@code (ids, dOut, table)} → zeros like the table with rows of dOut added at ids. */
   SCATTER_ROWS(Rules.backwardOnly(3, 2)),
   /**
-   * Gradient of {@link #PICK} and top-k: {@code (idx, dOut, x)} → zeros like x with dOut added at idx along the
-   * last axis ({@code idx} has x's rank minus one for a pick, x's rank for top-k).
+   * Gradient of top-k: {@code (idx, dOut, x)} → zeros like x with dOut added at idx along the last axis
+   * ({@code idx} has x's rank).
    */
   SCATTER_LAST(Rules.backwardOnly(3, 2)),
+  /**
+   * Gradient of {@link #CROSS_ENTROPY}: {@code (logits, targets, dLoss)} → {@code dLoss · (softmax(logits) −
+   * onehot(targets))}, shaped like the logits, one device call.
+   */
+  CROSS_ENTROPY_GRAD(Rules.backwardOnly(3, 0)),
   /** Gradients of {@link #ATTENTION}: {@code (q, k, v, out, dOut)} → dq; the three come from one device call. */
   ATTENTION_DQ(Rules.backwardOnly(5, 0)),
   ATTENTION_DK(Rules.backwardOnly(5, 1)),

@@ -34,7 +34,8 @@ import org.junit.jupiter.api.Test;
  */
 class GradientCoverageTest {
   private static final Set<Primitive> BACKWARD_ONLY = EnumSet.of(Primitive.SUM_TO, Primitive.EXPAND,
-      Primitive.SCATTER_ROWS, Primitive.SCATTER_LAST, Primitive.ATTENTION_DQ, Primitive.ATTENTION_DK,
+      Primitive.SCATTER_ROWS, Primitive.SCATTER_LAST, Primitive.CROSS_ENTROPY_GRAD, Primitive.ATTENTION_DQ,
+      Primitive.ATTENTION_DK,
       Primitive.ATTENTION_DV);
 
   private static final class Collect extends AbstractProcessor {

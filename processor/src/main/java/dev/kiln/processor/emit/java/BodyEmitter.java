@@ -679,7 +679,9 @@ final class BodyEmitter {
       case EINSUM -> einsum(p);
       case REARRANGE, REPEAT, REDUCE_PATTERN -> pattern(p);
       case GATHER -> define(p.out(), dev + ".gather(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ")");
-      case PICK -> define(p.out(), dev + ".pick(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ")");
+      case CROSS_ENTROPY -> define(p.out(), dev + ".crossEntropy(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ")");
+      case CROSS_ENTROPY_GRAD -> define(p.out(), dev + ".crossEntropyBackward(" + ref(in.get(0)) + ", "
+          + ref(in.get(1)) + ", " + ref(in.get(2)) + ")");
       case TOPK_VALUES -> define(p.out(), dev + ".topk(" + ref(in.get(0)) + ", Math.toIntExact("
           + dim(((Attr.TopK) p.attr()).k()) + ")).values()");
       case TOPK_INDICES -> define(p.out(), dev + ".topk(" + ref(in.get(0)) + ", Math.toIntExact("

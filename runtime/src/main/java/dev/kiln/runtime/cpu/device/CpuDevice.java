@@ -497,6 +497,110 @@ public final class CpuDevice implements Device {
     return out;
   }
 
+  // ================================================================ cross-entropy
+
+  /**
+   * One pass per row (max, then the sum of exponentials in double) instead of the default's five full-size
+   * intermediates: the logits of a language model are rows × vocabulary, the largest tensor of a step.
+   */
+  @Override
+  public Tensor crossEntropy(Tensor logits, Tensor targets) {
+    Rows r = crossEntropyRows(logits, targets, "crossEntropy");
+    if (r == null) {
+      return Device.super.crossEntropy(logits, targets);
+    }
+    NdArray out = NdArray.empty(r.x.dtype(), r.shape);
+    MemorySegment dst = out.segment();
+    Parallel.forChunks(r.target.length, Math.max(1, 16384 / r.v), (long) r.target.length * r.v, (c, lo, hi) -> {
+      for (long i = lo; i < hi; i++) {
+        int row = (int) i;
+        double loss = logSumExp(r, row) - r.get(row, r.target[row]);
+        if (r.f32) {
+          dst.set(Layouts.F32, i * 4, (float) loss);
+        } else {
+          dst.set(Layouts.F64, i * 8, loss);
+        }
+      }
+    });
+    return out;
+  }
+
+  @Override
+  public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss) {
+    Rows r = crossEntropyRows(logits, targets, "crossEntropyBackward");
+    NdArray g = floating(dLoss, "crossEntropyBackward", "dLoss");
+    if (r == null || g.dtype() != r.x.dtype()) {
+      return Device.super.crossEntropyBackward(logits, targets, dLoss);
+    }
+    double[] scale = g.expand(r.shape).contiguous().to(DType.F64).toDoubleArray();
+    NdArray out = NdArray.empty(r.x.dtype(), r.x.shape());
+    MemorySegment dst = out.segment();
+    boolean f32 = r.x.dtype() == DType.F32;
+    Parallel.forChunks(r.target.length, Math.max(1, 16384 / r.v), (long) r.target.length * r.v, (c, lo, hi) -> {
+      for (long i = lo; i < hi; i++) {
+        int row = (int) i;
+        double lse = logSumExp(r, row);
+        long base = (long) row * r.v;
+        for (int j = 0; j < r.v; j++) {
+          double d = scale[row] * (Math.exp(r.get(row, j) - lse) - (j == r.target[row] ? 1 : 0));
+          if (f32) {
+            dst.set(Layouts.F32, (base + j) * 4, (float) d);
+          } else {
+            dst.set(Layouts.F64, (base + j) * 8, d);
+          }
+        }
+      }
+    });
+    return out;
+  }
+
+  /** Logits as contiguous rows and the checked targets; null for dtypes the loops do not take (F32 and F64 only). */
+  private static Rows crossEntropyRows(Tensor logits, Tensor targets, String op) {
+    NdArray x = floating(logits, op, "logits");
+    NdArray t = nd(targets, op, "targets");
+    integral(t, op, "targets");
+    if (x.rank() != t.rank() + 1 || !Arrays.equals(Arrays.copyOf(x.shape(), t.rank()), t.shape())) {
+      throw new IllegalArgumentException("cpu device, " + op + ": logits must be targets.shape + [vocab]; got logits "
+          + Arrays.toString(x.shape()) + ", targets " + Arrays.toString(t.shape()));
+    }
+    if (x.dtype() != DType.F32 && x.dtype() != DType.F64) {
+      return null;
+    }
+    int v = Math.toIntExact(x.shape(-1));
+    long[] ids = t.toLongArray();
+    for (int r = 0; r < ids.length; r++) {
+      if (ids[r] < 0 || ids[r] >= v) {
+        throw new IndexOutOfBoundsException("cpu device, " + op + ": target " + ids[r] + " at position " + r
+            + " is out of range for a vocabulary of " + v);
+      }
+    }
+    int[] target = new int[ids.length];
+    for (int r = 0; r < ids.length; r++) {
+      target[r] = (int) ids[r];
+    }
+    NdArray c = x.contiguous();
+    return new Rows(c, c.segment(), c.offset(), v, target, t.shape(), c.dtype() == DType.F32);
+  }
+
+  private record Rows(NdArray x, MemorySegment seg, long base, int v, int[] target, long[] shape, boolean f32) {
+    double get(int row, int j) {
+      long e = base + (long) row * v + j;
+      return f32 ? seg.get(Layouts.F32, e * 4) : seg.get(Layouts.F64, e * 8);
+    }
+  }
+
+  private static double logSumExp(Rows r, int row) {
+    double max = Double.NEGATIVE_INFINITY;
+    for (int j = 0; j < r.v; j++) {
+      max = Math.max(max, r.get(row, j));
+    }
+    double sum = 0;
+    for (int j = 0; j < r.v; j++) {
+      sum += Math.exp(r.get(row, j) - max);
+    }
+    return max + Math.log(sum);
+  }
+
   // ================================================================ fused kernels
 
   @Override

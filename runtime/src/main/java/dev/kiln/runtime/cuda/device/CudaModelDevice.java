@@ -1154,6 +1154,54 @@ public final class CudaModelDevice implements Device {
     return cols > 64 ? 128 : 64;
   }
 
+  // ================================================================ cross-entropy
+
+  /** One block per row: the log-sum-exp in one online sweep, then the loss of the target. */
+  @Override
+  public Tensor crossEntropy(Tensor logits, Tensor targets) {
+    CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
+    CudaArray out = newArray(xt[0].dtype(), xt[1].shape());
+    crossEntropyLaunch(xt[0], xt[1], null, out);
+    return wrap(out);
+  }
+
+  /** One block per row: the log-sum-exp again (cheaper than saving it), then the row's gradient. */
+  @Override
+  public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss) {
+    CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropyBackward");
+    CudaArray g = floating(dLoss, "crossEntropyBackward", "dLoss");
+    sameFloat("crossEntropyBackward", xt[0], g);
+    CudaArray dense = newArray(g.dtype(), xt[1].shape());
+    copyArray(g, dense); // the loss's gradient is often a broadcast scalar (the mean's 1/n)
+    CudaArray out = newArray(xt[0].dtype(), xt[0].shape());
+    crossEntropyLaunch(xt[0], xt[1], dense, out);
+    return wrap(out);
+  }
+
+  private CudaArray[] crossEntropyOperands(Tensor logits, Tensor targets, String op) {
+    CudaArray x = contiguousArray(floating(logits, op, "logits"));
+    CudaArray t = contiguousArray(ids(targets, op));
+    if (x.rank() != t.rank() + 1 || !Arrays.equals(Arrays.copyOf(x.shape(), t.rank()), t.shape())) {
+      throw new IllegalArgumentException("cuda device, " + op + ": logits must be targets.shape + [vocab]; got logits "
+          + Arrays.toString(x.shape()) + ", targets " + Arrays.toString(t.shape()));
+    }
+    return new CudaArray[] {x, t};
+  }
+
+  private void crossEntropyLaunch(CudaArray x, CudaArray t, CudaArray dLoss, CudaArray out) {
+    long rows = t.numel();
+    long v = x.shape(-1);
+    if (rows == 0) {
+      return;
+    }
+    KernelArgs args = new KernelArgs().ptr(x).ptr(t);
+    (dLoss == null ? args.nullPtr() : args.ptr(dLoss)).ptr(out).i64(rows).i64(v).ptr(errorWord);
+    op("kiln_xent_" + suffix(x.dtype()) + "_" + suffix(t.dtype())).launch(stream, Math.min(rows, MAX_GRID), 1,
+        rowBlock(v), 0, args);
+    launches++;
+    mark(dLoss == null ? "cross-entropy" : "cross-entropy backward");
+  }
+
   // ================================================================ rotary position embedding
 
   /**

@@ -441,6 +441,84 @@ KILN_INDEX(f32, float, i64, kiln_i64)
 KILN_INDEX(f64, double, i32, int)
 KILN_INDEX(f64, double, i64, kiln_i64)
 
+// ---------------------------------------------------------------- cross-entropy (Device.crossEntropy)
+
+// Combines two (max, sum of exp(x - max)) pairs; (-inf, 0) is the empty pair.
+template <class A> __device__ __forceinline__ void kiln_lse_merge(A& m, A& s, A m2, A s2) {
+  const A mm = m > m2 ? m : m2;
+  if (mm == -(A)KILN_INF) return;
+  s = s * exp(m - mm) + s2 * exp(m2 - mm);
+  m = mm;
+}
+
+// One block per row of x (contiguous [rows, v]), A the accumulation type. The row's log-sum-exp is found in one
+// online sweep (max and sum of exponentials together), then:
+//   dloss == nullptr (forward): out[r] = lse - x[r, target[r]];
+//   else (backward):           out[r, j] = dloss[r] * (exp(x[r, j] - lse) - [j == target[r]]),
+// the row read a second time (from L2 for rows of a language model's vocabulary). A target out of [0, v) is
+// reported through err, as the other index kernels do.
+template <class T, class A, class I>
+__device__ void kiln_xent(const T* __restrict__ x, const I* __restrict__ target, const T* __restrict__ dloss,
+                          T* __restrict__ out, kiln_i64 rows, kiln_i64 v, kiln_i64* err) {
+  __shared__ A part_m[32], part_s[32];
+  __shared__ A row_lse;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  for (kiln_i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* row = x + r * v;
+    A m = -(A)KILN_INF, s = 0;
+    for (kiln_i64 j = threadIdx.x; j < v; j += blockDim.x) {
+      const A a = (A)row[j];
+      if (a > m) {
+        s = s * exp(m - a) + (A)1;
+        m = a;
+      } else if (m > -(A)KILN_INF) {
+        s += exp(a - m);
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      kiln_lse_merge(m, s, (A)__shfl_xor_sync(0xffffffffu, m, o), (A)__shfl_xor_sync(0xffffffffu, s, o));
+    }
+    if (lane == 0) {
+      part_m[warp] = m;
+      part_s[warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      m = lane < warps ? part_m[lane] : -(A)KILN_INF;
+      s = lane < warps ? part_s[lane] : (A)0;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) {
+        kiln_lse_merge(m, s, (A)__shfl_xor_sync(0xffffffffu, m, o), (A)__shfl_xor_sync(0xffffffffu, s, o));
+      }
+      if (lane == 0) row_lse = m + log(s);
+    }
+    __syncthreads();
+    const A lse = row_lse;
+    const kiln_i64 t = (kiln_i64)target[r];
+    if (dloss == nullptr) {
+      if (threadIdx.x == 0) out[r] = kiln_check_id(t, v, err) ? (T)(lse - (A)row[t]) : (T)0;
+    } else {
+      const A g = (A)dloss[r];
+      if (threadIdx.x == 0) kiln_check_id(t, v, err);
+      T* o = out + r * v;
+      for (kiln_i64 j = threadIdx.x; j < v; j += blockDim.x) {
+        o[j] = (T)(g * (exp((A)row[j] - lse) - (j == t ? (A)1 : (A)0)));
+      }
+    }
+    __syncthreads();  // part_m, part_s and row_lse are reused by the next row
+  }
+}
+#define KILN_XENT(N, T, NI, I)                                                                                 \
+  extern "C" __global__ void kiln_xent_##N##_##NI(const T* x, const I* target, const T* dloss, T* out,          \
+                                                  kiln_i64 rows, kiln_i64 v, kiln_i64* err) {                   \
+    kiln_xent<T, T, I>(x, target, dloss, out, rows, v, err);                                                     \
+  }
+KILN_XENT(f32, float, i32, int)
+KILN_XENT(f32, float, i64, kiln_i64)
+KILN_XENT(f64, double, i32, int)
+KILN_XENT(f64, double, i64, kiln_i64)
+
 // ---------------------------------------------------------------- rotary position embedding (Device.rope)
 
 // cos and sin of a rotation angle given in double. For float results the angle is first reduced to [-pi, pi] in

@@ -305,6 +305,34 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void crossEntropyAndItsGradientMatchTheCpu() {
+    // A language model's shape in small: rows of a 1,000-entry vocabulary, logits spread wide (std 4).
+    NdArray logits = GpuTesting.randn(rnd, DType.F32, 4.0, 3, 5, 1000);
+    long[] ids = new long[15];
+    for (int i = 0; i < ids.length; i++) {
+      ids[i] = rnd.nextInt(1000);
+    }
+    NdArray t64 = NdArray.fromLongs(ids, 3, 5);
+    NdArray t32 = t64.to(DType.I32);
+    NdArray dLoss = randn(3, 5);
+    for (NdArray t : new NdArray[] {t64, t32}) {
+      // fp32 on both, sums of 1,000 exponentials in another order: 1e-5 relative.
+      same("cross-entropy, targets " + t.dtype(), cpu.crossEntropy(logits, t),
+          gpu.crossEntropy(gpu.fromHost(logits), gpu.fromHost(t)));
+      same("cross-entropy backward, targets " + t.dtype(), cpu.crossEntropyBackward(logits, t, dLoss),
+          gpu.crossEntropyBackward(gpu.fromHost(logits), gpu.fromHost(t), gpu.fromHost(dLoss)));
+    }
+    // The mean's gradient arrives as a broadcast scalar.
+    Tensor scalar = gpu.expand(gpu.full(DType.F32, 1.0 / 15), 3, 5);
+    same("cross-entropy backward, broadcast dLoss", cpu.crossEntropyBackward(logits, t64, cpu.full(DType.F32,
+        1.0 / 15, 3, 5)), gpu.crossEntropyBackward(gpu.fromHost(logits), gpu.fromHost(t64), scalar));
+    NdArray bad = NdArray.fromLongs(new long[] {3, 1000}, 2);
+    gpu.crossEntropy(gpu.fromHost(NdArray.zeros(DType.F32, 2, 1000)), gpu.fromHost(bad));
+    IndexOutOfBoundsException e = assertThrows(IndexOutOfBoundsException.class, gpu::synchronize);
+    assertTrue(e.getMessage().contains("1000"), e.getMessage());
+  }
+
+  @Test
   void ropeMatchesTheCpuForStridedInputsAndBroadcastPositions() {
     // x [2, 3, 5, 8] seen through a permutation (not contiguous); positions up to 4,095 so that the angles are large.
     NdArray x = randn(2, 5, 3, 8);
