@@ -454,6 +454,11 @@ public final class CudaModelDevice implements Device {
     sameFloat("addInto", d, s);
     requireContiguous(d, "addInto", "dst");
     written(d);
+    if (d.dtype() == DType.F32 && vectorizable(d, s)) {
+      launchFlat("kiln_binary4_f32", d.numel() / 4, new KernelArgs().ptr(d).ptr(s).ptr(d).i64(d.numel() / 4)
+          .i32(Binary.ADD.ordinal()));
+      return;
+    }
     long[] shape = d.shape();
     StridedPlan p = StridedPlan.of(shape, d.strides(), bstrides(s, shape, "src"));
     // out = dst read at the same index it is written: an in-place add.
@@ -651,6 +656,10 @@ public final class CudaModelDevice implements Device {
 
   private void copyArray(CudaArray s, CudaArray d) {
     written(d);
+    if (s.dtype() == DType.F32 && d.dtype() == DType.BF16 && vectorizable(d, s) && d.address() % 8 == 0) {
+      launchFlat("kiln_cast4_f32_bf16", d.numel() / 4, new KernelArgs().ptr(s).ptr(d).i64(d.numel() / 4));
+      return;
+    }
     long[] ss = StridedPlan.broadcastStrides(s.shape(), s.strides(), d.shape(), "cuda device, copy: src");
     StridedPlan p = StridedPlan.of(d.shape(), ss, d.strides());
     String name = "kiln_copy_" + suffix(s.dtype()) + "_" + suffix(d.dtype());
@@ -860,6 +869,24 @@ public final class CudaModelDevice implements Device {
     return wrap(out);
   }
 
+  /**
+   * Whether the four-a-thread contiguous kernels may take these operands: all contiguous with {@code out}'s shape, a
+   * multiple of 4 elements, and the fp32 ones 16-byte aligned.
+   */
+  private static boolean vectorizable(CudaArray out, CudaArray... in) {
+    if (out.numel() % 4 != 0 || out.numel() == 0 || !out.isContiguous()
+        || (out.dtype() == DType.F32 && out.address() % 16 != 0)) {
+      return false;
+    }
+    for (CudaArray a : in) {
+      if (!a.isContiguous() || !Arrays.equals(a.shape(), out.shape()) || a.dtype() != DType.F32
+          || a.address() % 16 != 0) {
+        return false;
+      }
+    }
+    return true;
+  }
+
   @Override
   public Tensor binary(Binary op, Tensor a, Tensor b) {
     CudaArray x = floating(a, "binary " + op, "a");
@@ -867,6 +894,11 @@ public final class CudaModelDevice implements Device {
     sameFloat("binary " + op, x, y);
     long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
     CudaArray out = newArray(x.dtype(), shape);
+    if (out.dtype() == DType.F32 && vectorizable(out, x, y)) {
+      launchFlat("kiln_binary4_f32", out.numel() / 4, new KernelArgs().ptr(x).ptr(y).ptr(out).i64(out.numel() / 4)
+          .i32(op.ordinal()));
+      return wrap(out);
+    }
     StridedPlan p = StridedPlan.of(shape, bstrides(x, shape, "a"), bstrides(y, shape, "b"));
     launchFlat(p.kernel("kiln_binary_" + suffix(x.dtype())), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0)).ptr(y)
         .struct(p.strideWords(1)).struct(p.shapeWords()).ptr(out).i64(p.numel()).i32(op.ordinal()));

@@ -293,6 +293,38 @@ __device__ void kiln_where(const KilnBool* __restrict__ c, KilnStrides cs, const
 KILN_MATH(f32, float)
 KILN_MATH(f64, double)
 
+// ---------------------------------------------------------------- contiguous fast paths
+
+// Four elements a thread through 16-byte loads, for the commonest shapes of a training step: an fp32 activation cast
+// to bf16 for a GEMM, and adds of same-shaped fp32 tensors (residuals, gradient sums). The host checks that every
+// operand is contiguous, equally shaped, a multiple of 4 long and aligned. kiln_pack_bf16 rounds to nearest even,
+// as the strided cast does, so the two paths give the same bits.
+extern "C" __global__ void kiln_cast4_f32_bf16(const float4* __restrict__ src, uint2* __restrict__ dst,
+                                               kiln_i64 n4) {
+  KILN_GRID_LOOP(i, n4) {
+    const float4 v = src[i];
+    uint2 w;
+    w.x = kiln_pack_bf16(v.x, v.y);
+    w.y = kiln_pack_bf16(v.z, v.w);
+    dst[i] = w;
+  }
+}
+
+// out may be a (an in-place add): each element is read before it is written, by the same thread.
+extern "C" __global__ void kiln_binary4_f32(const float4* a, const float4* __restrict__ b, float4* out, kiln_i64 n4,
+                                            int op) {
+  KILN_GRID_LOOP(i, n4) {
+    const float4 x = a[i];
+    const float4 y = b[i];
+    float4 r;
+    r.x = kiln_binary_op<float>(op, x.x, y.x);
+    r.y = kiln_binary_op<float>(op, x.y, y.y);
+    r.z = kiln_binary_op<float>(op, x.z, y.z);
+    r.w = kiln_binary_op<float>(op, x.w, y.w);
+    out[i] = r;
+  }
+}
+
 // ---------------------------------------------------------------- reductions (f32, f64; sums in double)
 
 // op: 0 sum, 1 max, 2 min (Reduction.SUM/MAX/MIN). Max and min propagate NaN, as torch.amax.

@@ -96,6 +96,32 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void contiguousFastPathsMatchTheCpu() {
+    NdArray h = GpuTesting.randn(rnd, DType.F32, 50.0, 101);
+    double[] all = h.toDoubleArray();
+    dev.kiln.runtime.cuda.CudaArray onGpu = ((CudaTensor) gpu.fromHost(h)).array();
+    // Offset 0: aligned, the four-a-thread kernels run; offset 1 (one float in): not 16-byte aligned, the strided
+    // kernels run. Both must equal the CPU: casts bit for bit, arithmetic to 1e-5.
+    for (int offset : new int[] {0, 1}) {
+      float[] part = new float[100];
+      for (int i = 0; i < 100; i++) {
+        part[i] = (float) all[offset + i];
+      }
+      NdArray hx = NdArray.fromFloats(part, 25, 4);
+      Tensor x = new CudaTensor(onGpu.strided(new long[] {25, 4}, new long[] {4, 1}, offset), null);
+      GpuTesting.assertClose("cast to bf16 at offset " + offset, d(cpu.cast(hx, DType.BF16), cpu),
+          d(gpu.cast(x, DType.BF16), gpu), 0, 0);
+      NdArray hy = randn(25, 4);
+      for (Device.Binary op : Device.Binary.values()) {
+        same(op + " at offset " + offset, cpu.binary(op, hx, hy), gpu.binary(op, x, gpu.fromHost(hy)));
+      }
+      Tensor acc = gpu.fromHost(hy);
+      gpu.addInto(acc, x);
+      same("addInto at offset " + offset, cpu.binary(Device.Binary.ADD, hy, hx), acc);
+    }
+  }
+
+  @Test
   void pointwiseOpsBroadcastLikeTheCpu() {
     NdArray a = randn(4, 1, 6);
     NdArray b = randn(3, 1);
