@@ -12,8 +12,9 @@
 #   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
 #   KILN_GEMMPREC=1         also time mixed-precision GEMMs: cast + bf16 GEMM against cuBLAS's FAST_16BF on fp32
-#   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16), from the project folder, then
-#                           `kiln generate` (greedy) and `kiln forward` on its model with --device cpu and cuda
+#   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16, CUDA graphs), from the project
+#                           folder, resume it for 100 more steps, then `kiln generate` (greedy) and `kiln forward` on
+#                           its model with --device cpu and cuda
 #   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
@@ -61,6 +62,9 @@ if [[ "${KILN_QUICKSTART:-0}" == 1 ]]; then
   echo "exit $?"
   grep -vE "^\s*$" "$out/quickstart.log" | tr '\r' '\n' | grep -v "^step " | tail -25 | cut -c1-220
   run_dir="$out/quickstart/run"
+  echo "=== kiln train --resume (100 more steps on cuda, from the quickstart's last checkpoint)"
+  timeout 120 "${java[@]}" dev.kiln.cli.KilnCommand train --resume "$run_dir" --set training.steps=800 2>&1 \
+    | tr '\r' '\n' | grep -vE "^step |WARNING|^\s*$" | tail -4 | cut -c1-220
   for dev in cpu cuda; do
     echo "=== kiln generate --device $dev (greedy)"
     timeout 60 "${java[@]}" dev.kiln.cli.KilnCommand generate --model "$run_dir" --prompt "Once upon a time" \

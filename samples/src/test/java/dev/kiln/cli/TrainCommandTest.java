@@ -145,6 +145,11 @@ class TrainCommandTest {
     r = CliTestSupport.run("train", "--config", good.toString(), "--set", "model.ffn=swish");
     assertEquals(1, r.exitCode());
     assertTrue(r.err().contains("model.ffn"), r.err());
+
+    // --graphs is training.cuda_graphs, which the CPU cannot honour: refused before anything runs.
+    r = CliTestSupport.run("train", "--config", good.toString(), "--graphs");
+    assertEquals(1, r.exitCode());
+    assertTrue(r.err().contains("training.cuda_graphs needs training.device cuda"), r.err());
     assertTrue(!Files.exists(tmp.resolve("bad")), "nothing written for a bad config");
   }
 }
