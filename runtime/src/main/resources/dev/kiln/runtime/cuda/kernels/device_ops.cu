@@ -590,23 +590,18 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1_, kiln_i64 n2_, k
     o[2 * i + 1] = x0 * sn + x1 * cs;
   }
 }
-#define KILN_ROPE(N, T, NI, I)                                                                                   \
-  extern "C" __global__ void kiln_rope_##N##_##NI(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0,            \
-                                                  kiln_i64 s1, kiln_i64 s2, const I* pos, kiln_i64 p0,          \
-                                                  kiln_i64 p1, kiln_i64 p2, const double* invFreq, T* out,      \
-                                                  kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,         \
-                                                  kiln_i64 half, double sign) {                                 \
-    kiln_rope<kiln_i64, T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half,    \
-                              sign);                                                                             \
-  }                                                                                                              \
-  extern "C" __global__ void kiln_rope_##N##_##NI##_32(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0,        \
+// X: the index type; SUF: "" (64-bit) or _32.
+#define KILN_ROPE_X(N, T, NI, I, SUF, X)                                                                         \
+  extern "C" __global__ void kiln_rope_##N##_##NI##SUF(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0,        \
                                                        kiln_i64 s1, kiln_i64 s2, const I* pos, kiln_i64 p0,     \
                                                        kiln_i64 p1, kiln_i64 p2, const double* invFreq, T* out, \
                                                        kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,    \
                                                        kiln_i64 half, double sign) {                            \
-    kiln_rope<unsigned, T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half,    \
-                              sign);                                                                             \
+    kiln_rope<X, T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half, sign);     \
   }
+#define KILN_ROPE(N, T, NI, I)                \
+  KILN_ROPE_X(N, T, NI, I, , kiln_i64)        \
+  KILN_ROPE_X(N, T, NI, I, _32, unsigned)
 KILN_ROPE(f32, float, i32, int)
 KILN_ROPE(f32, float, i64, kiln_i64)
 KILN_ROPE(f64, double, i32, int)

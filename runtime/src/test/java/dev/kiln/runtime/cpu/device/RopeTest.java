@@ -9,9 +9,6 @@ import dev.kiln.dsl.spi.Device;
 import dev.kiln.runtime.eager.Eager;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Rng;
-import java.lang.reflect.InvocationHandler;
-import java.lang.reflect.InvocationTargetException;
-import java.lang.reflect.Proxy;
 import org.junit.jupiter.api.Test;
 
 /**
@@ -23,17 +20,7 @@ class RopeTest {
   private final CpuDevice cpu = new CpuDevice();
 
   /** The CPU device's primitives with {@code rope} left to the interface's default. */
-  private final Device composed = (Device) Proxy.newProxyInstance(Device.class.getClassLoader(),
-      new Class<?>[] {Device.class}, (InvocationHandler) (proxy, m, args) -> {
-        if (m.getName().equals("rope")) {
-          return InvocationHandler.invokeDefault(proxy, m, args);
-        }
-        try {
-          return m.invoke(cpu, args);
-        } catch (InvocationTargetException e) {
-          throw e.getCause();
-        }
-      });
+  private final Device composed = ComposedDefaults.over(cpu, "rope");
 
   private static double maxDiff(Tensor a, Tensor b) {
     double[] x = ((NdArray) a).to(DType.F64).toDoubleArray();
