@@ -9,8 +9,8 @@ import dev.kiln.processor.grad.VjpRules;
  * ({@link Rules}).
  *
  * <p>The last group of primitives never comes from user code: {@link #ATTENTION} is what the lower pass makes of the
- * {@code attention} composite, and the rest are what VJP rules emit (gradients of broadcasting, gathering, picking
- * and attention). They have no VJP of their own: Kiln differentiates once.
+ * {@code attention} composite, and the rest are what VJP rules emit (gradients of broadcasting, gathering, top-k,
+ * cross-entropy and attention). They have no VJP of their own: Kiln differentiates once.
  */
 public enum Primitive {
   NEG(Rules.unary(VjpRules::neg, "-%1$s", "-%1$s")),
