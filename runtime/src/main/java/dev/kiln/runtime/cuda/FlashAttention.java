@@ -7,10 +7,13 @@ import java.util.Arrays;
  * Fused scaled-dot-product attention on the GPU ({@code flash_attention.cu}): {@code softmax(q k^T * scale) v}
  * without materialising the score matrix, and its backward pass.
  *
- * <p>Inputs are contiguous {@code [..., n, d]} arrays (usually {@code [batch, heads, n, d]}), all of one shape and
- * dtype. bf16 with head dim 64 or 128 runs on tensor cores; fp32, and bf16 with any other head dim up to 256, runs
- * on a one-warp-per-row fp32 kernel that is exact but slow. The forward pass returns the per-row log-sum-exp
- * (natural log, fp32, {@code [..., n]}) that the backward pass needs.
+ * <p>Inputs are {@code [..., n, d]} arrays (usually {@code [batch, heads, n, d]}), all of one shape and dtype, in any
+ * layout whose last dim is contiguous and whose leading dims merge into {@code [batch, heads]} (see {@link Heads}):
+ * a head-split view of a {@code [batch, n, heads·d]} projection is read where it lies. bf16 with head dim 32, 64,
+ * 80 or 128 runs on tensor cores, and writes its results (output and gradients) as bf16 or, from the same fp32
+ * accumulators, as fp32 (mixed precision then needs no cast of the results); fp32, and bf16 with any other head dim
+ * up to 256, runs on a one-warp-per-row fp32 kernel that is exact but slow. The forward pass returns the per-row
+ * log-sum-exp (natural log, fp32, {@code [..., n]}, contiguous) that the backward pass needs.
  */
 public final class FlashAttention {
   private static final int SIMT_MAX_HEAD_DIM = 256;
@@ -37,7 +40,8 @@ public final class FlashAttention {
   /**
    * Which compiled variant of each tensor-core kernel to launch, per head dim: {@code w<warps>[mb<blocks>]} names
    * the warps per block and the register cap (see the end of flash_attention.cu). {@link #DEFAULT} is what measured
-   * fastest on an H200; {@code CudaBenchmark} times the others so the choice can be re-made on other GPUs.
+   * fastest on an H200; {@code CudaBenchmark} times the others so the choice can be re-made on other GPUs. Head dims
+   * 32 and 80 (TinyStories' and xl's) have one compiled variant each, so they are not tuned here.
    */
   public record Tuning(String forward64, String forward128, String backward64, String backward128) {
     /**
@@ -56,11 +60,11 @@ public final class FlashAttention {
     }
 
     String forward(long d) {
-      return d == 64 ? forward64 : forward128;
+      return d == 32 ? "w4mb4" : d == 64 ? forward64 : d == 80 ? "w4mb3" : forward128;
     }
 
     String backward(long d) {
-      return d == 64 ? backward64 : backward128;
+      return d == 32 ? "w4mb3" : d == 64 ? backward64 : d == 80 ? "w4" : backward128;
     }
 
     static int warps(String variant) {
@@ -88,7 +92,50 @@ public final class FlashAttention {
 
   /** True when {@code dtype} and head dim {@code d} take the tensor-core kernels. */
   public static boolean usesTensorCores(DType dtype, long d) {
-    return dtype == DType.BF16 && (d == 64 || d == 128);
+    return dtype == DType.BF16 && (d == 32 || d == 64 || d == 80 || d == 128);
+  }
+
+  /**
+   * Where a {@code [..., n, d]} array's rows lie: its leading dims as {@code [batches, heads]} (heads = dim -3, 1
+   * below rank 3; the dims before it merged into one) with strides {@code sb}, {@code sh}, and row stride
+   * {@code sr}; the last dim is contiguous. Element {@code (b, h, r, c)} is at {@code b·sb + h·sh + r·sr + c}.
+   */
+  public record Heads(long batches, long heads, long sb, long sh, long sr) {
+    /** {@code a}'s layout, or null when its last dim is strided or its batch dims do not merge into one stride. */
+    public static Heads of(CudaArray a) {
+      int r = a.rank();
+      if (r < 2 || (a.shape(-1) > 1 && a.stride(r - 1) != 1)) {
+        return null;
+      }
+      long heads = r >= 3 ? a.shape(r - 3) : 1;
+      long sh = r >= 3 ? a.stride(r - 3) : 0;
+      long batches = 1;
+      long sb = 0;
+      int inner = -1; // the innermost batch dim of size > 1 seen so far
+      for (int i = r - 4; i >= 0; i--) {
+        if (a.shape(i) == 1) {
+          continue;
+        }
+        if (inner >= 0 && a.stride(i) != a.stride(inner) * a.shape(inner)) {
+          return null;
+        }
+        if (inner < 0) {
+          sb = a.stride(i);
+        }
+        inner = i;
+        batches *= a.shape(i);
+      }
+      return new Heads(batches, heads, sb, sh, a.stride(r - 2));
+    }
+
+    long[] words() {
+      return new long[] {sb, sh, sr};
+    }
+
+    /** Every (b, h) slab and row starts a multiple of {@code elements} past the first. */
+    boolean stridesMultipleOf(long elements) {
+      return (batches == 1 || sb % elements == 0) && (heads == 1 || sh % elements == 0) && sr % elements == 0;
+    }
   }
 
   /** Forward pass with the usual scale {@code 1 / sqrt(d)}. */
@@ -112,23 +159,28 @@ public final class FlashAttention {
 
   private void forwardInto(CudaArray q, CudaArray k, CudaArray v, AttentionMask mask, float scale, CudaArray out,
       CudaArray lse, Geometry g) {
-    checkLike(out, q, "out");
+    Heads lo = checkResult(out, q, g, "out");
     checkRows(lse, g, "lse");
+    if (g.bh == 0) {
+      return; // nothing to compute (and a grid may not be empty)
+    }
     int causal = mask == AttentionMask.CAUSAL ? 1 : 0;
     KernelLoader.Module m = device.kernels().module("flash_attention");
-    if (usesTensorCores(q.dtype(), g.d)) {
+    KernelArgs args = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).i32((int) g.heads);
+    if (g.tensorCores) {
       int d = (int) g.d;
       String variant = tuning.forward(d);
       int warps = Tuning.warps(variant);
       int bm = warps * 16;
       int bn = 64;
       int smem = (bm + 4 * bn) * (d + 8) * 2;
-      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant).launch(stream, ceilDiv(g.n, bm), g.bh, warps * 32, smem,
-          new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).f32(scale).i32(causal));
+      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, ceilDiv(g.n, bm), g.bh,
+          warps * 32, smem, args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
+              .struct(g.v.words()).struct(lo.words()));
     } else {
       m.kernel("kiln_attn_fwd_simt_" + suffix(q.dtype())).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,
-          new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).i32((int) g.d).f32(scale)
-              .i32(causal));
+          args.i32((int) g.d).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words()).struct(g.v.words())
+              .struct(lo.words()));
     }
   }
 
@@ -145,7 +197,7 @@ public final class FlashAttention {
    */
   public Gradients backward(CudaArray q, CudaArray k, CudaArray v, CudaArray out, CudaArray lse, CudaArray dOut,
       AttentionMask mask, float scale) {
-    Geometry g = check(q, k, v);
+    check(q, k, v);
     CudaArray dq = CudaArray.empty(device, stream, q.dtype(), q.shape());
     CudaArray dk = CudaArray.empty(device, stream, q.dtype(), q.shape());
     CudaArray dv = CudaArray.empty(device, stream, q.dtype(), q.shape());
@@ -156,56 +208,67 @@ public final class FlashAttention {
   public void backwardInto(CudaArray q, CudaArray k, CudaArray v, CudaArray out, CudaArray lse, CudaArray dOut,
       AttentionMask mask, float scale, CudaArray dq, CudaArray dk, CudaArray dv) {
     Geometry g = check(q, k, v);
-    checkLike(out, q, "out");
-    checkLike(dOut, q, "dOut");
-    checkLike(dq, q, "dq");
-    checkLike(dk, q, "dk");
-    checkLike(dv, q, "dv");
+    Heads lo = checkResult(out, q, g, "out");
+    Heads ldo = checkInput(dOut, q, g, "dOut");
+    Heads ldq = checkResult(dq, q, g, "dq");
+    Heads ldk = checkResult(dk, q, g, "dk");
+    Heads ldv = checkResult(dv, q, g, "dv");
+    if (dq.dtype() != dk.dtype() || dq.dtype() != dv.dtype()) {
+      throw new IllegalArgumentException("attention dq, dk and dv must have one dtype, got " + dq.dtype() + ", "
+          + dk.dtype() + ", " + dv.dtype());
+    }
     checkRows(lse, g, "lse");
+    if (g.bh == 0) {
+      return; // nothing to compute (and a grid may not be empty)
+    }
     int causal = mask == AttentionMask.CAUSAL ? 1 : 0;
     KernelLoader.Module m = device.kernels().module("flash_attention");
-    long rows = g.bh * g.n;
-    try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, rows)) {
-      m.kernel("kiln_attn_bwd_dot_" + suffix(q.dtype())).launch(stream, ceilDiv(rows, 8), 1, 256, 0,
-          new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i64(rows).i32((int) g.d));
-      if (usesTensorCores(q.dtype(), g.d)) {
+    try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {
+      m.kernel("kiln_attn_bwd_dot_" + suffix(out.dtype()) + "_" + suffix(dOut.dtype())).launch(stream,
+          ceilDiv(g.n, 8), g.bh, 256, 0, new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i32((int) g.n)
+              .i32((int) g.heads).i32((int) g.d).struct(lo.words()).struct(ldo.words()));
+      if (g.tensorCores) {
         int d = (int) g.d;
         String variant = "_" + tuning.backward(d);
         int warps = Tuning.warps(tuning.backward(d));
-        int tile = d == 64 ? 64 : 32; // query tile of dK/dV, key tile of dQ (see flash_attention.cu)
+        int tile = d <= 80 ? 64 : 32; // query tile of dK/dV, key tile of dQ (see flash_attention.cu)
         int block = warps * 16;
         int smemDkdv = (2 * block + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
-        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant).launch(stream, ceilDiv(g.n, block), g.bh, warps * 32, smemDkdv,
-            new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk).ptr(dv).i32((int) g.n)
-                .f32(scale).i32(causal));
+        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk)).launch(stream, ceilDiv(g.n, block),
+            g.bh, warps * 32, smemDkdv, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk)
+                .ptr(dv).i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
+                .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldk.words())
+                .struct(ldv.words()));
         int smemDq = (2 * block + 4 * tile) * (d + 8) * 2;
-        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant).launch(stream, ceilDiv(g.n, block), g.bh, warps * 32, smemDq,
-            new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq).i32((int) g.n).f32(scale)
-                .i32(causal));
+        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant + resultSuffix(dq)).launch(stream, ceilDiv(g.n, block),
+            g.bh, warps * 32, smemDq, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq)
+                .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
+                .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldq.words()));
       } else {
         String sfx = suffix(q.dtype());
         m.kernel("kiln_attn_bwd_dkdv_simt_" + sfx).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,
             new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk).ptr(dv).i32((int) g.n)
-                .i32((int) g.d).f32(scale).i32(causal));
+                .i32((int) g.heads).i32((int) g.d).f32(scale).i32(causal).struct(g.q.words())
+                .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldk.words())
+                .struct(ldv.words()));
         m.kernel("kiln_attn_bwd_dq_simt_" + sfx).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,
             new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq).i32((int) g.n)
-                .i32((int) g.d).f32(scale).i32(causal));
+                .i32((int) g.heads).i32((int) g.d).f32(scale).i32(causal).struct(g.q.words())
+                .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldq.words()));
       }
     }
   }
 
-  private record Geometry(long bh, long n, long d) {}
+  /** Sizes, whether the tensor-core kernels run, and the layouts of q, k and v. */
+  private record Geometry(long bh, long heads, long n, long d, boolean tensorCores, Heads q, Heads k, Heads v) {}
 
   private static Geometry check(CudaArray q, CudaArray k, CudaArray v) {
     if (q.rank() < 2) {
       throw new IllegalArgumentException("attention q must be [..., n, d], got " + q);
     }
-    checkLike(k, q, "k");
-    checkLike(v, q, "v");
     if (q.dtype() != DType.BF16 && q.dtype() != DType.F32) {
       throw new IllegalArgumentException("attention supports BF16 and F32, got " + q.dtype());
     }
-    q.requireContiguous("attention q");
     long n = q.shape(-2);
     long d = q.shape(-1);
     if (d < 1 || d > SIMT_MAX_HEAD_DIM) {
@@ -219,15 +282,60 @@ public final class FlashAttention {
     if (bh > 65535) {
       throw new IllegalArgumentException("attention batch*heads " + bh + " exceeds the grid's 65535");
     }
-    return new Geometry(bh, n, d);
+    Geometry shape = new Geometry(bh, q.rank() >= 3 ? q.shape(-3) : 1, n, d, usesTensorCores(q.dtype(), d), null,
+        null, null);
+    return new Geometry(bh, shape.heads, n, d, shape.tensorCores, checkInput(q, q, shape, "q"),
+        checkInput(k, q, shape, "k"), checkInput(v, q, shape, "v"));
   }
 
-  private static void checkLike(CudaArray a, CudaArray q, String name) {
+  /**
+   * An input's layout. The tensor-core kernels copy 16-byte row chunks into shared memory, so there every slab and
+   * row must start on a 16-byte boundary.
+   */
+  private static Heads checkInput(CudaArray a, CudaArray q, Geometry g, String name) {
     if (!Arrays.equals(a.shape(), q.shape()) || a.dtype() != q.dtype()) {
       throw new IllegalArgumentException("attention " + name + " must match q " + q.dtype()
           + Arrays.toString(q.shape()) + ", got " + a.dtype() + Arrays.toString(a.shape()));
     }
-    a.requireContiguous("attention " + name);
+    Heads h = layoutOf(a, name);
+    if (g.tensorCores && (a.address() % 16 != 0 || !h.stridesMultipleOf(8))) {
+      throw new IllegalArgumentException("attention " + name + " must start on 16 bytes and have batch, head and row"
+          + " strides that are multiples of 8 elements for the tensor-core kernels, got " + a + " at address "
+          + a.address() + "; copy it into a new array");
+    }
+    return h;
+  }
+
+  /**
+   * A result's layout: q's shape, and q's dtype or, from the tensor-core kernels, fp32. Results are written two
+   * columns at a time, so there every slab and row must start on a 4-byte (bf16) or 8-byte (fp32) boundary.
+   */
+  private static Heads checkResult(CudaArray a, CudaArray q, Geometry g, String name) {
+    boolean f32FromBf16 = g.tensorCores && a.dtype() == DType.F32;
+    if (!Arrays.equals(a.shape(), q.shape()) || (a.dtype() != q.dtype() && !f32FromBf16)) {
+      throw new IllegalArgumentException("attention " + name + " must have q's shape " + Arrays.toString(q.shape())
+          + " and dtype " + q.dtype() + (g.tensorCores ? " (or F32)" : "") + ", got " + a.dtype()
+          + Arrays.toString(a.shape()));
+    }
+    Heads h = layoutOf(a, name);
+    if (g.tensorCores && (a.address() % (2L * a.dtype().byteSize()) != 0 || !h.stridesMultipleOf(2))) {
+      throw new IllegalArgumentException("attention " + name + " must start on " + 2 * a.dtype().byteSize()
+          + " bytes and have even batch, head and row strides for the tensor-core kernels, got " + a);
+    }
+    return h;
+  }
+
+  private static Heads layoutOf(CudaArray a, String name) {
+    Heads h = Heads.of(a);
+    if (h == null) {
+      throw new IllegalArgumentException("attention " + name + " must have a contiguous last dim and leading dims"
+          + " that merge into [batch, heads], got " + a + "; copy it into a contiguous array");
+    }
+    return h;
+  }
+
+  private static String resultSuffix(CudaArray a) {
+    return a.dtype() == DType.F32 ? "_of32" : "_obf16";
   }
 
   private static void checkRows(CudaArray lse, Geometry g, String name) {

@@ -86,6 +86,16 @@ class FlashAttentionGpuTest {
 
   private static void run(DType dtype, int batch, int heads, int n, int d, AttentionMask mask,
       FlashAttention.Tuning tuning) {
+    run(dtype, batch, heads, n, d, mask, tuning, false, dtype);
+  }
+
+  /**
+   * One forward and backward against {@link Reference}. {@code headSplit}: every array (inputs and results) is the
+   * {@code [batch, heads, n, d]} view of a {@code [batch, n, heads, d]} buffer, as a Transformer's head-split
+   * projections are. {@code results}: the dtype of out, dq, dk, dv (F32 from bf16 inputs is mixed precision).
+   */
+  private static void run(DType dtype, int batch, int heads, int n, int d, AttentionMask mask,
+      FlashAttention.Tuning tuning, boolean headSplit, DType results) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(31L * n + d + (mask == AttentionMask.CAUSAL ? 7 : 0) + dtype.ordinal());
     NdArray q = GpuTesting.randn(rnd, dtype, 1, batch, heads, n, d);
@@ -95,9 +105,10 @@ class FlashAttentionGpuTest {
     double scale = 1.0 / Math.sqrt(d);
     Reference ref = new Reference(GpuTesting.doubles(q), GpuTesting.doubles(k), GpuTesting.doubles(v),
         GpuTesting.doubles(g), batch * heads, n, d, mask == AttentionMask.CAUSAL, scale);
-    String name = String.format("%s d%d n%d %s %s%s", dtype, d, n, mask,
+    String name = String.format("%s d%d n%d %s %s%s%s%s", dtype, d, n, mask,
         FlashAttention.usesTensorCores(dtype, d) ? "tensor-core" : "simt",
-        tuning.equals(FlashAttention.Tuning.DEFAULT) ? "" : " " + tuning);
+        tuning.equals(FlashAttention.Tuning.DEFAULT) ? "" : " " + tuning, headSplit ? " head-split" : "",
+        results == dtype ? "" : " " + results + " results");
     // Tolerances. fp32 (SIMT kernel, fp32 math): 2e-5 of the largest reference magnitude, 1e-5 relative.
     // bf16: inputs are exact, but P and dS are rounded to bf16 before the second GEMM of each pair and outputs are
     // stored as bf16 (8 significant bits): 2e-2 of the largest magnitude plus 2e-2 relative.
@@ -105,21 +116,33 @@ class FlashAttentionGpuTest {
     double rtol = bf16 ? 2e-2 : 1e-5;
     double atolRel = bf16 ? 2e-2 : 2e-5;
     FlashAttention fa = new FlashAttention(dev.defaultStream(), tuning);
-    try (CudaArray dq = CudaArray.fromHost(dev, q);
-        CudaArray dk = CudaArray.fromHost(dev, k);
-        CudaArray dv = CudaArray.fromHost(dev, v);
-        CudaArray dg = CudaArray.fromHost(dev, g);
-        CudaArray out = CudaArray.empty(dev, dtype, batch, heads, n, d).poison();
+    // Head-split: buffers are [batch, n, heads, d]; the kernels see their [batch, heads, n, d] permutation.
+    int[] split = {0, 2, 1, 3};
+    long[] physical = headSplit ? new long[] {batch, n, heads, d} : new long[] {batch, heads, n, d};
+    try (CudaArray bq = CudaArray.fromHost(dev, headSplit ? q.permute(split) : q);
+        CudaArray bk = CudaArray.fromHost(dev, headSplit ? k.permute(split) : k);
+        CudaArray bv = CudaArray.fromHost(dev, headSplit ? v.permute(split) : v);
+        CudaArray bg = CudaArray.fromHost(dev, headSplit ? g.permute(split) : g);
+        CudaArray bout = CudaArray.empty(dev, results, physical).poison();
         CudaArray lse = CudaArray.empty(dev, DType.F32, batch, heads, n).poison();
-        CudaArray gq = CudaArray.empty(dev, dtype, batch, heads, n, d).poison();
-        CudaArray gk = CudaArray.empty(dev, dtype, batch, heads, n, d).poison();
-        CudaArray gv = CudaArray.empty(dev, dtype, batch, heads, n, d).poison()) {
+        CudaArray bgq = CudaArray.empty(dev, results, physical).poison();
+        CudaArray bgk = CudaArray.empty(dev, results, physical).poison();
+        CudaArray bgv = CudaArray.empty(dev, results, physical).poison()) {
+      CudaArray dq = headSplit ? bq.permute(split) : bq;
+      CudaArray dk = headSplit ? bk.permute(split) : bk;
+      CudaArray dv = headSplit ? bv.permute(split) : bv;
+      CudaArray dg = headSplit ? bg.permute(split) : bg;
+      CudaArray out = headSplit ? bout.permute(split) : bout;
+      CudaArray gq = headSplit ? bgq.permute(split) : bgq;
+      CudaArray gk = headSplit ? bgk.permute(split) : bgk;
+      CudaArray gv = headSplit ? bgv.permute(split) : bgv;
       fa.forwardInto(dq, dk, dv, mask, (float) scale, out, lse);
       GpuTesting.assertClose(name + " out", ref.out, GpuTesting.doubles(out.toHost()), rtol,
           atolRel * GpuTesting.maxAbs(ref.out));
       // lse is fp32 in both paths; bf16 scores come from fp32 tensor-core sums of exact products.
       GpuTesting.assertClose(name + " lse", ref.lse, GpuTesting.doubles(lse.toHost()), bf16 ? 1e-4 : 1e-5,
           bf16 ? 1e-3 : 1e-5);
+      // With fp32 results the backward pass reads out as fp32 (its row dot then comes from fp32 values).
       fa.backwardInto(dq, dk, dv, out, lse, dg, mask, (float) scale, gq, gk, gv);
       GpuTesting.assertClose(name + " dq", ref.dq, GpuTesting.doubles(gq.toHost()), rtol,
           atolRel * GpuTesting.maxAbs(ref.dq));
@@ -141,6 +164,49 @@ class FlashAttentionGpuTest {
   void bf16HeadDim128CausalAndNot() {
     run(DType.BF16, 1, 2, 700, 128, AttentionMask.CAUSAL);
     run(DType.BF16, 2, 1, 77, 128, AttentionMask.NONE);
+  }
+
+  @Test
+  void bf16HeadDims32And80RunOnTensorCores() {
+    // TinyStories' and xl's head widths: the tensor-core kernels at the true width (80 has an odd number of
+    // 16-wide k-steps, which takes the single-step path of the score GEMMs).
+    run(DType.BF16, 2, 3, 200, 32, AttentionMask.CAUSAL);
+    run(DType.BF16, 1, 2, 130, 32, AttentionMask.NONE);
+    run(DType.BF16, 1, 2, 333, 80, AttentionMask.CAUSAL);
+    run(DType.BF16, 2, 1, 77, 80, AttentionMask.NONE);
+  }
+
+  @Test
+  void headSplitViewsAndFp32ResultsAreReadAndWrittenInPlace() {
+    // The layout the CUDA device passes in mixed precision: bf16 head-split inputs, fp32 head-split results.
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT;
+    for (int d : new int[] {32, 64, 80, 128}) {
+      run(DType.BF16, 2, 3, 150, d, AttentionMask.CAUSAL, t, true, DType.F32);
+    }
+    run(DType.BF16, 1, 2, 100, 64, AttentionMask.NONE, t, false, DType.F32);
+    run(DType.BF16, 2, 2, 90, 80, AttentionMask.NONE, t, true, DType.BF16);
+    // fp32 (SIMT) from head-split views, and a head width the tensor cores lack.
+    run(DType.F32, 2, 3, 70, 48, AttentionMask.CAUSAL, t, true, DType.F32);
+    run(DType.BF16, 1, 2, 60, 96, AttentionMask.CAUSAL, t, true, DType.BF16);
+  }
+
+  @Test
+  void layoutsTheKernelsCannotTakeAreRefusedWithTheFix() {
+    CudaDevice dev = GpuTesting.device();
+    FlashAttention fa = new FlashAttention(dev);
+    try (CudaArray wide = CudaArray.empty(dev, DType.BF16, 1, 2, 64, 72);
+        CudaArray q = CudaArray.empty(dev, DType.BF16, 1, 2, 64, 64);
+        CudaArray t = CudaArray.empty(dev, DType.BF16, 1, 2, 64, 64)) {
+      // Rows 4 elements (8 bytes) past a 16-byte boundary: the tensor-core kernels' 16-byte copies cannot read them.
+      CudaArray shifted = wide.narrow(3, 4, 64);
+      IllegalArgumentException e = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+          () -> fa.forward(shifted, q, q, AttentionMask.CAUSAL));
+      org.junit.jupiter.api.Assertions.assertTrue(e.getMessage().contains("16 bytes"), e.getMessage());
+      // A transposed last dim is not a row layout at all.
+      IllegalArgumentException e2 = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
+          () -> fa.forward(t.transpose(2, 3), q, q, AttentionMask.CAUSAL));
+      org.junit.jupiter.api.Assertions.assertTrue(e2.getMessage().contains("contiguous last dim"), e2.getMessage());
+    }
   }
 
   @Test

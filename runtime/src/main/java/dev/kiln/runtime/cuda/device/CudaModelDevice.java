@@ -234,9 +234,17 @@ public final class CudaModelDevice implements Device {
   }
 
   private CudaArray newArrayLike(CudaArray like, DType dtype, long[] shape) {
+    return allocLike(like, shape, physical -> newArray(dtype, physical));
+  }
+
+  /**
+   * An array of {@code shape} laid out as {@link #newArrayLike} lays it out, allocated (in memory order) by
+   * {@code alloc}, which owns the memory: the result may be a permuted view of what {@code alloc} returned.
+   */
+  private static CudaArray allocLike(CudaArray like, long[] shape, java.util.function.Function<long[], CudaArray> alloc) {
     int r = like.rank();
     if (like.isContiguous() || r < 2 || Arrays.stream(like.strides()).anyMatch(x -> x == 0)) {
-      return newArray(dtype, shape);
+      return alloc.apply(shape);
     }
     // Dims by decreasing stride, ties in dim order: the physical order of like's memory.
     Integer[] order = new Integer[r];
@@ -250,7 +258,7 @@ public final class CudaModelDevice implements Device {
       physical[i] = shape[order[i]];
       back[order[i]] = i;
     }
-    return newArray(dtype, physical).permute(back);
+    return alloc.apply(physical).permute(back);
   }
 
   /**
@@ -656,7 +664,8 @@ public final class CudaModelDevice implements Device {
 
   private void copyArray(CudaArray s, CudaArray d) {
     written(d);
-    if (s.dtype() == DType.F32 && d.dtype() == DType.BF16 && vectorizable(d, s) && d.address() % 8 == 0) {
+    if (s.dtype() == DType.F32 && d.dtype() == DType.BF16 && d.address() % 8 == 0
+        && (vectorizable(d, s) || sameDenseLayout(d, s))) {
       launchFlat("kiln_cast4_f32_bf16", d.numel() / 4, new KernelArgs().ptr(s).ptr(d).i64(d.numel() / 4));
       return;
     }
@@ -873,6 +882,33 @@ public final class CudaModelDevice implements Device {
    * Whether the four-a-thread contiguous kernels may take these operands: all contiguous with {@code out}'s shape, a
    * multiple of 4 elements, and the fp32 ones 16-byte aligned.
    */
+  /**
+   * True when {@code a} and {@code b} are the same permutation of dense memory (equal shapes and strides, no gaps):
+   * element-wise work on them is then work on their flat buffers, as on contiguous arrays. A head-split view of a
+   * projection and the bf16 copy laid out like it are such a pair. Alignment is as {@link #vectorizable} asks.
+   */
+  private static boolean sameDenseLayout(CudaArray a, CudaArray b) {
+    if (!Arrays.equals(a.shape(), b.shape()) || !Arrays.equals(a.strides(), b.strides()) || a.numel() % 4 != 0
+        || a.numel() == 0 || b.address() % 16 != 0 || (a.dtype() == DType.F32 && a.address() % 16 != 0)) {
+      return false;
+    }
+    long[] strides = a.strides().clone();
+    long[] shape = a.shape();
+    Integer[] order = new Integer[shape.length];
+    for (int i = 0; i < order.length; i++) {
+      order[i] = i;
+    }
+    Arrays.sort(order, (x, y) -> Long.compare(strides[y], strides[x]));
+    long expect = 1;
+    for (int i = order.length - 1; i >= 0; i--) {
+      if (shape[order[i]] != 1 && strides[order[i]] != expect) {
+        return false;
+      }
+      expect *= shape[order[i]];
+    }
+    return true;
+  }
+
   private static boolean vectorizable(CudaArray out, CudaArray... in) {
     if (out.numel() % 4 != 0 || out.numel() == 0 || !out.isContiguous()
         || (out.dtype() == DType.F32 && out.address() % 16 != 0)) {
@@ -1173,6 +1209,9 @@ public final class CudaModelDevice implements Device {
     return new TopK(fromHost((NdArray) r.values()), fromHost((NdArray) r.indices()));
   }
 
+  /** Row entries each thread of kiln_xent_cached keeps in registers (its PER template argument). */
+  private static final int XENT_CACHED_PER_THREAD = 16;
+
   private static int rowBlock(long cols) {
     if (cols >= 4096) {
       return 1024;
@@ -1188,7 +1227,10 @@ public final class CudaModelDevice implements Device {
 
   // ================================================================ cross-entropy
 
-  /** One block per row: the log-sum-exp in one online sweep, then the loss of the target. */
+  /**
+   * One block per row: the log-sum-exp (rows of up to 16,384 entries held in registers, longer ones swept online),
+   * then the loss of the target.
+   */
   @Override
   public Tensor crossEntropy(Tensor logits, Tensor targets) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
@@ -1197,7 +1239,10 @@ public final class CudaModelDevice implements Device {
     return wrap(out);
   }
 
-  /** One block per row: the log-sum-exp again (cheaper than saving it), then the row's gradient. */
+  /**
+   * One block per row: the log-sum-exp again (cheaper than saving it), then the row's gradient from the same
+   * registers (longer rows are read a second time).
+   */
   @Override
   public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropyBackward");
@@ -1228,8 +1273,14 @@ public final class CudaModelDevice implements Device {
     }
     KernelArgs args = new KernelArgs().ptr(x).ptr(t);
     (dLoss == null ? args.nullPtr() : args.ptr(dLoss)).ptr(out).i64(rows).i64(v).ptr(errorWord);
-    op("kiln_xent_" + suffix(x.dtype()) + "_" + suffix(t.dtype())).launch(stream, Math.min(rows, MAX_GRID), 1,
-        rowBlock(v), 0, args);
+    String types = suffix(x.dtype()) + "_" + suffix(t.dtype());
+    if (v <= XENT_CACHED_PER_THREAD * 1024L) {
+      // The row in registers (XENT_CACHED_PER_THREAD entries a thread): read once, each exponential taken once.
+      int block = (int) Math.max(64, (v + XENT_CACHED_PER_THREAD * 32L - 1) / (XENT_CACHED_PER_THREAD * 32L) * 32);
+      op("kiln_xent_cached_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, block, 0, args);
+    } else {
+      op("kiln_xent_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, rowBlock(v), 0, args);
+    }
     launches++;
     mark(dLoss == null ? "cross-entropy" : "cross-entropy backward");
   }
@@ -1361,6 +1412,9 @@ public final class CudaModelDevice implements Device {
   @Override
   public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
     long[] shape = arr(q, "attention", "q").shape();
+    if (attentionDirect(shape[shape.length - 1])) {
+      return attentionDirect(q, k, v, mask, scale);
+    }
     CudaArray[] qkv = attentionInputs(q, k, v, "attention");
     long[] lseShape = Arrays.copyOf(shape, shape.length - 1);
     long[] lseFlat = bhnd(lseShape, false);
@@ -1381,10 +1435,115 @@ public final class CudaModelDevice implements Device {
     return new AttentionOut(wrap(out), wrap(lse));
   }
 
+  /**
+   * Attention without reshaping copies: the kernels read q, k and v where they lie (in mixed precision, bf16 casts
+   * laid out as the inputs, which the backward pass reuses) and write the fp32 output and lse into their final
+   * arrays, the output laid out as v. fp32 takes the SIMT kernels at any width; mixed precision the tensor-core
+   * kernels at widths 32, 64, 80 and 128.
+   */
+  private AttentionOut attentionDirect(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
+    CudaArray[] qkv = attentionOperands(q, k, v, "attention");
+    boolean save = precision == Precision.BF16 && !scopes.isEmpty();
+    List<CudaArray> temps = new ArrayList<>();
+    try {
+      CudaArray[] in = new CudaArray[3];
+      for (int i = 0; i < 3; i++) {
+        in[i] = attentionOperand(qkv[i], save ? null : temps);
+      }
+      long[] shape = qkv[0].shape();
+      CudaArray out = newArrayLike(qkv[2], DType.F32, shape);
+      CudaArray lse = newArray(DType.F32, Arrays.copyOf(shape, shape.length - 1));
+      flash.forwardInto(in[0], in[1], in[2], attentionMask(mask), (float) scale, out, lse);
+      launches++;
+      if (save) {
+        // The bf16 q, k, v for this attention's backward; they and out are scope arrays, so the entry goes when
+        // the scope closes.
+        attentionBf16.put(out, in);
+      }
+      mark("attention forward");
+      return new AttentionOut(wrap(out), wrap(lse));
+    } finally {
+      temps.forEach(CudaArray::close);
+    }
+  }
+
+  private AttentionGrads attentionBackwardDirect(
+      Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale) {
+    CudaArray[] qkv = attentionOperands(q, k, v, "attentionBackward");
+    CudaArray[] saved = attentionBf16.get(arr(out, "attentionBackward", "out"));
+    List<CudaArray> temps = new ArrayList<>();
+    try {
+      CudaArray[] in = saved != null ? saved : new CudaArray[3];
+      for (int i = 0; saved == null && i < 3; i++) {
+        in[i] = attentionOperand(qkv[i], temps);
+      }
+      CudaArray o = arr(out, "attentionBackward", "out");
+      if (FlashAttention.Heads.of(o) == null) {
+        o = contiguousArray(o);
+      }
+      CudaArray dO = attentionOperand(arr(dOut, "attentionBackward", "dOut"), temps);
+      CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
+      long[] shape = qkv[0].shape();
+      // Each gradient laid out as its input, so the rearranges (and RoPE) that carry it back read it in place.
+      CudaArray dq = newArrayLike(qkv[0], DType.F32, shape);
+      CudaArray dk = newArrayLike(qkv[1], DType.F32, shape);
+      CudaArray dv = newArrayLike(qkv[2], DType.F32, shape);
+      flash.backwardInto(in[0], in[1], in[2], o, l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
+      launches += 3;
+      mark("attention backward");
+      return new AttentionGrads(wrap(dq), wrap(dk), wrap(dv));
+    } finally {
+      temps.forEach(CudaArray::close);
+    }
+  }
+
+  /** True when attention at head width {@code d} runs without padding or reshaping copies. */
+  private boolean attentionDirect(long d) {
+    return precision != Precision.BF16 || FlashAttention.usesTensorCores(DType.BF16, d);
+  }
+
+  /** q, k, v as F32 arrays of one shape [..., n, d], checked. */
+  private CudaArray[] attentionOperands(Tensor q, Tensor k, Tensor v, String op) {
+    CudaArray a = arr(q, op, "q");
+    CudaArray b = arr(k, op, "k");
+    CudaArray c = arr(v, op, "v");
+    if (!Arrays.equals(a.shape(), b.shape()) || !Arrays.equals(a.shape(), c.shape()) || a.rank() < 2) {
+      throw new IllegalArgumentException("cuda device, " + op + ": q, k and v must have one shape [..., n, d] (self"
+          + " attention; the CUDA kernels take no other), got q " + Arrays.toString(a.shape()) + ", k "
+          + Arrays.toString(b.shape()) + ", v " + Arrays.toString(c.shape()));
+    }
+    if (a.dtype() != DType.F32 || b.dtype() != DType.F32 || c.dtype() != DType.F32) {
+      throw new IllegalArgumentException("cuda device, " + op + ": attention runs on F32 tensors, got " + a.dtype());
+    }
+    return new CudaArray[] {a, b, c};
+  }
+
+  /**
+   * An F32 attention operand as the kernels read it. Mixed precision: a bf16 cast laid out as {@code a} (one
+   * 16-byte cast kernel when {@code a} is a dense permutation, as a head-split view is), a scope array when
+   * {@code temps} is null, else a scratch array added to it. fp32: {@code a} itself, or a contiguous copy when its
+   * layout is not one the kernels take.
+   */
+  private CudaArray attentionOperand(CudaArray a, List<CudaArray> temps) {
+    if (precision != Precision.BF16) {
+      return FlashAttention.Heads.of(a) != null ? a : contiguousArray(a);
+    }
+    CudaArray b = temps == null ? newArrayLike(a, DType.BF16, a.shape()) : allocLike(a, a.shape(), physical -> {
+      CudaArray t = temp(DType.BF16, physical);
+      temps.add(t);
+      return t;
+    });
+    copyArray(a, b);
+    return b;
+  }
+
   @Override
   public AttentionGrads attentionBackward(
       Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale) {
     long[] shape = arr(q, "attentionBackward", "q").shape();
+    if (attentionDirect(shape[shape.length - 1])) {
+      return attentionBackwardDirect(q, k, v, out, lse, dOut, mask, scale);
+    }
     CudaArray outArr = arr(out, "attentionBackward", "out");
     CudaArray[] saved = attentionBf16.get(outArr);
     List<CudaArray> temps = new ArrayList<>();
@@ -1402,14 +1561,11 @@ public final class CudaModelDevice implements Device {
       long[] lseFlat = bhnd(Arrays.copyOf(shape, shape.length - 1), false);
       CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
       l = l.strided(lseFlat, NdArray.contiguousStrides(lseFlat), l.offset());
-      // fp32 at the true width: the kernels write the results themselves (scope arrays); else scratch to copy from.
-      boolean direct = qkvo[0].dtype() == DType.F32 && flat[3] == shape[shape.length - 1];
-      CudaArray dq = direct ? newArray(DType.F32, flat) : temp(qkvo[0].dtype(), flat);
-      CudaArray dk = direct ? newArray(DType.F32, flat) : temp(qkvo[0].dtype(), flat);
-      CudaArray dv = direct ? newArray(DType.F32, flat) : temp(qkvo[0].dtype(), flat);
-      if (!direct) {
-        temps.addAll(List.of(dq, dk, dv));
-      }
+      // Scratch at the padded width, copied out at the true width below.
+      CudaArray dq = temp(DType.BF16, flat);
+      CudaArray dk = temp(DType.BF16, flat);
+      CudaArray dv = temp(DType.BF16, flat);
+      temps.addAll(List.of(dq, dk, dv));
       flash.backwardInto(qkvo[0], qkvo[1], qkvo[2], qkvo[3], l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
       launches += 3;
       mark("attention backward kernels");
@@ -1426,33 +1582,26 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * Head width the attention kernels run at: in mixed precision, widths other than 64 and 128 are zero-padded up to
-   * the next of them (≤ 128), so they take the tensor-core kernels; zero columns add nothing to q·k and produce
-   * zero output columns, which are dropped. fp32 runs at the true width (SIMT kernels).
+   * Head width the padded path's kernels run at (mixed precision, widths the tensor-core kernels lack): widths up to
+   * 128 are zero-padded to the next tensor-core width (32, 64, 80, 128); zero columns add nothing to q·k and produce
+   * zero output columns, which are dropped. Wider heads run at their width on the bf16 SIMT kernels.
    */
-  private long attentionWidth(long d) {
-    if (precision != Precision.BF16 || d == 64 || d == 128 || d > 128) {
-      return d;
+  private static long attentionWidth(long d) {
+    for (long w : new long[] {32, 64, 80, 128}) {
+      if (d <= w) {
+        return w;
+      }
     }
-    return d < 64 ? 64 : 128;
+    return d;
   }
 
-  /** q, k, v as contiguous [batch·heads, 1, n, width] arrays of the attention dtype (bf16 in mixed precision). */
+  /** q, k, v as contiguous [batch·heads, 1, n, width] bf16 arrays (the padded path of mixed precision). */
   private CudaArray[] attentionInputs(Tensor q, Tensor k, Tensor v, String op) {
-    CudaArray a = arr(q, op, "q");
-    CudaArray b = arr(k, op, "k");
-    CudaArray c = arr(v, op, "v");
-    if (!Arrays.equals(a.shape(), b.shape()) || !Arrays.equals(a.shape(), c.shape()) || a.rank() < 2) {
-      throw new IllegalArgumentException("cuda device, " + op + ": q, k and v must have one shape [..., n, d] (self"
-          + " attention; the CUDA kernels take no other), got q " + Arrays.toString(a.shape()) + ", k "
-          + Arrays.toString(b.shape()) + ", v " + Arrays.toString(c.shape()));
-    }
-    if (a.dtype() != DType.F32 || b.dtype() != DType.F32 || c.dtype() != DType.F32) {
-      throw new IllegalArgumentException("cuda device, " + op + ": attention runs on F32 tensors, got " + a.dtype());
-    }
-    long[] flat = bhnd(a.shape(), true);
+    CudaArray[] qkv = attentionOperands(q, k, v, op);
+    long[] flat = bhnd(qkv[0].shape(), true);
     flat[3] = attentionWidth(flat[3]);
-    return new CudaArray[] {toAttention(a, flat, null), toAttention(b, flat, null), toAttention(c, flat, null)};
+    return new CudaArray[] {toAttention(qkv[0], flat, null), toAttention(qkv[1], flat, null),
+        toAttention(qkv[2], flat, null)};
   }
 
   /** [..., n, d] as [prod(...), 1, n, d] (or [..., n] as [prod(...), 1, n] when {@code !withD}). */
@@ -1473,7 +1622,7 @@ public final class CudaModelDevice implements Device {
    * contiguous first), and only the pad columns are zeroed.
    */
   private CudaArray toAttention(CudaArray a, long[] flat, List<CudaArray> temps) {
-    DType dt = precision == Precision.BF16 ? DType.BF16 : DType.F32;
+    DType dt = DType.BF16; // only mixed precision pads (fp32 attention always runs direct)
     long d = a.shape(-1);
     if (a.dtype() == dt && a.isContiguous() && flat[3] == d) {
       return a.strided(flat, NdArray.contiguousStrides(flat), a.offset());

@@ -551,6 +551,79 @@ KILN_XENT(f32, float, i64, kiln_i64)
 KILN_XENT(f64, double, i32, int)
 KILN_XENT(f64, double, i64, kiln_i64)
 
+// Block-wide max or sum of one value per thread (every thread gets the result); part holds 32 values.
+template <class T>
+__device__ __forceinline__ T kiln_block_reduce(T x, bool max, T* part) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const T y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = max ? (x > y ? x : y) : x + y;
+  }
+  if (lane == 0) part[warp] = x;
+  __syncthreads();
+  x = lane < warps ? part[lane] : (max ? -(T)KILN_INF : (T)0);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const T y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = max ? (x > y ? x : y) : x + y;
+  }
+  __syncthreads();  // part is reused by the next reduction
+  return x;
+}
+
+// kiln_xent for rows of at most PER * blockDim.x entries (a language model's vocabulary): each thread keeps its
+// PER entries of the row in registers, so the row is read from memory once, in both passes, and each exponential is
+// computed once: max, then the sum of exp(x - max), then the loss or the gradient exp(x - max) / sum - [j == t].
+template <class T, class I, int PER>
+__device__ void kiln_xent_cached(const T* __restrict__ x, const I* __restrict__ target, const T* __restrict__ dloss,
+                                 T* __restrict__ out, kiln_i64 rows, kiln_i64 v, kiln_i64* err) {
+  __shared__ T part[32];
+  for (kiln_i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* row = x + r * v;
+    T e[PER];
+    T m = -(T)KILN_INF;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const kiln_i64 j = threadIdx.x + (kiln_i64)i * blockDim.x;
+      e[i] = j < v ? row[j] : -(T)KILN_INF;
+      m = e[i] > m ? e[i] : m;
+    }
+    m = kiln_block_reduce(m, true, part);
+    const T shift = m == -(T)KILN_INF ? (T)0 : m;  // a row of -inf logits: every exp is 0, lse is -inf
+    T s = 0;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      e[i] = exp(e[i] - shift);
+      s += e[i];
+    }
+    s = kiln_block_reduce(s, false, part);
+    const kiln_i64 t = (kiln_i64)target[r];
+    if (dloss == nullptr) {
+      if (threadIdx.x == 0) out[r] = kiln_check_id(t, v, err) ? (T)(shift + log(s) - row[t]) : (T)0;
+    } else {
+      const T g = dloss[r];
+      const T inv = (T)1 / s;
+      if (threadIdx.x == 0) kiln_check_id(t, v, err);
+      T* o = out + r * v;
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        const kiln_i64 j = threadIdx.x + (kiln_i64)i * blockDim.x;
+        if (j < v) o[j] = g * (e[i] * inv - (j == t ? (T)1 : (T)0));
+      }
+    }
+  }
+}
+#define KILN_XENT_CACHED(N, T, NI, I)                                                                          \
+  extern "C" __global__ void __launch_bounds__(1024) kiln_xent_cached_##N##_##NI(                            \
+      const T* x, const I* target, const T* dloss, T* out, kiln_i64 rows, kiln_i64 v, kiln_i64* err) {         \
+    kiln_xent_cached<T, I, 16>(x, target, dloss, out, rows, v, err);                                           \
+  }
+KILN_XENT_CACHED(f32, float, i32, int)
+KILN_XENT_CACHED(f32, float, i64, kiln_i64)
+KILN_XENT_CACHED(f64, double, i32, int)
+KILN_XENT_CACHED(f64, double, i64, kiln_i64)
+
 // ---------------------------------------------------------------- rotary position embedding (Device.rope)
 
 // cos and sin of a rotation angle given in double. For float results the angle is first reduced to [-pi, pi] in

@@ -1,29 +1,54 @@
 // Fused scaled-dot-product attention in the FlashAttention-2 style (Dao, 2023): forward and backward, causal or
 // not, never materialising the N x N score matrix.
 //
-// Layout: q, k, v, o, dO, dq, dk, dv are [batch*heads, n, d] row-major (each (b, h) slab n*d contiguous);
-// lse and dot are [batch*heads, n] fp32. lse is the natural-log log-sum-exp of the scaled scores of each query row,
-// saved by the forward pass for the backward pass; dot[i] = sum_d dO[i,d] * O[i,d] (the "D" of the FA-2 paper).
+// Layout: q, k, v, o, dO, dq, dk, dv are [batch, heads, n, d] with d contiguous and the other three dims strided
+// (kiln_attn_layout): element (b, h, r, c) of a tensor lies at b*sb + h*sh + r*sr + c. A head-split view of a
+// [batch, n, heads*d] projection is read and written where it lies, with no rearranging copy. Blocks index
+// (b, h) as blockIdx.y = b*heads + h. lse and dot are contiguous [batch*heads, n] fp32. lse is the natural-log
+// log-sum-exp of the scaled scores of each query row, saved by the forward pass for the backward pass;
+// dot[i] = sum_d dO[i,d] * O[i,d] (the "D" of the FA-2 paper).
 //
 // Two families:
-//  * kiln_attn_*_bf16_d64 / _d128: tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators), tiles streamed
+//  * kiln_attn_*_bf16_d{32,64,80,128}: tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators), tiles streamed
 //    through shared memory with cp.async double buffering; each warp owns 16 rows of its block. Fully masked
-//    tiles (causal) are skipped per warp; dQ and dK/dV are computed by separate kernels, so no atomics.
+//    tiles (causal) are skipped per warp; dQ and dK/dV are computed by separate kernels, so no atomics. Inputs
+//    are bf16; results (o, dq, dk, dv) are written from the fp32 accumulators as bf16 (_obf16) or fp32 (_of32),
+//    so mixed precision needs no cast of the results.
 //  * kiln_attn_*_simt_{f32,bf16}: one warp per row, fp32 arithmetic, any head dim up to 256. This is the path for
 //    fp32 inputs and for head dims the tensor-core kernels do not cover; it is correct, not fast.
 #include "kiln_common.cuh"
 
+// Strides, in elements, of a [batch, heads, n, d] tensor's batch, head and row dims (d is contiguous).
+struct kiln_attn_layout {
+  kiln_i64 sb, sh, sr;
+};
+
 namespace {
 
+// Offset of the (b, h) slab that block row bh = b*heads + h works on.
+__device__ __forceinline__ kiln_i64 slab(const kiln_attn_layout& l, int bh, int heads) {
+  return (kiln_i64)(bh / heads) * l.sb + (kiln_i64)(bh % heads) * l.sh;
+}
+
+// Two adjacent result columns from fp32 accumulators (the host checks the 4- or 8-byte alignment).
+__device__ __forceinline__ void store_pair(kiln_bf16* p, float a, float b) { *(unsigned*)p = kiln_pack_bf16(a, b); }
+__device__ __forceinline__ void store_pair(float* p, float a, float b) {
+  float2 v;
+  v.x = a;
+  v.y = b;
+  *(float2*)p = v;
+}
+
+// Rows [row0, row0 + ROWS) of a slab with row stride sr into a padded smem tile; rows past n are zero-filled.
 template <int D, int ROWS, int NT>
-__device__ __forceinline__ void load_tile(kiln_bf16* s, const kiln_bf16* g, int row0, int n, int tid) {
+__device__ __forceinline__ void load_tile(kiln_bf16* s, const kiln_bf16* g, kiln_i64 sr, int row0, int n, int tid) {
   constexpr int CPR = D / 8;  // 16-byte chunks per row
   constexpr int LD = D + 8;   // padded row: the 8 rows an ldmatrix reads land in distinct banks
 #pragma unroll
   for (int i = tid; i < ROWS * CPR; i += NT) {
     int r = i / CPR, c = (i % CPR) * 8;
     bool valid = row0 + r < n;
-    const kiln_bf16* src = valid ? g + (kiln_i64)(row0 + r) * D + c : g;
+    const kiln_bf16* src = valid ? g + (kiln_i64)(row0 + r) * sr + c : g;
     kiln_cp_async16(s + r * LD + c, src, valid);
   }
 }
@@ -49,6 +74,13 @@ __device__ __forceinline__ void lds_b_nk(unsigned* b, const kiln_bf16* tile, int
   kiln_ldsm_x4(b[0], b[1], b[2], b[3], tile + (n0 + (lane & 7)) * LD + k0 + (lane >> 3) * 8);
 }
 
+// B fragments for the single k-step k0 of one n-block of 8 (B^T row-major, as lds_b_nk): the last k-step when
+// D / 16 is odd (d = 80).
+template <int LD>
+__device__ __forceinline__ void lds_b_nk1(unsigned* b, const kiln_bf16* tile, int n0, int k0, int lane) {
+  kiln_ldsm_x2(b[0], b[1], tile + (n0 + (lane & 7)) * LD + k0 + ((lane >> 3) & 1) * 8);
+}
+
 // B fragments for one k-step of 16 and two n-blocks (n0, n0+8), where the smem tile stores B row-major:
 // row = k index, col = n index (V for O = P V).
 template <int LD>
@@ -59,10 +91,12 @@ __device__ __forceinline__ void lds_b_kn(unsigned* b, const kiln_bf16* tile, int
 
 // ------------------------------------------------------------------------------------------------ forward
 
-template <int D, int WARPS, int BN>
+template <int D, int WARPS, int BN, typename TO>
 __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
-                                       const kiln_bf16* __restrict__ V, kiln_bf16* __restrict__ O,
-                                       float* __restrict__ LSE, int n, float scale, int causal) {
+                                       const kiln_bf16* __restrict__ V, TO* __restrict__ O,
+                                       float* __restrict__ LSE, int n, int heads, float scale, int causal,
+                                       kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
+                                       kiln_attn_layout lo) {
   constexpr int BM = WARPS * 16, LD = D + 8, NT = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;
@@ -72,20 +106,20 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
   const int mblocks = (n + BM - 1) / BM;
   // Causal blocks near the end of the sequence do the most work: start them first.
   const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const kiln_i64 base = (kiln_i64)blockIdx.y * n * D;
-  const kiln_bf16* q = Q + base;
-  const kiln_bf16* k = K + base;
-  const kiln_bf16* v = V + base;
+  const int bh = blockIdx.y;
+  const kiln_bf16* q = Q + slab(lq, bh, heads);
+  const kiln_bf16* k = K + slab(lk, bh, heads);
+  const kiln_bf16* v = V + slab(lv, bh, heads);
   const int m0 = mb * BM;
   const int wrow0 = m0 + warp * 16;  // first query row of this warp
 
   int nkb = (n + BN - 1) / BN;
   if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
 
-  load_tile<D, BM, NT>(Qs, q, m0, n, tid);
+  load_tile<D, BM, NT>(Qs, q, lq.sr, m0, n, tid);
   kiln_cp_async_commit();
-  load_tile<D, BN, NT>(Ks, k, 0, n, tid);
-  load_tile<D, BN, NT>(Vs, v, 0, n, tid);
+  load_tile<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
+  load_tile<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
   kiln_cp_async_commit();
   kiln_cp_async_wait<1>();
   __syncthreads();
@@ -104,8 +138,8 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
   for (int j = 0; j < nkb; ++j) {
     if (j + 1 < nkb) {
       const int nb1 = ((j + 1) & 1) * BN * LD;
-      load_tile<D, BN, NT>(Ks + nb1, k, (j + 1) * BN, n, tid);
-      load_tile<D, BN, NT>(Vs + nb1, v, (j + 1) * BN, n, tid);
+      load_tile<D, BN, NT>(Ks + nb1, k, lk.sr, (j + 1) * BN, n, tid);
+      load_tile<D, BN, NT>(Vs + nb1, v, lv.sr, (j + 1) * BN, n, tid);
       kiln_cp_async_commit();
       kiln_cp_async_wait<1>();
     } else {
@@ -124,9 +158,14 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
           unsigned b[4];
-          lds_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
-          kiln_mma_bf16(s[nb], qf[kk], b[0], b[1]);
-          kiln_mma_bf16(s[nb], qf[kk + 1], b[2], b[3]);
+          if (kk + 1 < D / 16) {
+            lds_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(s[nb], qf[kk], b[0], b[1]);
+            kiln_mma_bf16(s[nb], qf[kk + 1], b[2], b[3]);
+          } else {
+            lds_b_nk1<LD>(b, ks, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(s[nb], qf[kk], b[0], b[1]);
+          }
         }
       }
       const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
@@ -196,12 +235,10 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
     const int row = wrow0 + g + r * 8;
     const float inv = l > 0.f ? 1.f / l : 0.f;
     if (row < n) {
-      kiln_bf16* orow = O + base + (kiln_i64)row * D;
+      TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        *(unsigned*)(orow + i * 8 + 2 * t) = kiln_pack_bf16(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-      }
-      if (t == 0) LSE[(kiln_i64)blockIdx.y * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
+      for (int i = 0; i < D / 8; ++i) store_pair(orow + i * 8 + 2 * t, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+      if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
     }
   }
 }
@@ -209,12 +246,14 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
 // ------------------------------------------------------------------------------------------------ backward dK, dV
 
 // One block owns WARPS*16 keys (16 per warp) and walks the query tiles that can see them.
-template <int D, int WARPS, int BM>
+template <int D, int WARPS, int BM, typename TO>
 __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                             const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
                                             const float* __restrict__ LSE, const float* __restrict__ DOT,
-                                            kiln_bf16* __restrict__ dK, kiln_bf16* __restrict__ dV, int n,
-                                            float scale, int causal) {
+                                            TO* __restrict__ dK, TO* __restrict__ dV, int n, int heads,
+                                            float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
+                                            kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldk,
+                                            kiln_attn_layout ldv) {
   constexpr int BN = WARPS * 16, LD = D + 8, NT = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Ks = (kiln_bf16*)smem;   // [BN][LD]
@@ -224,10 +263,10 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   float* Ls = (float*)(dOs + 2 * BM * LD);  // [2][BM]
   float* Ds = Ls + 2 * BM;                  // [2][BM]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const kiln_i64 base = (kiln_i64)blockIdx.y * n * D;
-  const kiln_i64 vbase = (kiln_i64)blockIdx.y * n;
-  const kiln_bf16* q = Q + base;
-  const kiln_bf16* dout = dO + base;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* q = Q + slab(lq, bh, heads);
+  const kiln_bf16* dout = dO + slab(ldo, bh, heads);
   const float* lse = LSE + vbase;
   const float* dot = DOT + vbase;
   const int n0 = blockIdx.x * BN;
@@ -235,12 +274,12 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   const int mtiles = (n + BM - 1) / BM;
   const int i0 = causal ? n0 / BM : 0;
 
-  load_tile<D, BN, NT>(Ks, K + base, n0, n, tid);
-  load_tile<D, BN, NT>(Vs, V + base, n0, n, tid);
+  load_tile<D, BN, NT>(Ks, K + slab(lk, bh, heads), lk.sr, n0, n, tid);
+  load_tile<D, BN, NT>(Vs, V + slab(lv, bh, heads), lv.sr, n0, n, tid);
   kiln_cp_async_commit();
   if (i0 < mtiles) {
-    load_tile<D, BM, NT>(Qs, q, i0 * BM, n, tid);
-    load_tile<D, BM, NT>(dOs, dout, i0 * BM, n, tid);
+    load_tile<D, BM, NT>(Qs, q, lq.sr, i0 * BM, n, tid);
+    load_tile<D, BM, NT>(dOs, dout, ldo.sr, i0 * BM, n, tid);
     load_vec<BM, NT>(Ls, lse, i0 * BM, n, tid);
     load_vec<BM, NT>(Ds, dot, i0 * BM, n, tid);
   }
@@ -258,8 +297,8 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
     const int buf = (it - i0) & 1;
     if (it + 1 < mtiles) {
       const int nbuf = buf ^ 1;
-      load_tile<D, BM, NT>(Qs + nbuf * BM * LD, q, (it + 1) * BM, n, tid);
-      load_tile<D, BM, NT>(dOs + nbuf * BM * LD, dout, (it + 1) * BM, n, tid);
+      load_tile<D, BM, NT>(Qs + nbuf * BM * LD, q, lq.sr, (it + 1) * BM, n, tid);
+      load_tile<D, BM, NT>(dOs + nbuf * BM * LD, dout, ldo.sr, (it + 1) * BM, n, tid);
       load_vec<BM, NT>(Ls + nbuf * BM, lse, (it + 1) * BM, n, tid);
       load_vec<BM, NT>(Ds + nbuf * BM, dot, (it + 1) * BM, n, tid);
       kiln_cp_async_commit();
@@ -282,13 +321,18 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
       for (int kk = 0; kk < D / 16; kk += 2) {
         unsigned a0[4], a1[4];
         lds_a<LD>(a0, Ks, warp * 16, kk * 16, lane);
-        lds_a<LD>(a1, Ks, warp * 16, kk * 16 + 16, lane);
+        if (kk + 1 < D / 16) lds_a<LD>(a1, Ks, warp * 16, kk * 16 + 16, lane);
 #pragma unroll
         for (int nb = 0; nb < BM / 8; ++nb) {
           unsigned b[4];
-          lds_b_nk<LD>(b, qs, nb * 8, kk * 16, lane);
-          kiln_mma_bf16(p[nb], a0, b[0], b[1]);
-          kiln_mma_bf16(p[nb], a1, b[2], b[3]);
+          if (kk + 1 < D / 16) {
+            lds_b_nk<LD>(b, qs, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(p[nb], a0, b[0], b[1]);
+            kiln_mma_bf16(p[nb], a1, b[2], b[3]);
+          } else {
+            lds_b_nk1<LD>(b, qs, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(p[nb], a0, b[0], b[1]);
+          }
         }
       }
       // P^T = exp(S^T * scale - lse[query]); masked entries are exactly 0.
@@ -328,13 +372,18 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
       for (int kk = 0; kk < D / 16; kk += 2) {
         unsigned a0[4], a1[4];
         lds_a<LD>(a0, Vs, warp * 16, kk * 16, lane);
-        lds_a<LD>(a1, Vs, warp * 16, kk * 16 + 16, lane);
+        if (kk + 1 < D / 16) lds_a<LD>(a1, Vs, warp * 16, kk * 16 + 16, lane);
 #pragma unroll
         for (int nb = 0; nb < BM / 8; ++nb) {
           unsigned b[4];
-          lds_b_nk<LD>(b, dos, nb * 8, kk * 16, lane);
-          kiln_mma_bf16(dp[nb], a0, b[0], b[1]);
-          kiln_mma_bf16(dp[nb], a1, b[2], b[3]);
+          if (kk + 1 < D / 16) {
+            lds_b_nk<LD>(b, dos, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(dp[nb], a0, b[0], b[1]);
+            kiln_mma_bf16(dp[nb], a1, b[2], b[3]);
+          } else {
+            lds_b_nk1<LD>(b, dos, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(dp[nb], a0, b[0], b[1]);
+          }
         }
       }
       // dS^T = P^T * (dP^T - dot[query])
@@ -367,12 +416,12 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   for (int r = 0; r < 2; ++r) {
     const int key = wkey0 + g + r * 8;
     if (key < n) {
-      kiln_bf16* dkrow = dK + base + (kiln_i64)key * D;
-      kiln_bf16* dvrow = dV + base + (kiln_i64)key * D;
+      TO* dkrow = dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
+      TO* dvrow = dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) {
-        *(unsigned*)(dkrow + i * 8 + 2 * t) = kiln_pack_bf16(dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
-        *(unsigned*)(dvrow + i * 8 + 2 * t) = kiln_pack_bf16(dv[i][2 * r], dv[i][2 * r + 1]);
+        store_pair(dkrow + i * 8 + 2 * t, dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
+        store_pair(dvrow + i * 8 + 2 * t, dv[i][2 * r], dv[i][2 * r + 1]);
       }
     }
   }
@@ -381,11 +430,13 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
 // ------------------------------------------------------------------------------------------------ backward dQ
 
 // One block owns WARPS*16 queries and walks the key tiles they can see.
-template <int D, int WARPS, int BN>
+template <int D, int WARPS, int BN, typename TO>
 __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                           const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
                                           const float* __restrict__ LSE, const float* __restrict__ DOT,
-                                          kiln_bf16* __restrict__ dQ, int n, float scale, int causal) {
+                                          TO* __restrict__ dQ, int n, int heads, float scale, int causal,
+                                          kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
+                                          kiln_attn_layout ldo, kiln_attn_layout ldq) {
   constexpr int BM = WARPS * 16, LD = D + 8, NT = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;   // [BM][LD]
@@ -395,21 +446,21 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int mblocks = (n + BM - 1) / BM;
   const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const kiln_i64 base = (kiln_i64)blockIdx.y * n * D;
-  const kiln_i64 vbase = (kiln_i64)blockIdx.y * n;
-  const kiln_bf16* k = K + base;
-  const kiln_bf16* v = V + base;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* k = K + slab(lk, bh, heads);
+  const kiln_bf16* v = V + slab(lv, bh, heads);
   const int m0 = mb * BM;
   const int wrow0 = m0 + warp * 16;
 
   int nkb = (n + BN - 1) / BN;
   if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
 
-  load_tile<D, BM, NT>(Qs, Q + base, m0, n, tid);
-  load_tile<D, BM, NT>(dOs, dO + base, m0, n, tid);
+  load_tile<D, BM, NT>(Qs, Q + slab(lq, bh, heads), lq.sr, m0, n, tid);
+  load_tile<D, BM, NT>(dOs, dO + slab(ldo, bh, heads), ldo.sr, m0, n, tid);
   kiln_cp_async_commit();
-  load_tile<D, BN, NT>(Ks, k, 0, n, tid);
-  load_tile<D, BN, NT>(Vs, v, 0, n, tid);
+  load_tile<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
+  load_tile<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
   kiln_cp_async_commit();
   kiln_cp_async_wait<1>();
   __syncthreads();
@@ -435,8 +486,8 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   for (int j = 0; j < nkb; ++j) {
     if (j + 1 < nkb) {
       const int nb1 = ((j + 1) & 1) * BN * LD;
-      load_tile<D, BN, NT>(Ks + nb1, k, (j + 1) * BN, n, tid);
-      load_tile<D, BN, NT>(Vs + nb1, v, (j + 1) * BN, n, tid);
+      load_tile<D, BN, NT>(Ks + nb1, k, lk.sr, (j + 1) * BN, n, tid);
+      load_tile<D, BN, NT>(Vs + nb1, v, lv.sr, (j + 1) * BN, n, tid);
       kiln_cp_async_commit();
       kiln_cp_async_wait<1>();
     } else {
@@ -458,12 +509,19 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
           unsigned b[4];
-          lds_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
-          kiln_mma_bf16(p[nb], qf[kk], b[0], b[1]);
-          kiln_mma_bf16(p[nb], qf[kk + 1], b[2], b[3]);
-          lds_b_nk<LD>(b, vs, nb * 8, kk * 16, lane);
-          kiln_mma_bf16(dp[nb], df[kk], b[0], b[1]);
-          kiln_mma_bf16(dp[nb], df[kk + 1], b[2], b[3]);
+          if (kk + 1 < D / 16) {
+            lds_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(p[nb], qf[kk], b[0], b[1]);
+            kiln_mma_bf16(p[nb], qf[kk + 1], b[2], b[3]);
+            lds_b_nk<LD>(b, vs, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(dp[nb], df[kk], b[0], b[1]);
+            kiln_mma_bf16(dp[nb], df[kk + 1], b[2], b[3]);
+          } else {
+            lds_b_nk1<LD>(b, ks, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(p[nb], qf[kk], b[0], b[1]);
+            lds_b_nk1<LD>(b, vs, nb * 8, kk * 16, lane);
+            kiln_mma_bf16(dp[nb], df[kk], b[0], b[1]);
+          }
         }
       }
 #pragma unroll
@@ -501,11 +559,9 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   for (int r = 0; r < 2; ++r) {
     const int row = wrow0 + g + r * 8;
     if (row < n) {
-      kiln_bf16* dqrow = dQ + base + (kiln_i64)row * D;
+      TO* dqrow = dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        *(unsigned*)(dqrow + i * 8 + 2 * t) = kiln_pack_bf16(dq[i][2 * r] * scale, dq[i][2 * r + 1] * scale);
-      }
+      for (int i = 0; i < D / 8; ++i) store_pair(dqrow + i * 8 + 2 * t, dq[i][2 * r] * scale, dq[i][2 * r + 1] * scale);
     }
   }
 }
@@ -546,25 +602,28 @@ __device__ __forceinline__ void store_row(T* p, const float* r, float mul, int d
 
 // One warp per query row; online softmax in fp32.
 template <typename T>
-__device__ __forceinline__ void fwd_simt(const T* Q, const T* K, const T* V, T* O, float* LSE, int n, int d,
-                                         float scale, int causal) {
+__device__ __forceinline__ void fwd_simt(const T* Q, const T* K, const T* V, T* O, float* LSE, int n, int heads,
+                                         int d, float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
+                                         kiln_attn_layout lv, kiln_attn_layout lo) {
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= n) return;
-  const kiln_i64 base = (kiln_i64)blockIdx.y * n * d;
+  const int bh = blockIdx.y;
+  const T* k = K + slab(lk, bh, heads);
+  const T* v = V + slab(lv, bh, heads);
   float q[SIMT_PER_LANE], o[SIMT_PER_LANE];
-  load_row(q, Q + base + (kiln_i64)row * d, d, lane);
+  load_row(q, Q + slab(lq, bh, heads) + (kiln_i64)row * lq.sr, d, lane);
 #pragma unroll
   for (int i = 0; i < SIMT_PER_LANE; ++i) o[i] = 0.f;
   float m = -KILN_INF, l = 0.f;
   const int kend = causal ? row + 1 : n;
   for (int j = 0; j < kend; ++j) {
-    const float s = dot_row(q, K + base + (kiln_i64)j * d, d, lane) * scale;
+    const float s = dot_row(q, k + (kiln_i64)j * lk.sr, d, lane) * scale;
     const float mnew = fmaxf(m, s);
     const float alpha = expf(m - mnew);
     const float p = expf(s - mnew);
     l = l * alpha + p;
-    const T* vr = V + base + (kiln_i64)j * d;
+    const T* vr = v + (kiln_i64)j * lv.sr;
 #pragma unroll
     for (int i = 0; i < SIMT_PER_LANE; ++i) {
       const int c = lane + 32 * i;
@@ -572,69 +631,80 @@ __device__ __forceinline__ void fwd_simt(const T* Q, const T* K, const T* V, T* 
     }
     m = mnew;
   }
-  store_row(O + base + (kiln_i64)row * d, o, 1.f / l, d, lane);
-  if (lane == 0) LSE[(kiln_i64)blockIdx.y * n + row] = m + logf(l);
+  store_row(O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr, o, 1.f / l, d, lane);
+  if (lane == 0) LSE[(kiln_i64)bh * n + row] = m + logf(l);
 }
 
-// dot[i] = sum_d dO[i,d] * O[i,d]; one warp per row (shared by both families).
-template <typename T>
-__device__ __forceinline__ void bwd_dot(const T* O, const T* dO, float* DOT, kiln_i64 rows, int d) {
+// dot[i] = sum_d dO[i,d] * O[i,d]; one warp per row (shared by both families). O may be fp32 where dO is bf16 (the
+// tensor-core kernels' fp32 results in mixed precision).
+template <typename TO, typename TG>
+__device__ __forceinline__ void bwd_dot(const TO* O, const TG* dO, float* DOT, int n, int heads, int d,
+                                        kiln_attn_layout lo, kiln_attn_layout ldo) {
   const int lane = threadIdx.x & 31;
-  const kiln_i64 row = (kiln_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= rows) return;
-  const T* o = O + row * d;
-  const T* g = dO + row * d;
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= n) return;
+  const int bh = blockIdx.y;
+  const TO* o = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+  const TG* g = dO + slab(ldo, bh, heads) + (kiln_i64)row * ldo.sr;
   float s = 0.f;
   for (int c = lane; c < d; c += 32) s += kiln_to_float(o[c]) * kiln_to_float(g[c]);
   s = kiln_warp_sum(s);
-  if (lane == 0) DOT[row] = s;
+  if (lane == 0) DOT[(kiln_i64)bh * n + row] = s;
 }
 
 template <typename T>
 __device__ __forceinline__ void bwd_dq_simt(const T* Q, const T* K, const T* V, const T* dO, const float* LSE,
-                                            const float* DOT, T* dQ, int n, int d, float scale, int causal) {
+                                            const float* DOT, T* dQ, int n, int heads, int d, float scale,
+                                            int causal, kiln_attn_layout lq, kiln_attn_layout lk,
+                                            kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldq) {
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= n) return;
-  const kiln_i64 base = (kiln_i64)blockIdx.y * n * d;
-  const kiln_i64 vrow = (kiln_i64)blockIdx.y * n + row;
+  const int bh = blockIdx.y;
+  const kiln_i64 vrow = (kiln_i64)bh * n + row;
+  const T* k = K + slab(lk, bh, heads);
+  const T* v = V + slab(lv, bh, heads);
   float q[SIMT_PER_LANE], g[SIMT_PER_LANE], acc[SIMT_PER_LANE];
-  load_row(q, Q + base + (kiln_i64)row * d, d, lane);
-  load_row(g, dO + base + (kiln_i64)row * d, d, lane);
+  load_row(q, Q + slab(lq, bh, heads) + (kiln_i64)row * lq.sr, d, lane);
+  load_row(g, dO + slab(ldo, bh, heads) + (kiln_i64)row * ldo.sr, d, lane);
 #pragma unroll
   for (int i = 0; i < SIMT_PER_LANE; ++i) acc[i] = 0.f;
   const float lse = LSE[vrow], dot = DOT[vrow];
   const int kend = causal ? row + 1 : n;
   for (int j = 0; j < kend; ++j) {
-    const float p = expf(dot_row(q, K + base + (kiln_i64)j * d, d, lane) * scale - lse);
-    const float ds = p * (dot_row(g, V + base + (kiln_i64)j * d, d, lane) - dot);
-    const T* kr = K + base + (kiln_i64)j * d;
+    const T* kr = k + (kiln_i64)j * lk.sr;
+    const float p = expf(dot_row(q, kr, d, lane) * scale - lse);
+    const float ds = p * (dot_row(g, v + (kiln_i64)j * lv.sr, d, lane) - dot);
 #pragma unroll
     for (int i = 0; i < SIMT_PER_LANE; ++i) {
       const int c = lane + 32 * i;
       if (c < d) acc[i] += ds * kiln_to_float(kr[c]);
     }
   }
-  store_row(dQ + base + (kiln_i64)row * d, acc, scale, d, lane);
+  store_row(dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr, acc, scale, d, lane);
 }
 
 template <typename T>
 __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V, const T* dO, const float* LSE,
-                                              const float* DOT, T* dK, T* dV, int n, int d, float scale,
-                                              int causal) {
+                                              const float* DOT, T* dK, T* dV, int n, int heads, int d,
+                                              float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
+                                              kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldk,
+                                              kiln_attn_layout ldv) {
   const int lane = threadIdx.x & 31;
   const int key = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (key >= n) return;
-  const kiln_i64 base = (kiln_i64)blockIdx.y * n * d;
-  const kiln_i64 vbase = (kiln_i64)blockIdx.y * n;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const T* q = Q + slab(lq, bh, heads);
+  const T* dout = dO + slab(ldo, bh, heads);
   float kr[SIMT_PER_LANE], vr[SIMT_PER_LANE], dk[SIMT_PER_LANE], dv[SIMT_PER_LANE];
-  load_row(kr, K + base + (kiln_i64)key * d, d, lane);
-  load_row(vr, V + base + (kiln_i64)key * d, d, lane);
+  load_row(kr, K + slab(lk, bh, heads) + (kiln_i64)key * lk.sr, d, lane);
+  load_row(vr, V + slab(lv, bh, heads) + (kiln_i64)key * lv.sr, d, lane);
 #pragma unroll
   for (int i = 0; i < SIMT_PER_LANE; ++i) dk[i] = dv[i] = 0.f;
   for (int i = causal ? key : 0; i < n; ++i) {
-    const T* qi = Q + base + (kiln_i64)i * d;
-    const T* gi = dO + base + (kiln_i64)i * d;
+    const T* qi = q + (kiln_i64)i * lq.sr;
+    const T* gi = dout + (kiln_i64)i * ldo.sr;
     const float p = expf(dot_row(kr, qi, d, lane) * scale - LSE[vbase + i]);
     const float ds = p * (dot_row(vr, gi, d, lane) - DOT[vbase + i]);
 #pragma unroll
@@ -646,76 +716,104 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
       }
     }
   }
-  store_row(dK + base + (kiln_i64)key * d, dk, scale, d, lane);
-  store_row(dV + base + (kiln_i64)key * d, dv, 1.f, d, lane);
+  store_row(dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr, dk, scale, d, lane);
+  store_row(dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr, dv, 1.f, d, lane);
 }
 
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ entry points
-// Variants. Kernel names end in _w<warps>[mb<min blocks per SM>]: the warps per block (16 rows each) and, where
-// given, the __launch_bounds__ minimum of resident blocks, which caps registers per thread (65536 / (32 * warps *
-// min blocks)). FlashAttention.Tuning picks one per pass and head dim; its DEFAULT is what measured fastest on an
-// H200 (docs/cuda.md), the others stay so the choice can be re-measured with CudaBenchmark.
-// Forward: 64-key tiles. dK/dV: query tiles of 64 (d64) or 32 (d128, to stay under 255 registers with both
-// accumulators live). dQ: key tiles of 64 (d64) or 32 (d128).
+// Variants. Kernel names end in _w<warps>[mb<min blocks per SM>]_o<result type>: the warps per block (16 rows
+// each), where given the __launch_bounds__ minimum of resident blocks, which caps registers per thread
+// (65536 / (32 * warps * min blocks)), and the type the results are written in (bf16 or f32). FlashAttention.Tuning
+// picks one per pass and head dim; its DEFAULT is what measured fastest on an H200 (docs/cuda.md), the others stay
+// so the choice can be re-measured with CudaBenchmark.
+// Forward: 64-key tiles. dK/dV: query tiles of 64 (d <= 80) or 32 (d128, to stay under 255 registers with both
+// accumulators live). dQ: key tiles of 64 (d <= 80) or 32 (d128). Layouts come by value, as three i64 each.
 
-#define KILN_FWD(NAME, D, W, BN, BOUNDS)                                                                        \
+#define KILN_L kiln_attn_layout
+
+#define KILN_FWD_T(NAME, D, W, BN, BOUNDS, TO)                                                                 \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
-      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, kiln_bf16* o, float* lse, int n, float scale, \
-      int causal) {                                                                                            \
-    fwd_tc<D, W, BN>(q, k, v, o, lse, n, scale, causal);                                                       \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
+      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    fwd_tc<D, W, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                            \
   }
+#define KILN_FWD(NAME, D, W, BN, BOUNDS)             \
+  KILN_FWD_T(NAME##_obf16, D, W, BN, BOUNDS, kiln_bf16) \
+  KILN_FWD_T(NAME##_of32, D, W, BN, BOUNDS, float)
+KILN_FWD(kiln_attn_fwd_bf16_d32_w4mb4, 32, 4, 64, (128, 4))
 KILN_FWD(kiln_attn_fwd_bf16_d64_w8, 64, 8, 64, (256))
 KILN_FWD(kiln_attn_fwd_bf16_d64_w8mb2, 64, 8, 64, (256, 2))
 KILN_FWD(kiln_attn_fwd_bf16_d64_w4mb4, 64, 4, 64, (128, 4))
+KILN_FWD(kiln_attn_fwd_bf16_d80_w4mb3, 80, 4, 64, (128, 3))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w8, 128, 8, 64, (256))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb2, 128, 4, 64, (128, 2))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb3, 128, 4, 64, (128, 3))
 
-#define KILN_DKDV(NAME, D, W, BM, BOUNDS)                                                                      \
+#define KILN_DKDV_T(NAME, D, W, BM, BOUNDS, TO)                                                                \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
-      const float* dot, kiln_bf16* dk, kiln_bf16* dv, int n, float scale, int causal) {                        \
-    bwd_dkdv_tc<D, W, BM>(q, k, v, dout, lse, dot, dk, dv, n, scale, causal);                                  \
+      const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
+      KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
+    bwd_dkdv_tc<D, W, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo, ldk,  \
+                              ldv);                                                                            \
   }
+#define KILN_DKDV(NAME, D, W, BM, BOUNDS)             \
+  KILN_DKDV_T(NAME##_obf16, D, W, BM, BOUNDS, kiln_bf16) \
+  KILN_DKDV_T(NAME##_of32, D, W, BM, BOUNDS, float)
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d32_w4mb3, 32, 4, 64, (128, 3))
 KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4, 64, 4, 64, (128))
 KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w8, 64, 8, 64, (256))
 KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4mb3, 64, 4, 64, (128, 3))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d80_w4, 80, 4, 64, (128))
 KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w4, 128, 4, 32, (128))
 KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w8, 128, 8, 32, (256))
 
-#define KILN_DQ(NAME, D, W, BN, BOUNDS)                                                                        \
+#define KILN_DQ_T(NAME, D, W, BN, BOUNDS, TO)                                                                  \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
-      const float* dot, kiln_bf16* dq, int n, float scale, int causal) {                                       \
-    bwd_dq_tc<D, W, BN>(q, k, v, dout, lse, dot, dq, n, scale, causal);                                        \
+      const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
+      KILN_L ldo, KILN_L ldq) {                                                                                \
+    bwd_dq_tc<D, W, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);       \
   }
+#define KILN_DQ(NAME, D, W, BN, BOUNDS)             \
+  KILN_DQ_T(NAME##_obf16, D, W, BN, BOUNDS, kiln_bf16) \
+  KILN_DQ_T(NAME##_of32, D, W, BN, BOUNDS, float)
+KILN_DQ(kiln_attn_bwd_dq_bf16_d32_w4mb3, 32, 4, 64, (128, 3))
 KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4, 64, 4, 64, (128))
 KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w8, 64, 8, 64, (256))
 KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4mb3, 64, 4, 64, (128, 3))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d80_w4, 80, 4, 64, (128))
 KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w4, 128, 4, 32, (128))
 KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w8, 128, 8, 32, (256))
 
 #define KILN_SIMT(SUFFIX, T)                                                                                   \
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \
-                                                         int n, int d, float scale, int causal) {               \
-    fwd_simt<T>(q, k, v, o, lse, n, d, scale, causal);                                                         \
+                                                         int n, int heads, int d, float scale, int causal,      \
+                                                         KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {          \
+    fwd_simt<T>(q, k, v, o, lse, n, heads, d, scale, causal, lq, lk, lv, lo);                                  \
   }                                                                                                            \
-  extern "C" __global__ void kiln_attn_bwd_dot_##SUFFIX(const T* o, const T* dout, float* dot, kiln_i64 rows,    \
-                                                        int d) {                                               \
-    bwd_dot<T>(o, dout, dot, rows, d);                                                                         \
+  extern "C" __global__ void kiln_attn_bwd_dq_simt_##SUFFIX(                                                   \
+      const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dot, T* dq, int n,      \
+      int heads, int d, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L ldo, KILN_L ldq) {     \
+    bwd_dq_simt<T>(q, k, v, dout, lse, dot, dq, n, heads, d, scale, causal, lq, lk, lv, ldo, ldq);             \
   }                                                                                                            \
-  extern "C" __global__ void kiln_attn_bwd_dq_simt_##SUFFIX(const T* q, const T* k, const T* v, const T* dout,  \
-                                                            const float* lse, const float* dot, T* dq, int n,   \
-                                                            int d, float scale, int causal) {                  \
-    bwd_dq_simt<T>(q, k, v, dout, lse, dot, dq, n, d, scale, causal);                                          \
-  }                                                                                                            \
-  extern "C" __global__ void kiln_attn_bwd_dkdv_simt_##SUFFIX(const T* q, const T* k, const T* v,               \
-                                                              const T* dout, const float* lse,                 \
-                                                              const float* dot, T* dk, T* dv, int n, int d,     \
-                                                              float scale, int causal) {                       \
-    bwd_dkdv_simt<T>(q, k, v, dout, lse, dot, dk, dv, n, d, scale, causal);                                    \
+  extern "C" __global__ void kiln_attn_bwd_dkdv_simt_##SUFFIX(                                                 \
+      const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dot, T* dk, T* dv,      \
+      int n, int heads, int d, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L ldo,            \
+      KILN_L ldk, KILN_L ldv) {                                                                                \
+    bwd_dkdv_simt<T>(q, k, v, dout, lse, dot, dk, dv, n, heads, d, scale, causal, lq, lk, lv, ldo, ldk, ldv);  \
   }
 KILN_SIMT(f32, float)
 KILN_SIMT(bf16, kiln_bf16)
+
+// dot over (o, dO) types: bf16/bf16 (bf16 attention), f32/f32 (fp32), f32/bf16 (mixed precision: fp32 results).
+#define KILN_DOT(SUFFIX, TO, TG)                                                                               \
+  extern "C" __global__ void kiln_attn_bwd_dot_##SUFFIX(const TO* o, const TG* dout, float* dot, int n,         \
+                                                        int heads, int d, KILN_L lo, KILN_L ldo) {              \
+    bwd_dot<TO, TG>(o, dout, dot, n, heads, d, lo, ldo);                                                       \
+  }
+KILN_DOT(bf16_bf16, kiln_bf16, kiln_bf16)
+KILN_DOT(f32_f32, float, float)
+KILN_DOT(f32_bf16, float, kiln_bf16)

@@ -78,6 +78,13 @@ __device__ __forceinline__ void kiln_ldsm_x4(unsigned& r0, unsigned& r1, unsigne
                : "r"(kiln_smem_addr(p)));
 }
 
+// ldmatrix: two 8x8 b16 matrices; lanes 0-15 give the row addresses (lane l: row (l & 7) of matrix (l >> 3) & 1).
+__device__ __forceinline__ void kiln_ldsm_x2(unsigned& r0, unsigned& r1, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r0), "=r"(r1)
+               : "r"(kiln_smem_addr(p)));
+}
+
 __device__ __forceinline__ void kiln_ldsm_x4_trans(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3,
                                                    const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"

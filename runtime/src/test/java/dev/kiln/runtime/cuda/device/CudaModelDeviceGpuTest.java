@@ -348,6 +348,17 @@ class CudaModelDeviceGpuTest {
       same("cross-entropy backward, targets " + t.dtype(), cpu.crossEntropyBackward(logits, t, dLoss),
           gpu.crossEntropyBackward(gpu.fromHost(logits), gpu.fromHost(t), gpu.fromHost(dLoss)));
     }
+    // Rows held in registers up to 16,384 entries (a 10,000 vocabulary, one just below a multiple of the block),
+    // swept twice beyond (GPT-2's 50,257), and a row shorter than a warp.
+    for (int vocab : new int[] {10_000, 16_383, 50_257, 7}) {
+      NdArray wide = GpuTesting.randn(rnd, DType.F32, 4.0, 4, vocab);
+      NdArray tw = NdArray.fromLongs(new long[] {0, vocab - 1, vocab / 2, 3 % vocab}, 4);
+      NdArray gw = randn(4);
+      same("cross-entropy, vocabulary " + vocab, cpu.crossEntropy(wide, tw),
+          gpu.crossEntropy(gpu.fromHost(wide), gpu.fromHost(tw)));
+      same("cross-entropy backward, vocabulary " + vocab, cpu.crossEntropyBackward(wide, tw, gw),
+          gpu.crossEntropyBackward(gpu.fromHost(wide), gpu.fromHost(tw), gpu.fromHost(gw)));
+    }
     // The mean's gradient arrives as a broadcast scalar.
     Tensor scalar = gpu.expand(gpu.full(DType.F32, 1.0 / 15), 3, 5);
     same("cross-entropy backward, broadcast dLoss", cpu.crossEntropyBackward(logits, t64, cpu.full(DType.F32,
