@@ -44,10 +44,12 @@ class KernelLoaderGpuTest {
       try (CudaArray dO = CudaArray.fromHost(dev, o);
           CudaArray dG = CudaArray.fromHost(dev, g);
           CudaArray dot = CudaArray.empty(dev, DType.F32, rows).poison()) {
-        m.kernel("kiln_attn_bwd_dot_f32").launch(dev.defaultStream(), (rows + 7) / 8, 1, 256, 0,
-            new KernelArgs().ptr(dO).ptr(dG).ptr(dot).i64(rows).i32(d));
+        // One [rows, d] slab (batch and head strides unused), row stride d.
+        long[] layout = {0, 0, d};
+        m.kernel("kiln_attn_bwd_dot_f32_f32").launch(dev.defaultStream(), (rows + 7) / 8, 1, 256, 0,
+            new KernelArgs().ptr(dO).ptr(dG).ptr(dot).i32(rows).i32(1).i32(d).struct(layout).struct(layout));
         // fp32 sum of 50 products: 1e-5 relative.
-        GpuTesting.assertClose("NVRTC-built kiln_attn_bwd_dot_f32", ref, GpuTesting.doubles(dot.toHost()), 1e-5,
+        GpuTesting.assertClose("NVRTC-built kiln_attn_bwd_dot_f32_f32", ref, GpuTesting.doubles(dot.toHost()), 1e-5,
             1e-5 * GpuTesting.maxAbs(ref));
       }
     } finally {
@@ -71,8 +73,11 @@ class KernelLoaderGpuTest {
       }
     }
     KernelLoader.Module fa = dev.kernels().module("flash_attention");
-    for (String k : new String[] {"kiln_attn_fwd_bf16_d64_w4mb4", "kiln_attn_fwd_bf16_d128_w4mb2",
-        "kiln_attn_bwd_dkdv_bf16_d64_w4mb3", "kiln_attn_bwd_dkdv_bf16_d128_w4", "kiln_attn_bwd_dq_bf16_d128_w4"}) {
+    for (String k : new String[] {"kiln_attn_fwd_bf16_d64_w4mb4_obf16", "kiln_attn_fwd_bf16_d128_w4mb2_obf16",
+        "kiln_attn_fwd_bf16_d32_w4mb4_of32", "kiln_attn_fwd_bf16_d80_w4mb3_of32",
+        "kiln_attn_bwd_dkdv_bf16_d64_w4mb3_obf16", "kiln_attn_bwd_dkdv_bf16_d128_w4_obf16",
+        "kiln_attn_bwd_dkdv_bf16_d80_w4_of32", "kiln_attn_bwd_dq_bf16_d128_w4_obf16",
+        "kiln_attn_bwd_dq_bf16_d80_w4_of32"}) {
       System.out.println("  " + k + " uses " + fa.kernel(k).registers() + " registers per thread");
     }
   }

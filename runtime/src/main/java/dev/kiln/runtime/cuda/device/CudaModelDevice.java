@@ -879,10 +879,6 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * Whether the four-a-thread contiguous kernels may take these operands: all contiguous with {@code out}'s shape, a
-   * multiple of 4 elements, and the fp32 ones 16-byte aligned.
-   */
-  /**
    * True when {@code a} and {@code b} are the same permutation of dense memory (equal shapes and strides, no gaps):
    * element-wise work on them is then work on their flat buffers, as on contiguous arrays. A head-split view of a
    * projection and the bf16 copy laid out like it are such a pair. Alignment is as {@link #vectorizable} asks.
@@ -909,6 +905,10 @@ public final class CudaModelDevice implements Device {
     return true;
   }
 
+  /**
+   * Whether the four-a-thread contiguous kernels may take these operands: all contiguous with {@code out}'s shape, a
+   * multiple of 4 elements, and the fp32 ones 16-byte aligned.
+   */
   private static boolean vectorizable(CudaArray out, CudaArray... in) {
     if (out.numel() % 4 != 0 || out.numel() == 0 || !out.isContiguous()
         || (out.dtype() == DType.F32 && out.address() % 16 != 0)) {
