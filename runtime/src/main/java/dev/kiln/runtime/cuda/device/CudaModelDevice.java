@@ -84,6 +84,14 @@ public final class CudaModelDevice implements Device {
   private final Map<CastKey, CudaArray> castCache = new java.util.HashMap<>();
   private final Map<Object, List<CastKey>> castsByBuffer = new IdentityHashMap<>();
 
+  /**
+   * Arrays known to hold only zeros ({@link #zeros}, {@code full(0)} and views of them), so that adding one is no
+   * work: a gradient that one branch of the model leaves at zero (the z-loss's, when it is off) would otherwise cost
+   * a pass over the logits. Only arrays made inside a scope count; entries go when their memory is written or their
+   * scope closes.
+   */
+  private final java.util.Set<CudaArray> knownZero = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+
   /** bf16 copies attention made in forward, by the {@code out} tensor they belong to, for its backward. */
   private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
   /** RoPE inverse frequencies by (theta, half width): tiny, permanent, made before any capture needs them. */
@@ -193,6 +201,11 @@ public final class CudaModelDevice implements Device {
         java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
         owned.forEach(a -> buffers.add(a.bufferIdentity()));
         attentionBf16.keySet().removeIf(k -> buffers.contains(k.bufferIdentity()));
+      }
+      if (!knownZero.isEmpty()) {
+        java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+        owned.forEach(a -> buffers.add(a.bufferIdentity()));
+        knownZero.removeIf(z -> buffers.contains(z.bufferIdentity()));
       }
       List<CudaArray> out = new ArrayList<>(owned);
       owned.clear();
@@ -601,16 +614,27 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public Tensor zeros(DType dtype, long... shape) {
-    Tensor t = empty(dtype, shape);
-    fill(t, 0);
-    return t;
+    return full(dtype, 0, shape);
   }
 
   @Override
   public Tensor full(DType dtype, double value, long... shape) {
     Tensor t = empty(dtype, shape);
     fill(t, value);
+    if (value == 0 && !scopes.isEmpty()) {
+      // Only a step's own values: a zero made outside every scope may be a parameter (a bias), which the optimizer
+      // rewrites in place.
+      knownZero.add(((CudaTensor) t).array());
+    }
     return t;
+  }
+
+  /** A view of {@code from}'s memory, known to be zero when {@code from} is. */
+  private CudaArray viewOf(CudaArray from, CudaArray view) {
+    if (knownZero.contains(from)) {
+      knownZero.add(view);
+    }
+    return view;
   }
 
   @Override
@@ -708,7 +732,7 @@ public final class CudaModelDevice implements Device {
   public Tensor reshape(Tensor x, long... shape) {
     CudaTensor t = ct(x, "reshape", "x");
     long[] target = inferShape(t.array(), shape);
-    return new CudaTensor(reshapeArray(t.array(), target), t.bf16Twin() == null ? null
+    return new CudaTensor(viewOf(t.array(), reshapeArray(t.array(), target)), t.bf16Twin() == null ? null
         : reshapeArray(t.bf16Twin(), target));
   }
 
@@ -751,13 +775,15 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor permute(Tensor x, int... order) {
     CudaTensor t = ct(x, "permute", "x");
-    return new CudaTensor(t.array().permute(order), t.bf16Twin() == null ? null : t.bf16Twin().permute(order));
+    return new CudaTensor(viewOf(t.array(), t.array().permute(order)), t.bf16Twin() == null ? null
+        : t.bf16Twin().permute(order));
   }
 
   @Override
   public Tensor expand(Tensor x, long... shape) {
     CudaTensor t = ct(x, "expand", "x");
-    return new CudaTensor(t.array().expand(shape), t.bf16Twin() == null ? null : t.bf16Twin().expand(shape));
+    return new CudaTensor(viewOf(t.array(), t.array().expand(shape)), t.bf16Twin() == null ? null
+        : t.bf16Twin().expand(shape));
   }
 
   @Override
@@ -858,6 +884,9 @@ public final class CudaModelDevice implements Device {
 
   /** Forgets the casts of memory that {@code a} is about to change. */
   private void written(CudaArray a) {
+    if (!knownZero.isEmpty()) {
+      knownZero.removeIf(z -> z.sharesBufferWith(a));
+    }
     if (!castsByBuffer.isEmpty()) {
       List<CastKey> keys = castsByBuffer.remove(a.bufferIdentity());
       if (keys != null) {
@@ -929,6 +958,13 @@ public final class CudaModelDevice implements Device {
     CudaArray y = floating(b, "binary " + op, "b");
     sameFloat("binary " + op, x, y);
     long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
+    if (op == Binary.ADD && (knownZero.contains(x) || knownZero.contains(y))) {
+      // x + 0 is x: the result is the other operand itself (tensors are values; nothing writes into an operand).
+      CudaArray other = knownZero.contains(x) ? y : x;
+      if (Arrays.equals(other.shape(), shape)) {
+        return wrap(other);
+      }
+    }
     CudaArray out = newArray(x.dtype(), shape);
     if (out.dtype() == DType.F32 && vectorizable(out, x, y)) {
       launchFlat("kiln_binary4_f32", out.numel() / 4, new KernelArgs().ptr(x).ptr(y).ptr(out).i64(out.numel() / 4)

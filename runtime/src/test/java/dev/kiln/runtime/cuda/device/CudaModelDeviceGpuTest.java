@@ -331,6 +331,38 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void addingAKnownZeroLaunchesNothingAndWritesAreSeen() {
+    try (CudaModelDevice.Scope s = gpu.scope()) {
+      NdArray xh = randn(3, 4);
+      Tensor x = gpu.fromHost(xh);
+      // The z-loss gradient when z-loss is off: a broadcast zero added to the cross-entropy gradient.
+      long before = gpu.launches();
+      Tensor sum = gpu.binary(Device.Binary.ADD, gpu.expand(gpu.full(DType.F32, 0.0), 3, 4), x);
+      assertEquals(before + 1, gpu.launches(), "only the zero's own fill runs");
+      same("0 + x", xh, sum);
+      // A zero array written in place is zero no longer.
+      Tensor acc = gpu.zeros(DType.F32, 3, 4);
+      gpu.addInto(acc, x);
+      same("acc (was 0) + x after acc += x", cpu.binary(Device.Binary.MUL, xh, cpu.full(DType.F32, 2.0)),
+          gpu.binary(Device.Binary.ADD, acc, x));
+      NdArray ids = NdArray.fromLongs(new long[] {1, 1, 3}, 3);
+      Tensor table = gpu.reshape(gpu.zeros(DType.F32, 20), 5, 4);
+      gpu.scatterAddRows(table, gpu.fromHost(ids), x);
+      Tensor refTable = cpu.zeros(DType.F32, 5, 4);
+      cpu.scatterAddRows(refTable, ids, xh);
+      NdArray ones = NdArray.fromFloats(new float[] {1, 1, 1, 1}, 4);
+      same("scatter-added zero table + 1", cpu.binary(Device.Binary.ADD, refTable, ones),
+          gpu.binary(Device.Binary.ADD, table, gpu.fromHost(ones)));
+    }
+    // Outside a scope a zero may be a parameter the optimizer rewrites in place: it is not assumed to stay zero.
+    Tensor bias = gpu.zeros(DType.F32, 4);
+    NdArray ones = NdArray.fromFloats(new float[] {1, 1, 1, 1}, 4);
+    gpu.copyFromHost(ones, bias);
+    same("a rewritten parameter", cpu.binary(Device.Binary.ADD, ones, ones),
+        gpu.binary(Device.Binary.ADD, bias, gpu.fromHost(ones)));
+  }
+
+  @Test
   void crossEntropyAndItsGradientMatchTheCpu() {
     // A language model's shape in small: rows of a 1,000-entry vocabulary, logits spread wide (std 4).
     NdArray logits = GpuTesting.randn(rnd, DType.F32, 4.0, 3, 5, 1000);
