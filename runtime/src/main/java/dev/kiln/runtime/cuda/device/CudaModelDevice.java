@@ -1324,9 +1324,10 @@ public final class CudaModelDevice implements Device {
   // ================================================================ rotary position embedding
 
   /**
-   * One kernel, one thread per pair. The positions are read where they are (broadcast by strides) and the inverse
-   * frequencies come from a small table made once per (theta, width), so nothing is uploaded or expanded per call. An
-   * {@code x} of rank up to 4 with a contiguous last dim (the head-split view of a projection) is read in place.
+   * One kernel, one warp per row. The positions are read where they are (broadcast by strides); cos and sin come
+   * from a table made once per (theta, width) for positions below {@link #ROPE_TABLE_POSITIONS} (fp32), else from
+   * the inverse frequencies, so nothing is uploaded or expanded per call. An {@code x} of rank up to 4 with a
+   * contiguous last dim (the head-split view of a projection) is read in place.
    */
   @Override
   public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
@@ -1366,23 +1367,45 @@ public final class CudaModelDevice implements Device {
     }
     long half = a.shape(-1) / 2;
     long rowCount = NdArray.numel(rows);
-    // 32-bit indices when every element index and offset fits (unsigned division is a few instructions).
-    boolean fits32 = 2 * rowCount * half < 1L << 31 && reach(a) < 1L << 31 && reach(out) < 1L << 31
-        && reach(p) < 1L << 31;
-    launchFlat("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype()) + (fits32 ? "_32" : ""), rowCount * half,
-        new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p).i64(pst[0]).i64(pst[1])
-            .i64(pst[2]).ptr(ropeFrequencies(theta, half)).ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount)
-            .i64(half).f64(inverse ? -1 : 1));
+    KernelArgs args = new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p)
+        .i64(pst[0]).i64(pst[1]).i64(pst[2]).ptr(ropeFrequencies(theta, half));
+    // fp32 reads cos and sin from the table; float64 computes them in double (the table is float).
+    (a.dtype() == DType.F32 ? args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS) : args.nullPtr().i64(0))
+        .ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half).f64(inverse ? -1 : 1);
+    if (rowCount > 0) {
+      int warps = BLOCK / 32;
+      op("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype())).launch(stream, (rowCount + warps - 1) / warps, 1,
+          BLOCK, 0, args);
+      launches++;
+      mark("rope");
+    }
     return wrap(out.rank() == shape.length ? out : out.strided(shape, NdArray.contiguousStrides(shape), out.offset()));
   }
 
-  /** The largest element offset a kernel walking {@code a} reaches from its first element. */
-  private static long reach(CudaArray a) {
-    long r = 0;
-    for (int d = 0; d < a.rank(); d++) {
-      r += Math.abs(a.stride(d)) * Math.max(0, a.shape(d) - 1);
-    }
-    return r;
+  /**
+   * Positions the fp32 RoPE kernel looks up instead of computing (a context of up to 8,192 tokens; others fall back to
+   * the angle in double). The table is 8 bytes a position and pair: 4 MiB for width 128.
+   */
+  private static final int ROPE_TABLE_POSITIONS = 8192;
+
+  /**
+   * (cos, sin) of {@code p · theta^(-i / half)} for positions p below {@link #ROPE_TABLE_POSITIONS} and i below half,
+   * computed in double on the host and rounded to float; kept for good.
+   */
+  private CudaArray ropeCosSin(double theta, long half) {
+    return ropeTables.computeIfAbsent(List.of(theta, (double) half, 1.0), key -> {
+      notCapturing("a RoPE cos/sin table first needed during capture");
+      int h = Math.toIntExact(half);
+      float[] t = new float[ROPE_TABLE_POSITIONS * h * 2];
+      for (int pos = 0; pos < ROPE_TABLE_POSITIONS; pos++) {
+        for (int i = 0; i < h; i++) {
+          double angle = pos * Math.pow(theta, -2.0 * i / (2 * half));
+          t[2 * (pos * h + i)] = (float) Math.cos(angle);
+          t[2 * (pos * h + i) + 1] = (float) Math.sin(angle);
+        }
+      }
+      return CudaArray.fromHost(gpu, NdArray.fromFloats(t, t.length));
+    });
   }
 
   /** theta^(-i / half) for i below half, in double, computed on the host as the CPU device does; kept for good. */

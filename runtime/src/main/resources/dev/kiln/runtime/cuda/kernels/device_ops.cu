@@ -637,44 +637,49 @@ __device__ __forceinline__ void kiln_rope_cs(double angle, float* s, float* c) {
 }
 __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c) { sincos(angle, s, c); }
 
-// One thread per pair: x and out are [n0, n1, n2, 2 * half] with their last dims contiguous and leading strides s0, s1,
+// One warp per row: x and out are [n0, n1, n2, 2 * half] with their last dims contiguous and leading strides s0, s1,
 // s2 and o0, o1, o2 (the head-split view of a projection is read in place, not copied first, and the result keeps its
-// layout); pos is read through strides p0, p1, p2 over the same leading dims (0 where it broadcasts). Pair i of row r turns by
-// sign * pos[r] * invFreq[i], the angle in double; invFreq is the host's theta^(-i / half), as the CPU device uses.
-// X is the index type: kiln_i64, or unsigned where the host checked that every index and offset fits (the "_32"
-// kernels; 64-bit division is emulated and would dominate).
-template <class X, class T, class I>
-__device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1_, kiln_i64 n2_, kiln_i64 s0, kiln_i64 s1,
-                          kiln_i64 s2, const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1, kiln_i64 p2,
-                          const double* __restrict__ invFreq, T* __restrict__ out, kiln_i64 o0, kiln_i64 o1,
-                          kiln_i64 o2, kiln_i64 rows, kiln_i64 half_, double sign) {
-  const X n1 = (X)n1_, n2 = (X)n2_, half = (X)half_;
-  for (X e = (X)blockIdx.x * blockDim.x + threadIdx.x; e < (X)(rows * half_); e += (X)gridDim.x * blockDim.x) {
-    const X r = e / half;
-    const X i = e - r * half;
-    const X i2 = r % n2, i1 = (r / n2) % n1, i0 = r / (n2 * n1);
-    const T* row = x + i0 * s0 + i1 * s1 + i2 * s2;
-    const double angle = sign * (double)pos[i0 * p0 + i1 * p1 + i2 * p2] * invFreq[i];
+// layout); pos is read through strides p0, p1, p2 over the same leading dims (0 where it broadcasts). Pair i of row r
+// turns by sign * pos[r] * invFreq[i]. The row's index arithmetic is done once per warp, not once per pair (it was
+// most of the work). The cos and sin come from table ([tableRows][half] (cos, sin) pairs in float, computed on the
+// host in double) when the position is in it; otherwise from the angle in double, as for T = double, which passes
+// no table. invFreq is the host's theta^(-i / half), as the CPU device uses.
+template <class T, class I>
+__device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1, kiln_i64 s2,
+                          const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1, kiln_i64 p2,
+                          const double* __restrict__ invFreq, const float* __restrict__ table, kiln_i64 tableRows,
+                          T* __restrict__ out, kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows, kiln_i64 half,
+                          double sign) {
+  const int lane = threadIdx.x & 31;
+  const kiln_i64 r = (kiln_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const kiln_i64 i2 = r % n2, rest = r / n2, i1 = rest % n1, i0 = rest / n1;
+  const T* row = x + i0 * s0 + i1 * s1 + i2 * s2;
+  T* o = out + i0 * o0 + i1 * o1 + i2 * o2;
+  const kiln_i64 p = (kiln_i64)pos[i0 * p0 + i1 * p1 + i2 * p2];
+  const float* cs_row = table != nullptr && p >= 0 && p < tableRows ? table + 2 * p * half : nullptr;
+  for (kiln_i64 i = lane; i < half; i += 32) {
     T sn, cs;
-    kiln_rope_cs(angle, &sn, &cs);
+    if (cs_row != nullptr) {
+      cs = (T)cs_row[2 * i];
+      sn = sign < 0 ? -(T)cs_row[2 * i + 1] : (T)cs_row[2 * i + 1];
+    } else {
+      kiln_rope_cs(sign * (double)p * invFreq[i], &sn, &cs);
+    }
     const T x0 = row[2 * i], x1 = row[2 * i + 1];
-    T* o = out + i0 * o0 + i1 * o1 + i2 * o2;
     o[2 * i] = x0 * cs - x1 * sn;
     o[2 * i + 1] = x0 * sn + x1 * cs;
   }
 }
-// X: the index type; SUF: "" (64-bit) or _32.
-#define KILN_ROPE_X(N, T, NI, I, SUF, X)                                                                         \
-  extern "C" __global__ void kiln_rope_##N##_##NI##SUF(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0,        \
-                                                       kiln_i64 s1, kiln_i64 s2, const I* pos, kiln_i64 p0,     \
-                                                       kiln_i64 p1, kiln_i64 p2, const double* invFreq, T* out, \
-                                                       kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,    \
-                                                       kiln_i64 half, double sign) {                            \
-    kiln_rope<X, T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, out, o0, o1, o2, rows, half, sign);     \
+#define KILN_ROPE(N, T, NI, I)                                                                                   \
+  extern "C" __global__ void kiln_rope_##N##_##NI(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1, \
+                                                  kiln_i64 s2, const I* pos, kiln_i64 p0, kiln_i64 p1,          \
+                                                  kiln_i64 p2, const double* invFreq, const float* table,       \
+                                                  kiln_i64 tableRows, T* out, kiln_i64 o0, kiln_i64 o1,         \
+                                                  kiln_i64 o2, kiln_i64 rows, kiln_i64 half, double sign) {     \
+    kiln_rope<T, I>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, table, tableRows, out, o0, o1, o2, rows,     \
+                    half, sign);                                                                                 \
   }
-#define KILN_ROPE(N, T, NI, I)                \
-  KILN_ROPE_X(N, T, NI, I, , kiln_i64)        \
-  KILN_ROPE_X(N, T, NI, I, _32, unsigned)
 KILN_ROPE(f32, float, i32, int)
 KILN_ROPE(f32, float, i64, kiln_i64)
 KILN_ROPE(f64, double, i32, int)

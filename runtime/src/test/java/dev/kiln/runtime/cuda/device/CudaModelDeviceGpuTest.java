@@ -404,14 +404,17 @@ class CudaModelDeviceGpuTest {
   @Test
   void ropeMatchesTheCpuForStridedInputsAndBroadcastPositions() {
     // x [2, 3, 5, 8] seen through a permutation (not contiguous); positions up to 4,095 so that the angles are large.
+    // fp32 looks cos and sin up in a table for positions below 8,192 and computes the others (12,345, and a negative
+    // position) from the angle: both paths are checked.
     NdArray x = randn(2, 5, 3, 8);
     NdArray seq = NdArray.fromLongs(new long[] {0, 1, 7, 512, 4095}, 5);
+    NdArray beyond = NdArray.fromLongs(new long[] {8191, 8192, 12_345, -3, 100}, 5);
     int[] rows = new int[30];
     for (int i = 0; i < rows.length; i++) {
       rows[i] = rnd.nextInt(4096);
     }
     NdArray perRow = NdArray.fromInts(rows, 2, 3, 5);
-    for (NdArray pos : new NdArray[] {seq, perRow}) {
+    for (NdArray pos : new NdArray[] {seq, perRow, beyond}) {
       for (boolean inverse : new boolean[] {false, true}) {
         String what = "rope, positions " + Arrays.toString(pos.shape()) + " " + pos.dtype() + (inverse ? ", inverse"
             : "");
@@ -437,9 +440,10 @@ class CudaModelDeviceGpuTest {
   }
 
   /**
-   * The angle is in double on both devices; the CPU takes cos and sin in double, the GPU reduces the angle to
-   * [-pi, pi] in double and takes them in float (within 3e-7), and FMA contraction may round the products differently:
-   * within 1e-6 of values near 3 (the largest inputs here), so 2e-6 absolute plus 1e-5 relative.
+   * The angle is in double on both devices; the CPU takes cos and sin in double, the GPU reads them from a table of
+   * the double values rounded to float (within 6e-8) or, beyond the table, reduces the angle to [-pi, pi] in double
+   * and takes them in float (within 3e-7), and FMA contraction may round the products differently: within 1e-6 of
+   * values near 3 (the largest inputs here), so 2e-6 absolute plus 1e-5 relative.
    */
   private void sameRope(String what, Tensor ref, Tensor got) {
     assertEquals(Arrays.toString(ref.shape()), Arrays.toString(got.shape()), what + ": shape");
