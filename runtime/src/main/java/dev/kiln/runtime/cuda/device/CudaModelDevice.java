@@ -1324,7 +1324,7 @@ public final class CudaModelDevice implements Device {
   // ================================================================ rotary position embedding
 
   /**
-   * One kernel, one warp per row. The positions are read where they are (broadcast by strides); cos and sin come
+   * One kernel, one warp per row (or per 32 / half rows, for narrow heads). The positions are read where they are (broadcast by strides); cos and sin come
    * from a table made once per (theta, width) for positions below {@link #ROPE_TABLE_POSITIONS} (fp32), else from
    * the inverse frequencies, so nothing is uploaded or expanded per call. An {@code x} of rank up to 4 with a
    * contiguous last dim (the head-split view of a projection) is read in place.
@@ -1373,9 +1373,9 @@ public final class CudaModelDevice implements Device {
     (a.dtype() == DType.F32 ? args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS) : args.nullPtr().i64(0))
         .ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half).f64(inverse ? -1 : 1);
     if (rowCount > 0) {
-      int warps = BLOCK / 32;
-      op("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype())).launch(stream, (rowCount + warps - 1) / warps, 1,
-          BLOCK, 0, args);
+      long rowsPerBlock = BLOCK / 32 * (half >= 32 ? 1 : 32 / half); // a warp per row, or per 32 / half rows
+      op("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype())).launch(stream,
+          (rowCount + rowsPerBlock - 1) / rowsPerBlock, 1, BLOCK, 0, args);
       launches++;
       mark("rope");
     }

@@ -637,7 +637,7 @@ __device__ __forceinline__ void kiln_rope_cs(double angle, float* s, float* c) {
 }
 __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c) { sincos(angle, s, c); }
 
-// One warp per row: x and out are [n0, n1, n2, 2 * half] with their last dims contiguous and leading strides s0, s1,
+// One warp per row (32 / half rows when half < 32): x and out are [n0, n1, n2, 2 * half] with their last dims contiguous and leading strides s0, s1,
 // s2 and o0, o1, o2 (the head-split view of a projection is read in place, not copied first, and the result keeps its
 // layout); pos is read through strides p0, p1, p2 over the same leading dims (0 where it broadcasts). Pair i of row r
 // turns by sign * pos[r] * invFreq[i]. The row's index arithmetic is done once per warp, not once per pair (it was
@@ -651,14 +651,19 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
                           T* __restrict__ out, kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows, kiln_i64 half,
                           double sign) {
   const int lane = threadIdx.x & 31;
-  const kiln_i64 r = (kiln_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (r >= rows) return;
+  // Narrow rows (TinyStories' half = 16) share a warp, so no lane idles: rpw rows a warp, half lanes a row.
+  const int rpw = half >= 32 ? 1 : 32 / (int)half;
+  const int sub = rpw == 1 ? 0 : lane / (int)half;
+  const int first = rpw == 1 ? lane : lane - sub * (int)half;
+  const int step = rpw == 1 ? 32 : (int)half;
+  const kiln_i64 r = ((kiln_i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * rpw + sub;
+  if (sub >= rpw || r >= rows) return;
   const kiln_i64 i2 = r % n2, rest = r / n2, i1 = rest % n1, i0 = rest / n1;
   const T* row = x + i0 * s0 + i1 * s1 + i2 * s2;
   T* o = out + i0 * o0 + i1 * o1 + i2 * o2;
   const kiln_i64 p = (kiln_i64)pos[i0 * p0 + i1 * p1 + i2 * p2];
   const float* cs_row = table != nullptr && p >= 0 && p < tableRows ? table + 2 * p * half : nullptr;
-  for (kiln_i64 i = lane; i < half; i += 32) {
+  for (kiln_i64 i = first; i < half; i += step) {
     T sn, cs;
     if (cs_row != nullptr) {
       cs = (T)cs_row[2 * i];

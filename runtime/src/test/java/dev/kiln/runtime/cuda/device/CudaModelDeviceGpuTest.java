@@ -426,6 +426,13 @@ class CudaModelDeviceGpuTest {
     // The result keeps the head-split layout of its input, so merging the heads again is a view.
     Tensor split = gpu.rope(gpu.permute(gpu.fromHost(x), 0, 2, 1, 3), gpu.fromHost(seq), 10_000, false);
     assertTrue(((CudaTensor) gpu.permute(split, 0, 2, 1, 3)).array().isContiguous(), "rope changed the layout");
+    // Widths of 64 (a warp per row) and 80 (a warp per row, two passes), against 8, 6 and 4 below (several rows a
+    // warp).
+    for (int width : new int[] {64, 80}) {
+      NdArray wide = randn(2, 5, 3, width);
+      sameRope("rope, width " + width, cpu.rope(cpu.permute(wide, 0, 2, 1, 3), beyond, 10_000, false),
+          gpu.rope(gpu.permute(gpu.fromHost(wide), 0, 2, 1, 3), gpu.fromHost(beyond), 10_000, false));
+    }
     // Rank 2 (rows padded to three leading dims) and rank 5 (copied to contiguous first).
     NdArray flat = randn(5, 6);
     sameRope("rope, rank 2", cpu.rope(flat, seq, 10_000, false), gpu.rope(gpu.fromHost(flat), gpu.fromHost(seq), 10_000,
