@@ -89,6 +89,31 @@ __device__ __forceinline__ void lds_b_kn(unsigned* b, const kiln_bf16* tile, int
                      tile + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + n0 + (lane >> 4) * 8);
 }
 
+// acc[nb] += A B^T over k = D for one warp: A is the warp's 16 rows from row a0 of a_tile, B the N rows of b_tile
+// (both row-major [rows][LD] smem tiles, k along the row); acc is the 16 x N fp32 accumulator, N / 8 blocks of 8.
+template <int D, int LD, int N>
+__device__ __forceinline__ void mma_abt(float (*acc)[4], const kiln_bf16* a_tile, int a0, const kiln_bf16* b_tile,
+                                        int lane) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk += 2) {
+    unsigned x0[4], x1[4];
+    lds_a<LD>(x0, a_tile, a0, kk * 16, lane);
+    if (kk + 1 < D / 16) lds_a<LD>(x1, a_tile, a0, kk * 16 + 16, lane);
+#pragma unroll
+    for (int nb = 0; nb < N / 8; ++nb) {
+      unsigned b[4];
+      if (kk + 1 < D / 16) {
+        lds_b_nk<LD>(b, b_tile, nb * 8, kk * 16, lane);
+        kiln_mma_bf16(acc[nb], x0, b[0], b[1]);
+        kiln_mma_bf16(acc[nb], x1, b[2], b[3]);
+      } else {
+        lds_b_nk1<LD>(b, b_tile, nb * 8, kk * 16, lane);  // the odd last k-step (d = 80)
+        kiln_mma_bf16(acc[nb], x0, b[0], b[1]);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ forward
 
 template <int D, int WARPS, int BN, typename TO>
@@ -317,24 +342,7 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
       float p[BM / 8][4];
 #pragma unroll
       for (int i = 0; i < BM / 8; ++i) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
-        unsigned a0[4], a1[4];
-        lds_a<LD>(a0, Ks, warp * 16, kk * 16, lane);
-        if (kk + 1 < D / 16) lds_a<LD>(a1, Ks, warp * 16, kk * 16 + 16, lane);
-#pragma unroll
-        for (int nb = 0; nb < BM / 8; ++nb) {
-          unsigned b[4];
-          if (kk + 1 < D / 16) {
-            lds_b_nk<LD>(b, qs, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(p[nb], a0, b[0], b[1]);
-            kiln_mma_bf16(p[nb], a1, b[2], b[3]);
-          } else {
-            lds_b_nk1<LD>(b, qs, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(p[nb], a0, b[0], b[1]);
-          }
-        }
-      }
+      mma_abt<D, LD, BM>(p, Ks, warp * 16, qs, lane);
       // P^T = exp(S^T * scale - lse[query]); masked entries are exactly 0.
 #pragma unroll
       for (int nb = 0; nb < BM / 8; ++nb) {
@@ -368,24 +376,7 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
       float dp[BM / 8][4];
 #pragma unroll
       for (int i = 0; i < BM / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
-        unsigned a0[4], a1[4];
-        lds_a<LD>(a0, Vs, warp * 16, kk * 16, lane);
-        if (kk + 1 < D / 16) lds_a<LD>(a1, Vs, warp * 16, kk * 16 + 16, lane);
-#pragma unroll
-        for (int nb = 0; nb < BM / 8; ++nb) {
-          unsigned b[4];
-          if (kk + 1 < D / 16) {
-            lds_b_nk<LD>(b, dos, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(dp[nb], a0, b[0], b[1]);
-            kiln_mma_bf16(dp[nb], a1, b[2], b[3]);
-          } else {
-            lds_b_nk1<LD>(b, dos, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(dp[nb], a0, b[0], b[1]);
-          }
-        }
-      }
+      mma_abt<D, LD, BM>(dp, Vs, warp * 16, dos, lane);
       // dS^T = P^T * (dP^T - dot[query])
 #pragma unroll
       for (int nb = 0; nb < BM / 8; ++nb) {
