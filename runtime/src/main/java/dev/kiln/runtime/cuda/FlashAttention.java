@@ -209,7 +209,7 @@ public final class FlashAttention {
       AttentionMask mask, float scale, CudaArray dq, CudaArray dk, CudaArray dv) {
     Geometry g = check(q, k, v);
     Heads lo = checkResult(out, q, g, "out");
-    Heads ldo = checkInput(dOut, q, g, "dOut");
+    Heads ldo = checkInput(dOut, q, g.tensorCores, "dOut");
     Heads ldq = checkResult(dq, q, g, "dq");
     Heads ldk = checkResult(dk, q, g, "dk");
     Heads ldv = checkResult(dv, q, g, "dv");
@@ -282,23 +282,22 @@ public final class FlashAttention {
     if (bh > 65535) {
       throw new IllegalArgumentException("attention batch*heads " + bh + " exceeds the grid's 65535");
     }
-    Geometry shape = new Geometry(bh, q.rank() >= 3 ? q.shape(-3) : 1, n, d, usesTensorCores(q.dtype(), d), null,
-        null, null);
-    return new Geometry(bh, shape.heads, n, d, shape.tensorCores, checkInput(q, q, shape, "q"),
-        checkInput(k, q, shape, "k"), checkInput(v, q, shape, "v"));
+    boolean tc = usesTensorCores(q.dtype(), d);
+    return new Geometry(bh, q.rank() >= 3 ? q.shape(-3) : 1, n, d, tc, checkInput(q, q, tc, "q"),
+        checkInput(k, q, tc, "k"), checkInput(v, q, tc, "v"));
   }
 
   /**
    * An input's layout. The tensor-core kernels copy 16-byte row chunks into shared memory, so there every slab and
    * row must start on a 16-byte boundary.
    */
-  private static Heads checkInput(CudaArray a, CudaArray q, Geometry g, String name) {
+  private static Heads checkInput(CudaArray a, CudaArray q, boolean tensorCores, String name) {
     if (!Arrays.equals(a.shape(), q.shape()) || a.dtype() != q.dtype()) {
       throw new IllegalArgumentException("attention " + name + " must match q " + q.dtype()
           + Arrays.toString(q.shape()) + ", got " + a.dtype() + Arrays.toString(a.shape()));
     }
     Heads h = layoutOf(a, name);
-    if (g.tensorCores && (a.address() % 16 != 0 || !h.stridesMultipleOf(8))) {
+    if (tensorCores && (a.address() % 16 != 0 || !h.stridesMultipleOf(8))) {
       throw new IllegalArgumentException("attention " + name + " must start on 16 bytes and have batch, head and row"
           + " strides that are multiples of 8 elements for the tensor-core kernels, got " + a + " at address "
           + a.address() + "; copy it into a new array");
