@@ -89,6 +89,22 @@ __device__ __forceinline__ void lds_b_kn(unsigned* b, const kiln_bf16* tile, int
                      tile + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + n0 + (lane >> 4) * 8);
 }
 
+// acc += A B^T for one n-block nb of 8 rows of b_tile (B^T row-major, as lds_b_nk) and the k-steps kk and kk + 1
+// (A fragments a0, a1), or kk alone when pair is false: the odd last k-step of d = 80, read with an ldmatrix.x2.
+template <int LD>
+__device__ __forceinline__ void mma_kstep(float* acc, const unsigned* a0, const unsigned* a1, bool pair,
+                                          const kiln_bf16* b_tile, int nb, int kk, int lane) {
+  unsigned b[4];
+  if (pair) {
+    lds_b_nk<LD>(b, b_tile, nb * 8, kk * 16, lane);
+    kiln_mma_bf16(acc, a0, b[0], b[1]);
+    kiln_mma_bf16(acc, a1, b[2], b[3]);
+  } else {
+    lds_b_nk1<LD>(b, b_tile, nb * 8, kk * 16, lane);
+    kiln_mma_bf16(acc, a0, b[0], b[1]);
+  }
+}
+
 // acc[nb] += A B^T over k = D for one warp: A is the warp's 16 rows from row a0 of a_tile, B the N rows of b_tile
 // (both row-major [rows][LD] smem tiles, k along the row); acc is the 16 x N fp32 accumulator, N / 8 blocks of 8.
 template <int D, int LD, int N>
@@ -100,17 +116,7 @@ __device__ __forceinline__ void mma_abt(float (*acc)[4], const kiln_bf16* a_tile
     lds_a<LD>(x0, a_tile, a0, kk * 16, lane);
     if (kk + 1 < D / 16) lds_a<LD>(x1, a_tile, a0, kk * 16 + 16, lane);
 #pragma unroll
-    for (int nb = 0; nb < N / 8; ++nb) {
-      unsigned b[4];
-      if (kk + 1 < D / 16) {
-        lds_b_nk<LD>(b, b_tile, nb * 8, kk * 16, lane);
-        kiln_mma_bf16(acc[nb], x0, b[0], b[1]);
-        kiln_mma_bf16(acc[nb], x1, b[2], b[3]);
-      } else {
-        lds_b_nk1<LD>(b, b_tile, nb * 8, kk * 16, lane);  // the odd last k-step (d = 80)
-        kiln_mma_bf16(acc[nb], x0, b[0], b[1]);
-      }
-    }
+    for (int nb = 0; nb < N / 8; ++nb) mma_kstep<LD>(acc[nb], x0, x1, kk + 1 < D / 16, b_tile, nb, kk, lane);
   }
 }
 
@@ -182,15 +188,8 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
       for (int kk = 0; kk < D / 16; kk += 2) {
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
-          unsigned b[4];
-          if (kk + 1 < D / 16) {
-            lds_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(s[nb], qf[kk], b[0], b[1]);
-            kiln_mma_bf16(s[nb], qf[kk + 1], b[2], b[3]);
-          } else {
-            lds_b_nk1<LD>(b, ks, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(s[nb], qf[kk], b[0], b[1]);
-          }
+          const bool pair = kk + 1 < D / 16;
+          mma_kstep<LD>(s[nb], qf[kk], qf[pair ? kk + 1 : kk], pair, ks, nb, kk, lane);
         }
       }
       const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
@@ -499,20 +498,9 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
       for (int kk = 0; kk < D / 16; kk += 2) {
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
-          unsigned b[4];
-          if (kk + 1 < D / 16) {
-            lds_b_nk<LD>(b, ks, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(p[nb], qf[kk], b[0], b[1]);
-            kiln_mma_bf16(p[nb], qf[kk + 1], b[2], b[3]);
-            lds_b_nk<LD>(b, vs, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(dp[nb], df[kk], b[0], b[1]);
-            kiln_mma_bf16(dp[nb], df[kk + 1], b[2], b[3]);
-          } else {
-            lds_b_nk1<LD>(b, ks, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(p[nb], qf[kk], b[0], b[1]);
-            lds_b_nk1<LD>(b, vs, nb * 8, kk * 16, lane);
-            kiln_mma_bf16(dp[nb], df[kk], b[0], b[1]);
-          }
+          const bool pair = kk + 1 < D / 16;
+          mma_kstep<LD>(p[nb], qf[kk], qf[pair ? kk + 1 : kk], pair, ks, nb, kk, lane);
+          mma_kstep<LD>(dp[nb], df[kk], df[pair ? kk + 1 : kk], pair, vs, nb, kk, lane);
         }
       }
 #pragma unroll
