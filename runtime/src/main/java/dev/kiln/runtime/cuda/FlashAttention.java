@@ -17,6 +17,8 @@ import java.util.Arrays;
  */
 public final class FlashAttention {
   private static final int SIMT_MAX_HEAD_DIM = 256;
+  /** Rows of {@code dot} each warp of {@code kiln_attn_bwd_dot_*} sums (KILN_DOT_ROWS in flash_attention.cu). */
+  private static final int DOT_ROWS_PER_WARP = 4;
 
   /** The output and the saved log-sum-exp of each query row. */
   public record Forward(CudaArray out, CudaArray lse) implements AutoCloseable {
@@ -225,7 +227,7 @@ public final class FlashAttention {
     KernelLoader.Module m = device.kernels().module("flash_attention");
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {
       m.kernel("kiln_attn_bwd_dot_" + suffix(out.dtype()) + "_" + suffix(dOut.dtype())).launch(stream,
-          ceilDiv(g.n, 8), g.bh, 256, 0, new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i32((int) g.n)
+          ceilDiv(g.n, 8 * DOT_ROWS_PER_WARP), g.bh, 256, 0, new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i32((int) g.n)
               .i32((int) g.heads).i32((int) g.d).struct(lo.words()).struct(ldo.words()));
       if (g.tensorCores) {
         int d = (int) g.d;

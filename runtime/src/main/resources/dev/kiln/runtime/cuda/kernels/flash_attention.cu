@@ -614,21 +614,35 @@ __device__ __forceinline__ void fwd_simt(const T* Q, const T* K, const T* V, T* 
   if (lane == 0) LSE[(kiln_i64)bh * n + row] = m + logf(l);
 }
 
-// dot[i] = sum_d dO[i,d] * O[i,d]; one warp per row (shared by both families). O may be fp32 where dO is bf16 (the
-// tensor-core kernels' fp32 results in mixed precision).
+// Rows of dot a warp handles: their loads are issued together, so a warp has several in flight. With one row a
+// warp (one element a lane at d = 32) the kernel ran at a quarter of the memory bandwidth.
+#define KILN_DOT_ROWS 4
+
+// dot[i] = sum_d dO[i,d] * O[i,d]; KILN_DOT_ROWS consecutive rows a warp (shared by both families). O may be fp32
+// where dO is bf16 (the tensor-core kernels' fp32 results in mixed precision).
 template <typename TO, typename TG>
 __device__ __forceinline__ void bwd_dot(const TO* O, const TG* dO, float* DOT, int n, int heads, int d,
                                         kiln_attn_layout lo, kiln_attn_layout ldo) {
   const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= n) return;
+  const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * KILN_DOT_ROWS;
+  if (row0 >= n) return;
   const int bh = blockIdx.y;
-  const TO* o = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
-  const TG* g = dO + slab(ldo, bh, heads) + (kiln_i64)row * ldo.sr;
-  float s = 0.f;
-  for (int c = lane; c < d; c += 32) s += kiln_to_float(o[c]) * kiln_to_float(g[c]);
-  s = kiln_warp_sum(s);
-  if (lane == 0) DOT[(kiln_i64)bh * n + row] = s;
+  const TO* o = O + slab(lo, bh, heads) + (kiln_i64)row0 * lo.sr;
+  const TG* g = dO + slab(ldo, bh, heads) + (kiln_i64)row0 * ldo.sr;
+  float s[KILN_DOT_ROWS];
+#pragma unroll
+  for (int r = 0; r < KILN_DOT_ROWS; ++r) s[r] = 0.f;
+  for (int c = lane; c < d; c += 32) {
+#pragma unroll
+    for (int r = 0; r < KILN_DOT_ROWS; ++r) {
+      if (row0 + r < n) s[r] += kiln_to_float(o[r * lo.sr + c]) * kiln_to_float(g[r * ldo.sr + c]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < KILN_DOT_ROWS; ++r) {
+    const float t = kiln_warp_sum(s[r]);
+    if (lane == 0 && row0 + r < n) DOT[(kiln_i64)bh * n + row0 + r] = t;
+  }
 }
 
 template <typename T>
