@@ -84,6 +84,34 @@ public final class CudaModelDevice implements Device {
   private final Map<CastKey, CudaArray> castCache = new java.util.HashMap<>();
   private final Map<Object, List<CastKey>> castsByBuffer = new IdentityHashMap<>();
 
+  /** A bf16 copy of a contiguous F32 array: it serves every view of that array, whatever the view's shape. */
+  private record DenseCast(CudaArray source, CudaArray cast) {
+    /** The cast laid out as {@code view} (a view of {@code source}'s memory), or null when it reaches outside. */
+    CudaArray serve(CudaArray view) {
+      long first = view.offset() - source.offset();
+      long last = first;
+      for (int i = 0; i < view.rank(); i++) {
+        if (view.shape(i) == 0) {
+          return null;
+        }
+        if (view.stride(i) < 0) {
+          return null;
+        }
+        last += (view.shape(i) - 1) * view.stride(i);
+      }
+      if (first < 0 || last >= source.numel()) {
+        return null;
+      }
+      return cast.strided(view.shape(), view.strides(), cast.offset() + first);
+    }
+  }
+
+  /**
+   * Casts of whole contiguous arrays by the source's buffer (a GEMM often reads a reshaped view of what was cast, or
+   * of what a kernel wrote in both precisions: the cross-entropy gradient). Cleared like {@link #castCache}.
+   */
+  private final Map<Object, List<DenseCast>> denseCasts = new IdentityHashMap<>();
+
   /**
    * Arrays known to hold only zeros ({@link #zeros}, {@code full(0)} and views of them), so that adding one is no
    * work: a gradient that one branch of the model leaves at zero (the z-loss's, when it is off) would otherwise cost
@@ -196,6 +224,7 @@ public final class CudaModelDevice implements Device {
       scopes.pop();
       castCache.clear();
       castsByBuffer.clear();
+      denseCasts.clear();
       if (!attentionBf16.isEmpty()) {
         // Keyed by the attention output, which may be a view (laid out like v) of an array this scope owns.
         java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
@@ -875,11 +904,29 @@ public final class CudaModelDevice implements Device {
     if (hit != null) {
       return hit;
     }
+    for (DenseCast d : denseCasts.getOrDefault(a.bufferIdentity(), List.of())) {
+      CudaArray served = d.serve(a);
+      if (served != null) {
+        return served;
+      }
+    }
     CudaArray out = newArray(DType.BF16, a.shape());
     copyArray(a, out);
-    castCache.put(key, out);
-    castsByBuffer.computeIfAbsent(key.buffer(), b -> new ArrayList<>()).add(key);
+    rememberCast(a, out);
     return out;
+  }
+
+  /**
+   * Records that {@code cast} holds {@code source}'s values rounded to bf16, for the GEMMs of the open scope (a kernel
+   * that wrote both, or {@link #bf16Of}'s cast). Forgotten when the source is written or the scope closes.
+   */
+  private void rememberCast(CudaArray source, CudaArray cast) {
+    CastKey key = CastKey.of(source);
+    castCache.put(key, cast);
+    castsByBuffer.computeIfAbsent(key.buffer(), b -> new ArrayList<>()).add(key);
+    if (source.isContiguous() && cast.isContiguous()) {
+      denseCasts.computeIfAbsent(key.buffer(), b -> new ArrayList<>()).add(new DenseCast(source, cast));
+    }
   }
 
   /** Forgets the casts of memory that {@code a} is about to change. */
@@ -892,6 +939,7 @@ public final class CudaModelDevice implements Device {
       if (keys != null) {
         keys.forEach(castCache::remove);
       }
+      denseCasts.remove(a.bufferIdentity());
     }
   }
 
@@ -1247,6 +1295,9 @@ public final class CudaModelDevice implements Device {
 
   /** Row entries each thread of kiln_xent_cached keeps in registers (its PER template argument). */
   private static final int XENT_CACHED_PER_THREAD = 16;
+  /** float4s each thread of kiln_xent_cached4 keeps in registers (its PER4), and the rows it takes (512 threads). */
+  private static final int XENT_CACHED4_PER_THREAD = 8;
+  private static final long XENT_CACHED4_MAX = 4L * XENT_CACHED4_PER_THREAD * 512;
 
   private static int rowBlock(long cols) {
     if (cols >= 4096) {
@@ -1271,7 +1322,7 @@ public final class CudaModelDevice implements Device {
   public Tensor crossEntropy(Tensor logits, Tensor targets) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
     CudaArray out = newArray(xt[0].dtype(), xt[1].shape());
-    crossEntropyLaunch(xt[0], xt[1], null, out);
+    crossEntropyLaunch(xt[0], xt[1], null, out, null);
     return wrap(out);
   }
 
@@ -1287,8 +1338,21 @@ public final class CudaModelDevice implements Device {
     CudaArray dense = newArray(g.dtype(), xt[1].shape());
     copyArray(g, dense); // the loss's gradient is often a broadcast scalar (the mean's 1/n)
     CudaArray out = newArray(xt[0].dtype(), xt[0].shape());
-    crossEntropyLaunch(xt[0], xt[1], dense, out);
+    // In mixed precision the gradient is read next by the head's two GEMMs, which would cast it to bf16: the kernel
+    // writes that copy too, from registers, which saves reading the fp32 gradient again.
+    CudaArray out16 = precision == Precision.BF16 && !scopes.isEmpty() && vectorXent(xt[0])
+        ? newArray(DType.BF16, xt[0].shape()) : null;
+    crossEntropyLaunch(xt[0], xt[1], dense, out, out16);
+    if (out16 != null) {
+      rememberCast(out, out16);
+    }
     return wrap(out);
+  }
+
+  /** True when {@code x}'s rows go through {@code kiln_xent_cached4}: fp32, 16-byte aligned rows that fit it. */
+  private static boolean vectorXent(CudaArray x) {
+    long v = x.shape(-1);
+    return x.dtype() == DType.F32 && v % 4 == 0 && x.address() % 16 == 0 && v <= XENT_CACHED4_MAX;
   }
 
   private CudaArray[] crossEntropyOperands(Tensor logits, Tensor targets, String op) {
@@ -1301,15 +1365,29 @@ public final class CudaModelDevice implements Device {
     return new CudaArray[] {x, t};
   }
 
-  private void crossEntropyLaunch(CudaArray x, CudaArray t, CudaArray dLoss, CudaArray out) {
+  private void crossEntropyLaunch(CudaArray x, CudaArray t, CudaArray dLoss, CudaArray out, CudaArray out16) {
     long rows = t.numel();
     long v = x.shape(-1);
     if (rows == 0) {
       return;
     }
     KernelArgs args = new KernelArgs().ptr(x).ptr(t);
-    (dLoss == null ? args.nullPtr() : args.ptr(dLoss)).ptr(out).i64(rows).i64(v).ptr(errorWord);
+    (dLoss == null ? args.nullPtr() : args.ptr(dLoss)).ptr(out);
     String types = suffix(x.dtype()) + "_" + suffix(t.dtype());
+    if (vectorXent(x)) {
+      // XENT_CACHED4_PER_THREAD float4s a thread, in whole warps.
+      long perWarp = 4L * XENT_CACHED4_PER_THREAD * 32;
+      int block = (int) ((v + perWarp - 1) / perWarp * 32);
+      (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(rows).i64(v).ptr(errorWord);
+      op("kiln_xent_cached4_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, block, 0, args);
+      launches++;
+      mark(dLoss == null ? "cross-entropy" : "cross-entropy backward");
+      return;
+    }
+    if (out16 != null) {
+      throw new IllegalStateException("cuda device: a bf16 gradient copy needs kiln_xent_cached4");
+    }
+    args.i64(rows).i64(v).ptr(errorWord);
     if (v <= XENT_CACHED_PER_THREAD * 1024L) {
       // The row in registers (XENT_CACHED_PER_THREAD entries a thread): read once, each exponential taken once.
       int block = (int) Math.max(64, (v + XENT_CACHED_PER_THREAD * 32L - 1) / (XENT_CACHED_PER_THREAD * 32L) * 32);
@@ -1373,8 +1451,12 @@ public final class CudaModelDevice implements Device {
     (a.dtype() == DType.F32 ? args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS) : args.nullPtr().i64(0))
         .ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half).f64(inverse ? -1 : 1);
     if (rowCount > 0) {
-      long rowsPerBlock = BLOCK / 32 * (half >= 32 ? 1 : 32 / half); // a warp per row, or per 32 / half rows
-      op("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype())).launch(stream,
+      // A warp per ROPE_ROWS_PER_WARP groups of one row, or of 32 / half rows.
+      long rowsPerBlock = BLOCK / 32 * ROPE_ROWS_PER_WARP * (half >= 32 ? 1 : 32 / half);
+      // Row indices in 32 bits when they fit (the _32 kernel): 64-bit division is emulated.
+      long blocks = (rowCount + rowsPerBlock - 1) / rowsPerBlock;
+      String width = blocks * rowsPerBlock < Integer.MAX_VALUE ? "_32" : "";
+      op("kiln_rope_" + suffix(a.dtype()) + "_" + suffix(p.dtype()) + width).launch(stream,
           (rowCount + rowsPerBlock - 1) / rowsPerBlock, 1, BLOCK, 0, args);
       launches++;
       mark("rope");
@@ -1387,6 +1469,8 @@ public final class CudaModelDevice implements Device {
    * the angle in double). The table is 8 bytes a position and pair: 4 MiB for width 128.
    */
   private static final int ROPE_TABLE_POSITIONS = 8192;
+  /** Row groups each warp of the RoPE kernel rotates (KILN_ROPE_ROWS in device_ops.cu). */
+  private static final int ROPE_ROWS_PER_WARP = 4;
 
   /**
    * (cos, sin) of {@code p · theta^(-i / half)} for positions p below {@link #ROPE_TABLE_POSITIONS} and i below half,

@@ -271,6 +271,39 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void theCrossEntropyGradientsBf16CopyServesTheHeadGemms() {
+    // In mixed precision the backward kernel also writes the gradient rounded to bf16, and the head's GEMMs read
+    // that copy through a reshaped view instead of casting the fp32 gradient: the products must be the ones a cast
+    // gives, bit for bit (the same bf16 operands through the same GEMM).
+    NdArray logits = GpuTesting.randn(rnd, DType.F32, 4.0, 2, 3, 1000);
+    NdArray ids = NdArray.fromLongs(new long[] {0, 999, 500, 3, 77, 1}, 2, 3);
+    NdArray dLoss = randn(2, 3);
+    NdArray w = randn(8, 1000);
+    try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+      Tensor g = gpuBf16.crossEntropyBackward(gpuBf16.fromHost(logits), gpuBf16.fromHost(ids),
+          gpuBf16.fromHost(dLoss));
+      same("the fp32 gradient", cpu.crossEntropyBackward(logits, ids, dLoss), g);
+      Tensor gw = gpuBf16.fromHost(w);
+      long before = gpuBf16.launches();
+      Tensor viaCopy = gpuBf16.empty(DType.F32, 6, 8);
+      gpuBf16.gemm(gpuBf16.reshape(g, 6, 1000), false, gw, true, viaCopy, 1, 0);
+      assertEquals(before + 2, gpuBf16.launches(), "one cast (of w) and the GEMM: the gradient is not cast again");
+      Tensor fresh = gpuBf16.empty(DType.F32, 2, 3, 1000);
+      gpuBf16.copy(g, fresh);
+      Tensor viaCast = gpuBf16.empty(DType.F32, 6, 8);
+      gpuBf16.gemm(gpuBf16.reshape(fresh, 6, 1000), false, gw, true, viaCast, 1, 0);
+      GpuTesting.assertClose("dLogits · wᵀ from the kernel's bf16 copy and from a cast", d(viaCast, gpuBf16),
+          d(viaCopy, gpuBf16), 0, 0);
+      // A write to the gradient drops its copy: the next GEMM sees the new values.
+      gpuBf16.addInto(g, fresh);
+      Tensor doubled = gpuBf16.empty(DType.F32, 6, 8);
+      gpuBf16.gemm(gpuBf16.reshape(g, 6, 1000), false, gw, true, doubled, 1, 0);
+      double[] twice = Arrays.stream(d(viaCast, gpuBf16)).map(v -> 2 * v).toArray();
+      GpuTesting.assertClose("after g += (a copy of g)", twice, d(doubled, gpuBf16), 0, 0);
+    }
+  }
+
+  @Test
   void attentionMatchesTheCpuInFp32AndBf16() {
     // Widths 64 (tensor cores as is), 32 and 80 (zero-padded to 64 and 128 in bf16; SIMT in fp32).
     for (int width : new int[] {64, 32, 80}) {
@@ -380,9 +413,9 @@ class CudaModelDeviceGpuTest {
       same("cross-entropy backward, targets " + t.dtype(), cpu.crossEntropyBackward(logits, t, dLoss),
           gpu.crossEntropyBackward(gpu.fromHost(logits), gpu.fromHost(t), gpu.fromHost(dLoss)));
     }
-    // Rows held in registers up to 16,384 entries (a 10,000 vocabulary, one just below a multiple of the block),
-    // swept twice beyond (GPT-2's 50,257), and a row shorter than a warp.
-    for (int vocab : new int[] {10_000, 16_383, 50_257, 7}) {
+    // Rows held in registers up to 16,384 entries: as float4s when the length is a multiple of 4 (10,000; 16,384, the
+    // most; 8), else one float at a time (16,383; 7, shorter than a warp). Swept twice beyond (GPT-2's 50,257).
+    for (int vocab : new int[] {10_000, 16_384, 8, 16_383, 7, 50_257}) {
       NdArray wide = GpuTesting.randn(rnd, DType.F32, 4.0, 4, vocab);
       NdArray tw = NdArray.fromLongs(new long[] {0, vocab - 1, vocab / 2, 3 % vocab}, 4);
       NdArray gw = randn(4);
