@@ -35,6 +35,16 @@ public interface Device {
   /** A new contiguous tensor whose contents are unspecified (generated code overwrites every element). */
   Tensor empty(DType dtype, long... shape);
 
+  /**
+   * {@link #empty} for a fused kernel's output that only GEMMs read ({@link Kernel#gemmOperands()}): the next
+   * {@link #launch} writes it, and after that only {@link #gemm} (through views) and shape queries see it. A device
+   * whose GEMMs round their operands to bf16 may store it in bf16, with the same results and half the memory
+   * traffic; {@link Tensor#dtype()} then says {@code BF16}. The default is {@code empty(dtype, shape)}.
+   */
+  default Tensor emptyGemmOperand(DType dtype, long... shape) {
+    return empty(dtype, shape);
+  }
+
   /** A new contiguous tensor of zeros. */
   Tensor zeros(DType dtype, long... shape);
 

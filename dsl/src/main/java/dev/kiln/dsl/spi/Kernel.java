@@ -14,8 +14,22 @@ import java.lang.foreign.MemorySegment;
  * @param outputs number of output tensors, written with {@code =}
  * @param cudaResource class-path resource of the module's CUDA C, e.g. {@code META-INF/kiln/cuda/cs336.SwiGlu.cu}
  * @param cpu the Java implementation
+ * @param gemmOperands the outputs only GEMMs read, as a bit mask (bit i: output i). The generated code allocates them
+ *     with {@link Device#emptyGemmOperand}; a device that stores them in bf16 launches
+ *     {@code <name>_f32_bf16}, which writes those outputs rounded to bf16 (to nearest even) and the others in fp32
  */
-public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
+public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
+    long gemmOperands) {
+
+  /** A kernel none of whose outputs is stored other than in the compute dtype. */
+  public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
+    this(name, kind, inputs, outputs, cudaResource, cpu, 0L);
+  }
+
+  /** Whether output {@code i} (counted from the first output) is one only GEMMs read. */
+  public boolean isGemmOperand(int i) {
+    return i < 64 && (gemmOperands >>> i & 1) != 0;
+  }
 
   /** How a kernel walks its iteration space. */
   public enum Kind {

@@ -134,6 +134,47 @@ class TransformerLmGpuTest {
   }
 
   @Test
+  void gemmOnlyOutputsStoredInBf16ChangeNoBit() {
+    // In mixed precision the outputs only GEMMs read (the FFN's activation product, the gradients entering W1 and
+    // W3) are written as bf16 by their kernels; stored in fp32 and cast instead, the GEMMs read the same bf16
+    // operands (both round to nearest even). So the loss and every gradient must be equal bit for bit, for every
+    // feed-forward kind.
+    CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
+    for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
+      ModelConfig c = config(v);
+      Rng rng = new Rng(5);
+      NdArray tokens = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      NdArray targets = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      NdArray positions = NdArray.arange(DType.I64, c.contextLength());
+      Run[] runs = new Run[2];
+      for (int i = 0; i < 2; i++) {
+        dev.storeGemmOperandsInBf16(i == 0);
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(tokens), dev.fromHost(positions),
+              dev.fromHost(targets), dev::download, dev);
+        }
+      }
+      dev.storeGemmOperandsInBf16(true);
+      assertEquals(runs[1].loss(), runs[0].loss(), 0.0, v.name() + ": loss");
+      for (var e : runs[1].grads().entrySet()) {
+        double[] ref = e.getValue();
+        double[] got = runs[0].grads().get(e.getKey());
+        if (e.getKey().contains("embeddings")) {
+          // Embedding gradients are summed with float atomics, in an order that changes from run to run: equal to
+          // fp32 rounding of the sums (1e-6 of the largest entry), not bit for bit.
+          double max = java.util.Arrays.stream(ref).map(Math::abs).max().orElse(0);
+          for (int i = 0; i < ref.length; i++) {
+            assertEquals(ref[i], got[i], 1e-6 * max, v.name() + " " + e.getKey() + " at " + i);
+          }
+        } else {
+          assertTrue(java.util.Arrays.equals(ref, got),
+              v.name() + " " + e.getKey() + ": gradients differ with bf16-stored GEMM operands");
+        }
+      }
+    }
+  }
+
+  @Test
   void cudaGraphStepsEqualEagerSteps() {
     for (CudaModelDevice.Precision precision : CudaModelDevice.Precision.values()) {
       CudaModelDevice eagerDev = gpu(precision);

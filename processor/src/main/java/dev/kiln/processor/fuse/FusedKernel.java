@@ -36,6 +36,8 @@ public final class FusedKernel {
   /** Outputs in launch order (after the inputs), FULL or ROW. */
   final Map<Value, Level> outputs = new LinkedHashMap<>();
   final Map<Value, Level> levels = new LinkedHashMap<>();
+  /** Full outputs that only GEMMs read ({@link GemmOperands}): a mixed-precision device may store them in bf16. */
+  final java.util.Set<Value> gemmOperands = new java.util.LinkedHashSet<>();
 
   FusedKernel(String name, Shape domain) {
     this.name = name;
@@ -64,6 +66,24 @@ public final class FusedKernel {
 
   public Map<Value, Level> outputs() {
     return outputs;
+  }
+
+  /** The outputs only GEMMs read, in output order: a mixed-precision device may store them in bf16. */
+  public java.util.Set<Value> gemmOperands() {
+    return gemmOperands;
+  }
+
+  /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */
+  public long gemmOperandMask() {
+    long mask = 0;
+    int i = 0;
+    for (Value v : outputs.keySet()) {
+      if (gemmOperands.contains(v)) {
+        mask |= 1L << i;
+      }
+      i++;
+    }
+    return mask;
   }
 
   /** The level of every member's result. */

@@ -49,6 +49,10 @@ public final class Lowering {
     public final Map<Value, Save> saved = new LinkedHashMap<>();
     /** Forward values whose {@code ATTENTION} node must also save its row log-sum-exp. */
     public final Set<Value> attentionLse = new HashSet<>();
+    /** Per graph input: whether only GEMMs read it, in forward and backward ({@link GemmOperands}). */
+    public boolean[] gemmOperandInputs = new boolean[0];
+    /** Whether backward reads the result's gradient only in GEMMs ({@link GemmOperands}). */
+    public boolean gemmOperandGradient;
 
     Result(Graph graph, Differentiator.Backward backward) {
       this.graph = graph;

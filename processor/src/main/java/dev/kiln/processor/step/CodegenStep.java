@@ -10,6 +10,7 @@ import dev.kiln.processor.emit.cuda.CudaEmitter;
 import dev.kiln.processor.emit.java.KernelJavaEmitter;
 import dev.kiln.processor.emit.java.ModuleEmitter;
 import dev.kiln.processor.fuse.AttentionLowering;
+import dev.kiln.processor.fuse.GemmOperands;
 import dev.kiln.processor.fuse.Lowering;
 import dev.kiln.processor.fuse.LoweringException;
 import dev.kiln.processor.grad.Differentiator;
@@ -43,12 +44,18 @@ final class CodegenStep {
   private final ProcessingEnvironment env;
   private final ModuleReader reader;
   private final Map<String, boolean[]> differentiable;
+  private final Map<String, GemmFacts> gemmOperands;
   private final GeneratedFiles files;
 
-  CodegenStep(ProcessingEnvironment env, ModuleReader reader, Map<String, boolean[]> differentiable) {
+  /** What a module's GEMMs read: which forward inputs only GEMMs read, and whether only GEMMs read dOut. */
+  record GemmFacts(boolean[] inputs, boolean gradient) {}
+
+  CodegenStep(ProcessingEnvironment env, ModuleReader reader, Map<String, boolean[]> differentiable,
+      Map<String, GemmFacts> gemmOperands) {
     this.env = env;
     this.reader = reader;
     this.differentiable = differentiable;
+    this.gemmOperands = gemmOperands;
     this.files = new GeneratedFiles(env.getFiler());
   }
 
@@ -127,6 +134,42 @@ final class CodegenStep {
     return all;
   }
 
+  /**
+   * What a callee's GEMMs read: from this round's analysis, else from the constants of its compiled class (a module
+   * of another compilation), else nothing (every read counts as a read in full precision).
+   */
+  private GemmFacts gemmFacts(Node.Call c) {
+    String type = c.calleeType();
+    GemmFacts known = gemmOperands.get(type);
+    if (known != null) {
+      return known;
+    }
+    boolean[] inputs = new boolean[c.args().size()];
+    boolean gradient = false;
+    TypeElement te = env.getElementUtils().getTypeElement(type);
+    ModuleIr callee = te == null ? null : reader.callee(te);
+    TypeElement compiled = te == null ? null : env.getElementUtils().getTypeElement(
+        ModuleEmitter.compiledName(type, ClassName.get(te)).canonicalName());
+    if (compiled != null && callee != null && callee.forward() != null) {
+      for (Element e : compiled.getEnclosedElements()) {
+        if (!(e instanceof VariableElement v)) {
+          continue;
+        }
+        if (v.getSimpleName().contentEquals(ModuleEmitter.GEMM_OPERAND_INPUTS) && v.getConstantValue() instanceof String s) {
+          List<String> names = Arrays.asList(s.split(","));
+          for (int i = 0; i < inputs.length && i < callee.forward().paramNames().size(); i++) {
+            inputs[i] = names.contains(callee.forward().paramNames().get(i));
+          }
+        }
+        if (v.getSimpleName().contentEquals(ModuleEmitter.GEMM_OPERAND_GRADIENT)
+            && v.getConstantValue() instanceof Boolean b) {
+          gradient = b;
+        }
+      }
+    }
+    return new GemmFacts(inputs, gradient);
+  }
+
   private void one(Checked c) {
     ModuleIr m = c.module();
     Report report = new Report();
@@ -147,7 +190,22 @@ final class CodegenStep {
           }
           differentiable.put(m.type(), diff);
         }
-        lowered.add(Lowering.run(m.simpleName() + "_" + g.method(), g, b));
+        Lowering.Result r = Lowering.run(m.simpleName() + "_" + g.method(), g, b);
+        GemmOperands.run(r, new GemmOperands.Callees() {
+          @Override
+          public boolean[] arguments(Node.Call call) {
+            return gemmFacts(call).inputs();
+          }
+
+          @Override
+          public boolean resultGradient(Node.Call call) {
+            return gemmFacts(call).gradient();
+          }
+        });
+        if (g.kind() == Graph.Kind.FORWARD) {
+          gemmOperands.put(m.type(), new GemmFacts(r.gemmOperandInputs, r.gemmOperandGradient));
+        }
+        lowered.add(r);
       }
       ModuleEmitter emitter = new ModuleEmitter(m, c.type(), lowered, new ModuleEmitter.Callees() {
         @Override
@@ -174,6 +232,10 @@ final class CodegenStep {
   }
 
   static Map<String, boolean[]> newCache() {
+    return new HashMap<>();
+  }
+
+  static Map<String, GemmFacts> newGemmCache() {
     return new HashMap<>();
   }
 }

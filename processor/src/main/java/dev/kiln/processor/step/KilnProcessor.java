@@ -36,6 +36,7 @@ public final class KilnProcessor extends AbstractProcessor {
   private ModuleReader reader;
   private Trees trees;
   private final java.util.Map<String, boolean[]> differentiable = CodegenStep.newCache();
+  private final java.util.Map<String, CodegenStep.GemmFacts> gemmOperands = CodegenStep.newGemmCache();
 
   @Override
   public Set<String> getSupportedAnnotationTypes() {
@@ -120,7 +121,7 @@ public final class KilnProcessor extends AbstractProcessor {
       }
     }
     try {
-      new CodegenStep(processingEnv, reader, differentiable).generate(clean);
+      new CodegenStep(processingEnv, reader, differentiable, gemmOperands).generate(clean);
     } catch (RuntimeException | Error crash) {
       StringWriter w = new StringWriter();
       crash.printStackTrace(new PrintWriter(w));

@@ -27,6 +27,7 @@ class CudaSourceTest {
       String cu = g.resource("META-INF/kiln/cuda/" + m + ".cu");
       String java = g.source("Compiled" + m.substring(m.indexOf('.') + 1) + "Kernels.java");
       int kernels = 0;
+      int bf16Variants = 0;
       for (String line : java.split("\n")) {
         String t = line.strip();
         if (t.startsWith("public static void ")) {
@@ -34,10 +35,20 @@ class CudaSourceTest {
           assertTrue(cu.contains("extern \"C\" __global__ void " + name + "_f32("), m + " lacks " + name + "_f32");
           assertTrue(cu.contains("extern \"C\" __global__ void " + name + "_f64("), m + " lacks " + name + "_f64");
           kernels++;
+          // A kernel with outputs only GEMMs read (marked in its comment) also has the variant storing them in bf16.
+          String comment = cu.substring(cu.indexOf("// Kernel " + name + " "));
+          comment = comment.substring(0, comment.indexOf("template <"));
+          boolean marked = comment.contains("(only GEMMs read it");
+          assertEquals(marked, cu.contains("extern \"C\" __global__ void " + name + "_f32_bf16("),
+              m + ": " + name + "_f32_bf16 exactly when an output is marked as read only by GEMMs");
+          if (marked) {
+            bf16Variants++;
+          }
         }
       }
       assertTrue(kernels > 0, m + " has no kernels");
-      assertEquals(2 * kernels, cu.split("extern \"C\"", -1).length - 1, m + ": one f32 and one f64 per kernel");
+      assertEquals(2 * kernels + bf16Variants, cu.split("extern \"C\"", -1).length - 1,
+          m + ": one f32 and one f64 per kernel, and f32_bf16 where an output is read only by GEMMs");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

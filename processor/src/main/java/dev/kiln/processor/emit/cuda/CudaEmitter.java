@@ -36,7 +36,10 @@ public final class CudaEmitter {
     b.append("//     ceil(rows * cols / blockDim.x) blocks.\n");
     b.append("//   * ROWS kernels (with a reduction over the last dim): one block per row (gridDim.x = rows),\n");
     b.append("//     blockDim.x a multiple of 32 and at most 1024; reductions accumulate in T.\n");
-    b.append("//   * Each kernel exists as <name>_f32 (T = float) and <name>_f64 (T = double).\n");
+    b.append("//   * Each kernel exists as <name>_f32 (T = float) and <name>_f64 (T = double). A kernel with\n");
+    b.append("//     outputs that only GEMMs read (marked in its comment) also exists as <name>_f32_bf16: T = float,\n");
+    b.append("//     and those outputs written as bf16 (unsigned short, rounded to nearest even), as a\n");
+    b.append("//     mixed-precision device stores them: its GEMMs would round them to bf16 anyway.\n");
     b.append("//\n// Dims named in the kernels' comments\n");
     Set<String> dims = new LinkedHashSet<>();
     for (FusedKernel k : kernels) {
@@ -85,6 +88,15 @@ public final class CudaEmitter {
         return kiln_warp_sum(v);
       }
 
+      // An output's store: in its own type, or rounded to bf16 (to nearest even, as the runtime's casts round) for
+      // an output only GEMMs read, in the _f32_bf16 variant.
+      template <typename T> __device__ __forceinline__ void kiln_put(T* p, long long i, T v) { p[i] = v; }
+      __device__ __forceinline__ void kiln_put(unsigned short* p, long long i, float v) {
+        unsigned short h;
+        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+        p[i] = h;
+      }
+
       template <typename T> __device__ T kiln_block_max(T v) {
         __shared__ T part[32];
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
@@ -108,8 +120,10 @@ public final class CudaEmitter {
       params.add("const T* __restrict__ t" + i);
       args.add("t" + i++);
     }
+    // Outputs only GEMMs read have the storage type G (T, or bf16 in the _f32_bf16 variant).
+    boolean gemmOperands = !k.gemmOperands().isEmpty();
     for (Value v : k.outputs().keySet()) {
-      params.add("T* __restrict__ t" + i);
+      params.add((k.gemmOperands().contains(v) ? "G" : "T") + "* __restrict__ t" + i);
       args.add("t" + i++);
     }
     params.add("long long rows");
@@ -120,7 +134,8 @@ public final class CudaEmitter {
       params.add("double s" + s);
       args.add("s" + s);
     }
-    b.append("template <typename T>\n__device__ void ").append(k.name()).append("_body(")
+    b.append(gemmOperands ? "template <typename T, typename G>\n" : "template <typename T>\n")
+        .append("__device__ void ").append(k.name()).append("_body(")
         .append(String.join(", ", params)).append(") {\n");
     for (int s = 0; s < k.scalars().size(); s++) {
       b.append("  const T v").append(k.scalars().get(s).id()).append(" = T(s").append(s).append(");\n");
@@ -151,8 +166,8 @@ public final class CudaEmitter {
         case KernelSchedule.RowOutputs ro -> {
           b.append(rows ? "  if (threadIdx.x == 0) {\n" : "  if (c == 0) {\n");
           for (Value v : ro.outputs()) {
-            b.append("    t").append(k.inputs().size() + outs.indexOf(v)).append("[r] = v").append(v.id())
-                .append(";\n");
+            b.append("    kiln_put(t").append(k.inputs().size() + outs.indexOf(v)).append(", r, v").append(v.id())
+                .append(");\n");
           }
           b.append("  }\n");
         }
@@ -181,8 +196,8 @@ public final class CudaEmitter {
                 : " = fmax(" + acc + ", v" + x.id() + ")").append(";\n");
           }
           for (Value v : pass.outputs()) {
-            b.append(in).append('t').append(k.inputs().size() + outs.indexOf(v)).append("[i] = v").append(v.id())
-                .append(";\n");
+            b.append(in).append("kiln_put(t").append(k.inputs().size() + outs.indexOf(v)).append(", i, v")
+                .append(v.id()).append(");\n");
           }
           if (rows) {
             b.append("  }\n");
@@ -196,11 +211,17 @@ public final class CudaEmitter {
       }
     }
     b.append("}\n\n");
-    for (String[] t : new String[][] {{"f32", "float"}, {"f64", "double"}}) {
-      String ps = String.join(", ", params).replace("const T*", "const " + t[1] + "*").replace("T*", t[1] + "*");
+    List<String[]> variants = new ArrayList<>(List.of(new String[] {"f32", "float", "float"},
+        new String[] {"f64", "double", "double"}));
+    if (gemmOperands) {
+      variants.add(new String[] {"f32_bf16", "float", "unsigned short"});
+    }
+    for (String[] t : variants) {
+      String ps = String.join(", ", params).replace("const T*", "const " + t[1] + "*").replace("T*", t[1] + "*")
+          .replace("G*", t[2] + "*");
       b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(t[0]).append('(').append(ps)
-          .append(") {\n  ").append(k.name()).append("_body<").append(t[1]).append(">(").append(String.join(", ", args))
-          .append(");\n}\n\n");
+          .append(") {\n  ").append(k.name()).append("_body<").append(t[1]).append(gemmOperands ? ", " + t[2] : "")
+          .append(">(").append(String.join(", ", args)).append(");\n}\n\n");
     }
   }
 

@@ -801,7 +801,9 @@ final class BodyEmitter {
     for (Value v : outs) {
       String s = k.outputs().get(v) == Level.FULL ? shape
           : "Sizes.cat(Sizes.range(" + shape + ", 0, " + shape + ".length - 1), new long[] {1})";
-      line("Tensor " + nameOf(v) + " = dev.empty(dtype, " + s + ");" + comment(v));
+      // An output only GEMMs read may be stored in their input precision (GemmOperands).
+      String alloc = k.gemmOperands().contains(v) ? "dev.emptyGemmOperand" : "dev.empty";
+      line("Tensor " + nameOf(v) + " = " + alloc + "(dtype, " + s + ");" + comment(v));
       tensors.add(nameOf(v));
     }
     List<String> scalars = new ArrayList<>();

@@ -59,7 +59,9 @@ public final class KernelJavaEmitter {
     }
     for (var e : k.outputs().entrySet()) {
       b.append("  t").append(i++).append(" out ").append(e.getValue().name().toLowerCase()).append(" v")
-          .append(e.getKey().id()).append(" '").append(e.getKey().shape()).append("'\n");
+          .append(e.getKey().id()).append(" '").append(e.getKey().shape()).append("'")
+          .append(k.gemmOperands().contains(e.getKey()) ? " (only GEMMs read it: bf16 in mixed precision)" : "")
+          .append('\n');
     }
     int s = 0;
     for (Value v : k.scalars()) {

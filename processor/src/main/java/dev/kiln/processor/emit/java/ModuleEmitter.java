@@ -34,6 +34,10 @@ public final class ModuleEmitter {
   static final ClassName CONTEXT = ClassName.get("dev.kiln.dsl.spi", "Context");
   static final ClassName CONFIG = ClassName.get("dev.kiln.dsl.spi", "Config");
   static final ClassName KERNEL = ClassName.get("dev.kiln.dsl.spi", "Kernel");
+  /** The constant naming the forward inputs only GEMMs read (for the processor of modules that call this one). */
+  public static final String GEMM_OPERAND_INPUTS = "GEMM_OPERAND_INPUTS";
+  /** The constant saying whether backward reads the result's gradient only in GEMMs. */
+  public static final String GEMM_OPERAND_GRADIENT = "GEMM_OPERAND_GRADIENT";
   static final ClassName PLAN = ClassName.get("dev.kiln.dsl.spi", "EinopsPlan");
   static final ClassName PARAM_INFO = ClassName.get("dev.kiln.dsl.spi", "ParamInfo");
 
@@ -128,6 +132,13 @@ public final class ModuleEmitter {
     t.addField(FieldSpec.builder(String.class, "DIFFERENTIABLE_INPUTS", Modifier.PUBLIC, Modifier.STATIC,
         Modifier.FINAL).addJavadoc("The forward inputs that get a gradient (read by the processor of modules that"
         + " call this one).\n").initializer("$S", differentiableInputs()).build());
+    t.addField(FieldSpec.builder(String.class, GEMM_OPERAND_INPUTS, Modifier.PUBLIC, Modifier.STATIC,
+        Modifier.FINAL).addJavadoc("The forward inputs that only GEMMs read, in forward and backward: a caller may"
+        + " store them in the GEMMs' input precision (read by the processor of modules that call this one).\n")
+        .initializer("$S", gemmOperandInputs()).build());
+    t.addField(FieldSpec.builder(boolean.class, GEMM_OPERAND_GRADIENT, Modifier.PUBLIC, Modifier.STATIC,
+        Modifier.FINAL).addJavadoc("Whether backward reads {@code dOut} only in GEMMs (read by the processor of"
+        + " modules that call this one).\n").initializer("$L", forwardGraph().gemmOperandGradient).build());
     t.addType(gradientsRecord("Gradients", forwardGraph()));
     Lowering.Result loss = lossGraph();
     if (loss != null) {
@@ -148,9 +159,9 @@ public final class ModuleEmitter {
     }
     for (FusedKernel k : allKernels) {
       t.addField(FieldSpec.builder(KERNEL, kernelField(k), Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
-          .initializer("new $T($S, $T.Kind.$L, $L, $L, $S, $T::$L)", KERNEL, k.name(), KERNEL,
+          .initializer("new $T($S, $T.Kind.$L, $L, $L, $S, $T::$L, $LL)", KERNEL, k.name(), KERNEL,
               k.hasReduction() ? "ROWS" : "POINTWISE", k.inputs().size(), k.outputs().size(), cudaResource, kernels,
-              k.name())
+              k.name(), k.gemmOperandMask())
           .build());
     }
     return t.build();
@@ -179,6 +190,17 @@ public final class ModuleEmitter {
     List<String> out = new ArrayList<>();
     for (int i = 0; i < f.graph.inputs().size(); i++) {
       if (f.backward.inputGrads().get(i) != null) {
+        out.add(f.graph.inputs().get(i).name());
+      }
+    }
+    return String.join(",", out);
+  }
+
+  private String gemmOperandInputs() {
+    Lowering.Result f = forwardGraph();
+    List<String> out = new ArrayList<>();
+    for (int i = 0; i < f.graph.inputs().size(); i++) {
+      if (f.gemmOperandInputs[i]) {
         out.add(f.graph.inputs().get(i).name());
       }
     }

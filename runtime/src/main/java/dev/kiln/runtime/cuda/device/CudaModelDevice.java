@@ -126,6 +126,7 @@ public final class CudaModelDevice implements Device {
   private final Map<List<Double>, CudaArray> ropeTables = new java.util.HashMap<>();
   private long launches;
   private boolean poison;
+  private boolean gemmOperandsInBf16 = true;
   /** Inside a CUDA-graph capture: nothing may synchronise or copy from the host. */
   private boolean capturing;
   /** Uploads and iotas served from a content cache (persistent tensors), so a captured graph never copies them. */
@@ -641,6 +642,25 @@ public final class CudaModelDevice implements Device {
     return wrap(newArray(dtype, shape));
   }
 
+  /**
+   * In mixed precision, an F32 output that only GEMMs read is stored in bf16: every GEMM would round it to bf16 before
+   * use, so the results are the same, the kernel writes half the bytes and no cast kernel reads it again. The tensor
+   * says {@code BF16}; anything but {@link #gemm} and views refuses it as it refuses any bf16 activation.
+   */
+  @Override
+  public Tensor emptyGemmOperand(DType dtype, long... shape) {
+    boolean bf16 = gemmOperandsInBf16 && precision == Precision.BF16 && dtype == DType.F32;
+    return wrap(newArray(bf16 ? DType.BF16 : dtype, shape));
+  }
+
+  /**
+   * Whether {@link #emptyGemmOperand} stores in bf16 under mixed precision (the default). Off, such outputs are fp32
+   * and cast before their GEMMs, as any activation: the reference the bf16 storage must match bit for bit.
+   */
+  public void storeGemmOperandsInBf16(boolean on) {
+    gemmOperandsInBf16 = on;
+  }
+
   @Override
   public Tensor zeros(DType dtype, long... shape) {
     return full(dtype, 0, shape);
@@ -830,7 +850,12 @@ public final class CudaModelDevice implements Device {
     CudaArray z = floating(c, "gemm", "c");
     CudaArray x = ta.array();
     CudaArray y = tb.array();
-    sameFloat("gemm", x, y, z);
+    if (precision == Precision.BF16) {
+      // Operands stored in bf16 (outputs only GEMMs read, see emptyGemmOperand) are what the GEMM reads anyway.
+      sameFloat("gemm", x.dtype() == DType.BF16 ? z : x, y.dtype() == DType.BF16 ? z : y, z);
+    } else {
+      sameFloat("gemm", x, y, z);
+    }
     if (z.dtype() == DType.F64) {
       throw new IllegalArgumentException("cuda device, gemm: F64 is not supported on the GPU (the CUDA device runs"
           + " F32 models, with bf16 GEMMs in mixed precision); use the cpu device for float64");
@@ -1515,12 +1540,17 @@ public final class CudaModelDevice implements Device {
     }
     KernelArgs args = new KernelArgs();
     DType dtype = null;
+    int bf16Outputs = 0;
     for (int i = 0; i < tensors.length; i++) {
-      CudaArray a = floating(tensors[i], what, "tensor " + i);
+      boolean gemmOperand = i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs());
+      CudaArray a = gemmOperand && arr(tensors[i], what, "tensor " + i).dtype() == DType.BF16
+          ? arr(tensors[i], what, "tensor " + i) : floating(tensors[i], what, "tensor " + i);
       if (!a.isContiguous()) {
         throw new IllegalArgumentException("cuda device, " + what + ": tensor " + i + " is not contiguous");
       }
-      if (dtype == null) {
+      if (a.dtype() == DType.BF16) {
+        bf16Outputs++;
+      } else if (dtype == null) {
         dtype = a.dtype();
       } else if (a.dtype() != dtype) {
         throw new IllegalArgumentException("cuda device, " + what + ": tensors mix " + dtype + " and " + a.dtype());
@@ -1530,6 +1560,17 @@ public final class CudaModelDevice implements Device {
       }
       args.ptr(a);
     }
+    // Outputs only GEMMs read come in bf16 (emptyGemmOperand) all together or not at all: the _f32_bf16 variant
+    // writes every one of them as bf16.
+    String variant = suffix(dtype == null ? DType.F32 : dtype);
+    if (bf16Outputs > 0) {
+      if (bf16Outputs != Long.bitCount(kernel.gemmOperands()) || dtype != DType.F32) {
+        throw new IllegalArgumentException("cuda device, " + what + ": " + bf16Outputs + " of its "
+            + Long.bitCount(kernel.gemmOperands()) + " GEMM-only outputs are bf16 with " + dtype
+            + " inputs; allocate all of them with emptyGemmOperand, with F32 inputs");
+      }
+      variant = "f32_bf16";
+    }
     long rows = sizes[0];
     long cols = sizes[1];
     args.i64(rows).i64(cols);
@@ -1537,7 +1578,7 @@ public final class CudaModelDevice implements Device {
       args.f64(s);
     }
     KernelLoader.Module m = gpu.kernels().generated(kernel.cudaResource());
-    CudaKernel k = m.kernel(kernel.name() + "_" + suffix(dtype == null ? DType.F32 : dtype));
+    CudaKernel k = m.kernel(kernel.name() + "_" + variant);
     if (rows * cols == 0) {
       return;
     }

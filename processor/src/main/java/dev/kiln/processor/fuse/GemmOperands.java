@@ -1,0 +1,156 @@
+package dev.kiln.processor.fuse;
+
+import dev.kiln.processor.fuse.FusedKernel.Level;
+import dev.kiln.processor.ir.Block;
+import dev.kiln.processor.ir.Node;
+import dev.kiln.processor.ir.Primitive;
+import dev.kiln.processor.ir.Value;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * Pass 5, after {@link Lowering}: finds the values that only GEMMs read, in the forward graph and its backward.
+ *
+ * <p>A mixed-precision device rounds both operands of every GEMM to bf16. A value that nothing but GEMMs reads can
+ * therefore be stored in bf16 by the kernel that makes it, with the same results: the write is half the size, and
+ * the cast kernel that read the fp32 copy to round it disappears (the SwiGLU product {@code silu(x·W1)·(x·W3)} in
+ * forward, the gradients of {@code x·W1} and {@code x·W3} in backward). Such fused-kernel outputs are marked in
+ * {@link FusedKernel#gemmOperands()}; the generated code allocates them with {@code Device.emptyGemmOperand}.
+ *
+ * <p>What counts as a GEMM read: an operand of an einsum planned as a GEMM; an argument of a sub-module whose forward
+ * and backward read that input only in GEMMs (a {@code Linear}'s {@code x}); the result gradient handed to such a
+ * sub-module's backward. Reading only a value's shape is no read. Anything else (another kernel, a primitive,
+ * returning the value, a loop or branch result) is a read in the value's own precision. The same facts about this
+ * module's inputs and result gradient are {@link Lowering.Result#gemmOperandInputs} and
+ * {@link Lowering.Result#gemmOperandGradient}, exported for the modules that call this one.
+ */
+public final class GemmOperands {
+  /** What the modules this one calls let a GEMM-only value be passed as. */
+  public interface Callees {
+    /** Per argument of {@code call}: whether the callee reads it only in GEMMs (forward and backward). */
+    boolean[] arguments(Node.Call call);
+
+    /** Whether the callee's backward reads the gradient of its result only in GEMMs. */
+    boolean resultGradient(Node.Call call);
+  }
+
+  private final Lowering.Result plan;
+  private final Callees callees;
+  /** Every read of each value: true when it is a GEMM read. */
+  private final Map<Value, List<Boolean>> reads = new HashMap<>();
+  /** The kernel that writes each fused-kernel output. */
+  private final Map<Value, FusedKernel> writer = new IdentityHashMap<>();
+
+  private GemmOperands(Lowering.Result plan, Callees callees) {
+    this.plan = plan;
+    this.callees = callees;
+  }
+
+  /** Marks the GEMM-only kernel outputs of {@code plan} and records the facts about its inputs and gradient. */
+  public static void run(Lowering.Result plan, Callees callees) {
+    GemmOperands g = new GemmOperands(plan, callees);
+    List<FusedKernel> kernels = new ArrayList<>(plan.forwardKernels);
+    kernels.addAll(plan.backwardKernels);
+    for (FusedKernel k : kernels) {
+      for (Value v : k.outputs().keySet()) {
+        g.writer.put(v, k);
+      }
+    }
+    g.scan(plan.graph.body(), null);
+    g.scan(plan.backward.block(), null);
+    for (FusedKernel k : kernels) {
+      for (var e : k.outputs().entrySet()) {
+        if (e.getValue() == Level.FULL && g.onlyGemms(e.getKey())) {
+          k.gemmOperands.add(e.getKey());
+        }
+      }
+    }
+    int n = plan.graph.inputs().size();
+    plan.gemmOperandInputs = new boolean[n];
+    for (int i = 0; i < n; i++) {
+      plan.gemmOperandInputs[i] = g.onlyGemms(plan.graph.inputs().get(i).value());
+    }
+    plan.gemmOperandGradient = plan.backward.dOut() != null && g.onlyGemms(plan.backward.dOut());
+  }
+
+  /** True when {@code v} is read, and only by GEMMs (also where a branch hands it on as its result). */
+  private boolean onlyGemms(Value v) {
+    List<Boolean> r = reads.get(v);
+    List<Value> as = yieldedAs.getOrDefault(v, List.of());
+    if ((r == null || r.isEmpty()) && as.isEmpty()) {
+      return false;
+    }
+    if (r != null && r.contains(false)) {
+      return false;
+    }
+    for (Value out : as) {
+      if (!onlyGemms(out)) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private void read(Value v, boolean gemm) {
+    if (v != null) {
+      reads.computeIfAbsent(v, x -> new ArrayList<>()).add(gemm);
+    }
+  }
+
+  /** Branch results: the branch's output each block result becomes (a value read where the branch's output is). */
+  private final Map<Value, List<Value>> yieldedAs = new HashMap<>();
+
+  /** Reads in {@code b}; its results are read as they are, or become {@code branchOut}'s values. */
+  private void scan(Block b, List<Value> branchOut) {
+    for (Node n : b.nodes()) {
+      switch (n) {
+        case Node.Prim p -> prim(p);
+        case Node.ParamRead r -> {}
+        case Node.Call c -> {
+          boolean[] gemm = c.component() == null ? new boolean[c.args().size()] : callees.arguments(c);
+          for (int i = 0; i < c.args().size(); i++) {
+            read(c.args().get(i), i < gemm.length && gemm[i]);
+          }
+        }
+        case Node.CallGrad g -> read(g.dOut(), g.call().component() != null && callees.resultGradient(g.call()));
+        case Node.ParamGrad g -> read(g.grad(), false);
+        case Node.Loop l -> {
+          l.init().forEach(v -> read(v, false));
+          scan(l.body(), null);
+        }
+        case Node.LoopGrad l -> {
+          l.init().forEach(v -> read(v, false));
+          scan(l.body(), null);
+        }
+        case Node.Branch br -> {
+          scan(br.then(), br.out());
+          scan(br.otherwise(), br.out());
+        }
+      }
+    }
+    for (int i = 0; i < b.results().size(); i++) {
+      Value v = b.results().get(i);
+      if (branchOut != null && i < branchOut.size() && v != null) {
+        yieldedAs.computeIfAbsent(v, x -> new ArrayList<>()).add(branchOut.get(i));
+      } else {
+        read(v, false);
+      }
+    }
+  }
+
+  private void prim(Node.Prim p) {
+    FusedKernel k = plan.kernelOf.get(p);
+    boolean gemm = p.op() == Primitive.EINSUM && p.inputs().size() == 2 && plan.gemms.containsKey(p);
+    for (int i = 0; i < p.inputs().size(); i++) {
+      Value v = p.inputs().get(i);
+      if (Lowering.shapeOnly(p, i) || (k != null && writer.get(v) == k)) {
+        continue; // its shape only, or a kernel reading what it computed itself (a register, not memory)
+      }
+      read(v, gemm);
+    }
+    // Sizes a constant is computed from (Attr.Const) are shape reads: no entry.
+  }
+}
