@@ -92,16 +92,15 @@ public final class Lowering {
     Set<Value> refsOutsideTop = new HashSet<>();
     references(b.block(), forwardDefined, refs, refsOutsideTop, true, r);
 
-    // Recompute per-element kernel values at the top of backward; expose per-row ones as outputs.
-    List<Node.Prim> recompute = new ArrayList<>();
-    Set<Value> planned = new HashSet<>();
+    // Recompute per-element kernel values at the top of backward (or of the backward branch that mirrors the
+    // forward branch computing them); expose per-row ones as outputs.
+    Recompute re = new Recompute(fwd, forwardDef, topLevel, refsOutsideTop, g.body(), b.block());
     for (var e : refs.entrySet()) {
       if (e.getValue() == Save.TENSOR) {
-        plan(e.getKey(), fwd, forwardDef, topLevel, refsOutsideTop, recompute, planned);
+        re.plan(e.getKey());
       }
     }
-    recompute.sort((x, y) -> Integer.compare(x.out().id(), y.out().id()));
-    b.block().nodes().addAll(0, recompute);
+    re.insert();
 
     refs.clear();
     Set<Value> definedInBackward = new HashSet<>();
@@ -129,33 +128,189 @@ public final class Lowering {
     return r;
   }
 
-  private static void plan(Value v, Fusion fwd, Map<Value, Node.Prim> def, Set<Value> topLevel,
-      Set<Value> refsOutsideTop, List<Node.Prim> recompute, Set<Value> planned) {
-    if (!planned.add(v)) {
-      return;
+  /**
+   * Where backward recomputes forward kernel values instead of saving them. A value of the top-level body is
+   * recomputed at the top of backward when only top-level backward code reads it. A value computed inside a
+   * forward branch ({@code if (kind == SWIGLU)}, decided at init time) is recomputed at the top of the backward
+   * block under the same conditions when every read of it is in that block: backward runs that block exactly when
+   * forward ran the branch, so the values it reads to recompute were saved. Otherwise (or inside loops) the value is
+   * written out by its kernel and saved.
+   */
+  private static final class Recompute {
+    /** One step of a block's path from the graph's top: a branch's condition and which side. */
+    private record Side(dev.kiln.processor.ir.Cond cond, boolean then) {}
+
+    private final Fusion fwd;
+    private final Map<Value, Node.Prim> def;
+    private final Set<Value> topLevel;
+    private final Set<Value> refsOutsideTop;
+    private final Block top;
+    /** Forward values defined at the top level of a branch block (not in a loop), by their block's path. */
+    private final Map<Value, List<Side>> home = new HashMap<>();
+    /** Backward blocks reached through branches only: their path and their parent block. */
+    private final Map<Block, List<Side>> path = new IdentityHashMap<>();
+    private final Map<Block, Block> parent = new IdentityHashMap<>();
+    /** The innermost backward blocks where each value is read (a loop body counts as unreachable: null). */
+    private final Map<Value, List<Block>> readIn = new HashMap<>();
+    private final Map<Block, List<Node.Prim>> nodes = new IdentityHashMap<>();
+    private final Set<Value> planned = new HashSet<>();
+
+    Recompute(Fusion fwd, Map<Value, Node.Prim> def, Set<Value> topLevel, Set<Value> refsOutsideTop, Block forward,
+        Block backward) {
+      this.fwd = fwd;
+      this.def = def;
+      this.topLevel = topLevel;
+      this.refsOutsideTop = refsOutsideTop;
+      this.top = backward;
+      homes(forward, List.of());
+      path.put(backward, List.of());
+      reads(backward, backward);
     }
-    Node.Prim p = def.get(v);
-    if (p != null && p.op() == Primitive.CONST && topLevel.contains(v) && !refsOutsideTop.contains(v)) {
-      recompute.add(copy(p)); // a constant is cheaper to make again than to save
-      return;
-    }
-    FusedKernel k = p == null ? null : fwd.kernelOf().get(p);
-    if (k == null || k.outputs().containsKey(v)) {
-      return; // materialised: saved as it is
-    }
-    if (k.levels().get(v) != Level.FULL || !topLevel.contains(v) || refsOutsideTop.contains(v)) {
-      fwd.exposeOutput(v, p);
-      return;
-    }
-    recompute.add(copy(p));
-    for (Value in : p.inputs()) {
-      Node.Prim ip = def.get(in);
-      if (ip != null && ip.op() == Primitive.CONST) {
-        if (planned.add(in)) {
-          recompute.add(copy(ip));
+
+    private void homes(Block b, List<Side> at) {
+      for (Node n : b.nodes()) {
+        if (!at.isEmpty()) {
+          n.outputs().forEach(v -> home.put(v, at));
         }
-      } else {
-        plan(in, fwd, def, topLevel, refsOutsideTop, recompute, planned);
+        if (n instanceof Node.Branch br) {
+          homes(br.then(), append(at, new Side(br.cond(), true)));
+          homes(br.otherwise(), append(at, new Side(br.cond(), false)));
+        }
+      }
+    }
+
+    private static List<Side> append(List<Side> at, Side s) {
+      List<Side> out = new ArrayList<>(at);
+      out.add(s);
+      return List.copyOf(out);
+    }
+
+    /**
+     * Records where {@code b}'s nodes read values' contents (as {@link #references} counts reads: shapes are saved
+     * apart); {@code in} is null inside a loop body.
+     */
+    private void reads(Block b, Block in) {
+      for (Node n : b.nodes()) {
+        List<Value> read = new ArrayList<>();
+        switch (n) {
+          case Node.Prim p -> {
+            for (int i = 0; i < p.inputs().size(); i++) {
+              if (!shapeOnly(p, i)) {
+                read.add(p.inputs().get(i));
+              }
+            }
+          }
+          case Node.CallGrad g -> read.add(g.dOut());
+          case Node.ParamGrad g -> read.add(g.grad());
+          case Node.LoopGrad l -> read.addAll(l.init());
+          default -> {}
+        }
+        for (Value v : read) {
+          readIn.computeIfAbsent(v, x -> new ArrayList<>()).add(in);
+        }
+        switch (n) {
+          case Node.LoopGrad l -> reads(l.body(), null);
+          case Node.Loop l -> reads(l.body(), null);
+          case Node.Branch br -> {
+            for (boolean side : new boolean[] {true, false}) {
+              Block child = side ? br.then() : br.otherwise();
+              if (in != null) {
+                path.put(child, append(path.get(in), new Side(br.cond(), side)));
+                parent.put(child, in);
+              }
+              reads(child, in == null ? null : child);
+            }
+          }
+          default -> {}
+        }
+      }
+      for (Value v : b.results()) {
+        readIn.computeIfAbsent(v, x -> new ArrayList<>()).add(in);
+      }
+    }
+
+    /** The block where backward can recompute {@code v}, or null. */
+    private Block target(Value v) {
+      if (topLevel.contains(v)) {
+        return refsOutsideTop.contains(v) ? null : top;
+      }
+      List<Side> at = home.get(v);
+      List<Block> in = readIn.getOrDefault(v, List.of());
+      if (at == null || in.isEmpty()) {
+        return null;
+      }
+      Block b = ancestorAt(in.get(0), at.size());
+      return b != null && at.equals(path.get(b)) && in.stream().allMatch(x -> within(x, b)) ? b : null;
+    }
+
+    /** The ancestor-or-self of {@code b} whose path has {@code depth} steps. */
+    private Block ancestorAt(Block b, int depth) {
+      while (b != null && path.containsKey(b) && path.get(b).size() > depth) {
+        b = parent.get(b);
+      }
+      return b != null && path.containsKey(b) && path.get(b).size() == depth ? b : null;
+    }
+
+    private boolean within(Block b, Block ancestor) {
+      for (Block x = b; x != null; x = parent.get(x)) {
+        if (x == ancestor) {
+          return true;
+        }
+      }
+      return false;
+    }
+
+    void plan(Value v) {
+      plan(v, null);
+    }
+
+    /** {@code into}: the block a recomputed consumer of {@code v} is placed in, or null for a value backward reads. */
+    private void plan(Value v, Block into) {
+      if (!planned.add(v)) {
+        return;
+      }
+      Node.Prim p = def.get(v);
+      if (p != null && p.op() == Primitive.CONST && topLevel.contains(v) && !refsOutsideTop.contains(v)) {
+        add(top, p); // a constant is cheaper to make again than to save
+        return;
+      }
+      FusedKernel k = p == null ? null : fwd.kernelOf().get(p);
+      if (k == null || k.outputs().containsKey(v)) {
+        return; // materialised: saved as it is
+      }
+      Block at = k.levels().get(v) == Level.FULL ? target(v) : null;
+      if (at == null && into != null && !readIn.containsKey(v) && home.containsKey(v)
+          && home.get(v).equals(path.get(into))) {
+        at = into; // read only by what is recomputed in that block
+      }
+      if (at == null || (into != null && at != into && at != top)) {
+        fwd.exposeOutput(v, p);
+        return;
+      }
+      add(at, p);
+      for (Value in : p.inputs()) {
+        Node.Prim ip = def.get(in);
+        if (ip != null && ip.op() == Primitive.CONST) {
+          if (planned.add(in)) {
+            // Where the constant is visible: the top, or the block mirroring the branch that defines it.
+            add(topLevel.contains(in) ? top : ancestorAt(at, home.get(in).size()), ip);
+          }
+        } else {
+          plan(in, at);
+        }
+      }
+    }
+
+    private void add(Block b, Node.Prim p) {
+      nodes.computeIfAbsent(b, x -> new ArrayList<>()).add(copy(p));
+    }
+
+    /** Puts each block's recomputed nodes first in it, in forward order. */
+    void insert() {
+      for (var e : nodes.entrySet()) {
+        List<Node.Prim> list = e.getValue();
+        list.sort((x, y) -> Integer.compare(x.out().id(), y.out().id()));
+        e.getKey().nodes().addAll(0, list);
       }
     }
   }

@@ -27,6 +27,7 @@ final class CountingDevice implements Device {
   void reset() {
     calls.clear();
     launches.clear();
+    gemmOperands = 0;
   }
 
   @Override
@@ -37,6 +38,15 @@ final class CountingDevice implements Device {
   @Override
   public Tensor empty(DType dtype, long... shape) {
     return d.empty(dtype, shape);
+  }
+
+  /** Kernel outputs allocated as GEMM-only operands (see {@link Device#emptyGemmOperand}). */
+  int gemmOperands;
+
+  @Override
+  public Tensor emptyGemmOperand(DType dtype, long... shape) {
+    gemmOperands++;
+    return d.emptyGemmOperand(dtype, shape);
   }
 
   @Override

@@ -50,6 +50,33 @@ class FusionTest {
   }
 
   /**
+   * Mlp's activation is a hyper-parameter, so gelu is computed inside a branch. Its inner values (the cube, the
+   * tanh) are recomputed by the backward kernel, which runs in the backward branch mirroring the forward one, from
+   * fc1's output: the forward kernel writes only the activation. That activation, and the gradient of fc1's output,
+   * are read only by GEMMs (fc2's and fc1's), so both are allocated as GEMM operands.
+   */
+  @Test
+  void aBranchsPointwiseValuesAreRecomputedInBackwardAndGemmOperandsMarked() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object m = compiled("cs336.Mlp", dev);
+    Record p = (Record) Generated.call(m, "init", Config.of(GeneratedModulesTest.mlpConfig("GELU")), 1L);
+    Context ctx = new Context();
+    dev.reset();
+    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 4));
+    assertEquals(1, dev.launches.size(), dev.calls::toString);
+    assertEquals(1, dev.launches.get(0).outputs(), "the forward kernel writes gelu(fc1 x) only");
+    assertEquals(1, dev.gemmOperands, "gelu(fc1 x) is read only by fc2's GEMMs");
+    dev.reset();
+    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    assertEquals(1, dev.launches.size(), dev.calls::toString);
+    Kernel bwd = dev.launches.get(0);
+    // fc1's output, the gradient of the activation, and gelu's 0.5 as a 0-d tensor: nothing else saved.
+    assertEquals(3, bwd.inputs(), "the backward kernel reads fc1 x, d(gelu) and one scalar");
+    assertEquals(1, bwd.outputs());
+    assertEquals(1, dev.gemmOperands, "d(fc1 x) is read only by fc1's backward GEMMs");
+  }
+
+  /**
    * Pointwise's backward row kernel makes several passes over a row (softmax's row sum, then the outputs) and reads
    * exponentials in more than one of them; the Java emitter computes each in the first pass that needs it and keeps
    * the row, so no exponential is computed twice. (Its numerics are covered with the rest of the generated modules by
