@@ -145,7 +145,12 @@ public final class CudaEmitter {
       b.append("  const long long r = blockIdx.x;\n  if (r >= rows) return;\n");
     } else {
       b.append("  const long long e = (long long) blockIdx.x * blockDim.x + threadIdx.x;\n");
-      b.append("  if (e >= rows * cols) return;\n  const long long r = e / cols, c = e % cols, i = e;\n");
+      // 64-bit division is emulated (tens of instructions): 32 bits whenever the index fits, which is always in
+      // practice; the branch is uniform.
+      b.append("  if (e >= rows * cols) return;\n");
+      b.append("  const bool narrow = rows * cols <= 0x7fffffffLL;\n");
+      b.append("  const long long r = narrow ? (long long) ((unsigned) e / (unsigned) cols) : e / cols;\n");
+      b.append("  const long long c = e - r * cols, i = e;\n");
       b.append("  (void) r;\n  (void) c;\n");
     }
     List<Value> ins = new ArrayList<>(k.inputs().keySet());
