@@ -123,7 +123,12 @@ final class Fusion {
           continue;
         }
         FusedKernel g = new FusedKernel(prefix + (all.size() + kernels.size()), domain);
-        if (!accepts(g, p, producer) || !hasFullInput(g, p)) {
+        // A broadcast of a per-row value may open a kernel: the nodes that read it bring the full-size inputs
+        // (the norms' backward: expand(per-row term) times x), and it is not materialised. A kernel that ends
+        // without any is dropped below. (A broadcast scalar stays the device's: a zero, z-loss's gradient when
+        // z-loss is off, is then added for free.)
+        boolean rowBroadcast = p.op() == Primitive.EXPAND && level(p.inputs().get(0).shape(), domain) == Level.ROW;
+        if (!accepts(g, p, producer) || (!hasFullInput(g, p) && !rowBroadcast)) {
           continue;
         }
         kernels.add(g);
@@ -135,7 +140,7 @@ final class Fusion {
     // Kernels of one node are left to the device's own op.
     List<FusedKernel> kept = new ArrayList<>();
     for (FusedKernel g : kernels) {
-      if (g.members.size() < 2) {
+      if (g.members.size() < 2 || g.members.stream().noneMatch(m -> hasFullInput(g, m))) {
         for (Node.Prim p : g.members) {
           kernelOf.remove(p);
         }
@@ -152,9 +157,14 @@ final class Fusion {
 
   private final List<FusedKernel> all = new ArrayList<>();
 
-  private static boolean hasFullInput(FusedKernel g, Node.Prim p) {
+  /** Whether {@code p} reads a full-size value made outside {@code g} (a kernel's shape at launch comes from one). */
+  private boolean hasFullInput(FusedKernel g, Node.Prim p) {
     for (Value v : contentUses(p)) {
-      if (level(v.shape(), g.domain) == Level.FULL) {
+      boolean inside = false;
+      for (Node.Prim m : g.members) {
+        inside |= m.out() == v;
+      }
+      if (!inside && level(v.shape(), g.domain) == Level.FULL) {
         return true;
       }
     }

@@ -113,7 +113,11 @@ final class CountingDevice implements Device {
 
   @Override
   public Tensor contiguous(Tensor x) {
-    return d.contiguous(x);
+    Tensor c = d.contiguous(x);
+    if (c != x) {
+      calls.add("contiguous copy"); // a view (a broadcast, a permutation) materialised
+    }
+    return c;
   }
 
   @Override

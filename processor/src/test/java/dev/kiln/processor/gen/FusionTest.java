@@ -101,7 +101,7 @@ class FusionTest {
   }
 
   @Test
-  void rmsNormForwardIsOneRowKernel() {
+  void rmsNormForwardIsOneRowKernelAndBackwardCopiesNothing() {
     CountingDevice dev = new CountingDevice(Harness.CPU);
     Object m = compiled("cs336.RmsNorm", dev);
     Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 6, "eps", 1e-5)), 1L);
@@ -112,6 +112,12 @@ class FusionTest {
     assertEquals(Kernel.Kind.ROWS, dev.launches.get(0).kind());
     // Backward saves only the input and the row statistic (1/rms), not the normalised row.
     assertEquals(2, ctx.savedCount(), "saved: x and the inverse rms");
+    dev.reset();
+    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), 3, 6));
+    // The per-row term of the input gradient is broadcast over the row inside the kernel that reads it (read at row
+    // level), not expanded into a full-size copy first.
+    assertTrue(dev.calls.stream().noneMatch(c -> c.equals("contiguous copy")), dev.calls::toString);
+    assertTrue(dev.launches.stream().allMatch(k -> k.inputs() <= 4), "no kernel reads a broadcast copy");
   }
 
   @Test
