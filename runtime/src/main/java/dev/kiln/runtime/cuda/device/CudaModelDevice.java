@@ -84,7 +84,33 @@ public final class CudaModelDevice implements Device {
   private final Map<CastKey, CudaArray> castCache = new java.util.HashMap<>();
   private final Map<Object, List<CastKey>> castsByBuffer = new IdentityHashMap<>();
 
-  /** A bf16 copy of a contiguous F32 array: it serves every view of that array, whatever the view's shape. */
+  /**
+   * True when {@code a} and {@code b} have one shape and one set of strides and cover a gapless range of memory (a
+   * contiguous array or a permutation of one): element {@code a.offset() + e} then sits at {@code b.offset() + e}.
+   */
+  private static boolean denseLike(CudaArray a, CudaArray b) {
+    if (!Arrays.equals(a.shape(), b.shape()) || !Arrays.equals(a.strides(), b.strides())) {
+      return false;
+    }
+    long[][] dims = new long[a.rank()][];
+    for (int i = 0; i < a.rank(); i++) {
+      dims[i] = new long[] {a.stride(i), a.shape(i)};
+    }
+    Arrays.sort(dims, (x, y) -> Long.compare(x[0], y[0]));
+    long expect = 1;
+    for (long[] d : dims) {
+      if (d[1] == 1) {
+        continue;
+      }
+      if (d[0] != expect) {
+        return false;
+      }
+      expect *= d[1];
+    }
+    return true;
+  }
+
+  /** A bf16 copy of a dense F32 array: it serves every view of that array's memory, whatever the view's shape. */
   private record DenseCast(CudaArray source, CudaArray cast) {
     /** The cast laid out as {@code view} (a view of {@code source}'s memory), or null when it reaches outside. */
     CudaArray serve(CudaArray view) {
@@ -924,8 +950,19 @@ public final class CudaModelDevice implements Device {
       copyArray(a, out);
       return out;
     }
-    CastKey key = CastKey.of(a);
-    CudaArray hit = castCache.get(key);
+    CudaArray hit = rememberedCast(a);
+    if (hit != null) {
+      return hit;
+    }
+    CudaArray out = newArray(DType.BF16, a.shape());
+    copyArray(a, out);
+    rememberCast(a, out);
+    return out;
+  }
+
+  /** A bf16 copy of {@code a}'s values made in the open scope (by a cast or by the kernel that wrote a), or null. */
+  private CudaArray rememberedCast(CudaArray a) {
+    CudaArray hit = castCache.get(CastKey.of(a));
     if (hit != null) {
       return hit;
     }
@@ -935,10 +972,7 @@ public final class CudaModelDevice implements Device {
         return served;
       }
     }
-    CudaArray out = newArray(DType.BF16, a.shape());
-    copyArray(a, out);
-    rememberCast(a, out);
-    return out;
+    return null;
   }
 
   /**
@@ -949,7 +983,7 @@ public final class CudaModelDevice implements Device {
     CastKey key = CastKey.of(source);
     castCache.put(key, cast);
     castsByBuffer.computeIfAbsent(key.buffer(), b -> new ArrayList<>()).add(key);
-    if (source.isContiguous() && cast.isContiguous()) {
+    if (denseLike(source, cast)) {
       denseCasts.computeIfAbsent(key.buffer(), b -> new ArrayList<>()).add(new DenseCast(source, cast));
     }
   }
@@ -1467,6 +1501,11 @@ public final class CudaModelDevice implements Device {
     }
     // In x's layout: x's last dim has stride 1 here, and ties keep dim order, so the result's last dim is contiguous.
     CudaArray out = newArrayLike(a);
+    // In mixed precision the result is read next by attention or by GEMMs (through the rearrange back to the
+    // projection's layout), which would cast it to bf16: the kernel writes that copy too, laid out as out.
+    CudaArray out16 = precision == Precision.BF16 && !scopes.isEmpty() && a.dtype() == DType.F32
+        && Arrays.stream(out.strides()).limit(out.rank() - 1).allMatch(x2 -> x2 % 2 == 0) && out.offset() % 2 == 0
+        ? newArrayLike(a, DType.BF16, a.shape()) : null;
     // The leading dims as [n0, n1, n2], padded in front with size-1 dims.
     long[] n = {1, 1, 1};
     long[] xs = {0, 0, 0};
@@ -1484,7 +1523,9 @@ public final class CudaModelDevice implements Device {
         .i64(pst[0]).i64(pst[1]).i64(pst[2]).ptr(ropeFrequencies(theta, half));
     // fp32 reads cos and sin from the table; float64 computes them in double (the table is float).
     (a.dtype() == DType.F32 ? args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS) : args.nullPtr().i64(0))
-        .ptr(out).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half).f64(inverse ? -1 : 1);
+        .ptr(out);
+    (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half)
+        .f64(inverse ? -1 : 1);
     if (rowCount > 0) {
       // A warp per ROPE_ROWS_PER_WARP groups of one row, or of 32 / half rows.
       long rowsPerBlock = BLOCK / 32 * ROPE_ROWS_PER_WARP * (half >= 32 ? 1 : 32 / half);
@@ -1495,6 +1536,9 @@ public final class CudaModelDevice implements Device {
           (rowCount + rowsPerBlock - 1) / rowsPerBlock, 1, BLOCK, 0, args);
       launches++;
       mark("rope");
+      if (out16 != null) {
+        rememberCast(out, out16);
+      }
     }
     return wrap(out.rank() == shape.length ? out : out.strided(shape, NdArray.contiguousStrides(shape), out.offset()));
   }
@@ -1721,6 +1765,10 @@ public final class CudaModelDevice implements Device {
   private CudaArray attentionOperand(CudaArray a, List<CudaArray> temps) {
     if (precision != Precision.BF16) {
       return FlashAttention.Heads.of(a) != null ? a : contiguousArray(a);
+    }
+    CudaArray cached = temps == null ? rememberedCast(a) : null;
+    if (cached != null && FlashAttention.Heads.of(cached) != null) {
+      return cached; // written by the kernel that made a (RoPE), laid out as a
     }
     CudaArray b = temps == null ? newArrayLike(a, DType.BF16, a.shape()) : allocLike(a, a.shape(), physical -> {
       CudaArray t = temp(DType.BF16, physical);

@@ -707,10 +707,11 @@ __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c)
 // One warp per row (32 / half rows when half < 32): x and out are [n0, n1, n2, 2 * half] with their last dims contiguous and leading strides s0, s1,
 // s2 and o0, o1, o2 (the head-split view of a projection is read in place, not copied first, and the result keeps its
 // layout); pos is read through strides p0, p1, p2 over the same leading dims (0 where it broadcasts). Pair i of row r
-// turns by sign * pos[r] * invFreq[i]. The row's index arithmetic is done once per warp, not once per pair (it was
-// most of the work). The cos and sin come from table ([tableRows][half] (cos, sin) pairs in float, computed on the
-// host in double) when the position is in it; otherwise from the angle in double, as for T = double, which passes
-// no table. invFreq is the host's theta^(-i / half), as the CPU device uses.
+// turns by sign * pos[r] * invFreq[i]. A row's index arithmetic is done once, not once per pair (it was most of the
+// work). The cos and sin come from table ([tableRows][half] (cos, sin) pairs in float, computed on the host in
+// double) when the position is in it; otherwise from the angle in double, as for T = double, which passes no table.
+// invFreq is the host's theta^(-i / half), as the CPU device uses. out16, when not null, gets the result rounded to
+// bf16 too, laid out as out (same offsets; the host checks they are even, for the paired 4-byte stores).
 #define KILN_ROPE_ROWS 4
 
 // N is the row index type: unsigned int when the row count fits (the _32 kernels), as 64-bit division is emulated
@@ -719,8 +720,8 @@ template <class T, class I, class N>
 __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1, kiln_i64 s2,
                           const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1, kiln_i64 p2,
                           const double* __restrict__ invFreq, const float* __restrict__ table, kiln_i64 tableRows,
-                          T* __restrict__ out, kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows, kiln_i64 half,
-                          double sign) {
+                          T* __restrict__ out, unsigned short* __restrict__ out16, kiln_i64 o0, kiln_i64 o1,
+                          kiln_i64 o2, kiln_i64 rows, kiln_i64 half, double sign) {
   const int lane = threadIdx.x & 31;
   // Narrow rows (TinyStories' half = 16) share a warp, so no lane idles: rpw rows a warp, half lanes a row.
   const int rpw = half >= 32 ? 1 : 32 / (int)half;
@@ -733,6 +734,7 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
   const N warp = (N)blockIdx.x * (N)(blockDim.x >> 5) + (N)(threadIdx.x >> 5);
   const T* row[KILN_ROPE_ROWS];
   T* o[KILN_ROPE_ROWS];
+  kiln_i64 oof[KILN_ROPE_ROWS];
   const float* cs_row[KILN_ROPE_ROWS];
   kiln_i64 p[KILN_ROPE_ROWS];
   bool live[KILN_ROPE_ROWS];
@@ -744,7 +746,8 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
     const N i2 = rr % (N)n2, rest = rr / (N)n2, i1 = rest % (N)n1;
     const kiln_i64 i0 = rest / (N)n1;
     row[k] = x + i0 * s0 + (kiln_i64)i1 * s1 + (kiln_i64)i2 * s2;
-    o[k] = out + i0 * o0 + (kiln_i64)i1 * o1 + (kiln_i64)i2 * o2;
+    oof[k] = i0 * o0 + (kiln_i64)i1 * o1 + (kiln_i64)i2 * o2;
+    o[k] = out + oof[k];
     p[k] = (kiln_i64)pos[i0 * p0 + (kiln_i64)i1 * p1 + (kiln_i64)i2 * p2];
     cs_row[k] = table != nullptr && p[k] >= 0 && p[k] < tableRows ? table + 2 * p[k] * half : nullptr;
   }
@@ -765,8 +768,13 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
       } else {
         kiln_rope_cs(sign * (double)p[k] * invFreq[i], &sn, &cs);
       }
-      o[k][2 * i] = x0[k] * cs - x1[k] * sn;
-      o[k][2 * i + 1] = x0[k] * sn + x1[k] * cs;
+      const T y0 = x0[k] * cs - x1[k] * sn, y1 = x0[k] * sn + x1[k] * cs;
+      o[k][2 * i] = y0;
+      o[k][2 * i + 1] = y1;
+      if (out16 != nullptr) {
+        // The bf16 copy laid out as out (mixed precision: what attention or the next GEMM reads).
+        *reinterpret_cast<unsigned*>(out16 + oof[k] + 2 * i) = kiln_pack_bf16((float)y0, (float)y1);
+      }
     }
   }
 }
@@ -774,10 +782,11 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
   extern "C" __global__ void kiln_rope_##N##_##NI##W(const T* x, kiln_i64 n1, kiln_i64 n2, kiln_i64 s0, kiln_i64 s1, \
                                                   kiln_i64 s2, const I* pos, kiln_i64 p0, kiln_i64 p1,          \
                                                   kiln_i64 p2, const double* invFreq, const float* table,       \
-                                                  kiln_i64 tableRows, T* out, kiln_i64 o0, kiln_i64 o1,         \
-                                                  kiln_i64 o2, kiln_i64 rows, kiln_i64 half, double sign) {     \
-    kiln_rope<T, I, IDX>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, table, tableRows, out, o0, o1, o2,      \
-                         rows, half, sign);                                                                      \
+                                                  kiln_i64 tableRows, T* out, unsigned short* out16,            \
+                                                  kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,         \
+                                                  kiln_i64 half, double sign) {                                 \
+    kiln_rope<T, I, IDX>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, table, tableRows, out, out16, o0, o1,   \
+                         o2, rows, half, sign);                                                                  \
   }
 KILN_ROPE(f32, float, i32, int, , kiln_i64)
 KILN_ROPE(f32, float, i64, kiln_i64, , kiln_i64)

@@ -304,6 +304,40 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void ropesBf16CopyServesAttentionAndTheGemmsAfterIt() {
+    // In mixed precision RoPE also writes its result rounded to bf16 (laid out as the result, a head-split view of
+    // [b, s, h·d]); attention reads that copy instead of casting q and k, and so do GEMMs that read the result
+    // through the rearrange merging the heads. Either must give what a cast of the fp32 result gives, bit for bit.
+    NdArray x = randn(2, 64, 2, 32);
+    NdArray v = randn(2, 64, 2, 32);
+    NdArray w = randn(8, 64);
+    NdArray pos = NdArray.arange(DType.I64, 64);
+    try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+      Tensor roped = gpuBf16.rope(gpuBf16.permute(gpuBf16.fromHost(x), 0, 2, 1, 3), gpuBf16.fromHost(pos), 10_000,
+          false);
+      // The same values in new memory (laid out alike): its casts are made afresh.
+      Tensor fresh = gpuBf16.empty(DType.F32, 2, 64, 2, 32);
+      gpuBf16.copy(gpuBf16.permute(roped, 0, 2, 1, 3), fresh);
+      Tensor copied = gpuBf16.permute(fresh, 0, 2, 1, 3);
+      Tensor gv = gpuBf16.permute(gpuBf16.fromHost(v), 0, 2, 1, 3);
+      Device.AttentionOut viaRope = gpuBf16.attention(roped, roped, gv, Mask.CAUSAL, 0.2);
+      Device.AttentionOut viaCast = gpuBf16.attention(copied, copied, gv, Mask.CAUSAL, 0.2);
+      GpuTesting.assertClose("attention on RoPE's bf16 copy and on a cast", d(viaCast.out(), gpuBf16),
+          d(viaRope.out(), gpuBf16), 0, 0);
+      // The heads merged back: [2, 64, 64] read by a GEMM as [128, 64].
+      Tensor merged = gpuBf16.reshape(gpuBf16.permute(roped, 0, 2, 1, 3), 128, 64);
+      Tensor gw = gpuBf16.fromHost(w);
+      long before = gpuBf16.launches();
+      Tensor a = gpuBf16.empty(DType.F32, 128, 8);
+      gpuBf16.gemm(merged, false, gw, true, a, 1, 0);
+      assertEquals(before + 2, gpuBf16.launches(), "one cast (of w) and the GEMM: RoPE's result is not cast again");
+      Tensor b = gpuBf16.empty(DType.F32, 128, 8);
+      gpuBf16.gemm(gpuBf16.reshape(gpuBf16.permute(copied, 0, 2, 1, 3), 128, 64), false, gw, true, b, 1, 0);
+      GpuTesting.assertClose("GEMM on RoPE's bf16 copy and on a cast", d(b, gpuBf16), d(a, gpuBf16), 0, 0);
+    }
+  }
+
+  @Test
   void attentionMatchesTheCpuInFp32AndBf16() {
     // Widths 64 (tensor cores as is), 32 and 80 (zero-padded to 64 and 128 in bf16; SIMT in fp32).
     for (int width : new int[] {64, 32, 80}) {
