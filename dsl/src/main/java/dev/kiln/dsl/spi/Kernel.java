@@ -17,13 +17,22 @@ import java.lang.foreign.MemorySegment;
  * @param gemmOperands the outputs only GEMMs read, as a bit mask (bit i: output i). The generated code allocates them
  *     with {@link Device#emptyGemmOperand}; a device that stores them in bf16 launches
  *     {@code <name>_f32_bf16}, which writes those outputs rounded to bf16 (to nearest even) and the others in fp32
+ * @param elementsPerThread for a {@link Kind#POINTWISE} kernel, how many elements each CUDA thread computes
+ *     ({@code blockDim.x} apart): the launch has {@code ceil(rows * cols / (elementsPerThread * blockDim.x))} blocks
  */
 public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
-    long gemmOperands) {
+    long gemmOperands, int elementsPerThread) {
 
-  /** A kernel none of whose outputs is stored other than in the compute dtype. */
+  public Kernel {
+    if (elementsPerThread < 1) {
+      throw new IllegalArgumentException("kernel " + name + ": elementsPerThread must be at least 1, got "
+          + elementsPerThread);
+    }
+  }
+
+  /** A kernel of one element a thread whose outputs are all stored in the compute dtype (an older processor's). */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, 0L);
+    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1);
   }
 
   /** Whether output {@code i} (counted from the first output) is one only GEMMs read. */
@@ -34,7 +43,7 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
   /** How a kernel walks its iteration space. */
   public enum Kind {
     /**
-     * Every element {@code (row, col)} independently: one CUDA thread per element. An input is read at
+     * Every element {@code (row, col)} independently: {@link #elementsPerThread()} elements a CUDA thread. An input is read at
      * {@code row * cols + col} (full), {@code col} (a last-dim vector broadcast over rows), {@code row} (one value per
      * row) or {@code 0} (a scalar); the kernel's comment says which.
      */

@@ -7,6 +7,7 @@ import com.palantir.javapoet.ParameterizedTypeName;
 import com.palantir.javapoet.TypeName;
 import com.palantir.javapoet.TypeSpec;
 import dev.kiln.dsl.Init;
+import dev.kiln.processor.emit.cuda.CudaEmitter;
 import dev.kiln.processor.fuse.FusedKernel;
 import dev.kiln.processor.fuse.Lowering;
 import dev.kiln.processor.ir.Dim;
@@ -159,9 +160,9 @@ public final class ModuleEmitter {
     }
     for (FusedKernel k : allKernels) {
       t.addField(FieldSpec.builder(KERNEL, kernelField(k), Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
-          .initializer("new $T($S, $T.Kind.$L, $L, $L, $S, $T::$L, $LL)", KERNEL, k.name(), KERNEL,
+          .initializer("new $T($S, $T.Kind.$L, $L, $L, $S, $T::$L, $LL, $L)", KERNEL, k.name(), KERNEL,
               k.hasReduction() ? "ROWS" : "POINTWISE", k.inputs().size(), k.outputs().size(), cudaResource, kernels,
-              k.name(), k.gemmOperandMask())
+              k.name(), k.gemmOperandMask(), k.hasReduction() ? 1 : CudaEmitter.PER_THREAD)
           .build());
     }
     return t.build();

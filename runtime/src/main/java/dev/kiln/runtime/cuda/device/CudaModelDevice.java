@@ -1524,8 +1524,11 @@ public final class CudaModelDevice implements Device {
     // fp32 reads cos and sin from the table; float64 computes them in double (the table is float).
     (a.dtype() == DType.F32 ? args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS) : args.nullPtr().i64(0))
         .ptr(out);
+    // Pairs move as one vector when every row starts on an even element in x and in out (the buffers are aligned).
+    boolean paired = Arrays.stream(xs).allMatch(v -> v % 2 == 0) && Arrays.stream(os).allMatch(v -> v % 2 == 0)
+        && a.offset() % 2 == 0 && out.offset() % 2 == 0;
     (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half)
-        .f64(inverse ? -1 : 1);
+        .f64(inverse ? -1 : 1).i32(paired ? 1 : 0);
     if (rowCount > 0) {
       // A warp per ROPE_ROWS_PER_WARP groups of one row, or of 32 / half rows.
       long rowsPerBlock = BLOCK / 32 * ROPE_ROWS_PER_WARP * (half >= 32 ? 1 : 32 / half);
@@ -1637,7 +1640,8 @@ public final class CudaModelDevice implements Device {
       return;
     }
     if (kernel.kind() == Kernel.Kind.POINTWISE) {
-      k.launch(stream, (rows * cols + BLOCK - 1) / BLOCK, 1, BLOCK, 0, args);
+      long perBlock = (long) BLOCK * kernel.elementsPerThread();
+      k.launch(stream, (rows * cols + perBlock - 1) / perBlock, 1, BLOCK, 0, args);
     } else {
       k.launch(stream, rows, 1, generatedRowBlock(cols), 0, args);
     }

@@ -711,8 +711,14 @@ __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c)
 // work). The cos and sin come from table ([tableRows][half] (cos, sin) pairs in float, computed on the host in
 // double) when the position is in it; otherwise from the angle in double, as for T = double, which passes no table.
 // invFreq is the host's theta^(-i / half), as the CPU device uses. out16, when not null, gets the result rounded to
-// bf16 too, laid out as out (same offsets; the host checks they are even, for the paired 4-byte stores).
+// bf16 too, laid out as out (same offsets; the host checks they are even, for the paired 4-byte stores). paired:
+// x's and out's row offsets are even (the host checks), so each pair moves as one vector.
 #define KILN_ROPE_ROWS 4
+
+// A (cos, sin) or (x[2i], x[2i+1]) pair as one vector load or store.
+template <class T> struct kiln_pair;
+template <> struct kiln_pair<float> { typedef float2 type; };
+template <> struct kiln_pair<double> { typedef double2 type; };
 
 // N is the row index type: unsigned int when the row count fits (the _32 kernels), as 64-bit division is emulated
 // and was half of the kernel's time at TinyStories' width (two rows a warp).
@@ -721,7 +727,8 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
                           const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1, kiln_i64 p2,
                           const double* __restrict__ invFreq, const float* __restrict__ table, kiln_i64 tableRows,
                           T* __restrict__ out, unsigned short* __restrict__ out16, kiln_i64 o0, kiln_i64 o1,
-                          kiln_i64 o2, kiln_i64 rows, kiln_i64 half, double sign) {
+                          kiln_i64 o2, kiln_i64 rows, kiln_i64 half, double sign, int paired) {
+  typedef typename kiln_pair<T>::type P;
   const int lane = threadIdx.x & 31;
   // Narrow rows (TinyStories' half = 16) share a warp, so no lane idles: rpw rows a warp, half lanes a row.
   const int rpw = half >= 32 ? 1 : 32 / (int)half;
@@ -755,22 +762,36 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
     T x0[KILN_ROPE_ROWS], x1[KILN_ROPE_ROWS];
 #pragma unroll
     for (int k = 0; k < KILN_ROPE_ROWS; ++k) {
-      x0[k] = row[k][2 * i];
-      x1[k] = row[k][2 * i + 1];
+      if (paired) {
+        const P xy = *reinterpret_cast<const P*>(row[k] + 2 * i);
+        x0[k] = xy.x;
+        x1[k] = xy.y;
+      } else {
+        x0[k] = row[k][2 * i];
+        x1[k] = row[k][2 * i + 1];
+      }
     }
 #pragma unroll
     for (int k = 0; k < KILN_ROPE_ROWS; ++k) {
       if (!live[k]) continue;
       T sn, cs;
       if (cs_row[k] != nullptr) {
-        cs = (T)cs_row[k][2 * i];
-        sn = sign < 0 ? -(T)cs_row[k][2 * i + 1] : (T)cs_row[k][2 * i + 1];
+        const float2 t = *reinterpret_cast<const float2*>(cs_row[k] + 2 * i);
+        cs = (T)t.x;
+        sn = sign < 0 ? -(T)t.y : (T)t.y;
       } else {
         kiln_rope_cs(sign * (double)p[k] * invFreq[i], &sn, &cs);
       }
       const T y0 = x0[k] * cs - x1[k] * sn, y1 = x0[k] * sn + x1[k] * cs;
-      o[k][2 * i] = y0;
-      o[k][2 * i + 1] = y1;
+      if (paired) {
+        P yy;
+        yy.x = y0;
+        yy.y = y1;
+        *reinterpret_cast<P*>(o[k] + 2 * i) = yy;  // one 8-byte store: two 4-byte ones ran at half speed
+      } else {
+        o[k][2 * i] = y0;
+        o[k][2 * i + 1] = y1;
+      }
       if (out16 != nullptr) {
         // The bf16 copy laid out as out (mixed precision: what attention or the next GEMM reads).
         *reinterpret_cast<unsigned*>(out16 + oof[k] + 2 * i) = kiln_pack_bf16((float)y0, (float)y1);
@@ -784,9 +805,9 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
                                                   kiln_i64 p2, const double* invFreq, const float* table,       \
                                                   kiln_i64 tableRows, T* out, unsigned short* out16,            \
                                                   kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,         \
-                                                  kiln_i64 half, double sign) {                                 \
+                                                  kiln_i64 half, double sign, int paired) {                     \
     kiln_rope<T, I, IDX>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, table, tableRows, out, out16, o0, o1,   \
-                         o2, rows, half, sign);                                                                  \
+                         o2, rows, half, sign, paired);                                                          \
   }
 KILN_ROPE(f32, float, i32, int, , kiln_i64)
 KILN_ROPE(f32, float, i64, kiln_i64, , kiln_i64)

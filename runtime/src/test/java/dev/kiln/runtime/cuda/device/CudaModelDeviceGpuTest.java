@@ -493,6 +493,21 @@ class CudaModelDeviceGpuTest {
     // The result keeps the head-split layout of its input, so merging the heads again is a view.
     Tensor split = gpu.rope(gpu.permute(gpu.fromHost(x), 0, 2, 1, 3), gpu.fromHost(seq), 10_000, false);
     assertTrue(((CudaTensor) gpu.permute(split, 0, 2, 1, 3)).array().isContiguous(), "rope changed the layout");
+    // Rows at odd offsets (a view of [2, 5, 3, 9] memory from its element 1): pairs cannot move as 8-byte vectors,
+    // so they take the element-wise path.
+    NdArray wide9 = randn(2, 5, 3, 9);
+    double[] w9 = GpuTesting.doubles(wide9);
+    float[] inner = new float[2 * 5 * 3 * 8];
+    for (int r = 0; r < 30; r++) {
+      for (int c = 0; c < 8; c++) {
+        inner[r * 8 + c] = (float) w9[r * 9 + c + 1];
+      }
+    }
+    dev.kiln.runtime.cuda.CudaArray base = ((CudaTensor) gpu.fromHost(wide9)).array();
+    Tensor odd = new CudaTensor(base.strided(new long[] {2, 5, 3, 8}, new long[] {135, 27, 9, 1}, base.offset() + 1),
+        null);
+    sameRope("rope, rows at odd offsets", cpu.rope(cpu.permute(NdArray.fromFloats(inner, 2, 5, 3, 8), 0, 2, 1, 3),
+        seq, 10_000, false), gpu.rope(gpu.permute(odd, 0, 2, 1, 3), gpu.fromHost(seq), 10_000, false));
     // Widths of 64 (a warp per row) and 80 (a warp per row, two passes), against 8, 6 and 4 below (several rows a
     // warp).
     for (int width : new int[] {64, 80}) {
