@@ -54,6 +54,16 @@ class TransformerLmGpuTest {
 
   private record Run(double loss, Map<String, double[]> grads) {}
 
+  /** BATCH random sequences of c's context and their targets, from {@code seed}. */
+  private record Batch(NdArray tokens, NdArray targets, NdArray positions) {
+    static Batch random(ModelConfig c, long seed) {
+      Rng rng = new Rng(seed);
+      NdArray tokens = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      NdArray targets = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      return new Batch(tokens, targets, NdArray.arange(DType.I64, c.contextLength()));
+    }
+  }
+
   private static Run run(CompiledTransformerLm m, ModelConfig c, Tensor tokens, Tensor positions, Tensor targets,
       java.util.function.Function<Tensor, double[]> read, CudaModelDevice cuda) {
     TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
@@ -79,10 +89,10 @@ class TransformerLmGpuTest {
     CudaModelDevice bf16 = gpu(CudaModelDevice.Precision.BF16);
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
       ModelConfig c = config(v);
-      Rng rng = new Rng(3);
-      NdArray tokens = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-      NdArray targets = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-      NdArray positions = NdArray.arange(DType.I64, c.contextLength());
+      Batch batch = Batch.random(c, 3);
+      NdArray tokens = batch.tokens();
+      NdArray targets = batch.targets();
+      NdArray positions = batch.positions();
       Run ref = run(new CompiledTransformerLm(new CpuDevice(), DType.F32), c, tokens, positions, targets,
           t -> ((NdArray) t).to(DType.F64).toDoubleArray(), null);
       for (CudaModelDevice dev : new CudaModelDevice[] {fp32, bf16}) {
@@ -142,16 +152,13 @@ class TransformerLmGpuTest {
     CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
       ModelConfig c = config(v);
-      Rng rng = new Rng(5);
-      NdArray tokens = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-      NdArray targets = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-      NdArray positions = NdArray.arange(DType.I64, c.contextLength());
+      Batch batch = Batch.random(c, 5);
       Run[] runs = new Run[2];
       for (int i = 0; i < 2; i++) {
         dev.storeGemmOperandsInBf16(i == 0);
         try (CudaModelDevice.Scope s = dev.scope()) {
-          runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(tokens), dev.fromHost(positions),
-              dev.fromHost(targets), dev::download, dev);
+          runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(batch.tokens()),
+              dev.fromHost(batch.positions()), dev.fromHost(batch.targets()), dev::download, dev);
         }
       }
       dev.storeGemmOperandsInBf16(true);

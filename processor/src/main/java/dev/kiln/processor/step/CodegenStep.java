@@ -114,22 +114,11 @@ final class CodegenStep {
     if (known != null) {
       return known;
     }
-    boolean[] all = new boolean[c.args().size()];
-    Arrays.fill(all, true);
-    TypeElement te = env.getElementUtils().getTypeElement(type);
-    ModuleIr callee = te == null ? null : reader.callee(te);
-    TypeElement compiled = te == null ? null : env.getElementUtils().getTypeElement(
-        ModuleEmitter.compiledName(type, ClassName.get(te)).canonicalName());
-    if (compiled != null && callee != null && callee.forward() != null) {
-      for (Element e : compiled.getEnclosedElements()) {
-        if (e instanceof VariableElement v && v.getSimpleName().contentEquals("DIFFERENTIABLE_INPUTS")
-            && v.getConstantValue() instanceof String s) {
-          List<String> names = Arrays.asList(s.split(","));
-          for (int i = 0; i < all.length && i < callee.forward().paramNames().size(); i++) {
-            all[i] = names.contains(callee.forward().paramNames().get(i));
-          }
-        }
-      }
+    CompiledCallee compiled = compiledCallee(type);
+    boolean[] all = compiled == null ? null : compiled.namedInputs("DIFFERENTIABLE_INPUTS", c.args().size());
+    if (all == null) {
+      all = new boolean[c.args().size()];
+      Arrays.fill(all, true);
     }
     return all;
   }
@@ -139,35 +128,50 @@ final class CodegenStep {
    * of another compilation), else nothing (every read counts as a read in full precision).
    */
   private GemmFacts gemmFacts(Node.Call c) {
-    String type = c.calleeType();
-    GemmFacts known = gemmOperands.get(type);
+    GemmFacts known = gemmOperands.get(c.calleeType());
     if (known != null) {
       return known;
     }
-    boolean[] inputs = new boolean[c.args().size()];
-    boolean gradient = false;
+    CompiledCallee compiled = compiledCallee(c.calleeType());
+    boolean[] inputs = compiled == null ? null : compiled.namedInputs(ModuleEmitter.GEMM_OPERAND_INPUTS,
+        c.args().size());
+    return new GemmFacts(inputs == null ? new boolean[c.args().size()] : inputs,
+        compiled != null && compiled.constant(ModuleEmitter.GEMM_OPERAND_GRADIENT) instanceof Boolean b && b);
+  }
+
+  /** A callee compiled in an earlier compilation: its forward's parameter names and its generated class. */
+  private record CompiledCallee(List<String> paramNames, TypeElement compiled) {
+    /** The value of the generated class's constant {@code name}, or null. */
+    Object constant(String name) {
+      for (Element e : compiled.getEnclosedElements()) {
+        if (e instanceof VariableElement v && v.getSimpleName().contentEquals(name)) {
+          return v.getConstantValue();
+        }
+      }
+      return null;
+    }
+
+    /** Per argument, whether the constant {@code name} (comma-separated input names) lists it; null without it. */
+    boolean[] namedInputs(String name, int args) {
+      if (!(constant(name) instanceof String s)) {
+        return null;
+      }
+      List<String> names = Arrays.asList(s.split(","));
+      boolean[] out = new boolean[args];
+      for (int i = 0; i < args && i < paramNames.size(); i++) {
+        out[i] = names.contains(paramNames.get(i));
+      }
+      return out;
+    }
+  }
+
+  private CompiledCallee compiledCallee(String type) {
     TypeElement te = env.getElementUtils().getTypeElement(type);
     ModuleIr callee = te == null ? null : reader.callee(te);
     TypeElement compiled = te == null ? null : env.getElementUtils().getTypeElement(
         ModuleEmitter.compiledName(type, ClassName.get(te)).canonicalName());
-    if (compiled != null && callee != null && callee.forward() != null) {
-      for (Element e : compiled.getEnclosedElements()) {
-        if (!(e instanceof VariableElement v)) {
-          continue;
-        }
-        if (v.getSimpleName().contentEquals(ModuleEmitter.GEMM_OPERAND_INPUTS) && v.getConstantValue() instanceof String s) {
-          List<String> names = Arrays.asList(s.split(","));
-          for (int i = 0; i < inputs.length && i < callee.forward().paramNames().size(); i++) {
-            inputs[i] = names.contains(callee.forward().paramNames().get(i));
-          }
-        }
-        if (v.getSimpleName().contentEquals(ModuleEmitter.GEMM_OPERAND_GRADIENT)
-            && v.getConstantValue() instanceof Boolean b) {
-          gradient = b;
-        }
-      }
-    }
-    return new GemmFacts(inputs, gradient);
+    return compiled != null && callee != null && callee.forward() != null
+        ? new CompiledCallee(callee.forward().paramNames(), compiled) : null;
   }
 
   private void one(Checked c) {
