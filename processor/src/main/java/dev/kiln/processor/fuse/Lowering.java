@@ -24,7 +24,8 @@ import java.util.Set;
  *
  * <p>The saving policy: backward never re-runs a GEMM, a gather or a sub-module; it reads their results from the
  * context. A value computed inside a forward kernel is not written out for backward when it is one value per element
- * (a pointwise chain): backward recomputes it from the kernel's inputs, inside its own kernel. A per-row value inside
+ * (a pointwise chain): backward recomputes it from the kernel's inputs, inside its own kernel, also inside a branch
+ * decided at init time when only the mirroring backward branch reads it ({@link Recompute}). A per-row value inside
  * a kernel (a row max, a row sum, an inverse RMS) is written out and saved: it is small, and recomputing it would
  * re-read a whole row.
  */

@@ -133,8 +133,9 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * Casts of whole contiguous arrays by the source's buffer (a GEMM often reads a reshaped view of what was cast, or
-   * of what a kernel wrote in both precisions: the cross-entropy gradient). Cleared like {@link #castCache}.
+   * Casts of whole gapless arrays ({@link #denseLike}) by the source's buffer: a GEMM often reads a reshaped view of
+   * what was cast, or of what a kernel wrote in both precisions (the cross-entropy gradient, RoPE's result). Cleared
+   * like {@link #castCache}.
    */
   private final Map<Object, List<DenseCast>> denseCasts = new IdentityHashMap<>();
 
@@ -1600,8 +1601,10 @@ public final class CudaModelDevice implements Device {
     int bf16Outputs = 0;
     for (int i = 0; i < tensors.length; i++) {
       boolean gemmOperand = i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs());
-      CudaArray a = gemmOperand && arr(tensors[i], what, "tensor " + i).dtype() == DType.BF16
-          ? arr(tensors[i], what, "tensor " + i) : floating(tensors[i], what, "tensor " + i);
+      CudaArray a = arr(tensors[i], what, "tensor " + i);
+      if (!gemmOperand || a.dtype() != DType.BF16) {
+        a = floating(tensors[i], what, "tensor " + i); // only an output that only GEMMs read may be bf16
+      }
       if (!a.isContiguous()) {
         throw new IllegalArgumentException("cuda device, " + what + ": tensor " + i + " is not contiguous");
       }
