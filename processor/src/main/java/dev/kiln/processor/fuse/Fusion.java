@@ -100,11 +100,18 @@ final class Fusion {
         continue;
       }
       FusedKernel joined = null;
-      for (int k = p.inputs().size() - 1; k >= 0 && joined == null; k--) {
-        Node.Prim prod = producer.get(p.inputs().get(k));
-        FusedKernel g = prod == null ? null : kernelOf.get(prod);
-        if (g != null && accepts(g, p, producer) && !usedInBetween(g, first.get(g), i, uses)) {
-          joined = g;
+      // Among the producers' kernels, one whose rows p's result is one value of comes first: per-row arithmetic on
+      // a row reduction's result then joins the row kernel (as a per-row step between its passes) rather than a
+      // small kernel of per-row values hoisted before it, so what follows over the full rows joins too (RMSNorm's
+      // backward: the row sum, the per-row factor, then the input gradient, in one kernel).
+      for (boolean rowsFirst : new boolean[] {true, false}) {
+        for (int k = p.inputs().size() - 1; k >= 0 && joined == null; k--) {
+          Node.Prim prod = producer.get(p.inputs().get(k));
+          FusedKernel g = prod == null ? null : kernelOf.get(prod);
+          if (g != null && (level(p.out().shape(), g.domain) == Level.ROW) == rowsFirst && accepts(g, p, producer)
+              && !usedInBetween(g, first.get(g), i, uses)) {
+            joined = g;
+          }
         }
       }
       if (joined == null) {

@@ -115,9 +115,13 @@ class FusionTest {
     dev.reset();
     Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), 3, 6));
     // The per-row term of the input gradient is broadcast over the row inside the kernel that reads it (read at row
-    // level), not expanded into a full-size copy first.
+    // level), not expanded into a full-size copy first. The row sum and the per-row arithmetic on it are one row
+    // kernel (the power of 1/rms, which needs no row, comes before it in a small kernel of its own); here the weight
+    // gradient's column sum reads a value of that kernel before the last pointwise step, which so stays apart (it was
+    // four kernels; the CS336 model's Norm is two).
     assertTrue(dev.calls.stream().noneMatch(c -> c.equals("contiguous copy")), dev.calls::toString);
-    assertTrue(dev.launches.stream().allMatch(k -> k.inputs() <= 4), "no kernel reads a broadcast copy");
+    assertEquals(1, dev.launches.stream().filter(k -> k.kind() == Kernel.Kind.ROWS).count(), dev.calls::toString);
+    assertTrue(dev.launches.size() <= 3, dev.calls::toString);
   }
 
   @Test
