@@ -15,6 +15,7 @@ public final class Context {
   private final Map<String, Tensor> tensors = new LinkedHashMap<>();
   private final Map<String, long[]> shapes = new LinkedHashMap<>();
   private final Map<String, Context> children = new LinkedHashMap<>();
+  private boolean resultForGemms;
 
   /** Saves {@code value} under {@code key}, replacing what was there. */
   public void save(String key, Tensor value) {
@@ -56,7 +57,23 @@ public final class Context {
 
   /** The context of a sub-module call, made on first use. */
   public Context child(String name) {
-    return children.computeIfAbsent(name, n -> new Context());
+    return child(name, false);
+  }
+
+  /**
+   * {@link #child(String)} for a call whose result the caller reads only in GEMMs (the processor knows: a norm's
+   * output going into projections). The callee's forward may then allocate its result with {@link
+   * Device#emptyGemmOperand}, so a mixed-precision device stores it as the bf16 those GEMMs read.
+   */
+  public Context child(String name, boolean resultForGemms) {
+    Context c = children.computeIfAbsent(name, n -> new Context());
+    c.resultForGemms = resultForGemms;
+    return c;
+  }
+
+  /** Whether the caller reads this call's result only in GEMMs (see {@link #child(String, boolean)}). */
+  public boolean resultForGemms() {
+    return resultForGemms;
   }
 
   /** Number of tensors saved here and in every child: what a forward keeps alive for backward. */

@@ -38,6 +38,8 @@ public final class FusedKernel {
   final Map<Value, Level> levels = new LinkedHashMap<>();
   /** Full outputs that only GEMMs read ({@link GemmOperands}): a mixed-precision device may store them in bf16. */
   final java.util.Set<Value> gemmOperands = new java.util.LinkedHashSet<>();
+  /** Those of {@link #gemmOperands} that are the forward's result: GEMM operands when the caller's reads are. */
+  final java.util.Set<Value> resultGemmOperands = new java.util.LinkedHashSet<>();
 
   FusedKernel(String name, Shape domain) {
     this.name = name;
@@ -71,6 +73,14 @@ public final class FusedKernel {
   /** The outputs only GEMMs read, in output order: a mixed-precision device may store them in bf16. */
   public java.util.Set<Value> gemmOperands() {
     return gemmOperands;
+  }
+
+  /**
+   * The outputs of {@link #gemmOperands()} that are the module's forward result: stored in bf16 only when the caller
+   * reads the result in GEMMs alone ({@code Context.resultForGemms}).
+   */
+  public java.util.Set<Value> resultGemmOperands() {
+    return resultGemmOperands;
   }
 
   /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */

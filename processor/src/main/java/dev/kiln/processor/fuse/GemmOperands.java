@@ -37,10 +37,20 @@ public final class GemmOperands {
     boolean resultGradient(Node.Call call);
   }
 
+  /** How a value is read, from the most to the least permissive. */
+  private enum Read {
+    /** As a GEMM operand. */
+    GEMM,
+    /** As the forward's result: a GEMM read when the caller's own reads of it are ({@code Context.resultForGemms}). */
+    RESULT,
+    /** Anything else, in the value's own precision. */
+    OTHER
+  }
+
   private final Lowering.Result plan;
   private final Callees callees;
-  /** Every read of each value: true when it is a GEMM read. */
-  private final Map<Value, List<Boolean>> reads = new HashMap<>();
+  /** Every read of each value. */
+  private final Map<Value, List<Read>> reads = new HashMap<>();
   /** The kernel that writes each fused-kernel output. */
   private final Map<Value, FusedKernel> writer = new IdentityHashMap<>();
 
@@ -59,15 +69,28 @@ public final class GemmOperands {
         g.writer.put(v, k);
       }
     }
-    g.scan(plan.graph.body(), null);
-    g.scan(plan.backward.block(), null);
+    boolean forward = plan.graph.kind() == dev.kiln.processor.ir.Graph.Kind.FORWARD;
+    g.scan(plan.graph.body(), null, forward ? Read.RESULT : Read.OTHER);
+    g.scan(plan.backward.block(), null, Read.OTHER);
     for (FusedKernel k : kernels) {
       for (var e : k.outputs().entrySet()) {
         if (e.getValue() == Level.FULL && g.onlyGemms(e.getKey())) {
           k.gemmOperands.add(e.getKey());
         }
       }
+      // An output that is the forward's result and otherwise read only by GEMMs (a norm's output) is a GEMM operand
+      // when the caller says its own reads are. Only in kernels without other GEMM operands: the device stores a
+      // kernel's GEMM operands in bf16 all together or not at all.
+      if (k.gemmOperands.isEmpty()) {
+        for (var e : k.outputs().entrySet()) {
+          if (e.getValue() == Level.FULL && g.worst(e.getKey()) == Read.RESULT) {
+            k.gemmOperands.add(e.getKey());
+            k.resultGemmOperands.add(e.getKey());
+          }
+        }
+      }
     }
+    g.callResults(plan.graph.body(), plan.gemmOperandCallResults);
     int n = plan.graph.inputs().size();
     plan.gemmOperandInputs = new boolean[n];
     for (int i = 0; i < n; i++) {
@@ -78,33 +101,58 @@ public final class GemmOperands {
 
   /** True when {@code v} is read, and only by GEMMs (also where a branch hands it on as its result). */
   private boolean onlyGemms(Value v) {
-    List<Boolean> r = reads.get(v);
-    List<Value> as = yieldedAs.getOrDefault(v, List.of());
-    if ((r == null || r.isEmpty()) && as.isEmpty()) {
-      return false;
+    return worst(v) == Read.GEMM;
+  }
+
+  /** The least permissive read of {@code v}, following branch results; null when nothing reads it. */
+  private Read worst(Value v) {
+    Read w = null;
+    for (Read r : reads.getOrDefault(v, List.of())) {
+      w = w == null || r.compareTo(w) > 0 ? r : w;
     }
-    if (r != null && r.contains(false)) {
-      return false;
-    }
-    for (Value out : as) {
-      if (!onlyGemms(out)) {
-        return false;
+    for (Value out : yieldedAs.getOrDefault(v, List.of())) {
+      Read r = worst(out);
+      if (r == null) {
+        return Read.OTHER; // a branch output nothing reads: keep the value as it is
       }
+      w = w == null || r.compareTo(w) > 0 ? r : w;
     }
-    return true;
+    return w;
   }
 
   private void read(Value v, boolean gemm) {
+    read(v, gemm ? Read.GEMM : Read.OTHER);
+  }
+
+  private void read(Value v, Read how) {
     if (v != null) {
-      reads.computeIfAbsent(v, x -> new ArrayList<>()).add(gemm);
+      reads.computeIfAbsent(v, x -> new ArrayList<>()).add(how);
+    }
+  }
+
+  /** The sub-module calls in {@code b} (loops and branches included) whose result only GEMMs read. */
+  private void callResults(Block b, java.util.Set<Value> out) {
+    for (Node n : b.nodes()) {
+      switch (n) {
+        case Node.Call c when c.component() != null && onlyGemms(c.out()) -> out.add(c.out());
+        case Node.Loop l -> callResults(l.body(), out);
+        case Node.Branch br -> {
+          callResults(br.then(), out);
+          callResults(br.otherwise(), out);
+        }
+        default -> {}
+      }
     }
   }
 
   /** Branch results: the branch's output each block result becomes (a value read where the branch's output is). */
   private final Map<Value, List<Value>> yieldedAs = new HashMap<>();
 
-  /** Reads in {@code b}; its results are read as they are, or become {@code branchOut}'s values. */
-  private void scan(Block b, List<Value> branchOut) {
+  /**
+   * Reads in {@code b}; its results become {@code branchOut}'s values, or are read as {@code results} says (the
+   * forward graph's result, anything else).
+   */
+  private void scan(Block b, List<Value> branchOut, Read results) {
     for (Node n : b.nodes()) {
       switch (n) {
         case Node.Prim p -> prim(p);
@@ -119,15 +167,15 @@ public final class GemmOperands {
         case Node.ParamGrad g -> read(g.grad(), false);
         case Node.Loop l -> {
           l.init().forEach(v -> read(v, false));
-          scan(l.body(), null);
+          scan(l.body(), null, Read.OTHER);
         }
         case Node.LoopGrad l -> {
           l.init().forEach(v -> read(v, false));
-          scan(l.body(), null);
+          scan(l.body(), null, Read.OTHER);
         }
         case Node.Branch br -> {
-          scan(br.then(), br.out());
-          scan(br.otherwise(), br.out());
+          scan(br.then(), br.out(), Read.OTHER);
+          scan(br.otherwise(), br.out(), Read.OTHER);
         }
       }
     }
@@ -136,7 +184,7 @@ public final class GemmOperands {
       if (branchOut != null && i < branchOut.size() && v != null) {
         yieldedAs.computeIfAbsent(v, x -> new ArrayList<>()).add(branchOut.get(i));
       } else {
-        read(v, false);
+        read(v, results);
       }
     }
   }

@@ -54,6 +54,8 @@ public final class Lowering {
     public boolean[] gemmOperandInputs = new boolean[0];
     /** Whether backward reads the result's gradient only in GEMMs ({@link GemmOperands}). */
     public boolean gemmOperandGradient;
+    /** Results of sub-module calls that only GEMMs read: their context says so ({@code Context.resultForGemms}). */
+    public final Set<Value> gemmOperandCallResults = new HashSet<>();
 
     Result(Graph graph, Differentiator.Backward backward) {
       this.graph = graph;

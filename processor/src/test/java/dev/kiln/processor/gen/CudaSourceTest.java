@@ -35,10 +35,11 @@ class CudaSourceTest {
           assertTrue(cu.contains("extern \"C\" __global__ void " + name + "_f32("), m + " lacks " + name + "_f32");
           assertTrue(cu.contains("extern \"C\" __global__ void " + name + "_f64("), m + " lacks " + name + "_f64");
           kernels++;
-          // A kernel with outputs only GEMMs read (marked in its comment) also has the variant storing them in bf16.
+          // A kernel with outputs only GEMMs read (marked in its comment; a result, when the caller's GEMMs alone
+          // read it) also has the variant storing them in bf16.
           String comment = cu.substring(cu.indexOf("// Kernel " + name + " "));
           comment = comment.substring(0, comment.indexOf("template <"));
-          boolean marked = comment.contains("(only GEMMs read it");
+          boolean marked = comment.contains("(only GEMMs read it") || comment.contains("(the result: bf16");
           assertEquals(marked, cu.contains("extern \"C\" __global__ void " + name + "_f32_bf16("),
               m + ": " + name + "_f32_bf16 exactly when an output is marked as read only by GEMMs");
           if (marked) {

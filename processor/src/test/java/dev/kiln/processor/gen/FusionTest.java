@@ -77,6 +77,28 @@ class FusionTest {
   }
 
   /**
+   * A norm's output is its module's result, so only the caller knows what reads it. In the pre-norm block both norms'
+   * outputs go only into projections (attention's q, k, v; the SwiGLU's W1 and W3), so the block asks for them as
+   * GEMM operands (Context.child(name, true)) and the norm's kernel allocates its result so. A norm called on its
+   * own allocates none. The block's third GEMM operand is the SwiGLU product.
+   */
+  @Test
+  void normOutputsReadOnlyByProjectionsAreGemmOperands() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object block = compiled("cs336.TransformerBlock", dev);
+    Record p = (Record) Generated.call(block, "init", Config.of(Map.of("d_model", 8, "num_heads", 2, "d_ff", 12,
+        "eps", 1e-5, "rope_theta", 10000.0)), 1L);
+    dev.reset();
+    Generated.call(block, "forward", new Context(), p, Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    assertEquals(3, dev.gemmOperands, "ln1's and ln2's outputs and the SwiGLU product");
+    Object norm = compiled("cs336.RmsNorm", dev);
+    Record np = (Record) Generated.call(norm, "init", Config.of(Map.of("d_model", 8, "eps", 1e-5)), 1L);
+    dev.reset();
+    Generated.call(norm, "forward", new Context(), np, Harness.random(new Random(2), 3, 8));
+    assertEquals(0, dev.gemmOperands, "a norm's result read by whoever called it");
+  }
+
+  /**
    * Pointwise's backward row kernel makes several passes over a row (softmax's row sum, then the outputs) and reads
    * exponentials in more than one of them; the Java emitter computes each in the first pass that needs it and keeps
    * the row, so no exponential is computed twice. (Its numerics are covered with the rest of the generated modules by

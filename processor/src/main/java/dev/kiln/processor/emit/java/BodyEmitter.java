@@ -467,6 +467,8 @@ final class BodyEmitter {
     String params;
     String context;
     ModuleIr.Component comp = c.component() == null ? null : module.components().get(c.component());
+    // A result only GEMMs read: the callee may store it as their bf16 operand (Context.resultForGemms).
+    String forGemms = plan.gemmOperandCallResults.contains(c.out()) ? ", true" : "";
     if (comp == null) {
       target = "this";
       params = "params$";
@@ -474,11 +476,11 @@ final class BodyEmitter {
     } else if (comp instanceof ModuleIr.ModuleList) {
       target = host.subField(c.component());
       params = elementVar(c.component());
-      context = "ctx$.child(\"" + toSnake(c.component()) + ".\" + " + loopIndex + ")";
+      context = "ctx$.child(\"" + toSnake(c.component()) + ".\" + " + loopIndex + forGemms + ")";
     } else {
       target = host.subField(c.component());
       params = "params$." + c.component() + "()";
-      context = ctx + ".child(\"" + key + "\")";
+      context = ctx + ".child(\"" + key + "\"" + forGemms + ")";
     }
     define(c.out(), target + ".forward(" + context + ", " + params + (args.isEmpty() ? "" : ", ")
         + String.join(", ", args) + ")");
@@ -801,9 +803,14 @@ final class BodyEmitter {
     for (Value v : outs) {
       String s = k.outputs().get(v) == Level.FULL ? shape
           : "Sizes.cat(Sizes.range(" + shape + ", 0, " + shape + ".length - 1), new long[] {1})";
-      // An output only GEMMs read may be stored in their input precision (GemmOperands).
-      String alloc = k.gemmOperands().contains(v) ? "dev.emptyGemmOperand" : "dev.empty";
-      line("Tensor " + nameOf(v) + " = " + alloc + "(dtype, " + s + ");" + comment(v));
+      // An output only GEMMs read may be stored in their input precision (GemmOperands); the forward's result so
+      // only when the caller's reads of it are GEMMs too.
+      String alloc = k.gemmOperands().contains(v) ? "dev.emptyGemmOperand(dtype, " + s + ")" : "dev.empty(dtype, " + s
+          + ")";
+      if (k.resultGemmOperands().contains(v)) {
+        alloc = "ctx$.resultForGemms() ? " + alloc + " : dev.empty(dtype, " + s + ")";
+      }
+      line("Tensor " + nameOf(v) + " = " + alloc + ";" + comment(v));
       tensors.add(nameOf(v));
     }
     List<String> scalars = new ArrayList<>();

@@ -60,7 +60,9 @@ public final class KernelJavaEmitter {
     for (var e : k.outputs().entrySet()) {
       b.append("  t").append(i++).append(" out ").append(e.getValue().name().toLowerCase()).append(" v")
           .append(e.getKey().id()).append(" '").append(e.getKey().shape()).append("'")
-          .append(k.gemmOperands().contains(e.getKey()) ? " (only GEMMs read it: bf16 in mixed precision)" : "")
+          .append(k.resultGemmOperands().contains(e.getKey())
+              ? " (the result: bf16 in mixed precision when only the caller's GEMMs read it)"
+              : k.gemmOperands().contains(e.getKey()) ? " (only GEMMs read it: bf16 in mixed precision)" : "")
           .append('\n');
     }
     int s = 0;
