@@ -189,18 +189,17 @@ public final class Lowering {
     }
 
     /**
-     * Records where {@code b}'s nodes read values' contents (as {@link #references} counts reads: shapes are saved
-     * apart); {@code in} is null inside a loop body.
+     * Records where {@code b}'s nodes read values, contents or shape (a value recomputed in a block is a local of
+     * that block: a shape read elsewhere could not see it); {@code in} is null inside a loop body.
      */
     private void reads(Block b, Block in) {
       for (Node n : b.nodes()) {
         List<Value> read = new ArrayList<>();
         switch (n) {
           case Node.Prim p -> {
-            for (int i = 0; i < p.inputs().size(); i++) {
-              if (!shapeOnly(p, i)) {
-                read.add(p.inputs().get(i));
-              }
+            read.addAll(p.inputs());
+            if (p.attr() instanceof Attr.Const c) {
+              scalarValues(c.value(), read);
             }
           }
           case Node.CallGrad g -> read.add(g.dOut());
@@ -282,9 +281,9 @@ public final class Lowering {
         return; // materialised: saved as it is
       }
       Block at = k.levels().get(v) == Level.FULL ? target(v) : null;
-      if (at == null && into != null && !readIn.containsKey(v) && home.containsKey(v)
-          && home.get(v).equals(path.get(into))) {
-        at = into; // read only by what is recomputed in that block
+      if (at == null && into != null && k.levels().get(v) == Level.FULL && !readIn.containsKey(v)
+          && home.containsKey(v) && home.get(v).equals(path.get(into))) {
+        at = into; // read only by what is recomputed in that block (a per-row value stays saved)
       }
       if (at == null || (into != null && at != into && at != top)) {
         fwd.exposeOutput(v, p);
