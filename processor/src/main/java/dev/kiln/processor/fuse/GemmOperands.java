@@ -73,8 +73,11 @@ public final class GemmOperands {
     g.scan(plan.graph.body(), null, forward ? Read.RESULT : Read.OTHER);
     g.scan(plan.backward.block(), null, Read.OTHER);
     for (FusedKernel k : kernels) {
+      int index = 0;
       for (var e : k.outputs().entrySet()) {
-        if (e.getValue() == Level.FULL && g.onlyGemms(e.getKey())) {
+        // Kernel.gemmOperands is a 64-bit mask over the outputs: those past the 64th stay in the compute dtype.
+        boolean inMask = index++ < 64;
+        if (inMask && e.getValue() == Level.FULL && g.onlyGemms(e.getKey())) {
           k.gemmOperands.add(e.getKey());
         }
       }
@@ -82,8 +85,10 @@ public final class GemmOperands {
       // when the caller says its own reads are. Only in kernels without other GEMM operands: the device stores a
       // kernel's GEMM operands in bf16 all together or not at all.
       if (k.gemmOperands.isEmpty()) {
+        index = 0;
         for (var e : k.outputs().entrySet()) {
-          if (e.getValue() == Level.FULL && g.worst(e.getKey()) == Read.RESULT) {
+          boolean inMask = index++ < 64;
+          if (inMask && e.getValue() == Level.FULL && g.worst(e.getKey()) == Read.RESULT) {
             k.gemmOperands.add(e.getKey());
             k.resultGemmOperands.add(e.getKey());
           }
