@@ -37,9 +37,10 @@ public interface Device {
 
   /**
    * {@link #empty} for a fused kernel's output that only GEMMs read ({@link Kernel#gemmOperands()}): the next
-   * {@link #launch} writes it, and after that only {@link #gemm} (through views) and shape queries see it. A device
-   * whose GEMMs round their operands to bf16 may store it in bf16, with the same results and half the memory
-   * traffic; {@link Tensor#dtype()} then says {@code BF16}. The default is {@code empty(dtype, shape)}.
+   * {@link #launch} writes it, and after that only {@link #gemm}, {@link #attention} and {@link #attentionBackward}
+   * (as q, k or v; through views, or copies in its dtype) and shape queries see it. A device whose GEMMs and
+   * attention round their operands to bf16 may store it in bf16, with the same results and half the memory traffic;
+   * {@link Tensor#dtype()} then says {@code BF16}. The default is {@code empty(dtype, shape)}.
    */
   default Tensor emptyGemmOperand(DType dtype, long... shape) {
     return empty(dtype, shape);
@@ -277,6 +278,16 @@ public interface Device {
     Tensor out = binary(inverse ? Binary.SUB : Binary.ADD, binary(Binary.MUL, pairs, unary(Unary.COS, angles)),
         binary(Binary.MUL, rotated, sin));
     return reshape(out, xs);
+  }
+
+  /**
+   * {@link #rope(Tensor, Tensor, double, boolean)} whose result only GEMMs and {@link #attention} read (the processor
+   * proves it and passes {@code forGemms}). Both round their operands to bf16 on a mixed-precision device, so such a
+   * device may return the result in bf16 only, as {@link #emptyGemmOperand} allocates; the default returns the plain
+   * result.
+   */
+  default Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms) {
+    return rope(x, positions, theta, inverse);
   }
 
   // ---------------------------------------------------------------- cross-entropy

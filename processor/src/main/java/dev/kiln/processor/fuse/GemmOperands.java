@@ -20,10 +20,16 @@ import java.util.Map;
  * forward, the gradients of {@code x·W1} and {@code x·W3} in backward). Such fused-kernel outputs are marked in
  * {@link FusedKernel#gemmOperands()}; the generated code allocates them with {@code Device.emptyGemmOperand}.
  *
- * <p>What counts as a GEMM read: an operand of an einsum planned as a GEMM; an argument of a sub-module whose forward
- * and backward read that input only in GEMMs (a {@code Linear}'s {@code x}); the result gradient handed to such a
- * sub-module's backward. Reading only a value's shape is no read. Anything else (another kernel, a primitive,
- * returning the value, a loop or branch result) is a read in the value's own precision. The same facts about this
+ * <p>What counts as a GEMM read: an operand of an einsum planned as a GEMM; attention's q, k and v (forward and
+ * backward: the mixed-precision device runs attention on bf16 operands, rounded as a GEMM rounds them); an argument of
+ * a sub-module whose forward and backward read that input only in GEMMs (a {@code Linear}'s {@code x}); the result
+ * gradient handed to such a sub-module's backward. A rearrange outside any kernel (a view, or a copy in the value's
+ * own dtype) passes its reads on to its input. Reading only a value's shape is no read. Anything else (another
+ * kernel, a primitive, returning the value, a loop or branch result) is a read in the value's own precision.
+ *
+ * <p>Besides kernel outputs, RoPE results that only such reads follow are marked ({@link
+ * Lowering.Result#gemmOperandPrims}): the device call says {@code forGemms}, and the mixed-precision device writes
+ * the rotated q and k (forward) or their gradients (backward) in bf16 only. The same facts about this
  * module's inputs and result gradient are {@link Lowering.Result#gemmOperandInputs} and
  * {@link Lowering.Result#gemmOperandGradient}, exported for the modules that call this one.
  */
@@ -96,6 +102,11 @@ public final class GemmOperands {
       }
     }
     g.callResults(plan.graph.body(), plan.gemmOperandCallResults);
+    for (Node.Prim p : g.ropes) {
+      if (g.onlyGemms(p.out())) {
+        plan.gemmOperandPrims.add(p);
+      }
+    }
     int n = plan.graph.inputs().size();
     plan.gemmOperandInputs = new boolean[n];
     for (int i = 0; i < n; i++) {
@@ -194,15 +205,31 @@ public final class GemmOperands {
     }
   }
 
+  /** The RoPE nodes met, in forward and backward. */
+  private final List<Node.Prim> ropes = new ArrayList<>();
+
   private void prim(Node.Prim p) {
     FusedKernel k = plan.kernelOf.get(p);
+    if (p.op() == Primitive.ROPE && k == null) {
+      ropes.add(p);
+    }
+    if (p.op() == Primitive.REARRANGE && k == null) {
+      // A view (or a same-dtype copy): its input is read wherever its result is.
+      yieldedAs.computeIfAbsent(p.inputs().get(0), x -> new ArrayList<>()).add(p.out());
+      return;
+    }
     boolean gemm = p.op() == Primitive.EINSUM && p.inputs().size() == 2 && plan.gemms.containsKey(p);
+    // Attention's q, k, v (its other backward inputs, out and dOut, are read in their own precision).
+    int attentionOperands = switch (p.op()) {
+      case ATTENTION, ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> 3;
+      default -> 0;
+    };
     for (int i = 0; i < p.inputs().size(); i++) {
       Value v = p.inputs().get(i);
       if (Lowering.shapeOnly(p, i) || (k != null && writer.get(v) == k)) {
         continue; // its shape only, or a kernel reading what it computed itself (a register, not memory)
       }
-      read(v, gemm);
+      read(v, gemm || i < attentionOperands);
     }
     // Sizes a constant is computed from (Attr.Const) are shape reads: no entry.
   }

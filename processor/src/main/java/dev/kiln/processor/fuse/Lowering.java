@@ -56,6 +56,11 @@ public final class Lowering {
     public boolean gemmOperandGradient;
     /** Results of sub-module calls that only GEMMs read: their context says so ({@code Context.resultForGemms}). */
     public final Set<Value> gemmOperandCallResults = new HashSet<>();
+    /**
+     * Device primitives (RoPE) whose result only GEMMs and attention read: the generated call passes
+     * {@code forGemms}, and a mixed-precision device may keep the result in bf16 only.
+     */
+    public final Set<Node.Prim> gemmOperandPrims = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
 
     Result(Graph graph, Differentiator.Backward backward) {
       this.graph = graph;

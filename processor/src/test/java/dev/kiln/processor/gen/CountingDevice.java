@@ -28,6 +28,7 @@ final class CountingDevice implements Device {
     calls.clear();
     launches.clear();
     gemmOperands = 0;
+    ropesForGemms = 0;
   }
 
   @Override
@@ -47,6 +48,16 @@ final class CountingDevice implements Device {
   public Tensor emptyGemmOperand(DType dtype, long... shape) {
     gemmOperands++;
     return d.emptyGemmOperand(dtype, shape);
+  }
+
+  /** RoPE calls whose result only GEMMs and attention read ({@code forGemms}). */
+  int ropesForGemms;
+
+  @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms) {
+    calls.add("rope");
+    ropesForGemms += forGemms ? 1 : 0;
+    return d.rope(x, positions, theta, inverse, forGemms);
   }
 
   @Override

@@ -99,6 +99,27 @@ class FusionTest {
   }
 
   /**
+   * RoPE's results in forward are read only by attention (q and k, and again by attention's backward), which rounds
+   * its operands to bf16 as a GEMM does, and in backward the rotated gradients only by the projections' GEMMs, through
+   * the rearrange that merges the heads: all four RoPE calls say forGemms. In the CS336 model the backward rotations
+   * are branch results that the qk-norm branch hands to a norm, so there only the forward ones do.
+   */
+  @Test
+  void ropeResultsReadOnlyByAttentionAndGemmsAreForGemms() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object m = compiled("cs336.RotaryAttention", dev);
+    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 8, "num_heads", 2, "rope_theta",
+        10000.0)), 1L);
+    Context ctx = new Context();
+    dev.reset();
+    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    assertEquals(2, dev.ropesForGemms, "q's and k's rotations: " + dev.calls);
+    dev.reset();
+    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    assertEquals(2, dev.ropesForGemms, "the gradients' rotations: " + dev.calls);
+  }
+
+  /**
    * Pointwise's backward row kernel makes several passes over a row (softmax's row sum, then the outputs) and reads
    * exponentials in more than one of them; the Java emitter computes each in the first pass that needs it and keeps
    * the row, so no exponential is computed twice. (Its numerics are covered with the rest of the generated modules by

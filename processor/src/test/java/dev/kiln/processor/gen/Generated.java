@@ -86,7 +86,8 @@ public final class Generated {
    * reads the same list, so a primitive counts as gradient-tested only if one of these uses it.
    */
   public static final List<String> FIXTURES = List.of("cs336/Linear.java", "cs336/Embedding.java", "cs336/RmsNorm.java",
-      "cs336/SwiGlu.java", "cs336/Rope.java", "cs336/MultiHeadSelfAttention.java", "cs336/TransformerBlock.java",
+      "cs336/SwiGlu.java", "cs336/Rope.java", "cs336/MultiHeadSelfAttention.java", "cs336/RotaryAttention.java",
+      "cs336/TransformerBlock.java",
       "cs336/TransformerLm.java", "cs336/Mlp.java", "prims/Pointwise.java", "prims/Einops.java",
       "prims/Selection.java", "devpkg/HeadGain.java", "devpkg/Heads.java");
 

@@ -703,8 +703,9 @@ final class BodyEmitter {
       }
       case ROPE -> {
         Attr.Rope r = (Attr.Rope) p.attr();
+        // forGemms: only GEMMs and attention read the result (GemmOperands).
         define(p.out(), dev + ".rope(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ", " + scalar(r.theta()) + ", "
-            + r.inverse() + ")");
+            + r.inverse() + (plan.gemmOperandPrims.contains(p) ? ", true" : "") + ")");
       }
       case SUM_TO -> define(p.out(), dev + ".sumTo(" + ref(in.get(0)) + ", " + shapeOf(in.get(1)) + ")");
       case EXPAND -> define(p.out(), dev + ".expand(" + ref(in.get(0)) + ", " + shapeOf(in.get(1)) + ")");

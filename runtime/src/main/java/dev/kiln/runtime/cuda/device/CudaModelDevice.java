@@ -25,6 +25,7 @@ import java.util.Arrays;
 import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.stream.LongStream;
 
 /**
  * The device SPI on an NVIDIA GPU: generated {@code Compiled<Module>} code runs here unchanged. GEMMs go to cuBLAS,
@@ -1479,6 +1480,16 @@ public final class CudaModelDevice implements Device {
    */
   @Override
   public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
+    return rope(x, positions, theta, inverse, false);
+  }
+
+  /**
+   * With {@code forGemms} (only GEMMs and attention read the result, the processor says) in mixed precision, the
+   * result is written in bf16 only, as {@link #emptyGemmOperand} would allocate it: the bf16 copy is all its readers
+   * see, and the fp32 write (a third of the traffic) is saved.
+   */
+  @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms) {
     CudaArray a = floating(x, "rope", "x");
     if (a.rank() < 1 || a.shape(-1) % 2 != 0) {
       throw new IllegalArgumentException("cuda device, rope: x " + Arrays.toString(a.shape())
@@ -1501,12 +1512,15 @@ public final class CudaModelDevice implements Device {
       a = contiguousArray(a);
     }
     // In x's layout: x's last dim has stride 1 here, and ties keep dim order, so the result's last dim is contiguous.
-    CudaArray out = newArrayLike(a);
     // In mixed precision the result is read next by attention or by GEMMs (through the rearrange back to the
-    // projection's layout), which would cast it to bf16: the kernel writes that copy too, laid out as out.
-    CudaArray out16 = precision == Precision.BF16 && !scopes.isEmpty() && a.dtype() == DType.F32
-        && Arrays.stream(out.strides()).limit(out.rank() - 1).allMatch(x2 -> x2 % 2 == 0) && out.offset() % 2 == 0
+    // projection's layout), which would cast it to bf16: the kernel writes that copy too (out16), laid out as the
+    // result, or, forGemms, only that copy. Its 4-byte pair stores need even row offsets: a new array in x's layout
+    // has them, as x's last dim (even) is the innermost of its dims longer than 1.
+    boolean bf16Only = forGemms && gemmOperandsInBf16 && precision == Precision.BF16 && a.dtype() == DType.F32;
+    CudaArray out16 = bf16Only || (precision == Precision.BF16 && !scopes.isEmpty() && a.dtype() == DType.F32)
         ? newArrayLike(a, DType.BF16, a.shape()) : null;
+    CudaArray out = bf16Only ? null : newArrayLike(a);
+    CudaArray result = bf16Only ? out16 : out;
     // The leading dims as [n0, n1, n2], padded in front with size-1 dims.
     long[] n = {1, 1, 1};
     long[] xs = {0, 0, 0};
@@ -1515,19 +1529,32 @@ public final class CudaModelDevice implements Device {
     for (int i = 0; i < rows.length; i++) {
       n[3 - rows.length + i] = rows[i];
       xs[3 - rows.length + i] = a.stride(i);
-      os[3 - rows.length + i] = out.stride(i);
+      os[3 - rows.length + i] = result.stride(i);
       pst[3 - rows.length + i] = ps[i];
     }
+    walkInMemoryOrder(n, xs, os, pst);
     long half = a.shape(-1) / 2;
     long rowCount = NdArray.numel(rows);
+    if (rowCount > 0 && a.dtype() == DType.F32
+        && ropeTokens(a, p, out, out16, result, n, xs, os, pst, half, theta, inverse)) {
+      return ropeResult(result, shape);
+    }
     KernelArgs args = new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p)
         .i64(pst[0]).i64(pst[1]).i64(pst[2]).ptr(ropeFrequencies(theta, half));
     // fp32 reads cos and sin from the table; float64 computes them in double (the table is float).
-    (a.dtype() == DType.F32 ? args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS) : args.nullPtr().i64(0))
-        .ptr(out);
+    if (a.dtype() == DType.F32) {
+      args.ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS);
+    } else {
+      args.nullPtr().i64(0);
+    }
+    if (out == null) {
+      args.nullPtr(); // forGemms: the bf16 copy only
+    } else {
+      args.ptr(out);
+    }
     // Pairs move as one vector when every row starts on an even element in x and in out (the buffers are aligned).
     boolean paired = Arrays.stream(xs).allMatch(v -> v % 2 == 0) && Arrays.stream(os).allMatch(v -> v % 2 == 0)
-        && a.offset() % 2 == 0 && out.offset() % 2 == 0;
+        && a.offset() % 2 == 0 && result.offset() % 2 == 0;
     (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half)
         .f64(inverse ? -1 : 1).i32(paired ? 1 : 0);
     if (rowCount > 0) {
@@ -1540,11 +1567,107 @@ public final class CudaModelDevice implements Device {
           (rowCount + rowsPerBlock - 1) / rowsPerBlock, 1, BLOCK, 0, args);
       launches++;
       mark("rope");
-      if (out16 != null) {
+      if (out != null && out16 != null) {
         rememberCast(out, out16);
       }
     }
-    return wrap(out.rank() == shape.length ? out : out.strided(shape, NdArray.contiguousStrides(shape), out.offset()));
+    return ropeResult(result, shape);
+  }
+
+  /** RoPE's result in x's original shape (x of rank over 4 was flattened to rows). */
+  private CudaTensor ropeResult(CudaArray result, long[] shape) {
+    return wrap(result.rank() == shape.length ? result
+        : result.strided(shape, NdArray.contiguousStrides(shape), result.offset()));
+  }
+
+  /**
+   * RoPE over whole tokens (kiln_rope_tokens_f32): when, in memory order, the rows that share a position are one
+   * contiguous span (the heads of a {@code [b, s, (h d)]} projection, or single rows), each warp rotates one such span
+   * with float4s, and the row arithmetic is done once per token. Returns false, launching nothing, for the layouts
+   * it does not take (odd pair counts, unaligned rows, positions varying inside a span): the general kernel runs.
+   */
+  private boolean ropeTokens(CudaArray a, CudaArray p, CudaArray out, CudaArray out16, CudaArray result, long[] n,
+      long[] xs, long[] os, long[] ps, long half, double theta, boolean inverse) {
+    long width = 2 * half;
+    // The token dims (t0, t1) and the span: n[2]'s rows when they share a position and lie back to back, else
+    // one row a token when the outermost dim is 1.
+    long[] tn;
+    long[] tx;
+    long[] to;
+    long[] tp;
+    long span;
+    if (n[2] == 1 || (ps[2] == 0 && xs[2] == width && os[2] == width)) {
+      tn = new long[] {n[0], n[1]};
+      tx = new long[] {xs[0], xs[1]};
+      to = new long[] {os[0], os[1]};
+      tp = new long[] {ps[0], ps[1]};
+      span = n[2] * width;
+    } else if (n[0] == 1) {
+      tn = new long[] {n[1], n[2]};
+      tx = new long[] {xs[1], xs[2]};
+      to = new long[] {os[1], os[2]};
+      tp = new long[] {ps[1], ps[2]};
+      span = width;
+    } else {
+      return false;
+    }
+    long tokens = tn[0] * tn[1];
+    boolean aligned = a.offset() % 4 == 0 && result.offset() % 4 == 0
+        && LongStream.of(tx[0], tx[1], to[0], to[1]).allMatch(v -> v % 4 == 0);
+    if (width % 4 != 0 || !aligned || tokens >= Integer.MAX_VALUE || span >= Integer.MAX_VALUE) {
+      return false;
+    }
+    KernelArgs args = new KernelArgs().ptr(a).i64(tn[1]).i64(tx[0]).i64(tx[1]).ptr(p).i64(tp[0]).i64(tp[1])
+        .ptr(ropeFrequencies(theta, half)).ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS);
+    if (out == null) {
+      args.nullPtr(); // forGemms: the bf16 copy only
+    } else {
+      args.ptr(out);
+    }
+    (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(to[0]).i64(to[1]).i32((int) tokens).i32((int) span)
+        .i32((int) width).f64(inverse ? -1 : 1);
+    long warps = BLOCK / 32;
+    op("kiln_rope_tokens_f32_" + suffix(p.dtype())).launch(stream, (tokens + warps - 1) / warps, 1, BLOCK, 0, args);
+    launches++;
+    mark("rope");
+    if (out != null && out16 != null) {
+      rememberCast(out, out16);
+    }
+    return true;
+  }
+
+  /**
+   * Reorders RoPE's three leading dims (sizes n, strides of x, out and positions, permuted together) so that the
+   * kernel's row index walks x in memory order: the innermost dim gets x's smallest stride. Rows are independent, so
+   * any order gives the same result; but the head-split view {@code [b, h, s, d]} of a {@code [b, s, (h d)]}
+   * projection walked in its logical order puts consecutive rows h·d elements apart, and a warp's rows then sit in
+   * different DRAM pages. Walked as {@code [b, s, h]}, a block reads and writes one contiguous span.
+   */
+  static void walkInMemoryOrder(long[] n, long[] xs, long[] os, long[] ps) {
+    // Insertion sort of three dims by x's stride, largest first; size-1 dims go outermost (their stride is
+    // meaningless), and ties keep their order.
+    for (int i = 1; i < 3; i++) {
+      for (int j = i; j > 0 && outer(n[j], xs[j], n[j - 1], xs[j - 1]); j--) {
+        swap(n, j);
+        swap(xs, j);
+        swap(os, j);
+        swap(ps, j);
+      }
+    }
+  }
+
+  /** Whether dim (n, stride) should be walked outside dim (m, other). */
+  private static boolean outer(long n, long stride, long m, long other) {
+    if (n == 1 || m == 1) {
+      return n == 1 && m != 1;
+    }
+    return stride > other;
+  }
+
+  private static void swap(long[] a, int j) {
+    long t = a[j];
+    a[j] = a[j - 1];
+    a[j - 1] = t;
   }
 
   /**
@@ -1747,7 +1870,10 @@ public final class CudaModelDevice implements Device {
     return precision != Precision.BF16 || FlashAttention.usesTensorCores(DType.BF16, d);
   }
 
-  /** q, k, v as F32 arrays of one shape [..., n, d], checked. */
+  /**
+   * q, k, v as arrays of one shape [..., n, d], checked: F32, or in mixed precision also BF16 (operands stored in
+   * bf16 by their producer because only GEMMs and attention read them: RoPE's forGemms, emptyGemmOperand).
+   */
   private CudaArray[] attentionOperands(Tensor q, Tensor k, Tensor v, String op) {
     CudaArray a = arr(q, op, "q");
     CudaArray b = arr(k, op, "k");
@@ -1757,8 +1883,11 @@ public final class CudaModelDevice implements Device {
           + " attention; the CUDA kernels take no other), got q " + Arrays.toString(a.shape()) + ", k "
           + Arrays.toString(b.shape()) + ", v " + Arrays.toString(c.shape()));
     }
-    if (a.dtype() != DType.F32 || b.dtype() != DType.F32 || c.dtype() != DType.F32) {
-      throw new IllegalArgumentException("cuda device, " + op + ": attention runs on F32 tensors, got " + a.dtype());
+    for (CudaArray x : new CudaArray[] {a, b, c}) {
+      if (x.dtype() != DType.F32 && !(x.dtype() == DType.BF16 && precision == Precision.BF16)) {
+        throw new IllegalArgumentException("cuda device, " + op + ": attention runs on F32 tensors (BF16 ones only in"
+            + " mixed precision), got q " + a.dtype() + ", k " + b.dtype() + ", v " + c.dtype());
+      }
     }
     return new CudaArray[] {a, b, c};
   }
@@ -1772,6 +1901,9 @@ public final class CudaModelDevice implements Device {
   private CudaArray attentionOperand(CudaArray a, List<CudaArray> temps) {
     if (precision != Precision.BF16) {
       return FlashAttention.Heads.of(a) != null ? a : contiguousArray(a);
+    }
+    if (a.dtype() == DType.BF16 && FlashAttention.Heads.of(a) != null) {
+      return a; // stored in bf16 by its producer, in a layout the kernels read
     }
     CudaArray cached = temps == null ? rememberedCast(a) : null;
     if (cached != null && FlashAttention.Heads.of(cached) != null) {

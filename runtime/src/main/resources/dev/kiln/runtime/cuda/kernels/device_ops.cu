@@ -711,7 +711,8 @@ __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c)
 // work). The cos and sin come from table ([tableRows][half] (cos, sin) pairs in float, computed on the host in
 // double) when the position is in it; otherwise from the angle in double, as for T = double, which passes no table.
 // invFreq is the host's theta^(-i / half), as the CPU device uses. out16, when not null, gets the result rounded to
-// bf16 too, laid out as out (same offsets; the host checks they are even, for the paired 4-byte stores). paired:
+// bf16 too, laid out as out (same offsets; the host checks they are even, for the paired 4-byte stores); out is null
+// when that copy is the whole result (Device.rope's forGemms). paired:
 // x's and out's row offsets are even (the host checks), so each pair moves as one vector.
 #define KILN_ROPE_ROWS 4
 
@@ -754,7 +755,7 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
     const kiln_i64 i0 = rest / (N)n1;
     row[k] = x + i0 * s0 + (kiln_i64)i1 * s1 + (kiln_i64)i2 * s2;
     oof[k] = i0 * o0 + (kiln_i64)i1 * o1 + (kiln_i64)i2 * o2;
-    o[k] = out + oof[k];
+    o[k] = out == nullptr ? nullptr : out + oof[k];
     p[k] = (kiln_i64)pos[i0 * p0 + (kiln_i64)i1 * p1 + (kiln_i64)i2 * p2];
     cs_row[k] = table != nullptr && p[k] >= 0 && p[k] < tableRows ? table + 2 * p[k] * half : nullptr;
   }
@@ -783,7 +784,9 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
         kiln_rope_cs(sign * (double)p[k] * invFreq[i], &sn, &cs);
       }
       const T y0 = x0[k] * cs - x1[k] * sn, y1 = x0[k] * sn + x1[k] * cs;
-      if (paired) {
+      if (out == nullptr) {
+        // forGemms: the bf16 copy below is the result
+      } else if (paired) {
         P yy;
         yy.x = y0;
         yy.y = y1;
@@ -817,6 +820,78 @@ KILN_ROPE(f32, float, i32, int, _32, unsigned)
 KILN_ROPE(f32, float, i64, kiln_i64, _32, unsigned)
 KILN_ROPE(f64, double, i32, int, _32, unsigned)
 KILN_ROPE(f64, double, i64, kiln_i64, _32, unsigned)
+
+// The common layout, fp32: every row of a token (all heads of a [b, s, (h d)] projection, walked in memory order by
+// the host) is one contiguous span of span = heads * width elements sharing one position, width = 2 * half a
+// multiple of 4. One warp per token then computes the token's offsets and loads its position once, and each
+// lane moves float4s (two pairs) at 128-element steps. When width divides 128 (a power of two up to 128) a step keeps
+// the lane's pair indices, so its (cos, sin) float4 comes from the table once; otherwise (xl's width 80) they are
+// recomputed with one 32-bit remainder a step. The general kernel above did the row arithmetic for every 8 bytes of x and was compute-bound
+// at a third of the memory bandwidth (TinyStories' width, half = 16). x, out and the spans start 16-byte aligned
+// (the host checks); out16, when not null, is laid out as out, and out is null when out16 is the whole result.
+template <class I>
+__device__ void kiln_rope_tokens(const float* __restrict__ x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,
+                                 const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1,
+                                 const double* __restrict__ invFreq, const float* __restrict__ table,
+                                 kiln_i64 tableRows, float* __restrict__ out, unsigned short* __restrict__ out16,
+                                 kiln_i64 o0, kiln_i64 o1, unsigned tokens, unsigned span, unsigned width,
+                                 double sign) {
+  const unsigned lane = threadIdx.x & 31;
+  const unsigned token = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (token >= tokens) return;
+  const unsigned t1 = token % (unsigned)n1;
+  const kiln_i64 t0 = token / (unsigned)n1;
+  const float* xr = x + t0 * s0 + (kiln_i64)t1 * s1;
+  const kiln_i64 oo = t0 * o0 + (kiln_i64)t1 * o1;
+  float* outr = out == nullptr ? nullptr : out + oo;
+  const kiln_i64 p = (kiln_i64)pos[t0 * p0 + (kiln_i64)t1 * p1];
+  const bool tabled = table != nullptr && p >= 0 && p < tableRows;
+  const unsigned half = width >> 1;
+  const bool fixed = 128u % width == 0;
+  float4 cs = make_float4(1.f, 0.f, 1.f, 0.f);
+  for (unsigned e = 4 * lane; e < span; e += 128) {
+    const unsigned i = (fixed ? (e & (width - 1)) : e % width) >> 1;  // this lane's pairs are i and i + 1
+    if (e == 4 * lane || !fixed) {
+      if (tabled) {
+        cs = *reinterpret_cast<const float4*>(table + 2 * (p * (kiln_i64)half + i));
+      } else {
+        kiln_rope_cs(sign * (double)p * invFreq[i], &cs.y, &cs.x);
+        kiln_rope_cs(sign * (double)p * invFreq[i + 1], &cs.w, &cs.z);
+      }
+      if (tabled && sign < 0) {
+        cs.y = -cs.y;
+        cs.w = -cs.w;
+      }
+    }
+    const float4 v = *reinterpret_cast<const float4*>(xr + e);
+    float4 y;
+    y.x = v.x * cs.x - v.y * cs.y;
+    y.y = v.x * cs.y + v.y * cs.x;
+    y.z = v.z * cs.z - v.w * cs.w;
+    y.w = v.z * cs.w + v.w * cs.z;
+    if (out != nullptr) {
+      *reinterpret_cast<float4*>(outr + e) = y;
+    }
+    if (out16 != nullptr) {
+      uint2 w;
+      w.x = kiln_pack_bf16(y.x, y.y);
+      w.y = kiln_pack_bf16(y.z, y.w);
+      *reinterpret_cast<uint2*>(out16 + oo + e) = w;
+    }
+  }
+}
+#define KILN_ROPE_TOKENS(NI, I)                                                                                     \
+  extern "C" __global__ void kiln_rope_tokens_f32_##NI(const float* x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,        \
+                                                       const I* pos, kiln_i64 p0, kiln_i64 p1,                        \
+                                                       const double* invFreq, const float* table,                   \
+                                                       kiln_i64 tableRows, float* out, unsigned short* out16,         \
+                                                       kiln_i64 o0, kiln_i64 o1, unsigned tokens, unsigned span,      \
+                                                       unsigned width, double sign) {                                \
+    kiln_rope_tokens<I>(x, n1, s0, s1, pos, p0, p1, invFreq, table, tableRows, out, out16, o0, o1, tokens, span,    \
+                        width, sign);                                                                                \
+  }
+KILN_ROPE_TOKENS(i32, int)
+KILN_ROPE_TOKENS(i64, kiln_i64)
 
 // ---------------------------------------------------------------- squared norms (gradient clipping)
 

@@ -338,6 +338,71 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void ropeForGemmsWritesOnlyTheBf16Result() {
+    // forGemms (only GEMMs and attention read the result): in mixed precision RoPE returns its bf16 copy alone. It
+    // must hold what the copy of the plain call holds, and attention (forward and backward, in a scope and outside
+    // one) and a GEMM through the merged heads must give the same bits on it as on the fp32 result. Positions shared
+    // by a token's heads take the token kernel; per-row positions the general one.
+    NdArray x = randn(2, 64, 2, 32);
+    NdArray v = randn(2, 64, 2, 32);
+    NdArray dOut = randn(2, 2, 64, 32);
+    NdArray w = randn(8, 64);
+    int[] rows = new int[2 * 2 * 64];
+    for (int i = 0; i < rows.length; i++) {
+      rows[i] = rnd.nextInt(4096);
+    }
+    for (NdArray pos : new NdArray[] {NdArray.arange(DType.I64, 64), NdArray.fromInts(rows, 2, 2, 64)}) {
+      String what = "rope forGemms, positions " + Arrays.toString(pos.shape());
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor view = gpuBf16.permute(gpuBf16.fromHost(x), 0, 2, 1, 3);
+        Tensor plain = gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false);
+        Tensor only = gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false, true);
+        assertEquals(DType.BF16, only.dtype(), what);
+        assertEquals(Arrays.toString(plain.shape()), Arrays.toString(only.shape()), what);
+        GpuTesting.assertClose(what + ": values", d(gpuBf16.cast(plain, DType.BF16), gpuBf16), d(only, gpuBf16), 0,
+            0);
+        Tensor gv = gpuBf16.permute(gpuBf16.fromHost(v), 0, 2, 1, 3);
+        Device.AttentionOut ref = gpuBf16.attention(plain, plain, gv, Mask.CAUSAL, 0.2);
+        Device.AttentionOut got = gpuBf16.attention(only, only, gv, Mask.CAUSAL, 0.2);
+        GpuTesting.assertClose(what + ": attention", d(ref.out(), gpuBf16), d(got.out(), gpuBf16), 0, 0);
+        Tensor dO = gpuBf16.fromHost(dOut);
+        Device.AttentionGrads gRef = gpuBf16.attentionBackward(plain, plain, gv, ref.out(), ref.lse(), dO,
+            Mask.CAUSAL, 0.2);
+        Device.AttentionGrads gGot = gpuBf16.attentionBackward(only, only, gv, got.out(), got.lse(), dO,
+            Mask.CAUSAL, 0.2);
+        GpuTesting.assertClose(what + ": attention dq", d(gRef.dq(), gpuBf16), d(gGot.dq(), gpuBf16), 0, 0);
+        GpuTesting.assertClose(what + ": attention dv", d(gRef.dv(), gpuBf16), d(gGot.dv(), gpuBf16), 0, 0);
+        Tensor gw = gpuBf16.fromHost(w);
+        Tensor a = gpuBf16.empty(DType.F32, 128, 8);
+        Tensor b = gpuBf16.empty(DType.F32, 128, 8);
+        gpuBf16.gemm(gpuBf16.reshape(gpuBf16.permute(plain, 0, 2, 1, 3), 128, 64), false, gw, true, a, 1, 0);
+        gpuBf16.gemm(gpuBf16.reshape(gpuBf16.permute(only, 0, 2, 1, 3), 128, 64), false, gw, true, b, 1, 0);
+        GpuTesting.assertClose(what + ": GEMM", d(a, gpuBf16), d(b, gpuBf16), 0, 0);
+      }
+      // Outside a scope (attention casts its operands itself) and with bf16 storage switched off.
+      Tensor view = gpuBf16.permute(gpuBf16.fromHost(x), 0, 2, 1, 3);
+      Tensor plain = gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false);
+      Tensor only = gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false, true);
+      Tensor gv = gpuBf16.permute(gpuBf16.fromHost(v), 0, 2, 1, 3);
+      Device.AttentionOut ref = gpuBf16.attention(plain, plain, gv, Mask.CAUSAL, 0.2);
+      Device.AttentionOut got = gpuBf16.attention(only, only, gv, Mask.CAUSAL, 0.2);
+      Tensor dO = gpuBf16.fromHost(dOut);
+      GpuTesting.assertClose(what + ", no scope: attention dk",
+          d(gpuBf16.attentionBackward(plain, plain, gv, ref.out(), ref.lse(), dO, Mask.CAUSAL, 0.2).dk(), gpuBf16),
+          d(gpuBf16.attentionBackward(only, only, gv, got.out(), got.lse(), dO, Mask.CAUSAL, 0.2).dk(), gpuBf16), 0,
+          0);
+      gpuBf16.storeGemmOperandsInBf16(false);
+      try {
+        assertEquals(DType.F32, gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false, true).dtype(), what);
+      } finally {
+        gpuBf16.storeGemmOperandsInBf16(true);
+      }
+      assertEquals(DType.F32, gpu.rope(gpu.permute(gpu.fromHost(x), 0, 2, 1, 3), gpu.fromHost(pos), 10_000, false,
+          true).dtype(), what + ": fp32 device");
+    }
+  }
+
+  @Test
   void attentionMatchesTheCpuInFp32AndBf16() {
     // Widths 64 (tensor cores as is), 32 and 80 (zero-padded to 64 and 128 in bf16; SIMT in fp32).
     for (int width : new int[] {64, 32, 80}) {
