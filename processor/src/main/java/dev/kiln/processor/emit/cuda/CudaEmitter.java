@@ -190,6 +190,10 @@ public final class CudaEmitter {
                 .append(red.op() == Primitive.SUM ? "T(0)" : "T(-INFINITY)").append(";\n");
           }
           if (rows) {
+            // Unrolled by 4 with the remainder after: a thread's next loads are issued before this element's
+            // arithmetic, where the plain loop waited on one load at a time (the norms ran at half the memory
+            // bandwidth). The order of a thread's accumulation is the same.
+            b.append("#pragma unroll 4\n");
             b.append("  for (long long c = threadIdx.x; c < cols; c += blockDim.x) {\n");
             b.append("    const long long i = r * cols + c;\n");
           }
