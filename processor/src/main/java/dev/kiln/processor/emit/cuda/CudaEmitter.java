@@ -190,9 +190,10 @@ public final class CudaEmitter {
                 .append(red.op() == Primitive.SUM ? "T(0)" : "T(-INFINITY)").append(";\n");
           }
           if (rows) {
-            // Unrolled by 4 with the remainder after: a thread's next loads are issued before this element's
-            // arithmetic, where the plain loop waited on one load at a time (the norms ran at half the memory
-            // bandwidth). The order of a thread's accumulation is the same.
+            // Unrolled by 4 with the remainder after, so a thread's next loads can be issued before this element's
+            // arithmetic; the order of its accumulation is the same. Worth 3% on the norms (TinyStories under ncu:
+            // forward 0.487 -> 0.472 ms, backward 0.754 -> 0.728), which still run at about half the memory
+            // bandwidth with 4-byte loads.
             b.append("#pragma unroll 4\n");
             b.append("  for (long long c = threadIdx.x; c < cols; c += blockDim.x) {\n");
             b.append("    const long long i = r * cols + c;\n");
