@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""PyTorch peer of Kiln's GPU training benchmark: times full training steps (forward, cross-entropy, backward, AdamW)
-of the CS336 Transformer LM, eager and under torch.compile, and prints one JSON line per (config, mode).
+"""PyTorch peer of Kiln's GPU training benchmark: times full training steps (forward, cross-entropy, backward,
+global-norm gradient clipping, AdamW) of the CS336 Transformer LM, eager and under torch.compile, and prints one JSON
+line per (config, mode).
 
 The model is the CS336 LM of cs336_block_reference.py (RMSNorm with eps 1e-5, RoPE on the pairs (2i, 2i+1) of each
 head, causal multi-head attention, SwiGLU w2(silu(w1 x) * w3 x), pre-norm blocks, untied LM head, no biases, weights
@@ -12,6 +13,8 @@ head, causal multi-head attention, SwiGLU w2(silu(w1 x) * w3 x), pre-norm blocks
   - bf16 mixed precision on CUDA: fp32 parameters, torch.autocast("cuda", dtype=torch.bfloat16) around forward and
     loss; RMSNorm and RoPE compute in fp32 and hand bf16 on (the CS336 convention); the loss is F.cross_entropy on the
     logits upcast to fp32; backward runs outside autocast;
+  - gradient clipping as Kiln's step does it (max norm 1.0; --clip 0 leaves it out, as the step the Kiln issue
+    quotes PyTorch figures for): torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm), multi-tensor kernels;
   - torch.optim.AdamW(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fused=True), zero_grad(set_to_none=True)
     every step (on the CPU, where old torch has no fused AdamW, it falls back to the default and the line says so);
   - init as in train_bench.py: truncated normals (std sqrt(2 / (d_in + d_out)) for matmul weights, 1 for the embedding,
@@ -319,6 +322,8 @@ def run(name, mode, args, device):
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = fn(x, y)
         loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
@@ -370,6 +375,7 @@ def run(name, mode, args, device):
         "precision": "bf16-autocast" if bf16 else "fp32",
         "attention": attn_name,
         "optimizer": opt_name,
+        "clip": args.clip,
         "loss": round(loss, 5),
         "model": {k: cfg[k] for k in ("vocab", "d_model", "d_ff", "layers", "heads", "context", "batch")},
     })
@@ -446,6 +452,8 @@ def main():
                     help="comma-separated, from eager,compile (default: both)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per pass (default: 20)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first, compilation included (default: 5)")
+    ap.add_argument("--clip", type=float, default=1.0,
+                    help="global-norm gradient clipping before AdamW, as Kiln's step does (default: 1.0); 0 = none")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--precision", choices=["bf16", "fp32"],
                     help="bf16 = autocast bf16 around forward and loss (default on cuda); fp32 (default on cpu)")
@@ -464,6 +472,8 @@ def main():
         sys.exit(0 if verify() else 1)
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
+    if not args.clip >= 0:
+        ap.error("--clip must be >= 0 (0: no clipping)")
     if args.precision is None:
         args.precision = "bf16" if args.device == "cuda" else "fp32"
 
