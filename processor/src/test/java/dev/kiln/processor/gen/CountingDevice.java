@@ -54,6 +54,12 @@ final class CountingDevice implements Device {
   int ropesForGemms;
 
   @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
+    calls.add("rope");
+    return d.rope(x, positions, theta, inverse);
+  }
+
+  @Override
   public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms) {
     calls.add("rope");
     ropesForGemms += forGemms ? 1 : 0;

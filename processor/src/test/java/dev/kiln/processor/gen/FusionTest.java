@@ -101,8 +101,8 @@ class FusionTest {
   /**
    * RoPE's results in forward are read only by attention (q and k, and again by attention's backward), which rounds
    * its operands to bf16 as a GEMM does, and in backward the rotated gradients only by the projections' GEMMs, through
-   * the rearrange that merges the heads: all four RoPE calls say forGemms. In the CS336 model the backward rotations
-   * are branch results that the qk-norm branch hands to a norm, so there only the forward ones do.
+   * the rearrange that merges the heads: all four RoPE calls say forGemms. (In the CS336 model's attention the same
+   * holds in the branch without qk-norm; with it, the backward rotations feed the norms' backward and are not marked.)
    */
   @Test
   void ropeResultsReadOnlyByAttentionAndGemmsAreForGemms() {
@@ -117,6 +117,29 @@ class FusionTest {
     dev.reset();
     Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
     assertEquals(2, dev.ropesForGemms, "the gradients' rotations: " + dev.calls);
+  }
+
+  /**
+   * Reads that are not GEMM reads: the Heads fixture adds its two rotated tensors (a pointwise read, in their own
+   * precision), so neither forward rotation says forGemms. In backward the gradient rotated back for the projection
+   * goes only to its GEMMs (through the rearrange) and says forGemms; the one rotated back for the input x is x's
+   * gradient, returned to the caller, and does not.
+   */
+  @Test
+  void ropeResultsReadByPointwiseOpsOrReturnedAreNotForGemms() {
+    CountingDevice dev = new CountingDevice(Harness.CPU);
+    Object m = compiled("dev.kiln.fixture.Heads", dev);
+    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d", 8, "heads", 2, "mode", "GAINED", "twice",
+        true)), 1L);
+    Context ctx = new Context();
+    dev.reset();
+    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
+    assertEquals(0, dev.ropesForGemms, dev.calls::toString);
+    dev.reset();
+    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
+    assertEquals(1, dev.ropesForGemms, dev.calls::toString);
   }
 
   /**
@@ -178,8 +201,9 @@ class FusionTest {
     Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8),
         Harness.arange(3));
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attention")).count(), dev.calls::toString);
-    // q, k, v and output projections, and the rotation of RoPE (an einsum with a 2x2 table) for q and k.
-    assertEquals(6, dev.calls.stream().filter(c -> c.equals("gemm")).count(), dev.calls::toString);
+    // The q, k, v and output projections; RoPE is one device call each for q and k.
+    assertEquals(4, dev.calls.stream().filter(c -> c.equals("gemm")).count(), dev.calls::toString);
+    assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
     dev.reset();
     Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attentionBackward")).count(), dev.calls::toString);

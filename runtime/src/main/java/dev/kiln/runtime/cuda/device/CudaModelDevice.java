@@ -25,7 +25,7 @@ import java.util.Arrays;
 import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.stream.LongStream;
+import java.util.stream.IntStream;
 
 /**
  * The device SPI on an NVIDIA GPU: generated {@code Compiled<Module>} code runs here unchanged. GEMMs go to cuBLAS,
@@ -1473,8 +1473,9 @@ public final class CudaModelDevice implements Device {
   // ================================================================ rotary position embedding
 
   /**
-   * One kernel, one warp per row (or per 32 / half rows, for narrow heads). The positions are read where they are (broadcast by strides); cos and sin come
-   * from a table made once per (theta, width) for positions below {@link #ROPE_TABLE_POSITIONS} (fp32), else from
+   * One kernel: one warp per token when the rows sharing a position lie back to back (a token's heads; see
+   * {@link #ropeTokens}), else a warp per row (or per 32 / half rows, for narrow heads). The positions are read where
+   * they are (broadcast by strides); cos and sin come from a table made once per (theta, width) for positions below {@link #ROPE_TABLE_POSITIONS} (fp32), else from
    * the inverse frequencies, so nothing is uploaded or expanded per call. An {@code x} of rank up to 4 with a
    * contiguous last dim (the head-split view of a projection) is read in place.
    */
@@ -1590,7 +1591,8 @@ public final class CudaModelDevice implements Device {
       long[] xs, long[] os, long[] ps, long half, double theta, boolean inverse) {
     long width = 2 * half;
     // The token dims (t0, t1) and the span: n[2]'s rows when they share a position and lie back to back, else
-    // one row a token when the outermost dim is 1.
+    // one row a token when the outermost dim is 1 and the row fills a warp's 32 float4s (narrower rows leave lanes
+    // idle there; the general kernel packs 32 / half of them into a warp).
     long[] tn;
     long[] tx;
     long[] to;
@@ -1602,7 +1604,7 @@ public final class CudaModelDevice implements Device {
       to = new long[] {os[0], os[1]};
       tp = new long[] {ps[0], ps[1]};
       span = n[2] * width;
-    } else if (n[0] == 1) {
+    } else if (n[0] == 1 && width >= 128) {
       tn = new long[] {n[1], n[2]};
       tx = new long[] {xs[1], xs[2]};
       to = new long[] {os[1], os[2]};
@@ -1612,8 +1614,10 @@ public final class CudaModelDevice implements Device {
       return false;
     }
     long tokens = tn[0] * tn[1];
-    boolean aligned = a.offset() % 4 == 0 && result.offset() % 4 == 0
-        && LongStream.of(tx[0], tx[1], to[0], to[1]).allMatch(v -> v % 4 == 0);
+    // 16-byte accesses: offsets and token strides (those of size-1 dims are never used) multiples of 4 elements;
+    // out16 has out's offsets.
+    boolean aligned = a.offset() % 4 == 0 && result.offset() % 4 == 0 && (out16 == null || out16.offset() % 4 == 0)
+        && IntStream.range(0, 2).allMatch(d -> tn[d] == 1 || (tx[d] % 4 == 0 && to[d] % 4 == 0));
     if (width % 4 != 0 || !aligned || tokens >= Integer.MAX_VALUE || span >= Integer.MAX_VALUE) {
       return false;
     }
