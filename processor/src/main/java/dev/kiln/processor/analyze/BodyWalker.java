@@ -227,7 +227,9 @@ public final class BodyWalker {
       out.add(values.make(r.label(), r.elem()));
     }
     block.add(new Node.Branch(c, thenB, elseB, out, pos(where)));
-    block.yield(out, List.of(), Block.Exit.BRANCH);
+    // Each result was written inside the branch: a check of the enclosing block's results (a loop's carried shapes)
+    // points at the branch.
+    block.yield(out, java.util.Collections.nCopies(out.size(), pos(where)), Block.Exit.BRANCH);
   }
 
   private void switchStatement(SwitchTree sw, List<? extends StatementTree> rest, Env env, Block block,
@@ -280,7 +282,7 @@ public final class BodyWalker {
       out.add(values.make(r.label(), r.elem()));
     }
     block.add(new Node.Branch(conds.get(k), thenB, elseB, out, pos(where)));
-    block.yield(out, List.of(), Block.Exit.BRANCH);
+    block.yield(out, java.util.Collections.nCopies(out.size(), pos(where)), Block.Exit.BRANCH);
   }
 
   private StatementTree caseBody(CaseTree c) {

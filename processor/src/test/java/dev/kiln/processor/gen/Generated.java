@@ -89,7 +89,7 @@ public final class Generated {
       "cs336/SwiGlu.java", "cs336/Rope.java", "cs336/MultiHeadSelfAttention.java", "cs336/RotaryAttention.java",
       "cs336/TransformerBlock.java",
       "cs336/TransformerLm.java", "cs336/Mlp.java", "prims/Pointwise.java", "prims/Einops.java",
-      "prims/Selection.java", "devpkg/HeadGain.java", "devpkg/Heads.java");
+      "prims/Selection.java", "prims/RepeatBranch.java", "devpkg/HeadGain.java", "devpkg/Heads.java");
 
   static Generated cs336() {
     return of(FIXTURES.toArray(String[]::new));
