@@ -1590,37 +1590,17 @@ public final class CudaModelDevice implements Device {
   private boolean ropeTokens(CudaArray a, CudaArray p, CudaArray out, CudaArray out16, CudaArray result, long[] n,
       long[] xs, long[] os, long[] ps, long half, double theta, boolean inverse) {
     long width = 2 * half;
-    // The token dims (t0, t1) and the span: n[2]'s rows when they share a position and lie back to back, else
-    // one row a token when the outermost dim is 1 and the row fills a warp's 32 float4s (narrower rows leave lanes
-    // idle there; the general kernel packs 32 / half of them into a warp).
-    long[] tn;
-    long[] tx;
-    long[] to;
-    long[] tp;
-    long span;
-    if (n[2] == 1 || (ps[2] == 0 && xs[2] == width && os[2] == width)) {
-      tn = new long[] {n[0], n[1]};
-      tx = new long[] {xs[0], xs[1]};
-      to = new long[] {os[0], os[1]};
-      tp = new long[] {ps[0], ps[1]};
-      span = n[2] * width;
-    } else if (n[0] == 1 && width >= 128) {
-      tn = new long[] {n[1], n[2]};
-      tx = new long[] {xs[1], xs[2]};
-      to = new long[] {os[1], os[2]};
-      tp = new long[] {ps[1], ps[2]};
-      span = width;
-    } else {
+    RopeTokens t = RopeTokens.plan(n, xs, os, ps, width, a.offset(), result.offset(),
+        out16 == null ? 0 : out16.offset());
+    if (t == null) {
       return false;
     }
+    long[] tn = t.n();
+    long[] tx = t.xs();
+    long[] to = t.os();
+    long[] tp = t.ps();
+    long span = t.span();
     long tokens = tn[0] * tn[1];
-    // 16-byte accesses: offsets and token strides (those of size-1 dims are never used) multiples of 4 elements;
-    // out16 has out's offsets.
-    boolean aligned = a.offset() % 4 == 0 && result.offset() % 4 == 0 && (out16 == null || out16.offset() % 4 == 0)
-        && IntStream.range(0, 2).allMatch(d -> tn[d] == 1 || (tx[d] % 4 == 0 && to[d] % 4 == 0));
-    if (width % 4 != 0 || !aligned || tokens >= Integer.MAX_VALUE || span >= Integer.MAX_VALUE) {
-      return false;
-    }
     KernelArgs args = new KernelArgs().ptr(a).i64(tn[1]).i64(tx[0]).i64(tx[1]).ptr(p).i64(tp[0]).i64(tp[1])
         .ptr(ropeFrequencies(theta, half)).ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS);
     if (out == null) {
@@ -1638,6 +1618,38 @@ public final class CudaModelDevice implements Device {
       rememberCast(out, out16);
     }
     return true;
+  }
+
+  /**
+   * The token kernel's walk: tokens over dims (n[0], n[1]) with strides xs, os (x, the result) and ps (positions), each
+   * token a contiguous span of {@code span} elements that share one position.
+   */
+  record RopeTokens(long[] n, long[] xs, long[] os, long[] ps, long span) {
+    /**
+     * The walk for RoPE's leading dims {@code n} (in memory order) with strides {@code xs}, {@code os}, {@code ps},
+     * rows {@code width} long (contiguous), or null where the token kernel does not apply: the rows sharing a position
+     * are n[2]'s when they lie back to back, else single rows when the outermost dim is 1 and a row fills a warp's 32
+     * float4s (narrower rows would leave lanes idle; the general kernel packs 32 / half of them a warp). Every offset
+     * and token stride (those of size-1 dims are never used) must be a multiple of 4 elements, for 16-byte accesses;
+     * {@code out16Offset} is the bf16 copy's, which shares the result's strides.
+     */
+    static RopeTokens plan(long[] n, long[] xs, long[] os, long[] ps, long width, long xOffset, long outOffset,
+        long out16Offset) {
+      RopeTokens t;
+      if (n[2] == 1 || (ps[2] == 0 && xs[2] == width && os[2] == width)) {
+        t = new RopeTokens(new long[] {n[0], n[1]}, new long[] {xs[0], xs[1]}, new long[] {os[0], os[1]},
+            new long[] {ps[0], ps[1]}, n[2] * width);
+      } else if (n[0] == 1 && width >= 128) {
+        t = new RopeTokens(new long[] {n[1], n[2]}, new long[] {xs[1], xs[2]}, new long[] {os[1], os[2]},
+            new long[] {ps[1], ps[2]}, width);
+      } else {
+        return null;
+      }
+      boolean aligned = xOffset % 4 == 0 && outOffset % 4 == 0 && out16Offset % 4 == 0
+          && IntStream.range(0, 2).allMatch(d -> t.n[d] == 1 || (t.xs[d] % 4 == 0 && t.os[d] % 4 == 0));
+      long tokens = t.n[0] * t.n[1];
+      return width % 4 == 0 && aligned && tokens < Integer.MAX_VALUE && t.span < Integer.MAX_VALUE ? t : null;
+    }
   }
 
   /**
