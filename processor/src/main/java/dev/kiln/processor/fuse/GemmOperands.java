@@ -120,8 +120,23 @@ public final class GemmOperands {
     return worst(v) == Read.GEMM;
   }
 
+  /**
+   * {@link #worst} of the values asked so far (only after the scan): a chain of rearranges and branch results is
+   * followed once, not once per path.
+   */
+  private final Map<Value, java.util.Optional<Read>> worstOf = new HashMap<>();
+
   /** The least permissive read of {@code v}, following branch results; null when nothing reads it. */
   private Read worst(Value v) {
+    java.util.Optional<Read> known = worstOf.get(v);
+    if (known == null) {
+      known = java.util.Optional.ofNullable(computeWorst(v));
+      worstOf.put(v, known);
+    }
+    return known.orElse(null);
+  }
+
+  private Read computeWorst(Value v) {
     Read w = null;
     for (Read r : reads.getOrDefault(v, List.of())) {
       w = w == null || r.compareTo(w) > 0 ? r : w;
