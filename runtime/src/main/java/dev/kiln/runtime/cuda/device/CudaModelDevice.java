@@ -1475,9 +1475,10 @@ public final class CudaModelDevice implements Device {
   /**
    * One kernel: one warp per token when the rows sharing a position lie back to back (a token's heads; see
    * {@link #ropeTokens}), else a warp per row (or per 32 / half rows, for narrow heads). The positions are read where
-   * they are (broadcast by strides); cos and sin come from a table made once per (theta, width) for positions below {@link #ROPE_TABLE_POSITIONS} (fp32), else from
-   * the inverse frequencies, so nothing is uploaded or expanded per call. An {@code x} of rank up to 4 with a
-   * contiguous last dim (the head-split view of a projection) is read in place.
+   * they are (broadcast by strides); cos and sin come from a table made once per (theta, width) for positions below
+   * {@link #ROPE_TABLE_POSITIONS} (fp32), else from the inverse frequencies, so nothing is uploaded or expanded per
+   * call. An {@code x} of rank up to 4 with a contiguous last dim (the head-split view of a projection) is read in
+   * place.
    */
   @Override
   public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse) {
@@ -1583,9 +1584,10 @@ public final class CudaModelDevice implements Device {
 
   /**
    * RoPE over whole tokens (kiln_rope_tokens_f32): when, in memory order, the rows that share a position are one
-   * contiguous span (the heads of a {@code [b, s, (h d)]} projection, or single rows), each warp rotates one such span
-   * with float4s, and the row arithmetic is done once per token. Returns false, launching nothing, for the layouts
-   * it does not take (odd pair counts, unaligned rows, positions varying inside a span): the general kernel runs.
+   * contiguous span (the heads of a {@code [b, s, (h d)]} projection, or single rows at least 128 wide), each warp
+   * rotates one such span with float4s, and the row arithmetic is done once per token. Returns false, launching
+   * nothing, for the layouts {@link RopeTokens#plan} does not take (odd pair counts, unaligned rows, positions varying
+   * inside a span): the general kernel runs.
    */
   private boolean ropeTokens(CudaArray a, CudaArray p, CudaArray out, CudaArray out16, CudaArray result, long[] n,
       long[] xs, long[] os, long[] ps, long half, double theta, boolean inverse) {
