@@ -10,6 +10,7 @@ import java.util.HashMap;
 import java.util.IdentityHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 
 /**
  * Pass 5, after {@link Lowering}: finds the values that only GEMMs read, in the forward graph and its backward.
@@ -124,13 +125,13 @@ public final class GemmOperands {
    * {@link #worst} of the values asked so far (only after the scan): a chain of rearranges and branch results is
    * followed once, not once per path.
    */
-  private final Map<Value, java.util.Optional<Read>> worstOf = new HashMap<>();
+  private final Map<Value, Optional<Read>> worstOf = new HashMap<>();
 
   /** The least permissive read of {@code v}, following branch results; null when nothing reads it. */
   private Read worst(Value v) {
-    java.util.Optional<Read> known = worstOf.get(v);
+    Optional<Read> known = worstOf.get(v);
     if (known == null) {
-      known = java.util.Optional.ofNullable(computeWorst(v));
+      known = Optional.ofNullable(computeWorst(v));
       worstOf.put(v, known);
     }
     return known.orElse(null);
@@ -176,7 +177,10 @@ public final class GemmOperands {
     }
   }
 
-  /** Branch results: the branch's output each block result becomes (a value read where the branch's output is). */
+  /**
+   * Values read wherever other values are: a branch arm's result, where the branch's output is read; a standalone
+   * rearrange's input, where its result is.
+   */
   private final Map<Value, List<Value>> yieldedAs = new HashMap<>();
 
   /**
