@@ -17,6 +17,8 @@
 #                           folder, resume it for 100 more steps, then `kiln generate` (greedy) and `kiln forward` on
 #                           its model with --device cpu and cuda
 #   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
+#   KILN_NCU=tinystories    Nsight Compute kernel times of one eager training step of that config, per kernel family
+#                           (reference/ncu_kernels.py)
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/kiln-gpu-out}
@@ -106,6 +108,15 @@ if [[ "${KILN_SANITIZE:-0}" == 1 ]]; then
   timeout 240 compute-sanitizer --tool memcheck --print-limit 20 "${java[@]}" dev.kiln.runtime.cuda.GpuTestMain \
     "$pkg/test-classes" Device > "$out/sanitizer.log" 2>&1
   echo "exit $?; $(grep -E 'ERROR SUMMARY|GPUTEST (PASS|FAIL)' "$out/sanitizer.log" | tr '\n' ' ' | cut -c1-600)"
+fi
+if [[ -n "${KILN_NCU:-}" ]]; then
+  echo "=== ncu: kernel times of one eager ${KILN_NCU} step"
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
+  timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" --target-processes all --metrics gpu__time_duration.sum --csv --page raw \
+    --log-file "$out/ncu.csv" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$KILN_NCU" \
+    --steps 1 --warmup 1 --python none > "$out/ncu-bench.log" 2>&1
+  echo "exit $?"
+  python3 "$pkg/reference/ncu_kernels.py" "$out/ncu.csv" | tee "$out/ncu-kernels.txt"
 fi
 echo
 echo "=== Failures (first lines)"

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""GPU time per kernel family of one Kiln training step, from an Nsight Compute CSV.
+
+Nsight Compute (ncu) runs each kernel alone at base clocks, so its times add up to somewhat more than a step takes
+in a normal run, but they are stable between runs and free of host gaps: the way to see where a step's GPU time goes
+and to check a kernel change. The CSV comes from
+
+  ncu --target-processes all --metrics gpu__time_duration.sum --csv --page raw --log-file ncu.csv \\
+      java ... dev.kiln.cli.KilnCommand bench train --device cuda --configs tinystories --steps 1 --warmup 1 \\
+      --python none
+
+(run-gpu-checks.sh does this with KILN_NCU=<config>). A step ends with the fused AdamW kernel, so the kernels after
+the second-to-last AdamW launch, up to and including the last one, are one whole step (warm-up steps and the
+benchmark's profiled step come before and after it). Prints the families (GEMMs, attention, RoPE, ...), then the
+slowest kernels.
+
+  python3 ncu_kernels.py ncu.csv [--top 25]
+"""
+import argparse
+import collections
+import csv
+import re
+import sys
+
+# Family of a kernel, by name: the first pattern that matches. Generated kernels are named <Module>_<method>_...
+FAMILIES = [
+    ("GEMMs (cuBLAS)", re.compile(r"nvjet|gemm|cutlass|xmma|splitKreduce", re.I)),
+    ("attention", re.compile(r"^kiln_attn_")),
+    ("cross-entropy", re.compile(r"^kiln_xent")),
+    ("RoPE", re.compile(r"^kiln_rope")),
+    ("AdamW", re.compile(r"^kiln_adamw")),
+    ("gradient norms", re.compile(r"^kiln_sumsq|^kiln_clip")),
+    ("adds and other binary ops", re.compile(r"^kiln_binary")),
+    ("bf16 casts", re.compile(r"^kiln_cast")),
+    ("copies", re.compile(r"^kiln_copy")),
+    ("fills", re.compile(r"^kiln_fill")),
+    ("reductions", re.compile(r"^kiln_reduce")),
+    ("gathers and scatters", re.compile(r"^kiln_(gather|scatter)")),
+]
+GENERATED = re.compile(r"^([A-Z][A-Za-z0-9]*)_(apply|loss|forward)\w*?_(fwd|bwd)_\d+")
+UNITS = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0, "second": 1e3, "s": 1e3}
+
+
+def family(name):
+    for label, pattern in FAMILIES:
+        if pattern.search(name):
+            return label
+    g = GENERATED.match(name)
+    if g:
+        return "generated " + g.group(1)
+    return "other"
+
+
+def read(path):
+    """(kernel name, milliseconds) per launch, in launch order."""
+    with open(path, newline="") as f:
+        lines = [line for line in f if not line.startswith("==")]
+    rows = list(csv.reader(lines))
+    if not rows or "Kernel Name" not in rows[0]:
+        sys.exit("ncu_kernels.py: %s has no 'Kernel Name' header; run ncu with --csv --page raw" % path)
+    header = rows[0]
+    if "gpu__time_duration.sum" not in header:
+        sys.exit("ncu_kernels.py: %s has no gpu__time_duration.sum column; run ncu with --metrics "
+                 "gpu__time_duration.sum" % path)
+    name_at, time_at = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
+    body = rows[1:]
+    scale = UNITS["nsecond"]
+    if body and body[0] and body[0][0] == "":  # the units row
+        unit = body[0][time_at].strip()
+        if unit not in UNITS:
+            sys.exit("ncu_kernels.py: unknown time unit %r" % unit)
+        scale = UNITS[unit]
+        body = body[1:]
+    launches = []
+    for r in body:
+        if len(r) > max(name_at, time_at) and r[time_at].strip():
+            launches.append((re.sub(r"\(.*", "", r[name_at]).strip(), float(r[time_at].replace(",", "")) * scale))
+    return launches
+
+
+def one_step(launches):
+    """The launches of the last whole step: after the second-to-last AdamW launch, through the last one."""
+    ends = [i for i, (n, _) in enumerate(launches) if n.startswith("kiln_adamw")]
+    if len(ends) >= 2:
+        return launches[ends[-2] + 1:ends[-1] + 1], "one step (between the last two AdamW launches)"
+    return launches, "every launch (fewer than two AdamW launches: not one step)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv")
+    ap.add_argument("--top", type=int, default=25, help="slowest kernels to list (default: 25)")
+    args = ap.parse_args()
+    step, what = one_step(read(args.csv))
+    total = sum(t for _, t in step)
+    print("%s: %d launches, %.3f ms of kernel time" % (what, len(step), total))
+    fams = collections.defaultdict(lambda: [0.0, 0])
+    kernels = collections.defaultdict(lambda: [0.0, 0])
+    for name, t in step:
+        for table, key in ((fams, family(name)), (kernels, name)):
+            table[key][0] += t
+            table[key][1] += 1
+    print("%-34s %9s %6s %7s" % ("family", "ms", "share", "calls"))
+    for key, (t, n) in sorted(fams.items(), key=lambda kv: -kv[1][0]):
+        print("%-34s %9.3f %5.1f%% %7d" % (key, t, 100 * t / total if total else 0, n))
+    print()
+    print("%-72s %9s %7s" % ("kernel", "ms", "calls"))
+    for key, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
+        print("%-72s %9.3f %7d" % (key[:72], t, n))
+
+
+if __name__ == "__main__":
+    main()
