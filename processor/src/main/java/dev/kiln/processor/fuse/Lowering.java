@@ -277,9 +277,15 @@ public final class Lowering {
         return;
       }
       Node.Prim p = def.get(v);
-      if (p != null && p.op() == Primitive.CONST && topLevel.contains(v) && !refsOutsideTop.contains(v)) {
-        add(top, p); // a constant is cheaper to make again than to save
-        return;
+      if (p != null && p.op() == Primitive.CONST) {
+        // A constant is cheaper to make again than to save: at the top, or in the block mirroring the branch that
+        // defines it (a norm's 1/d inside its kind switch), where backward's kernels then take it as a scalar
+        // argument and forward, if only its kernels read it, never materialises it.
+        Block at = target(v);
+        if (at != null) {
+          add(at, p);
+          return;
+        }
       }
       FusedKernel k = p == null ? null : fwd.kernelOf().get(p);
       if (k == null || k.outputs().containsKey(v)) {

@@ -2,6 +2,7 @@ package dev.kiln.processor.fuse;
 
 import dev.kiln.processor.ir.Block;
 import dev.kiln.processor.ir.Node;
+import dev.kiln.processor.ir.Primitive;
 import dev.kiln.processor.ir.Value;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -23,6 +24,10 @@ final class Schedule {
     for (Value p : b.params()) {
       definedAt.put(p, -1);
     }
+    // Constants that read nothing made in this block (a recomputed 1/d) stay at the top, ahead of every other node:
+    // otherwise each node hoisted above one pushes it down, and its users, which may not precede it, sink with it
+    // (RMSNorm's backward then split around a column sum).
+    int constants = 0;
     for (Node n : b.nodes()) {
       switch (n) {
         case Node.Loop l -> hoist(l.body());
@@ -35,14 +40,18 @@ final class Schedule {
       }
       int at = out.size();
       if (n instanceof Node.Prim p) {
-        int earliest = 0;
+        int earliest = -1;
         for (Value v : Fusion.inputsOf(p)) {
           Integer d = definedAt.get(v);
           if (d != null) {
             earliest = Math.max(earliest, d + 1);
           }
         }
-        at = earliest;
+        if (p.op() == Primitive.CONST && earliest < 0) {
+          at = constants++;
+        } else {
+          at = Math.max(earliest, constants);
+        }
       }
       out.add(at, n);
       // Positions after the insertion point moved by one.

@@ -29,6 +29,7 @@ final class CountingDevice implements Device {
     launches.clear();
     gemmOperands = 0;
     ropesForGemms = 0;
+    constants = 0;
   }
 
   @Override
@@ -71,8 +72,12 @@ final class CountingDevice implements Device {
     return d.zeros(dtype, shape);
   }
 
+  /** 0-d tensors made by {@code full}: constants materialised (a fill kernel each on a GPU). */
+  int constants;
+
   @Override
   public Tensor full(DType dtype, double value, long... shape) {
+    constants += shape.length == 0 ? 1 : 0;
     return d.full(dtype, value, shape);
   }
 
