@@ -28,18 +28,41 @@ class FusionTest {
     }
   }
 
+  /**
+   * A compiled test module on a counting CPU device, with its parameters and a context: {@link #forward} and
+   * {@link #backward} reset the counts first, so each pass's calls are what the test sees.
+   */
+  private record Run(CountingDevice dev, Object m, Record p, Context ctx) {
+    static Run of(String module, Map<String, Object> config) {
+      CountingDevice dev = new CountingDevice(Harness.CPU);
+      Object m = compiled(module, dev);
+      return new Run(dev, m, (Record) Generated.call(m, "init", Config.of(config), 1L), new Context());
+    }
+
+    Tensor forward(Object... inputs) {
+      dev.reset();
+      Object[] args = new Object[inputs.length + 2];
+      args[0] = ctx;
+      args[1] = p;
+      System.arraycopy(inputs, 0, args, 2, inputs.length);
+      return (Tensor) Generated.call(m, "forward", args);
+    }
+
+    /** Backward of the last forward, with a random gradient of {@code y}'s shape. */
+    void backward(Tensor y) {
+      dev.reset();
+      Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    }
+  }
+
   @Test
   void swiGluSiluTimesGateIsOneKernelEachWay() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object m = compiled("cs336.SwiGlu", dev);
-    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 4, "d_ff", 6)), 1L);
-    Context ctx = new Context();
-    dev.reset();
-    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 4));
+    Run run = Run.of("cs336.SwiGlu", Map.of("d_model", 4, "d_ff", 6));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 4));
     // Three Linear layers are three GEMMs; silu(w1 x) * w3 x is one kernel.
     assertEquals(List.of("gemm", "gemm", "launch SwiGlu_apply_fwd_0", "gemm"), dev.calls);
-    dev.reset();
-    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    run.backward(y);
     // Each Linear backward is two GEMMs (dx, dW); the backward of silu(a) * b is one kernel writing da and db; the
     // two paths into x add up (one add).
     assertEquals(1, dev.launches.size(), dev.calls::toString);
@@ -58,18 +81,14 @@ class FusionTest {
    */
   @Test
   void aBranchsPointwiseValuesAreRecomputedInBackwardAndGemmOperandsMarked() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object m = compiled("cs336.Mlp", dev);
-    Record p = (Record) Generated.call(m, "init", Config.of(GeneratedModulesTest.mlpConfig("GELU")), 1L);
-    Context ctx = new Context();
-    dev.reset();
-    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 4));
+    Run run = Run.of("cs336.Mlp", GeneratedModulesTest.mlpConfig("GELU"));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 4));
     assertEquals(1, dev.launches.size(), dev.calls::toString);
     assertEquals(1, dev.launches.get(0).outputs(), "the forward kernel writes gelu(fc1 x) only");
     assertEquals(0, dev.constants, "constants made as tensors in forward (the kernel takes them as arguments)");
     assertEquals(1, dev.gemmOperands, "gelu(fc1 x) is read only by fc2's GEMMs");
-    dev.reset();
-    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    run.backward(y);
     assertEquals(1, dev.launches.size(), dev.calls::toString);
     Kernel bwd = dev.launches.get(0);
     // fc1's output and the gradient of the activation: nothing else saved. gelu's constants (0.5, ...) are made again
@@ -88,18 +107,13 @@ class FusionTest {
    */
   @Test
   void normOutputsReadOnlyByProjectionsAreGemmOperands() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object block = compiled("cs336.TransformerBlock", dev);
-    Record p = (Record) Generated.call(block, "init", Config.of(Map.of("d_model", 8, "num_heads", 2, "d_ff", 12,
-        "eps", 1e-5, "rope_theta", 10000.0)), 1L);
-    dev.reset();
-    Generated.call(block, "forward", new Context(), p, Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
-    assertEquals(3, dev.gemmOperands, "ln1's and ln2's outputs and the SwiGLU product");
-    Object norm = compiled("cs336.RmsNorm", dev);
-    Record np = (Record) Generated.call(norm, "init", Config.of(Map.of("d_model", 8, "eps", 1e-5)), 1L);
-    dev.reset();
-    Generated.call(norm, "forward", new Context(), np, Harness.random(new Random(2), 3, 8));
-    assertEquals(0, dev.gemmOperands, "a norm's result read by whoever called it");
+    Run block = Run.of("cs336.TransformerBlock", Map.of("d_model", 8, "num_heads", 2, "d_ff", 12, "eps", 1e-5,
+        "rope_theta", 10000.0));
+    block.forward(Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    assertEquals(3, block.dev().gemmOperands, "ln1's and ln2's outputs and the SwiGLU product");
+    Run norm = Run.of("cs336.RmsNorm", Map.of("d_model", 8, "eps", 1e-5));
+    norm.forward(Harness.random(new Random(2), 3, 8));
+    assertEquals(0, norm.dev().gemmOperands, "a norm's result read by whoever called it");
   }
 
   /**
@@ -110,16 +124,11 @@ class FusionTest {
    */
   @Test
   void ropeResultsReadOnlyByAttentionAndGemmsAreForGemms() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object m = compiled("cs336.RotaryAttention", dev);
-    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 8, "num_heads", 2, "rope_theta",
-        10000.0)), 1L);
-    Context ctx = new Context();
-    dev.reset();
-    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    Run run = Run.of("cs336.RotaryAttention", Map.of("d_model", 8, "num_heads", 2, "rope_theta", 10000.0));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
     assertEquals(2, dev.ropesForGemms, "q's and k's rotations: " + dev.calls);
-    dev.reset();
-    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    run.backward(y);
     assertEquals(2, dev.ropesForGemms, "the gradients' rotations: " + dev.calls);
   }
 
@@ -131,17 +140,12 @@ class FusionTest {
    */
   @Test
   void ropeResultsReadByPointwiseOpsOrReturnedAreNotForGemms() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object m = compiled("dev.kiln.fixture.Heads", dev);
-    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d", 8, "heads", 2, "mode", "GAINED", "twice",
-        true)), 1L);
-    Context ctx = new Context();
-    dev.reset();
-    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    Run run = Run.of("dev.kiln.fixture.Heads", Map.of("d", 8, "heads", 2, "mode", "GAINED", "twice", true));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
     assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
     assertEquals(0, dev.ropesForGemms, dev.calls::toString);
-    dev.reset();
-    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    run.backward(y);
     assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
     assertEquals(1, dev.ropesForGemms, dev.calls::toString);
   }
@@ -172,18 +176,14 @@ class FusionTest {
 
   @Test
   void rmsNormForwardIsOneRowKernelAndBackwardCopiesNothing() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object m = compiled("cs336.RmsNorm", dev);
-    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 6, "eps", 1e-5)), 1L);
-    Context ctx = new Context();
-    dev.reset();
-    Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 3, 6));
+    Run run = Run.of("cs336.RmsNorm", Map.of("d_model", 6, "eps", 1e-5));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 3, 6));
     assertEquals(List.of("launch RmsNorm_apply_fwd_0"), dev.calls);
     assertEquals(Kernel.Kind.ROWS, dev.launches.get(0).kind());
     // Backward saves only the input and the row statistic (1/rms), not the normalised row.
-    assertEquals(2, ctx.savedCount(), "saved: x and the inverse rms");
-    dev.reset();
-    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), 3, 6));
+    assertEquals(2, run.ctx().savedCount(), "saved: x and the inverse rms");
+    run.backward(y);
     // The per-row term of the input gradient is broadcast over the row inside the kernel that reads it (read at row
     // level), not expanded into a full-size copy first. The row sum, the per-row arithmetic on it and the input
     // gradient are one row kernel (the power of 1/rms, which needs no row, comes before it in a small kernel of its
@@ -197,20 +197,14 @@ class FusionTest {
 
   @Test
   void attentionIsOneCallEachWayAndLinearsUseNoCopies() {
-    CountingDevice dev = new CountingDevice(Harness.CPU);
-    Object m = compiled("cs336.MultiHeadSelfAttention", dev);
-    Record p = (Record) Generated.call(m, "init", Config.of(Map.of("d_model", 8, "num_heads", 2, "rope_theta",
-        10000.0)), 1L);
-    Context ctx = new Context();
-    dev.reset();
-    Tensor y = (Tensor) Generated.call(m, "forward", ctx, p, Harness.random(new Random(1), 2, 3, 8),
-        Harness.arange(3));
+    Run run = Run.of("cs336.MultiHeadSelfAttention", Map.of("d_model", 8, "num_heads", 2, "rope_theta", 10000.0));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attention")).count(), dev.calls::toString);
     // The q, k, v and output projections; RoPE is one device call each for q and k.
     assertEquals(4, dev.calls.stream().filter(c -> c.equals("gemm")).count(), dev.calls::toString);
     assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
-    dev.reset();
-    Generated.call(m, "backward", ctx, p, Harness.random(new Random(2), y.shape()));
+    run.backward(y);
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attentionBackward")).count(), dev.calls::toString);
     String source = Generated.cs336().source("CompiledLinear.java");
     assertTrue(source.contains("no copies"), "Linear's einsums are GEMMs with layout flags:\n" + source);
