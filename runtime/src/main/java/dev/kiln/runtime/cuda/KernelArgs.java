@@ -24,6 +24,11 @@ public final class KernelArgs {
     return ptr(0L);
   }
 
+  /** {@code a}'s pointer, or a null one when {@code a} is null (an optional operand the kernel skips). */
+  public KernelArgs ptrOrNull(CudaArray a) {
+    return a == null ? nullPtr() : ptr(a);
+  }
+
   public KernelArgs i32(int v) {
     args.add(Pointer.to(new int[] {v}));
     return this;

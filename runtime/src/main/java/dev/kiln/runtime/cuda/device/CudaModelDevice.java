@@ -1443,13 +1443,13 @@ public final class CudaModelDevice implements Device {
       return;
     }
     KernelArgs args = new KernelArgs().ptr(x).ptr(t);
-    (dLoss == null ? args.nullPtr() : args.ptr(dLoss)).ptr(out);
+    args.ptrOrNull(dLoss).ptr(out);
     String types = suffix(x.dtype()) + "_" + suffix(t.dtype());
     if (vectorXent(x)) {
       // XENT_CACHED4_PER_THREAD float4s a thread, in whole warps.
       long perWarp = 4L * XENT_CACHED4_PER_THREAD * 32;
       int block = (int) ((v + perWarp - 1) / perWarp * 32);
-      (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(rows).i64(v).ptr(errorWord);
+      args.ptrOrNull(out16).i64(rows).i64(v).ptr(errorWord);
       op("kiln_xent_cached4_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, block, 0, args);
       launches++;
       mark(dLoss == null ? "cross-entropy" : "cross-entropy backward");
@@ -1549,15 +1549,11 @@ public final class CudaModelDevice implements Device {
     } else {
       args.nullPtr().i64(0);
     }
-    if (out == null) {
-      args.nullPtr(); // forGemms: the bf16 copy only
-    } else {
-      args.ptr(out);
-    }
+    args.ptrOrNull(out); // null with forGemms: the bf16 copy only
     // Pairs move as one vector when every row starts on an even element in x and in out (the buffers are aligned).
     boolean paired = Arrays.stream(xs).allMatch(v -> v % 2 == 0) && Arrays.stream(os).allMatch(v -> v % 2 == 0)
         && a.offset() % 2 == 0 && result.offset() % 2 == 0;
-    (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half)
+    args.ptrOrNull(out16).i64(os[0]).i64(os[1]).i64(os[2]).i64(rowCount).i64(half)
         .f64(inverse ? -1 : 1).i32(paired ? 1 : 0);
     if (rowCount > 0) {
       // A warp per ROPE_ROWS_PER_WARP groups of one row, or of 32 / half rows.
@@ -1605,12 +1601,8 @@ public final class CudaModelDevice implements Device {
     long tokens = tn[0] * tn[1];
     KernelArgs args = new KernelArgs().ptr(a).i64(tn[1]).i64(tx[0]).i64(tx[1]).ptr(p).i64(tp[0]).i64(tp[1])
         .ptr(ropeFrequencies(theta, half)).ptr(ropeCosSin(theta, half)).i64(ROPE_TABLE_POSITIONS);
-    if (out == null) {
-      args.nullPtr(); // forGemms: the bf16 copy only
-    } else {
-      args.ptr(out);
-    }
-    (out16 == null ? args.nullPtr() : args.ptr(out16)).i64(to[0]).i64(to[1]).i32((int) tokens).i32((int) span)
+    args.ptrOrNull(out); // null with forGemms: the bf16 copy only
+    args.ptrOrNull(out16).i64(to[0]).i64(to[1]).i32((int) tokens).i32((int) span)
         .i32((int) width).f64(inverse ? -1 : 1);
     long warps = BLOCK / 32;
     op("kiln_rope_tokens_f32_" + suffix(p.dtype())).launch(stream, (tokens + warps - 1) / warps, 1, BLOCK, 0, args);
