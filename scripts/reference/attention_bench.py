@@ -4,7 +4,7 @@ mean over repetitions after warm-up), printing lines in the same format so scrip
 
   attention: torch.nn.functional.scaled_dot_product_attention, flash backend only, causal, bf16,
              [batch, heads, n, d] with batch = 16384 / n, heads = 2048 / d
-  gemm:      torch.matmul of bf16 square matrices (cuBLAS underneath)
+  gemm:      a @ b.t() of bf16 matrices in CudaBenchmark.GEMM_SHAPES (cuBLAS/cuBLASLt underneath), bf16 out
 """
 import sys
 
@@ -54,14 +54,22 @@ def attention(reps):
             del q, k, v, g
 
 
+# (M, N, K) of C[M, N] = A[M, K] @ B[N, K]^T, as CudaBenchmark.GEMM_SHAPES.
+GEMM_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192),
+               (2048, 10240, 2560), (2048, 2560, 10240),
+               (32768, 1344, 512), (32768, 512, 1344), (32768, 10000, 512)]
+
+
 def gemm():
-    for n in (4096, 8192):
-        a = torch.rand(n, n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
-        b = torch.rand(n, n, device="cuda", dtype=torch.float32).to(torch.bfloat16)
+    for m, n, k in GEMM_SHAPES:
+        a = torch.rand(m, k, device="cuda", dtype=torch.float32).to(torch.bfloat16) * 2 - 1
+        b = torch.rand(n, k, device="cuda", dtype=torch.float32).to(torch.bfloat16) * 2 - 1
+        bt = b.t()
         for _ in range(3):
-            a @ b
-        ms = timed(lambda: a @ b, 20)
-        print(f"BENCH gemm n={n} ms={ms:.4f} tflops={2.0 * n ** 3 / (ms * 1e-3) / 1e12:.1f}", flush=True)
+            a @ bt
+        ms = timed(lambda: a @ bt, 20)
+        print(f"BENCH gemm shape={m}x{n}x{k} ms={ms:.4f} tflops={2.0 * m * n * k / (ms * 1e-3) / 1e12:.1f}",
+              flush=True)
 
 
 if __name__ == "__main__":

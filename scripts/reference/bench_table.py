@@ -12,7 +12,10 @@ def bench(path):
             if line.startswith("BENCH "):
                 kv = dict(re.findall(r"(\w+)=([\w.]+)", line))
                 kind = line.split()[1]
-                key = (kind, kv.get("d", ""), kv["n"])
+                if kind == "gemm":
+                    key = (kind, kv["shape"], kv.get("api", ""))
+                else:
+                    key = (kind, kv.get("d", ""), kv["n"])
                 rows[key] = kv
     except FileNotFoundError:
         pass
@@ -46,9 +49,15 @@ for key in sorted((k for k in set(kiln) | set(torch) if k[0] == "attn"), key=lam
           f"                  | {kf or '-':>8} / {tf or '-':>8}   | {kb or '-':>8} / {tb or '-':>8}     | {ratio:>8}"
           f"         | {a.get('tflops', '-')}")
 print()
-print("gemm bf16 square  | ms: kiln / torch     | TFLOP/s: kiln / torch | speed-up")
-for key in sorted((k for k in set(kiln) | set(torch) if k[0] == "gemm"), key=lambda k: int(k[2])):
-    a, b = kiln.get(key, {}), torch.get(key, {})
-    ratio = f"{float(b['ms']) / float(a['ms']):.2f}x" if a.get("ms") and b.get("ms") else "-"
-    print(f"  n={key[2]:>5}         | {a.get('ms', '-'):>8} / {b.get('ms', '-'):>8} | {a.get('tflops', '-'):>6} / "
-          f"{b.get('tflops', '-'):>6}       | {ratio}")
+print("gemm bf16, C = A @ B^T (M x N x K)  | ms: cuBLASLt / cublasGemmEx / torch | speed-up vs torch: Lt / GemmEx")
+shapes = sorted({k[1] for k in set(kiln) | set(torch) if k[0] == "gemm"},
+                key=lambda s: [int(x) for x in s.split("x")])
+for shape in shapes:
+    lt, ex, pt = kiln.get(("gemm", shape, "lt"), {}), kiln.get(("gemm", shape, "gemmex"), {}), \
+        torch.get(("gemm", shape, ""), {})
+
+    def ratio(a):
+        return f"{float(pt['ms']) / float(a['ms']):.2f}x" if a.get("ms") and pt.get("ms") else "-"
+
+    print(f"  {shape:<24}                | {lt.get('ms', '-'):>8} / {ex.get('ms', '-'):>8} / {pt.get('ms', '-'):>8}"
+          f" | {ratio(lt):>6} / {ratio(ex):>6}")

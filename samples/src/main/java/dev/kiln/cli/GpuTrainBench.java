@@ -68,6 +68,7 @@ final class GpuTrainBench {
       line.put("device", dev.gpu().toString());
       line.put("precision", precision.name().toLowerCase(java.util.Locale.ROOT));
       line.put("cuda_graphs", graphs);
+      line.put("gemm_api", dev.gemmApi().name().toLowerCase(java.util.Locale.ROOT));
       out.println(Json.write(line));
       out.flush();
       dev.gpu().allocator().emptyCache();

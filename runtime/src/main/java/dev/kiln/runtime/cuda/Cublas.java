@@ -22,17 +22,44 @@ import java.util.List;
  * how that maps onto column-major cuBLAS without copies. Inputs fp32, bf16 or fp16; accumulation always fp32
  * ({@code CUBLAS_COMPUTE_32F}); fp32 GEMMs stay in full fp32 (no TF32).
  *
+ * <p>GEMMs go through cuBLASLt ({@link CublasLt}: a heuristic query per problem with a workspace, answers kept) and
+ * fall back to {@code cublasGemmEx} where Lt's heuristic finds no kernel, or always with {@code KILN_GEMM_API=gemmex}.
+ * Both use one 32 MiB workspace owned by the handle, so neither allocates while a CUDA graph is being captured.
+ *
  * <p>The library is {@code libcublas.so.13}, else {@code libcublas.so.12}; {@code KILN_CUBLAS=/path/to/libcublas.so}
  * overrides the search.
  */
 public final class Cublas implements AutoCloseable {
-  private static final int CUDA_R_32F = 0;
+  static final int CUDA_R_32F = 0;
   private static final int CUDA_R_16F = 2;
   private static final int CUDA_R_16BF = 14;
   private static final int CUBLAS_COMPUTE_32F = 68;
   /** fp32 operands rounded to bf16 inside the GEMM, tensor cores, fp32 accumulation and output. */
   private static final int CUBLAS_COMPUTE_32F_FAST_16BF = 75;
   private static final int CUBLAS_GEMM_DEFAULT = -1;
+  /** The workspace cuBLAS and cuBLASLt share: PyTorch gives cuBLAS 32 MiB on Hopper too. */
+  private static final long WORKSPACE_BYTES = 32L << 20;
+
+  /** Which cuBLAS entry point runs the GEMMs. */
+  public enum GemmApi {
+    /** {@code cublasLtMatmul} with a heuristic-chosen algorithm per problem (the default). */
+    LT,
+    /** {@code cublasGemmEx} / {@code cublasGemmStridedBatchedEx} with {@code CUBLAS_GEMM_DEFAULT}. */
+    GEMMEX;
+
+    /** {@code KILN_GEMM_API}: {@code lt} (default) or {@code gemmex}; anything else is an error naming both. */
+    public static GemmApi fromEnvironment() {
+      String v = System.getenv("KILN_GEMM_API");
+      if (v == null || v.isBlank() || v.equalsIgnoreCase("lt")) {
+        return LT;
+      }
+      if (v.equalsIgnoreCase("gemmex")) {
+        return GEMMEX;
+      }
+      throw new IllegalArgumentException("KILN_GEMM_API=" + v + " is not a GEMM API; use lt (cuBLASLt, the default)"
+          + " or gemmex (cublasGemmEx)");
+    }
+  }
 
   private static volatile Api api;
 
@@ -41,11 +68,19 @@ public final class Cublas implements AutoCloseable {
   private final MemorySegment handle;
   private final Arena scalars = Arena.ofShared();
   private final MemorySegment alphaBeta = scalars.allocate(JAVA_FLOAT, 2);
+  private final CudaArray workspace;
+  private CublasLt lt;
+  private GemmApi gemmApi;
   private boolean closed;
   private boolean fp32AsBf16;
 
-  /** A handle whose work is queued on {@code stream}. */
+  /** A handle whose work is queued on {@code stream}, its GEMM API from {@code KILN_GEMM_API}. */
   public Cublas(CudaStream stream) {
+    this(stream, GemmApi.fromEnvironment());
+  }
+
+  /** A handle whose work is queued on {@code stream}, running GEMMs through {@code gemmApi}. */
+  public Cublas(CudaStream stream, GemmApi gemmApi) {
     this.device = stream.device();
     this.stream = stream;
     device.makeCurrent();
@@ -60,6 +95,28 @@ public final class Cublas implements AutoCloseable {
     } catch (Throwable t) {
       throw new IllegalStateException("cuBLAS call failed", t);
     }
+    workspace = CudaArray.empty(device, stream, DType.U8, WORKSPACE_BYTES);
+    setWorkspace(workspace);
+    setGemmApi(gemmApi);
+  }
+
+  /** Switches the GEMM entry point (benchmarks compare the two on one handle); Lt is created on first use. */
+  public synchronized void setGemmApi(GemmApi api) {
+    if (api == GemmApi.LT && lt == null) {
+      device.makeCurrent();
+      lt = new CublasLt();
+    }
+    this.gemmApi = api;
+  }
+
+  public synchronized GemmApi gemmApi() {
+    return gemmApi;
+  }
+
+  /** The GEMM path in words, for {@code kiln doctor} and benchmark headers. */
+  public synchronized String gemmPath() {
+    return gemmApi == GemmApi.LT ? "cuBLASLt (" + CublasLt.librarySource() + "), heuristic algorithm per problem, "
+        + (WORKSPACE_BYTES >> 20) + " MiB workspace" : "cublasGemmEx (KILN_GEMM_API=gemmex)";
   }
 
   /** Where the cuBLAS library was found (a file or a soname), loading it if needed. */
@@ -72,10 +129,10 @@ public final class Cublas implements AutoCloseable {
   }
 
   /**
-   * Gives cuBLAS {@code workspace} (kept alive by the caller) instead of memory it would allocate itself: required
-   * before capturing GEMMs into a CUDA graph, where cuBLAS may not allocate.
+   * Gives cuBLAS {@code workspace} (kept alive by the handle) instead of memory it would allocate itself: cuBLAS may
+   * not allocate inside a CUDA-graph capture.
    */
-  public synchronized void setWorkspace(CudaArray workspace) {
+  private void setWorkspace(CudaArray workspace) {
     device.makeCurrent();
     try {
       check((int) api().setWorkspace.invokeExact(handle, MemorySegment.ofAddress(workspace.address()),
@@ -92,7 +149,6 @@ public final class Cublas implements AutoCloseable {
     gemm(1f, a, b, 0f, c);
   }
 
-  /** {@code c = alpha * (a @ b) + beta * c}. */
   /**
    * With {@code on}, GEMMs of fp32 operands round them to bf16 inside cuBLAS ({@code CUBLAS_COMPUTE_32F_FAST_16BF})
    * and run on the tensor cores, accumulating in fp32: mixed precision without a separate cast of each operand.
@@ -101,6 +157,7 @@ public final class Cublas implements AutoCloseable {
     this.fp32AsBf16 = on;
   }
 
+  /** {@code c = alpha * (a @ b) + beta * c}. */
   public synchronized void gemm(float alpha, CudaArray a, CudaArray b, float beta, CudaArray c) {
     if (closed) {
       throw new IllegalStateException("cuBLAS handle used after close()");
@@ -131,6 +188,17 @@ public final class Cublas implements AutoCloseable {
     int ldSecond = (int) Math.max(p.ldSecond(), p.opSecond() == 0 ? k : p.n());
     Api x = api();
     int compute = fp32AsBf16 && a.dtype() == DType.F32 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+    if (gemmApi == GemmApi.LT && p.k() > 0) {
+      // Batch strides mean nothing for one product: left out of the key, so equal problems share one plan.
+      boolean batched = p.batch() > 1;
+      CublasLt.Problem problem = new CublasLt.Problem(p.opFirst(), p.opSecond(), p.m(), p.n(), k, ldFirst, ldSecond,
+          p.ldc(), batched ? p.strideFirst() : 0, batched ? p.strideSecond() : 0, batched ? p.strideC() : 0,
+          p.batch(), inType, outType, compute, CublasLt.alignment(b.address()), CublasLt.alignment(a.address()),
+          CublasLt.alignment(c.address()));
+      if (lt.matmul(problem, alphaPtr, betaPtr, b.address(), a.address(), c.address(), workspace, stream)) {
+        return;
+      }
+    }
     try {
       int rc;
       if (p.batch() == 1) {
@@ -181,7 +249,7 @@ public final class Cublas implements AutoCloseable {
     if (!closed) {
       closed = true;
       device.makeCurrent();
-      try {
+      try (CudaArray w = workspace; CublasLt l = lt) {
         check((int) api().destroy.invokeExact(handle), "cublasDestroy_v2");
       } catch (CudaException e) {
         throw e;

@@ -35,6 +35,13 @@ public final class CudaStream implements AutoCloseable {
     CudaException.check(JCudaDriver.cuStreamSynchronize(stream), "cuStreamSynchronize");
   }
 
+  /** Whether a CUDA-graph capture is recording this stream's work (nothing may wait on the GPU then). */
+  public boolean isCapturing() {
+    int[] status = new int[1];
+    CudaException.check(JCudaDriver.cuStreamIsCapturing(stream, status), "cuStreamIsCapturing");
+    return status[0] != 0;
+  }
+
   /** Makes later work on this stream wait for {@code event}. */
   public void waitFor(CudaEvent event) {
     CudaException.check(JCudaDriver.cuStreamWaitEvent(stream, event.handle(), 0), "cuStreamWaitEvent");

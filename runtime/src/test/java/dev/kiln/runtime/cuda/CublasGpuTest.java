@@ -5,7 +5,10 @@ import dev.kiln.runtime.tensor.NdArray;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
-/** cuBLAS GEMMs against a float64 loop over the same (dtype-rounded) inputs. */
+/**
+ * cuBLAS GEMMs against a float64 loop over the same (dtype-rounded) inputs, through both entry points: cuBLASLt (the
+ * default) and {@code cublasGemmEx}.
+ */
 class CublasGpuTest {
   /** Row-major reference {@code C[b] = A[b or 0] @ B[b or 0]} on [batch, rows, cols] doubles. */
   private static double[] reference(double[] a, double[] b, int batchA, int batchB, int batch, int m, int k, int n,
@@ -62,10 +65,16 @@ class CublasGpuTest {
 
   @Test
   void fp32GemmsMatchFloat64WithTransposedAndBatchedOperands() {
+    for (Cublas.GemmApi api : Cublas.GemmApi.values()) {
+      fp32Gemms(api);
+    }
+  }
+
+  private static void fp32Gemms(Cublas.GemmApi api) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(3);
-    try (Cublas blas = new Cublas(dev.defaultStream())) {
-      System.out.println("  cuBLAS from " + Cublas.librarySource());
+    try (Cublas blas = new Cublas(dev.defaultStream(), api)) {
+      System.out.println("  cuBLAS from " + Cublas.librarySource() + ", GEMMs via " + blas.gemmPath());
       // fp32 accumulation over k terms: error well under 1e-5 of sum |a b| for k in the hundreds.
       double rel = 1e-5;
       check("f32 67x129 @ 129x45", blas, dev, GpuTesting.randn(rnd, DType.F32, 1, 67, 129),
@@ -87,9 +96,15 @@ class CublasGpuTest {
 
   @Test
   void bf16AndFp16GemmsAccumulateInFp32() {
+    for (Cublas.GemmApi api : Cublas.GemmApi.values()) {
+      lowPrecisionGemms(api);
+    }
+  }
+
+  private static void lowPrecisionGemms(Cublas.GemmApi api) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(4);
-    try (Cublas blas = new Cublas(dev.defaultStream())) {
+    try (Cublas blas = new Cublas(dev.defaultStream(), api)) {
       // Inputs are exactly representable; products are exact in fp32 and summed in fp32: 1e-5 of sum |a b|.
       check("bf16 -> f32 96x256 @ 256x80", blas, dev, GpuTesting.randn(rnd, DType.BF16, 1, 96, 256),
           GpuTesting.randn(rnd, DType.BF16, 1, 256, 80), false, false, DType.F32, 1e-5);
@@ -97,6 +112,49 @@ class CublasGpuTest {
           GpuTesting.randn(rnd, DType.BF16, 1, 3, 48, 40), true, false, DType.BF16, 1e-5);
       check("f16 -> f16 50x70 @ 70x30", blas, dev, GpuTesting.randn(rnd, DType.F16, 1, 50, 70),
           GpuTesting.randn(rnd, DType.F16, 1, 70, 30), false, true, DType.F16, 1e-5);
+    }
+  }
+
+  /**
+   * Lt picks an algorithm per problem, pointer alignment included: operands that start one element into their buffer
+   * (4- and 2-byte aligned) must get a kernel that runs on them, not the one chosen for 256-byte aligned operands of
+   * the same shape. Also checks accumulation (beta = 1) into an output that already holds values, as the device's
+   * gradient sums use it, with the output shifted too.
+   */
+  @Test
+  void ltRunsOnUnalignedViewsAndAccumulates() {
+    CudaDevice dev = GpuTesting.device();
+    Random rnd = new Random(5);
+    int m = 64, k = 96, n = 48;
+    for (DType t : new DType[] {DType.F32, DType.BF16}) {
+      NdArray a = GpuTesting.randn(rnd, t, 1, m * k + 1);
+      NdArray b = GpuTesting.randn(rnd, t, 1, k * n + 1);
+      NdArray c0 = GpuTesting.randn(rnd, DType.F32, 1, m * n + 1);
+      double[] ha = GpuTesting.doubles(a);
+      double[] hb = GpuTesting.doubles(b);
+      double[] hc = GpuTesting.doubles(c0);
+      try (Cublas blas = new Cublas(dev.defaultStream(), Cublas.GemmApi.LT);
+          CudaArray da = CudaArray.fromHost(dev, a);
+          CudaArray db = CudaArray.fromHost(dev, b)) {
+        for (int shift = 0; shift <= 1; shift++) {
+          double[] bound = new double[m * n];
+          double[] ref = reference(java.util.Arrays.copyOfRange(ha, shift, shift + m * k),
+              java.util.Arrays.copyOfRange(hb, shift, shift + k * n), 1, 1, 1, m, k, n, bound);
+          double worst = 0;
+          for (int i = 0; i < ref.length; i++) {
+            ref[i] += hc[shift + i];
+            worst = Math.max(worst, bound[i] + Math.abs(hc[shift + i]));
+          }
+          try (CudaArray dc = CudaArray.fromHost(dev, c0)) {
+            blas.gemm(1f, da.narrow(0, shift, m * k).view(m, k), db.narrow(0, shift, k * n).view(k, n), 1f,
+                dc.narrow(0, shift, m * n).view(m, n));
+            double[] got = java.util.Arrays.copyOfRange(GpuTesting.doubles(dc.toHost()), shift, shift + m * n);
+            // Exact products (bf16 inputs are exact in fp32) summed in fp32: 1e-5 of sum |a b| + |c|.
+            GpuTesting.assertClose("cuBLASLt " + t + " operands shifted by " + shift + ", beta = 1", ref, got, 0,
+                1e-5 * worst);
+          }
+        }
+      }
     }
   }
 }

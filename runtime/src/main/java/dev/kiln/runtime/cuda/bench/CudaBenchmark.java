@@ -21,11 +21,13 @@ import java.util.SplittableRandom;
  * <ul>
  *   <li>attention forward and forward+backward, causal, bf16, head dims 64 and 128, sequence 1k-16k, 16k tokens per
  *       batch and 2048 model width (batch = 16384 / n, heads = 2048 / d), the FlashAttention papers' setting;
- *   <li>bf16 GEMM (bf16 out, fp32 accumulation) of square sizes 4096 and 8192 through cuBLAS.
+ *   <li>bf16 GEMM (bf16 out, fp32 accumulation) of the shapes in {@link #GEMM_SHAPES}, through cuBLASLt and through
+ *       {@code cublasGemmEx} on the same handle.
  * </ul>
  *
  * Output lines: {@code BENCH attn d=.. n=.. b=.. h=.. fwd_ms=.. fwdbwd_ms=.. tflops=..} and
- * {@code BENCH gemm n=.. ms=.. tflops=..}; times are the mean over the timed repetitions after warm-up.
+ * {@code BENCH gemm shape=MxNxK api=lt|gemmex ms=.. tflops=..}; times are the mean over the timed repetitions after
+ * warm-up.
  */
 public final class CudaBenchmark {
   private static final long TOKENS = 16384;
@@ -131,27 +133,44 @@ public final class CudaBenchmark {
     }
   }
 
+  /**
+   * The GEMM shapes timed, {@code {M, N, K}} of {@code C[M, N] = A[M, K] @ B[N, K]ᵀ} (the layout of {@code x @ Wᵀ}):
+   * two squares, then the CS336 xl model's FFN up/down projections (2048 tokens, 2560 ↔ 10240) and TinyStories' (32768
+   * tokens, 512 ↔ 1344) and its LM head (10000 outputs).
+   */
+  static final long[][] GEMM_SHAPES = {
+      {4096, 4096, 4096}, {8192, 8192, 8192},
+      {2048, 10240, 2560}, {2048, 2560, 10240},
+      {32768, 1344, 512}, {32768, 512, 1344}, {32768, 10000, 512}};
+
   private static void gemm(CudaDevice dev) {
-    try (Cublas blas = new Cublas(dev.defaultStream());
+    CudaStream stream = dev.defaultStream();
+    try (Cublas blas = new Cublas(stream, Cublas.GemmApi.LT);
         CudaEvent e0 = new CudaEvent(dev);
         CudaEvent e1 = new CudaEvent(dev)) {
-      for (long n : new long[] {4096, 8192}) {
-        try (CudaArray flatA = CudaArray.fromHost(dev, uniformBf16(n * n, 5));
-            CudaArray flatB = CudaArray.fromHost(dev, uniformBf16(n * n, 6));
-            CudaArray c = CudaArray.empty(dev, DType.BF16, n, n)) {
-          CudaArray a = flatA.view(n, n);
-          CudaArray b = flatB.view(n, n);
-          for (int i = 0; i < 3; i++) {
-            blas.matmul(a, b, c);
+      System.out.println("gemm via " + blas.gemmPath() + ", against cublasGemmEx on the same handle");
+      for (long[] shape : GEMM_SHAPES) {
+        long m = shape[0], n = shape[1], k = shape[2];
+        try (CudaArray flatA = CudaArray.fromHost(dev, uniformBf16(m * k, 5));
+            CudaArray flatB = CudaArray.fromHost(dev, uniformBf16(n * k, 6));
+            CudaArray c = CudaArray.empty(dev, DType.BF16, m, n)) {
+          CudaArray a = flatA.view(m, k);
+          CudaArray bt = flatB.view(n, k).transpose(0, 1);
+          for (Cublas.GemmApi api : Cublas.GemmApi.values()) {
+            blas.setGemmApi(api);
+            for (int i = 0; i < 3; i++) {
+              blas.matmul(a, bt, c);
+            }
+            int reps = 20;
+            e0.record(stream);
+            for (int i = 0; i < reps; i++) {
+              blas.matmul(a, bt, c);
+            }
+            e1.record(stream);
+            double ms = e1.elapsedMillisSince(e0) / reps;
+            System.out.printf("BENCH gemm shape=%dx%dx%d api=%s ms=%.4f tflops=%.1f%n", m, n, k,
+                api.name().toLowerCase(java.util.Locale.ROOT), ms, 2.0 * m * n * k / (ms * 1e-3) / 1e12);
           }
-          int reps = 20;
-          e0.record(dev.defaultStream());
-          for (int i = 0; i < reps; i++) {
-            blas.matmul(a, b, c);
-          }
-          e1.record(dev.defaultStream());
-          double ms = e1.elapsedMillisSince(e0) / reps;
-          System.out.printf("BENCH gemm n=%d ms=%.4f tflops=%.1f%n", n, ms, 2.0 * n * n * n / (ms * 1e-3) / 1e12);
         }
       }
     }

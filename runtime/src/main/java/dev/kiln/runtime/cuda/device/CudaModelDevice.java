@@ -190,6 +190,11 @@ public final class CudaModelDevice implements Device {
     return precision;
   }
 
+  /** Which cuBLAS entry point runs this device's GEMMs ({@code KILN_GEMM_API}, cuBLASLt by default). */
+  public Cublas.GemmApi gemmApi() {
+    return cublas.gemmApi();
+  }
+
   /** Kernel launches and cuBLAS calls queued so far (what CUDA graphs would save on). */
   public long launches() {
     return launches;
@@ -445,13 +450,12 @@ public final class CudaModelDevice implements Device {
 
   /**
    * Prepares the device for CUDA-graph capture: uploads and iotas are served from a content cache of permanent
-   * tensors from now on (a graph cannot copy from the host), and cuBLAS gets a fixed 32 MiB workspace (it may not
-   * allocate inside a capture).
+   * tensors from now on (a graph cannot copy from the host). cuBLAS needs nothing: its handle has a fixed workspace
+   * from the start (see {@link dev.kiln.runtime.cuda.Cublas}), so it never allocates inside a capture.
    */
   public void enableGraphs() {
     if (constants == null) {
       constants = new java.util.HashMap<>();
-      cublas.setWorkspace(CudaArray.empty(gpu, stream, DType.U8, 32L << 20));
     }
   }
 
