@@ -71,7 +71,7 @@ if [[ "${KILN_QUICKSTART:-0}" == 1 ]]; then
   for dev in cpu cuda; do
     echo "=== kiln generate --device $dev (greedy)"
     timeout 60 "${java[@]}" dev.kiln.cli.KilnCommand generate --model "$run_dir" --prompt "Once upon a time" \
-      --max-tokens 40 --temperature 0 --seed 1 --device $dev 2>&1 | grep -v WARNING | cut -c1-300
+      --max-tokens 120 --temperature 0 --seed 1 --device $dev 2>&1 | grep -v WARNING | cut -c1-300
   done
   python3 -c "import numpy as np; np.save('$out/ids.npy', np.random.default_rng(0).integers(0, 1024, (2, 128)));\
 np.save('$out/next.npy', np.random.default_rng(1).integers(0, 1024, (2, 128)))"

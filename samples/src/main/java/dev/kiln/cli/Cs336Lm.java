@@ -189,12 +189,6 @@ public final class Cs336Lm {
       }
     }
 
-    /** The logits of the last position of one sequence, float32 {@code [vocab_size]} (for generation). */
-    public NdArray lastLogits(long[] ids) {
-      NdArray all = logits(NdArray.fromLongs(ids, 1, ids.length));
-      return all.reshape(ids.length, config.vocabSize()).select(0, ids.length - 1).contiguous();
-    }
-
     /** The mean loss of a batch and the gradient of every parameter by trainer name, computed on the GPU. */
     public CompiledModel.LossAndGradients lossAndGradients(NdArray inputs, NdArray targets) {
       Map<String, String> names = LmModule.names(config, gpu.stateDict(params).keySet());

@@ -3,9 +3,8 @@ package dev.kiln.cli;
 import dev.kiln.runtime.infer.Generator;
 import dev.kiln.runtime.infer.ModelFolder;
 import dev.kiln.runtime.infer.Sampler;
-import dev.kiln.dsl.DType;
 import dev.kiln.runtime.cuda.device.CudaModelDevice;
-import dev.kiln.runtime.infer.FullWindowModel;
+import dev.kiln.runtime.infer.DeviceLmEngine;
 import dev.kiln.runtime.infer.NextTokenModel;
 import dev.kiln.runtime.tensor.Rng;
 import dev.kiln.runtime.tokenizer.BpeTokenizer;
@@ -68,8 +67,8 @@ public final class GenerateCommand implements Callable<Integer> {
   Path tokenizerDir;
 
   @Option(names = "--device", defaultValue = "cpu", paramLabel = "cpu|cuda",
-      description = "cpu (default): the KV-cache engine; cuda: the compiled model on the GPU, recomputing the whole"
-          + " window for each token (no KV cache on the GPU yet).")
+      description = "cpu (default) or cuda: the KV-cache engine on the host, or on the GPU (weights and cache in"
+          + " device memory, fp32).")
   String device;
 
   @Override
@@ -114,10 +113,8 @@ public final class GenerateCommand implements Callable<Integer> {
     return 0;
   }
 
-  /** The folder's weights in the compiled model on the GPU, generating by full-window forwards. */
+  /** The folder's weights on the GPU (fp32), generating with a KV cache in device memory. */
   private static NextTokenModel onCuda(ModelFolder folder) throws java.io.IOException {
-    Cs336Lm lm = Cs336Lm.load(folder, DType.F32);
-    Cs336Lm.OnCuda gpu = lm.onCuda(new CudaModelDevice(0, CudaModelDevice.Precision.FP32));
-    return new FullWindowModel(folder.config(), gpu::lastLogits);
+    return new DeviceLmEngine(folder.loadWeights(), new CudaModelDevice(0, CudaModelDevice.Precision.FP32));
   }
 }

@@ -104,6 +104,14 @@ public interface Device {
   /** {@code x} itself when contiguous, else a contiguous copy. */
   Tensor contiguous(Tensor x);
 
+  /**
+   * A view of {@code length} indices of {@code x}'s dim {@code dim} from {@code start}: no copy, and writes through
+   * (a {@link #copy} into it fills that part of {@code x}, as a KV cache's new positions are written).
+   *
+   * @throws IndexOutOfBoundsException when the range is outside the dim
+   */
+  Tensor narrow(Tensor x, int dim, long start, long length);
+
   // ---------------------------------------------------------------- GEMM
 
   /**

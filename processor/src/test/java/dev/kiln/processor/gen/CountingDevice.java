@@ -134,6 +134,11 @@ final class CountingDevice implements Device {
   }
 
   @Override
+  public Tensor narrow(Tensor x, int dim, long start, long length) {
+    return d.narrow(x, dim, start, length);
+  }
+
+  @Override
   public Tensor contiguous(Tensor x) {
     Tensor c = d.contiguous(x);
     if (c != x) {

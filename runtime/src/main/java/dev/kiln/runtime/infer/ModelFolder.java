@@ -123,6 +123,11 @@ public record ModelFolder(Path dir, ModelConfig config) {
 
   /** Loads the weights (checked against the config, copied to float32) and builds an engine. */
   public TransformerLmEngine loadEngine() throws IOException {
+    return new TransformerLmEngine(loadWeights());
+  }
+
+  /** The folder's weights, checked against its config (names, shapes, the config's own rules). */
+  public LmWeights loadWeights() throws IOException {
     try (SafetensorsFile st = SafetensorsFile.open(dir)) {
       Map<String, NdArray> sd = new LinkedHashMap<>();
       for (String n : st.names()) {
@@ -130,7 +135,8 @@ public record ModelFolder(Path dir, ModelConfig config) {
       }
       Path weights = Files.isRegularFile(dir.resolve(Checkpoints.MODEL)) ? dir.resolve(Checkpoints.MODEL)
           : dir.resolve("model.safetensors.index.json");
-      return TransformerLmEngine.load(config, sd, weights.toString());
+      TransformerLmEngine.requireUsable(config, weights.toString());
+      return LmWeights.from(config, sd, weights.toString());
     }
   }
 

@@ -6,7 +6,7 @@ import dev.kiln.runtime.train.ModelConfig;
 /**
  * What {@link Generator} drives: a language model fed a prompt, then one token at a time, answering each time with
  * the logits of the next position. {@link TransformerLmEngine} does it with a KV cache on the CPU;
- * {@link FullWindowModel} recomputes the whole window with any forward function (the compiled model on a GPU).
+ * {@link DeviceLmEngine} runs the same equations on any {@link dev.kiln.dsl.spi.Device} (the GPU's among them).
  */
 public interface NextTokenModel {
   ModelConfig config();

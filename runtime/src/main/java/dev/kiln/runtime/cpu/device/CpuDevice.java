@@ -204,6 +204,11 @@ public final class CpuDevice implements Device {
     return nd(x, "contiguous", "x").contiguous();
   }
 
+  @Override
+  public Tensor narrow(Tensor x, int dim, long start, long length) {
+    return nd(x, "narrow", "x").narrow(dim, start, length);
+  }
+
   // ================================================================ GEMM
 
   @Override

@@ -868,6 +868,13 @@ public final class CudaModelDevice implements Device {
   }
 
   @Override
+  public Tensor narrow(Tensor x, int dim, long start, long length) {
+    CudaTensor t = ct(x, "narrow", "x");
+    return new CudaTensor(viewOf(t.array(), t.array().narrow(dim, start, length)), t.bf16Twin() == null ? null
+        : t.bf16Twin().narrow(dim, start, length));
+  }
+
+  @Override
   public Tensor contiguous(Tensor x) {
     CudaTensor t = ct(x, "contiguous", "x");
     return t.array().isContiguous() ? t : wrap(contiguousArray(t.array()));
