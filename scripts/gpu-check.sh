@@ -21,7 +21,8 @@ echo "[gpu-check] building (nvcc: $(command -v nvcc || echo 'absent, NVRTC at ru
 
 mkdir -p "$dest"
 rm -rf "$dest/lib" "$dest/test-classes" "$dest/reference"
-mkdir -p "$dest/lib" "$dest/test-classes/dev/kiln/runtime/cuda" "$dest/test-classes/dev/kiln/models/cs336" "$dest/reference"
+mkdir -p "$dest/lib" "$dest/test-classes/dev/kiln/runtime/cuda" "$dest/test-classes/dev/kiln/runtime/infer" \
+  "$dest/test-classes/dev/kiln/models/cs336" "$dest/reference"
 
 # The JRE is the slow part; rebuild it only when the tool changed.
 if [[ ! -f "$dest/jre25.tgz" || "$jre_tool" -nt "$dest/jre25.tgz" ]]; then
@@ -32,6 +33,8 @@ cp dsl/target/kiln-dsl-*.jar runtime/target/kiln-runtime-*.jar models/target/kil
   samples/target/kiln-samples-*.jar "$dest/lib/"
 rm -f "$dest"/lib/*-sources.jar "$dest"/lib/*-tests.jar
 cp -r runtime/target/test-classes/dev/kiln/runtime/cuda/. "$dest/test-classes/dev/kiln/runtime/cuda/"
+# Generation on the GPU, and the reference-engine helpers its test shares with the CPU tests.
+cp runtime/target/test-classes/dev/kiln/runtime/infer/{DeviceLmEngine,TinyLms}*.class "$dest/test-classes/dev/kiln/runtime/infer/"
 # The generated-model GPU tests and the CPU-side fixtures they reuse (the variant list).
 cp models/target/test-classes/dev/kiln/models/cs336/TransformerLm*Test*.class "$dest/test-classes/dev/kiln/models/cs336/"
 

@@ -10,7 +10,7 @@ import picocli.CommandLine.Command;
 @Command(
     name = "bench",
     description = "Benchmarks against a named peer in the same run (prints ratios).",
-    subcommands = {BenchGemmCommand.class, BenchTrainCommand.class, dev.kiln.cli.tokenizer.TokenizerBenchCommand.class})
+    subcommands = {BenchGemmCommand.class, BenchTrainCommand.class, BenchGenerateCommand.class, dev.kiln.cli.tokenizer.TokenizerBenchCommand.class})
 public final class BenchCommand implements Runnable {
   @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 

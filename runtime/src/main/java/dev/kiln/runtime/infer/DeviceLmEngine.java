@@ -33,6 +33,9 @@ import java.util.List;
  * double: logits agree to about 1e-5 relative. Not thread-safe: one engine serves one generation at a time.
  */
 public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
+  private static final double GELU_CUBIC = 0.044715;
+  private static final double GELU_SCALE = Math.sqrt(2 / Math.PI);
+
   private record Norm(Tensor gain, Tensor bias) {}
 
   private record Layer(Norm ln1, Tensor q, Tensor k, Tensor v, Tensor out, Norm qNorm, Norm kNorm, Norm ln2, Tensor w1,
@@ -49,7 +52,12 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   private final Tensor lmHead;
   private final Tensor[] keys;
   private final Tensor[] values;
-  /** GPU memory of the weights and the cache, freed by {@link #close}. */
+  /**
+   * The scalars the equations use, made once: on the GPU each {@code full} is a kernel launch, and a decode step is
+   * bound by launches.
+   */
+  private final java.util.Map<Double, Tensor> constants = new java.util.HashMap<>();
+  /** GPU memory of the weights, the cache and the constants, freed by {@link #close}. */
   private final List<CudaArray> owned;
   private int position;
   private boolean closed;
@@ -76,6 +84,10 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
       for (int l = 0; l < c.numLayers(); l++) {
         keys[l] = dev.empty(DType.F32, c.numHeads(), c.contextLength(), c.headDim());
         values[l] = dev.empty(DType.F32, c.numHeads(), c.contextLength(), c.headDim());
+      }
+      for (double v : new double[] {1.0 / c.dModel(), 1.0 / c.headDim(), c.normEps(), 0, 0.5, 1, GELU_CUBIC,
+          GELU_SCALE}) {
+        constants.computeIfAbsent(v, x -> dev.full(DType.F32, x));
       }
     } catch (RuntimeException | Error e) {
       if (scope != null) {
@@ -171,14 +183,17 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     int t = ids.length;
     try (CudaModelDevice.Scope s = cuda == null ? null : cuda.scope()) {
       NormPlacement placement = c.normPlacement();
-      Tensor x = dev.gather(tokenEmbeddings, integers(ids, 0));
+      Tensor x = dev.gather(tokenEmbeddings, tokens(ids));
+      // A decode step's position is a fill kernel, not an upload: host copies wait for the GPU.
+      Tensor positions = c.positions() != Positions.ROPE ? null
+          : t == 1 ? dev.full(DType.I64, start, 1) : dev.iota(DType.I64, t);
       if (c.positions() == Positions.LEARNED) {
         x = dev.binary(Binary.ADD, x, dev.narrow(positionEmbeddings, 0, start, t));
       }
       for (int l = 0; l < c.numLayers(); l++) {
         Layer layer = layers.get(l);
         Tensor attnIn = placement == NormPlacement.PRE ? norm(x, layer.ln1()) : x;
-        x = dev.binary(Binary.ADD, x, attention(l, layer, attnIn, start));
+        x = dev.binary(Binary.ADD, x, attention(l, layer, attnIn, start, positions));
         if (placement == NormPlacement.POST) {
           x = norm(x, layer.ln1());
         }
@@ -201,17 +216,18 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     }
   }
 
-  /** {@code ids + offset} as an I64 vector on the device. */
-  private Tensor integers(int[] ids, int offset) {
+  /** {@code ids} as an I64 vector on the device. */
+  private Tensor tokens(int[] ids) {
     double[] v = new double[ids.length];
     for (int i = 0; i < v.length; i++) {
-      v[i] = ids[i] + offset;
+      v[i] = ids[i];
     }
     return dev.upload(DType.I64, new long[] {v.length}, v);
   }
 
   private Tensor scalar(double v) {
-    return dev.full(DType.F32, v);
+    Tensor t = constants.get(v);
+    return t != null ? t : dev.full(DType.F32, v);
   }
 
   /** {@code x W^T} for {@code x: [rows, d_in]}, {@code W: [d_out, d_in]}. */
@@ -242,7 +258,8 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     return n.bias() == null ? y : dev.binary(Binary.ADD, y, n.bias());
   }
 
-  private Tensor attention(int l, Layer layer, Tensor x, int start) {
+  /** {@code positions}: those of the rows of {@code x} (RoPE only, else null). */
+  private Tensor attention(int l, Layer layer, Tensor x, int start, Tensor positions) {
     long t = x.shape()[0];
     int h = c.numHeads();
     int dh = c.headDim();
@@ -258,9 +275,6 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     k = dev.permute(k, 1, 0, 2);
     v = dev.permute(v, 1, 0, 2);
     if (c.positions() == Positions.ROPE) {
-      int[] offsets = new int[(int) t];
-      java.util.Arrays.setAll(offsets, i -> i);
-      Tensor positions = integers(offsets, start);
       q = dev.rope(q, positions, c.ropeTheta(), false);
       k = dev.rope(k, positions, c.ropeTheta(), false);
     }
@@ -307,8 +321,8 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   /** {@code 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))}, as {@code Ops.gelu}. */
   private Tensor geluTanh(Tensor x) {
     Tensor cube = dev.binary(Binary.MUL, dev.binary(Binary.MUL, x, x), x);
-    Tensor inner = dev.binary(Binary.MUL, dev.binary(Binary.ADD, x, dev.binary(Binary.MUL, cube, scalar(0.044715))),
-        scalar(Math.sqrt(2 / Math.PI)));
+    Tensor inner = dev.binary(Binary.MUL, dev.binary(Binary.ADD, x, dev.binary(Binary.MUL, cube, scalar(GELU_CUBIC))),
+        scalar(GELU_SCALE));
     Tensor half = dev.binary(Binary.MUL, x, scalar(0.5));
     return dev.binary(Binary.MUL, half, dev.binary(Binary.ADD, dev.unary(Unary.TANH, inner), scalar(1)));
   }
