@@ -24,10 +24,15 @@ import java.util.List;
  * code on the host, which is how the tests hold it to the reference engine.
  *
  * <p>Every variant of {@link ModelConfig} is implemented, as in the reference. The prompt runs as one chunk through
- * the device's fused causal attention; each later token attends to the cache with two GEMMs and a softmax (one query
- * against {@code position + 1} keys; the fused kernels take equal query and key lengths only). The cache holds keys
- * after QK-norm and RoPE, laid out {@code [num_heads, context_length, d_head]} per layer so the keys of positions
- * {@code 0..p} are a strided view that cuBLAS reads in place.
+ * the device's fused causal attention. Each later token is a <em>decode step of fixed shapes</em>: its token id and
+ * position are in one-element device buffers, its keys and values are added into cache rows that hold zeros
+ * ({@link Device#scatterAddRows} at the position the buffer holds), and its query attends to the whole cache with two
+ * GEMMs and a softmax, the positions after it masked to −∞ by comparing an iota with the position. Nothing in a step
+ * depends on the host, so on the GPU the second decode step is captured as a CUDA graph and every later one replays
+ * it: three tiny host copies, one graph launch and one download of the logits a token, where the launches of about
+ * 40 kernels a layer from Java would dominate. The cache holds keys after QK-norm and RoPE, {@code [context_length,
+ * d_model]} per layer (a row per position), read by the GEMMs as the strided view {@code [num_heads, context_length,
+ * d_head]}.
  *
  * <p>Statistics are float32 here (norms are reductions on the device), where the reference engine takes them in
  * double: logits agree to about 1e-5 relative. Not thread-safe: one engine serves one generation at a time.
@@ -50,15 +55,26 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   private final List<Layer> layers = new ArrayList<>();
   private final Norm lnFinal;
   private final Tensor lmHead;
+  /** Per layer {@code [context_length, d_model]}: row p holds position p's keys (values), zeros past the last one. */
   private final Tensor[] keys;
   private final Tensor[] values;
+  /** A decode step's inputs: the token id and its position (I64 for gather and RoPE, F32 for the mask). */
+  private final Tensor tokenInput;
+  private final Tensor positionInput;
+  private final Tensor positionAsFloat;
+  /** 0, 1, ..., context_length − 1 in F32: the cache rows' positions, compared with the step's. */
+  private final Tensor cachePositions;
+  /** The decode step as a CUDA graph (GPU only, from the second step on), and the logits it writes. */
+  private dev.kiln.runtime.cuda.CudaGraph decodeGraph;
+  private Tensor graphLogits;
+  private boolean decodedEagerly;
   /**
    * The scalars the equations use, made once: on the GPU each {@code full} is a kernel launch, and a decode step is
    * bound by launches.
    */
   private final java.util.Map<Double, Tensor> constants = new java.util.HashMap<>();
-  /** GPU memory of the weights, the cache and the constants, freed by {@link #close}. */
-  private final List<CudaArray> owned;
+  /** GPU memory of the weights, the cache, the constants and the decode graph's step, freed by {@link #close}. */
+  private final List<CudaArray> owned = new ArrayList<>();
   private int position;
   private boolean closed;
 
@@ -82,11 +98,20 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
       keys = new Tensor[c.numLayers()];
       values = new Tensor[c.numLayers()];
       for (int l = 0; l < c.numLayers(); l++) {
-        keys[l] = dev.empty(DType.F32, c.numHeads(), c.contextLength(), c.headDim());
-        values[l] = dev.empty(DType.F32, c.numHeads(), c.contextLength(), c.headDim());
+        keys[l] = dev.zeros(DType.F32, c.contextLength(), c.dModel());
+        values[l] = dev.zeros(DType.F32, c.contextLength(), c.dModel());
       }
+      tokenInput = dev.zeros(DType.I64, 1);
+      positionInput = dev.zeros(DType.I64, 1);
+      positionAsFloat = dev.zeros(DType.F32, 1);
+      float[] rows = new float[c.contextLength()];
+      for (int i = 0; i < rows.length; i++) {
+        rows[i] = i;
+      }
+      NdArray hostRows = NdArray.fromFloats(rows, rows.length);
+      cachePositions = cuda != null ? cuda.fromHost(hostRows) : hostRows;
       for (double v : new double[] {1.0 / c.dModel(), 1.0 / c.headDim(), c.normEps(), 0, 0.5, 1, GELU_CUBIC,
-          GELU_SCALE}) {
+          GELU_SCALE, Double.NEGATIVE_INFINITY}) {
         constants.computeIfAbsent(v, x -> dev.full(DType.F32, x));
       }
     } catch (RuntimeException | Error e) {
@@ -95,7 +120,9 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
       }
       throw e;
     }
-    owned = scope == null ? List.of() : scope.detach();
+    if (scope != null) {
+      owned.addAll(scope.detach());
+    }
   }
 
   private Tensor put(NdArray host) {
@@ -163,66 +190,158 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
             + " vocabulary [0, " + c.vocabSize() + ")");
       }
     }
-    NdArray logits;
+    NdArray logits = null;
+    int i = 0;
     if (position == 0) {
-      logits = run(ids, 0);
-    } else {
-      logits = null;
-      for (int i = 0; i < ids.length; i++) {
-        logits = run(new int[] {ids[i]}, position + i);
+      for (int l = 0; l < c.numLayers(); l++) {
+        // Decode steps add into cache rows: every row past the prompt must hold zeros, whatever ran before.
+        dev.fill(keys[l], 0);
+        dev.fill(values[l], 0);
       }
+      logits = prefillChunk(ids);
+      position = ids.length;
+      i = ids.length;
     }
-    position += ids.length;
+    for (; i < ids.length; i++) {
+      logits = decodeStep(ids[i], position);
+      position++;
+    }
     return logits;
   }
 
   // ---------------------------------------------------------------- the forward pass
 
-  /** Tokens {@code ids} at positions {@code start..}; with {@code start > 0}, exactly one token. */
-  private NdArray run(int[] ids, int start) {
+  /** The prompt at positions {@code 0..n-1}, in one pass; the logits of the last position. */
+  private NdArray prefillChunk(int[] ids) {
     int t = ids.length;
     try (CudaModelDevice.Scope s = cuda == null ? null : cuda.scope()) {
-      NormPlacement placement = c.normPlacement();
-      Tensor x = dev.gather(tokenEmbeddings, tokens(ids));
-      // A decode step's position is a fill kernel, not an upload: host copies wait for the GPU.
-      Tensor positions = c.positions() != Positions.ROPE ? null
-          : t == 1 ? dev.full(DType.I64, start, 1) : dev.iota(DType.I64, t);
-      if (c.positions() == Positions.LEARNED) {
-        x = dev.binary(Binary.ADD, x, dev.narrow(positionEmbeddings, 0, start, t));
-      }
-      for (int l = 0; l < c.numLayers(); l++) {
-        Layer layer = layers.get(l);
-        Tensor attnIn = placement == NormPlacement.PRE ? norm(x, layer.ln1()) : x;
-        x = dev.binary(Binary.ADD, x, attention(l, layer, attnIn, start, positions));
-        if (placement == NormPlacement.POST) {
-          x = norm(x, layer.ln1());
-        }
-        Tensor ffnIn = placement == NormPlacement.PRE ? norm(x, layer.ln2()) : x;
-        x = dev.binary(Binary.ADD, x, ffn(layer, ffnIn));
-        if (placement == NormPlacement.POST) {
-          x = norm(x, layer.ln2());
-        }
-      }
-      Tensor last = dev.narrow(x, 0, t - 1, 1);
-      if (placement != NormPlacement.NONE) {
-        last = norm(last, lnFinal);
-      }
-      double[] logits = dev.download(linear(last, lmHead));
-      float[] f = new float[logits.length];
-      for (int i = 0; i < f.length; i++) {
-        f[i] = (float) logits[i];
-      }
-      return NdArray.fromFloats(f, c.vocabSize());
+      long[] positions = new long[t];
+      java.util.Arrays.setAll(positions, i -> i);
+      long[] tokens = new long[t];
+      java.util.Arrays.setAll(tokens, i -> ids[i]);
+      Tensor rows = integers(positions);
+      Tensor x = dev.gather(tokenEmbeddings, integers(tokens));
+      return logits(layers(x, rows, (l, layer, in) -> prefillAttention(l, layer, in, rows)));
     }
   }
 
-  /** {@code ids} as an I64 vector on the device. */
-  private Tensor tokens(int[] ids) {
-    double[] v = new double[ids.length];
-    for (int i = 0; i < v.length; i++) {
-      v[i] = ids[i];
+  /**
+   * One token at {@code at} (the cache holds positions {@code 0..at-1}): eager on the CPU and for the first step on
+   * the GPU, a CUDA-graph replay after that. A step that fails zeroes the cache row it may have added to, so that
+   * position can be decoded again.
+   */
+  private NdArray decodeStep(int token, int at) {
+    try {
+      setInput(tokenInput, token);
+      setInput(positionInput, at);
+      setInput(positionAsFloat, at);
+      if (cuda == null || !decodedEagerly) {
+        decodedEagerly = true;
+        try (CudaModelDevice.Scope s = cuda == null ? null : cuda.scope()) {
+          return logits(decodeForward());
+        }
+      }
+      if (decodeGraph == null) {
+        captureDecodeStep();
+      }
+      decodeGraph.launch(cuda.gpu().defaultStream());
+      return hostLogits(cuda.download(graphLogits));
+    } catch (RuntimeException | Error e) {
+      for (int l = 0; l < c.numLayers(); l++) {
+        dev.fill(dev.narrow(keys[l], 0, at, 1), 0);
+        dev.fill(dev.narrow(values[l], 0, at, 1), 0);
+      }
+      throw e;
     }
-    return dev.upload(DType.I64, new long[] {v.length}, v);
+  }
+
+  /** Records the decode step once; its memory (activations, the logits) belongs to the graph from then on. */
+  private void captureDecodeStep() {
+    cuda.enableGraphs();
+    CudaModelDevice.Scope s = cuda.scope();
+    Tensor[] out = new Tensor[1];
+    try {
+      decodeGraph = cuda.capture(() -> out[0] = layersToLogits(decodeForward()));
+    } catch (RuntimeException | Error e) {
+      s.close();
+      throw e;
+    }
+    graphLogits = out[0];
+    owned.addAll(s.detach());
+  }
+
+  /** The decode step's work, reading only device buffers: the final hidden row {@code [1, d_model]}. */
+  private Tensor decodeForward() {
+    Tensor x = dev.gather(tokenEmbeddings, tokenInput);
+    // −∞ for the cache rows after the step's position, 0 for it and the rows before.
+    Tensor mask = dev.where(dev.compare(Device.Compare.GREATER, cachePositions, positionAsFloat),
+        scalar(Double.NEGATIVE_INFINITY), scalar(0));
+    return layers(x, positionInput, (l, layer, in) -> decodeAttention(l, layer, in, mask));
+  }
+
+  /** Attention of one layer given its input rows. */
+  private interface AttentionFn {
+    Tensor apply(int l, Layer layer, Tensor in);
+  }
+
+  /** Learned positions, then every block; {@code positions}: those of the rows of {@code x} (I64). */
+  private Tensor layers(Tensor x, Tensor positions, AttentionFn attention) {
+    NormPlacement placement = c.normPlacement();
+    if (c.positions() == Positions.LEARNED) {
+      x = dev.binary(Binary.ADD, x, dev.gather(positionEmbeddings, positions));
+    }
+    for (int l = 0; l < c.numLayers(); l++) {
+      Layer layer = layers.get(l);
+      Tensor attnIn = placement == NormPlacement.PRE ? norm(x, layer.ln1()) : x;
+      x = dev.binary(Binary.ADD, x, attention.apply(l, layer, attnIn));
+      if (placement == NormPlacement.POST) {
+        x = norm(x, layer.ln1());
+      }
+      Tensor ffnIn = placement == NormPlacement.PRE ? norm(x, layer.ln2()) : x;
+      x = dev.binary(Binary.ADD, x, ffn(layer, ffnIn));
+      if (placement == NormPlacement.POST) {
+        x = norm(x, layer.ln2());
+      }
+    }
+    return x;
+  }
+
+  /** The last row's logits {@code [1, vocab_size]} on the device. */
+  private Tensor layersToLogits(Tensor x) {
+    Tensor last = dev.narrow(x, 0, x.shape()[0] - 1, 1);
+    if (c.normPlacement() != NormPlacement.NONE) {
+      last = norm(last, lnFinal);
+    }
+    return linear(last, lmHead);
+  }
+
+  private NdArray logits(Tensor x) {
+    return hostLogits(dev.download(layersToLogits(x)));
+  }
+
+  private NdArray hostLogits(double[] logits) {
+    float[] f = new float[logits.length];
+    for (int i = 0; i < f.length; i++) {
+      f[i] = (float) logits[i];
+    }
+    return NdArray.fromFloats(f, c.vocabSize());
+  }
+
+  /** {@code v} as an I64 vector on the device: a plain host copy (an upload would be cached once graphs are on). */
+  private Tensor integers(long[] v) {
+    NdArray host = NdArray.fromLongs(v, v.length);
+    return cuda != null ? cuda.fromHost(host) : host;
+  }
+
+  /** Writes {@code value} into the one-element device buffer {@code buffer}. */
+  private void setInput(Tensor buffer, long value) {
+    NdArray host = buffer.dtype() == DType.I64 ? NdArray.fromLongs(new long[] {value}, 1)
+        : NdArray.fromFloats(new float[] {value}, 1);
+    if (cuda != null) {
+      cuda.copyFromHost(host, (dev.kiln.runtime.cuda.device.CudaTensor) buffer);
+    } else {
+      dev.copy(host, buffer);
+    }
   }
 
   private Tensor scalar(double v) {
@@ -258,8 +377,8 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     return n.bias() == null ? y : dev.binary(Binary.ADD, y, n.bias());
   }
 
-  /** {@code positions}: those of the rows of {@code x} (RoPE only, else null). */
-  private Tensor attention(int l, Layer layer, Tensor x, int start, Tensor positions) {
+  /** q, k, v of {@code x} as {@code [heads, T, d_head]} views, after QK-norm and RoPE at {@code positions}. */
+  private Tensor[] projections(Layer layer, Tensor x, Tensor positions) {
     long t = x.shape()[0];
     int h = c.numHeads();
     int dh = c.headDim();
@@ -270,7 +389,6 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
       q = norm(q, layer.qNorm());
       k = norm(k, layer.kNorm());
     }
-    // [heads, T, d_head] views: the layout of the cache and of attention's operands.
     q = dev.permute(q, 1, 0, 2);
     k = dev.permute(k, 1, 0, 2);
     v = dev.permute(v, 1, 0, 2);
@@ -278,25 +396,54 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
       q = dev.rope(q, positions, c.ropeTheta(), false);
       k = dev.rope(k, positions, c.ropeTheta(), false);
     }
-    dev.copy(k, dev.narrow(keys[l], 1, start, t));
-    dev.copy(v, dev.narrow(values[l], 1, start, t));
-    double scale = 1 / Math.sqrt(dh);
-    Tensor o;
-    if (start == 0) {
-      o = dev.attention(q, k, v, Mask.CAUSAL, scale).out();
-    } else {
-      // One query at position `start` against the cached keys 0..start: nothing to mask.
-      long len = start + t;
-      Tensor scores = dev.empty(DType.F32, h, t, len);
-      dev.gemm(q, false, dev.narrow(keys[l], 1, 0, len), true, scores, scale, 0);
-      Tensor max = dev.reduce(Reduction.MAX, scores, new int[] {2}, true);
-      Tensor e = dev.unary(Unary.EXP, dev.binary(Binary.SUB, scores, max));
-      Tensor p = dev.binary(Binary.DIV, e, dev.reduce(Reduction.SUM, e, new int[] {2}, true));
-      o = dev.empty(DType.F32, h, t, dh);
-      dev.gemm(p, false, dev.narrow(values[l], 1, 0, len), false, o, 1, 0);
-    }
-    Tensor merged = dev.reshape(dev.contiguous(dev.permute(o, 1, 0, 2)), t, (long) h * dh);
-    return linear(merged, layer.out());
+    return new Tensor[] {q, k, v};
+  }
+
+  /** The prompt's causal self-attention (fused), its keys and values copied into cache rows {@code 0..T-1}. */
+  private Tensor prefillAttention(int l, Layer layer, Tensor x, Tensor positions) {
+    long t = x.shape()[0];
+    Tensor[] qkv = projections(layer, x, positions);
+    dev.copy(dev.permute(qkv[1], 1, 0, 2), cacheRows(keys[l], t));
+    dev.copy(dev.permute(qkv[2], 1, 0, 2), cacheRows(values[l], t));
+    Tensor o = dev.attention(qkv[0], qkv[1], qkv[2], Mask.CAUSAL, 1 / Math.sqrt(c.headDim())).out();
+    return linear(mergeHeads(o), layer.out());
+  }
+
+  /** Rows {@code 0..t-1} of a layer's cache as {@code [t, heads, d_head]}. */
+  private Tensor cacheRows(Tensor cache, long t) {
+    return dev.narrow(dev.reshape(cache, c.contextLength(), c.numHeads(), c.headDim()), 0, 0, t);
+  }
+
+  /**
+   * One query against the whole cache: its key and value are added into the zero row at the step's position, then
+   * softmax over every row with {@code mask} (−∞ after the position) added to the scores.
+   */
+  private Tensor decodeAttention(int l, Layer layer, Tensor x, Tensor mask) {
+    int h = c.numHeads();
+    int dh = c.headDim();
+    long len = c.contextLength();
+    Tensor[] qkv = projections(layer, x, positionInput);
+    dev.scatterAddRows(keys[l], positionInput, dev.reshape(dev.contiguous(dev.permute(qkv[1], 1, 0, 2)), 1,
+        c.dModel()));
+    dev.scatterAddRows(values[l], positionInput, dev.reshape(dev.contiguous(dev.permute(qkv[2], 1, 0, 2)), 1,
+        c.dModel()));
+    Tensor cachedKeys = dev.permute(cacheRows(keys[l], len), 1, 0, 2);
+    Tensor cachedValues = dev.permute(cacheRows(values[l], len), 1, 0, 2);
+    Tensor scores = dev.empty(DType.F32, h, 1, len);
+    dev.gemm(qkv[0], false, cachedKeys, true, scores, 1 / Math.sqrt(dh), 0);
+    scores = dev.binary(Binary.ADD, scores, mask);
+    Tensor max = dev.reduce(Reduction.MAX, scores, new int[] {2}, true);
+    Tensor e = dev.unary(Unary.EXP, dev.binary(Binary.SUB, scores, max));
+    Tensor p = dev.binary(Binary.DIV, e, dev.reduce(Reduction.SUM, e, new int[] {2}, true));
+    Tensor o = dev.empty(DType.F32, h, 1, dh);
+    dev.gemm(p, false, cachedValues, false, o, 1, 0);
+    return linear(mergeHeads(o), layer.out());
+  }
+
+  /** {@code [heads, T, d_head]} → {@code [T, d_model]}. */
+  private Tensor mergeHeads(Tensor o) {
+    long t = o.shape()[1];
+    return dev.reshape(dev.contiguous(dev.permute(o, 1, 0, 2)), t, (long) c.numHeads() * c.headDim());
   }
 
   private Tensor ffn(Layer layer, Tensor x) {
@@ -327,11 +474,14 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     return dev.binary(Binary.MUL, half, dev.binary(Binary.ADD, dev.unary(Unary.TANH, inner), scalar(1)));
   }
 
-  /** Frees the weights and the cache on the GPU (nothing to free on the CPU). */
+  /** Frees the weights, the cache and the decode graph on the GPU (nothing to free on the CPU). */
   @Override
   public void close() {
     if (!closed) {
       closed = true;
+      if (decodeGraph != null) {
+        decodeGraph.close();
+      }
       owned.forEach(CudaArray::close);
     }
   }
