@@ -20,8 +20,8 @@ import java.util.List;
 /**
  * {@link TransformerLmEngine}'s equations with a KV cache, written against the {@link Device} SPI, so that generation
  * runs where the device is: on {@link CudaModelDevice} the weights and the cache live in GPU memory and a decode step
- * is a few dozen kernel launches and one download of the {@code vocab_size} logits; on the CPU device it is the same
- * code on the host, which is how the tests hold it to the reference engine.
+ * is one CUDA-graph launch and one download of the {@code vocab_size} logits; on the CPU device it is the same code
+ * on the host, which is how the tests hold it to the reference engine.
  *
  * <p>Every variant of {@link ModelConfig} is implemented, as in the reference. The prompt runs as one chunk through
  * the device's fused causal attention. Each later token is a <em>decode step of fixed shapes</em>: its token id and
@@ -68,10 +68,7 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   private dev.kiln.runtime.cuda.CudaGraph decodeGraph;
   private Tensor graphLogits;
   private boolean decodedEagerly;
-  /**
-   * The scalars the equations use, made once: on the GPU each {@code full} is a kernel launch, and a decode step is
-   * bound by launches.
-   */
+  /** The scalars the equations use, made once (on the GPU each {@code full} is a kernel launch). */
   private final java.util.Map<Double, Tensor> constants = new java.util.HashMap<>();
   /** GPU memory of the weights, the cache, the constants and the decode graph's step, freed by {@link #close}. */
   private final List<CudaArray> owned = new ArrayList<>();
