@@ -231,7 +231,8 @@ public final class Cublas implements AutoCloseable {
     };
   }
 
-  private static void check(int status, String call) {
+  /** Throws, naming {@code call} and cuBLAS's text for {@code status} (cuBLASLt returns the same status codes). */
+  static void check(int status, String call) {
     if (status != 0) {
       String text;
       try {

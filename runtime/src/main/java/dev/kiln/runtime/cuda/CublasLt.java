@@ -319,17 +319,9 @@ final class CublasLt implements AutoCloseable {
     return "m=" + p.m() + ", n=" + p.n() + ", k=" + p.k() + (p.batch() > 1 ? ", batch=" + p.batch() : "");
   }
 
-  static void check(int status, String call) {
-    if (status != 0) {
-      String text;
-      try {
-        MemorySegment s = (MemorySegment) api().statusString.invokeExact(status);
-        text = s.reinterpret(256).getString(0);
-      } catch (Throwable t) {
-        text = "cublasStatus_t " + status;
-      }
-      throw new CudaException(call, status, text + " (" + status + ")");
-    }
+  /** cuBLASLt's statuses are cuBLAS's {@code cublasStatus_t}: one check, with cuBLAS's text for them. */
+  private static void check(int status, String call) {
+    Cublas.check(status, call);
   }
 
   @Override
@@ -401,7 +393,6 @@ final class CublasLt implements AutoCloseable {
     final String source;
     final MethodHandle create;
     final MethodHandle destroy;
-    final MethodHandle statusString;
     final MethodHandle descCreate;
     final MethodHandle descSet;
     final MethodHandle descDestroy;
@@ -422,7 +413,6 @@ final class CublasLt implements AutoCloseable {
       FunctionDescriptor setAttribute = FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG);
       create = find(linker, l, "cublasLtCreate", onePointer);
       destroy = find(linker, l, "cublasLtDestroy", onePointer);
-      statusString = find(linker, l, "cublasLtGetStatusString", FunctionDescriptor.of(ADDRESS, JAVA_INT));
       descCreate = find(linker, l, "cublasLtMatmulDescCreate",
           FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, JAVA_INT));
       descSet = find(linker, l, "cublasLtMatmulDescSetAttribute", setAttribute);

@@ -148,13 +148,7 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
 
   @Override
   public NdArray prefill(int[] promptIds) {
-    if (promptIds.length == 0) {
-      throw new IllegalArgumentException("the prompt is empty: prefill needs at least one token");
-    }
-    if (promptIds.length > c.contextLength()) {
-      throw new IllegalArgumentException("the prompt has " + promptIds.length + " tokens but the model's"
-          + " context_length is " + c.contextLength() + "; shorten the prompt");
-    }
+    TokenChecks.requirePrompt(promptIds, c);
     position = 0;
     return append(promptIds);
   }
@@ -173,20 +167,7 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     if (closed) {
       throw new IllegalStateException("the engine is closed");
     }
-    if (ids.length == 0) {
-      throw new IllegalArgumentException("append needs at least one token");
-    }
-    if (position + ids.length > c.contextLength()) {
-      throw new IllegalStateException("the context is full: " + position + " tokens are cached and "
-          + ids.length + " more would pass the model's context_length of " + c.contextLength()
-          + " (Kiln does not slide the window; start a new generation with a shorter prompt)");
-    }
-    for (int i = 0; i < ids.length; i++) {
-      if (ids[i] < 0 || ids[i] >= c.vocabSize()) {
-        throw new IllegalArgumentException("token id " + ids[i] + " at index " + i + " is outside the model's"
-            + " vocabulary [0, " + c.vocabSize() + ")");
-      }
-    }
+    TokenChecks.requireAppendable(ids, position, c);
     NdArray logits = null;
     int i = 0;
     if (position == 0) {

@@ -119,13 +119,7 @@ public final class TransformerLmEngine implements NextTokenModel {
    */
   @Override
   public NdArray prefill(int[] promptIds) {
-    if (promptIds.length == 0) {
-      throw new IllegalArgumentException("the prompt is empty: prefill needs at least one token");
-    }
-    if (promptIds.length > c.contextLength()) {
-      throw new IllegalArgumentException("the prompt has " + promptIds.length + " tokens but the model's"
-          + " context_length is " + c.contextLength() + "; shorten the prompt");
-    }
+    TokenChecks.requirePrompt(promptIds, c);
     reset();
     return append(promptIds);
   }
@@ -146,15 +140,7 @@ public final class TransformerLmEngine implements NextTokenModel {
    * the logits of the last one. The cache is left unchanged if the call fails.
    */
   public NdArray append(int[] ids) {
-    if (ids.length == 0) {
-      throw new IllegalArgumentException("append needs at least one token");
-    }
-    if (position + ids.length > c.contextLength()) {
-      throw new IllegalStateException("the context is full: " + position + " tokens are cached and "
-          + ids.length + " more would pass the model's context_length of " + c.contextLength()
-          + " (Kiln does not slide the window; start a new generation with a shorter prompt)");
-    }
-    checkIds(ids);
+    TokenChecks.requireAppendable(ids, position, c);
     NdArray logits = run(ids, position, cache, false);
     position += ids.length;
     return logits.view(c.vocabSize());
@@ -172,17 +158,8 @@ public final class TransformerLmEngine implements NextTokenModel {
       throw new IllegalArgumentException("the sequence has " + ids.length + " tokens but the model's"
           + " context_length is " + c.contextLength());
     }
-    checkIds(ids);
+    TokenChecks.requireIds(ids, c);
     return run(ids, 0, new KvCache(c, ids.length), true);
-  }
-
-  private void checkIds(int[] ids) {
-    for (int i = 0; i < ids.length; i++) {
-      if (ids[i] < 0 || ids[i] >= c.vocabSize()) {
-        throw new IllegalArgumentException("token id " + ids[i] + " at index " + i + " is outside the model's"
-            + " vocabulary [0, " + c.vocabSize() + ")");
-      }
-    }
   }
 
   // ---------------------------------------------------------------- the forward pass

@@ -8,10 +8,6 @@ import dev.kiln.dsl.spi.Device;
 import dev.kiln.runtime.cpu.device.CpuDevice;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.train.ModelConfig;
-import dev.kiln.runtime.train.ModelConfig.Ffn;
-import dev.kiln.runtime.train.ModelConfig.NormPlacement;
-import dev.kiln.runtime.train.ModelConfig.NormType;
-import dev.kiln.runtime.train.ModelConfig.Positions;
 import java.util.Arrays;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
@@ -58,24 +54,12 @@ class DeviceLmEngineTest {
     Device cpu = new CpuDevice();
     int combos = 0;
     double worst = 0;
-    for (NormPlacement placement : NormPlacement.values()) {
-      for (NormType norm : NormType.values()) {
-        for (Ffn ffn : Ffn.values()) {
-          for (Positions positions : Positions.values()) {
-            for (boolean tied : new boolean[] {false, true}) {
-              for (boolean qk : new boolean[] {false, true}) {
-                ModelConfig c = TinyLms.config(29, 12, 16, 2, 4, 24, placement, norm, ffn, positions, tied, qk);
-                String what = placement + "/" + norm + "/" + ffn + "/" + positions + "/tied=" + tied + "/qk=" + qk;
-                LmWeights w = LmWeights.from(c, TinyLms.randomWeights(c, combos), what);
-                int[] ids = rnd.ints(2 + rnd.nextInt(11), 0, 29).toArray();
-                worst = Math.max(worst, checkAgainstReference(c, w, cpu, ids, 1 + rnd.nextInt(ids.length - 1),
-                    what));
-                combos++;
-              }
-            }
-          }
-        }
-      }
+    for (ModelConfig c : TinyLms.everyVariant(29, 12, 16, 2, 4, 24)) {
+      String what = TinyLms.describe(c);
+      LmWeights w = LmWeights.from(c, TinyLms.randomWeights(c, combos), what);
+      int[] ids = rnd.ints(2 + rnd.nextInt(11), 0, 29).toArray();
+      worst = Math.max(worst, checkAgainstReference(c, w, cpu, ids, 1 + rnd.nextInt(ids.length - 1), what));
+      combos++;
     }
     assertEquals(3 * 2 * 5 * 3 * 2 * 2, combos);
     System.out.printf("device engine vs reference, %d variant combinations: worst relative error %.1e%n", combos,

@@ -25,6 +25,34 @@ final class TinyLms {
         positions, tied, qkNorm, 0.0);
   }
 
+  /**
+   * Every combination of norm placement × norm × FFN × positions × tied × QK-norm (360) at one size, in a fixed
+   * order.
+   */
+  static java.util.List<ModelConfig> everyVariant(int vocab, int context, int dModel, int layers, int heads, int dFf) {
+    java.util.List<ModelConfig> out = new java.util.ArrayList<>();
+    for (NormPlacement placement : NormPlacement.values()) {
+      for (NormType norm : NormType.values()) {
+        for (Ffn ffn : Ffn.values()) {
+          for (Positions positions : Positions.values()) {
+            for (boolean tied : new boolean[] {false, true}) {
+              for (boolean qk : new boolean[] {false, true}) {
+                out.add(config(vocab, context, dModel, layers, heads, dFf, placement, norm, ffn, positions, tied, qk));
+              }
+            }
+          }
+        }
+      }
+    }
+    return out;
+  }
+
+  /** The variant settings of {@code c}, for messages. */
+  static String describe(ModelConfig c) {
+    return c.normPlacement() + "/" + c.norm() + "/" + c.ffn() + "/" + c.positions() + "/tied=" + c.tiedEmbeddings()
+        + "/qk=" + c.qkNorm();
+  }
+
   /** The CS336 default variant (pre-norm, RMSNorm, SwiGLU, RoPE, untied, no QK-norm). */
   static ModelConfig cs336(int vocab, int context, int dModel, int layers, int heads, int dFf) {
     return config(vocab, context, dModel, layers, heads, dFf, NormPlacement.PRE, NormType.RMSNORM, Ffn.SWIGLU,

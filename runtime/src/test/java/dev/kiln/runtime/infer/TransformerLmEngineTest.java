@@ -31,23 +31,12 @@ class TransformerLmEngineTest {
     Random rnd = new Random(5);
     int combos = 0;
     double worst = 0;
-    for (NormPlacement placement : NormPlacement.values()) {
-      for (NormType norm : NormType.values()) {
-        for (Ffn ffn : Ffn.values()) {
-          for (Positions positions : Positions.values()) {
-            for (boolean tied : new boolean[] {false, true}) {
-              for (boolean qk : new boolean[] {false, true}) {
-                ModelConfig c = TinyLms.config(29, 12, 16, 2, 4, 24, placement, norm, ffn, positions, tied, qk);
-                String what = placement + "/" + norm + "/" + ffn + "/" + positions + "/tied=" + tied + "/qk=" + qk;
-                TransformerLmEngine e = TransformerLmEngine.load(c, TinyLms.randomWeights(c, combos), what);
-                int[] ids = rnd.ints(1 + rnd.nextInt(12), 0, 29).toArray();
-                worst = Math.max(worst, checkCachedEqualsFull(e, ids, 1 + rnd.nextInt(ids.length), what));
-                combos++;
-              }
-            }
-          }
-        }
-      }
+    for (ModelConfig c : TinyLms.everyVariant(29, 12, 16, 2, 4, 24)) {
+      String what = TinyLms.describe(c);
+      TransformerLmEngine e = TransformerLmEngine.load(c, TinyLms.randomWeights(c, combos), what);
+      int[] ids = rnd.ints(1 + rnd.nextInt(12), 0, 29).toArray();
+      worst = Math.max(worst, checkCachedEqualsFull(e, ids, 1 + rnd.nextInt(ids.length), what));
+      combos++;
     }
     assertEquals(3 * 2 * 5 * 3 * 2 * 2, combos);
     System.out.printf("cached vs full, %d variant combinations: worst relative error %.1e%n", combos, worst);
