@@ -22,8 +22,9 @@ import java.util.List;
  * how that maps onto column-major cuBLAS without copies. Inputs fp32, bf16 or fp16; accumulation always fp32
  * ({@code CUBLAS_COMPUTE_32F}); fp32 GEMMs stay in full fp32 (no TF32).
  *
- * <p>GEMMs go through cuBLASLt ({@link CublasLt}: a heuristic query per problem with a workspace, answers kept) and
- * fall back to {@code cublasGemmEx} where Lt's heuristic finds no kernel, or always with {@code KILN_GEMM_API=gemmex}.
+ * <p>GEMMs go through cuBLASLt ({@link CublasLt}: per problem, the heuristic's best candidates with a workspace,
+ * timed once on the first call and the fastest kept) and fall back to {@code cublasGemmEx} where Lt's heuristic
+ * finds no kernel, or always with {@code KILN_GEMM_API=gemmex}.
  * Both use one 32 MiB workspace owned by the handle, so neither allocates while a CUDA graph is being captured.
  *
  * <p>The library is {@code libcublas.so.13}, else {@code libcublas.so.12}; {@code KILN_CUBLAS=/path/to/libcublas.so}
@@ -95,18 +96,33 @@ public final class Cublas implements AutoCloseable {
     } catch (Throwable t) {
       throw new IllegalStateException("cuBLAS call failed", t);
     }
-    workspace = CudaArray.empty(device, stream, DType.U8, WORKSPACE_BYTES);
-    setWorkspace(workspace);
-    setGemmApi(gemmApi);
+    CudaArray w = null;
+    try {
+      w = CudaArray.empty(device, stream, DType.U8, WORKSPACE_BYTES);
+      setWorkspace(w);
+      workspace = w;
+      setGemmApi(gemmApi);
+    } catch (RuntimeException | Error e) {
+      // No half-made handle: the caller gets the error, not a leaked cuBLAS handle and workspace.
+      try {
+        check((int) a.destroy.invokeExact(handle), "cublasDestroy_v2");
+      } catch (Throwable t) {
+        e.addSuppressed(t);
+      }
+      if (w != null) {
+        w.close();
+      }
+      throw e;
+    }
   }
 
   /** Switches the GEMM entry point (benchmarks compare the two on one handle); Lt is created on first use. */
-  public synchronized void setGemmApi(GemmApi api) {
-    if (api == GemmApi.LT && lt == null) {
+  public synchronized void setGemmApi(GemmApi choice) {
+    if (choice == GemmApi.LT && lt == null) {
       device.makeCurrent();
       lt = new CublasLt();
     }
-    this.gemmApi = api;
+    this.gemmApi = choice;
   }
 
   public synchronized GemmApi gemmApi() {
@@ -115,8 +131,8 @@ public final class Cublas implements AutoCloseable {
 
   /** The GEMM path in words, for {@code kiln doctor} and benchmark headers. */
   public synchronized String gemmPath() {
-    return gemmApi == GemmApi.LT ? "cuBLASLt (" + CublasLt.librarySource() + "), heuristic algorithm per problem, "
-        + (WORKSPACE_BYTES >> 20) + " MiB workspace" : "cublasGemmEx (KILN_GEMM_API=gemmex)";
+    return gemmApi == GemmApi.LT ? "cuBLASLt (" + CublasLt.librarySource() + "), the heuristic's candidates timed"
+        + " once per problem, " + (WORKSPACE_BYTES >> 20) + " MiB workspace" : "cublasGemmEx";
   }
 
   /** Where the cuBLAS library was found (a file or a soname), loading it if needed. */

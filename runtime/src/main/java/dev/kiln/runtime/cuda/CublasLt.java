@@ -15,6 +15,7 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * cuBLASLt through the FFM API: the path {@link Cublas} takes for its GEMMs unless {@code KILN_GEMM_API=gemmex}.
@@ -27,12 +28,11 @@ import java.util.Map;
  * and the chosen algorithm are kept per problem, so a training step pays the search once per GEMM shape, on its first
  * step. Lt never allocates: its scratch is the caller's workspace, so its GEMMs may be captured into CUDA graphs.
  *
- * <p>Timing needs the output free to overwrite and the host free to wait, so it is skipped (the heuristic's first
- * answer is used, and timed later when the problem comes again with {@code beta = 0} outside a capture) when the call
- * accumulates ({@code beta != 0}) or the stream is capturing a graph; problems under {@link #MIN_TUNED_MACS}
+ * <p>The process's first call of a problem decides its algorithm for every handle and every later call. Timing needs
+ * the output free to overwrite and the host free to wait, so a first call that accumulates ({@code beta != 0}) or is
+ * being captured into a graph takes the heuristic's first answer untimed; problems under {@link #MIN_TUNED_MACS}
  * multiply-adds are never timed. A candidate replaces the heuristic's first answer only when it is at least
- * {@value #MIN_GAIN_PERCENT}% faster, so near-ties keep the heuristic's answer, and the choice is shared by every
- * handle in the process. Two processes can still choose differently where a candidate's gain sits near that margin,
+ * {@value #MIN_GAIN_PERCENT}% faster, so near-ties keep the heuristic's answer. Two processes can still choose differently where a candidate's gain sits near that margin,
  * and then round differently in the last bits; {@code KILN_GEMM_TUNE=0} turns timing off for runs that must repeat
  * bit for bit.
  *
@@ -74,7 +74,7 @@ final class CublasLt implements AutoCloseable {
    * The timed choice per device and problem, shared by every handle of the process: two engines (eager and graphed,
    * say) run the same kernel on the same problem and so round alike.
    */
-  private static final Map<List<Object>, Integer> CHOSEN = new java.util.concurrent.ConcurrentHashMap<>();
+  private static final Map<List<Object>, Integer> CHOSEN = new ConcurrentHashMap<>();
   private static final int TIMED_RUNS = 3;
   private static final boolean TUNE = !"0".equals(System.getenv("KILN_GEMM_TUNE"));
 
@@ -165,14 +165,18 @@ final class CublasLt implements AutoCloseable {
       return false;
     }
     if (!plan.tuned) {
+      // The process's first call of a problem decides its algorithm for good: timed where that call allows it, the
+      // heuristic's first answer where not. Eager steps and graph replays of one problem then run the same kernel.
       List<Object> key = List.of(workspace.device(), p);
       Integer chosen = CHOSEN.get(key);
-      if (chosen != null) {
-        plan.algo = plan.candidates.get(chosen < plan.candidates.size() ? chosen : 0);
-        plan.tuned = true;
-      } else if (beta.get(JAVA_FLOAT, 0) == 0f && !stream.isCapturing()) {
-        CHOSEN.put(key, tune(p, plan, alpha, beta, first, second, out, workspace, stream));
+      if (chosen == null) {
+        boolean timeable = beta.get(JAVA_FLOAT, 0) == 0f && !stream.isCapturing();
+        int mine = timeable ? tune(p, plan, alpha, beta, first, second, out, workspace, stream) : 0;
+        Integer earlier = CHOSEN.putIfAbsent(key, mine);
+        chosen = earlier != null ? earlier : mine;
       }
+      plan.algo = plan.candidates.get(chosen < plan.candidates.size() ? chosen : 0);
+      plan.tuned = true;
     }
     run(p, plan, plan.algo, alpha, beta, first, second, out, workspace, stream);
     return true;
@@ -195,8 +199,8 @@ final class CublasLt implements AutoCloseable {
 
   /**
    * Times each candidate on the call's operands ({@code beta = 0}, so rerunning into the output is harmless; the
-   * caller's run that follows writes the result) and keeps the fastest, if it beats the heuristic's first answer by
-   * {@value #MIN_GAIN_PERCENT}%. A candidate that fails to run (a rare heuristic answer that the operands do not
+   * caller's run that follows writes the result) and returns the index of the fastest, if it beats the heuristic's
+   * first answer by {@value #MIN_GAIN_PERCENT}%, else 0. A candidate that fails to run (a rare heuristic answer that the operands do not
    * suit) is dropped.
    */
   private int tune(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first, long second, long out,
@@ -228,75 +232,95 @@ final class CublasLt implements AutoCloseable {
         best = i;
       }
     }
-    int chosen = ms[best] <= ms[0] * (1 - MIN_GAIN_PERCENT / 100.0) ? best : 0;
-    plan.algo = plan.candidates.get(chosen);
-    plan.tuned = true;
-    return chosen;
+    return ms[best] <= ms[0] * (1 - MIN_GAIN_PERCENT / 100.0) ? best : 0;
   }
 
-  /** Builds the descriptors for {@code p} and asks the heuristic for its best algorithm within the workspace. */
+  /**
+   * Builds the descriptors for {@code p} and asks the heuristic for its best algorithms within the workspace; on a
+   * failure, destroys what it created.
+   */
   private Plan plan(Problem p, long workspaceBytes) {
     Api a = api();
     String what = describe(p);
+    MemorySegment desc = null;
+    List<MemorySegment> layouts = new ArrayList<>();
+    boolean kept = false;
     try (Arena local = Arena.ofConfined()) {
       MemorySegment out = local.allocate(ADDRESS);
       check((int) a.descCreate.invokeExact(out, p.compute(), Cublas.CUDA_R_32F), "cublasLtMatmulDescCreate");
-      MemorySegment desc = out.get(ADDRESS, 0);
+      desc = out.get(ADDRESS, 0);
       setInt(a.descSet, desc, CUBLASLT_MATMUL_DESC_TRANSA, p.opFirst(), local, "TRANSA");
       setInt(a.descSet, desc, CUBLASLT_MATMUL_DESC_TRANSB, p.opSecond(), local, "TRANSB");
       // Stored shapes: an op-N first operand is m×k, an op-T one k×m (column-major), likewise for the second.
       MemorySegment first = layout(p.inType(), p.opFirst() == 0 ? p.m() : p.k(), p.opFirst() == 0 ? p.k() : p.m(),
-          p.ldFirst(), p.batch(), p.strideFirst(), local);
+          p.ldFirst(), p.batch(), p.strideFirst(), local, layouts);
       MemorySegment second = layout(p.inType(), p.opSecond() == 0 ? p.k() : p.n(),
-          p.opSecond() == 0 ? p.n() : p.k(), p.ldSecond(), p.batch(), p.strideSecond(), local);
-      MemorySegment c = layout(p.outType(), p.m(), p.n(), p.ldc(), p.batch(), p.strideC(), local);
-
-      check((int) a.prefCreate.invokeExact(out), "cublasLtMatmulPreferenceCreate");
-      MemorySegment pref = out.get(ADDRESS, 0);
-      try {
-        MemorySegment ws = local.allocate(JAVA_LONG);
-        ws.set(JAVA_LONG, 0, workspaceBytes);
-        check((int) a.prefSet.invokeExact(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws, 8L),
-            "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
-        setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, p.alignFirst(), local, "ALIGNMENT_A");
-        setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, p.alignSecond(), local, "ALIGNMENT_B");
-        setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, p.alignC(), local, "ALIGNMENT_C");
-        setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, p.alignC(), local, "ALIGNMENT_D");
-        MemorySegment results = local.allocate(HEURISTIC_RESULT_BYTES * CANDIDATES, 8);
-        MemorySegment count = local.allocate(JAVA_INT);
-        int rc = (int) a.heuristic.invokeExact(handle, desc, first, second, c, c, pref, CANDIDATES, results, count);
-        if (rc != 0 && rc != CUBLAS_STATUS_NOT_SUPPORTED) {
-          check(rc, "cublasLtMatmulAlgoGetHeuristic(" + what + ")");
-        }
-        List<MemorySegment> candidates = new ArrayList<>();
-        for (int i = 0; rc == 0 && i < count.get(JAVA_INT, 0); i++) {
-          MemorySegment result = results.asSlice(i * HEURISTIC_RESULT_BYTES, HEURISTIC_RESULT_BYTES);
-          if (result.get(JAVA_INT, STATE_OFFSET) == 0) {
-            MemorySegment algo = arena.allocate(ALGO_BYTES, 8);
-            algo.copyFrom(result.asSlice(0, ALGO_BYTES));
-            candidates.add(algo);
-          }
-        }
-        Plan plan = new Plan(desc, first, second, c, List.copyOf(candidates));
-        plan.tuned |= !Plan.worthTiming(p);
-        return plan;
-      } finally {
-        check((int) a.prefDestroy.invokeExact(pref), "cublasLtMatmulPreferenceDestroy");
-      }
+          p.opSecond() == 0 ? p.n() : p.k(), p.ldSecond(), p.batch(), p.strideSecond(), local, layouts);
+      MemorySegment c = layout(p.outType(), p.m(), p.n(), p.ldc(), p.batch(), p.strideC(), local, layouts);
+      Plan plan = new Plan(desc, first, second, c, candidates(p, desc, first, second, c, workspaceBytes, local));
+      plan.tuned |= !Plan.worthTiming(p);
+      kept = true;
+      return plan;
     } catch (CudaException e) {
       throw e;
     } catch (Throwable t) {
-      throw new IllegalStateException("cuBLASLt call failed", t);
+      throw new IllegalStateException("cuBLASLt call failed (" + what + ")", t);
+    } finally {
+      if (!kept) {
+        layouts.forEach(l -> destroy(a.layoutDestroy, l, "cublasLtMatrixLayoutDestroy"));
+        if (desc != null) {
+          destroy(a.descDestroy, desc, "cublasLtMatmulDescDestroy");
+        }
+      }
     }
   }
 
-  private MemorySegment layout(int type, long rows, long cols, long ld, int batch, long stride, Arena local)
-      throws Throwable {
+  /** The heuristic's best {@link #CANDIDATES} algorithms for the problem (none where it has no kernel). */
+  private List<MemorySegment> candidates(Problem p, MemorySegment desc, MemorySegment first, MemorySegment second,
+      MemorySegment c, long workspaceBytes, Arena local) throws Throwable {
+    Api a = api();
+    MemorySegment out = local.allocate(ADDRESS);
+    check((int) a.prefCreate.invokeExact(out), "cublasLtMatmulPreferenceCreate");
+    MemorySegment pref = out.get(ADDRESS, 0);
+    try {
+      MemorySegment ws = local.allocate(JAVA_LONG);
+      ws.set(JAVA_LONG, 0, workspaceBytes);
+      check((int) a.prefSet.invokeExact(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, ws, 8L),
+          "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+      setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, p.alignFirst(), local, "ALIGNMENT_A");
+      setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, p.alignSecond(), local, "ALIGNMENT_B");
+      setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, p.alignC(), local, "ALIGNMENT_C");
+      setInt(a.prefSet, pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, p.alignC(), local, "ALIGNMENT_D");
+      MemorySegment results = local.allocate(HEURISTIC_RESULT_BYTES * CANDIDATES, 8);
+      MemorySegment count = local.allocate(JAVA_INT);
+      int rc = (int) a.heuristic.invokeExact(handle, desc, first, second, c, c, pref, CANDIDATES, results, count);
+      if (rc != 0 && rc != CUBLAS_STATUS_NOT_SUPPORTED) {
+        check(rc, "cublasLtMatmulAlgoGetHeuristic(" + describe(p) + ")");
+      }
+      List<MemorySegment> candidates = new ArrayList<>();
+      for (int i = 0; rc == 0 && i < count.get(JAVA_INT, 0); i++) {
+        MemorySegment result = results.asSlice(i * HEURISTIC_RESULT_BYTES, HEURISTIC_RESULT_BYTES);
+        if (result.get(JAVA_INT, STATE_OFFSET) == 0) {
+          MemorySegment algo = arena.allocate(ALGO_BYTES, 8);
+          algo.copyFrom(result.asSlice(0, ALGO_BYTES));
+          candidates.add(algo);
+        }
+      }
+      return List.copyOf(candidates);
+    } finally {
+      check((int) a.prefDestroy.invokeExact(pref), "cublasLtMatmulPreferenceDestroy");
+    }
+  }
+
+  /** A column-major layout, added to {@code created} as soon as it exists (so a failure can destroy it). */
+  private MemorySegment layout(int type, long rows, long cols, long ld, int batch, long stride, Arena local,
+      List<MemorySegment> created) throws Throwable {
     Api a = api();
     MemorySegment out = local.allocate(ADDRESS);
     check((int) a.layoutCreate.invokeExact(out, type, rows, cols, ld), "cublasLtMatrixLayoutCreate(" + rows + "x"
         + cols + ", ld " + ld + ")");
     MemorySegment layout = out.get(ADDRESS, 0);
+    created.add(layout);
     if (batch > 1) {
       setInt(a.layoutSet, layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, batch, local, "BATCH_COUNT");
       MemorySegment s = local.allocate(JAVA_LONG);

@@ -8,6 +8,7 @@ import dev.kiln.dsl.spi.Device;
 import dev.kiln.dsl.spi.Device.Binary;
 import dev.kiln.dsl.spi.Device.Unary;
 import dev.kiln.runtime.cuda.CudaArray;
+import dev.kiln.runtime.cuda.CudaGraph;
 import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.train.ModelConfig;
@@ -15,7 +16,10 @@ import dev.kiln.runtime.train.ModelConfig.NormPlacement;
 import dev.kiln.runtime.train.ModelConfig.NormType;
 import dev.kiln.runtime.train.ModelConfig.Positions;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 
 /**
  * {@link TransformerLmEngine}'s equations with a KV cache, written against the {@link Device} SPI, so that generation
@@ -35,7 +39,12 @@ import java.util.List;
  * d_head]}.
  *
  * <p>Statistics are float32 here (norms are reductions on the device), where the reference engine takes them in
- * double: logits agree to about 1e-5 relative. Not thread-safe: one engine serves one generation at a time.
+ * double: logits agree within 1e-4 relative (measured up to 4.7e-5 on tiny random models). Not thread-safe: one
+ * engine serves one generation at a time.
+ *
+ * <p>The first capture turns on the device's graph mode ({@link CudaModelDevice#enableGraphs}): from then on every
+ * {@code upload} on that device is served from a cache of permanent tensors. Give the engine a device of its own, as
+ * {@code kiln generate} does.
  */
 public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   private static final double GELU_CUBIC = 0.044715;
@@ -65,11 +74,14 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   /** 0, 1, ..., context_length − 1 in F32: the cache rows' positions, compared with the step's. */
   private final Tensor cachePositions;
   /** The decode step as a CUDA graph (GPU only, from the second step on), and the logits it writes. */
-  private dev.kiln.runtime.cuda.CudaGraph decodeGraph;
+  private CudaGraph decodeGraph;
   private Tensor graphLogits;
   private boolean decodedEagerly;
+  private boolean graphFailed;
+  /** Set when a failure could not be cleaned up: the cache may hold rows that later steps would add to. */
+  private boolean broken;
   /** The scalars the equations use, made once (on the GPU each {@code full} is a kernel launch). */
-  private final java.util.Map<Double, Tensor> constants = new java.util.HashMap<>();
+  private final Map<Double, Tensor> constants = new HashMap<>();
   /** GPU memory of the weights, the cache, the constants and the decode graph's step, freed by {@link #close}. */
   private final List<CudaArray> owned = new ArrayList<>();
   private int position;
@@ -81,6 +93,10 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     TransformerLmEngine.requireUsable(c, "model config");
     this.dev = device;
     this.cuda = device instanceof CudaModelDevice g ? g : null;
+    if (cuda != null && cuda.precision() != CudaModelDevice.Precision.FP32) {
+      throw new IllegalArgumentException("generation runs in fp32: give DeviceLmEngine a CudaModelDevice made with"
+          + " Precision.FP32, not " + cuda.precision());
+    }
     CudaModelDevice.Scope scope = cuda == null ? null : cuda.scope();
     try {
       tokenEmbeddings = put(weights.tokenEmbeddings());
@@ -148,6 +164,7 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
 
   @Override
   public NdArray prefill(int[] promptIds) {
+    requireUsable();
     TokenChecks.requirePrompt(promptIds, c);
     position = 0;
     return append(promptIds);
@@ -161,30 +178,55 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   /**
    * Feeds {@code ids} at positions {@code position()..} and returns the logits of the last, float32
    * {@code [vocab_size]}. From an empty cache they run as one chunk; after it, one at a time. A failed call leaves
-   * {@link #position()} where it was, so whatever it wrote into the cache is never read.
+   * {@link #position()} where it was and the cache rows it added to zeroed again, so the same tokens can be fed again.
    */
   public NdArray append(int[] ids) {
+    requireUsable();
+    TokenChecks.requireAppendable(ids, position, c);
+    int start = position;
+    try {
+      NdArray logits = null;
+      int i = 0;
+      if (position == 0) {
+        for (int l = 0; l < c.numLayers(); l++) {
+          // Decode steps add into cache rows: every row past the prompt must hold zeros, whatever ran before.
+          dev.fill(keys[l], 0);
+          dev.fill(values[l], 0);
+        }
+        logits = prefillChunk(ids);
+        position = ids.length;
+        i = ids.length;
+      }
+      for (; i < ids.length; i++) {
+        logits = decodeStep(ids[i], position);
+        position++;
+      }
+      return logits;
+    } catch (RuntimeException | Error e) {
+      // Rows start..position may hold this call's keys and values (the failing step's row included).
+      long rows = Math.min(position + 1L, c.contextLength()) - start;
+      position = start;
+      try {
+        for (int l = 0; l < c.numLayers(); l++) {
+          dev.fill(dev.narrow(keys[l], 0, start, rows), 0);
+          dev.fill(dev.narrow(values[l], 0, start, rows), 0);
+        }
+      } catch (RuntimeException | Error cleanup) {
+        // The cache may now hold stale rows that later steps would add to: this engine cannot be trusted again.
+        broken = true;
+        e.addSuppressed(cleanup);
+      }
+      throw e;
+    }
+  }
+
+  private void requireUsable() {
     if (closed) {
       throw new IllegalStateException("the engine is closed");
     }
-    TokenChecks.requireAppendable(ids, position, c);
-    NdArray logits = null;
-    int i = 0;
-    if (position == 0) {
-      for (int l = 0; l < c.numLayers(); l++) {
-        // Decode steps add into cache rows: every row past the prompt must hold zeros, whatever ran before.
-        dev.fill(keys[l], 0);
-        dev.fill(values[l], 0);
-      }
-      logits = prefillChunk(ids);
-      position = ids.length;
-      i = ids.length;
+    if (broken) {
+      throw new IllegalStateException("an earlier failure left this engine's KV cache unusable; make a new engine");
     }
-    for (; i < ids.length; i++) {
-      logits = decodeStep(ids[i], position);
-      position++;
-    }
-    return logits;
   }
 
   // ---------------------------------------------------------------- the forward pass
@@ -194,9 +236,9 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     int t = ids.length;
     try (CudaModelDevice.Scope s = cuda == null ? null : cuda.scope()) {
       long[] positions = new long[t];
-      java.util.Arrays.setAll(positions, i -> i);
+      Arrays.setAll(positions, i -> i);
       long[] tokens = new long[t];
-      java.util.Arrays.setAll(tokens, i -> ids[i]);
+      Arrays.setAll(tokens, i -> ids[i]);
       Tensor rows = integers(positions);
       Tensor x = dev.gather(tokenEmbeddings, integers(tokens));
       return logits(layers(x, rows, (l, layer, in) -> prefillAttention(l, layer, in, rows)));
@@ -205,32 +247,26 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
 
   /**
    * One token at {@code at} (the cache holds positions {@code 0..at-1}): eager on the CPU and for the first step on
-   * the GPU, a CUDA-graph replay after that. A step that fails zeroes the cache row it may have added to, so that
-   * position can be decoded again.
+   * the GPU (which warms up every kernel and cuBLAS plan), a CUDA-graph replay after that. A failed capture is
+   * reported once, and the engine goes on with eager steps.
    */
   private NdArray decodeStep(int token, int at) {
-    try {
-      setInput(tokenInput, token);
-      setInput(positionInput, at);
-      setInput(positionAsFloat, at);
-      if (cuda == null || !decodedEagerly) {
-        decodedEagerly = true;
-        try (CudaModelDevice.Scope s = cuda == null ? null : cuda.scope()) {
-          return logits(decodeForward());
-        }
+    setInput(tokenInput, token);
+    setInput(positionInput, at);
+    setInput(positionAsFloat, at);
+    if (cuda == null || !decodedEagerly || graphFailed) {
+      NdArray logits;
+      try (CudaModelDevice.Scope s = cuda == null ? null : cuda.scope()) {
+        logits = logits(decodeForward());
       }
-      if (decodeGraph == null) {
-        captureDecodeStep();
-      }
-      decodeGraph.launch(cuda.gpu().defaultStream());
-      return hostLogits(cuda.download(graphLogits));
-    } catch (RuntimeException | Error e) {
-      for (int l = 0; l < c.numLayers(); l++) {
-        dev.fill(dev.narrow(keys[l], 0, at, 1), 0);
-        dev.fill(dev.narrow(values[l], 0, at, 1), 0);
-      }
-      throw e;
+      decodedEagerly = true;
+      return logits;
     }
+    if (decodeGraph == null) {
+      captureDecodeStep();
+    }
+    decodeGraph.launch(cuda.gpu().defaultStream());
+    return hostLogits(cuda.download(graphLogits));
   }
 
   /** Records the decode step once; its memory (activations, the logits) belongs to the graph from then on. */
@@ -242,7 +278,9 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
       decodeGraph = cuda.capture(() -> out[0] = layersToLogits(decodeForward()));
     } catch (RuntimeException | Error e) {
       s.close();
-      throw e;
+      graphFailed = true;
+      throw new IllegalStateException("capturing the decode step as a CUDA graph failed (later steps run eagerly): "
+          + e.getMessage(), e);
     }
     graphLogits = out[0];
     owned.addAll(s.detach());
@@ -316,7 +354,7 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
     NdArray host = buffer.dtype() == DType.I64 ? NdArray.fromLongs(new long[] {value}, 1)
         : NdArray.fromFloats(new float[] {value}, 1);
     if (cuda != null) {
-      cuda.copyFromHost(host, (dev.kiln.runtime.cuda.device.CudaTensor) buffer);
+      cuda.copyFromHost(host, buffer);
     } else {
       dev.copy(host, buffer);
     }
@@ -455,12 +493,29 @@ public final class DeviceLmEngine implements NextTokenModel, AutoCloseable {
   /** Frees the weights, the cache and the decode graph on the GPU (nothing to free on the CPU). */
   @Override
   public void close() {
-    if (!closed) {
-      closed = true;
-      if (decodeGraph != null) {
-        decodeGraph.close();
+    if (closed) {
+      return;
+    }
+    closed = true;
+    RuntimeException first = null;
+    List<AutoCloseable> all = new ArrayList<>();
+    if (decodeGraph != null) {
+      all.add(decodeGraph);
+    }
+    all.addAll(owned);
+    for (AutoCloseable a : all) {
+      try {
+        a.close();
+      } catch (Exception e) {
+        if (first == null) {
+          first = e instanceof RuntimeException r ? r : new IllegalStateException(e);
+        } else {
+          first.addSuppressed(e);
+        }
       }
-      owned.forEach(CudaArray::close);
+    }
+    if (first != null) {
+      throw first;
     }
   }
 }

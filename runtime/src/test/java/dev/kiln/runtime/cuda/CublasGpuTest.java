@@ -157,4 +157,44 @@ class CublasGpuTest {
       }
     }
   }
+
+  /**
+   * A problem big enough to be timed (1024³ = 2^30 multiply-adds, {@link CublasLt#MIN_TUNED_MACS}): the algorithm
+   * cuBLASLt keeps after timing its candidates gives cublasGemmEx's result up to summation order, twice in a row (the
+   * second call runs the kept choice without timing). Bound: the two fp32 sums of k = 1024 exact bf16 products differ
+   * by at most 2·k·2^-24·Σ|a b| in the worst case; 1e-4·Σ|a b| covers that and still catches any wrong kernel, whose
+   * error is of the order of Σ|a b|.
+   */
+  @Test
+  void ltTimedChoiceAgreesWithGemmEx() {
+    CudaDevice dev = GpuTesting.device();
+    Random rnd = new Random(6);
+    int n = 1024;
+    NdArray a = GpuTesting.randn(rnd, DType.BF16, 1, n, n);
+    NdArray b = GpuTesting.randn(rnd, DType.BF16, 1, n, n);
+    NdArray absA = NdArray.fromDoubles(java.util.Arrays.stream(GpuTesting.doubles(a)).map(Math::abs).toArray(), n, n)
+        .to(DType.BF16);
+    NdArray absB = NdArray.fromDoubles(java.util.Arrays.stream(GpuTesting.doubles(b)).map(Math::abs).toArray(), n, n)
+        .to(DType.BF16);
+    try (Cublas lt = new Cublas(dev.defaultStream(), Cublas.GemmApi.LT);
+        Cublas ex = new Cublas(dev.defaultStream(), Cublas.GemmApi.GEMMEX);
+        CudaArray da = CudaArray.fromHost(dev, a);
+        CudaArray db = CudaArray.fromHost(dev, b);
+        CudaArray dAbsA = CudaArray.fromHost(dev, absA);
+        CudaArray dAbsB = CudaArray.fromHost(dev, absB);
+        CudaArray viaLt = CudaArray.empty(dev, DType.F32, n, n).poison();
+        CudaArray viaEx = CudaArray.empty(dev, DType.F32, n, n).poison();
+        CudaArray bound = CudaArray.empty(dev, DType.F32, n, n)) {
+      ex.matmul(da, db, viaEx);
+      ex.matmul(dAbsA, dAbsB, bound);
+      double[] want = GpuTesting.doubles(viaEx.toHost());
+      double[] sums = GpuTesting.doubles(bound.toHost());
+      double worst = java.util.Arrays.stream(sums).max().orElseThrow();
+      for (int call = 1; call <= 2; call++) {
+        lt.matmul(da, db, viaLt);
+        GpuTesting.assertClose("cuBLASLt's timed choice, call " + call, want, GpuTesting.doubles(viaLt.toHost()), 0,
+            1e-4 * worst);
+      }
+    }
+  }
 }

@@ -1,5 +1,8 @@
 package dev.kiln.runtime.infer;
 
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
 import dev.kiln.runtime.cuda.GpuTesting;
 import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.train.ModelConfig;
@@ -43,5 +46,15 @@ class DeviceLmEngineGpuTest {
           what));
     }
     System.out.printf("  GPU generation vs reference engine: worst relative error %.1e%n", worst);
+  }
+
+  @Test
+  void aMixedPrecisionDeviceIsRefused() {
+    GpuTesting.device();
+    ModelConfig c = TinyLms.cs336(29, 12, 16, 1, 2, 24);
+    LmWeights w = LmWeights.from(c, TinyLms.randomWeights(c, 1), "test");
+    CudaModelDevice bf16 = new CudaModelDevice(0, CudaModelDevice.Precision.BF16);
+    IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> new DeviceLmEngine(w, bf16));
+    assertTrue(e.getMessage().contains("generation runs in fp32"), e.getMessage());
   }
 }

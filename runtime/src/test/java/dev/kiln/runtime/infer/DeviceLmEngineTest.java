@@ -87,6 +87,40 @@ class DeviceLmEngineTest {
     }
   }
 
+  /**
+   * A chunk that fails at its third token leaves the position where the call started and the cache as before: the
+   * same chunk fed again gives the reference's logits (rows the failed call added to would otherwise count twice).
+   */
+  @Test
+  void aFailedAppendCanBeRepeated() {
+    ModelConfig c = TinyLms.cs336(31, 16, 16, 2, 2, 20);
+    LmWeights w = LmWeights.from(c, TinyLms.randomWeights(c, 3), "test");
+    NdArray full = new TransformerLmEngine(w).forwardAll(new int[] {3, 1, 4, 1, 5, 9});
+    Device cpu = new CpuDevice();
+    int[] scatters = {0};
+    // Each decode step adds keys and values to 2 layers: the 5th add is the third token's first.
+    Device failing = (Device) java.lang.reflect.Proxy.newProxyInstance(Device.class.getClassLoader(),
+        new Class<?>[] {Device.class}, (proxy, method, args) -> {
+          if (method.getName().equals("scatterAddRows") && ++scatters[0] == 5) {
+            throw new IllegalStateException("injected failure");
+          }
+          try {
+            return method.invoke(cpu, args);
+          } catch (java.lang.reflect.InvocationTargetException e) {
+            throw e.getCause();
+          }
+        });
+    try (DeviceLmEngine e = new DeviceLmEngine(w, failing)) {
+      e.prefill(new int[] {3, 1});
+      IllegalStateException thrown = assertThrows(IllegalStateException.class,
+          () -> e.append(new int[] {4, 1, 5, 9}));
+      assertEquals("injected failure", thrown.getMessage());
+      assertEquals(2, e.position());
+      TinyLms.assertClose(full.select(0, 5), e.append(new int[] {4, 1, 5, 9}), TOL, "the chunk fed again");
+      assertEquals(6, e.position());
+    }
+  }
+
   @Test
   void badInputIsAClearErrorAndLeavesThePositionAlone() {
     ModelConfig c = TinyLms.cs336(13, 4, 8, 1, 2, 12);
