@@ -32,9 +32,9 @@ import java.util.concurrent.ConcurrentHashMap;
  * the output free to overwrite and the host free to wait, so a first call that accumulates ({@code beta != 0}) or is
  * being captured into a graph takes the heuristic's first answer untimed; problems under {@link #MIN_TUNED_MACS}
  * multiply-adds are never timed. A candidate replaces the heuristic's first answer only when it is at least
- * {@value #MIN_GAIN_PERCENT}% faster, so near-ties keep the heuristic's answer. Two processes can still choose differently where a candidate's gain sits near that margin,
- * and then round differently in the last bits; {@code KILN_GEMM_TUNE=0} turns timing off for runs that must repeat
- * bit for bit.
+ * {@value #MIN_GAIN_PERCENT}% faster, so near-ties keep the heuristic's answer. Two processes can still choose differently
+ * where a candidate's gain sits near that margin, and then round differently in the last bits; {@code KILN_GEMM_TUNE=0}
+ * turns timing off for runs that must repeat bit for bit.
  *
  * <p>A problem for which the heuristic finds no kernel is remembered as such and {@link #matmul} returns false; the
  * caller then runs it through {@code cublasGemmEx}.
@@ -200,8 +200,8 @@ final class CublasLt implements AutoCloseable {
   /**
    * Times each candidate on the call's operands ({@code beta = 0}, so rerunning into the output is harmless; the
    * caller's run that follows writes the result) and returns the index of the fastest, if it beats the heuristic's
-   * first answer by {@value #MIN_GAIN_PERCENT}%, else 0. A candidate that fails to run (a rare heuristic answer that the operands do not
-   * suit) is dropped.
+   * first answer by {@value #MIN_GAIN_PERCENT}%, else 0. A candidate that fails to run (a rare heuristic answer that
+   * the operands do not suit) is dropped.
    */
   private int tune(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first, long second, long out,
       CudaArray workspace, CudaStream stream) {

@@ -16,11 +16,12 @@ import org.junit.jupiter.api.Test;
  * The device-SPI engine (here on the CPU device) against the reference {@link TransformerLmEngine}: prefill and then
  * one decode per token, every variant combination, logits compared at every step.
  *
- * <p>Tolerance 1e-4 relative to max(1, |logit|): both compute the same function in float32 storage, but the
- * reference takes norm statistics and RoPE angles in double and the device engine in float32 (RSQRT of a float sum,
- * the device's RoPE tables), and decode steps use another summation order (two GEMMs and a softmax against the
- * fused attention of the full forward). Measured worst over the 360 combinations (two generations each): 4.7e-5, so the
- * bound has a margin of 2; a wrong cache or position is off by orders of magnitude more ({@link #aWrongCacheIsCaughtAndPrefillStartsOver}).
+ * <p>Tolerance 1e-4 relative to max(1, |logit|): both compute the same function in float32 storage, but the reference
+ * takes norm statistics and RoPE angles in double and the device engine in float32 (RSQRT of a float sum, the device's
+ * RoPE tables), and decode steps use another summation order (two GEMMs and a softmax against the fused attention of
+ * the full forward). Measured worst over the 360 combinations (two generations each): 4.7e-5, so the bound has a margin
+ * of 2; a wrong cache or position is off by orders of magnitude more
+ * ({@link #aWrongCacheIsCaughtAndPrefillStartsOver}).
  */
 class DeviceLmEngineTest {
   static final double TOL = 1e-4;
