@@ -2,6 +2,10 @@ package dev.kiln.runtime.cuda;
 
 import dev.kiln.dsl.DType;
 import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeSet;
 
 /**
  * Fused scaled-dot-product attention on the GPU ({@code flash_attention.cu}): {@code softmax(q k^T * scale) v}
@@ -40,37 +44,101 @@ public final class FlashAttention {
   }
 
   /**
-   * Which compiled variant of each tensor-core kernel to launch, per head dim: {@code w<warps>[mb<blocks>]} names
-   * the warps per block and the register cap (see the end of flash_attention.cu). {@link #DEFAULT} is what measured
-   * fastest on an H200; {@code CudaBenchmark} times the others so the choice can be re-made on other GPUs. Head dims
-   * 32 and 80 (TinyStories' and xl's) have one compiled variant each, so they are not tuned here.
+   * Which compiled variant of each tensor-core kernel to launch, per pass and head dim. A variant's name is
+   * {@code w<warps>[r32][mb<blocks>]}: the warps per block, {@code r32} where each warp owns 32 query (or key) rows
+   * instead of 16 — every K/V fragment read from shared memory then feeds two MMAs, which halves the shared-memory
+   * traffic per MAC — and the register cap that lets {@code <blocks>} blocks share a multiprocessor (see the end of
+   * flash_attention.cu). {@link #DEFAULT} is what measured fastest on an H200; {@code CudaBenchmark} times the others
+   * so the choice can be re-made on other GPUs.
+   *
+   * @param forward variant of the forward kernel per head dim (32, 64, 80, 128)
+   * @param backward variant of the dK/dV and dQ kernels per head dim (one name for both)
    */
-  public record Tuning(String forward64, String forward128, String backward64, String backward128) {
+  public record Tuning(Map<Integer, String> forward, Map<Integer, String> backward) {
+    /** The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines). */
+    public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
+        32, List.of("w4mb4", "w4r32"),
+        64, List.of("w4mb4", "w8", "w8mb2", "w4r32"),
+        80, List.of("w4mb3", "w4r32"),
+        128, List.of("w4mb2", "w8", "w4mb3", "w4r32"));
     /**
-     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md): 4-warp blocks
-     * throughout, with register caps that let 4 (forward d64), 2 (forward d128) and 3 (backward d64) blocks share a
-     * multiprocessor; backward d128 needs 252 registers and runs uncapped.
+     * The compiled backward variants per head dim (KILN_DKDV and KILN_DQ lines). d128 has no {@code r32}: 32 keys a
+     * warp would hold 256 fp32 accumulators for dK and dV alone.
      */
-    public static final Tuning DEFAULT = new Tuning("w4mb4", "w4mb2", "w4mb3", "w4");
+    public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
+        32, List.of("w4mb3", "w4r32"),
+        64, List.of("w4mb3", "w4", "w8", "w4r32"),
+        80, List.of("w4", "w4r32"),
+        128, List.of("w4", "w8"));
+
+    /**
+     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md).
+     */
+    public static final Tuning DEFAULT = new Tuning(
+        Map.of(32, "w4mb4", 64, "w4mb4", 80, "w4mb3", 128, "w4mb2"),
+        Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
 
     public Tuning {
-      for (String v : new String[] {forward64, forward128, backward64, backward128}) {
-        if (v == null || !v.matches("w[48](mb[1-4])?")) {
-          throw new IllegalArgumentException("attention kernel variant must look like w4, w8 or w4mb3, got " + v);
+      forward = Map.copyOf(forward);
+      backward = Map.copyOf(backward);
+      check("forward", forward, FORWARD_VARIANTS);
+      check("backward", backward, BACKWARD_VARIANTS);
+    }
+
+    private static void check(String pass, Map<Integer, String> chosen, Map<Integer, List<String>> compiled) {
+      if (!chosen.keySet().equals(compiled.keySet())) {
+        throw new IllegalArgumentException("attention " + pass + " tuning must name a variant for each head dim "
+            + new TreeSet<>(compiled.keySet()) + ", got " + new TreeSet<>(chosen.keySet()));
+      }
+      for (Map.Entry<Integer, String> e : chosen.entrySet()) {
+        List<String> options = compiled.get(e.getKey());
+        if (!options.contains(e.getValue())) {
+          throw new IllegalArgumentException("attention " + pass + " kernel variant " + e.getValue() + " is not"
+              + " compiled for head dim " + e.getKey() + "; choose one of " + options);
         }
       }
     }
 
+    /** This tuning with the forward variant of head dim {@code d} replaced. */
+    public Tuning withForward(int d, String variant) {
+      Map<Integer, String> f = new HashMap<>(forward);
+      f.put(d, variant);
+      return new Tuning(f, backward);
+    }
+
+    /** This tuning with the backward variant of head dim {@code d} replaced. */
+    public Tuning withBackward(int d, String variant) {
+      Map<Integer, String> b = new HashMap<>(backward);
+      b.put(d, variant);
+      return new Tuning(forward, b);
+    }
+
     String forward(long d) {
-      return d == 32 ? "w4mb4" : d == 64 ? forward64 : d == 80 ? "w4mb3" : forward128;
+      return forward.get((int) d);
     }
 
     String backward(long d) {
-      return d == 32 ? "w4mb3" : d == 64 ? backward64 : d == 80 ? "w4" : backward128;
+      return backward.get((int) d);
     }
 
     static int warps(String variant) {
       return variant.charAt(1) - '0';
+    }
+
+    /** Query (forward, dQ) or key (dK/dV) rows each warp owns. */
+    static int rowsPerWarp(String variant) {
+      return variant.contains("r32") ? 32 : 16;
+    }
+
+    /** Key tile of the forward pass (flash_attention.cu's KILN_FWD lines: 64 for every variant). */
+    static final int FORWARD_KEY_TILE = 64;
+
+    /**
+     * Query tile of dK/dV and key tile of dQ (KILN_DKDV and KILN_DQ lines): 32 where a warp owns 32 rows or d is 128
+     * (to stay under 255 registers), else 64.
+     */
+    static int backwardTile(long d, String variant) {
+      return rowsPerWarp(variant) == 32 || d > 80 ? 32 : 64;
     }
   }
 
@@ -173,8 +241,8 @@ public final class FlashAttention {
       int d = (int) g.d;
       String variant = tuning.forward(d);
       int warps = Tuning.warps(variant);
-      int bm = warps * 16;
-      int bn = 64;
+      int bm = warps * Tuning.rowsPerWarp(variant);
+      int bn = Tuning.FORWARD_KEY_TILE;
       int smem = (bm + 4 * bn) * (d + 8) * 2;
       m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, ceilDiv(g.n, bm), g.bh,
           warps * 32, smem, args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
@@ -231,10 +299,11 @@ public final class FlashAttention {
               .i32((int) g.heads).i32((int) g.d).struct(lo.words()).struct(ldo.words()));
       if (g.tensorCores) {
         int d = (int) g.d;
-        String variant = "_" + tuning.backward(d);
-        int warps = Tuning.warps(tuning.backward(d));
-        int tile = d <= 80 ? 64 : 32; // query tile of dK/dV, key tile of dQ (see flash_attention.cu)
-        int block = warps * 16;
+        String chosen = tuning.backward(d);
+        String variant = "_" + chosen;
+        int warps = Tuning.warps(chosen);
+        int tile = Tuning.backwardTile(d, chosen); // query tile of dK/dV, key tile of dQ
+        int block = warps * Tuning.rowsPerWarp(chosen);
         int smemDkdv = (2 * block + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
         m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk)).launch(stream, ceilDiv(g.n, block),
             g.bh, warps * 32, smemDkdv, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk)

@@ -211,13 +211,25 @@ class FlashAttentionGpuTest {
 
   @Test
   void tuningVariantsGiveTheSameAnswers() {
-    // Every compiled variant other than the defaults, so the benchmark's alternatives are known to be right.
-    FlashAttention.Tuning a = new FlashAttention.Tuning("w8", "w8", "w4", "w8");
-    FlashAttention.Tuning b = new FlashAttention.Tuning("w8mb2", "w4mb3", "w8", "w8");
-    run(DType.BF16, 1, 2, 200, 64, AttentionMask.CAUSAL, a);
-    run(DType.BF16, 1, 2, 333, 128, AttentionMask.CAUSAL, a);
-    run(DType.BF16, 1, 2, 150, 64, AttentionMask.NONE, b);
-    run(DType.BF16, 1, 2, 150, 128, AttentionMask.NONE, b);
+    // Every compiled variant other than the defaults, so the benchmark's alternatives are known to be right: odd
+    // lengths leave partial tiles, and both masks run.
+    FlashAttention.Tuning base = FlashAttention.Tuning.DEFAULT;
+    for (int d : new int[] {32, 64, 80, 128}) {
+      for (String variant : FlashAttention.Tuning.FORWARD_VARIANTS.get(d)) {
+        if (!variant.equals(base.forward().get(d))) {
+          FlashAttention.Tuning t = base.withForward(d, variant);
+          run(DType.BF16, 1, 2, 333, d, AttentionMask.CAUSAL, t);
+          run(DType.BF16, 1, 2, 150, d, AttentionMask.NONE, t);
+        }
+      }
+      for (String variant : FlashAttention.Tuning.BACKWARD_VARIANTS.get(d)) {
+        if (!variant.equals(base.backward().get(d))) {
+          FlashAttention.Tuning t = base.withBackward(d, variant);
+          run(DType.BF16, 1, 2, 333, d, AttentionMask.CAUSAL, t);
+          run(DType.BF16, 1, 2, 150, d, AttentionMask.NONE, t);
+        }
+      }
+    }
   }
 
   @Test

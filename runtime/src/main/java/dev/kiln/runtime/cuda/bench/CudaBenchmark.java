@@ -12,6 +12,7 @@ import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Storage;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.List;
 import java.util.SplittableRandom;
 
 /**
@@ -76,21 +77,26 @@ public final class CudaBenchmark {
               t[0], t[1], 3.5 * causalForwardFlops(b, h, n, d) / (t[1] * 1e-3) / 1e12);
         }
       }
-      // Alternatives to the default launch choices, timed in the same run so the default can be re-chosen.
+      // Every compiled alternative to the default launch choices, timed in the same run so the default can be
+      // re-chosen. d32 and d80 are TinyStories' and xl's head dims.
       FlashAttention.Tuning base = FlashAttention.Tuning.DEFAULT;
-      String[][] variants = { // {pass, head dim, variant}
-        {"fwd", "64", "w8"}, {"fwd", "64", "w8mb2"}, {"fwd", "128", "w8"}, {"fwd", "128", "w4mb3"},
-        {"bwd", "64", "w4"}, {"bwd", "64", "w8"}, {"bwd", "128", "w8"}};
-      for (String[] var : variants) {
-        boolean fwd = var[0].equals("fwd");
-        long d = Long.parseLong(var[1]);
-        FlashAttention.Tuning tu = new FlashAttention.Tuning(
-            fwd && d == 64 ? var[2] : base.forward64(), fwd && d == 128 ? var[2] : base.forward128(),
-            !fwd && d == 64 ? var[2] : base.backward64(), !fwd && d == 128 ? var[2] : base.backward128());
-        FlashAttention alt = new FlashAttention(stream, tu);
-        for (long n : new long[] {2048, 16384}) {
-          double[] t = time(dev, alt, bufs, d, n, reps);
-          System.out.printf("BENCHVAR %s=%s d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n", var[0], var[2], d, n, t[0], t[1]);
+      for (int d : new int[] {32, 64, 80, 128}) {
+        for (String pass : new String[] {"fwd", "bwd"}) {
+          boolean fwd = pass.equals("fwd");
+          List<String> options = (fwd ? FlashAttention.Tuning.FORWARD_VARIANTS
+              : FlashAttention.Tuning.BACKWARD_VARIANTS).get(d);
+          for (String variant : options) {
+            if (variant.equals(fwd ? base.forward().get(d) : base.backward().get(d)) && d != 32 && d != 80) {
+              continue; // the default of d64 and d128 is timed above
+            }
+            FlashAttention alt = new FlashAttention(stream,
+                fwd ? base.withForward(d, variant) : base.withBackward(d, variant));
+            for (long n : new long[] {512, 2048, 16384}) {
+              double[] t = time(dev, alt, bufs, d, n, reps);
+              System.out.printf("BENCHVAR %s=%s d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n", pass, variant, d, n, t[0],
+                  t[1]);
+            }
+          }
         }
       }
     }

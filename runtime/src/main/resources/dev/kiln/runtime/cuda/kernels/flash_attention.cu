@@ -89,46 +89,116 @@ __device__ __forceinline__ void lds_b_kn(unsigned* b, const kiln_bf16* tile, int
                      tile + (k0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + n0 + (lane >> 4) * 8);
 }
 
-// acc += A B^T for one n-block nb of 8 rows of b_tile (B^T row-major, as lds_b_nk) and the k-steps kk and kk + 1
-// (A fragments a0, a1), or kk alone when pair is false: the odd last k-step of d = 80, read with an ldmatrix.x2.
-template <int LD>
-__device__ __forceinline__ void mma_kstep(float* acc, const unsigned* a0, const unsigned* a1, bool pair,
-                                          const kiln_bf16* b_tile, int nb, int kk, int lane) {
-  unsigned b[4];
-  if (pair) {
-    lds_b_nk<LD>(b, b_tile, nb * 8, kk * 16, lane);
-    kiln_mma_bf16(acc, a0, b[0], b[1]);
-    kiln_mma_bf16(acc, a1, b[2], b[3]);
-  } else {
-    lds_b_nk1<LD>(b, b_tile, nb * 8, kk * 16, lane);
-    kiln_mma_bf16(acc, a0, b[0], b[1]);
+// acc[mt][nb] += A B^T over k = D for one warp's MT tiles of 16 rows: A rows a0 + 16·mt of a_tile, B the N rows of
+// b_tile (both row-major [rows][LD] smem tiles, k along the row). Each B fragment is read once for all MT tiles; a
+// tile whose live flag is false (fully masked) gets no MMAs.
+template <int D, int LD, int N, int MT>
+__device__ __forceinline__ void mma_abt(float (*acc)[N / 8][4], const kiln_bf16* a_tile, int a0,
+                                        const kiln_bf16* b_tile, const bool* live, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk += 2) {
+    const bool pair = kk + 1 < D / 16;
+    unsigned x[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      lds_a<LD>(x[mt][0], a_tile, a0 + mt * 16, kk * 16, lane);
+      if (pair) lds_a<LD>(x[mt][1], a_tile, a0 + mt * 16, kk * 16 + 16, lane);
+    }
+#pragma unroll
+    for (int nb = 0; nb < N / 8; ++nb) {
+      unsigned b[4];
+      if (pair) {
+        lds_b_nk<LD>(b, b_tile, nb * 8, kk * 16, lane);
+      } else {
+        lds_b_nk1<LD>(b, b_tile, nb * 8, kk * 16, lane);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (!live[mt]) continue;
+        kiln_mma_bf16(acc[mt][nb], x[mt][0], b[0], b[1]);
+        if (pair) kiln_mma_bf16(acc[mt][nb], x[mt][1], b[2], b[3]);
+      }
+    }
   }
 }
 
-// acc[nb] += A B^T over k = D for one warp: A is the warp's 16 rows from row a0 of a_tile, B the N rows of b_tile
-// (both row-major [rows][LD] smem tiles, k along the row); acc is the 16 x N fp32 accumulator, N / 8 blocks of 8.
-template <int D, int LD, int N>
-__device__ __forceinline__ void mma_abt(float (*acc)[4], const kiln_bf16* a_tile, int a0, const kiln_bf16* b_tile,
-                                        int lane) {
+// As mma_abt, with A's fragments already in registers: a[mt][kk] holds k-step kk of row tile mt.
+template <int D, int LD, int N, int MT>
+__device__ __forceinline__ void mma_abt_reg(float (*acc)[N / 8][4], const unsigned (*a)[D / 16][4],
+                                            const kiln_bf16* b_tile, const bool* live, int lane) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk += 2) {
-    unsigned x0[4], x1[4];
-    lds_a<LD>(x0, a_tile, a0, kk * 16, lane);
-    if (kk + 1 < D / 16) lds_a<LD>(x1, a_tile, a0, kk * 16 + 16, lane);
+    const bool pair = kk + 1 < D / 16;
 #pragma unroll
-    for (int nb = 0; nb < N / 8; ++nb) mma_kstep<LD>(acc[nb], x0, x1, kk + 1 < D / 16, b_tile, nb, kk, lane);
+    for (int nb = 0; nb < N / 8; ++nb) {
+      unsigned b[4];
+      if (pair) {
+        lds_b_nk<LD>(b, b_tile, nb * 8, kk * 16, lane);
+      } else {
+        lds_b_nk1<LD>(b, b_tile, nb * 8, kk * 16, lane);
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (!live[mt]) continue;
+        kiln_mma_bf16(acc[mt][nb], a[mt][kk], b[0], b[1]);
+        if (pair) kiln_mma_bf16(acc[mt][nb], a[mt][kk + 1], b[2], b[3]);
+      }
+    }
   }
+}
+
+// acc[mt] += A_mt B for the k-range of N (a multiple of 16) and all D columns, where A_mt comes from fp32 register
+// tiles p[mt] (an MMA accumulator layout: 16 rows x N) rounded to bf16, and B is a row-major [N][LD] smem tile read
+// with ldmatrix.trans (row = k index). This is P·V, P^T·dO, dS^T·Q and dS·K.
+template <int D, int LD, int N, int MT>
+__device__ __forceinline__ void mma_pb(float (*acc)[D / 8][4], float (*p)[N / 8][4], const kiln_bf16* b_tile,
+                                       const bool* live, int lane) {
+#pragma unroll
+  for (int kb = 0; kb < N / 16; ++kb) {
+    unsigned a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      a[mt][0] = kiln_pack_bf16(p[mt][2 * kb][0], p[mt][2 * kb][1]);
+      a[mt][1] = kiln_pack_bf16(p[mt][2 * kb][2], p[mt][2 * kb][3]);
+      a[mt][2] = kiln_pack_bf16(p[mt][2 * kb + 1][0], p[mt][2 * kb + 1][1]);
+      a[mt][3] = kiln_pack_bf16(p[mt][2 * kb + 1][2], p[mt][2 * kb + 1][3]);
+    }
+#pragma unroll
+    for (int db = 0; db < D / 8; db += 2) {
+      unsigned b[4];
+      lds_b_kn<LD>(b, b_tile, kb * 16, db * 8, lane);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (!live[mt]) continue;
+        kiln_mma_bf16(acc[mt][db], a[mt], b[0], b[1]);
+        kiln_mma_bf16(acc[mt][db + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int MT, int N>
+__device__ __forceinline__ void zero(float (*acc)[N][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
 }
 
 // ------------------------------------------------------------------------------------------------ forward
 
-template <int D, int WARPS, int BN, typename TO>
+// Each warp owns MT tiles of 16 query rows (16·MT rows), so every K and V fragment read from shared memory feeds MT
+// MMAs: at MT = 1 the score and P·V GEMMs need a 256-byte ldmatrix per 4096 MACs, which is the whole shared-memory
+// bandwidth of an SM at tensor-core rate; MT = 2 halves that. Q's fragments stay in registers when they fit
+// (MT·D <= 128), otherwise they are re-read from shared memory at every key tile.
+template <int D, int WARPS, int MT, int BN, typename TO>
 __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                        const kiln_bf16* __restrict__ V, TO* __restrict__ O,
                                        float* __restrict__ LSE, int n, int heads, float scale, int causal,
                                        kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
                                        kiln_attn_layout lo) {
-  constexpr int BM = WARPS * 16, LD = D + 8, NT = WARPS * 32;
+  constexpr int WR = MT * 16, BM = WARPS * WR, LD = D + 8, NT = WARPS * 32, KS = D / 16;
+  constexpr bool QREG = MT * D <= 128;
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;
   kiln_bf16* Ks = Qs + BM * LD;      // [2][BN][LD]
@@ -142,7 +212,7 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
   const kiln_bf16* k = K + slab(lk, bh, heads);
   const kiln_bf16* v = V + slab(lv, bh, heads);
   const int m0 = mb * BM;
-  const int wrow0 = m0 + warp * 16;  // first query row of this warp
+  const int wrow0 = m0 + warp * WR;  // first query row of this warp
 
   int nkb = (n + BN - 1) / BN;
   if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
@@ -155,15 +225,22 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
   kiln_cp_async_wait<1>();
   __syncthreads();
 
-  unsigned qf[D / 16][4];
+  unsigned qf[MT][KS][4];  // used only when QREG
+  if constexpr (QREG) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) lds_a<LD>(qf[kk], Qs, warp * 16, kk * 16, lane);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) lds_a<LD>(qf[mt][kk], Qs, warp * WR + mt * 16, kk * 16, lane);
+  }
 
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
+  zero<MT, D / 8>(o);
+  float mrow[MT][2], lrow[MT][2];  // running max (log2 units of scaled scores); this thread's part of the sum
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float mrow[2] = {-KILN_INF, -KILN_INF};  // running max, log2 units of scaled scores
-  float lrow[2] = {0.f, 0.f};              // this thread's part of the running denominator
+  for (int mt = 0; mt < MT; ++mt) {
+    mrow[mt][0] = mrow[mt][1] = -KILN_INF;
+    lrow[mt][0] = lrow[mt][1] = 0.f;
+  }
   const float sl2 = scale * KILN_LOG2E;
 
   for (int j = 0; j < nkb; ++j) {
@@ -180,97 +257,90 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
     const kiln_bf16* ks = Ks + (j & 1) * BN * LD;
     const kiln_bf16* vs = Vs + (j & 1) * BN * LD;
     const int n0 = j * BN;
-    if (!causal || n0 <= wrow0 + 15) {
-      float s[BN / 8][4];
+    if (!causal || n0 <= wrow0 + WR - 1) {
+      // Row tiles whose rows all precede the key tile see nothing of it (causal): no MMAs for them.
+      bool live[MT];
 #pragma unroll
-      for (int i = 0; i < BN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb) {
-          const bool pair = kk + 1 < D / 16;
-          mma_kstep<LD>(s[nb], qf[kk], qf[pair ? kk + 1 : kk], pair, ks, nb, kk, lane);
-        }
+      for (int mt = 0; mt < MT; ++mt) live[mt] = !causal || n0 <= wrow0 + mt * 16 + 15;
+      float s[MT][BN / 8][4];
+      zero<MT, BN / 8>(s);
+      if constexpr (QREG) {
+        mma_abt_reg<D, LD, BN, MT>(s, qf, ks, live, lane);
+      } else {
+        mma_abt<D, LD, BN, MT>(s, Qs, warp * WR, ks, live, lane);
       }
       const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
-      float mx[2] = {mrow[0], mrow[1]};
 #pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
+      for (int mt = 0; mt < MT; ++mt) {
+        float mx[2] = {mrow[mt][0], mrow[mt][1]};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nb][e] * sl2;
-          if (mask) {
-            const int col = n0 + nb * 8 + 2 * t + (e & 1);
-            const int row = wrow0 + g + (e >> 1) * 8;
-            if (col >= n || (causal && col > row)) x = -KILN_INF;
+        for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mt][nb][e] * sl2;
+            if (mask) {
+              const int col = n0 + nb * 8 + 2 * t + (e & 1);
+              const int row = wrow0 + mt * 16 + g + (e >> 1) * 8;
+              if (col >= n || (causal && col > row)) x = -KILN_INF;
+            }
+            s[mt][nb][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
           }
-          s[nb][e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+        float mu[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
+          const float alpha = kiln_exp2(mrow[mt][r] - mu[r]);
+          mrow[mt][r] = mx[r];
+          lrow[mt][r] *= alpha;
+#pragma unroll
+          for (int i = 0; i < D / 8; ++i) {
+            o[mt][i][2 * r] *= alpha;
+            o[mt][i][2 * r + 1] *= alpha;
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float p = kiln_exp2(s[mt][nb][e] - mu[e >> 1]);
+            s[mt][nb][e] = p;
+            lrow[mt][e >> 1] += p;
+          }
         }
       }
-      float mu[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
-        const float alpha = kiln_exp2(mrow[r] - mu[r]);
-        mrow[r] = mx[r];
-        lrow[r] *= alpha;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-          o[i][2 * r] *= alpha;
-          o[i][2 * r + 1] *= alpha;
-        }
-      }
-#pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float p = kiln_exp2(s[nb][e] - mu[e >> 1]);
-          s[nb][e] = p;
-          lrow[e >> 1] += p;
-        }
-      }
-#pragma unroll
-      for (int kb = 0; kb < BN / 16; ++kb) {
-        unsigned a[4];
-        a[0] = kiln_pack_bf16(s[2 * kb][0], s[2 * kb][1]);
-        a[1] = kiln_pack_bf16(s[2 * kb][2], s[2 * kb][3]);
-        a[2] = kiln_pack_bf16(s[2 * kb + 1][0], s[2 * kb + 1][1]);
-        a[3] = kiln_pack_bf16(s[2 * kb + 1][2], s[2 * kb + 1][3]);
-#pragma unroll
-        for (int db = 0; db < D / 8; db += 2) {
-          unsigned b[4];
-          lds_b_kn<LD>(b, vs, kb * 16, db * 8, lane);
-          kiln_mma_bf16(o[db], a, b[0], b[1]);
-          kiln_mma_bf16(o[db + 1], a, b[2], b[3]);
-        }
-      }
+      mma_pb<D, LD, BN, MT>(o, s, vs, live, lane);
     }
     __syncthreads();  // the buffer just read is refilled by the next iteration's prefetch
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = lrow[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = wrow0 + g + r * 8;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    if (row < n) {
-      TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) store_pair(orow + i * 8 + 2 * t, o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-      if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
+    for (int r = 0; r < 2; ++r) {
+      float l = lrow[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (row < n) {
+        TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+          store_pair(orow + i * 8 + 2 * t, o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
+        if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[mt][r] + __log2f(l)) * KILN_LN2 : KILN_INF;
+      }
     }
   }
 }
 
 // ------------------------------------------------------------------------------------------------ backward dK, dV
 
-// One block owns WARPS*16 keys (16 per warp) and walks the query tiles that can see them.
-template <int D, int WARPS, int BM, typename TO>
+// One block owns WARPS*16*MT keys (16*MT per warp) and walks the query tiles of BM rows that can see them.
+template <int D, int WARPS, int MT, int BM, typename TO>
 __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                             const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
                                             const float* __restrict__ LSE, const float* __restrict__ DOT,
@@ -278,7 +348,7 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
                                             float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
                                             kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldk,
                                             kiln_attn_layout ldv) {
-  constexpr int BN = WARPS * 16, LD = D + 8, NT = WARPS * 32;
+  constexpr int WR = MT * 16, BN = WARPS * WR, LD = D + 8, NT = WARPS * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Ks = (kiln_bf16*)smem;   // [BN][LD]
   kiln_bf16* Vs = Ks + BN * LD;       // [BN][LD]
@@ -294,7 +364,7 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   const float* lse = LSE + vbase;
   const float* dot = DOT + vbase;
   const int n0 = blockIdx.x * BN;
-  const int wkey0 = n0 + warp * 16;
+  const int wkey0 = n0 + warp * WR;
   const int mtiles = (n + BM - 1) / BM;
   const int i0 = causal ? n0 / BM : 0;
 
@@ -309,12 +379,9 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   }
   kiln_cp_async_commit();
 
-  float dk[D / 8][4], dv[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    dk[i][0] = dk[i][1] = dk[i][2] = dk[i][3] = 0.f;
-    dv[i][0] = dv[i][1] = dv[i][2] = dv[i][3] = 0.f;
-  }
+  float dk[MT][D / 8][4], dv[MT][D / 8][4];
+  zero<MT, D / 8>(dk);
+  zero<MT, D / 8>(dv);
   const float sl2 = scale * KILN_LOG2E;
 
   for (int it = i0; it < mtiles; ++it) {
@@ -337,81 +404,62 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
     const float* ds = Ds + buf * BM;
     const int m0 = it * BM;
     if (!causal || m0 + BM - 1 >= wkey0) {
-      // S^T = K_w Q^T: rows are this warp's 16 keys, columns the BM queries.
-      float p[BM / 8][4];
+      // Key tiles past every query of the tile see nothing of it (causal): no MMAs for them.
+      bool live[MT];
 #pragma unroll
-      for (int i = 0; i < BM / 8; ++i) p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.f;
-      mma_abt<D, LD, BM>(p, Ks, warp * 16, qs, lane);
+      for (int mt = 0; mt < MT; ++mt) live[mt] = !causal || m0 + BM - 1 >= wkey0 + mt * 16;
+      // S^T = K_w Q^T: rows are this warp's keys, columns the BM queries.
+      float p[MT][BM / 8][4];
+      zero<MT, BM / 8>(p);
+      mma_abt<D, LD, BM, MT>(p, Ks, warp * WR, qs, live, lane);
       // P^T = exp(S^T * scale - lse[query]); masked entries are exactly 0.
 #pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb) {
+      for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int cl = nb * 8 + 2 * t + (e & 1);
-          const int col = m0 + cl;
-          const int key = wkey0 + g + (e >> 1) * 8;
-          float x = kiln_exp2(p[nb][e] * sl2 - ls[cl] * KILN_LOG2E);
-          if (col >= n || (causal && col < key)) x = 0.f;
-          p[nb][e] = x;
+        for (int nb = 0; nb < BM / 8; ++nb) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int cl = nb * 8 + 2 * t + (e & 1);
+            const int col = m0 + cl;
+            const int key = wkey0 + mt * 16 + g + (e >> 1) * 8;
+            float x = kiln_exp2(p[mt][nb][e] * sl2 - ls[cl] * KILN_LOG2E);
+            if (col >= n || (causal && col < key)) x = 0.f;
+            p[mt][nb][e] = x;
+          }
         }
       }
       // dV += P^T dO
-#pragma unroll
-      for (int kb = 0; kb < BM / 16; ++kb) {
-        unsigned a[4];
-        a[0] = kiln_pack_bf16(p[2 * kb][0], p[2 * kb][1]);
-        a[1] = kiln_pack_bf16(p[2 * kb][2], p[2 * kb][3]);
-        a[2] = kiln_pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]);
-        a[3] = kiln_pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3]);
-#pragma unroll
-        for (int db = 0; db < D / 8; db += 2) {
-          unsigned b[4];
-          lds_b_kn<LD>(b, dos, kb * 16, db * 8, lane);
-          kiln_mma_bf16(dv[db], a, b[0], b[1]);
-          kiln_mma_bf16(dv[db + 1], a, b[2], b[3]);
-        }
-      }
+      mma_pb<D, LD, BM, MT>(dv, p, dos, live, lane);
       // dP^T = V_w dO^T
-      float dp[BM / 8][4];
-#pragma unroll
-      for (int i = 0; i < BM / 8; ++i) dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-      mma_abt<D, LD, BM>(dp, Vs, warp * 16, dos, lane);
+      float dp[MT][BM / 8][4];
+      zero<MT, BM / 8>(dp);
+      mma_abt<D, LD, BM, MT>(dp, Vs, warp * WR, dos, live, lane);
       // dS^T = P^T * (dP^T - dot[query])
 #pragma unroll
-      for (int nb = 0; nb < BM / 8; ++nb) {
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[nb][e] = p[nb][e] * (dp[nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
-      }
+        for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dp[mt][nb][e] = p[mt][nb][e] * (dp[mt][nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
       // dK += dS^T Q
-#pragma unroll
-      for (int kb = 0; kb < BM / 16; ++kb) {
-        unsigned a[4];
-        a[0] = kiln_pack_bf16(dp[2 * kb][0], dp[2 * kb][1]);
-        a[1] = kiln_pack_bf16(dp[2 * kb][2], dp[2 * kb][3]);
-        a[2] = kiln_pack_bf16(dp[2 * kb + 1][0], dp[2 * kb + 1][1]);
-        a[3] = kiln_pack_bf16(dp[2 * kb + 1][2], dp[2 * kb + 1][3]);
-#pragma unroll
-        for (int db = 0; db < D / 8; db += 2) {
-          unsigned b[4];
-          lds_b_kn<LD>(b, qs, kb * 16, db * 8, lane);
-          kiln_mma_bf16(dk[db], a, b[0], b[1]);
-          kiln_mma_bf16(dk[db + 1], a, b[2], b[3]);
-        }
-      }
+      mma_pb<D, LD, BM, MT>(dk, dp, qs, live, lane);
     }
     __syncthreads();
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = wkey0 + g + r * 8;
-    if (key < n) {
-      TO* dkrow = dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
-      TO* dvrow = dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        store_pair(dkrow + i * 8 + 2 * t, dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
-        store_pair(dvrow + i * 8 + 2 * t, dv[i][2 * r], dv[i][2 * r + 1]);
+    for (int r = 0; r < 2; ++r) {
+      const int key = wkey0 + mt * 16 + g + r * 8;
+      if (key < n) {
+        TO* dkrow = dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
+        TO* dvrow = dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+          store_pair(dkrow + i * 8 + 2 * t, dk[mt][i][2 * r] * scale, dk[mt][i][2 * r + 1] * scale);
+          store_pair(dvrow + i * 8 + 2 * t, dv[mt][i][2 * r], dv[mt][i][2 * r + 1]);
+        }
       }
     }
   }
@@ -419,15 +467,17 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
 
 // ------------------------------------------------------------------------------------------------ backward dQ
 
-// One block owns WARPS*16 queries and walks the key tiles they can see.
-template <int D, int WARPS, int BN, typename TO>
+// One block owns WARPS*16*MT queries (16*MT per warp) and walks the key tiles of BN keys they can see. Q's and
+// dO's fragments stay in registers when they fit (MT·D <= 128), otherwise they are re-read at every key tile.
+template <int D, int WARPS, int MT, int BN, typename TO>
 __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                           const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
                                           const float* __restrict__ LSE, const float* __restrict__ DOT,
                                           TO* __restrict__ dQ, int n, int heads, float scale, int causal,
                                           kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
                                           kiln_attn_layout ldo, kiln_attn_layout ldq) {
-  constexpr int BM = WARPS * 16, LD = D + 8, NT = WARPS * 32;
+  constexpr int WR = MT * 16, BM = WARPS * WR, LD = D + 8, NT = WARPS * 32, KS = D / 16;
+  constexpr bool QREG = MT * D <= 128;
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;   // [BM][LD]
   kiln_bf16* dOs = Qs + BM * LD;      // [BM][LD]
@@ -441,7 +491,7 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   const kiln_bf16* k = K + slab(lk, bh, heads);
   const kiln_bf16* v = V + slab(lv, bh, heads);
   const int m0 = mb * BM;
-  const int wrow0 = m0 + warp * 16;
+  const int wrow0 = m0 + warp * WR;
 
   int nkb = (n + BN - 1) / BN;
   if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
@@ -455,22 +505,27 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   kiln_cp_async_wait<1>();
   __syncthreads();
 
-  unsigned qf[D / 16][4], df[D / 16][4];
+  unsigned qf[MT][KS][4], df[MT][KS][4];  // used only when QREG
+  if constexpr (QREG) {
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    lds_a<LD>(qf[kk], Qs, warp * 16, kk * 16, lane);
-    lds_a<LD>(df[kk], dOs, warp * 16, kk * 16, lane);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) {
+        lds_a<LD>(qf[mt][kk], Qs, warp * WR + mt * 16, kk * 16, lane);
+        lds_a<LD>(df[mt][kk], dOs, warp * WR + mt * 16, kk * 16, lane);
+      }
   }
-  float lse2[2], dot[2];
+  float lse2[MT][2], dot[MT][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = wrow0 + g + r * 8;
-    lse2[r] = row < n ? LSE[vbase + row] * KILN_LOG2E : 0.f;
-    dot[r] = row < n ? DOT[vbase + row] : 0.f;
-  }
-  float dq[D / 8][4];
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
+    for (int r = 0; r < 2; ++r) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      lse2[mt][r] = row < n ? LSE[vbase + row] * KILN_LOG2E : 0.f;
+      dot[mt][r] = row < n ? DOT[vbase + row] : 0.f;
+    }
+  float dq[MT][D / 8][4];
+  zero<MT, D / 8>(dq);
   const float sl2 = scale * KILN_LOG2E;
 
   for (int j = 0; j < nkb; ++j) {
@@ -487,60 +542,51 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
     const kiln_bf16* ks = Ks + (j & 1) * BN * LD;
     const kiln_bf16* vs = Vs + (j & 1) * BN * LD;
     const int n0 = j * BN;
-    if (!causal || n0 <= wrow0 + 15) {
-      float p[BN / 8][4], dp[BN / 8][4];
+    if (!causal || n0 <= wrow0 + WR - 1) {
+      bool live[MT];
 #pragma unroll
-      for (int i = 0; i < BN / 8; ++i) {
-        p[i][0] = p[i][1] = p[i][2] = p[i][3] = 0.f;
-        dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+      for (int mt = 0; mt < MT; ++mt) live[mt] = !causal || n0 <= wrow0 + mt * 16 + 15;
+      float p[MT][BN / 8][4], dp[MT][BN / 8][4];
+      zero<MT, BN / 8>(p);
+      zero<MT, BN / 8>(dp);
+      if constexpr (QREG) {
+        mma_abt_reg<D, LD, BN, MT>(p, qf, ks, live, lane);
+        mma_abt_reg<D, LD, BN, MT>(dp, df, vs, live, lane);
+      } else {
+        mma_abt<D, LD, BN, MT>(p, Qs, warp * WR, ks, live, lane);
+        mma_abt<D, LD, BN, MT>(dp, dOs, warp * WR, vs, live, lane);
       }
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk += 2) {
+      for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int nb = 0; nb < BN / 8; ++nb) {
-          const bool pair = kk + 1 < D / 16;
-          mma_kstep<LD>(p[nb], qf[kk], qf[pair ? kk + 1 : kk], pair, ks, nb, kk, lane);
-          mma_kstep<LD>(dp[nb], df[kk], df[pair ? kk + 1 : kk], pair, vs, nb, kk, lane);
-        }
-      }
 #pragma unroll
-      for (int nb = 0; nb < BN / 8; ++nb) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n0 + nb * 8 + 2 * t + (e & 1);
-          const int row = wrow0 + g + (e >> 1) * 8;
-          float x = kiln_exp2(p[nb][e] * sl2 - lse2[e >> 1]);
-          if (col >= n || (causal && col > row)) x = 0.f;
-          dp[nb][e] = x * (dp[nb][e] - dot[e >> 1]);  // dS
+          for (int e = 0; e < 4; ++e) {
+            const int col = n0 + nb * 8 + 2 * t + (e & 1);
+            const int row = wrow0 + mt * 16 + g + (e >> 1) * 8;
+            float x = kiln_exp2(p[mt][nb][e] * sl2 - lse2[mt][e >> 1]);
+            if (col >= n || (causal && col > row)) x = 0.f;
+            dp[mt][nb][e] = x * (dp[mt][nb][e] - dot[mt][e >> 1]);  // dS
+          }
         }
       }
       // dQ += dS K
-#pragma unroll
-      for (int kb = 0; kb < BN / 16; ++kb) {
-        unsigned a[4];
-        a[0] = kiln_pack_bf16(dp[2 * kb][0], dp[2 * kb][1]);
-        a[1] = kiln_pack_bf16(dp[2 * kb][2], dp[2 * kb][3]);
-        a[2] = kiln_pack_bf16(dp[2 * kb + 1][0], dp[2 * kb + 1][1]);
-        a[3] = kiln_pack_bf16(dp[2 * kb + 1][2], dp[2 * kb + 1][3]);
-#pragma unroll
-        for (int db = 0; db < D / 8; db += 2) {
-          unsigned b[4];
-          lds_b_kn<LD>(b, ks, kb * 16, db * 8, lane);
-          kiln_mma_bf16(dq[db], a, b[0], b[1]);
-          kiln_mma_bf16(dq[db + 1], a, b[2], b[3]);
-        }
-      }
+      mma_pb<D, LD, BN, MT>(dq, dp, ks, live, lane);
     }
     __syncthreads();
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = wrow0 + g + r * 8;
-    if (row < n) {
-      TO* dqrow = dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) store_pair(dqrow + i * 8 + 2 * t, dq[i][2 * r] * scale, dq[i][2 * r + 1] * scale);
+    for (int r = 0; r < 2; ++r) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      if (row < n) {
+        TO* dqrow = dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+          store_pair(dqrow + i * 8 + 2 * t, dq[mt][i][2 * r] * scale, dq[mt][i][2 * r + 1] * scale);
+      }
     }
   }
 }
@@ -726,60 +772,70 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
 
 #define KILN_L kiln_attn_layout
 
-#define KILN_FWD_T(NAME, D, W, BN, BOUNDS, TO)                                                                 \
+#define KILN_FWD_T(NAME, D, W, MT, BN, BOUNDS, TO)                                                             \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
-    fwd_tc<D, W, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                            \
+    fwd_tc<D, W, MT, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                        \
   }
-#define KILN_FWD(NAME, D, W, BN, BOUNDS)             \
-  KILN_FWD_T(NAME##_obf16, D, W, BN, BOUNDS, kiln_bf16) \
-  KILN_FWD_T(NAME##_of32, D, W, BN, BOUNDS, float)
-KILN_FWD(kiln_attn_fwd_bf16_d32_w4mb4, 32, 4, 64, (128, 4))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w8, 64, 8, 64, (256))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w8mb2, 64, 8, 64, (256, 2))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w4mb4, 64, 4, 64, (128, 4))
-KILN_FWD(kiln_attn_fwd_bf16_d80_w4mb3, 80, 4, 64, (128, 3))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w8, 128, 8, 64, (256))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb2, 128, 4, 64, (128, 2))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb3, 128, 4, 64, (128, 3))
+#define KILN_FWD(NAME, D, W, MT, BN, BOUNDS)                \
+  KILN_FWD_T(NAME##_obf16, D, W, MT, BN, BOUNDS, kiln_bf16) \
+  KILN_FWD_T(NAME##_of32, D, W, MT, BN, BOUNDS, float)
+KILN_FWD(kiln_attn_fwd_bf16_d32_w4mb4, 32, 4, 1, 64, (128, 4))
+KILN_FWD(kiln_attn_fwd_bf16_d32_w4r32, 32, 4, 2, 64, (128))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w8, 64, 8, 1, 64, (256))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w8mb2, 64, 8, 1, 64, (256, 2))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w4mb4, 64, 4, 1, 64, (128, 4))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w4r32, 64, 4, 2, 64, (128))
+KILN_FWD(kiln_attn_fwd_bf16_d80_w4mb3, 80, 4, 1, 64, (128, 3))
+KILN_FWD(kiln_attn_fwd_bf16_d80_w4r32, 80, 4, 2, 64, (128))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w8, 128, 8, 1, 64, (256))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb2, 128, 4, 1, 64, (128, 2))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb3, 128, 4, 1, 64, (128, 3))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w4r32, 128, 4, 2, 64, (128))
 
-#define KILN_DKDV_T(NAME, D, W, BM, BOUNDS, TO)                                                                \
+#define KILN_DKDV_T(NAME, D, W, MT, BM, BOUNDS, TO)                                                            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
       KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
-    bwd_dkdv_tc<D, W, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo, ldk,  \
-                              ldv);                                                                            \
+    bwd_dkdv_tc<D, W, MT, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo,   \
+                                  ldk, ldv);                                                                   \
   }
-#define KILN_DKDV(NAME, D, W, BM, BOUNDS)             \
-  KILN_DKDV_T(NAME##_obf16, D, W, BM, BOUNDS, kiln_bf16) \
-  KILN_DKDV_T(NAME##_of32, D, W, BM, BOUNDS, float)
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d32_w4mb3, 32, 4, 64, (128, 3))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4, 64, 4, 64, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w8, 64, 8, 64, (256))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4mb3, 64, 4, 64, (128, 3))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d80_w4, 80, 4, 64, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w4, 128, 4, 32, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w8, 128, 8, 32, (256))
+#define KILN_DKDV(NAME, D, W, MT, BM, BOUNDS)                \
+  KILN_DKDV_T(NAME##_obf16, D, W, MT, BM, BOUNDS, kiln_bf16) \
+  KILN_DKDV_T(NAME##_of32, D, W, MT, BM, BOUNDS, float)
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d32_w4mb3, 32, 4, 1, 64, (128, 3))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d32_w4r32, 32, 4, 2, 32, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4, 64, 4, 1, 64, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w8, 64, 8, 1, 64, (256))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4mb3, 64, 4, 1, 64, (128, 3))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4r32, 64, 4, 2, 32, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d80_w4, 80, 4, 1, 64, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d80_w4r32, 80, 4, 2, 32, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w4, 128, 4, 1, 32, (128))
+KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w8, 128, 8, 1, 32, (256))
 
-#define KILN_DQ_T(NAME, D, W, BN, BOUNDS, TO)                                                                  \
+#define KILN_DQ_T(NAME, D, W, MT, BN, BOUNDS, TO)                                                              \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
       KILN_L ldo, KILN_L ldq) {                                                                                \
-    bwd_dq_tc<D, W, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);       \
+    bwd_dq_tc<D, W, MT, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);   \
   }
-#define KILN_DQ(NAME, D, W, BN, BOUNDS)             \
-  KILN_DQ_T(NAME##_obf16, D, W, BN, BOUNDS, kiln_bf16) \
-  KILN_DQ_T(NAME##_of32, D, W, BN, BOUNDS, float)
-KILN_DQ(kiln_attn_bwd_dq_bf16_d32_w4mb3, 32, 4, 64, (128, 3))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4, 64, 4, 64, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w8, 64, 8, 64, (256))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4mb3, 64, 4, 64, (128, 3))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d80_w4, 80, 4, 64, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w4, 128, 4, 32, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w8, 128, 8, 32, (256))
+#define KILN_DQ(NAME, D, W, MT, BN, BOUNDS)                \
+  KILN_DQ_T(NAME##_obf16, D, W, MT, BN, BOUNDS, kiln_bf16) \
+  KILN_DQ_T(NAME##_of32, D, W, MT, BN, BOUNDS, float)
+KILN_DQ(kiln_attn_bwd_dq_bf16_d32_w4mb3, 32, 4, 1, 64, (128, 3))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d32_w4r32, 32, 4, 2, 32, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4, 64, 4, 1, 64, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w8, 64, 8, 1, 64, (256))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4mb3, 64, 4, 1, 64, (128, 3))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4r32, 64, 4, 2, 32, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d80_w4, 80, 4, 1, 64, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d80_w4r32, 80, 4, 2, 32, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w4, 128, 4, 1, 32, (128))
+KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w8, 128, 8, 1, 32, (256))
 
 #define KILN_SIMT(SUFFIX, T)                                                                                   \
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \

@@ -1,0 +1,90 @@
+package dev.kiln.runtime.cuda;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The attention launch table ({@link FlashAttention.Tuning}) against the kernels flash_attention.cu compiles. The
+ * host sizes grids and shared memory from a variant's name, so a name whose warps, rows per warp or tile differ from
+ * the kernel's template arguments would launch it wrongly; no GPU is needed to catch that, so this runs in CI.
+ */
+class FlashAttentionTuningTest {
+  /** {@code {warps, m-tiles per warp, tile}} of each compiled kernel, keyed by {@code fwd|dkdv|dq d<d> <variant>}. */
+  private static Map<String, int[]> compiledKernels() throws IOException {
+    String src;
+    try (InputStream in = FlashAttentionTuningTest.class.getResourceAsStream(
+        "/dev/kiln/runtime/cuda/kernels/flash_attention.cu")) {
+      src = new String(in.readAllBytes(), StandardCharsets.UTF_8);
+    }
+    Pattern line = Pattern.compile(
+        "^KILN_(FWD|DKDV|DQ)\\(kiln_attn_(?:fwd|bwd_dkdv|bwd_dq)_bf16_d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+), (\\d+),",
+        Pattern.MULTILINE);
+    Map<String, int[]> kernels = new HashMap<>();
+    Matcher m = line.matcher(src);
+    while (m.find()) {
+      assertEquals(m.group(2), m.group(4), "head dim in the name and the template of " + m.group());
+      kernels.put(m.group(1).toLowerCase() + " d" + m.group(2) + " " + m.group(3),
+          new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
+    }
+    assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " kernel lines from flash_attention.cu");
+    return kernels;
+  }
+
+  @Test
+  void everyListedVariantIsCompiledWithTheShapeTheHostAssumes() throws IOException {
+    Map<String, int[]> kernels = compiledKernels();
+    FlashAttention.Tuning.FORWARD_VARIANTS.forEach((d, variants) -> {
+      for (String v : variants) {
+        int[] k = kernels.get("fwd d" + d + " " + v);
+        assertTrue(k != null, "forward d" + d + " " + v + " is listed but not compiled");
+        assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of forward d" + d + " " + v);
+        assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of forward d" + d + " " + v);
+        assertEquals(FlashAttention.Tuning.FORWARD_KEY_TILE, k[2], "key tile of forward d" + d + " " + v);
+      }
+    });
+    FlashAttention.Tuning.BACKWARD_VARIANTS.forEach((d, variants) -> {
+      for (String v : variants) {
+        for (String pass : List.of("dkdv", "dq")) {
+          int[] k = kernels.get(pass + " d" + d + " " + v);
+          assertTrue(k != null, pass + " d" + d + " " + v + " is listed but not compiled");
+          assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of " + pass + " d" + d + " " + v);
+          assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of " + pass + " d" + d);
+          assertEquals(FlashAttention.Tuning.backwardTile(d, v), k[2], "tile of " + pass + " d" + d + " " + v);
+        }
+      }
+    });
+    // And the other way: a compiled kernel nobody can select is dead code.
+    for (String key : kernels.keySet()) {
+      String[] p = key.split(" ");
+      int d = Integer.parseInt(p[1].substring(1));
+      List<String> listed = (p[0].equals("fwd") ? FlashAttention.Tuning.FORWARD_VARIANTS
+          : FlashAttention.Tuning.BACKWARD_VARIANTS).get(d);
+      assertTrue(listed != null && listed.contains(p[2]), key + " is compiled but not listed in Tuning");
+    }
+  }
+
+  @Test
+  void defaultsAreListedAndBadChoicesAreRefusedWithTheOptions() {
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(64, "w4r32").withBackward(80, "w4r32");
+    assertEquals("w4r32", t.forward().get(64));
+    assertEquals(FlashAttention.Tuning.DEFAULT.forward().get(128), t.forward().get(128));
+    IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+        () -> FlashAttention.Tuning.DEFAULT.withBackward(128, "w4r32"));
+    assertTrue(e.getMessage().contains("not compiled for head dim 128") && e.getMessage().contains("[w4, w8]"),
+        e.getMessage());
+    IllegalArgumentException missing = assertThrows(IllegalArgumentException.class,
+        () -> new FlashAttention.Tuning(Map.of(64, "w4mb4"), FlashAttention.Tuning.DEFAULT.backward()));
+    assertTrue(missing.getMessage().contains("for each head dim"), missing.getMessage());
+  }
+}
