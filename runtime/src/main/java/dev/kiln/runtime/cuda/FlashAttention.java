@@ -45,9 +45,10 @@ public final class FlashAttention {
 
   /**
    * Which compiled variant of each tensor-core kernel to launch, per pass and head dim. A variant's name is
-   * {@code w<warps>[r32][mb<blocks>]}: the warps per block, {@code r32} where each warp owns 32 query (or key) rows
-   * instead of 16 — every K/V fragment read from shared memory then feeds two MMAs, which halves the shared-memory
-   * traffic per MAC — and the register cap that lets {@code <blocks>} blocks share a multiprocessor (see the end of
+   * {@code w<warps>[r32][k32][mb<blocks>]}: the warps per block, {@code r32} where each warp owns 32 query (or key)
+   * rows instead of 16 — every K/V fragment read from shared memory then feeds two MMAs, which halves the
+   * shared-memory traffic per MAC — {@code k32} where the forward pass takes keys 32 at a time instead of 64 (fewer
+   * score registers), and the register cap that lets {@code <blocks>} blocks share a multiprocessor (see the end of
    * flash_attention.cu). {@link #DEFAULT} is what measured fastest on an H200; {@code CudaBenchmark} times the others
    * so the choice can be re-made on other GPUs.
    *
@@ -58,9 +59,9 @@ public final class FlashAttention {
     /** The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines). */
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
         32, List.of("w4mb4", "w4r32"),
-        64, List.of("w4mb4", "w8", "w8mb2", "w4r32"),
-        80, List.of("w4mb3", "w4r32"),
-        128, List.of("w4mb2", "w8", "w4mb3", "w4r32"));
+        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32"),
+        80, List.of("w4mb3", "w4r32", "w4r32k32"),
+        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32"));
     /**
      * The compiled backward variants per head dim (KILN_DKDV and KILN_DQ lines). d128 has no {@code r32}: 32 keys a
      * warp would hold 256 fp32 accumulators for dK and dV alone.
@@ -130,8 +131,10 @@ public final class FlashAttention {
       return variant.contains("r32") ? 32 : 16;
     }
 
-    /** Key tile of the forward pass (flash_attention.cu's KILN_FWD lines: 64 for every variant). */
-    static final int FORWARD_KEY_TILE = 64;
+    /** Key tile of the forward pass (flash_attention.cu's KILN_FWD lines): 32 for {@code k32} variants, else 64. */
+    static int forwardKeyTile(String variant) {
+      return variant.contains("k32") ? 32 : 64;
+    }
 
     /**
      * Query tile of dK/dV and key tile of dQ (KILN_DKDV and KILN_DQ lines): 32 where a warp owns 32 rows or d is 128
@@ -242,7 +245,7 @@ public final class FlashAttention {
       String variant = tuning.forward(d);
       int warps = Tuning.warps(variant);
       int bm = warps * Tuning.rowsPerWarp(variant);
-      int bn = Tuning.FORWARD_KEY_TILE;
+      int bn = Tuning.forwardKeyTile(variant);
       int smem = (bm + 4 * bn) * (d + 8) * 2;
       m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, ceilDiv(g.n, bm), g.bh,
           warps * 32, smem, args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())

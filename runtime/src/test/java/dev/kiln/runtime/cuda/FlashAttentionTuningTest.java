@@ -50,7 +50,7 @@ class FlashAttentionTuningTest {
         assertTrue(k != null, "forward d" + d + " " + v + " is listed but not compiled");
         assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of forward d" + d + " " + v);
         assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of forward d" + d + " " + v);
-        assertEquals(FlashAttention.Tuning.FORWARD_KEY_TILE, k[2], "key tile of forward d" + d + " " + v);
+        assertEquals(FlashAttention.Tuning.forwardKeyTile(v), k[2], "key tile of forward d" + d + " " + v);
       }
     });
     FlashAttention.Tuning.BACKWARD_VARIANTS.forEach((d, variants) -> {

@@ -66,7 +66,7 @@ public final class CudaBenchmark {
         CudaArray dq = CudaArray.empty(dev, DType.BF16, numel);
         CudaArray dk = CudaArray.empty(dev, DType.BF16, numel);
         CudaArray dv = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray lse = CudaArray.empty(dev, DType.F32, TOKENS * WIDTH / 64)) {
+        CudaArray lse = CudaArray.empty(dev, DType.F32, TOKENS * WIDTH / 32)) { // one per row at d = 32
       CudaArray[] bufs = {q, k, v, dOut, out, dq, dk, dv, lse};
       FlashAttention fa = new FlashAttention(stream);
       for (long d : new long[] {64, 128}) {

@@ -90,11 +90,10 @@ __device__ __forceinline__ void lds_b_kn(unsigned* b, const kiln_bf16* tile, int
 }
 
 // acc[mt][nb] += A B^T over k = D for one warp's MT tiles of 16 rows: A rows a0 + 16·mt of a_tile, B the N rows of
-// b_tile (both row-major [rows][LD] smem tiles, k along the row). Each B fragment is read once for all MT tiles; a
-// tile whose live flag is false (fully masked) gets no MMAs.
+// b_tile (both row-major [rows][LD] smem tiles, k along the row). Each B fragment is read once for all MT tiles.
 template <int D, int LD, int N, int MT>
 __device__ __forceinline__ void mma_abt(float (*acc)[N / 8][4], const kiln_bf16* a_tile, int a0,
-                                        const kiln_bf16* b_tile, const bool* live, int lane) {
+                                        const kiln_bf16* b_tile, int lane) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk += 2) {
     const bool pair = kk + 1 < D / 16;
@@ -114,7 +113,6 @@ __device__ __forceinline__ void mma_abt(float (*acc)[N / 8][4], const kiln_bf16*
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        if (!live[mt]) continue;
         kiln_mma_bf16(acc[mt][nb], x[mt][0], b[0], b[1]);
         if (pair) kiln_mma_bf16(acc[mt][nb], x[mt][1], b[2], b[3]);
       }
@@ -125,7 +123,7 @@ __device__ __forceinline__ void mma_abt(float (*acc)[N / 8][4], const kiln_bf16*
 // As mma_abt, with A's fragments already in registers: a[mt][kk] holds k-step kk of row tile mt.
 template <int D, int LD, int N, int MT>
 __device__ __forceinline__ void mma_abt_reg(float (*acc)[N / 8][4], const unsigned (*a)[D / 16][4],
-                                            const kiln_bf16* b_tile, const bool* live, int lane) {
+                                            const kiln_bf16* b_tile, int lane) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk += 2) {
     const bool pair = kk + 1 < D / 16;
@@ -139,7 +137,6 @@ __device__ __forceinline__ void mma_abt_reg(float (*acc)[N / 8][4], const unsign
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        if (!live[mt]) continue;
         kiln_mma_bf16(acc[mt][nb], a[mt][kk], b[0], b[1]);
         if (pair) kiln_mma_bf16(acc[mt][nb], a[mt][kk + 1], b[2], b[3]);
       }
@@ -152,7 +149,7 @@ __device__ __forceinline__ void mma_abt_reg(float (*acc)[N / 8][4], const unsign
 // with ldmatrix.trans (row = k index). This is P·V, P^T·dO, dS^T·Q and dS·K.
 template <int D, int LD, int N, int MT>
 __device__ __forceinline__ void mma_pb(float (*acc)[D / 8][4], float (*p)[N / 8][4], const kiln_bf16* b_tile,
-                                       const bool* live, int lane) {
+                                       int lane) {
 #pragma unroll
   for (int kb = 0; kb < N / 16; ++kb) {
     unsigned a[MT][4];
@@ -169,7 +166,6 @@ __device__ __forceinline__ void mma_pb(float (*acc)[D / 8][4], float (*p)[N / 8]
       lds_b_kn<LD>(b, b_tile, kb * 16, db * 8, lane);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        if (!live[mt]) continue;
         kiln_mma_bf16(acc[mt][db], a[mt], b[0], b[1]);
         kiln_mma_bf16(acc[mt][db + 1], a[mt], b[2], b[3]);
       }
@@ -258,16 +254,12 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
     const kiln_bf16* vs = Vs + (j & 1) * BN * LD;
     const int n0 = j * BN;
     if (!causal || n0 <= wrow0 + WR - 1) {
-      // Row tiles whose rows all precede the key tile see nothing of it (causal): no MMAs for them.
-      bool live[MT];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) live[mt] = !causal || n0 <= wrow0 + mt * 16 + 15;
       float s[MT][BN / 8][4];
       zero<MT, BN / 8>(s);
       if constexpr (QREG) {
-        mma_abt_reg<D, LD, BN, MT>(s, qf, ks, live, lane);
+        mma_abt_reg<D, LD, BN, MT>(s, qf, ks, lane);
       } else {
-        mma_abt<D, LD, BN, MT>(s, Qs, warp * WR, ks, live, lane);
+        mma_abt<D, LD, BN, MT>(s, Qs, warp * WR, ks, lane);
       }
       const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
 #pragma unroll
@@ -312,7 +304,7 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
           }
         }
       }
-      mma_pb<D, LD, BN, MT>(o, s, vs, live, lane);
+      mma_pb<D, LD, BN, MT>(o, s, vs, lane);
     }
     __syncthreads();  // the buffer just read is refilled by the next iteration's prefetch
   }
@@ -404,14 +396,10 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
     const float* ds = Ds + buf * BM;
     const int m0 = it * BM;
     if (!causal || m0 + BM - 1 >= wkey0) {
-      // Key tiles past every query of the tile see nothing of it (causal): no MMAs for them.
-      bool live[MT];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) live[mt] = !causal || m0 + BM - 1 >= wkey0 + mt * 16;
       // S^T = K_w Q^T: rows are this warp's keys, columns the BM queries.
       float p[MT][BM / 8][4];
       zero<MT, BM / 8>(p);
-      mma_abt<D, LD, BM, MT>(p, Ks, warp * WR, qs, live, lane);
+      mma_abt<D, LD, BM, MT>(p, Ks, warp * WR, qs, lane);
       // P^T = exp(S^T * scale - lse[query]); masked entries are exactly 0.
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
@@ -429,11 +417,11 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
         }
       }
       // dV += P^T dO
-      mma_pb<D, LD, BM, MT>(dv, p, dos, live, lane);
+      mma_pb<D, LD, BM, MT>(dv, p, dos, lane);
       // dP^T = V_w dO^T
       float dp[MT][BM / 8][4];
       zero<MT, BM / 8>(dp);
-      mma_abt<D, LD, BM, MT>(dp, Vs, warp * WR, dos, live, lane);
+      mma_abt<D, LD, BM, MT>(dp, Vs, warp * WR, dos, lane);
       // dS^T = P^T * (dP^T - dot[query])
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
@@ -442,7 +430,7 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
 #pragma unroll
           for (int e = 0; e < 4; ++e) dp[mt][nb][e] = p[mt][nb][e] * (dp[mt][nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
       // dK += dS^T Q
-      mma_pb<D, LD, BM, MT>(dk, dp, qs, live, lane);
+      mma_pb<D, LD, BM, MT>(dk, dp, qs, lane);
     }
     __syncthreads();
   }
@@ -543,18 +531,15 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
     const kiln_bf16* vs = Vs + (j & 1) * BN * LD;
     const int n0 = j * BN;
     if (!causal || n0 <= wrow0 + WR - 1) {
-      bool live[MT];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) live[mt] = !causal || n0 <= wrow0 + mt * 16 + 15;
       float p[MT][BN / 8][4], dp[MT][BN / 8][4];
       zero<MT, BN / 8>(p);
       zero<MT, BN / 8>(dp);
       if constexpr (QREG) {
-        mma_abt_reg<D, LD, BN, MT>(p, qf, ks, live, lane);
-        mma_abt_reg<D, LD, BN, MT>(dp, df, vs, live, lane);
+        mma_abt_reg<D, LD, BN, MT>(p, qf, ks, lane);
+        mma_abt_reg<D, LD, BN, MT>(dp, df, vs, lane);
       } else {
-        mma_abt<D, LD, BN, MT>(p, Qs, warp * WR, ks, live, lane);
-        mma_abt<D, LD, BN, MT>(dp, dOs, warp * WR, vs, live, lane);
+        mma_abt<D, LD, BN, MT>(p, Qs, warp * WR, ks, lane);
+        mma_abt<D, LD, BN, MT>(dp, dOs, warp * WR, vs, lane);
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
@@ -571,7 +556,7 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
         }
       }
       // dQ += dS K
-      mma_pb<D, LD, BN, MT>(dq, dp, ks, live, lane);
+      mma_pb<D, LD, BN, MT>(dq, dp, ks, lane);
     }
     __syncthreads();
   }
@@ -762,13 +747,15 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ entry points
-// Variants. Kernel names end in _w<warps>[mb<min blocks per SM>]_o<result type>: the warps per block (16 rows
-// each), where given the __launch_bounds__ minimum of resident blocks, which caps registers per thread
-// (65536 / (32 * warps * min blocks)), and the type the results are written in (bf16 or f32). FlashAttention.Tuning
-// picks one per pass and head dim; its DEFAULT is what measured fastest on an H200 (docs/cuda.md), the others stay
-// so the choice can be re-measured with CudaBenchmark.
-// Forward: 64-key tiles. dK/dV: query tiles of 64 (d <= 80) or 32 (d128, to stay under 255 registers with both
-// accumulators live). dQ: key tiles of 64 (d <= 80) or 32 (d128). Layouts come by value, as three i64 each.
+// Variants. Kernel names end in _w<warps>[r32][mb<min blocks per SM>]_o<result type>: the warps per block, r32
+// where each warp owns 32 rows (template MT = 2) instead of 16, where given the __launch_bounds__ minimum of
+// resident blocks, which caps registers per thread (65536 / (32 * warps * min blocks)), and the type the results
+// are written in (bf16 or f32). FlashAttention.Tuning lists the variants per pass and head dim (a CI test checks
+// the list and its tile sizes against these lines) and picks one; its DEFAULT is what measured fastest on an H200
+// (docs/cuda.md), the others stay so the choice can be re-measured with CudaBenchmark.
+// Forward: 64-key tiles. dK/dV: query tiles of 64 (d <= 80 at 16 rows a warp) or 32 (d128, or 32 rows a warp: to
+// stay under 255 registers with both accumulators live). dQ: key tiles of 64 or 32 by the same rule. Layouts come
+// by value, as three i64 each.
 
 #define KILN_L kiln_attn_layout
 
@@ -787,12 +774,15 @@ KILN_FWD(kiln_attn_fwd_bf16_d64_w8, 64, 8, 1, 64, (256))
 KILN_FWD(kiln_attn_fwd_bf16_d64_w8mb2, 64, 8, 1, 64, (256, 2))
 KILN_FWD(kiln_attn_fwd_bf16_d64_w4mb4, 64, 4, 1, 64, (128, 4))
 KILN_FWD(kiln_attn_fwd_bf16_d64_w4r32, 64, 4, 2, 64, (128))
+KILN_FWD(kiln_attn_fwd_bf16_d64_w4r32k32, 64, 4, 2, 32, (128))
 KILN_FWD(kiln_attn_fwd_bf16_d80_w4mb3, 80, 4, 1, 64, (128, 3))
 KILN_FWD(kiln_attn_fwd_bf16_d80_w4r32, 80, 4, 2, 64, (128))
+KILN_FWD(kiln_attn_fwd_bf16_d80_w4r32k32, 80, 4, 2, 32, (128))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w8, 128, 8, 1, 64, (256))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb2, 128, 4, 1, 64, (128, 2))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb3, 128, 4, 1, 64, (128, 3))
 KILN_FWD(kiln_attn_fwd_bf16_d128_w4r32, 128, 4, 2, 64, (128))
+KILN_FWD(kiln_attn_fwd_bf16_d128_w4r32k32, 128, 4, 2, 32, (128))
 
 #define KILN_DKDV_T(NAME, D, W, MT, BM, BOUNDS, TO)                                                            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
