@@ -111,11 +111,13 @@ public final class CudaBenchmark {
   private static double[] time(CudaDevice dev, FlashAttention fa, CudaArray[] bufs, long d, long n, int reps) {
     CudaStream stream = dev.defaultStream();
     long b = TOKENS / n;
-    long h = WIDTH / d;
+    long h = WIDTH / d; // d = 80 (xl's head dim): 25 heads, the buffers' first 16k x 2000 elements
     long[] shape = {b, h, n, d};
-    CudaArray vq = bufs[0].view(shape), vk = bufs[1].view(shape), vv = bufs[2].view(shape);
-    CudaArray vg = bufs[3].view(shape), vo = bufs[4].view(shape);
-    CudaArray vdq = bufs[5].view(shape), vdk = bufs[6].view(shape), vdv = bufs[7].view(shape);
+    CudaArray[] v = new CudaArray[8];
+    for (int i = 0; i < v.length; i++) {
+      v[i] = bufs[i].narrow(0, 0, b * h * n * d).view(shape);
+    }
+    CudaArray vq = v[0], vk = v[1], vv = v[2], vg = v[3], vo = v[4], vdq = v[5], vdk = v[6], vdv = v[7];
     CudaArray vl = bufs[8].narrow(0, 0, b * h * n).view(b, h, n);
     float scale = (float) (1 / Math.sqrt(d));
     try (CudaEvent e0 = new CudaEvent(dev);
