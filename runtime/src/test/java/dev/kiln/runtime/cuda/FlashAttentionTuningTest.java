@@ -76,8 +76,8 @@ class FlashAttentionTuningTest {
 
   @Test
   void defaultsAreListedAndBadChoicesAreRefusedWithTheOptions() {
-    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(64, "w4r32").withBackward(80, "w4r32");
-    assertEquals("w4r32", t.forward().get(64));
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(64, "w8").withBackward(80, "w4r32");
+    assertEquals("w8", t.forward().get(64));
     assertEquals(FlashAttention.Tuning.DEFAULT.forward().get(128), t.forward().get(128));
     IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
         () -> FlashAttention.Tuning.DEFAULT.withBackward(128, "w4r32"));
