@@ -88,75 +88,55 @@ class TransformerLmGpuTest {
     CudaModelDevice fp32 = gpu(CudaModelDevice.Precision.FP32);
     CudaModelDevice bf16 = gpu(CudaModelDevice.Precision.BF16);
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
-      matchesTheCpuDevice(config(v), v.name(), fp32, bf16);
-    }
-  }
-
-  @Test
-  void rowKernelsOnWidthsNotAMultipleOfFourMatchTheCpuDevice() {
-    // d_model 126 (3 heads of 42: the SIMT attention), d_ff 190: the generated ROWS kernels (norms) run in their
-    // 4-byte form, as the 4-wide one needs the width to be a multiple of 4; the other tests' widths all are.
-    CudaModelDevice fp32 = gpu(CudaModelDevice.Precision.FP32);
-    CudaModelDevice bf16 = gpu(CudaModelDevice.Precision.BF16);
-    for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
-      if (v.name().equals("cs336") || v.name().equals("layernorm")) {
-        ModelConfig c = v.config();
-        ModelConfig odd = new ModelConfig(97, 32, 126, c.numLayers(), 3, 190, c.ropeTheta(), c.normPlacement(),
-            c.norm(), c.normEps(), c.ffn(), c.positions(), c.tiedEmbeddings(), c.qkNorm(), c.zLoss());
-        matchesTheCpuDevice(odd, v.name() + " d_model 126", fp32, bf16);
-      }
-    }
-  }
-
-  /** One loss and its gradients on the CPU device (fp32) against each CUDA device. */
-  private static void matchesTheCpuDevice(ModelConfig c, String name, CudaModelDevice... devices) {
-    Batch batch = Batch.random(c, 3);
-    NdArray tokens = batch.tokens();
-    NdArray targets = batch.targets();
-    NdArray positions = batch.positions();
-    Run ref = run(new CompiledTransformerLm(new CpuDevice(), DType.F32), c, tokens, positions, targets,
-        t -> ((NdArray) t).to(DType.F64).toDoubleArray(), null);
-    for (CudaModelDevice dev : devices) {
-      boolean mixed = dev.precision() == CudaModelDevice.Precision.BF16;
-      try (CudaModelDevice.Scope s = dev.scope()) {
-        Run got = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(tokens), dev.fromHost(positions),
-            dev.fromHost(targets), dev::download, dev);
-        String what = name + (mixed ? " bf16" : " fp32");
-        // fp32: the same float math in another order (cuBLAS, block reductions, atomics in the embedding
-        // gradient): 1e-5 relative on the loss, 1e-3 of each gradient's largest element plus 1e-5 absolute
-        // (some gradients are sums of nearly cancelling terms, ~1e-6 in size, e.g. QK-norm biases under
-        // z-loss: there only rounding noise is left, while real gradient entries are 1e-3 to 1). bf16: operands
-        // of GEMMs and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
-        assertEquals(ref.loss(), got.loss(), (mixed ? 1e-2 : 1e-5) * Math.abs(ref.loss()), what + ": loss");
-        double scale = 0;
-        for (double[] r : ref.grads().values()) {
-          for (double x : r) {
-            scale = Math.max(scale, Math.abs(x));
+      ModelConfig c = config(v);
+      Batch batch = Batch.random(c, 3);
+      NdArray tokens = batch.tokens();
+      NdArray targets = batch.targets();
+      NdArray positions = batch.positions();
+      Run ref = run(new CompiledTransformerLm(new CpuDevice(), DType.F32), c, tokens, positions, targets,
+          t -> ((NdArray) t).to(DType.F64).toDoubleArray(), null);
+      for (CudaModelDevice dev : new CudaModelDevice[] {fp32, bf16}) {
+        boolean mixed = dev.precision() == CudaModelDevice.Precision.BF16;
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          Run got = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(tokens), dev.fromHost(positions),
+              dev.fromHost(targets), dev::download, dev);
+          String what = v.name() + (mixed ? " bf16" : " fp32");
+          // fp32: the same float math in another order (cuBLAS, block reductions, atomics in the embedding
+          // gradient): 1e-5 relative on the loss, 1e-3 of each gradient's largest element plus 1e-5 absolute
+          // (some gradients are sums of nearly cancelling terms, ~1e-6 in size, e.g. QK-norm biases under
+          // z-loss: there only rounding noise is left, while real gradient entries are 1e-3 to 1). bf16: operands
+          // of GEMMs and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
+          assertEquals(ref.loss(), got.loss(), (mixed ? 1e-2 : 1e-5) * Math.abs(ref.loss()), what + ": loss");
+          double scale = 0;
+          for (double[] r : ref.grads().values()) {
+            for (double x : r) {
+              scale = Math.max(scale, Math.abs(x));
+            }
           }
-        }
-        for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
-          double[] r = e.getValue();
-          double[] g = got.grads().get(e.getKey());
-          double num = 0;
-          double den = 0;
-          double worst = 0;
-          double max = 0;
-          for (int i = 0; i < r.length; i++) {
-            assertTrue(!Double.isNaN(g[i]), what + " " + e.getKey() + ": NaN at " + i);
-            num += (g[i] - r[i]) * (g[i] - r[i]);
-            den += r[i] * r[i];
-            worst = Math.max(worst, Math.abs(g[i] - r[i]));
-            max = Math.max(max, Math.abs(r[i]));
-          }
-          if (mixed) {
-            // Plus, per element, 2^-8 of the model's largest gradient entry: a gradient that is a sum of nearly
-            // cancelling terms (the QK-norm biases above) keeps only bf16 rounding noise of terms of that size.
-            assertTrue(Math.sqrt(num) <= 6e-2 * Math.sqrt(den) + scale / 256 * Math.sqrt(r.length), what + " "
-                + e.getKey()
-                + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
-          } else {
-            assertTrue(worst <= 1e-3 * max + 1e-5, what + " " + e.getKey() + ": worst error " + worst + " of max "
-                + max);
+          for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
+            double[] r = e.getValue();
+            double[] g = got.grads().get(e.getKey());
+            double num = 0;
+            double den = 0;
+            double worst = 0;
+            double max = 0;
+            for (int i = 0; i < r.length; i++) {
+              assertTrue(!Double.isNaN(g[i]), what + " " + e.getKey() + ": NaN at " + i);
+              num += (g[i] - r[i]) * (g[i] - r[i]);
+              den += r[i] * r[i];
+              worst = Math.max(worst, Math.abs(g[i] - r[i]));
+              max = Math.max(max, Math.abs(r[i]));
+            }
+            if (mixed) {
+              // Plus, per element, 2^-8 of the model's largest gradient entry: a gradient that is a sum of nearly
+              // cancelling terms (the QK-norm biases above) keeps only bf16 rounding noise of terms of that size.
+              assertTrue(Math.sqrt(num) <= 6e-2 * Math.sqrt(den) + scale / 256 * Math.sqrt(r.length), what + " "
+                  + e.getKey()
+                  + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
+            } else {
+              assertTrue(worst <= 1e-3 * max + 1e-5, what + " " + e.getKey() + ": worst error " + worst + " of max "
+                  + max);
+            }
           }
         }
       }

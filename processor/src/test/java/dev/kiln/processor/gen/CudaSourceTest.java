@@ -28,7 +28,6 @@ class CudaSourceTest {
       String java = g.source("Compiled" + m.substring(m.indexOf('.') + 1) + "Kernels.java");
       int kernels = 0;
       int bf16Variants = 0;
-      int v4Variants = 0;
       for (String line : java.split("\n")) {
         String t = line.strip();
         if (t.startsWith("public static void ")) {
@@ -46,21 +45,11 @@ class CudaSourceTest {
           if (marked) {
             bf16Variants++;
           }
-          // A ROWS kernel (one row at a time) also has its 4-wide float form, and its bf16 twin where marked.
-          boolean rowKernel = cu.contains("// Kernel " + name + " (one row at a time)");
-          assertEquals(rowKernel, cu.contains("extern \"C\" __global__ void " + name + "_f32_v4("),
-              m + ": " + name + "_f32_v4 exactly for ROWS kernels");
-          assertEquals(rowKernel && marked, cu.contains("extern \"C\" __global__ void " + name + "_f32_bf16_v4("),
-              m + ": " + name + "_f32_bf16_v4 exactly for ROWS kernels with GEMM-only outputs");
-          if (rowKernel) {
-            v4Variants += marked ? 2 : 1;
-          }
         }
       }
       assertTrue(kernels > 0, m + " has no kernels");
-      assertEquals(2 * kernels + bf16Variants + v4Variants, cu.split("extern \"C\"", -1).length - 1,
-          m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, and the _v4 forms"
-              + " of ROWS kernels");
+      assertEquals(2 * kernels + bf16Variants, cu.split("extern \"C\"", -1).length - 1,
+          m + ": one f32 and one f64 per kernel, and f32_bf16 where an output is read only by GEMMs");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

@@ -43,10 +43,6 @@ public final class CudaEmitter {
     b.append("//     outputs that only GEMMs read (marked in its comment) also exists as <name>_f32_bf16: T = float,\n");
     b.append("//     and those outputs written as bf16 (unsigned short, rounded to nearest even), as a\n");
     b.append("//     mixed-precision device stores them: its GEMMs would round them to bf16 anyway.\n");
-    b.append("//   * A ROWS kernel also exists as <name>_f32_v4 (and <name>_f32_bf16_v4): each thread takes 4\n");
-    b.append("//     consecutive columns with one 16-byte load per full or col input and one 16-byte (8-byte\n");
-    b.append("//     for bf16) store per output. Launch it only when cols is a multiple of 4 and every pointer\n");
-    b.append("//     is 16-byte aligned; its sums add a thread's 4 columns in a different order.\n");
     b.append("//\n// Dims named in the kernels' comments\n");
     Set<String> dims = new LinkedHashSet<>();
     for (FusedKernel k : kernels) {
@@ -102,24 +98,6 @@ public final class CudaEmitter {
         unsigned short h;
         asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
         p[i] = h;
-      }
-
-      // 4 consecutive floats of a 16-byte aligned address (the _v4 ROWS kernels), and their stores.
-      __device__ __forceinline__ void kiln_get4(float* v, const float* p) {
-        const float4 x = *(const float4*) p;
-        v[0] = x.x;
-        v[1] = x.y;
-        v[2] = x.z;
-        v[3] = x.w;
-      }
-      __device__ __forceinline__ void kiln_put4(float* p, long long i, const float* v) {
-        *(float4*) (p + i) = make_float4(v[0], v[1], v[2], v[3]);
-      }
-      __device__ __forceinline__ void kiln_put4(unsigned short* p, long long i, const float* v) {
-        unsigned lo, hi;
-        asm("cvt.rn.bf16x2.f32 %0, %2, %1;" : "=r"(lo) : "f"(v[0]), "f"(v[1]));
-        asm("cvt.rn.bf16x2.f32 %0, %2, %1;" : "=r"(hi) : "f"(v[2]), "f"(v[3]));
-        *(uint2*) (p + i) = make_uint2(lo, hi);
       }
 
       template <typename T> __device__ T kiln_block_max(T v) {
@@ -275,123 +253,6 @@ public final class CudaEmitter {
           .append(") {\n  ").append(k.name()).append("_body<").append(t[1]).append(gemmOperands ? ", " + t[2] : "")
           .append(">(").append(String.join(", ", args)).append(");\n}\n\n");
     }
-    if (rows) {
-      rowsKernel4(b, k, params, args, gemmOperands);
-    }
-  }
-
-  /**
-   * The 4-wide float form of a ROWS kernel: each thread takes 4 consecutive columns with one 16-byte load per full
-   * or col input and one 16-byte (bf16: 8-byte) store per output. With 4-byte accesses the norms of a TinyStories
-   * step ran at about half the memory bandwidth. Values of a pass become {@code float[4]} and each statement a loop
-   * over them; row values stay scalars. The runtime launches it when cols is a multiple of 4 and every pointer is
-   * 16-byte aligned.
-   */
-  private static void rowsKernel4(StringBuilder b, FusedKernel k, List<String> params, List<String> args,
-      boolean gemmOperands) {
-    String ps = String.join(", ", params).replace("const T*", "const float*").replace("T*", "float*");
-    b.append(gemmOperands ? "template <typename G>\n" : "").append("__device__ void ").append(k.name())
-        .append("_body4(").append(gemmOperands ? ps : ps.replace("G*", "float*")).append(") {\n");
-    b.append("  typedef float T;\n");
-    for (int s = 0; s < k.scalars().size(); s++) {
-      b.append("  const T v").append(k.scalars().get(s).id()).append(" = T(s").append(s).append(");\n");
-    }
-    b.append("  const long long r = blockIdx.x;\n  if (r >= rows) return;\n");
-    List<Value> ins = new ArrayList<>(k.inputs().keySet());
-    List<Value> outs = new ArrayList<>(k.outputs().keySet());
-    for (var en : k.inputs().entrySet()) {
-      if (en.getValue() == Level.ROW || en.getValue() == Level.SCALAR) {
-        b.append("  const T v").append(en.getKey().id()).append(" = t").append(ins.indexOf(en.getKey())).append('[')
-            .append(en.getValue() == Level.ROW ? "r" : "0").append("];\n");
-      }
-    }
-    for (KernelSchedule.Step st : KernelSchedule.of(k)) {
-      switch (st) {
-        case KernelSchedule.RowValues rv -> {
-          for (Node.Prim p : rv.members()) {
-            b.append("  const T v").append(p.out().id()).append(" = ").append(expr(p)).append(";\n");
-          }
-        }
-        case KernelSchedule.RowOutputs ro -> {
-          b.append("  if (threadIdx.x == 0) {\n");
-          for (Value v : ro.outputs()) {
-            b.append("    kiln_put(t").append(k.inputs().size() + outs.indexOf(v)).append(", r, v").append(v.id())
-                .append(");\n");
-          }
-          b.append("  }\n");
-        }
-        case KernelSchedule.Pass pass -> {
-          for (Node.Prim red : pass.reductions()) {
-            b.append("  T acc").append(red.out().id()).append(" = ")
-                .append(red.op() == Primitive.SUM ? "T(0)" : "T(-INFINITY)").append(";\n");
-          }
-          b.append("#pragma unroll 2\n");
-          b.append("  for (long long c = 4 * (long long) threadIdx.x; c < cols; c += 4 * (long long) blockDim.x) {\n");
-          b.append("    const long long i = r * cols + c;\n");
-          Set<Value> lanes = new LinkedHashSet<>(); // values with 4 entries in this pass
-          for (Node.Prim p : pass.members()) {
-            for (Value x : p.inputs()) {
-              load4(b, k, ins, x, lanes);
-            }
-            lanes.add(p.out());
-            b.append("    T v").append(p.out().id()).append("[4];\n");
-            b.append("#pragma unroll\n    for (int q = 0; q < 4; ++q) v").append(p.out().id()).append("[q] = ")
-                .append(expr(p, lanes)).append(";\n");
-          }
-          for (Node.Prim red : pass.reductions()) {
-            Value x = red.inputs().get(0);
-            load4(b, k, ins, x, lanes);
-            String acc = "acc" + red.out().id();
-            String term = lanes.contains(x) ? "v" + x.id() + "[q]" : "v" + x.id();
-            b.append("#pragma unroll\n    for (int q = 0; q < 4; ++q) ").append(acc)
-                .append(red.op() == Primitive.SUM ? " += " + term : " = fmax(" + acc + ", " + term + ")")
-                .append(";\n");
-          }
-          for (Value v : pass.outputs()) {
-            b.append("    kiln_put4(t").append(k.inputs().size() + outs.indexOf(v)).append(", i, v").append(v.id())
-                .append(");\n");
-          }
-          b.append("  }\n");
-          for (Node.Prim red : pass.reductions()) {
-            String acc = "acc" + red.out().id();
-            b.append("  const T v").append(red.out().id()).append(" = ")
-                .append(red.op() == Primitive.SUM ? "kiln_block_sum(" : "kiln_block_max(").append(acc).append(");\n");
-          }
-        }
-      }
-    }
-    b.append("}\n\n");
-    List<String[]> variants = new ArrayList<>();
-    variants.add(new String[] {"f32_v4", "float"});
-    if (gemmOperands) {
-      variants.add(new String[] {"f32_bf16_v4", "unsigned short"});
-    }
-    for (String[] t : variants) {
-      b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(t[0]).append('(')
-          .append(ps.replace("G*", t[1] + "*")).append(") {\n  ").append(k.name()).append("_body4")
-          .append(gemmOperands ? "<" + t[1] + ">" : "").append("(").append(String.join(", ", args))
-          .append(");\n}\n\n");
-    }
-  }
-
-  /** A full or col input as 4 entries ({@code v<id>[4]}), once per pass. */
-  private static void load4(StringBuilder b, FusedKernel k, List<Value> ins, Value x, Set<Value> lanes) {
-    Level l = k.inputs().get(x);
-    if ((l == Level.FULL || l == Level.COL) && !lanes.contains(x)) {
-      lanes.add(x);
-      b.append("    T v").append(x.id()).append("[4];\n    kiln_get4(v").append(x.id()).append(", t")
-          .append(ins.indexOf(x)).append(" + ").append(l == Level.FULL ? "i" : "c").append(");\n");
-    }
-  }
-
-  /** The expression of {@code p} for entry {@code q} of a 4-wide pass: its 4-entry arguments indexed by q. */
-  private static String expr(Node.Prim p, Set<Value> lanes) {
-    Object[] a = new Object[p.inputs().size()];
-    for (int i = 0; i < a.length; i++) {
-      Value x = p.inputs().get(i);
-      a[i] = "v" + x.id() + (lanes.contains(x) ? "[q]" : "");
-    }
-    return String.format(p.op().rules().cuda(), a);
   }
 
   private static void load(StringBuilder b, FusedKernel k, List<Value> ins, Value x, List<Value> loaded, String in) {

@@ -1372,12 +1372,6 @@ public final class CudaModelDevice implements Device {
   private static final long XENT_CACHED4_MAX = 4L * XENT_CACHED4_PER_THREAD * 512;
 
   /**
-   * Whether generated ROWS kernels run in their 4-wide form ({@code _v4}: 16-byte accesses) where cols and the
-   * pointers allow. {@code KILN_ROWS_V4=0} runs the 4-byte form everywhere, to measure one against the other.
-   */
-  private static final boolean ROWS_V4 = !"0".equals(System.getenv("KILN_ROWS_V4"));
-
-  /**
    * Threads of a generated ROWS kernel's block (one block per row): about 8 elements a thread, in whole warps. A
    * row of a norm is short (512 to 2,560 entries); with 256 threads a row, an SM held 8 rows at a time and the
    * kernels ran at a fifth of the memory bandwidth; small blocks let 32 rows share an SM.
@@ -1749,11 +1743,9 @@ public final class CudaModelDevice implements Device {
     KernelArgs args = new KernelArgs();
     DType dtype = null;
     int bf16Outputs = 0;
-    boolean aligned16 = true;
     for (int i = 0; i < tensors.length; i++) {
       boolean gemmOperand = i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs());
       CudaArray a = arr(tensors[i], what, "tensor " + i);
-      aligned16 &= a.address() % 16 == 0;
       if (!gemmOperand || a.dtype() != DType.BF16) {
         a = floating(tensors[i], what, "tensor " + i); // only an output that only GEMMs read may be bf16
       }
@@ -1785,9 +1777,6 @@ public final class CudaModelDevice implements Device {
     }
     long rows = sizes[0];
     long cols = sizes[1];
-    if (kernel.kind() != Kernel.Kind.POINTWISE && dtype != DType.F64 && ROWS_V4 && cols % 4 == 0 && aligned16) {
-      variant += "_v4"; // 16-byte loads and stores, 4 columns a thread (the generated .cu's conventions)
-    }
     args.i64(rows).i64(cols);
     for (double s : scalars) {
       args.f64(s);
