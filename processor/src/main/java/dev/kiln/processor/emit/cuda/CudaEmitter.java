@@ -193,7 +193,8 @@ public final class CudaEmitter {
             // Unrolled by 4 with the remainder after, so a thread's next loads can be issued before this element's
             // arithmetic; the order of its accumulation is the same. Worth 3% on the norms (TinyStories under ncu:
             // forward 0.487 -> 0.472 ms, backward 0.754 -> 0.728), which still run at about half the memory
-            // bandwidth with 4-byte loads.
+            // bandwidth. Not for want of wide loads: a 4-wide form with 16-byte accesses changed no step time
+            // (TinyStories 14.47 against 14.51 ms, xl within noise; reverted).
             b.append("#pragma unroll 4\n");
             b.append("  for (long long c = threadIdx.x; c < cols; c += blockDim.x) {\n");
             b.append("    const long long i = r * cols + c;\n");
