@@ -20,7 +20,10 @@ import org.junit.jupiter.api.Test;
  * the kernel's template arguments would launch it wrongly; no GPU is needed to catch that, so this runs in CI.
  */
 class FlashAttentionTuningTest {
-  /** {@code {warps, m-tiles per warp, tile}} of each compiled kernel, keyed by {@code fwd|dkdv|dq d<d> <variant>}. */
+  /**
+   * {@code {warps, m-tiles per warp, tile}} of each compiled variant, keyed by {@code fwd|bwd d<d> <variant>} (a
+   * KILN_BWD line declares the dK/dV and the dQ kernel of a variant together).
+   */
   private static Map<String, int[]> compiledKernels() throws IOException {
     String src;
     try (InputStream in = FlashAttentionTuningTest.class.getResourceAsStream(
@@ -28,7 +31,7 @@ class FlashAttentionTuningTest {
       src = new String(in.readAllBytes(), StandardCharsets.UTF_8);
     }
     Pattern line = Pattern.compile(
-        "^KILN_(FWD|DKDV|DQ)\\(kiln_attn_(?:fwd|bwd_dkdv|bwd_dq)_bf16_d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+), (\\d+),",
+        "^KILN_(FWD|BWD)\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+), (\\d+),",
         Pattern.MULTILINE);
     Map<String, int[]> kernels = new HashMap<>();
     Matcher m = line.matcher(src);
@@ -37,7 +40,7 @@ class FlashAttentionTuningTest {
       kernels.put(m.group(1).toLowerCase() + " d" + m.group(2) + " " + m.group(3),
           new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
     }
-    assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " kernel lines from flash_attention.cu");
+    assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " variant lines from flash_attention.cu");
     return kernels;
   }
 
@@ -55,13 +58,11 @@ class FlashAttentionTuningTest {
     });
     FlashAttention.Tuning.BACKWARD_VARIANTS.forEach((d, variants) -> {
       for (String v : variants) {
-        for (String pass : List.of("dkdv", "dq")) {
-          int[] k = kernels.get(pass + " d" + d + " " + v);
-          assertTrue(k != null, pass + " d" + d + " " + v + " is listed but not compiled");
-          assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of " + pass + " d" + d + " " + v);
-          assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of " + pass + " d" + d);
-          assertEquals(FlashAttention.Tuning.backwardTile(d, v), k[2], "tile of " + pass + " d" + d + " " + v);
-        }
+        int[] k = kernels.get("bwd d" + d + " " + v);
+        assertTrue(k != null, "backward d" + d + " " + v + " is listed but not compiled");
+        assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of backward d" + d + " " + v);
+        assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of backward d" + d + " " + v);
+        assertEquals(FlashAttention.Tuning.backwardTile(d, v), k[2], "tile of backward d" + d + " " + v);
       }
     });
     // And the other way: a compiled kernel nobody can select is dead code.

@@ -765,24 +765,24 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
     fwd_tc<D, W, MT, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                        \
   }
-#define KILN_FWD(NAME, D, W, MT, BN, BOUNDS)                \
-  KILN_FWD_T(NAME##_obf16, D, W, MT, BN, BOUNDS, kiln_bf16) \
-  KILN_FWD_T(NAME##_of32, D, W, MT, BN, BOUNDS, float)
-KILN_FWD(kiln_attn_fwd_bf16_d32_w4mb4, 32, 4, 1, 64, (128, 4))
-KILN_FWD(kiln_attn_fwd_bf16_d32_w4r32, 32, 4, 2, 64, (128))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w8, 64, 8, 1, 64, (256))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w8mb2, 64, 8, 1, 64, (256, 2))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w4mb4, 64, 4, 1, 64, (128, 4))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w4r32, 64, 4, 2, 64, (128))
-KILN_FWD(kiln_attn_fwd_bf16_d64_w4r32k32, 64, 4, 2, 32, (128))
-KILN_FWD(kiln_attn_fwd_bf16_d80_w4mb3, 80, 4, 1, 64, (128, 3))
-KILN_FWD(kiln_attn_fwd_bf16_d80_w4r32, 80, 4, 2, 64, (128))
-KILN_FWD(kiln_attn_fwd_bf16_d80_w4r32k32, 80, 4, 2, 32, (128))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w8, 128, 8, 1, 64, (256))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb2, 128, 4, 1, 64, (128, 2))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w4mb3, 128, 4, 1, 64, (128, 3))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w4r32, 128, 4, 2, 64, (128))
-KILN_FWD(kiln_attn_fwd_bf16_d128_w4r32k32, 128, 4, 2, 32, (128))
+#define KILN_FWD(SUFFIX, D, W, MT, BN, BOUNDS)                                  \
+  KILN_FWD_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, MT, BN, BOUNDS, kiln_bf16) \
+  KILN_FWD_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, W, MT, BN, BOUNDS, float)
+KILN_FWD(d32_w4mb4, 32, 4, 1, 64, (128, 4))
+KILN_FWD(d32_w4r32, 32, 4, 2, 64, (128))
+KILN_FWD(d64_w8, 64, 8, 1, 64, (256))
+KILN_FWD(d64_w8mb2, 64, 8, 1, 64, (256, 2))
+KILN_FWD(d64_w4mb4, 64, 4, 1, 64, (128, 4))
+KILN_FWD(d64_w4r32, 64, 4, 2, 64, (128))
+KILN_FWD(d64_w4r32k32, 64, 4, 2, 32, (128))
+KILN_FWD(d80_w4mb3, 80, 4, 1, 64, (128, 3))
+KILN_FWD(d80_w4r32, 80, 4, 2, 64, (128))
+KILN_FWD(d80_w4r32k32, 80, 4, 2, 32, (128))
+KILN_FWD(d128_w8, 128, 8, 1, 64, (256))
+KILN_FWD(d128_w4mb2, 128, 4, 1, 64, (128, 2))
+KILN_FWD(d128_w4mb3, 128, 4, 1, 64, (128, 3))
+KILN_FWD(d128_w4r32, 128, 4, 2, 64, (128))
+KILN_FWD(d128_w4r32k32, 128, 4, 2, 32, (128))
 
 #define KILN_DKDV_T(NAME, D, W, MT, BM, BOUNDS, TO)                                                            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
@@ -792,19 +792,6 @@ KILN_FWD(kiln_attn_fwd_bf16_d128_w4r32k32, 128, 4, 2, 32, (128))
     bwd_dkdv_tc<D, W, MT, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo,   \
                                   ldk, ldv);                                                                   \
   }
-#define KILN_DKDV(NAME, D, W, MT, BM, BOUNDS)                \
-  KILN_DKDV_T(NAME##_obf16, D, W, MT, BM, BOUNDS, kiln_bf16) \
-  KILN_DKDV_T(NAME##_of32, D, W, MT, BM, BOUNDS, float)
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d32_w4mb3, 32, 4, 1, 64, (128, 3))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d32_w4r32, 32, 4, 2, 32, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4, 64, 4, 1, 64, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w8, 64, 8, 1, 64, (256))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4mb3, 64, 4, 1, 64, (128, 3))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d64_w4r32, 64, 4, 2, 32, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d80_w4, 80, 4, 1, 64, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d80_w4r32, 80, 4, 2, 32, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w4, 128, 4, 1, 32, (128))
-KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w8, 128, 8, 1, 32, (256))
 
 #define KILN_DQ_T(NAME, D, W, MT, BN, BOUNDS, TO)                                                              \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
@@ -813,19 +800,23 @@ KILN_DKDV(kiln_attn_bwd_dkdv_bf16_d128_w8, 128, 8, 1, 32, (256))
       KILN_L ldo, KILN_L ldq) {                                                                                \
     bwd_dq_tc<D, W, MT, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);   \
   }
-#define KILN_DQ(NAME, D, W, MT, BN, BOUNDS)                \
-  KILN_DQ_T(NAME##_obf16, D, W, MT, BN, BOUNDS, kiln_bf16) \
-  KILN_DQ_T(NAME##_of32, D, W, MT, BN, BOUNDS, float)
-KILN_DQ(kiln_attn_bwd_dq_bf16_d32_w4mb3, 32, 4, 1, 64, (128, 3))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d32_w4r32, 32, 4, 2, 32, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4, 64, 4, 1, 64, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w8, 64, 8, 1, 64, (256))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4mb3, 64, 4, 1, 64, (128, 3))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d64_w4r32, 64, 4, 2, 32, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d80_w4, 80, 4, 1, 64, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d80_w4r32, 80, 4, 2, 32, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w4, 128, 4, 1, 32, (128))
-KILN_DQ(kiln_attn_bwd_dq_bf16_d128_w8, 128, 8, 1, 32, (256))
+// The dK/dV and dQ kernels of a backward variant, from one line, so the two always exist together. TILE is the query
+// tile of dK/dV and the key tile of dQ.
+#define KILN_BWD(SUFFIX, D, W, MT, TILE, BOUNDS)                                           \
+  KILN_DKDV_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_obf16, D, W, MT, TILE, BOUNDS, kiln_bf16) \
+  KILN_DKDV_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_of32, D, W, MT, TILE, BOUNDS, float)      \
+  KILN_DQ_T(kiln_attn_bwd_dq_bf16_##SUFFIX##_obf16, D, W, MT, TILE, BOUNDS, kiln_bf16)     \
+  KILN_DQ_T(kiln_attn_bwd_dq_bf16_##SUFFIX##_of32, D, W, MT, TILE, BOUNDS, float)
+KILN_BWD(d32_w4mb3, 32, 4, 1, 64, (128, 3))
+KILN_BWD(d32_w4r32, 32, 4, 2, 32, (128))
+KILN_BWD(d64_w4, 64, 4, 1, 64, (128))
+KILN_BWD(d64_w8, 64, 8, 1, 64, (256))
+KILN_BWD(d64_w4mb3, 64, 4, 1, 64, (128, 3))
+KILN_BWD(d64_w4r32, 64, 4, 2, 32, (128))
+KILN_BWD(d80_w4, 80, 4, 1, 64, (128))
+KILN_BWD(d80_w4r32, 80, 4, 2, 32, (128))
+KILN_BWD(d128_w4, 128, 4, 1, 32, (128))
+KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
 
 #define KILN_SIMT(SUFFIX, T)                                                                                   \
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \
