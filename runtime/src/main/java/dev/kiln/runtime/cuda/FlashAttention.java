@@ -63,7 +63,7 @@ public final class FlashAttention {
         80, List.of("w4mb3", "w4r32", "w4r32k32"),
         128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32"));
     /**
-     * The compiled backward variants per head dim (KILN_DKDV and KILN_DQ lines). d128 has no {@code r32}: 32 keys a
+     * The compiled backward variants per head dim (KILN_BWD lines: a dK/dV and a dQ kernel each). d128 has no {@code r32}: 32 keys a
      * warp would hold 256 fp32 accumulators for dK and dV alone.
      */
     public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
@@ -76,7 +76,7 @@ public final class FlashAttention {
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: 32 rows a
      * warp at d64, d80 and d128 (d64 16k: 4.76 against 5.64 ms at 16 rows; d128 4.28 against 5.13; no slower at
      * n = 512), 16 at d32, where the short sequences of TinyStories ran 7% slower at 32. Backward: 16 rows a warp;
-     * 32 was 2-7% faster at 16k but up to 9% slower at n = 512, and training runs short sequences.
+     * 32 was 2-5% faster at 16k but up to 9% slower at n = 512, and training runs short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w4mb4", 64, "w4r32", 80, "w4r32", 128, "w4r32"),
@@ -140,7 +140,7 @@ public final class FlashAttention {
     }
 
     /**
-     * Query tile of dK/dV and key tile of dQ (KILN_DKDV and KILN_DQ lines): 32 where a warp owns 32 rows or d is 128
+     * Query tile of dK/dV and key tile of dQ (KILN_BWD lines): 32 where a warp owns 32 rows or d is 128
      * (to stay under 255 registers), else 64.
      */
     static int backwardTile(long d, String variant) {

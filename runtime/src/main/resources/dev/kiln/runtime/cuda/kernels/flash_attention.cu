@@ -10,8 +10,9 @@
 //
 // Two families:
 //  * kiln_attn_*_bf16_d{32,64,80,128}: tensor cores (mma.sync m16n8k16 bf16, fp32 accumulators), tiles streamed
-//    through shared memory with cp.async double buffering; each warp owns 16 rows of its block. Fully masked
-//    tiles (causal) are skipped per warp; dQ and dK/dV are computed by separate kernels, so no atomics. Inputs
+//    through shared memory with cp.async double buffering; each warp owns 16 or 32 rows of its block (MT = 1 or
+//    2 tiles of 16; at 32 every K/V fragment read from shared memory feeds two MMAs). Fully masked key tiles
+//    (causal) are skipped per warp; dQ and dK/dV are computed by separate kernels, so no atomics. Inputs
 //    are bf16; results (o, dq, dk, dv) are written from the fp32 accumulators as bf16 (_obf16) or fp32 (_of32),
 //    so mixed precision needs no cast of the results.
 //  * kiln_attn_*_simt_{f32,bf16}: one warp per row, fp32 arithmetic, any head dim up to 256. This is the path for
@@ -747,15 +748,15 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ entry points
-// Variants. Kernel names end in _w<warps>[r32][mb<min blocks per SM>]_o<result type>: the warps per block, r32
-// where each warp owns 32 rows (template MT = 2) instead of 16, where given the __launch_bounds__ minimum of
+// Variants. Kernel names end in _w<warps>[r32][k32][mb<min blocks per SM>]_o<result type>: the warps per block,
+// r32 where each warp owns 32 rows (template MT = 2) instead of 16, k32 where the forward pass takes 32-key tiles
+// instead of 64, where given the __launch_bounds__ minimum of
 // resident blocks, which caps registers per thread (65536 / (32 * warps * min blocks)), and the type the results
 // are written in (bf16 or f32). FlashAttention.Tuning lists the variants per pass and head dim (a CI test checks
 // the list and its tile sizes against these lines) and picks one; its DEFAULT is what measured fastest on an H200
 // (docs/cuda.md), the others stay so the choice can be re-measured with CudaBenchmark.
-// Forward: 64-key tiles. dK/dV: query tiles of 64 (d <= 80 at 16 rows a warp) or 32 (d128, or 32 rows a warp: to
-// stay under 255 registers with both accumulators live). dQ: key tiles of 64 or 32 by the same rule. Layouts come
-// by value, as three i64 each.
+// Backward (KILN_BWD): dK/dV query tiles and dQ key tiles of 64 (d <= 80 at 16 rows a warp) or 32 (d128, or 32
+// rows a warp: to stay under 255 registers with both accumulators live). Layouts come by value, as three i64 each.
 
 #define KILN_L kiln_attn_layout
 
