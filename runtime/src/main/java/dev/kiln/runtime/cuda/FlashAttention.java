@@ -45,11 +45,13 @@ public final class FlashAttention {
 
   /**
    * Which compiled variant of each tensor-core kernel to launch, per pass and head dim. A variant's name is
-   * {@code w<warps>[r32][k32][mb<blocks>]}: the warps per block, {@code r32} where each warp owns 32 query (or key)
-   * rows instead of 16 — every K/V fragment read from shared memory then feeds two MMAs, which halves the
-   * shared-memory traffic per MAC — {@code k32} where the forward pass takes keys 32 at a time instead of 64 (fewer
-   * score registers), and the register cap that lets {@code <blocks>} blocks share a multiprocessor (see the end of
-   * flash_attention.cu). {@link #DEFAULT} is what measured fastest on an H200; {@code CudaBenchmark} times the others
+   * {@code w<warps>[r32|wg][k<keys>][mb<blocks>]}: the warps per block, {@code r32} where each warp owns 32 query (or
+   * key) rows instead of 16 — every K/V fragment read from shared memory then feeds two MMAs, which halves the
+   * shared-memory traffic per MAC — {@code wg} for Hopper's warpgroup MMA ({@code flash_attention_sm90a.cu}: four
+   * warps multiply 64 rows together, reading K and V from shared memory directly), {@code k32} or {@code k128}
+   * where the forward pass takes that many keys at a time instead of 64, and the register cap that lets
+   * {@code <blocks>} blocks share a multiprocessor (see the end of flash_attention.cu). A {@code wg} variant runs
+   * on compute capability 9.0 only; elsewhere the head dim's {@link #PORTABLE} choice runs instead. {@link #DEFAULT} is what measured fastest on an H200; {@code CudaBenchmark} times the others
    * so the choice can be re-made on other GPUs.
    *
    * @param forward variant of the forward kernel per head dim (32, 64, 80, 128)
@@ -59,9 +61,9 @@ public final class FlashAttention {
     /** The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines). */
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
         32, List.of("w4mb4", "w4r32"),
-        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32"),
+        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w12wgk128"),
         80, List.of("w4mb3", "w4r32", "w4r32k32"),
-        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32"));
+        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w8wg", "w8wgk128"));
     /**
      * The compiled backward variants per head dim (KILN_BWD lines: a dK/dV and a dQ kernel each). d128 has no {@code r32}: 32 keys a
      * warp would hold 256 fp32 accumulators for dK and dV alone.
@@ -73,12 +75,18 @@ public final class FlashAttention {
         128, List.of("w4", "w8"));
 
     /**
-     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: 32 rows a
-     * warp at d64, d80 and d128 (d64 16k: 4.76 against 5.64 ms at 16 rows; d128 4.28 against 5.13; no slower at
-     * n = 512), 16 at d32, where the short sequences of TinyStories ran 7% slower at 32. Backward: 16 rows a warp;
+     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: warpgroup
+     * MMA at d64 and d128 (d128 16k: 3.48 ms against 4.28 at 32 rows a warp on mma.sync, n = 512: 0.162 against
+     * 0.22; d64 n = 512: 0.212 against 0.224), 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows),
+     * 16 at d32, where the short sequences of TinyStories ran 7% slower at 32. Backward: 16 rows a warp;
      * 32 was 2-5% faster at 16k but up to 9% slower at n = 512, and training runs short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
+        Map.of(32, "w4mb4", 64, "w8wg", 80, "w4r32", 128, "w8wg"),
+        Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
+
+    /** The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off Hopper. */
+    public static final Tuning PORTABLE = new Tuning(
         Map.of(32, "w4mb4", 64, "w4r32", 80, "w4r32", 128, "w4r32"),
         Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
 
@@ -126,7 +134,16 @@ public final class FlashAttention {
     }
 
     static int warps(String variant) {
-      return variant.charAt(1) - '0';
+      int end = 1;
+      while (end < variant.length() && Character.isDigit(variant.charAt(end))) {
+        end++;
+      }
+      return Integer.parseInt(variant.substring(1, end));
+    }
+
+    /** Whether {@code variant} is a warpgroup-MMA kernel of {@code flash_attention_sm90a.cu} (Hopper only). */
+    static boolean hopperOnly(String variant) {
+      return variant.contains("wg");
     }
 
     /** Query (forward, dQ) or key (dK/dV) rows each warp owns. */
@@ -134,9 +151,9 @@ public final class FlashAttention {
       return variant.contains("r32") ? 32 : 16;
     }
 
-    /** Key tile of the forward pass (flash_attention.cu's KILN_FWD lines): 32 for {@code k32} variants, else 64. */
+    /** Key tile of the forward pass (the KILN_FWD and KILN_FWD_WG lines): 32 or 128 where the name says, else 64. */
     static int forwardKeyTile(String variant) {
-      return variant.contains("k32") ? 32 : 64;
+      return variant.contains("k128") ? 128 : variant.contains("k32") ? 32 : 64;
     }
 
     /**
@@ -246,10 +263,20 @@ public final class FlashAttention {
     if (g.tensorCores) {
       int d = (int) g.d;
       String variant = tuning.forward(d);
+      if (Tuning.hopperOnly(variant) && !device.kernels().hopper()) {
+        variant = Tuning.PORTABLE.forward(d);
+      }
       int warps = Tuning.warps(variant);
       int bm = warps * Tuning.rowsPerWarp(variant);
       int bn = Tuning.forwardKeyTile(variant);
-      int smem = (bm + 4 * bn) * (d + 8) * 2;
+      int smem;
+      if (Tuning.hopperOnly(variant)) {
+        // Unpadded swizzled tiles (Q, then two K and two V buffers), plus slack to align them to 1024 bytes.
+        m = device.kernels().module("flash_attention_sm90a");
+        smem = (bm + 4 * bn) * d * 2 + 1024;
+      } else {
+        smem = (bm + 4 * bn) * (d + 8) * 2;
+      }
       m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, ceilDiv(g.n, bm), g.bh,
           warps * 32, smem, args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
               .struct(g.v.words()).struct(lo.words()));

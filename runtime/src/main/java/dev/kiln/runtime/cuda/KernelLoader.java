@@ -24,10 +24,14 @@ import jcuda.driver.JCudaDriver;
  * PTX); when there is none, or the driver rejects it, the {@code .cu} source compiled by NVRTC for this device,
  * cached on disk under {@code ~/.cache/kiln/cuda} ({@code KILN_CUDA_CACHE} or the system property {@code kiln.cuda.cache} override) keyed by the SHA-256 of source,
  * headers, options and NVRTC version plus the compute capability. {@code KILN_CUDA_NVRTC=1} skips the fatbins.
+ * A module whose name ends in {@code _sm90a} uses Hopper-only instructions: its fatbin holds sm_90a code alone, NVRTC
+ * compiles it for {@code sm_90a}, and it loads on compute capability 9.0 only ({@link #hopper}).
  */
 public final class KernelLoader {
   private static final String RESOURCE_DIR = "/dev/kiln/runtime/cuda/kernels/";
-  private static final String COMMON_HEADER = "kiln_common.cuh";
+  /** Headers the kernels include; NVRTC gets them by name. */
+  private static final List<String> HEADERS = List.of("kiln_common.cuh", "kiln_wgmma.cuh");
+  private static final String HOPPER_SUFFIX = "_sm90a";
   private static final List<String> NVRTC_OPTIONS = List.of("-std=c++17");
 
   /** Where a module's code came from. */
@@ -71,6 +75,11 @@ public final class KernelLoader {
 
   KernelLoader(CudaDevice device) {
     this.device = device;
+  }
+
+  /** Whether this device runs the Hopper-only ({@code _sm90a}) modules: compute capability 9.0. */
+  public boolean hopper() {
+    return device.computeCapability() == 90;
   }
 
   /** The module {@code name} (file name without {@code .cu}), loaded once per device. */
@@ -125,9 +134,18 @@ public final class KernelLoader {
           + " path");
     }
     String source = new String(src, StandardCharsets.UTF_8);
-    byte[] header = resource(RESOURCE_DIR, COMMON_HEADER);
-    String headerText = header == null ? "" : new String(header, StandardCharsets.UTF_8);
+    Map<String, String> headers = new java.util.LinkedHashMap<>();
+    for (String h : HEADERS) {
+      byte[] header = resource(RESOURCE_DIR, h);
+      headers.put(h, header == null ? "" : new String(header, StandardCharsets.UTF_8));
+    }
     int cc = device.computeCapability();
+    boolean hopperOnly = name.endsWith(HOPPER_SUFFIX);
+    if (hopperOnly && cc != 90) {
+      throw new IllegalStateException("CUDA module " + name + " uses Hopper-only instructions (sm_90a) and cannot run"
+          + " on " + device + "; use the portable kernels");
+    }
+    String arch = hopperOnly ? "sm_90a" : "sm_" + cc;
     int nvrtcVersion;
     try {
       nvrtcVersion = Nvrtc.version();
@@ -136,8 +154,8 @@ public final class KernelLoader {
           "cannot load CUDA module " + name + ": " + fatbinProblem + ", and NVRTC is unavailable: " + e.getMessage(),
           e);
     }
-    String key = sha256(source + "\0" + headerText + "\0" + NVRTC_OPTIONS + "\0" + nvrtcVersion).substring(0, 20);
-    Path cached = cacheDir().resolve(name + "-" + key + "-sm" + cc + ".cubin");
+    String key = sha256(source + "\0" + headers + "\0" + NVRTC_OPTIONS + "\0" + nvrtcVersion).substring(0, 20);
+    Path cached = cacheDir().resolve(name + "-" + key + "-" + arch.replace("_", "") + ".cubin");
     Origin origin = Origin.NVRTC_DISK_CACHE;
     byte[] cubin = null;
     if (Files.isRegularFile(cached)) {
@@ -149,7 +167,7 @@ public final class KernelLoader {
     }
     if (cubin == null) {
       origin = Origin.NVRTC_COMPILED;
-      cubin = Nvrtc.compileToCubin(name + ".cu", source, Map.of(COMMON_HEADER, headerText), cc, NVRTC_OPTIONS);
+      cubin = Nvrtc.compileToCubin(name + ".cu", source, headers, arch, NVRTC_OPTIONS);
       try {
         Files.createDirectories(cached.getParent());
         byte[] bytes = cubin;

@@ -43,15 +43,22 @@ public final class Nvrtc {
     return api().source;
   }
 
+  /** Compiles {@code source} to a cubin for {@code sm_<computeCapability>}; see {@link #compileToCubin(String, String, Map, String, List)}. */
+  public static byte[] compileToCubin(String name, String source, Map<String, String> headers, int computeCapability,
+      List<String> options) {
+    return compileToCubin(name, source, headers, "sm_" + computeCapability, options);
+  }
+
   /**
-   * Compiles {@code source} to a cubin for {@code sm_<computeCapability>}.
+   * Compiles {@code source} to a cubin for the GPU architecture {@code arch} ({@code sm_90}, or {@code sm_90a} for
+   * Hopper-only instructions).
    *
    * @param name the program name used in diagnostics, e.g. {@code flash_attention.cu}
    * @param headers include name to header text, resolvable by {@code #include "name"}
    * @param options extra compiler options (the architecture is added here)
    * @throws CudaException with NVRTC's log when compilation fails
    */
-  public static byte[] compileToCubin(String name, String source, Map<String, String> headers, int computeCapability,
+  public static byte[] compileToCubin(String name, String source, Map<String, String> headers, String arch,
       List<String> options) {
     Api a = api();
     try (Arena arena = Arena.ofConfined()) {
@@ -73,7 +80,7 @@ public final class Nvrtc {
       MemorySegment prog = progOut.get(ADDRESS, 0);
       try {
         List<String> all = new java.util.ArrayList<>(options);
-        all.add("--gpu-architecture=sm_" + computeCapability);
+        all.add("--gpu-architecture=" + arch);
         MemorySegment opts = arena.allocate(ADDRESS, all.size());
         for (int j = 0; j < all.size(); j++) {
           opts.setAtIndex(ADDRESS, j, arena.allocateFrom(all.get(j)));

@@ -25,23 +25,35 @@ class FlashAttentionTuningTest {
    * KILN_BWD line declares the dK/dV and the dQ kernel of a variant together).
    */
   private static Map<String, int[]> compiledKernels() throws IOException {
-    String src;
-    try (InputStream in = FlashAttentionTuningTest.class.getResourceAsStream(
-        "/dev/kiln/runtime/cuda/kernels/flash_attention.cu")) {
-      src = new String(in.readAllBytes(), StandardCharsets.UTF_8);
-    }
     Pattern line = Pattern.compile(
         "^KILN_(FWD|BWD)\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+), (\\d+),",
         Pattern.MULTILINE);
     Map<String, int[]> kernels = new HashMap<>();
-    Matcher m = line.matcher(src);
+    Matcher m = line.matcher(source("flash_attention.cu"));
     while (m.find()) {
       assertEquals(m.group(2), m.group(4), "head dim in the name and the template of " + m.group());
       kernels.put(m.group(1).toLowerCase() + " d" + m.group(2) + " " + m.group(3),
           new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
     }
     assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " variant lines from flash_attention.cu");
+    // flash_attention_sm90a.cu: KILN_FWD_WG(d<d>_<variant>, D, warpgroups, key tile), 16 rows a warp.
+    Pattern wg = Pattern.compile("^KILN_FWD_WG\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+)\\)", Pattern.MULTILINE);
+    Matcher w = wg.matcher(source("flash_attention_sm90a.cu"));
+    int hopper = 0;
+    while (w.find()) {
+      assertEquals(w.group(1), w.group(3), "head dim in the name and the template of " + w.group());
+      kernels.put("fwd d" + w.group(1) + " " + w.group(2),
+          new int[] {4 * Integer.parseInt(w.group(4)), 1, Integer.parseInt(w.group(5))});
+      hopper++;
+    }
+    assertTrue(hopper >= 4, "parsed only " + hopper + " variant lines from flash_attention_sm90a.cu");
     return kernels;
+  }
+
+  private static String source(String file) throws IOException {
+    try (InputStream in = FlashAttentionTuningTest.class.getResourceAsStream("/dev/kiln/runtime/cuda/kernels/" + file)) {
+      return new String(in.readAllBytes(), StandardCharsets.UTF_8);
+    }
   }
 
   @Test

@@ -52,6 +52,15 @@ class NvrtcCompileTest {
   }
 
   @Test
+  void hopperOnlyKernelsCompileForSm90a() throws IOException {
+    Map<String, String> headers = Map.of("kiln_common.cuh", resource("kiln_common.cuh"), "kiln_wgmma.cuh",
+        resource("kiln_wgmma.cuh"));
+    byte[] cubin = Nvrtc.compileToCubin("flash_attention_sm90a.cu", resource("flash_attention_sm90a.cu"), headers,
+        "sm_90a", List.of("-std=c++17"));
+    assertTrue(cubin.length > 1000 && cubin[0] == 0x7f && cubin[1] == 'E', "flash_attention_sm90a.cu sm_90a");
+  }
+
+  @Test
   void generatedModuleSourcesCompileWithoutHeaders() throws IOException {
     // The processor's reviewed output for CS336's RMSNorm (processor/src/test/resources/golden): what the runtime
     // hands NVRTC when a model was built without nvcc.
