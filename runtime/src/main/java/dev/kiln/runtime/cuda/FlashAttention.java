@@ -70,20 +70,22 @@ public final class FlashAttention {
      */
     public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
         32, List.of("w4mb3", "w4r32"),
-        64, List.of("w4mb3", "w4", "w8", "w4r32"),
+        64, List.of("w4mb3", "w4", "w8", "w4r32", "w4wg", "w8wg", "w8wgk128"),
         80, List.of("w4", "w4r32"),
-        128, List.of("w4", "w8"));
+        128, List.of("w4", "w8", "w4wg", "w8wg"));
 
     /**
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: warpgroup
      * MMA at d64 and d128 (d128 16k: 3.48 ms against 4.28 at 32 rows a warp on mma.sync, n = 512: 0.162 against
      * 0.22; d64 n = 512: 0.212 against 0.224), 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows),
-     * 16 at d32, where the short sequences of TinyStories ran 7% slower at 32. Backward: 16 rows a warp;
-     * 32 was 2-5% faster at 16k but up to 9% slower at n = 512, and training runs short sequences.
+     * 16 at d32, where the short sequences of TinyStories ran 7% slower at 32. Backward: warpgroup MMA at d64 and
+     * d128 (forward+backward at 16k: d64 15.36 ms against 19.16 at 32 rows a warp, d128 13.75 against 19.39; at
+     * n = 512 0.91 against 0.98 and 0.78 against 0.99); elsewhere 16 rows a warp, as 32 was 2-5% faster at 16k but
+     * up to 9% slower at n = 512, and training runs short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w4mb4", 64, "w8wg", 80, "w4r32", 128, "w8wg"),
-        Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
+        Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"));
 
     /** The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off Hopper. */
     public static final Tuning PORTABLE = new Tuning(
@@ -158,9 +160,13 @@ public final class FlashAttention {
 
     /**
      * Query tile of dK/dV and key tile of dQ (KILN_BWD lines): 32 where a warp owns 32 rows or d is 128
-     * (to stay under 255 registers), else 64.
+     * (to stay under 255 registers), else 64; for {@code wg} variants (KILN_BWD_WG lines) 64, or 128 for
+     * {@code k128}.
      */
     static int backwardTile(long d, String variant) {
+      if (hopperOnly(variant)) {
+        return forwardKeyTile(variant);
+      }
       return rowsPerWarp(variant) == 32 || d > 80 ? 32 : 64;
     }
   }
@@ -333,17 +339,27 @@ public final class FlashAttention {
       if (g.tensorCores) {
         int d = (int) g.d;
         String chosen = tuning.backward(d);
+        if (Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {
+          chosen = Tuning.PORTABLE.backward(d);
+        }
         String variant = "_" + chosen;
         int warps = Tuning.warps(chosen);
         int tile = Tuning.backwardTile(d, chosen); // query tile of dK/dV, key tile of dQ
         int block = warps * Tuning.rowsPerWarp(chosen);
-        int smemDkdv = (2 * block + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
+        // Tiles: K and V of the block, two buffers of the other pass's two tiles; padded rows (mma.sync), or
+        // unpadded swizzled ones aligned to 1024 bytes (wgmma, flash_attention_sm90a.cu).
+        boolean wg = Tuning.hopperOnly(chosen);
+        int tiles = (2 * block + 4 * tile) * (wg ? d : d + 8) * 2 + (wg ? 1024 : 0);
+        if (wg) {
+          m = device.kernels().module("flash_attention_sm90a");
+        }
+        int smemDkdv = tiles + 4 * tile * 4;
         m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk)).launch(stream, ceilDiv(g.n, block),
             g.bh, warps * 32, smemDkdv, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk)
                 .ptr(dv).i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
                 .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldk.words())
                 .struct(ldv.words()));
-        int smemDq = (2 * block + 4 * tile) * (d + 8) * 2;
+        int smemDq = tiles;
         m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant + resultSuffix(dq)).launch(stream, ceilDiv(g.n, block),
             g.bh, warps * 32, smemDq, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq)
                 .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())

@@ -46,7 +46,16 @@ class FlashAttentionTuningTest {
           new int[] {4 * Integer.parseInt(w.group(4)), 1, Integer.parseInt(w.group(5))});
       hopper++;
     }
-    assertTrue(hopper >= 4, "parsed only " + hopper + " variant lines from flash_attention_sm90a.cu");
+    // KILN_BWD_WG(d<d>_<variant>, D, warpgroups, tile): dK/dV and dQ kernels, 16 rows a warp.
+    Pattern bwd = Pattern.compile("^KILN_BWD_WG\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+)\\)", Pattern.MULTILINE);
+    Matcher b = bwd.matcher(source("flash_attention_sm90a.cu"));
+    while (b.find()) {
+      assertEquals(b.group(1), b.group(3), "head dim in the name and the template of " + b.group());
+      kernels.put("bwd d" + b.group(1) + " " + b.group(2),
+          new int[] {4 * Integer.parseInt(b.group(4)), 1, Integer.parseInt(b.group(5))});
+      hopper++;
+    }
+    assertTrue(hopper >= 8, "parsed only " + hopper + " variant lines from flash_attention_sm90a.cu");
     return kernels;
   }
 
@@ -94,7 +103,7 @@ class FlashAttentionTuningTest {
     assertEquals(FlashAttention.Tuning.DEFAULT.forward().get(128), t.forward().get(128));
     IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
         () -> FlashAttention.Tuning.DEFAULT.withBackward(128, "w4r32"));
-    assertTrue(e.getMessage().contains("not compiled for head dim 128") && e.getMessage().contains("[w4, w8]"),
+    assertTrue(e.getMessage().contains("not compiled for head dim 128") && e.getMessage().contains("[w4, w8, w4wg, w8wg]"),
         e.getMessage());
     IllegalArgumentException missing = assertThrows(IllegalArgumentException.class,
         () -> new FlashAttention.Tuning(Map.of(64, "w4mb4"), FlashAttention.Tuning.DEFAULT.backward()));

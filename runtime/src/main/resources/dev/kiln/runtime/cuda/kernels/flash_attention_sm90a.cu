@@ -210,6 +210,251 @@ __device__ __forceinline__ void fwd_wg(const kiln_bf16* __restrict__ Q, const ki
   }
 }
 
+// ------------------------------------------------------------------------------------------------ backward
+
+// 16-byte-chunk loads of RN consecutive fp32 entries of a [bh, n] vector (lse, dot); entries past n are zero.
+template <int RN, int NT>
+__device__ __forceinline__ void load_vec(float* s, const float* g, int row0, int n, int tid) {
+  for (int i = tid; i < RN; i += NT) {
+    const bool valid = row0 + i < n;
+    kiln_cp_async4(s + i, valid ? g + row0 + i : g, valid);
+  }
+}
+
+// An accumulator tile (64 x N, this thread's N/2 floats) rounded to bf16 as the A fragments of N/16 k-steps.
+template <int N>
+__device__ __forceinline__ void to_a_frags(unsigned (*a)[4], const float* x) {
+#pragma unroll
+  for (int kb = 0; kb < N / 16; ++kb)
+#pragma unroll
+    for (int h = 0; h < 4; ++h) {
+      const int i = 8 * kb + 4 * (h >> 1) + 2 * (h & 1);
+      a[kb][h] = kiln_pack_bf16(x[i], x[i + 1]);
+    }
+}
+
+// dK and dV: a block owns 64 * WG keys (64 a warpgroup) and walks the query tiles of BM rows that can see them.
+// Per tile, each warpgroup computes S^T = K Q^T and dP^T = V dO^T (both operands from shared memory, K-major),
+// P^T = exp(S^T * scale - lse[query]) and dS^T = P^T (dP^T - dot[query]) in registers, then dV += P^T dO and
+// dK += dS^T Q with P^T and dS^T as register A operands and dO, Q as MN-major shared-memory B operands.
+template <int D, int WG, int BM, typename TO>
+__device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                            const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
+                                            const float* __restrict__ LSE, const float* __restrict__ DOT,
+                                            TO* __restrict__ dK, TO* __restrict__ dV, int n, int heads,
+                                            float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
+                                            kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldk,
+                                            kiln_attn_layout ldv) {
+  constexpr int BN = 64 * WG, NT = 128 * WG, KS = D / 16;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const unsigned raw = kiln_smem_addr(smem_raw);
+  kiln_bf16* Ks = (kiln_bf16*)(smem_raw + (((raw + 1023u) & ~1023u) - raw));  // [BN * D]
+  kiln_bf16* Vs = Ks + BN * D;                                                  // [BN * D]
+  kiln_bf16* Qs = Vs + BN * D;                                                  // [2][BM * D]
+  kiln_bf16* dOs = Qs + 2 * BM * D;                                             // [2][BM * D]
+  float* Ls = (float*)(dOs + 2 * BM * D);                                       // [2][BM]
+  float* Ds = Ls + 2 * BM;                                                      // [2][BM]
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* q = Q + slab(lq, bh, heads);
+  const kiln_bf16* dout = dO + slab(ldo, bh, heads);
+  const float* lse = LSE + vbase;
+  const float* dot = DOT + vbase;
+  const int n0 = blockIdx.x * BN;
+  const int wkey0 = n0 + wg * 64;            // first key of this warpgroup
+  const int tkey0 = wkey0 + warp * 16 + g;  // this thread's keys: tkey0 and tkey0 + 8
+  const int mtiles = (n + BM - 1) / BM;
+  const int i0 = causal ? n0 / BM : 0;
+
+  load_tile_sw<D, BN, NT>(Ks, K + slab(lk, bh, heads), lk.sr, n0, n, tid);
+  load_tile_sw<D, BN, NT>(Vs, V + slab(lv, bh, heads), lv.sr, n0, n, tid);
+  if (i0 < mtiles) {
+    load_tile_sw<D, BM, NT>(Qs, q, lq.sr, i0 * BM, n, tid);
+    load_tile_sw<D, BM, NT>(dOs, dout, ldo.sr, i0 * BM, n, tid);
+    load_vec<BM, NT>(Ls, lse, i0 * BM, n, tid);
+    load_vec<BM, NT>(Ds, dot, i0 * BM, n, tid);
+  }
+  kiln_cp_async_commit();
+
+  const unsigned ks = kiln_smem_addr(Ks), vs = kiln_smem_addr(Vs);
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+  const float sl2 = scale * KILN_LOG2E;
+
+  for (int it = i0; it < mtiles; ++it) {
+    const int buf = (it - i0) & 1;
+    kiln_cp_async_wait<0>();
+    kiln_fence_proxy_async();
+    __syncthreads();  // tile it is in; every warpgroup is done with tile it - 1, whose buffers the prefetch refills
+    if (it + 1 < mtiles) {
+      const int nbuf = buf ^ 1;
+      load_tile_sw<D, BM, NT>(Qs + nbuf * BM * D, q, lq.sr, (it + 1) * BM, n, tid);
+      load_tile_sw<D, BM, NT>(dOs + nbuf * BM * D, dout, ldo.sr, (it + 1) * BM, n, tid);
+      load_vec<BM, NT>(Ls + nbuf * BM, lse, (it + 1) * BM, n, tid);
+      load_vec<BM, NT>(Ds + nbuf * BM, dot, (it + 1) * BM, n, tid);
+      kiln_cp_async_commit();
+    }
+    const int m0 = it * BM;
+    if (causal && m0 + BM - 1 < wkey0) continue;  // every query of the tile is before this warpgroup's keys
+    const unsigned qs = kiln_smem_addr(Qs + buf * BM * D), dos = kiln_smem_addr(dOs + buf * BM * D);
+    const float* ls = Ls + buf * BM;
+    const float* ds = Ds + buf * BM;
+
+    float p[BM / 2], dp[BM / 2];
+    kiln_wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(p, desc_k<BN>(ks, wg * 64, kk), desc_k<BM>(qs, 0, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(dp, desc_k<BN>(vs, wg * 64, kk), desc_k<BM>(dos, 0, kk), kk > 0);
+    kiln_wg_commit();
+    kiln_wg_wait<0>();
+
+    const bool mask = (causal && m0 < wkey0 + 63) || (m0 + BM > n);
+#pragma unroll
+    for (int i = 0; i < BM / 2; ++i) {
+      const int cl = (i >> 2) * 8 + 2 * t + (i & 1);
+      float x = kiln_exp2(p[i] * sl2 - ls[cl] * KILN_LOG2E);
+      if (mask) {
+        const int col = m0 + cl, key = tkey0 + ((i >> 1) & 1) * 8;
+        if (col >= n || (causal && col < key)) x = 0.f;
+      }
+      p[i] = x;
+      dp[i] = x * (dp[i] - ds[cl]);  // dS^T
+    }
+    unsigned pa[BM / 16][4], sa[BM / 16][4];
+    to_a_frags<BM>(pa, p);
+    to_a_frags<BM>(sa, dp);
+    kiln_wg_fence();
+#pragma unroll
+    for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dv, pa[kb], desc_mn<BM>(dos, kb));
+#pragma unroll
+    for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dk, sa[kb], desc_mn<BM>(qs, kb));
+    kiln_wg_commit();
+    kiln_wg_wait<0>();
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = tkey0 + r * 8;
+    if (key < n) {
+      TO* dkrow = dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
+      TO* dvrow = dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        store_pair(dkrow + i * 8 + 2 * t, dk[4 * i + 2 * r] * scale, dk[4 * i + 2 * r + 1] * scale);
+        store_pair(dvrow + i * 8 + 2 * t, dv[4 * i + 2 * r], dv[4 * i + 2 * r + 1]);
+      }
+    }
+  }
+}
+
+// dQ: a block owns 64 * WG queries (64 a warpgroup) and walks the key tiles of BN keys they can see. Per tile, each
+// warpgroup computes S = Q K^T and dP = dO V^T (shared-memory operands), dS = P (dP - dot) in registers, then
+// dQ += dS K with dS as the register A operand and K as an MN-major shared-memory B operand.
+template <int D, int WG, int BN, typename TO>
+__device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                          const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
+                                          const float* __restrict__ LSE, const float* __restrict__ DOT,
+                                          TO* __restrict__ dQ, int n, int heads, float scale, int causal,
+                                          kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
+                                          kiln_attn_layout ldo, kiln_attn_layout ldq) {
+  constexpr int BM = 64 * WG, NT = 128 * WG, KS = D / 16;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const unsigned raw = kiln_smem_addr(smem_raw);
+  kiln_bf16* Qs = (kiln_bf16*)(smem_raw + (((raw + 1023u) & ~1023u) - raw));  // [BM * D]
+  kiln_bf16* dOs = Qs + BM * D;                                                 // [BM * D]
+  kiln_bf16* Ks = dOs + BM * D;                                                 // [2][BN * D]
+  kiln_bf16* Vs = Ks + 2 * BN * D;                                              // [2][BN * D]
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int mblocks = (n + BM - 1) / BM;
+  const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* k = K + slab(lk, bh, heads);
+  const kiln_bf16* v = V + slab(lv, bh, heads);
+  const int m0 = mb * BM;
+  const int wrow0 = m0 + wg * 64;
+  const int trow0 = wrow0 + warp * 16 + g;
+
+  int nkb = (n + BN - 1) / BN;
+  if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
+
+  load_tile_sw<D, BM, NT>(Qs, Q + slab(lq, bh, heads), lq.sr, m0, n, tid);
+  load_tile_sw<D, BM, NT>(dOs, dO + slab(ldo, bh, heads), ldo.sr, m0, n, tid);
+  load_tile_sw<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
+  load_tile_sw<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
+  kiln_cp_async_commit();
+
+  float lse2[2], dot[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = trow0 + r * 8;
+    lse2[r] = row < n ? LSE[vbase + row] * KILN_LOG2E : 0.f;
+    dot[r] = row < n ? DOT[vbase + row] : 0.f;
+  }
+  const unsigned qs = kiln_smem_addr(Qs), dos = kiln_smem_addr(dOs);
+  float dq[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+  const float sl2 = scale * KILN_LOG2E;
+
+  for (int j = 0; j < nkb; ++j) {
+    kiln_cp_async_wait<0>();
+    kiln_fence_proxy_async();
+    __syncthreads();
+    if (j + 1 < nkb) {
+      const int nb1 = ((j + 1) & 1) * BN * D;
+      load_tile_sw<D, BN, NT>(Ks + nb1, k, lk.sr, (j + 1) * BN, n, tid);
+      load_tile_sw<D, BN, NT>(Vs + nb1, v, lv.sr, (j + 1) * BN, n, tid);
+      kiln_cp_async_commit();
+    }
+    const int n0 = j * BN;
+    if (causal && n0 > wrow0 + 63) continue;
+    const unsigned ks = kiln_smem_addr(Ks + (j & 1) * BN * D);
+    const unsigned vs = kiln_smem_addr(Vs + (j & 1) * BN * D);
+
+    float p[BN / 2], dp[BN / 2];
+    kiln_wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(p, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks, 0, kk), kk > 0);
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(dp, desc_k<BM>(dos, wg * 64, kk), desc_k<BN>(vs, 0, kk), kk > 0);
+    kiln_wg_commit();
+    kiln_wg_wait<0>();
+
+    const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) {
+      const int h = (i >> 1) & 1;
+      float x = kiln_exp2(p[i] * sl2 - lse2[h]);
+      if (mask) {
+        const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1), row = trow0 + h * 8;
+        if (col >= n || (causal && col > row)) x = 0.f;
+      }
+      dp[i] = x * (dp[i] - dot[h]);  // dS
+    }
+    unsigned sa[BN / 16][4];
+    to_a_frags<BN>(sa, dp);
+    kiln_wg_fence();
+#pragma unroll
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(dq, sa[kb], desc_mn<BN>(ks, kb));
+    kiln_wg_commit();
+    kiln_wg_wait<0>();
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = trow0 + r * 8;
+    if (row < n) {
+      TO* dqrow = dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) store_pair(dqrow + i * 8 + 2 * t, dq[4 * i + 2 * r] * scale, dq[4 * i + 2 * r + 1] * scale);
+    }
+  }
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ entry points
@@ -232,3 +477,31 @@ KILN_FWD_WG(d64_w8wgk128, 64, 2, 128)
 KILN_FWD_WG(d64_w12wgk128, 64, 3, 128)
 KILN_FWD_WG(d128_w8wg, 128, 2, 64)
 KILN_FWD_WG(d128_w8wgk128, 128, 2, 128)
+
+#define KILN_DKDV_WG_T(NAME, D, WG, BM, TO)                                                                    \
+  extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
+      const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
+      KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
+    bwd_dkdv_wg<D, WG, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo, ldk,  \
+                               ldv);                                                                           \
+  }
+#define KILN_DQ_WG_T(NAME, D, WG, BN, TO)                                                                      \
+  extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
+      const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
+      KILN_L ldo, KILN_L ldq) {                                                                                \
+    bwd_dq_wg<D, WG, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);      \
+  }
+// Backward variants: a block of 64 * WG keys (dK/dV) or queries (dQ); TILE is the query tile of dK/dV and the key
+// tile of dQ. One line declares both kernels, as flash_attention.cu's KILN_BWD does.
+#define KILN_BWD_WG(SUFFIX, D, WG, TILE)                                                \
+  KILN_DKDV_WG_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_obf16, D, WG, TILE, kiln_bf16)      \
+  KILN_DKDV_WG_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_of32, D, WG, TILE, float)           \
+  KILN_DQ_WG_T(kiln_attn_bwd_dq_bf16_##SUFFIX##_obf16, D, WG, TILE, kiln_bf16)          \
+  KILN_DQ_WG_T(kiln_attn_bwd_dq_bf16_##SUFFIX##_of32, D, WG, TILE, float)
+KILN_BWD_WG(d64_w4wg, 64, 1, 64)
+KILN_BWD_WG(d64_w8wg, 64, 2, 64)
+KILN_BWD_WG(d64_w8wgk128, 64, 2, 128)
+KILN_BWD_WG(d128_w4wg, 128, 1, 64)
+KILN_BWD_WG(d128_w8wg, 128, 2, 64)
