@@ -65,10 +65,12 @@ __device__ __forceinline__ unsigned long long desc_mn(unsigned tile, int kb) {
 
 template <int N>
 __device__ __forceinline__ void wgmma_ss(float* d, unsigned long long a, unsigned long long b, int acc) {
-  if constexpr (N == 64) {
+  if constexpr (N == 32) {
+    kiln_wgmma_ss_n32<0>(d, a, b, acc);
+  } else if constexpr (N == 64) {
     kiln_wgmma_ss_n64<0>(d, a, b, acc);
   } else {
-    static_assert(N == 128, "wgmma N must be 64 or 128");
+    static_assert(N == 128, "wgmma N must be 32, 64 or 128");
     kiln_wgmma_ss_n128<0>(d, a, b, acc);
   }
 }
@@ -78,7 +80,7 @@ __device__ __forceinline__ void wgmma_rs_mn(float* d, const unsigned* a, unsigne
   if constexpr (N == 64) {
     kiln_wgmma_rs_n64<1>(d, a, b, 1);
   } else {
-    static_assert(N == 128, "wgmma N must be 64 or 128");
+    static_assert(N == 128, "wgmma N must be 32, 64 or 128");
     kiln_wgmma_rs_n128<1>(d, a, b, 1);
   }
 }
@@ -210,14 +212,43 @@ __device__ __forceinline__ void fwd_wg(const kiln_bf16* __restrict__ Q, const ki
   }
 }
 
-// ------------------------------------------------------------------------------------------------ backward
-
-// 16-byte-chunk loads of RN consecutive fp32 entries of a [bh, n] vector (lse, dot); entries past n are zero.
-template <int RN, int NT>
-__device__ __forceinline__ void load_vec(float* s, const float* g, int row0, int n, int tid) {
-  for (int i = tid; i < RN; i += NT) {
-    const bool valid = row0 + i < n;
-    kiln_cp_async4(s + i, valid ? g + row0 + i : g, valid);
+// The forward pass with each warpgroup's softmax overlapped with its MMAs (FlashAttention-3's intra-warpgroup
+// pipelining): while O += P_j V_j runs on the tensor cores, the warpgroup computes the softmax of S_{j+1}, whose MMA
+// it issued just before. So K runs one tile ahead of V: each iteration waits for K_{j+1} and V_j and then prefetches
+// K_{j+2} and V_{j+1} into the buffers that S_j and O += P_{j-1} V_{j-1} have finished with. P_{j+1} stays in fp32
+// (in S's registers) until P_j V_j is done: only then is it rounded into the bf16 registers the tensor cores read.
+// The online-softmax step of one score tile s (this thread's BN/2 scores of rows trow0 and trow0 + 8): masks, scales
+// to base 2, updates the running max mrow, and leaves in s the probabilities exp2(x - max), in lsum their row sums
+// and in alpha the factor by which the earlier sum and output shrink.
+template <int BN>
+__device__ __forceinline__ void softmax_tile(float* s, float* mrow, float* lsum, float* alpha, int n0, int trow0, int t,
+                                             int n, int causal, bool mask, float sl2) {
+  float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    float x = s[i] * sl2;
+    if (mask) {
+      const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1);
+      const int row = trow0 + ((i >> 1) & 1) * 8;
+      if (col >= n || (causal && col > row)) x = -KILN_INF;
+    }
+    s[i] = x;
+    mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
+  }
+  float mu[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
+    alpha[r] = kiln_exp2(mrow[r] - mu[r]);
+    mrow[r] = mx[r];
+    lsum[r] = 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    s[i] = kiln_exp2(s[i] - mu[(i >> 1) & 1]);
+    lsum[(i >> 1) & 1] += s[i];
   }
 }
 
@@ -231,6 +262,141 @@ __device__ __forceinline__ void to_a_frags(unsigned (*a)[4], const float* x) {
       const int i = 8 * kb + 4 * (h >> 1) + 2 * (h & 1);
       a[kb][h] = kiln_pack_bf16(x[i], x[i + 1]);
     }
+}
+
+template <int D, int WG, int BN, typename TO>
+__device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                            const kiln_bf16* __restrict__ V, TO* __restrict__ O,
+                                            float* __restrict__ LSE, int n, int heads, float scale, int causal,
+                                            kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
+                                            kiln_attn_layout lo) {
+  constexpr int BM = 64 * WG, NT = 128 * WG, KS = D / 16;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const unsigned raw = kiln_smem_addr(smem_raw);
+  kiln_bf16* Qs = (kiln_bf16*)(smem_raw + (((raw + 1023u) & ~1023u) - raw));
+  kiln_bf16* Ks = Qs + BM * D;      // [2][BN * D]
+  kiln_bf16* Vs = Ks + 2 * BN * D;  // [2][BN * D]
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int mblocks = (n + BM - 1) / BM;
+  const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  const int bh = blockIdx.y;
+  const kiln_bf16* q = Q + slab(lq, bh, heads);
+  const kiln_bf16* k = K + slab(lk, bh, heads);
+  const kiln_bf16* v = V + slab(lv, bh, heads);
+  const int m0 = mb * BM;
+  const int wrow0 = m0 + wg * 64;
+  const int trow0 = wrow0 + warp * 16 + g;
+
+  // Every warpgroup walks all the block's key tiles, including (causal) a last one above its diagonal, which its
+  // mask zeroes: a branch around wgmma that depends on the warpgroup makes ptxas serialise the MMAs.
+  int nkb = (n + BN - 1) / BN;
+  if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
+
+  load_tile_sw<D, BM, NT>(Qs, q, lq.sr, m0, n, tid);
+  load_tile_sw<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
+  kiln_cp_async_commit();
+  if (nkb > 1) load_tile_sw<D, BN, NT>(Ks + BN * D, k, lk.sr, BN, n, tid);
+  load_tile_sw<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
+  kiln_cp_async_commit();
+  kiln_cp_async_wait<1>();
+  kiln_fence_proxy_async();
+  __syncthreads();
+
+  const unsigned qs = kiln_smem_addr(Qs), ks0 = kiln_smem_addr(Ks), vs0 = kiln_smem_addr(Vs);
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float mrow[2] = {-KILN_INF, -KILN_INF}, lrow[2] = {0.f, 0.f}, lsum[2], alpha[2];
+  const float sl2 = scale * KILN_LOG2E;
+  unsigned p[BN / 16][4];  // P_j as bf16 A fragments
+
+  // S_0 and its softmax.
+  {
+    float s[BN / 2];
+    kiln_wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks0, 0, kk), kk > 0);
+    kiln_wg_commit();
+    kiln_wg_wait<0>();
+    softmax_tile<BN>(s, mrow, lsum, alpha, 0, trow0, t, n, causal, (causal && BN - 1 > wrow0) || BN > n, sl2);
+    to_a_frags<BN>(p, s);
+    lrow[0] = lsum[0];
+    lrow[1] = lsum[1];
+  }
+
+  // Steady state: every iteration has a next tile, so no branch surrounds a wgmma (ptxas serialises those).
+  for (int j = 0; j + 1 < nkb; ++j) {
+    kiln_cp_async_wait<0>();
+    kiln_fence_proxy_async();
+    __syncthreads();  // K_{j+1} and V_j are in; S_j and P_{j-1} V_{j-1} are done in every warpgroup
+    if (j + 2 < nkb) load_tile_sw<D, BN, NT>(Ks + (j & 1) * BN * D, k, lk.sr, (j + 2) * BN, n, tid);
+    load_tile_sw<D, BN, NT>(Vs + ((j + 1) & 1) * BN * D, v, lv.sr, (j + 1) * BN, n, tid);
+    kiln_cp_async_commit();
+    float s[BN / 2];
+    kiln_wg_fence();
+    const unsigned ks = ks0 + ((j + 1) & 1) * BN * D * 2;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks, 0, kk), kk > 0);
+    kiln_wg_commit();
+    const unsigned vs = vs0 + (j & 1) * BN * D * 2;
+#pragma unroll
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<BN>(vs, kb));
+    kiln_wg_commit();
+    kiln_wg_wait<1>();  // S_{j+1} is done; P_j V_j may still run
+    const int n1 = (j + 1) * BN;
+    softmax_tile<BN>(s, mrow, lsum, alpha, n1, trow0, t, n, causal, (causal && n1 + BN - 1 > wrow0) || n1 + BN > n,
+                     sl2);
+    kiln_wg_wait<0>();  // P_j V_j is done: its A registers and O may be rewritten
+    to_a_frags<BN>(p, s);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      lrow[r] = lrow[r] * alpha[r] + lsum[r];
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[4 * i + 2 * r] *= alpha[r];
+        o[4 * i + 2 * r + 1] *= alpha[r];
+      }
+    }
+  }
+  // The last tile's P V.
+  {
+    const int j = nkb - 1;
+    kiln_cp_async_wait<0>();
+    kiln_fence_proxy_async();
+    __syncthreads();
+    kiln_wg_fence();
+    const unsigned vs = vs0 + (j & 1) * BN * D * 2;
+#pragma unroll
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<BN>(vs, kb));
+    kiln_wg_commit();
+    kiln_wg_wait<0>();
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = lrow[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = trow0 + r * 8;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (row < n) {
+      TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) store_pair(orow + i * 8 + 2 * t, o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+      if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ backward
+
+// 16-byte-chunk loads of RN consecutive fp32 entries of a [bh, n] vector (lse, dot); entries past n are zero.
+template <int RN, int NT>
+__device__ __forceinline__ void load_vec(float* s, const float* g, int row0, int n, int tid) {
+  for (int i = tid; i < RN; i += NT) {
+    const bool valid = row0 + i < n;
+    kiln_cp_async4(s + i, valid ? g + row0 + i : g, valid);
+  }
 }
 
 // dK and dV: a block owns 64 * WG keys (64 a warpgroup) and walks the query tiles of BM rows that can see them.
@@ -302,14 +468,17 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
     const float* ls = Ls + buf * BM;
     const float* ds = Ds + buf * BM;
 
+    // Four MMA groups in flight one after the other, each overlapped with the arithmetic that the next one needs:
+    // P^T while dP^T runs, dS^T while dV runs.
     float p[BM / 2], dp[BM / 2];
     kiln_wg_fence();
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(p, desc_k<BN>(ks, wg * 64, kk), desc_k<BM>(qs, 0, kk), kk > 0);
+    kiln_wg_commit();
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(dp, desc_k<BN>(vs, wg * 64, kk), desc_k<BM>(dos, 0, kk), kk > 0);
     kiln_wg_commit();
-    kiln_wg_wait<0>();
+    kiln_wg_wait<1>();  // S^T is done
 
     const bool mask = (causal && m0 < wkey0 + 63) || (m0 + BM > n);
 #pragma unroll
@@ -321,14 +490,18 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
         if (col >= n || (causal && col < key)) x = 0.f;
       }
       p[i] = x;
-      dp[i] = x * (dp[i] - ds[cl]);  // dS^T
     }
     unsigned pa[BM / 16][4], sa[BM / 16][4];
     to_a_frags<BM>(pa, p);
-    to_a_frags<BM>(sa, dp);
     kiln_wg_fence();
 #pragma unroll
     for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dv, pa[kb], desc_mn<BM>(dos, kb));
+    kiln_wg_commit();
+    kiln_wg_wait<1>();  // dP^T is done; dV may still run
+#pragma unroll
+    for (int i = 0; i < BM / 2; ++i) dp[i] = p[i] * (dp[i] - ds[(i >> 2) * 8 + 2 * t + (i & 1)]);  // dS^T
+    to_a_frags<BM>(sa, dp);
+    kiln_wg_fence();
 #pragma unroll
     for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dk, sa[kb], desc_mn<BM>(qs, kb));
     kiln_wg_commit();
@@ -419,10 +592,11 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
     kiln_wg_fence();
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(p, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks, 0, kk), kk > 0);
+    kiln_wg_commit();
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(dp, desc_k<BM>(dos, wg * 64, kk), desc_k<BN>(vs, 0, kk), kk > 0);
     kiln_wg_commit();
-    kiln_wg_wait<0>();
+    kiln_wg_wait<1>();  // S is done: P is computed while dP runs
 
     const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
 #pragma unroll
@@ -433,8 +607,11 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
         const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1), row = trow0 + h * 8;
         if (col >= n || (causal && col > row)) x = 0.f;
       }
-      dp[i] = x * (dp[i] - dot[h]);  // dS
+      p[i] = x;
     }
+    kiln_wg_wait<0>();
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) dp[i] = p[i] * (dp[i] - dot[(i >> 1) & 1]);  // dS
     unsigned sa[BN / 16][4];
     to_a_frags<BN>(sa, dp);
     kiln_wg_fence();
@@ -478,6 +655,22 @@ KILN_FWD_WG(d64_w12wgk128, 64, 3, 128)
 KILN_FWD_WG(d128_w8wg, 128, 2, 64)
 KILN_FWD_WG(d128_w8wgk128, 128, 2, 128)
 
+// The pipelined forward (fwd_wg_pipe): variant names carry wgp.
+#define KILN_FWD_WGP_T(NAME, D, WG, BN, TO)                                                                    \
+  extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
+      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    fwd_wg_pipe<D, WG, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                      \
+  }
+#define KILN_FWD_WGP(SUFFIX, D, WG, BN)                                         \
+  KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, WG, BN, kiln_bf16)      \
+  KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, WG, BN, float)
+KILN_FWD_WGP(d64_w8wgp, 64, 2, 64)
+KILN_FWD_WGP(d64_w8wgpk128, 64, 2, 128)
+KILN_FWD_WGP(d64_w12wgpk128, 64, 3, 128)
+KILN_FWD_WGP(d128_w8wgp, 128, 2, 64)
+KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128)
+
 #define KILN_DKDV_WG_T(NAME, D, WG, BM, TO)                                                                    \
   extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
@@ -505,3 +698,4 @@ KILN_BWD_WG(d64_w8wg, 64, 2, 64)
 KILN_BWD_WG(d64_w8wgk128, 64, 2, 128)
 KILN_BWD_WG(d128_w4wg, 128, 1, 64)
 KILN_BWD_WG(d128_w8wg, 128, 2, 64)
+KILN_BWD_WG(d128_w8wgk32, 128, 2, 32)
