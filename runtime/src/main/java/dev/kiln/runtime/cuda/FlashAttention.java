@@ -58,19 +58,22 @@ public final class FlashAttention {
    * @param backward variant of the dK/dV and dQ kernels per head dim (one name for both)
    */
   public record Tuning(Map<Integer, String> forward, Map<Integer, String> backward) {
-    /** The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines). */
+    /**
+     * The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines, and flash_attention_sm90a.cu's
+     * KILN_FWD_WG and KILN_FWD_WGP lines for the {@code wg} ones).
+     */
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
-        32, List.of("w4mb4", "w4r32"),
+        32, List.of("w4mb4", "w4r32", "w8wgp"),
         64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w12wgk128", "w8wgp",
             "w8wgpk128", "w12wgpk128"),
         80, List.of("w4mb3", "w4r32", "w4r32k32"),
         128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w8wgp", "w8wgpk128"));
     /**
-     * The compiled backward variants per head dim (KILN_BWD lines: a dK/dV and a dQ kernel each). d128 has no {@code r32}: 32 keys a
-     * warp would hold 256 fp32 accumulators for dK and dV alone.
+     * The compiled backward variants per head dim (KILN_BWD and KILN_BWD_WG lines: a dK/dV and a dQ kernel each).
+     * d128 has no {@code r32}: 32 keys a warp would hold 256 fp32 accumulators for dK and dV alone.
      */
     public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
-        32, List.of("w4mb3", "w4r32"),
+        32, List.of("w4mb3", "w4r32", "w8wgk128"),
         64, List.of("w4mb3", "w4", "w8", "w4r32", "w4wg", "w8wg", "w8wgk128"),
         80, List.of("w4", "w4r32"),
         128, List.of("w4", "w8", "w4wg", "w8wg", "w8wgk32"));
@@ -79,14 +82,16 @@ public final class FlashAttention {
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: warpgroup
      * MMA with the softmax overlapped (wgp) at d64 and d128 (d128 16k: 3.47 ms against 4.28 at 32 rows a warp on
      * mma.sync; d64 16k 4.47 against 4.77, n = 2048 0.639 against 0.670, n = 512 0.22 either way; w12wgpk128 is
-     * 4.14 at d64 16k but 0.29 at 512), 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows),
-     * 16 at d32, where the short sequences of TinyStories ran 7% slower at 32. Backward: warpgroup MMA at d64 and
+     * 4.14 at d64 16k but 0.29 at 512; d32 16k 6.72 against 7.73 at 16 rows a warp, n = 512 0.314 against 0.317),
+     * 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows). Backward: warpgroup MMA at d64 and
      * d128 (forward+backward at 16k: d64 15.36 ms against 19.16 at 32 rows a warp, d128 13.75 against 19.39; at
      * n = 512 0.91 against 0.98 and 0.78 against 0.99); elsewhere 16 rows a warp, as 32 was 2-5% faster at 16k but
-     * up to 9% slower at n = 512, and training runs short sequences.
+     * up to 9% slower at n = 512, and training runs short sequences. At d32 the softmax's exponentials, not the
+     * MMAs, bound the backward: w8wgk128 is 24.1 ms against 26.9 at 16k but 1.28 against 1.18 at n = 512, the
+     * TinyStories length.
      */
     public static final Tuning DEFAULT = new Tuning(
-        Map.of(32, "w4mb4", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
+        Map.of(32, "w8wgp", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
         Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"));
 
     /** The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off Hopper. */

@@ -98,6 +98,16 @@ class FlashAttentionTuningTest {
   }
 
   @Test
+  void portableChoicesRunOffHopper() {
+    // PORTABLE replaces a wg (sm_90a-only) choice on other GPUs, so it must name none itself.
+    for (Map<Integer, String> m : List.of(FlashAttention.Tuning.PORTABLE.forward(),
+        FlashAttention.Tuning.PORTABLE.backward())) {
+      m.forEach((d, v) -> assertTrue(!FlashAttention.Tuning.hopperOnly(v), "PORTABLE d" + d + " names " + v));
+    }
+    assertTrue(FlashAttention.Tuning.hopperOnly("w8wgpk128") && !FlashAttention.Tuning.hopperOnly("w4r32k32"));
+  }
+
+  @Test
   void defaultsAreListedAndBadChoicesAreRefusedWithTheOptions() {
     FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(64, "w8").withBackward(80, "w4r32");
     assertEquals("w8", t.forward().get(64));

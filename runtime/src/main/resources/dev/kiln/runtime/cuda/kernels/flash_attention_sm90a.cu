@@ -1,5 +1,5 @@
-// Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a): the forward pass of flash_attention.cu for head dims
-// 64 and 128, with the same arguments, layouts, masking and results (see that file's header), on a faster
+// Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a): the forward and backward passes of flash_attention.cu
+// for head dims 32, 64 and 128, with the same arguments, layouts, masking and results (see that file's header), on a faster
 // instruction. This file is compiled for sm_90a alone (build-kernels.sh, or NVRTC with --gpu-architecture=sm_90a);
 // FlashAttention launches its kernels only on compute capability 9.0 and falls back to flash_attention.cu elsewhere.
 //
@@ -14,7 +14,8 @@
 // from registers and V from shared memory.
 //
 // Shared-memory tiles are stored as kiln_wgmma.cuh's descriptors expect: a tile of R rows and D columns is D / 64
-// panels of R rows x 128 bytes, each row's eight 16-byte chunks permuted by XOR with (row % 8) (128-byte swizzle).
+// panels of R rows x 128 bytes, each row's eight 16-byte chunks permuted by XOR with (row % 8) (128-byte swizzle);
+// at d32, one panel of 64-byte rows whose four chunks are permuted by XOR with (row / 2) % 4 (64-byte swizzle).
 // The same tile is a K-major operand (K for S = Q K^T: rows are N, columns K) and an MN-major one (V for O = P V:
 // rows are K, columns N); only the descriptor differs.
 #include "kiln_common.cuh"
@@ -38,29 +39,45 @@ __device__ __forceinline__ void store_pair(float* p, float a, float b) {
   *(float2*)p = v;
 }
 
+// Panel geometry of a head dim: 128-byte rows (64 columns) swizzled in 128-byte mode for d >= 64; 64-byte rows
+// (32 columns) swizzled in 64-byte mode for d = 32, whose rows fill half a 128-byte row.
+template <int D>
+struct panel {
+  static constexpr int ROWB = D >= 64 ? 128 : 64;  // bytes a panel row
+  static constexpr int COLS = ROWB / 2;             // bf16 columns a panel row
+  static constexpr int CHUNKS = ROWB / 16;          // 16-byte chunks a panel row
+  static constexpr unsigned MODE = D >= 64 ? 1 : 2;  // descriptor swizzle mode
+  // Where chunk c of row r lies in its row: the swizzle XORs the chunk index with address bits 7.. of the row.
+  static __device__ __forceinline__ int chunk(int r, int c) { return D >= 64 ? c ^ (r & 7) : c ^ ((r >> 1) & 3); }
+};
+
 // Rows [row0, row0 + R) of a slab (row stride sr) into a swizzled panel tile at s; rows past n are zero-filled.
 template <int D, int R, int NT>
 __device__ __forceinline__ void load_tile_sw(kiln_bf16* s, const kiln_bf16* g, kiln_i64 sr, int row0, int n, int tid) {
+  using P = panel<D>;
   constexpr int CPR = D / 8;  // 16-byte chunks per row
 #pragma unroll
   for (int i = tid; i < R * CPR; i += NT) {
     const int r = i / CPR, c = i % CPR;
     const bool valid = row0 + r < n;
     const kiln_bf16* src = valid ? g + (kiln_i64)(row0 + r) * sr + c * 8 : g;
-    kiln_cp_async16(s + ((c >> 3) * R + r) * 64 + (((c & 7) ^ (r & 7)) << 3), src, valid);
+    kiln_cp_async16(s + ((c / P::CHUNKS) * R + r) * P::COLS + (P::chunk(r, c % P::CHUNKS) << 3), src, valid);
   }
 }
 
 // Descriptor of k-step kk (16 columns) of a K-major operand: rows [row0, row0 + 64 or N) of a panel tile of R rows.
-template <int R>
+template <int D, int R>
 __device__ __forceinline__ unsigned long long desc_k(unsigned tile, int row0, int kk) {
-  return kiln_wg_desc(tile + (kk >> 2) * R * 128 + row0 * 128 + (kk & 3) * 32, 16, 1024);
+  using P = panel<D>;
+  constexpr int KP = P::COLS / 16;  // k-steps a panel
+  return kiln_wg_desc(tile + (kk / KP) * R * P::ROWB + row0 * P::ROWB + (kk % KP) * 32, 16, 8 * P::ROWB, P::MODE);
 }
 
 // Descriptor of k-step kb (16 rows) of an MN-major operand: a panel tile of R rows whose columns are N.
-template <int R>
+template <int D, int R>
 __device__ __forceinline__ unsigned long long desc_mn(unsigned tile, int kb) {
-  return kiln_wg_desc(tile + kb * 16 * 128, R * 128, 1024);
+  using P = panel<D>;
+  return kiln_wg_desc(tile + kb * 16 * P::ROWB, R * P::ROWB, 8 * P::ROWB, P::MODE);
 }
 
 template <int N>
@@ -77,7 +94,9 @@ __device__ __forceinline__ void wgmma_ss(float* d, unsigned long long a, unsigne
 
 template <int N>
 __device__ __forceinline__ void wgmma_rs_mn(float* d, const unsigned* a, unsigned long long b) {
-  if constexpr (N == 64) {
+  if constexpr (N == 32) {
+    kiln_wgmma_rs_n32<1>(d, a, b, 1);
+  } else if constexpr (N == 64) {
     kiln_wgmma_rs_n64<1>(d, a, b, 1);
   } else {
     static_assert(N == 128, "wgmma N must be 32, 64 or 128");
@@ -144,7 +163,7 @@ __device__ __forceinline__ void fwd_wg(const kiln_bf16* __restrict__ Q, const ki
     float s[BN / 2];
     kiln_wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<D, BM>(qs, wg * 64, kk), desc_k<D, BN>(ks, 0, kk), kk > 0);
     kiln_wg_commit();
     kiln_wg_wait<0>();
 
@@ -191,7 +210,7 @@ __device__ __forceinline__ void fwd_wg(const kiln_bf16* __restrict__ Q, const ki
 
     kiln_wg_fence();
 #pragma unroll
-    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<BN>(vs, kb));
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<D, BN>(vs, kb));
     kiln_wg_commit();
     kiln_wg_wait<0>();
   }
@@ -315,7 +334,7 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     float s[BN / 2];
     kiln_wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks0, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<D, BM>(qs, wg * 64, kk), desc_k<D, BN>(ks0, 0, kk), kk > 0);
     kiln_wg_commit();
     kiln_wg_wait<0>();
     softmax_tile<BN>(s, mrow, lsum, alpha, 0, trow0, t, n, causal, (causal && BN - 1 > wrow0) || BN > n, sl2);
@@ -336,11 +355,11 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     kiln_wg_fence();
     const unsigned ks = ks0 + ((j + 1) & 1) * BN * D * 2;
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<D, BM>(qs, wg * 64, kk), desc_k<D, BN>(ks, 0, kk), kk > 0);
     kiln_wg_commit();
     const unsigned vs = vs0 + (j & 1) * BN * D * 2;
 #pragma unroll
-    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<BN>(vs, kb));
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<D, BN>(vs, kb));
     kiln_wg_commit();
     kiln_wg_wait<1>();  // S_{j+1} is done; P_j V_j may still run
     const int n1 = (j + 1) * BN;
@@ -367,7 +386,7 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     kiln_wg_fence();
     const unsigned vs = vs0 + (j & 1) * BN * D * 2;
 #pragma unroll
-    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<BN>(vs, kb));
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<D, BN>(vs, kb));
     kiln_wg_commit();
     kiln_wg_wait<0>();
   }
@@ -473,10 +492,10 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
     float p[BM / 2], dp[BM / 2];
     kiln_wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(p, desc_k<BN>(ks, wg * 64, kk), desc_k<BM>(qs, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(p, desc_k<D, BN>(ks, wg * 64, kk), desc_k<D, BM>(qs, 0, kk), kk > 0);
     kiln_wg_commit();
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(dp, desc_k<BN>(vs, wg * 64, kk), desc_k<BM>(dos, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BM>(dp, desc_k<D, BN>(vs, wg * 64, kk), desc_k<D, BM>(dos, 0, kk), kk > 0);
     kiln_wg_commit();
     kiln_wg_wait<1>();  // S^T is done
 
@@ -495,7 +514,7 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
     to_a_frags<BM>(pa, p);
     kiln_wg_fence();
 #pragma unroll
-    for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dv, pa[kb], desc_mn<BM>(dos, kb));
+    for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dv, pa[kb], desc_mn<D, BM>(dos, kb));
     kiln_wg_commit();
     kiln_wg_wait<1>();  // dP^T is done; dV may still run
 #pragma unroll
@@ -503,7 +522,7 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
     to_a_frags<BM>(sa, dp);
     kiln_wg_fence();
 #pragma unroll
-    for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dk, sa[kb], desc_mn<BM>(qs, kb));
+    for (int kb = 0; kb < BM / 16; ++kb) wgmma_rs_mn<D>(dk, sa[kb], desc_mn<D, BM>(qs, kb));
     kiln_wg_commit();
     kiln_wg_wait<0>();
   }
@@ -591,10 +610,10 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
     float p[BN / 2], dp[BN / 2];
     kiln_wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(p, desc_k<BM>(qs, wg * 64, kk), desc_k<BN>(ks, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(p, desc_k<D, BM>(qs, wg * 64, kk), desc_k<D, BN>(ks, 0, kk), kk > 0);
     kiln_wg_commit();
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(dp, desc_k<BM>(dos, wg * 64, kk), desc_k<BN>(vs, 0, kk), kk > 0);
+    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(dp, desc_k<D, BM>(dos, wg * 64, kk), desc_k<D, BN>(vs, 0, kk), kk > 0);
     kiln_wg_commit();
     kiln_wg_wait<1>();  // S is done: P is computed while dP runs
 
@@ -616,7 +635,7 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
     to_a_frags<BN>(sa, dp);
     kiln_wg_fence();
 #pragma unroll
-    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(dq, sa[kb], desc_mn<BN>(ks, kb));
+    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(dq, sa[kb], desc_mn<D, BN>(ks, kb));
     kiln_wg_commit();
     kiln_wg_wait<0>();
   }
@@ -665,6 +684,7 @@ KILN_FWD_WG(d128_w8wgk128, 128, 2, 128)
 #define KILN_FWD_WGP(SUFFIX, D, WG, BN)                                         \
   KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, WG, BN, kiln_bf16)      \
   KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, WG, BN, float)
+KILN_FWD_WGP(d32_w8wgp, 32, 2, 64)
 KILN_FWD_WGP(d64_w8wgp, 64, 2, 64)
 KILN_FWD_WGP(d64_w8wgpk128, 64, 2, 128)
 KILN_FWD_WGP(d64_w12wgpk128, 64, 3, 128)
@@ -693,6 +713,7 @@ KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128)
   KILN_DKDV_WG_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_of32, D, WG, TILE, float)           \
   KILN_DQ_WG_T(kiln_attn_bwd_dq_bf16_##SUFFIX##_obf16, D, WG, TILE, kiln_bf16)          \
   KILN_DQ_WG_T(kiln_attn_bwd_dq_bf16_##SUFFIX##_of32, D, WG, TILE, float)
+KILN_BWD_WG(d32_w8wgk128, 32, 2, 128)
 KILN_BWD_WG(d64_w4wg, 64, 1, 64)
 KILN_BWD_WG(d64_w8wg, 64, 2, 64)
 KILN_BWD_WG(d64_w8wgk128, 64, 2, 128)

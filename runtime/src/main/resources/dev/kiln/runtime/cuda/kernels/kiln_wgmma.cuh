@@ -7,10 +7,11 @@
 // fragment of the warp's 16 rows. Shared-memory operands are given by descriptors (kiln_wg_desc).
 #pragma once
 
-// A shared-memory matrix descriptor with 128-byte swizzling: start address, leading and stride byte offsets.
-__device__ __forceinline__ unsigned long long kiln_wg_desc(unsigned saddr, unsigned lbo, unsigned sbo) {
+// A shared-memory matrix descriptor: start address, leading and stride byte offsets, and the swizzle mode
+// (1: 128-byte, 2: 64-byte, 3: 32-byte).
+__device__ __forceinline__ unsigned long long kiln_wg_desc(unsigned saddr, unsigned lbo, unsigned sbo, unsigned mode) {
   return (unsigned long long)((saddr & 0x3FFFFu) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3FFFu) << 16) |
-         ((unsigned long long)((sbo >> 4) & 0x3FFFu) << 32) | (1ull << 62);
+         ((unsigned long long)((sbo >> 4) & 0x3FFFu) << 32) | ((unsigned long long)mode << 62);
 }
 
 // Orders this warpgroup's register writes (accumulators, A fragments) before the wgmma that reads them.
