@@ -99,6 +99,39 @@ public final class FlashAttention {
         Map.of(32, "w4mb4", 64, "w4r32", 80, "w4r32", 128, "w4r32"),
         Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
 
+    /** The environment variable {@link #configured} reads. */
+    public static final String ENVIRONMENT = "KILN_ATTENTION_TUNING";
+
+    /**
+     * {@link #DEFAULT} with the choices of {@code KILN_ATTENTION_TUNING} applied: a comma-separated list of
+     * {@code fwd<d>=<variant>} and {@code bwd<d>=<variant>} (e.g. {@code bwd64=w4wg,fwd128=w8wg}), so a choice
+     * re-made with CudaBenchmark on another GPU can be used without a rebuild.
+     *
+     * @throws IllegalArgumentException naming the entry and the accepted form when the variable is malformed, and
+     *     the compiled choices when a variant is unknown
+     */
+    public static Tuning configured() {
+      return DEFAULT.with(System.getenv(ENVIRONMENT));
+    }
+
+    /** This tuning with the choices of {@code spec} (the form of {@link #configured}) applied; null or blank: none. */
+    public Tuning with(String spec) {
+      Tuning t = this;
+      if (spec == null || spec.isBlank()) {
+        return t;
+      }
+      for (String entry : spec.split(",")) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("\\s*(fwd|bwd)(\\d+)=(\\w+)\\s*").matcher(entry);
+        if (!m.matches()) {
+          throw new IllegalArgumentException(ENVIRONMENT + " entry '" + entry + "' is not of the form fwd<d>=<variant>"
+              + " or bwd<d>=<variant> (e.g. bwd64=w4wg)");
+        }
+        int d = Integer.parseInt(m.group(2));
+        t = m.group(1).equals("fwd") ? t.withForward(d, m.group(3)) : t.withBackward(d, m.group(3));
+      }
+      return t;
+    }
+
     public Tuning {
       forward = Map.copyOf(forward);
       backward = Map.copyOf(backward);
@@ -186,8 +219,9 @@ public final class FlashAttention {
     this(device.defaultStream());
   }
 
+  /** With {@link Tuning#configured()}: the measured defaults, and the environment's overrides. */
   public FlashAttention(CudaStream stream) {
-    this(stream, Tuning.DEFAULT);
+    this(stream, Tuning.configured());
   }
 
   public FlashAttention(CudaStream stream, Tuning tuning) {

@@ -98,6 +98,22 @@ class FlashAttentionTuningTest {
   }
 
   @Test
+  void environmentOverridesAreAppliedAndBadOnesNamed() {
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.with("bwd64=w4wg, fwd128=w8wg");
+    assertEquals("w4wg", t.backward().get(64));
+    assertEquals("w8wg", t.forward().get(128));
+    assertEquals(FlashAttention.Tuning.DEFAULT.forward().get(64), t.forward().get(64));
+    assertEquals(FlashAttention.Tuning.DEFAULT, FlashAttention.Tuning.DEFAULT.with(" "));
+    IllegalArgumentException form = assertThrows(IllegalArgumentException.class,
+        () -> FlashAttention.Tuning.DEFAULT.with("backward64:w4wg"));
+    assertTrue(form.getMessage().contains("KILN_ATTENTION_TUNING") && form.getMessage().contains("bwd<d>=<variant>"),
+        form.getMessage());
+    IllegalArgumentException unknown = assertThrows(IllegalArgumentException.class,
+        () -> FlashAttention.Tuning.DEFAULT.with("fwd64=w99"));
+    assertTrue(unknown.getMessage().contains("choose one of"), unknown.getMessage());
+  }
+
+  @Test
   void portableChoicesRunOffHopper() {
     // PORTABLE replaces a wg (sm_90a-only) choice on other GPUs, so it must name none itself.
     for (Map<Integer, String> m : List.of(FlashAttention.Tuning.PORTABLE.forward(),

@@ -20,7 +20,12 @@ class KernelLoaderGpuTest {
     System.setProperty("kiln.cuda.cache", cache.toString());
     try {
       System.out.println("  NVRTC " + Nvrtc.version() + " from " + Nvrtc.librarySource());
-      for (String name : new String[] {"flash_attention", "cross_entropy", "adamw"}) {
+      java.util.List<String> names = new java.util.ArrayList<>(java.util.List.of("flash_attention", "cross_entropy",
+          "adamw"));
+      if (dev.kernels().hopper()) {
+        names.add("flash_attention_sm90a"); // NVRTC for sm_90a, with kiln_wgmma.cuh as a named header
+      }
+      for (String name : names) {
         long t0 = System.nanoTime();
         KernelLoader.Module first = dev.kernels().loadFresh(name, true);
         long t1 = System.nanoTime();
