@@ -64,10 +64,11 @@ public final class FlashAttention {
      */
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
         32, List.of("w4mb4", "w4r32", "w8wgp"),
-        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w12wgk128", "w8wgp",
-            "w8wgpk128", "w12wgpk128"),
+        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w12wgk128", "w4wgp", "w8wgp",
+            "w12wgpk128"),
         80, List.of("w4mb3", "w4r32", "w4r32k32"),
-        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w8wgp", "w8wgpk128"));
+        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w4wgp", "w8wgp",
+            "w8wgpk128"));
     /**
      * The compiled backward variants per head dim (KILN_BWD and KILN_BWD_WG lines: a dK/dV and a dQ kernel each).
      * d128 has no {@code r32}: 32 keys a warp would hold 256 fp32 accumulators for dK and dV alone.

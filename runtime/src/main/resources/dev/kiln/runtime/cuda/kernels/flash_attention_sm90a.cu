@@ -674,22 +674,24 @@ KILN_FWD_WG(d64_w12wgk128, 64, 3, 128)
 KILN_FWD_WG(d128_w8wg, 128, 2, 64)
 KILN_FWD_WG(d128_w8wgk128, 128, 2, 128)
 
-// The pipelined forward (fwd_wg_pipe): variant names carry wgp.
-#define KILN_FWD_WGP_T(NAME, D, WG, BN, TO)                                                                    \
-  extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
+// The pipelined forward (fwd_wg_pipe): variant names carry wgp; MINB is the __launch_bounds__ minimum of resident
+// blocks (mb<MINB> in the name where it is not 1), which caps registers at 65536 / (128 * WG * MINB).
+#define KILN_FWD_WGP_T(NAME, D, WG, BN, MINB, TO)                                                              \
+  extern "C" __global__ void __launch_bounds__(128 * WG, MINB) NAME(                                          \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
     fwd_wg_pipe<D, WG, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                      \
   }
-#define KILN_FWD_WGP(SUFFIX, D, WG, BN)                                         \
-  KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, WG, BN, kiln_bf16)      \
-  KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, WG, BN, float)
-KILN_FWD_WGP(d32_w8wgp, 32, 2, 64)
-KILN_FWD_WGP(d64_w8wgp, 64, 2, 64)
-KILN_FWD_WGP(d64_w8wgpk128, 64, 2, 128)
-KILN_FWD_WGP(d64_w12wgpk128, 64, 3, 128)
-KILN_FWD_WGP(d128_w8wgp, 128, 2, 64)
-KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128)
+#define KILN_FWD_WGP(SUFFIX, D, WG, BN, MINB)                                          \
+  KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, WG, BN, MINB, kiln_bf16)      \
+  KILN_FWD_WGP_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, WG, BN, MINB, float)
+KILN_FWD_WGP(d32_w8wgp, 32, 2, 64, 1)
+KILN_FWD_WGP(d64_w4wgp, 64, 1, 64, 1)
+KILN_FWD_WGP(d64_w8wgp, 64, 2, 64, 1)
+KILN_FWD_WGP(d64_w12wgpk128, 64, 3, 128, 1)
+KILN_FWD_WGP(d128_w4wgp, 128, 1, 64, 1)
+KILN_FWD_WGP(d128_w8wgp, 128, 2, 64, 1)
+KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128, 1)
 
 #define KILN_DKDV_WG_T(NAME, D, WG, BM, TO)                                                                    \
   extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
@@ -707,7 +709,9 @@ KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128)
     bwd_dq_wg<D, WG, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);      \
   }
 // Backward variants: a block of 64 * WG keys (dK/dV) or queries (dQ); TILE is the query tile of dK/dV and the key
-// tile of dQ. One line declares both kernels, as flash_attention.cu's KILN_BWD does.
+// tile of dQ. One line declares both kernels, as flash_attention.cu's KILN_BWD does. (Separate tiles for the two
+// were tried, d64 dK/dV 128 with dQ 64 and d128 64 with 32: both slower than one tile, 16k 15.9 against 14.6 ms
+// and 14.4 against 12.9.)
 #define KILN_BWD_WG(SUFFIX, D, WG, TILE)                                                \
   KILN_DKDV_WG_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_obf16, D, WG, TILE, kiln_bf16)      \
   KILN_DKDV_WG_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_of32, D, WG, TILE, float)           \
