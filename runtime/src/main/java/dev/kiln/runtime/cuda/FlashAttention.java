@@ -60,15 +60,13 @@ public final class FlashAttention {
   public record Tuning(Map<Integer, String> forward, Map<Integer, String> backward) {
     /**
      * The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines, and flash_attention_sm90a.cu's
-     * KILN_FWD_WG and KILN_FWD_WGP lines for the {@code wg} ones).
+     * KILN_FWD_WGP lines for the {@code wg} ones).
      */
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
         32, List.of("w4mb4", "w4r32", "w8wgp"),
-        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w12wgk128", "w4wgp", "w8wgp",
-            "w12wgpk128"),
+        64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w4wgp", "w8wgp", "w12wgpk128"),
         80, List.of("w4mb3", "w4r32", "w4r32k32"),
-        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w8wg", "w8wgk128", "w4wgp", "w8wgp",
-            "w8wgpk128"));
+        128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w4wgp", "w8wgp", "w8wgpk128"));
     /**
      * The compiled backward variants per head dim (KILN_BWD and KILN_BWD_WG lines: a dK/dV and a dQ kernel each).
      * d128 has no {@code r32}: 32 keys a warp would hold 256 fp32 accumulators for dK and dV alone.
@@ -105,7 +103,7 @@ public final class FlashAttention {
 
     /**
      * {@link #DEFAULT} with the choices of {@code KILN_ATTENTION_TUNING} applied: a comma-separated list of
-     * {@code fwd<d>=<variant>} and {@code bwd<d>=<variant>} (e.g. {@code bwd64=w4wg,fwd128=w8wg}), so a choice
+     * {@code fwd<d>=<variant>} and {@code bwd<d>=<variant>} (e.g. {@code bwd64=w4wg,fwd128=w8wgp}), so a choice
      * re-made with CudaBenchmark on another GPU can be used without a rebuild.
      *
      * @throws IllegalArgumentException naming the entry and the accepted form when the variable is malformed, and
@@ -194,7 +192,7 @@ public final class FlashAttention {
       return variant.contains("r32") ? 32 : 16;
     }
 
-    /** Key tile of the forward pass (the KILN_FWD and KILN_FWD_WG lines): 32 or 128 where the name says, else 64. */
+    /** Key tile of the forward pass (the KILN_FWD and KILN_FWD_WGP lines): 32 or 128 where the name says, else 64. */
     static int forwardKeyTile(String variant) {
       return variant.contains("k128") ? 128 : variant.contains("k32") ? 32 : 64;
     }

@@ -36,9 +36,8 @@ class FlashAttentionTuningTest {
           new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
     }
     assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " variant lines from flash_attention.cu");
-    // flash_attention_sm90a.cu: KILN_FWD_WG and KILN_FWD_WGP(d<d>_<variant>, D, warpgroups, key tile[, min blocks]),
-    // 16 rows a warp.
-    Pattern wg = Pattern.compile("^KILN_FWD_WGP?\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+)(, \\d+)?\\)",
+    // flash_attention_sm90a.cu: KILN_FWD_WGP(d<d>_<variant>, D, warpgroups, key tile, min blocks), 16 rows a warp.
+    Pattern wg = Pattern.compile("^KILN_FWD_WGP\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+), \\d+\\)",
         Pattern.MULTILINE);
     Matcher w = wg.matcher(source("flash_attention_sm90a.cu"));
     int hopper = 0;
@@ -100,9 +99,9 @@ class FlashAttentionTuningTest {
 
   @Test
   void environmentOverridesAreAppliedAndBadOnesNamed() {
-    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.with("bwd64=w4wg, fwd128=w8wg");
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.with("bwd64=w4wg, fwd128=w8wgp");
     assertEquals("w4wg", t.backward().get(64));
-    assertEquals("w8wg", t.forward().get(128));
+    assertEquals("w8wgp", t.forward().get(128));
     assertEquals(FlashAttention.Tuning.DEFAULT.forward().get(64), t.forward().get(64));
     assertEquals(FlashAttention.Tuning.DEFAULT, FlashAttention.Tuning.DEFAULT.with(" "));
     IllegalArgumentException form = assertThrows(IllegalArgumentException.class,

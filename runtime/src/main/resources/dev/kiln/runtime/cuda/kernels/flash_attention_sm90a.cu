@@ -8,10 +8,10 @@
 // (four warps) for 64 rows of A at once and reads B from shared memory directly, so the operand traffic per MAC is
 // a quarter of mma.sync's at 16 rows a warp, and the MMA runs asynchronously while the warps go on.
 //
-// Block: WG warpgroups of 64 query rows each (BM = 64 WG rows); K and V tiles of BN keys, double-buffered with
-// cp.async. Each warpgroup computes S = Q K^T for its rows (Q and K from shared memory), the online softmax in
+// Forward block: WG warpgroups of 64 query rows each (BM = 64 WG rows); K and V tiles of BN keys, double-buffered
+// with cp.async. Each warpgroup computes S = Q K^T for its rows (Q and K from shared memory), the online softmax in
 // registers (the accumulator layout is mma.sync's, so the softmax code is flash_attention.cu's), and O += P V with P
-// from registers and V from shared memory.
+// from registers and V from shared memory, the softmax of one tile overlapping the P V of the one before.
 //
 // Shared-memory tiles are stored as kiln_wgmma.cuh's descriptors expect: a tile of R rows and D columns is D / 64
 // panels of R rows x 128 bytes, each row's eight 16-byte chunks permuted by XOR with (row % 8) (128-byte swizzle);
@@ -106,136 +106,6 @@ __device__ __forceinline__ void wgmma_rs_mn(float* d, const unsigned* a, unsigne
 
 // ------------------------------------------------------------------------------------------------ forward
 
-template <int D, int WG, int BN, typename TO>
-__device__ __forceinline__ void fwd_wg(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
-                                       const kiln_bf16* __restrict__ V, TO* __restrict__ O,
-                                       float* __restrict__ LSE, int n, int heads, float scale, int causal,
-                                       kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
-                                       kiln_attn_layout lo) {
-  constexpr int BM = 64 * WG, NT = 128 * WG, KS = D / 16;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // Swizzled panels need 1024-byte alignment; the host adds 1024 bytes of slack.
-  const unsigned raw = kiln_smem_addr(smem_raw);
-  kiln_bf16* Qs = (kiln_bf16*)(smem_raw + (((raw + 1023u) & ~1023u) - raw));
-  kiln_bf16* Ks = Qs + BM * D;      // [2][BN * D]
-  kiln_bf16* Vs = Ks + 2 * BN * D;  // [2][BN * D]
-  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int mblocks = (n + BM - 1) / BM;
-  const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  const int bh = blockIdx.y;
-  const kiln_bf16* q = Q + slab(lq, bh, heads);
-  const kiln_bf16* k = K + slab(lk, bh, heads);
-  const kiln_bf16* v = V + slab(lv, bh, heads);
-  const int m0 = mb * BM;
-  const int wrow0 = m0 + wg * 64;          // first query row of this warpgroup
-  const int trow0 = wrow0 + warp * 16 + g;  // this thread's rows: trow0 and trow0 + 8
-
-  int nkb = (n + BN - 1) / BN;
-  if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
-
-  load_tile_sw<D, BM, NT>(Qs, q, lq.sr, m0, n, tid);
-  load_tile_sw<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
-  load_tile_sw<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
-  kiln_cp_async_commit();
-
-  const unsigned qs = kiln_smem_addr(Qs);
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float mrow[2] = {-KILN_INF, -KILN_INF}, lrow[2] = {0.f, 0.f};
-  const float sl2 = scale * KILN_LOG2E;
-
-  for (int j = 0; j < nkb; ++j) {
-    kiln_cp_async_wait<0>();
-    kiln_fence_proxy_async();
-    __syncthreads();  // tile j is in; every warpgroup is done with tile j - 1, whose buffer the prefetch refills
-    if (j + 1 < nkb) {
-      const int nb1 = ((j + 1) & 1) * BN * D;
-      load_tile_sw<D, BN, NT>(Ks + nb1, k, lk.sr, (j + 1) * BN, n, tid);
-      load_tile_sw<D, BN, NT>(Vs + nb1, v, lv.sr, (j + 1) * BN, n, tid);
-      kiln_cp_async_commit();
-    }
-    const int n0 = j * BN;
-    if (causal && n0 > wrow0 + 63) continue;  // the whole tile is above this warpgroup's diagonal
-    const unsigned ks = kiln_smem_addr(Ks + (j & 1) * BN * D);
-    const unsigned vs = kiln_smem_addr(Vs + (j & 1) * BN * D);
-
-    float s[BN / 2];
-    kiln_wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<D, BM>(qs, wg * 64, kk), desc_k<D, BN>(ks, 0, kk), kk > 0);
-    kiln_wg_commit();
-    kiln_wg_wait<0>();
-
-    const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
-    float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      float x = s[i] * sl2;
-      if (mask) {
-        const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1);
-        const int row = trow0 + ((i >> 1) & 1) * 8;
-        if (col >= n || (causal && col > row)) x = -KILN_INF;
-      }
-      s[i] = x;
-      mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
-    }
-    float mu[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
-      const float alpha = kiln_exp2(mrow[r] - mu[r]);
-      mrow[r] = mx[r];
-      lrow[r] *= alpha;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[4 * i + 2 * r] *= alpha;
-        o[4 * i + 2 * r + 1] *= alpha;
-      }
-    }
-    unsigned p[BN / 16][4];
-#pragma unroll
-    for (int kb = 0; kb < BN / 16; ++kb) {
-#pragma unroll
-      for (int h = 0; h < 4; ++h) {
-        // h: (column block 2kb + h/2, row half h%2), the m16n8k16 A fragment order
-        const int i = 8 * kb + 4 * (h >> 1) + 2 * (h & 1);
-        const float p0 = kiln_exp2(s[i] - mu[h & 1]), p1 = kiln_exp2(s[i + 1] - mu[h & 1]);
-        lrow[h & 1] += p0 + p1;
-        p[kb][h] = kiln_pack_bf16(p0, p1);
-      }
-    }
-
-    kiln_wg_fence();
-#pragma unroll
-    for (int kb = 0; kb < BN / 16; ++kb) wgmma_rs_mn<D>(o, p[kb], desc_mn<D, BN>(vs, kb));
-    kiln_wg_commit();
-    kiln_wg_wait<0>();
-  }
-
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = lrow[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = trow0 + r * 8;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    if (row < n) {
-      TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) store_pair(orow + i * 8 + 2 * t, o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
-      if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
-    }
-  }
-}
-
-// The forward pass with each warpgroup's softmax overlapped with its MMAs (FlashAttention-3's intra-warpgroup
-// pipelining): while O += P_j V_j runs on the tensor cores, the warpgroup computes the softmax of S_{j+1}, whose MMA
-// it issued just before. So K runs one tile ahead of V: each iteration waits for K_{j+1} and V_j and then prefetches
-// K_{j+2} and V_{j+1} into the buffers that S_j and O += P_{j-1} V_{j-1} have finished with. P_{j+1} stays in fp32
-// (in S's registers) until P_j V_j is done: only then is it rounded into the bf16 registers the tensor cores read.
 // The online-softmax step of one score tile s (this thread's BN/2 scores of rows trow0 and trow0 + 8): masks, scales
 // to base 2, updates the running max mrow, and leaves in s the probabilities exp2(x - max), in lsum their row sums
 // and in alpha the factor by which the earlier sum and output shrink.
@@ -283,6 +153,11 @@ __device__ __forceinline__ void to_a_frags(unsigned (*a)[4], const float* x) {
     }
 }
 
+// The forward pass with each warpgroup's softmax overlapped with its MMAs (FlashAttention-3's intra-warpgroup
+// pipelining): while O += P_j V_j runs on the tensor cores, the warpgroup computes the softmax of S_{j+1}, whose MMA
+// it issued just before. So K runs one tile ahead of V: each iteration waits for K_{j+1} and V_j and then prefetches
+// K_{j+2} and V_{j+1} into the buffers that S_j and O += P_{j-1} V_{j-1} have finished with. P_{j+1} stays in fp32
+// (in S's registers) until P_j V_j is done: only then is it rounded into the bf16 registers the tensor cores read.
 template <int D, int WG, int BN, typename TO>
 __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                             const kiln_bf16* __restrict__ V, TO* __restrict__ O,
@@ -654,27 +529,12 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ entry points
-// Kernel names follow flash_attention.cu's: kiln_attn_fwd_bf16_d<D>_w<warps>wg[k<BN>]_o<result type>, wg for
+// Kernel names follow flash_attention.cu's: kiln_attn_fwd_bf16_d<D>_w<warps>wgp[k<BN>]_o<result type>, wg for
 // wgmma (16 query rows a warp, 64 a warpgroup), k<BN> the key tile where it is not 64. FlashAttention.Tuning lists
 // them next to the mma.sync variants (a CI test checks the list against these lines).
 #define KILN_L kiln_attn_layout
 
-#define KILN_FWD_WG_T(NAME, D, WG, BN, TO)                                                                     \
-  extern "C" __global__ void __launch_bounds__(128 * WG) NAME(                                                \
-      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
-      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
-    fwd_wg<D, WG, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                           \
-  }
-#define KILN_FWD_WG(SUFFIX, D, WG, BN)                                          \
-  KILN_FWD_WG_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, WG, BN, kiln_bf16)       \
-  KILN_FWD_WG_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, WG, BN, float)
-KILN_FWD_WG(d64_w8wg, 64, 2, 64)
-KILN_FWD_WG(d64_w8wgk128, 64, 2, 128)
-KILN_FWD_WG(d64_w12wgk128, 64, 3, 128)
-KILN_FWD_WG(d128_w8wg, 128, 2, 64)
-KILN_FWD_WG(d128_w8wgk128, 128, 2, 128)
-
-// The pipelined forward (fwd_wg_pipe): variant names carry wgp; MINB is the __launch_bounds__ minimum of resident
+// The forward (fwd_wg_pipe): variant names carry wgp (the p for its overlapped softmax); MINB is the __launch_bounds__ minimum of resident
 // blocks (mb<MINB> in the name where it is not 1), which caps registers at 65536 / (128 * WG * MINB).
 #define KILN_FWD_WGP_T(NAME, D, WG, BN, MINB, TO)                                                              \
   extern "C" __global__ void __launch_bounds__(128 * WG, MINB) NAME(                                          \
