@@ -17,9 +17,12 @@ mkdir -p "$out"
 for cu in "$src"/*.cu; do
   name=$(basename "$cu" .cu)
   fatbin="$out/$name.fatbin"
-  # Rebuild only when the source or the shared header is newer than the fatbin.
-  if [[ -f "$fatbin" && "$fatbin" -nt "$cu" && "$fatbin" -nt "$src/kiln_common.cuh" && "$fatbin" -nt "$src/kiln_wgmma.cuh"
-        && "$fatbin" -nt "$0" ]]; then
+  # Rebuild only when the source, a shared header or this script is newer than the fatbin.
+  stale=0
+  for dep in "$cu" "$src"/*.cuh "$0"; do
+    [[ -f "$fatbin" && "$fatbin" -nt "$dep" ]] || stale=1
+  done
+  if [[ $stale == 0 ]]; then
     continue
   fi
   echo "[kiln] nvcc $name.cu -> $name.fatbin"

@@ -30,7 +30,7 @@ import jcuda.driver.JCudaDriver;
 public final class KernelLoader {
   private static final String RESOURCE_DIR = "/dev/kiln/runtime/cuda/kernels/";
   /** Headers the kernels include; NVRTC gets them by name. */
-  private static final List<String> HEADERS = List.of("kiln_common.cuh", "kiln_wgmma.cuh");
+  private static final List<String> HEADERS = List.of("kiln_common.cuh", "kiln_attention.cuh", "kiln_wgmma.cuh");
   private static final String HOPPER_SUFFIX = "_sm90a";
   private static final List<String> NVRTC_OPTIONS = List.of("-std=c++17");
 

@@ -37,13 +37,17 @@ class NvrtcCompileTest {
     }
   }
 
+  /** The headers the kernels include, by name, as KernelLoader hands them to NVRTC. */
+  private static Map<String, String> headers() throws IOException {
+    return Map.of("kiln_common.cuh", resource("kiln_common.cuh"), "kiln_attention.cuh",
+        resource("kiln_attention.cuh"), "kiln_wgmma.cuh", resource("kiln_wgmma.cuh"));
+  }
+
   @Test
   void everyKernelSourceCompilesForAmpereAndHopper() throws IOException {
-    String header = resource("kiln_common.cuh");
     for (String name : new String[] {"flash_attention.cu", "cross_entropy.cu", "adamw.cu", "device_ops.cu"}) {
       for (int cc : new int[] {80, 90}) {
-        byte[] cubin = Nvrtc.compileToCubin(name, resource(name), Map.of("kiln_common.cuh", header), cc,
-            List.of("-std=c++17"));
+        byte[] cubin = Nvrtc.compileToCubin(name, resource(name), headers(), cc, List.of("-std=c++17"));
         // An ELF image: 0x7f 'E' 'L' 'F'.
         assertTrue(cubin.length > 1000 && cubin[0] == 0x7f && cubin[1] == 'E', name + " sm_" + cc);
         System.out.println("  NVRTC " + name + " sm_" + cc + ": " + cubin.length + " bytes of cubin");
@@ -53,9 +57,7 @@ class NvrtcCompileTest {
 
   @Test
   void hopperOnlyKernelsCompileForSm90a() throws IOException {
-    Map<String, String> headers = Map.of("kiln_common.cuh", resource("kiln_common.cuh"), "kiln_wgmma.cuh",
-        resource("kiln_wgmma.cuh"));
-    byte[] cubin = Nvrtc.compileToCubin("flash_attention_sm90a.cu", resource("flash_attention_sm90a.cu"), headers,
+    byte[] cubin = Nvrtc.compileToCubin("flash_attention_sm90a.cu", resource("flash_attention_sm90a.cu"), headers(),
         "sm_90a", List.of("-std=c++17"));
     assertTrue(cubin.length > 1000 && cubin[0] == 0x7f && cubin[1] == 'E', "flash_attention_sm90a.cu sm_90a");
   }

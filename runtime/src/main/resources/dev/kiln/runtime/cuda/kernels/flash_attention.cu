@@ -17,28 +17,9 @@
 //    so mixed precision needs no cast of the results.
 //  * kiln_attn_*_simt_{f32,bf16}: one warp per row, fp32 arithmetic, any head dim up to 256. This is the path for
 //    fp32 inputs and for head dims the tensor-core kernels do not cover; it is correct, not fast.
-#include "kiln_common.cuh"
-
-// Strides, in elements, of a [batch, heads, n, d] tensor's batch, head and row dims (d is contiguous).
-struct kiln_attn_layout {
-  kiln_i64 sb, sh, sr;
-};
+#include "kiln_attention.cuh"
 
 namespace {
-
-// Offset of the (b, h) slab that block row bh = b*heads + h works on.
-__device__ __forceinline__ kiln_i64 slab(const kiln_attn_layout& l, int bh, int heads) {
-  return (kiln_i64)(bh / heads) * l.sb + (kiln_i64)(bh % heads) * l.sh;
-}
-
-// Two adjacent result columns from fp32 accumulators (the host checks the 4- or 8-byte alignment).
-__device__ __forceinline__ void store_pair(kiln_bf16* p, float a, float b) { *(unsigned*)p = kiln_pack_bf16(a, b); }
-__device__ __forceinline__ void store_pair(float* p, float a, float b) {
-  float2 v;
-  v.x = a;
-  v.y = b;
-  *(float2*)p = v;
-}
 
 // Rows [row0, row0 + ROWS) of a slab with row stride sr into a padded smem tile; rows past n are zero-filled.
 template <int D, int ROWS, int NT>
@@ -51,14 +32,6 @@ __device__ __forceinline__ void load_tile(kiln_bf16* s, const kiln_bf16* g, kiln
     bool valid = row0 + r < n;
     const kiln_bf16* src = valid ? g + (kiln_i64)(row0 + r) * sr + c : g;
     kiln_cp_async16(s + r * LD + c, src, valid);
-  }
-}
-
-template <int ROWS, int NT>
-__device__ __forceinline__ void load_vec(float* s, const float* g, int row0, int n, int tid) {
-  for (int i = tid; i < ROWS; i += NT) {
-    bool valid = row0 + i < n;
-    kiln_cp_async4(s + i, valid ? g + row0 + i : g, valid);
   }
 }
 
@@ -205,9 +178,9 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
   // Causal blocks near the end of the sequence do the most work: start them first.
   const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
   const int bh = blockIdx.y;
-  const kiln_bf16* q = Q + slab(lq, bh, heads);
-  const kiln_bf16* k = K + slab(lk, bh, heads);
-  const kiln_bf16* v = V + slab(lv, bh, heads);
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
   const int m0 = mb * BM;
   const int wrow0 = m0 + warp * WR;  // first query row of this warp
 
@@ -320,10 +293,10 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
       const int row = wrow0 + mt * 16 + g + r * 8;
       const float inv = l > 0.f ? 1.f / l : 0.f;
       if (row < n) {
-        TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+        TO* orow = O + kiln_attn_slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
 #pragma unroll
         for (int i = 0; i < D / 8; ++i)
-          store_pair(orow + i * 8 + 2 * t, o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
+          kiln_store_pair(orow + i * 8 + 2 * t, o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
         if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[mt][r] + __log2f(l)) * KILN_LN2 : KILN_INF;
       }
     }
@@ -352,8 +325,8 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
-  const kiln_bf16* q = Q + slab(lq, bh, heads);
-  const kiln_bf16* dout = dO + slab(ldo, bh, heads);
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* dout = dO + kiln_attn_slab(ldo, bh, heads);
   const float* lse = LSE + vbase;
   const float* dot = DOT + vbase;
   const int n0 = blockIdx.x * BN;
@@ -361,14 +334,14 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
   const int mtiles = (n + BM - 1) / BM;
   const int i0 = causal ? n0 / BM : 0;
 
-  load_tile<D, BN, NT>(Ks, K + slab(lk, bh, heads), lk.sr, n0, n, tid);
-  load_tile<D, BN, NT>(Vs, V + slab(lv, bh, heads), lv.sr, n0, n, tid);
+  load_tile<D, BN, NT>(Ks, K + kiln_attn_slab(lk, bh, heads), lk.sr, n0, n, tid);
+  load_tile<D, BN, NT>(Vs, V + kiln_attn_slab(lv, bh, heads), lv.sr, n0, n, tid);
   kiln_cp_async_commit();
   if (i0 < mtiles) {
     load_tile<D, BM, NT>(Qs, q, lq.sr, i0 * BM, n, tid);
     load_tile<D, BM, NT>(dOs, dout, ldo.sr, i0 * BM, n, tid);
-    load_vec<BM, NT>(Ls, lse, i0 * BM, n, tid);
-    load_vec<BM, NT>(Ds, dot, i0 * BM, n, tid);
+    kiln_load_vec<BM, NT>(Ls, lse, i0 * BM, n, tid);
+    kiln_load_vec<BM, NT>(Ds, dot, i0 * BM, n, tid);
   }
   kiln_cp_async_commit();
 
@@ -383,8 +356,8 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
       const int nbuf = buf ^ 1;
       load_tile<D, BM, NT>(Qs + nbuf * BM * LD, q, lq.sr, (it + 1) * BM, n, tid);
       load_tile<D, BM, NT>(dOs + nbuf * BM * LD, dout, ldo.sr, (it + 1) * BM, n, tid);
-      load_vec<BM, NT>(Ls + nbuf * BM, lse, (it + 1) * BM, n, tid);
-      load_vec<BM, NT>(Ds + nbuf * BM, dot, (it + 1) * BM, n, tid);
+      kiln_load_vec<BM, NT>(Ls + nbuf * BM, lse, (it + 1) * BM, n, tid);
+      kiln_load_vec<BM, NT>(Ds + nbuf * BM, dot, (it + 1) * BM, n, tid);
       kiln_cp_async_commit();
       kiln_cp_async_wait<1>();
     } else {
@@ -442,12 +415,12 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
     for (int r = 0; r < 2; ++r) {
       const int key = wkey0 + mt * 16 + g + r * 8;
       if (key < n) {
-        TO* dkrow = dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
-        TO* dvrow = dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
+        TO* dkrow = dK + kiln_attn_slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
+        TO* dvrow = dV + kiln_attn_slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) {
-          store_pair(dkrow + i * 8 + 2 * t, dk[mt][i][2 * r] * scale, dk[mt][i][2 * r + 1] * scale);
-          store_pair(dvrow + i * 8 + 2 * t, dv[mt][i][2 * r], dv[mt][i][2 * r + 1]);
+          kiln_store_pair(dkrow + i * 8 + 2 * t, dk[mt][i][2 * r] * scale, dk[mt][i][2 * r + 1] * scale);
+          kiln_store_pair(dvrow + i * 8 + 2 * t, dv[mt][i][2 * r], dv[mt][i][2 * r + 1]);
         }
       }
     }
@@ -477,16 +450,16 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
   const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
-  const kiln_bf16* k = K + slab(lk, bh, heads);
-  const kiln_bf16* v = V + slab(lv, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
   const int m0 = mb * BM;
   const int wrow0 = m0 + warp * WR;
 
   int nkb = (n + BN - 1) / BN;
   if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
 
-  load_tile<D, BM, NT>(Qs, Q + slab(lq, bh, heads), lq.sr, m0, n, tid);
-  load_tile<D, BM, NT>(dOs, dO + slab(ldo, bh, heads), ldo.sr, m0, n, tid);
+  load_tile<D, BM, NT>(Qs, Q + kiln_attn_slab(lq, bh, heads), lq.sr, m0, n, tid);
+  load_tile<D, BM, NT>(dOs, dO + kiln_attn_slab(ldo, bh, heads), ldo.sr, m0, n, tid);
   kiln_cp_async_commit();
   load_tile<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
   load_tile<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
@@ -568,10 +541,10 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
     for (int r = 0; r < 2; ++r) {
       const int row = wrow0 + mt * 16 + g + r * 8;
       if (row < n) {
-        TO* dqrow = dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
+        TO* dqrow = dQ + kiln_attn_slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
 #pragma unroll
         for (int i = 0; i < D / 8; ++i)
-          store_pair(dqrow + i * 8 + 2 * t, dq[mt][i][2 * r] * scale, dq[mt][i][2 * r + 1] * scale);
+          kiln_store_pair(dqrow + i * 8 + 2 * t, dq[mt][i][2 * r] * scale, dq[mt][i][2 * r + 1] * scale);
       }
     }
   }
@@ -620,10 +593,10 @@ __device__ __forceinline__ void fwd_simt(const T* Q, const T* K, const T* V, T* 
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= n) return;
   const int bh = blockIdx.y;
-  const T* k = K + slab(lk, bh, heads);
-  const T* v = V + slab(lv, bh, heads);
+  const T* k = K + kiln_attn_slab(lk, bh, heads);
+  const T* v = V + kiln_attn_slab(lv, bh, heads);
   float q[SIMT_PER_LANE], o[SIMT_PER_LANE];
-  load_row(q, Q + slab(lq, bh, heads) + (kiln_i64)row * lq.sr, d, lane);
+  load_row(q, Q + kiln_attn_slab(lq, bh, heads) + (kiln_i64)row * lq.sr, d, lane);
 #pragma unroll
   for (int i = 0; i < SIMT_PER_LANE; ++i) o[i] = 0.f;
   float m = -KILN_INF, l = 0.f;
@@ -642,7 +615,7 @@ __device__ __forceinline__ void fwd_simt(const T* Q, const T* K, const T* V, T* 
     }
     m = mnew;
   }
-  store_row(O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr, o, 1.f / l, d, lane);
+  store_row(O + kiln_attn_slab(lo, bh, heads) + (kiln_i64)row * lo.sr, o, 1.f / l, d, lane);
   if (lane == 0) LSE[(kiln_i64)bh * n + row] = m + logf(l);
 }
 
@@ -659,8 +632,8 @@ __device__ __forceinline__ void bwd_dot(const TO* O, const TG* dO, float* DOT, i
   const int row0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * KILN_DOT_ROWS;
   if (row0 >= n) return;
   const int bh = blockIdx.y;
-  const TO* o = O + slab(lo, bh, heads) + (kiln_i64)row0 * lo.sr;
-  const TG* g = dO + slab(ldo, bh, heads) + (kiln_i64)row0 * ldo.sr;
+  const TO* o = O + kiln_attn_slab(lo, bh, heads) + (kiln_i64)row0 * lo.sr;
+  const TG* g = dO + kiln_attn_slab(ldo, bh, heads) + (kiln_i64)row0 * ldo.sr;
   float s[KILN_DOT_ROWS];
 #pragma unroll
   for (int r = 0; r < KILN_DOT_ROWS; ++r) s[r] = 0.f;
@@ -687,11 +660,11 @@ __device__ __forceinline__ void bwd_dq_simt(const T* Q, const T* K, const T* V, 
   if (row >= n) return;
   const int bh = blockIdx.y;
   const kiln_i64 vrow = (kiln_i64)bh * n + row;
-  const T* k = K + slab(lk, bh, heads);
-  const T* v = V + slab(lv, bh, heads);
+  const T* k = K + kiln_attn_slab(lk, bh, heads);
+  const T* v = V + kiln_attn_slab(lv, bh, heads);
   float q[SIMT_PER_LANE], g[SIMT_PER_LANE], acc[SIMT_PER_LANE];
-  load_row(q, Q + slab(lq, bh, heads) + (kiln_i64)row * lq.sr, d, lane);
-  load_row(g, dO + slab(ldo, bh, heads) + (kiln_i64)row * ldo.sr, d, lane);
+  load_row(q, Q + kiln_attn_slab(lq, bh, heads) + (kiln_i64)row * lq.sr, d, lane);
+  load_row(g, dO + kiln_attn_slab(ldo, bh, heads) + (kiln_i64)row * ldo.sr, d, lane);
 #pragma unroll
   for (int i = 0; i < SIMT_PER_LANE; ++i) acc[i] = 0.f;
   const float lse = LSE[vrow], dot = DOT[vrow];
@@ -706,7 +679,7 @@ __device__ __forceinline__ void bwd_dq_simt(const T* Q, const T* K, const T* V, 
       if (c < d) acc[i] += ds * kiln_to_float(kr[c]);
     }
   }
-  store_row(dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr, acc, scale, d, lane);
+  store_row(dQ + kiln_attn_slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr, acc, scale, d, lane);
 }
 
 template <typename T>
@@ -720,11 +693,11 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
   if (key >= n) return;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
-  const T* q = Q + slab(lq, bh, heads);
-  const T* dout = dO + slab(ldo, bh, heads);
+  const T* q = Q + kiln_attn_slab(lq, bh, heads);
+  const T* dout = dO + kiln_attn_slab(ldo, bh, heads);
   float kr[SIMT_PER_LANE], vr[SIMT_PER_LANE], dk[SIMT_PER_LANE], dv[SIMT_PER_LANE];
-  load_row(kr, K + slab(lk, bh, heads) + (kiln_i64)key * lk.sr, d, lane);
-  load_row(vr, V + slab(lv, bh, heads) + (kiln_i64)key * lv.sr, d, lane);
+  load_row(kr, K + kiln_attn_slab(lk, bh, heads) + (kiln_i64)key * lk.sr, d, lane);
+  load_row(vr, V + kiln_attn_slab(lv, bh, heads) + (kiln_i64)key * lv.sr, d, lane);
 #pragma unroll
   for (int i = 0; i < SIMT_PER_LANE; ++i) dk[i] = dv[i] = 0.f;
   for (int i = causal ? key : 0; i < n; ++i) {
@@ -741,8 +714,8 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
       }
     }
   }
-  store_row(dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr, dk, scale, d, lane);
-  store_row(dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr, dv, 1.f, d, lane);
+  store_row(dK + kiln_attn_slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr, dk, scale, d, lane);
+  store_row(dV + kiln_attn_slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr, dv, 1.f, d, lane);
 }
 
 }  // namespace

@@ -18,26 +18,10 @@
 // at d32, one panel of 64-byte rows whose four chunks are permuted by XOR with (row / 2) % 4 (64-byte swizzle).
 // The same tile is a K-major operand (K for S = Q K^T: rows are N, columns K) and an MN-major one (V for O = P V:
 // rows are K, columns N); only the descriptor differs.
-#include "kiln_common.cuh"
+#include "kiln_attention.cuh"
 #include "kiln_wgmma.cuh"
 
-struct kiln_attn_layout {
-  kiln_i64 sb, sh, sr;
-};
-
 namespace {
-
-__device__ __forceinline__ kiln_i64 slab(const kiln_attn_layout& l, int bh, int heads) {
-  return (kiln_i64)(bh / heads) * l.sb + (kiln_i64)(bh % heads) * l.sh;
-}
-
-__device__ __forceinline__ void store_pair(kiln_bf16* p, float a, float b) { *(unsigned*)p = kiln_pack_bf16(a, b); }
-__device__ __forceinline__ void store_pair(float* p, float a, float b) {
-  float2 v;
-  v.x = a;
-  v.y = b;
-  *(float2*)p = v;
-}
 
 // Panel geometry of a head dim: 128-byte rows (64 columns) swizzled in 128-byte mode for d >= 64; 64-byte rows
 // (32 columns) swizzled in 64-byte mode for d = 32, whose rows fill half a 128-byte row.
@@ -174,9 +158,9 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
   const int mblocks = (n + BM - 1) / BM;
   const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
   const int bh = blockIdx.y;
-  const kiln_bf16* q = Q + slab(lq, bh, heads);
-  const kiln_bf16* k = K + slab(lk, bh, heads);
-  const kiln_bf16* v = V + slab(lv, bh, heads);
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
   const int m0 = mb * BM;
   const int wrow0 = m0 + wg * 64;
   const int trow0 = wrow0 + warp * 16 + g;
@@ -274,24 +258,15 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     const int row = trow0 + r * 8;
     const float inv = l > 0.f ? 1.f / l : 0.f;
     if (row < n) {
-      TO* orow = O + slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+      TO* orow = O + kiln_attn_slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) store_pair(orow + i * 8 + 2 * t, o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+      for (int i = 0; i < D / 8; ++i) kiln_store_pair(orow + i * 8 + 2 * t, o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
       if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
     }
   }
 }
 
 // ------------------------------------------------------------------------------------------------ backward
-
-// 16-byte-chunk loads of RN consecutive fp32 entries of a [bh, n] vector (lse, dot); entries past n are zero.
-template <int RN, int NT>
-__device__ __forceinline__ void load_vec(float* s, const float* g, int row0, int n, int tid) {
-  for (int i = tid; i < RN; i += NT) {
-    const bool valid = row0 + i < n;
-    kiln_cp_async4(s + i, valid ? g + row0 + i : g, valid);
-  }
-}
 
 // dK and dV: a block owns 64 * WG keys (64 a warpgroup) and walks the query tiles of BM rows that can see them.
 // Per tile, each warpgroup computes S^T = K Q^T and dP^T = V dO^T (both operands from shared memory, K-major),
@@ -317,8 +292,8 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
   const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
-  const kiln_bf16* q = Q + slab(lq, bh, heads);
-  const kiln_bf16* dout = dO + slab(ldo, bh, heads);
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* dout = dO + kiln_attn_slab(ldo, bh, heads);
   const float* lse = LSE + vbase;
   const float* dot = DOT + vbase;
   const int n0 = blockIdx.x * BN;
@@ -327,13 +302,13 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
   const int mtiles = (n + BM - 1) / BM;
   const int i0 = causal ? n0 / BM : 0;
 
-  load_tile_sw<D, BN, NT>(Ks, K + slab(lk, bh, heads), lk.sr, n0, n, tid);
-  load_tile_sw<D, BN, NT>(Vs, V + slab(lv, bh, heads), lv.sr, n0, n, tid);
+  load_tile_sw<D, BN, NT>(Ks, K + kiln_attn_slab(lk, bh, heads), lk.sr, n0, n, tid);
+  load_tile_sw<D, BN, NT>(Vs, V + kiln_attn_slab(lv, bh, heads), lv.sr, n0, n, tid);
   if (i0 < mtiles) {
     load_tile_sw<D, BM, NT>(Qs, q, lq.sr, i0 * BM, n, tid);
     load_tile_sw<D, BM, NT>(dOs, dout, ldo.sr, i0 * BM, n, tid);
-    load_vec<BM, NT>(Ls, lse, i0 * BM, n, tid);
-    load_vec<BM, NT>(Ds, dot, i0 * BM, n, tid);
+    kiln_load_vec<BM, NT>(Ls, lse, i0 * BM, n, tid);
+    kiln_load_vec<BM, NT>(Ds, dot, i0 * BM, n, tid);
   }
   kiln_cp_async_commit();
 
@@ -352,8 +327,8 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
       const int nbuf = buf ^ 1;
       load_tile_sw<D, BM, NT>(Qs + nbuf * BM * D, q, lq.sr, (it + 1) * BM, n, tid);
       load_tile_sw<D, BM, NT>(dOs + nbuf * BM * D, dout, ldo.sr, (it + 1) * BM, n, tid);
-      load_vec<BM, NT>(Ls + nbuf * BM, lse, (it + 1) * BM, n, tid);
-      load_vec<BM, NT>(Ds + nbuf * BM, dot, (it + 1) * BM, n, tid);
+      kiln_load_vec<BM, NT>(Ls + nbuf * BM, lse, (it + 1) * BM, n, tid);
+      kiln_load_vec<BM, NT>(Ds + nbuf * BM, dot, (it + 1) * BM, n, tid);
       kiln_cp_async_commit();
     }
     const int m0 = it * BM;
@@ -406,12 +381,12 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
   for (int r = 0; r < 2; ++r) {
     const int key = tkey0 + r * 8;
     if (key < n) {
-      TO* dkrow = dK + slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
-      TO* dvrow = dV + slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
+      TO* dkrow = dK + kiln_attn_slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
+      TO* dvrow = dV + kiln_attn_slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) {
-        store_pair(dkrow + i * 8 + 2 * t, dk[4 * i + 2 * r] * scale, dk[4 * i + 2 * r + 1] * scale);
-        store_pair(dvrow + i * 8 + 2 * t, dv[4 * i + 2 * r], dv[4 * i + 2 * r + 1]);
+        kiln_store_pair(dkrow + i * 8 + 2 * t, dk[4 * i + 2 * r] * scale, dk[4 * i + 2 * r + 1] * scale);
+        kiln_store_pair(dvrow + i * 8 + 2 * t, dv[4 * i + 2 * r], dv[4 * i + 2 * r + 1]);
       }
     }
   }
@@ -439,8 +414,8 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
   const int mb = causal ? mblocks - 1 - (int)blockIdx.x : (int)blockIdx.x;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
-  const kiln_bf16* k = K + slab(lk, bh, heads);
-  const kiln_bf16* v = V + slab(lv, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
   const int m0 = mb * BM;
   const int wrow0 = m0 + wg * 64;
   const int trow0 = wrow0 + warp * 16 + g;
@@ -448,8 +423,8 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
   int nkb = (n + BN - 1) / BN;
   if (causal) nkb = kiln_min(nkb, (m0 + BM + BN - 1) / BN);
 
-  load_tile_sw<D, BM, NT>(Qs, Q + slab(lq, bh, heads), lq.sr, m0, n, tid);
-  load_tile_sw<D, BM, NT>(dOs, dO + slab(ldo, bh, heads), ldo.sr, m0, n, tid);
+  load_tile_sw<D, BM, NT>(Qs, Q + kiln_attn_slab(lq, bh, heads), lq.sr, m0, n, tid);
+  load_tile_sw<D, BM, NT>(dOs, dO + kiln_attn_slab(ldo, bh, heads), ldo.sr, m0, n, tid);
   load_tile_sw<D, BN, NT>(Ks, k, lk.sr, 0, n, tid);
   load_tile_sw<D, BN, NT>(Vs, v, lv.sr, 0, n, tid);
   kiln_cp_async_commit();
@@ -519,9 +494,9 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
   for (int r = 0; r < 2; ++r) {
     const int row = trow0 + r * 8;
     if (row < n) {
-      TO* dqrow = dQ + slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
+      TO* dqrow = dQ + kiln_attn_slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) store_pair(dqrow + i * 8 + 2 * t, dq[4 * i + 2 * r] * scale, dq[4 * i + 2 * r + 1] * scale);
+      for (int i = 0; i < D / 8; ++i) kiln_store_pair(dqrow + i * 8 + 2 * t, dq[4 * i + 2 * r] * scale, dq[4 * i + 2 * r + 1] * scale);
     }
   }
 }
