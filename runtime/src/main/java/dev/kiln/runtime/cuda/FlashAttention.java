@@ -81,8 +81,10 @@ public final class FlashAttention {
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: warpgroup
      * MMA with the softmax overlapped (wgp) at d64 and d128 (d128 16k: 3.47 ms against 4.28 at 32 rows a warp on
      * mma.sync; d64 16k 4.47 against 4.77, n = 2048 0.639 against 0.670, n = 512 0.22 either way; w12wgpk128 is
-     * 4.14 at d64 16k but 0.29 at 512; d32 16k 6.72 against 7.73 at 16 rows a warp, n = 512 0.314 against 0.317),
-     * 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows). Backward: warpgroup MMA at d64 and
+     * 4.14 at d64 16k but 0.29 at 512), 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows), 16 at
+     * d32: there {@code w8wgp} is faster alone (16k 6.72 against 7.73 ms, n = 512 0.31 against 0.32) but TinyStories
+     * trained no faster with it (graphed, one call: 15.09 and 14.65 ms against 14.56 and 14.58). Backward: warpgroup
+     * MMA at d64 and
      * d128 (forward+backward at 16k: d64 15.36 ms against 19.16 at 32 rows a warp, d128 13.75 against 19.39; at
      * n = 512 0.91 against 0.98 and 0.78 against 0.99); elsewhere 16 rows a warp, as 32 was 2-5% faster at 16k but
      * up to 9% slower at n = 512, and training runs short sequences. At d32 the softmax's exponentials, not the
@@ -90,7 +92,7 @@ public final class FlashAttention {
      * TinyStories length.
      */
     public static final Tuning DEFAULT = new Tuning(
-        Map.of(32, "w8wgp", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
+        Map.of(32, "w4mb4", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
         Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"));
 
     /** The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off Hopper. */
