@@ -311,7 +311,9 @@ public final class FlashAttention {
     if (g.tensorCores) {
       int d = (int) g.d;
       String variant = tuning.forward(d);
-      if (Tuning.hopperOnly(variant) && !device.kernels().hopper()) {
+      // The wgmma forward folds the scale into its exponentials after taking the maximum of the raw scores, which
+      // only a positive scale allows.
+      if (Tuning.hopperOnly(variant) && (!device.kernels().hopper() || !(scale > 0))) {
         variant = Tuning.PORTABLE.forward(d);
       }
       int warps = Tuning.warps(variant);

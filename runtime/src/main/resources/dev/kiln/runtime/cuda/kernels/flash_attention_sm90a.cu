@@ -90,37 +90,39 @@ __device__ __forceinline__ void wgmma_rs_mn(float* d, const unsigned* a, unsigne
 
 // ------------------------------------------------------------------------------------------------ forward
 
-// The online-softmax step of one score tile s (this thread's BN/2 scores of rows trow0 and trow0 + 8): masks, scales
-// to base 2, updates the running max mrow, and leaves in s the probabilities exp2(x - max), in lsum their row sums
-// and in alpha the factor by which the earlier sum and output shrink.
+// The online-softmax step of one score tile s (this thread's BN/2 raw scores of rows trow0 and trow0 + 8): masks,
+// updates the running max mrow (in base-2 units of the scaled scores), and leaves in s the probabilities
+// exp2(x * sl2 - max), in lsum their row sums and in alpha the factor by which the earlier sum and output shrink.
+// The maximum is taken over the raw scores and the scale applied in the exponent's FFMA: one instruction a score
+// fewer, where the forward pass is bound by instruction issue (ncu, d64 16k: issue slots 67% busy, ALU pipe 50%,
+// tensor cores waiting). That needs sl2 > 0, which the host checks (FlashAttention).
 template <int BN>
 __device__ __forceinline__ void softmax_tile(float* s, float* mrow, float* lsum, float* alpha, int n0, int trow0, int t,
                                              int n, int causal, bool mask, float sl2) {
-  float mx[2] = {mrow[0], mrow[1]};
+  float mx[2] = {-KILN_INF, -KILN_INF};
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) {
-    float x = s[i] * sl2;
     if (mask) {
       const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1);
       const int row = trow0 + ((i >> 1) & 1) * 8;
-      if (col >= n || (causal && col > row)) x = -KILN_INF;
+      if (col >= n || (causal && col > row)) s[i] = -KILN_INF;
     }
-    s[i] = x;
-    mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], x);
+    mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
   }
   float mu[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
+    const float m = fmaxf(mrow[r], mx[r] * sl2);
+    mu[r] = m == -KILN_INF ? 0.f : m;  // a row with nothing unmasked yet stays at zero
     alpha[r] = kiln_exp2(mrow[r] - mu[r]);
-    mrow[r] = mx[r];
+    mrow[r] = m;
     lsum[r] = 0.f;
   }
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) {
-    s[i] = kiln_exp2(s[i] - mu[(i >> 1) & 1]);
+    s[i] = kiln_exp2(fmaf(s[i], sl2, -mu[(i >> 1) & 1]));
     lsum[(i >> 1) & 1] += s[i];
   }
 }
