@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes kiln_wgmma.cuh: the inline-PTX wrappers of Hopper's warpgroup MMA (wgmma) that flash_attention_sm90a.cu
 uses. The wrappers differ only in their operand lists (N/2 fp32 accumulators a thread for m64nNk16), which is
-why they are generated rather than written out by hand.  usage: gen-wgmma.py > ../resources/.../kiln_wgmma.cuh"""
+why they are generated rather than written out by hand. From the project root:
+  python3 runtime/src/main/cuda/gen-wgmma.py > runtime/src/main/resources/dev/kiln/runtime/cuda/kernels/kiln_wgmma.cuh"""
 
 NS = (32, 64, 128)
 

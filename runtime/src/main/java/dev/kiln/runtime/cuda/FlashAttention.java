@@ -8,8 +8,8 @@ import java.util.Map;
 import java.util.TreeSet;
 
 /**
- * Fused scaled-dot-product attention on the GPU ({@code flash_attention.cu}): {@code softmax(q k^T * scale) v}
- * without materialising the score matrix, and its backward pass.
+ * Fused scaled-dot-product attention on the GPU ({@code flash_attention.cu}, and {@code flash_attention_sm90a.cu}
+ * on Hopper): {@code softmax(q k^T * scale) v} without materialising the score matrix, and its backward pass.
  *
  * <p>Inputs are {@code [..., n, d]} arrays (usually {@code [batch, heads, n, d]}), all of one shape and dtype, in any
  * layout whose last dim is contiguous and whose leading dims merge into {@code [batch, heads]} (see {@link Heads}):
@@ -17,7 +17,9 @@ import java.util.TreeSet;
  * 80 or 128 runs on tensor cores, and writes its results (output and gradients) as bf16 or, from the same fp32
  * accumulators, as fp32 (mixed precision then needs no cast of the results); fp32, and bf16 with any other head dim
  * up to 256, runs on a one-warp-per-row fp32 kernel that is exact but slow. The forward pass returns the per-row
- * log-sum-exp (natural log, fp32, {@code [..., n]}, contiguous) that the backward pass needs.
+ * log-sum-exp (natural log, fp32, {@code [..., n]}, contiguous) that the backward pass needs. Which tensor-core
+ * kernel runs is {@link Tuning}'s choice: on compute capability 9.0 the warpgroup-MMA ({@code wgmma}) kernels at
+ * head dims 64 and 128, elsewhere {@code mma.sync} ones.
  */
 public final class FlashAttention {
   private static final int SIMT_MAX_HEAD_DIM = 256;
