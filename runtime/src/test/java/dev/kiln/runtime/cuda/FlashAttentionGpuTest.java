@@ -96,19 +96,24 @@ class FlashAttentionGpuTest {
    */
   private static void run(DType dtype, int batch, int heads, int n, int d, AttentionMask mask,
       FlashAttention.Tuning tuning, boolean headSplit, DType results) {
+    run(dtype, batch, heads, n, d, mask, tuning, headSplit, results, 1.0 / Math.sqrt(d));
+  }
+
+  private static void run(DType dtype, int batch, int heads, int n, int d, AttentionMask mask,
+      FlashAttention.Tuning tuning, boolean headSplit, DType results, double scale) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(31L * n + d + (mask == AttentionMask.CAUSAL ? 7 : 0) + dtype.ordinal());
     NdArray q = GpuTesting.randn(rnd, dtype, 1, batch, heads, n, d);
     NdArray k = GpuTesting.randn(rnd, dtype, 1, batch, heads, n, d);
     NdArray v = GpuTesting.randn(rnd, dtype, 1, batch, heads, n, d);
     NdArray g = GpuTesting.randn(rnd, dtype, 1, batch, heads, n, d);
-    double scale = 1.0 / Math.sqrt(d);
     Reference ref = new Reference(GpuTesting.doubles(q), GpuTesting.doubles(k), GpuTesting.doubles(v),
         GpuTesting.doubles(g), batch * heads, n, d, mask == AttentionMask.CAUSAL, scale);
-    String name = String.format("%s d%d n%d %s %s%s%s%s", dtype, d, n, mask,
+    String name = String.format("%s d%d n%d %s %s%s%s%s%s", dtype, d, n, mask,
         FlashAttention.usesTensorCores(dtype, d) ? "tensor-core" : "simt",
         tuning.equals(FlashAttention.Tuning.DEFAULT) ? "" : " " + tuning, headSplit ? " head-split" : "",
-        results == dtype ? "" : " " + results + " results");
+        results == dtype ? "" : " " + results + " results",
+        scale == 1.0 / Math.sqrt(d) ? "" : " scale " + scale);
     // Tolerances. fp32 (SIMT kernel, fp32 math): 2e-5 of the largest reference magnitude, 1e-5 relative.
     // bf16: inputs are exact, but P and dS are rounded to bf16 before the second GEMM of each pair and outputs are
     // stored as bf16 (8 significant bits): 2e-2 of the largest magnitude plus 2e-2 relative.
@@ -206,6 +211,16 @@ class FlashAttentionGpuTest {
       IllegalArgumentException e2 = org.junit.jupiter.api.Assertions.assertThrows(IllegalArgumentException.class,
           () -> fa.forward(t.transpose(2, 3), q, q, AttentionMask.CAUSAL));
       org.junit.jupiter.api.Assertions.assertTrue(e2.getMessage().contains("contiguous last dim"), e2.getMessage());
+    }
+  }
+
+  @Test
+  void otherScalesAreHonoured() {
+    // The wgmma forward takes the maximum of the raw scores and applies the scale in the exponent, which a positive
+    // scale allows; a zero or negative one runs on the portable kernels. Both must give the reference's answer.
+    for (double scale : new double[] {0.3, -0.3}) {
+      run(DType.BF16, 1, 2, 133, 64, AttentionMask.CAUSAL, FlashAttention.Tuning.DEFAULT, false, DType.BF16, scale);
+      run(DType.BF16, 1, 2, 133, 128, AttentionMask.NONE, FlashAttention.Tuning.DEFAULT, false, DType.BF16, scale);
     }
   }
 
