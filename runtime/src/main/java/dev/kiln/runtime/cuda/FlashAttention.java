@@ -53,8 +53,9 @@ public final class FlashAttention {
    * warps multiply 64 rows together, reading K and V from shared memory directly), {@code k32} or {@code k128}
    * where the forward pass takes that many keys at a time instead of 64, and the register cap that lets
    * {@code <blocks>} blocks share a multiprocessor (see the end of flash_attention.cu). A {@code wg} variant runs
-   * on compute capability 9.0 only; elsewhere the head dim's {@link #PORTABLE} choice runs instead. {@link #DEFAULT} is what measured fastest on an H200; {@code CudaBenchmark} times the others
-   * so the choice can be re-made on other GPUs.
+   * on compute capability 9.0 only; elsewhere the head dim's {@link #PORTABLE} choice runs instead. {@link #DEFAULT}
+   * is what measured fastest on an H200; {@code CudaBenchmark} times the others so the choice can be re-made on
+   * other GPUs, and {@code KILN_ATTENTION_TUNING} applies it ({@link #configured}).
    *
    * @param forward variant of the forward kernel per head dim (32, 64, 80, 128)
    * @param backward variant of the dK/dV and dQ kernels per head dim (one name for both)
@@ -80,30 +81,33 @@ public final class FlashAttention {
         128, List.of("w4", "w8", "w4wg", "w8wg", "w8wgk32"));
 
     /**
-     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md). Forward: warpgroup
-     * MMA with the softmax overlapped (wgp) at d64 and d128 (d128 16k: 3.47 ms against 4.28 at 32 rows a warp on
-     * mma.sync; d64 16k 4.47 against 4.77, n = 2048 0.639 against 0.670, n = 512 0.22 either way; w12wgpk128 is
-     * 4.14 at d64 16k but 0.29 at 512), 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows), 16 at
-     * d32: there {@code w8wgp} is faster alone (16k 6.72 against 7.73 ms, n = 512 0.31 against 0.32) but TinyStories
-     * trained no faster with it (graphed, one call: 15.09 and 14.65 ms against 14.56 and 14.58). Backward: warpgroup
-     * MMA at d64 and
-     * d128 (forward+backward at 16k: d64 15.36 ms against 19.16 at 32 rows a warp, d128 13.75 against 19.39; at
-     * n = 512 0.91 against 0.98 and 0.78 against 0.99); elsewhere 16 rows a warp, as 32 was 2-5% faster at 16k but
-     * up to 9% slower at n = 512, and training runs short sequences. At d32 the softmax's exponentials, not the
-     * MMAs, bound the backward: w8wgk128 is 24.1 ms against 26.9 at 16k but 1.28 against 1.18 at n = 512, the
-     * TinyStories length.
+     * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md has the table).
+     * Forward: warpgroup MMA with the softmax overlapped (wgp) at d64 and d128 (16k: d64 4.35 ms against 4.77 at
+     * 32 rows a warp on mma.sync, d128 3.38 against 4.28; w12wgpk128 is 3.97 at d64 16k but 0.29 against 0.22 at
+     * n = 512); 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows); 16 at d32, where {@code w8wgp} is
+     * faster alone (16k 6.72 against 7.73 ms) but TinyStories trained no faster with it (graphed: 15.09 and 14.65
+     * ms against 14.56 and 14.58). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 15.4 ms
+     * against 19.2 with 32 rows a warp on mma.sync, d128 13.8 against 19.4; n = 512: 0.91 against 0.98 and 0.78
+     * against 0.99); elsewhere 16 rows a warp, as 32 was 2-5% faster at 16k but up to 9% slower at n = 512, and
+     * training runs short sequences. At d32 the softmax's exponentials, not the MMAs, bound the backward: w8wgk128
+     * is 24.1 ms against 26.9 at 16k but 1.28 against 1.18 at n = 512, the TinyStories length.
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w4mb4", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
         Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"));
 
-    /** The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off Hopper. */
+    /**
+     * The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off
+     * Hopper, or where a kernel's assumption does not hold (the wgmma forward needs a positive scale).
+     */
     public static final Tuning PORTABLE = new Tuning(
         Map.of(32, "w4mb4", 64, "w4r32", 80, "w4r32", 128, "w4r32"),
         Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
 
     /** The environment variable {@link #configured} reads. */
     public static final String ENVIRONMENT = "KILN_ATTENTION_TUNING";
+    private static final java.util.regex.Pattern ENTRY =
+        java.util.regex.Pattern.compile("\\s*(fwd|bwd)(\\d+)=(\\w+)\\s*");
 
     /**
      * {@link #DEFAULT} with the choices of {@code KILN_ATTENTION_TUNING} applied: a comma-separated list of
@@ -124,7 +128,7 @@ public final class FlashAttention {
         return t;
       }
       for (String entry : spec.split(",")) {
-        java.util.regex.Matcher m = java.util.regex.Pattern.compile("\\s*(fwd|bwd)(\\d+)=(\\w+)\\s*").matcher(entry);
+        java.util.regex.Matcher m = ENTRY.matcher(entry);
         if (!m.matches()) {
           throw new IllegalArgumentException(ENVIRONMENT + " entry '" + entry + "' is not of the form fwd<d>=<variant>"
               + " or bwd<d>=<variant> (e.g. bwd64=w4wg)");

@@ -43,7 +43,10 @@ public final class Nvrtc {
     return api().source;
   }
 
-  /** Compiles {@code source} to a cubin for {@code sm_<computeCapability>}; see {@link #compileToCubin(String, String, Map, String, List)}. */
+  /**
+   * Compiles {@code source} to a cubin for {@code sm_<computeCapability>}; see
+   * {@link #compileToCubin(String, String, Map, String, List)}.
+   */
   public static byte[] compileToCubin(String name, String source, Map<String, String> headers, int computeCapability,
       List<String> options) {
     return compileToCubin(name, source, headers, "sm_" + computeCapability, options);

@@ -61,7 +61,8 @@ class FlashAttentionTuningTest {
   }
 
   private static String source(String file) throws IOException {
-    try (InputStream in = FlashAttentionTuningTest.class.getResourceAsStream("/dev/kiln/runtime/cuda/kernels/" + file)) {
+    String path = "/dev/kiln/runtime/cuda/kernels/" + file;
+    try (InputStream in = FlashAttentionTuningTest.class.getResourceAsStream(path)) {
       return new String(in.readAllBytes(), StandardCharsets.UTF_8);
     }
   }
