@@ -1,7 +1,8 @@
 // Fused attention on Hopper's warpgroup MMA (wgmma, sm_90a): the forward and backward passes of flash_attention.cu
-// for head dims 32, 64 and 128, with the same arguments, layouts, masking and results (see that file's header), on a faster
-// instruction. This file is compiled for sm_90a alone (build-kernels.sh, or NVRTC with --gpu-architecture=sm_90a);
-// FlashAttention launches its kernels only on compute capability 9.0 and falls back to flash_attention.cu elsewhere.
+// for head dims 32, 64 and 128, with the same arguments, layouts, masking and results (see that file's header), on
+// a faster instruction. This file is compiled for sm_90a alone (build-kernels.sh, or NVRTC with
+// --gpu-architecture=sm_90a); FlashAttention launches its kernels only on compute capability 9.0 (and the forward
+// only for a positive scale) and falls back to flash_attention.cu otherwise.
 //
 // Why wgmma: mma.sync reads every B fragment from shared memory into registers (ldmatrix) once per 16 rows (32 at
 // r32) of A, and the four warps of a block issue their MMAs one warp at a time. A wgmma is issued by a warpgroup
@@ -262,7 +263,8 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     if (row < n) {
       TO* orow = O + kiln_attn_slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) kiln_store_pair(orow + i * 8 + 2 * t, o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+      for (int i = 0; i < D / 8; ++i)
+        kiln_store_pair(orow + i * 8 + 2 * t, o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
       if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[r] + __log2f(l)) * KILN_LN2 : KILN_INF;
     }
   }
@@ -498,7 +500,8 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
     if (row < n) {
       TO* dqrow = dQ + kiln_attn_slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) kiln_store_pair(dqrow + i * 8 + 2 * t, dq[4 * i + 2 * r] * scale, dq[4 * i + 2 * r + 1] * scale);
+      for (int i = 0; i < D / 8; ++i)
+        kiln_store_pair(dqrow + i * 8 + 2 * t, dq[4 * i + 2 * r] * scale, dq[4 * i + 2 * r + 1] * scale);
     }
   }
 }
@@ -511,8 +514,9 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
 // them next to the mma.sync variants (a CI test checks the list against these lines).
 #define KILN_L kiln_attn_layout
 
-// The forward (fwd_wg_pipe): variant names carry wgp (the p for its overlapped softmax); MINB is the __launch_bounds__ minimum of resident
-// blocks (mb<MINB> in the name where it is not 1), which caps registers at 65536 / (128 * WG * MINB).
+// The forward (fwd_wg_pipe): variant names carry wgp (the p for its overlapped softmax); MINB is the
+// __launch_bounds__ minimum of resident blocks (mb<MINB> in the name where it is not 1), which caps registers at
+// 65536 / (128 * WG * MINB).
 #define KILN_FWD_WGP_T(NAME, D, WG, BN, MINB, TO)                                                              \
   extern "C" __global__ void __launch_bounds__(128 * WG, MINB) NAME(                                          \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \

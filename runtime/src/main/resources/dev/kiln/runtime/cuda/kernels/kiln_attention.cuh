@@ -16,7 +16,9 @@ __device__ __forceinline__ kiln_i64 kiln_attn_slab(const kiln_attn_layout& l, in
 }
 
 // Two adjacent result columns from fp32 accumulators (the host checks the 4- or 8-byte alignment).
-__device__ __forceinline__ void kiln_store_pair(kiln_bf16* p, float a, float b) { *(unsigned*)p = kiln_pack_bf16(a, b); }
+__device__ __forceinline__ void kiln_store_pair(kiln_bf16* p, float a, float b) {
+  *(unsigned*)p = kiln_pack_bf16(a, b);
+}
 __device__ __forceinline__ void kiln_store_pair(float* p, float a, float b) {
   float2 v;
   v.x = a;
