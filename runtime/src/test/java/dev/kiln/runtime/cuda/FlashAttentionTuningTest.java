@@ -36,28 +36,30 @@ class FlashAttentionTuningTest {
           new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
     }
     assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " variant lines from flash_attention.cu");
-    // flash_attention_sm90a.cu: KILN_FWD_WGP(d<d>_<variant>, D, warpgroups, key tile, min blocks), 16 rows a warp.
-    Pattern wg = Pattern.compile("^KILN_FWD_WGP\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+), \\d+\\)",
-        Pattern.MULTILINE);
-    Matcher w = wg.matcher(source("flash_attention_sm90a.cu"));
-    int hopper = 0;
-    while (w.find()) {
-      assertEquals(w.group(1), w.group(3), "head dim in the name and the template of " + w.group());
-      kernels.put("fwd d" + w.group(1) + " " + w.group(2),
-          new int[] {4 * Integer.parseInt(w.group(4)), 1, Integer.parseInt(w.group(5))});
-      hopper++;
-    }
-    // KILN_BWD_WG(d<d>_<variant>, D, warpgroups, tile): dK/dV and dQ kernels, 16 rows a warp.
-    Pattern bwd = Pattern.compile("^KILN_BWD_WG\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+)\\)", Pattern.MULTILINE);
-    Matcher b = bwd.matcher(source("flash_attention_sm90a.cu"));
-    while (b.find()) {
-      assertEquals(b.group(1), b.group(3), "head dim in the name and the template of " + b.group());
-      kernels.put("bwd d" + b.group(1) + " " + b.group(2),
-          new int[] {4 * Integer.parseInt(b.group(4)), 1, Integer.parseInt(b.group(5))});
-      hopper++;
-    }
+    // flash_attention_sm90a.cu, 16 rows a warp: KILN_FWD_WGP(d<d>_<variant>, D, warpgroups, key tile, min blocks)
+    // and KILN_BWD_WG(d<d>_<variant>, D, warpgroups, tile) (a dK/dV and a dQ kernel).
+    String hopperSource = source("flash_attention_sm90a.cu");
+    int hopper = warpgroupLines(hopperSource, "KILN_FWD_WGP", "fwd", kernels)
+        + warpgroupLines(hopperSource, "KILN_BWD_WG", "bwd", kernels);
     assertTrue(hopper >= 8, "parsed only " + hopper + " variant lines from flash_attention_sm90a.cu");
     return kernels;
+  }
+
+  /**
+   * The {@code macro(d<d>_<variant>, D, warpgroups, tile[, ...])} lines of {@code src} into {@code kernels} as
+   * {@code {4 · warpgroups warps, 1 m-tile a warp, tile}}; returns how many there were.
+   */
+  private static int warpgroupLines(String src, String macro, String pass, Map<String, int[]> kernels) {
+    Matcher w = Pattern.compile("^" + macro + "\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+)(, \\d+)*\\)",
+        Pattern.MULTILINE).matcher(src);
+    int count = 0;
+    while (w.find()) {
+      assertEquals(w.group(1), w.group(3), "head dim in the name and the template of " + w.group());
+      kernels.put(pass + " d" + w.group(1) + " " + w.group(2),
+          new int[] {4 * Integer.parseInt(w.group(4)), 1, Integer.parseInt(w.group(5))});
+      count++;
+    }
+    return count;
   }
 
   private static String source(String file) throws IOException {
