@@ -10,6 +10,7 @@
 #   KILN_GRAPHS=1           the Kiln training benchmark replays steps as CUDA graphs (bench train --graphs)
 #   KILN_TORCH_MODES=eager,compile   PyTorch modes (default both; "none" skips the peer)
 #   KILN_TORCH_CONFIGS=...  configs for the peer (default: KILN_TRAIN)
+#   KILN_TORCH_PROFILE=3    the peer also prints its GPU time per kernel family over 3 profiled steps (torch.profiler)
 #   KILN_TORCH_CLIP=1.0     the peer's gradient clipping (default 1.0, as Kiln's step clips; 0 = none)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
 #   KILN_GEMMPREC=1         also time mixed-precision GEMMs: cast + bf16 GEMM against cuBLAS's FAST_16BF on fp32
@@ -49,8 +50,9 @@ fi
 if [[ "$torch_modes" != none ]]; then
   echo "=== PyTorch training benchmark ($torch_configs; $torch_modes)"
   PYTHONUNBUFFERED=1 timeout ${KILN_TORCH_TIMEOUT:-300} python3 "$pkg/reference/train_bench_gpu.py" --configs "$torch_configs" \
-    --modes "$torch_modes" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 20 --warmup 5 2> "$out/torch-train.err" | tee "$out/torch-train.jsonl" | cut -c1-300
+    --modes "$torch_modes" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 20 --warmup 5 --profile "${KILN_TORCH_PROFILE:-0}" 2> "$out/torch-train.err" | tee "$out/torch-train.jsonl" | cut -c1-300
   tail -3 "$out/torch-train.err"
+  if [[ "${KILN_TORCH_PROFILE:-0}" != 0 ]]; then grep -A40 "^=== torch-" "$out/torch-train.err"; fi
 fi
 if [[ "${KILN_NSYS:-0}" == 1 ]] && command -v nsys > /dev/null; then
   echo "=== nsys: kernel time of 3 small steps"

@@ -49,15 +49,17 @@ for key in sorted((k for k in set(kiln) | set(torch) if k[0] == "attn"), key=lam
           f"                  | {kf or '-':>8} / {tf or '-':>8}   | {kb or '-':>8} / {tb or '-':>8}     | {ratio:>8}"
           f"         | {a.get('tflops', '-')}")
 print()
-print("gemm bf16, C = A @ B^T (M x N x K)  | ms: cuBLASLt / cublasGemmEx / torch | speed-up vs torch: Lt / GemmEx")
+print("gemm bf16, C = A @ B^T (M x N x K)  | ms: cuBLASLt / cublasGemmEx / torch | speed-up vs torch: Lt / GemmEx"
+      " | Lt, fp32 out: ms")
 shapes = sorted({k[1] for k in set(kiln) | set(torch) if k[0] == "gemm"},
                 key=lambda s: [int(x) for x in s.split("x")])
 for shape in shapes:
     lt, ex, pt = kiln.get(("gemm", shape, "lt"), {}), kiln.get(("gemm", shape, "gemmex"), {}), \
         torch.get(("gemm", shape, ""), {})
+    lt32 = kiln.get(("gemm", shape, "lt_f32out"), {})
 
     def ratio(a):
         return f"{float(pt['ms']) / float(a['ms']):.2f}x" if a.get("ms") and pt.get("ms") else "-"
 
     print(f"  {shape:<24}                | {lt.get('ms', '-'):>8} / {ex.get('ms', '-'):>8} / {pt.get('ms', '-'):>8}"
-          f" | {ratio(lt):>6} / {ratio(ex):>6}")
+          f" | {ratio(lt):>6} / {ratio(ex):>6} | {lt32.get('ms', '-'):>8}")

@@ -73,6 +73,7 @@ holds only the JSON lines.
 """
 
 import argparse
+import collections
 import contextlib
 import gc
 import json
@@ -349,6 +350,8 @@ def run(name, mode, args, device):
             loss = step(i)
             sync(device)
             per_step.append(time.perf_counter() - t0)
+        if args.profile:
+            print_profile(name, mode, step, device, args.profile)
     loss = loss.item()
     if not math.isfinite(loss):
         raise RuntimeError("loss is %r after %d steps" % (loss, args.warmup + 2 * args.steps))
@@ -382,6 +385,53 @@ def run(name, mode, args, device):
     if args.tiny:
         line["tiny"] = True
     return line
+
+
+# Kernel families of the profile, by name: the first pattern that matches (Triton kernels are torch.compile's fusions).
+KERNEL_FAMILIES = [
+    ("attention", r"flash|fmha|attention"),  # before GEMMs: flash kernels' names hold "cutlass"
+    ("GEMMs", r"gemm|nvjet|cutlass|xmma|sm90_|splitKreduce|cublas"),
+    ("AdamW", r"adam"),
+    ("Triton (fused by torch.compile)", r"^triton"),
+    ("norms and multi-tensor ops", r"multi_tensor|norm|foreach"),
+    ("elementwise and reductions (eager)", r"elementwise|reduce|vectorized|unrolled|softmax|nll|cross"),
+]
+
+
+def print_profile(name, mode, step, device, steps):
+    """Runs `steps` more steps under torch.profiler and prints, on stderr, their GPU time per kernel family and the
+    slowest kernels, per step: the peer's side of Kiln's per-kernel profile (kiln bench train prints Kiln's)."""
+    import re
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            step(i)
+        sync(device)
+    kernels = collections.Counter()
+    calls = collections.Counter()
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0)
+        # Kernels only: CPU ranges such as "Optimizer.step#AdamW.step" also carry the device time of their kernels.
+        if us > 0 and "CUDA" in str(e.device_type) and "#" not in e.key and not e.key.startswith("aten::"):
+            kernels[e.key] += us / 1e3 / steps
+            calls[e.key] += e.count / steps
+    families = collections.Counter()
+    for k, ms in kernels.items():
+        label = next((lab for lab, pat in KERNEL_FAMILIES if re.search(pat, k, re.I)), "other")
+        families[label] += ms
+    out = sys.stderr
+    print("=== torch-%s %s: GPU ms per step by kernel family (torch.profiler, %d steps)" % (mode, name, steps), file=out)
+    for label, ms in families.most_common():
+        print("  %-40s %8.3f" % (label, ms), file=out)
+    print("  %-40s %8.3f" % ("total", sum(families.values())), file=out)
+    print("=== slowest kernels (ms per step, launches per step)", file=out)
+    for k, ms in kernels.most_common(30):
+        print("  %8.3f %5.0f  %s" % (ms, calls[k], k[:150]), file=out)
+    out.flush()
 
 
 def verify():
@@ -459,6 +509,9 @@ def main():
                     help="bf16 = autocast bf16 around forward and loss (default on cuda); fp32 (default on cpu)")
     ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS,
                     help="peak FLOP/s for MFU, in TFLOP/s (default: %s, H200 dense bf16)" % DEFAULT_PEAK_TFLOPS)
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after timing, run STEPS more steps under torch.profiler and print their GPU time per kernel "
+                         "family and the slowest kernels on stderr (default: 0, none)")
     ap.add_argument("--tiny", action="store_true",
                     help="shrink every config (2 layers, d_model 64, 4 heads, context 32, batch 2) for smoke tests")
     ap.add_argument("--count", action="store_true",

@@ -23,11 +23,12 @@ import java.util.SplittableRandom;
  *   <li>attention forward and forward+backward, causal, bf16, head dims 64 and 128, sequence 1k-16k, 16k tokens per
  *       batch and 2048 model width (batch = 16384 / n, heads = 2048 / d), the FlashAttention papers' setting;
  *   <li>bf16 GEMM (bf16 out, fp32 accumulation) of the shapes in {@link #GEMM_SHAPES}, through cuBLASLt and through
- *       {@code cublasGemmEx} on the same handle.
+ *       {@code cublasGemmEx} on the same handle, and through cuBLASLt with an fp32 output
+ *       ({@code api=lt_f32out}), as the mixed-precision training step writes its GEMM outputs.
  * </ul>
  *
  * Output lines: {@code BENCH attn d=.. n=.. b=.. h=.. fwd_ms=.. fwdbwd_ms=.. tflops=..} and
- * {@code BENCH gemm shape=MxNxK api=lt|gemmex ms=.. tflops=..}; times are the mean over the timed repetitions after
+ * {@code BENCH gemm shape=MxNxK api=lt|gemmex|lt_f32out ms=.. tflops=..}; times are the mean over the timed repetitions after
  * warm-up.
  */
 public final class CudaBenchmark {
@@ -39,7 +40,11 @@ public final class CudaBenchmark {
   public static void main(String[] args) {
     CudaDevice dev = CudaDevice.first();
     System.out.println("device " + dev);
-    attention(dev, args.length > 0 ? Integer.parseInt(args[0]) : 10);
+    // Arguments: the attention repetitions (default 10), or "gemm" for the GEMMs alone.
+    boolean gemmOnly = args.length > 0 && args[0].equals("gemm");
+    if (!gemmOnly) {
+      attention(dev, args.length > 0 ? Integer.parseInt(args[0]) : 10);
+    }
     gemm(dev);
   }
 
@@ -149,7 +154,7 @@ public final class CudaBenchmark {
   static final long[][] GEMM_SHAPES = {
       {4096, 4096, 4096}, {8192, 8192, 8192},
       {2048, 10240, 2560}, {2048, 2560, 10240},
-      {32768, 1344, 512}, {32768, 512, 1344}, {32768, 10000, 512}};
+      {32768, 1344, 512}, {32768, 512, 1344}, {32768, 512, 512}, {32768, 10000, 512}};
 
   private static void gemm(CudaDevice dev) {
     CudaStream stream = dev.defaultStream();
@@ -161,26 +166,38 @@ public final class CudaBenchmark {
         long m = shape[0], n = shape[1], k = shape[2];
         try (CudaArray flatA = CudaArray.fromHost(dev, uniformBf16(m * k, 5));
             CudaArray flatB = CudaArray.fromHost(dev, uniformBf16(n * k, 6));
-            CudaArray c = CudaArray.empty(dev, DType.BF16, m, n)) {
+            CudaArray c = CudaArray.empty(dev, DType.BF16, m, n);
+            CudaArray c32 = CudaArray.empty(dev, DType.F32, m, n)) {
           CudaArray a = flatA.view(m, k);
           CudaArray bt = flatB.view(n, k).transpose(0, 1);
           for (Cublas.GemmApi api : Cublas.GemmApi.values()) {
             blas.setGemmApi(api);
-            for (int i = 0; i < 3; i++) {
-              blas.matmul(a, bt, c);
+            String name = api.name().toLowerCase(java.util.Locale.ROOT);
+            time(blas, a, bt, c, stream, e0, e1, m, n, k, name);
+            if (api == Cublas.GemmApi.LT) {
+              // The same product written in fp32, as the mixed-precision training step's GEMMs write today: at K = 512
+              // the output is as many bytes as both inputs' reads, so its width shows in the time.
+              time(blas, a, bt, c32, stream, e0, e1, m, n, k, "lt_f32out");
             }
-            int reps = 20;
-            e0.record(stream);
-            for (int i = 0; i < reps; i++) {
-              blas.matmul(a, bt, c);
-            }
-            e1.record(stream);
-            double ms = e1.elapsedMillisSince(e0) / reps;
-            System.out.printf("BENCH gemm shape=%dx%dx%d api=%s ms=%.4f tflops=%.1f%n", m, n, k,
-                api.name().toLowerCase(java.util.Locale.ROOT), ms, 2.0 * m * n * k / (ms * 1e-3) / 1e12);
           }
         }
       }
     }
+  }
+
+  private static void time(Cublas blas, CudaArray a, CudaArray b, CudaArray c, CudaStream stream, CudaEvent e0,
+      CudaEvent e1, long m, long n, long k, String name) {
+    for (int i = 0; i < 3; i++) {
+      blas.matmul(a, b, c);
+    }
+    int reps = 20;
+    e0.record(stream);
+    for (int i = 0; i < reps; i++) {
+      blas.matmul(a, b, c);
+    }
+    e1.record(stream);
+    double ms = e1.elapsedMillisSince(e0) / reps;
+    System.out.printf("BENCH gemm shape=%dx%dx%d api=%s ms=%.4f tflops=%.1f%n", m, n, k, name, ms,
+        2.0 * m * n * k / (ms * 1e-3) / 1e12);
   }
 }
