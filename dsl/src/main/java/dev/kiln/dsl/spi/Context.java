@@ -16,6 +16,8 @@ public final class Context {
   private final Map<String, long[]> shapes = new LinkedHashMap<>();
   private final Map<String, Context> children = new LinkedHashMap<>();
   private boolean resultForGemms;
+  private boolean resultInBf16;
+  private long inputGradientsInBf16;
 
   /** Saves {@code value} under {@code key}, replacing what was there. */
   public void save(String key, Tensor value) {
@@ -55,9 +57,12 @@ public final class Context {
     return s.clone();
   }
 
-  /** The context of a sub-module call, made on first use. */
+  /**
+   * The context of a sub-module call, made on first use. An existing child keeps what its forward call was told
+   * ({@link #child(String, boolean, boolean, long)}): backward asks for it by name alone.
+   */
   public Context child(String name) {
-    return child(name, false);
+    return children.computeIfAbsent(name, n -> new Context());
   }
 
   /**
@@ -66,14 +71,36 @@ public final class Context {
    * Device#emptyGemmOperand}, so a mixed-precision device stores it as the bf16 those GEMMs read.
    */
   public Context child(String name, boolean resultForGemms) {
-    Context c = children.computeIfAbsent(name, n -> new Context());
+    return child(name, resultForGemms, false, 0L);
+  }
+
+  /**
+   * {@link #child(String, boolean)} that also says which of the call's GEMM outputs the caller takes in bf16
+   * (the processor knows from the caller's reads: fused kernels, GEMMs, attention, cross-entropy). The callee's
+   * forward may then allocate its result, and its backward the gradient of input {@code i} (bit i of {@code
+   * inputGradientsInBf16}), with {@link Device#emptyGemmResult} where a GEMM writes them.
+   */
+  public Context child(String name, boolean resultForGemms, boolean resultInBf16, long inputGradientsInBf16) {
+    Context c = child(name);
     c.resultForGemms = resultForGemms;
+    c.resultInBf16 = resultInBf16;
+    c.inputGradientsInBf16 = inputGradientsInBf16;
     return c;
   }
 
   /** Whether the caller reads this call's result only in GEMMs (see {@link #child(String, boolean)}). */
   public boolean resultForGemms() {
     return resultForGemms;
+  }
+
+  /** Whether the caller takes this call's result in bf16 (see {@link #child(String, boolean, boolean, long)}). */
+  public boolean resultInBf16() {
+    return resultInBf16;
+  }
+
+  /** Whether the caller takes the gradient of input {@code i} in bf16 (see {@link #child(String, boolean, boolean, long)}). */
+  public boolean inputGradientInBf16(int i) {
+    return i < 64 && (inputGradientsInBf16 >>> i & 1) != 0;
   }
 
   /** Number of tensors saved here and in every child: what a forward keeps alive for backward. */

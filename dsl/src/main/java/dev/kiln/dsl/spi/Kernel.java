@@ -19,9 +19,12 @@ import java.lang.foreign.MemorySegment;
  *     {@code <name>_f32_bf16}, which writes those outputs rounded to bf16 (to nearest even) and the others in fp32
  * @param elementsPerThread for a {@link Kind#POINTWISE} kernel, how many elements each CUDA thread computes
  *     ({@code blockDim.x} apart): the launch has {@code ceil(rows * cols / (elementsPerThread * blockDim.x))} blocks
+ * @param bf16Inputs the inputs that may be GEMM outputs stored in bf16 ({@link Device#emptyGemmResult}), as a bit
+ *     mask (bit i: input i). The CUDA kernel exists as {@code <name>_f32_in16} (and {@code <name>_f32_bf16_in16} with
+ *     {@code gemmOperands}), which reads them as bf16 and computes in fp32
  */
 public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
-    long gemmOperands, int elementsPerThread) {
+    long gemmOperands, int elementsPerThread, long bf16Inputs) {
 
   public Kernel {
     if (elementsPerThread < 1) {
@@ -32,7 +35,18 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
 
   /** A kernel of one element a thread whose outputs are all stored in the compute dtype (an older processor's). */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1);
+    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1, 0L);
+  }
+
+  /** A kernel whose inputs are all in the compute dtype. */
+  public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
+      int elementsPerThread) {
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, 0L);
+  }
+
+  /** Whether input {@code i} may arrive as a GEMM output stored in bf16. */
+  public boolean isBf16Input(int i) {
+    return i < 64 && (bf16Inputs >>> i & 1) != 0;
   }
 
   /** Whether output {@code i} (counted from the first output) is one only GEMMs read. */

@@ -105,41 +105,85 @@ class TransformerLmGpuTest {
           // gradient): 1e-5 relative on the loss, 1e-3 of each gradient's largest element plus 1e-5 absolute
           // (some gradients are sums of nearly cancelling terms, ~1e-6 in size, e.g. QK-norm biases under
           // z-loss: there only rounding noise is left, while real gradient entries are 1e-3 to 1). bf16: operands
-          // of GEMMs and attention keep 8 significant bits: 1e-2 on the loss, 6e-2 relative L2 error per gradient.
+          // of GEMMs and attention, and the GEMM outputs kept in bf16, have 8 significant bits: 1e-2 on the loss, 6e-2
+          // relative L2 error per gradient.
           assertEquals(ref.loss(), got.loss(), (mixed ? 1e-2 : 1e-5) * Math.abs(ref.loss()), what + ": loss");
-          double scale = 0;
-          for (double[] r : ref.grads().values()) {
-            for (double x : r) {
-              scale = Math.max(scale, Math.abs(x));
-            }
+          if (mixed) {
+            assertGradientsClose(what, ref, got, 6e-2);
+            continue;
           }
           for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
             double[] r = e.getValue();
             double[] g = got.grads().get(e.getKey());
-            double num = 0;
-            double den = 0;
             double worst = 0;
             double max = 0;
             for (int i = 0; i < r.length; i++) {
               assertTrue(!Double.isNaN(g[i]), what + " " + e.getKey() + ": NaN at " + i);
-              num += (g[i] - r[i]) * (g[i] - r[i]);
-              den += r[i] * r[i];
               worst = Math.max(worst, Math.abs(g[i] - r[i]));
               max = Math.max(max, Math.abs(r[i]));
             }
-            if (mixed) {
-              // Plus, per element, 2^-8 of the model's largest gradient entry: a gradient that is a sum of nearly
-              // cancelling terms (the QK-norm biases above) keeps only bf16 rounding noise of terms of that size.
-              assertTrue(Math.sqrt(num) <= 6e-2 * Math.sqrt(den) + scale / 256 * Math.sqrt(r.length), what + " "
-                  + e.getKey()
-                  + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
-            } else {
-              assertTrue(worst <= 1e-3 * max + 1e-5, what + " " + e.getKey() + ": worst error " + worst + " of max "
-                  + max);
-            }
+            assertTrue(worst <= 1e-3 * max + 1e-5, what + " " + e.getKey() + ": worst error " + worst + " of max "
+                + max);
           }
         }
       }
+    }
+  }
+
+  @Test
+  void gemmResultsStoredInBf16ChangeResultsByTheirRoundingOnly() {
+    // In mixed precision the GEMM outputs whose readers all take bf16 (the SwiGLU's w1 x and w3 x, the logits, the
+    // gradients entering the SwiGLU and the q/k/v sum, ...) are stored in bf16, as autocast keeps them; the fused
+    // kernels read them through their _in16 variants, the cross-entropy through its bf16 kernel. Against the same
+    // step with those outputs in fp32, each rounded once to 8 significant bits: the loss must move (else nothing was
+    // stored in bf16) but by less than 1e-2 relative, and each gradient by less than 3e-2 relative L2 (plus the
+    // noise floor of a sum of nearly cancelling terms, as in the test above). A kernel reading bf16 as fp32, or the
+    // wrong element, is off by O(1).
+    CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
+    boolean moved = false;
+    for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
+      ModelConfig c = config(v);
+      Batch batch = Batch.random(c, 7);
+      Run[] runs = new Run[2];
+      for (int i = 0; i < 2; i++) {
+        dev.storeGemmResultsInBf16(i == 0);
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(batch.tokens()),
+              dev.fromHost(batch.positions()), dev.fromHost(batch.targets()), dev::download, dev);
+        }
+      }
+      dev.storeGemmResultsInBf16(true);
+      moved |= runs[0].loss() != runs[1].loss();
+      assertEquals(runs[1].loss(), runs[0].loss(), 1e-2 * Math.abs(runs[1].loss()), v.name() + ": loss");
+      assertGradientsClose(v.name() + " bf16 GEMM results", runs[1], runs[0], 3e-2);
+    }
+    assertTrue(moved, "no variant's loss changed: were the GEMM results stored in bf16 at all?");
+  }
+
+  /**
+   * Each gradient of {@code got} within {@code relative} L2 error of {@code ref}'s, plus per element 2^-8 of the
+   * model's largest gradient entry: a gradient that is a sum of nearly cancelling terms (QK-norm biases under z-loss)
+   * keeps only bf16 rounding noise of terms of that size.
+   */
+  private static void assertGradientsClose(String what, Run ref, Run got, double relative) {
+    double scale = 0;
+    for (double[] r : ref.grads().values()) {
+      for (double x : r) {
+        scale = Math.max(scale, Math.abs(x));
+      }
+    }
+    for (Map.Entry<String, double[]> e : ref.grads().entrySet()) {
+      double[] r = e.getValue();
+      double[] g = got.grads().get(e.getKey());
+      double num = 0;
+      double den = 0;
+      for (int i = 0; i < r.length; i++) {
+        assertTrue(!Double.isNaN(g[i]), what + " " + e.getKey() + ": NaN at " + i);
+        num += (g[i] - r[i]) * (g[i] - r[i]);
+        den += r[i] * r[i];
+      }
+      assertTrue(Math.sqrt(num) <= relative * Math.sqrt(den) + scale / 256 * Math.sqrt(r.length), what + " "
+          + e.getKey() + ": relative L2 error " + Math.sqrt(num / Math.max(den, 1e-300)));
     }
   }
 

@@ -41,6 +41,9 @@ public final class FusedKernel {
   /** Those of {@link #gemmOperands} that are the forward's result: GEMM operands when the caller's reads are. */
   final java.util.Set<Value> resultGemmOperands = new java.util.LinkedHashSet<>();
 
+  /** Inputs that may be GEMM outputs stored in bf16 ({@link GemmOperands}): read through a conversion. */
+  final java.util.Set<Value> bf16Inputs = new java.util.LinkedHashSet<>();
+
   FusedKernel(String name, Shape domain) {
     this.name = name;
     this.domain = domain;
@@ -81,6 +84,24 @@ public final class FusedKernel {
    */
   public java.util.Set<Value> resultGemmOperands() {
     return resultGemmOperands;
+  }
+
+  /** The inputs that may arrive as GEMM outputs stored in bf16, in input order. */
+  public java.util.Set<Value> bf16Inputs() {
+    return bf16Inputs;
+  }
+
+  /** {@link #bf16Inputs()} as a bit mask over the inputs (bit i: input i), as {@code Kernel} carries it. */
+  public long bf16InputMask() {
+    long mask = 0;
+    int i = 0;
+    for (Value v : inputs.keySet()) {
+      if (i < 64 && bf16Inputs.contains(v)) {
+        mask |= 1L << i;
+      }
+      i++;
+    }
+    return mask;
   }
 
   /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */

@@ -2,6 +2,7 @@ package dev.kiln.processor.fuse;
 
 import dev.kiln.processor.fuse.FusedKernel.Level;
 import dev.kiln.processor.ir.Block;
+import dev.kiln.processor.ir.Cond;
 import dev.kiln.processor.ir.Node;
 import dev.kiln.processor.ir.Primitive;
 import dev.kiln.processor.ir.Value;
@@ -58,6 +59,8 @@ public final class GemmOperands {
   private final Callees callees;
   /** Every read of each value. */
   private final Map<Value, List<Read>> reads = new HashMap<>();
+  /** Every read of each value, as {@link Low} says (in step with {@link #reads}). */
+  private final Map<Value, List<Low>> lowReads = new HashMap<>();
   /** The kernel that writes each fused-kernel output. */
   private final Map<Value, FusedKernel> writer = new IdentityHashMap<>();
 
@@ -114,6 +117,152 @@ public final class GemmOperands {
       plan.gemmOperandInputs[i] = g.onlyGemms(plan.graph.inputs().get(i).value());
     }
     plan.gemmOperandGradient = plan.backward.dOut() != null && g.onlyGemms(plan.backward.dOut());
+    g.bf16Results(kernels);
+  }
+
+  /**
+   * Fills {@link Lowering.Result#bf16GemmResults}, {@code bf16CallResults}, {@code bf16CallGradients} and each
+   * kernel's {@link FusedKernel#bf16Inputs()}.
+   */
+  private void bf16Results(List<FusedKernel> kernels) {
+    java.util.Set<Value> maybe = new java.util.HashSet<>();
+    for (Node.Prim p : einsums) {
+      Bf16When when = low(p.out());
+      if (when != null && plan.gemms.get(p).writesInPlace()) {
+        plan.bf16GemmResults.put(p, when);
+        maybe.add(p.out());
+      }
+    }
+    for (Node.Call c : calls) {
+      Bf16When when = low(c.out());
+      if (when != null && when.consent() != LowKind.GRADIENT) {
+        plan.bf16CallResults.put(c, when);
+        maybe.add(c.out());
+      }
+    }
+    for (Node.CallGrad g : callGrads) {
+      for (int i = 0; i < g.dArgs().size() && i < 64; i++) {
+        Value d = g.dArgs().get(i);
+        Bf16When when = d == null ? null : low(d);
+        if (when != null && when.consent() == LowKind.YES) {
+          plan.bf16CallGradients.computeIfAbsent(g.call(), x -> new java.util.TreeMap<>()).merge(i, when.guard(),
+              (x, y) -> new Cond.And(x, y));
+          maybe.add(d);
+        }
+      }
+    }
+    // Views and branch results of such values may be bf16 too.
+    for (boolean grew = true; grew; ) {
+      grew = false;
+      for (var e : yieldedAs.entrySet()) {
+        if (maybe.contains(e.getKey())) {
+          for (Value out : e.getValue()) {
+            grew |= maybe.add(out);
+          }
+        }
+      }
+    }
+    for (FusedKernel k : kernels) {
+      for (Value v : k.inputs().keySet()) {
+        if (maybe.contains(v)) {
+          k.bf16Inputs.add(v);
+        }
+      }
+    }
+  }
+
+  /**
+   * When a value may be stored in bf16: while {@code guard} holds (the branches whose reads need it in its own
+   * precision are not taken; hyper-parameters, decided at init time) and the caller consents as {@code consent} says
+   * ({@code YES}: no consent needed; {@code RESULT}; {@code GRADIENT} of input {@code input}).
+   */
+  public record Bf16When(Cond guard, LowKind consent, int input) {}
+
+  /** A read: how it takes bf16, and the branch conditions under which it happens ({@code Cond.Const(true)}: always). */
+  private record Low(LowKind kind, int input, Cond guard) {}
+
+  /** How a read takes a GEMM output stored in bf16. */
+  public enum LowKind {
+    /** As it is (GEMMs, attention, cross-entropy, fused kernels). */
+    YES,
+    /** As the forward's result: when the caller takes it in bf16. */
+    RESULT,
+    /** As backward's gradient of an input: when the caller takes that in bf16. */
+    GRADIENT,
+    /** Only in its own precision. */
+    NO
+  }
+
+  private static final Cond ALWAYS = new Cond.Const(true);
+
+  /** The conditions of the branch arms being scanned, innermost last. */
+  private final java.util.ArrayDeque<Cond> guards = new java.util.ArrayDeque<>();
+
+  private Cond guard() {
+    Cond g = ALWAYS;
+    for (Cond c : guards) {
+      g = g == ALWAYS ? c : new Cond.And(g, c);
+    }
+    return g;
+  }
+
+  private final Map<Value, Optional<Bf16When>> lowOf = new HashMap<>();
+
+  /**
+   * When {@code v} may be stored in bf16, following branch results and views; null for never: nothing reads it, a
+   * read in its own precision happens whatever the hyper-parameters, or its reads need two different consents.
+   */
+  private Bf16When low(Value v) {
+    Optional<Bf16When> known = lowOf.get(v);
+    if (known == null) {
+      lowOf.put(v, Optional.empty()); // a cycle through branch results: never
+      known = Optional.ofNullable(computeLow(v));
+      lowOf.put(v, known);
+    }
+    return known.orElse(null);
+  }
+
+  private Bf16When computeLow(Value v) {
+    List<Low> own = lowReads.getOrDefault(v, List.of());
+    List<Value> outs = yieldedAs.getOrDefault(v, List.of());
+    if (own.isEmpty() && outs.isEmpty()) {
+      return null;
+    }
+    Cond guard = ALWAYS;
+    LowKind consent = LowKind.YES;
+    int input = -1;
+    List<Bf16When> all = new ArrayList<>();
+    for (Low r : own) {
+      all.add(r.kind() == LowKind.NO ? new Bf16When(not(r.guard()), LowKind.YES, -1)
+          : new Bf16When(ALWAYS, r.kind(), r.input()));
+    }
+    for (Value out : outs) {
+      Bf16When w = low(out);
+      if (w == null) {
+        return null;
+      }
+      all.add(w);
+    }
+    for (Bf16When w : all) {
+      if (w.guard() instanceof Cond.Const c && !c.value()) {
+        return null;
+      }
+      if (w.guard() != ALWAYS) {
+        guard = guard == ALWAYS ? w.guard() : new Cond.And(guard, w.guard());
+      }
+      if (w.consent() != LowKind.YES) {
+        if (consent != LowKind.YES && (consent != w.consent() || input != w.input())) {
+          return null;
+        }
+        consent = w.consent();
+        input = w.input();
+      }
+    }
+    return new Bf16When(guard, consent, input);
+  }
+
+  private static Cond not(Cond c) {
+    return c instanceof Cond.Const k ? new Cond.Const(!k.value()) : new Cond.Not(c);
   }
 
   /** True when {@code v} is read, and only by GEMMs (also where a branch hands it on as its result). */
@@ -153,12 +302,13 @@ public final class GemmOperands {
   }
 
   private void read(Value v, boolean gemm) {
-    read(v, gemm ? Read.GEMM : Read.OTHER);
+    read(v, gemm ? Read.GEMM : Read.OTHER, gemm ? LowKind.YES : LowKind.NO, -1);
   }
 
-  private void read(Value v, Read how) {
+  private void read(Value v, Read how, LowKind low, int input) {
     if (v != null) {
       reads.computeIfAbsent(v, x -> new ArrayList<>()).add(how);
+      lowReads.computeIfAbsent(v, x -> new ArrayList<>()).add(new Low(low, input, guard()));
     }
   }
 
@@ -193,12 +343,16 @@ public final class GemmOperands {
         case Node.Prim p -> prim(p);
         case Node.ParamRead r -> {}
         case Node.Call c -> {
+          calls.add(c);
           boolean[] gemm = c.component() == null ? new boolean[c.args().size()] : callees.arguments(c);
           for (int i = 0; i < c.args().size(); i++) {
             read(c.args().get(i), i < gemm.length && gemm[i]);
           }
         }
-        case Node.CallGrad g -> read(g.dOut(), g.call().component() != null && callees.resultGradient(g.call()));
+        case Node.CallGrad g -> {
+          callGrads.add(g);
+          read(g.dOut(), g.call().component() != null && callees.resultGradient(g.call()));
+        }
         case Node.ParamGrad g -> read(g.grad(), false);
         case Node.Loop l -> {
           l.init().forEach(v -> read(v, false));
@@ -209,8 +363,12 @@ public final class GemmOperands {
           scan(l.body(), null, Read.OTHER);
         }
         case Node.Branch br -> {
+          guards.addLast(br.cond());
           scan(br.then(), br.out(), Read.OTHER);
+          guards.removeLast();
+          guards.addLast(not(br.cond()));
           scan(br.otherwise(), br.out(), Read.OTHER);
+          guards.removeLast();
         }
       }
     }
@@ -219,10 +377,26 @@ public final class GemmOperands {
       if (branchOut != null && i < branchOut.size() && v != null) {
         yieldedAs.computeIfAbsent(v, x -> new ArrayList<>()).add(branchOut.get(i));
       } else {
-        read(v, results);
+        int gradient = gradientIndex(b, v);
+        read(v, results, results == Read.RESULT ? LowKind.RESULT : gradient >= 0 ? LowKind.GRADIENT : LowKind.NO,
+            gradient);
       }
     }
   }
+
+  /** Which input's gradient a result of backward's top block is, or -1 (not such a result, or past 64). */
+  private int gradientIndex(Block b, Value v) {
+    if (b != plan.backward.block() || v == null) {
+      return -1;
+    }
+    int i = plan.backward.inputGrads().indexOf(v);
+    return i < 64 ? i : -1;
+  }
+
+  /** The sub-module calls, their gradients, and the GEMM einsums met in forward and backward. */
+  private final List<Node.Call> calls = new ArrayList<>();
+  private final List<Node.CallGrad> callGrads = new ArrayList<>();
+  private final List<Node.Prim> einsums = new ArrayList<>();
 
   /** The RoPE nodes met, in forward and backward. */
   private final List<Node.Prim> ropes = new ArrayList<>();
@@ -238,6 +412,9 @@ public final class GemmOperands {
       return;
     }
     boolean gemm = p.op() == Primitive.EINSUM && p.inputs().size() == 2 && plan.gemms.containsKey(p);
+    if (gemm && k == null) {
+      einsums.add(p);
+    }
     // Attention's q, k, v (its other backward inputs, out and dOut, are read in their own precision).
     int attentionOperands = switch (p.op()) {
       case ATTENTION, ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> 3;
@@ -248,8 +425,22 @@ public final class GemmOperands {
       if (Lowering.shapeOnly(p, i) || (k != null && writer.get(v) == k)) {
         continue; // its shape only, or a kernel reading what it computed itself (a register, not memory)
       }
-      read(v, gemm || i < attentionOperands);
+      boolean asGemm = gemm || i < attentionOperands;
+      read(v, asGemm ? Read.GEMM : Read.OTHER, asGemm || k != null || takesBf16(p, i) ? LowKind.YES : LowKind.NO,
+          -1);
     }
     // Sizes a constant is computed from (Attr.Const) are shape reads: no entry.
+  }
+
+  /**
+   * Device primitives that take input {@code i} in bf16 as it is: attention backward's {@code dOut} (rounded to bf16
+   * for the kernels anyway) and cross-entropy's logits. A fused kernel's inputs are handled by the caller.
+   */
+  private static boolean takesBf16(Node.Prim p, int i) {
+    return switch (p.op()) {
+      case ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> i == 4;
+      case CROSS_ENTROPY, CROSS_ENTROPY_GRAD -> i == 0;
+      default -> false;
+    };
   }
 }

@@ -128,10 +128,27 @@ public final class GemmPlan {
   }
 
   /**
+   * Whether the GEMM writes the einsum's result itself (two operands, the output's dims in GEMM order, no copy after):
+   * then the tensor {@link #code} allocates is the result, and may be allocated another way.
+   */
+  public boolean writesInPlace() {
+    return spec.inputs().size() == 2 && (c.equals(cat(batch, m, n)) || c.equals(cat(batch, n, m)));
+  }
+
+  /**
    * Java statements computing the einsum of {@code operands} into a new local {@code out}. {@code plan} returns the
    * name of a static {@code EinopsPlan} constant for a pattern; {@code id} makes the locals unique.
    */
   public List<String> code(List<String> operands, String out, String id, Function<String, String> plan) {
+    return code(operands, out, id, plan, null);
+  }
+
+  /**
+   * {@link #code}, where a GEMM that {@link #writesInPlace} allocates its output with {@code
+   * dev.emptyGemmResult} when the Java condition {@code bf16When} holds (null: never).
+   */
+  public List<String> code(List<String> operands, String out, String id, Function<String, String> plan,
+      String bf16When) {
     List<String> lines = new ArrayList<>();
     if (spec.inputs().size() == 1) {
       String pattern = String.join(" ", a) + " -> " + String.join(" ", c);
@@ -188,7 +205,14 @@ public final class GemmPlan {
       outParts.add(slice(x, fromA ? la : lb, fromA ? sa : sb, fromA ? ra : rb));
     }
     String target = direct ? out : "c" + id + "$";
-    lines.add("Tensor " + target + " = dev.empty(dtype, Sizes.cat(" + String.join(", ", outParts) + "));");
+    String shape = "Sizes.cat(" + String.join(", ", outParts) + ")";
+    String alloc = "dev.empty(dtype, " + shape + ")";
+    if (bf16When != null && direct) {
+      String bf16 = "dev.emptyGemmResult(dtype, " + shape + ")";
+      alloc = bf16When.equals("true") ? bf16 : bf16When + " ? " + bf16 + " : " + alloc;
+    }
+    lines.add("Tensor " + target + " = " + alloc + ";" + (bf16When != null && direct
+        ? " // its readers take bf16: a mixed-precision device may store it so" : ""));
     boolean swap = direct && !c.equals(cat(batch, m, n));
     String viewA = view(opA, bs, transA ? ks : ms, transA ? ms : ks);
     String viewB = view(opB, bs, transB ? ns : ks, transB ? ks : ns);

@@ -50,6 +50,19 @@ public final class Lowering {
     public final Map<Value, Save> saved = new LinkedHashMap<>();
     /** Forward values whose {@code ATTENTION} node must also save its row log-sum-exp. */
     public final Set<Value> attentionLse = new HashSet<>();
+    /**
+     * GEMM einsums whose output may be stored in bf16 ({@code Device.emptyGemmResult}), and when
+     * ({@link GemmOperands}).
+     */
+    public final Map<Node.Prim, GemmOperands.Bf16When> bf16GemmResults = new IdentityHashMap<>();
+    /** Sub-module calls whose result this module takes in bf16, and when ({@link GemmOperands}). */
+    public final Map<Node.Call, GemmOperands.Bf16When> bf16CallResults = new IdentityHashMap<>();
+    /**
+     * Sub-module calls, with the arguments whose gradients this module takes in bf16 and the hyper-parameter
+     * condition under which it does.
+     */
+    public final Map<Node.Call, java.util.SortedMap<Integer, dev.kiln.processor.ir.Cond>> bf16CallGradients =
+        new IdentityHashMap<>();
     /** Per graph input: whether only GEMMs read it, in forward and backward ({@link GemmOperands}). */
     public boolean[] gemmOperandInputs = new boolean[0];
     /** Whether backward reads the result's gradient only in GEMMs ({@link GemmOperands}). */

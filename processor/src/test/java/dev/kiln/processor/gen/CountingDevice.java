@@ -28,6 +28,7 @@ final class CountingDevice implements Device {
     calls.clear();
     launches.clear();
     gemmOperands = 0;
+    gemmResults = 0;
     ropesForGemms = 0;
     constants = 0;
   }
@@ -49,6 +50,15 @@ final class CountingDevice implements Device {
   public Tensor emptyGemmOperand(DType dtype, long... shape) {
     gemmOperands++;
     return d.emptyGemmOperand(dtype, shape);
+  }
+
+  /** GEMM outputs allocated as ones whose readers all take bf16 (see {@link Device#emptyGemmResult}). */
+  int gemmResults;
+
+  @Override
+  public Tensor emptyGemmResult(DType dtype, long... shape) {
+    gemmResults++;
+    return d.emptyGemmResult(dtype, shape);
   }
 
   /** RoPE calls whose result only GEMMs and attention read ({@code forGemms}). */

@@ -42,14 +42,19 @@ class CudaSourceTest {
           boolean marked = comment.contains("(only GEMMs read it") || comment.contains("(the result: bf16");
           assertEquals(marked, cu.contains("extern \"C\" __global__ void " + name + "_f32_bf16("),
               m + ": " + name + "_f32_bf16 exactly when an output is marked as read only by GEMMs");
-          if (marked) {
-            bf16Variants++;
-          }
+          // An input that may be a GEMM output kept in bf16 (marked too): the variants reading it so.
+          boolean in16 = comment.contains("(a GEMM output: may come in bf16");
+          assertEquals(in16, cu.contains("extern \"C\" __global__ void " + name + "_f32_in16("),
+              m + ": " + name + "_f32_in16 exactly when an input is marked as a GEMM output");
+          assertEquals(in16 && marked, cu.contains("extern \"C\" __global__ void " + name + "_f32_bf16_in16("),
+              m + ": " + name + "_f32_bf16_in16 exactly when both are marked");
+          bf16Variants += (marked ? 1 : 0) + (in16 ? 1 : 0) + (in16 && marked ? 1 : 0);
         }
       }
       assertTrue(kernels > 0, m + " has no kernels");
       assertEquals(2 * kernels + bf16Variants, cu.split("extern \"C\"", -1).length - 1,
-          m + ": one f32 and one f64 per kernel, and f32_bf16 where an output is read only by GEMMs");
+          m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, f32_in16 where an"
+              + " input may be a bf16 GEMM output, f32_bf16_in16 where both");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

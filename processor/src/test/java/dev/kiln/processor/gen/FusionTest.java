@@ -100,6 +100,51 @@ class FusionTest {
   }
 
   /**
+   * GEMM outputs whose every reader takes bf16 (a fused kernel through its {@code _in16} variant, a GEMM, attention,
+   * cross-entropy) are allocated with {@code Device.emptyGemmResult}, where a mixed-precision device keeps them in
+   * bf16 as autocast keeps a linear layer's output. Every GEMM lives in a {@code Linear}, so the caller's reads
+   * decide, and the callee allocates through its context: SwiGLU's w1 x and w3 x are read by its kernels alone
+   * (forward, and backward from the saved copies), w2's output is the module's result and goes to whoever called it
+   * (the root context does not consent; a caller that does, gets it so too). In backward the gradient of w2's input
+   * is read by the SwiGLU backward kernel alone, while w1's and w3's input gradients are summed by a binary op,
+   * which reads in its own precision.
+   */
+  @Test
+  void gemmOutputsThatOnlyKernelsReadAreGemmResults() {
+    Run run = Run.of("cs336.SwiGlu", Map.of("d_model", 4, "d_ff", 6));
+    CountingDevice dev = run.dev();
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 4));
+    assertEquals(2, dev.gemmResults, "w1 x and w3 x, read by the SwiGLU kernels alone");
+    assertEquals(3L, dev.launches.get(0).bf16Inputs(), "the forward kernel may read both in bf16");
+    run.backward(y);
+    assertEquals(1, dev.gemmResults, "the gradient of w2's input, read by the SwiGLU backward kernel alone");
+    assertEquals(7L, dev.launches.get(0).bf16Inputs(), "w1 x, w3 x and that gradient");
+
+    Run consenting = new Run(run.dev(), run.m(), run.p(), new Context().child("ffn", false, true, 0L));
+    consenting.forward(Harness.random(new Random(1), 2, 3, 4));
+    assertEquals(3, dev.gemmResults, "w2's output too, when the caller takes the result in bf16");
+  }
+
+  /**
+   * A read that needs its own precision blocks bf16 only where it happens: in the Mlp, fc1's output goes to the gelu
+   * kernel in one branch of the activation and to relu, a device op on its own, in the other, so fc1 keeps it in
+   * bf16 only for GELU. The loss reads the logits (the forward's result) in cross-entropy only, so its call to the
+   * forward consents, and fc2 keeps them in bf16 for either activation.
+   */
+  @Test
+  void aBranchThatReadsInItsOwnPrecisionBlocksBf16OnlyWhenTaken() {
+    for (String activation : List.of("GELU", "RELU")) {
+      Run run = Run.of("cs336.Mlp", GeneratedModulesTest.mlpConfig(activation));
+      run.forward(Harness.random(new Random(1), 2, 3, 4));
+      assertEquals(activation.equals("GELU") ? 1 : 0, run.dev().gemmResults, activation + ": fc1's output");
+      run.dev().reset();
+      Generated.call(run.m(), "loss", new Context(), run.p(), Harness.random(new Random(1), 3, 4),
+          Harness.ints(new Random(2), 3, 3));
+      assertEquals(activation.equals("GELU") ? 2 : 1, run.dev().gemmResults, activation + ": and the logits");
+    }
+  }
+
+  /**
    * A norm's output is its module's result, so only the caller knows what reads it. In the pre-norm block both norms'
    * outputs go only into projections (attention's q, k, v; the SwiGLU's W1 and W3), so the block asks for them as
    * GEMM operands (Context.child(name, true)) and the norm's kernel allocates its result so. A norm called on its

@@ -43,6 +43,9 @@ public final class CudaEmitter {
     b.append("//     outputs that only GEMMs read (marked in its comment) also exists as <name>_f32_bf16: T = float,\n");
     b.append("//     and those outputs written as bf16 (unsigned short, rounded to nearest even), as a\n");
     b.append("//     mixed-precision device stores them: its GEMMs would round them to bf16 anyway.\n");
+    b.append("//     A kernel with inputs that may be GEMM outputs stored in bf16 (marked in its comment) also\n");
+    b.append("//     exists as <name>_f32_in16 (and <name>_f32_bf16_in16): those inputs read as bf16, widened to\n");
+    b.append("//     float.\n");
     b.append("//\n// Dims named in the kernels' comments\n");
     Set<String> dims = new LinkedHashSet<>();
     for (FusedKernel k : kernels) {
@@ -94,6 +97,13 @@ public final class CudaEmitter {
       // An output's store: in its own type, or rounded to bf16 (to nearest even, as the runtime's casts round) for
       // an output only GEMMs read, in the _f32_bf16 variant.
       template <typename T> __device__ __forceinline__ void kiln_put(T* p, long long i, T v) { p[i] = v; }
+
+      // An input's load: in its own type, or widened from bf16 (exact) for a GEMM output a mixed-precision device
+      // stored in bf16, in the _in16 variants.
+      template <typename T> __device__ __forceinline__ T kiln_get(const T* p, long long i) { return p[i]; }
+      __device__ __forceinline__ float kiln_get(const unsigned short* p, long long i) {
+        return __uint_as_float((unsigned) p[i] << 16);
+      }
       __device__ __forceinline__ void kiln_put(unsigned short* p, long long i, float v) {
         unsigned short h;
         asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
@@ -119,8 +129,10 @@ public final class CudaEmitter {
     List<String> params = new ArrayList<>();
     List<String> args = new ArrayList<>();
     int i = 0;
+    // Inputs that may be GEMM outputs stored in bf16 have the storage type H (T, or bf16 in the _in16 variants).
+    boolean bf16Inputs = !k.bf16Inputs().isEmpty();
     for (Value v : k.inputs().keySet()) {
-      params.add("const T* __restrict__ t" + i);
+      params.add((k.bf16Inputs().contains(v) ? "const H*" : "const T*") + " __restrict__ t" + i);
       args.add("t" + i++);
     }
     // Outputs only GEMMs read have the storage type G (T, or bf16 in the _f32_bf16 variant).
@@ -137,7 +149,8 @@ public final class CudaEmitter {
       params.add("double s" + s);
       args.add("s" + s);
     }
-    b.append(gemmOperands ? "template <typename T, typename G>\n" : "template <typename T>\n")
+    b.append("template <typename T").append(gemmOperands ? ", typename G" : "").append(bf16Inputs ? ", typename H" : "")
+        .append(">\n")
         .append("__device__ void ").append(k.name()).append("_body(")
         .append(String.join(", ", params)).append(") {\n");
     for (int s = 0; s < k.scalars().size(); s++) {
@@ -164,8 +177,8 @@ public final class CudaEmitter {
     List<Value> outs = new ArrayList<>(k.outputs().keySet());
     for (var en : k.inputs().entrySet()) {
       if (en.getValue() == Level.ROW || en.getValue() == Level.SCALAR) {
-        b.append("  const T v").append(en.getKey().id()).append(" = t").append(ins.indexOf(en.getKey())).append('[')
-            .append(en.getValue() == Level.ROW ? "r" : "0").append("];\n");
+        b.append("  const T v").append(en.getKey().id()).append(" = kiln_get(t").append(ins.indexOf(en.getKey()))
+            .append(", ").append(en.getValue() == Level.ROW ? "r" : "0").append(");\n");
       }
     }
     for (KernelSchedule.Step st : KernelSchedule.of(k)) {
@@ -242,17 +255,25 @@ public final class CudaEmitter {
           .append(loop).append("      if (e >= n) break;\n").append(indented).append("    }\n  }\n");
     }
     b.append("}\n\n");
-    List<String[]> variants = new ArrayList<>(List.of(new String[] {"f32", "float", "float"},
-        new String[] {"f64", "double", "double"}));
+    // {suffix, T, G, H}: G the storage of outputs only GEMMs read, H that of inputs that may be bf16 GEMM outputs.
+    String bf16 = "unsigned short";
+    List<String[]> variants = new ArrayList<>(List.of(new String[] {"f32", "float", "float", "float"},
+        new String[] {"f64", "double", "double", "double"}));
     if (gemmOperands) {
-      variants.add(new String[] {"f32_bf16", "float", "unsigned short"});
+      variants.add(new String[] {"f32_bf16", "float", bf16, "float"});
+    }
+    if (bf16Inputs) {
+      variants.add(new String[] {"f32_in16", "float", "float", bf16});
+    }
+    if (gemmOperands && bf16Inputs) {
+      variants.add(new String[] {"f32_bf16_in16", "float", bf16, bf16});
     }
     for (String[] t : variants) {
       String ps = String.join(", ", params).replace("const T*", "const " + t[1] + "*").replace("T*", t[1] + "*")
-          .replace("G*", t[2] + "*");
+          .replace("G*", t[2] + "*").replace("H*", t[3] + "*");
       b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(t[0]).append('(').append(ps)
           .append(") {\n  ").append(k.name()).append("_body<").append(t[1]).append(gemmOperands ? ", " + t[2] : "")
-          .append(">(").append(String.join(", ", args)).append(");\n}\n\n");
+          .append(bf16Inputs ? ", " + t[3] : "").append(">(").append(String.join(", ", args)).append(");\n}\n\n");
     }
   }
 
@@ -260,8 +281,8 @@ public final class CudaEmitter {
     Level l = k.inputs().get(x);
     if ((l == Level.FULL || l == Level.COL) && !loaded.contains(x)) {
       loaded.add(x);
-      b.append(in).append("const T v").append(x.id()).append(" = t").append(ins.indexOf(x)).append('[')
-          .append(l == Level.FULL ? "i" : "c").append("];\n");
+      b.append(in).append("const T v").append(x.id()).append(" = kiln_get(t").append(ins.indexOf(x)).append(", ")
+          .append(l == Level.FULL ? "i" : "c").append(");\n");
     }
   }
 

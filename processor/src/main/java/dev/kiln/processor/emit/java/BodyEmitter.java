@@ -2,6 +2,7 @@ package dev.kiln.processor.emit.java;
 
 import dev.kiln.processor.fuse.FusedKernel;
 import dev.kiln.processor.fuse.FusedKernel.Level;
+import dev.kiln.processor.fuse.GemmOperands;
 import dev.kiln.processor.fuse.GemmPlan;
 import dev.kiln.processor.fuse.Lowering;
 import dev.kiln.processor.ir.Attr;
@@ -410,6 +411,20 @@ final class BodyEmitter {
     return "Map.of(" + String.join(", ", parts) + ")";
   }
 
+  /** The Java condition under which a GEMM output is stored in bf16 ({@link GemmOperands.Bf16When}). */
+  private String when(GemmOperands.Bf16When w) {
+    List<String> parts = new ArrayList<>();
+    if (!(w.guard() instanceof Cond.Const k && k.value())) {
+      parts.add(cond(w.guard()));
+    }
+    switch (w.consent()) {
+      case RESULT -> parts.add("ctx$.resultInBf16()");
+      case GRADIENT -> parts.add("ctx$.inputGradientInBf16(" + w.input() + ")");
+      default -> {}
+    }
+    return parts.isEmpty() ? "true" : String.join(" && ", parts);
+  }
+
   String cond(Cond c) {
     return switch (c) {
       case Cond.Flag f -> "params$." + f.component() + "()";
@@ -467,12 +482,22 @@ final class BodyEmitter {
     String params;
     String context;
     ModuleIr.Component comp = c.component() == null ? null : module.components().get(c.component());
-    // A result only GEMMs read: the callee may store it as their bf16 operand (Context.resultForGemms).
-    String forGemms = plan.gemmOperandCallResults.contains(c.out()) ? ", true" : "";
+    // A result only GEMMs read: the callee may store it as their bf16 operand (Context.resultForGemms). A result or
+    // argument gradients this module takes in bf16: the callee may keep its GEMM outputs so (GemmOperands).
+    boolean gemmsOnly = plan.gemmOperandCallResults.contains(c.out());
+    GemmOperands.Bf16When resultBf16 = plan.bf16CallResults.get(c);
+    var gradientsBf16 = plan.bf16CallGradients.getOrDefault(c, new java.util.TreeMap<>());
+    List<String> mask = new ArrayList<>();
+    gradientsBf16.forEach((i, guard) -> mask.add(guard instanceof Cond.Const k && k.value() ? (1L << i) + "L"
+        : "(" + cond(guard) + " ? " + (1L << i) + "L : 0L)"));
+    String forGemms = resultBf16 != null || !mask.isEmpty()
+        ? ", " + gemmsOnly + ", " + (resultBf16 == null ? "false" : when(resultBf16)) + ", "
+            + (mask.isEmpty() ? "0L" : String.join(" | ", mask))
+        : gemmsOnly ? ", true" : "";
     if (comp == null) {
       target = "this";
       params = "params$";
-      context = ctx + ".child(\"" + key + "\")";
+      context = ctx + ".child(\"" + key + "\"" + forGemms + ")";
     } else if (comp instanceof ModuleIr.ModuleList) {
       target = host.subField(c.component());
       params = elementVar(c.component());
@@ -756,7 +781,8 @@ final class BodyEmitter {
     }
     line("// " + g.describe());
     String id = Integer.toString(p.out().id());
-    List<String> lines = g.code(ops, nameOf(p.out()), id, host::plan);
+    GemmOperands.Bf16When bf16 = plan.bf16GemmResults.get(p);
+    List<String> lines = g.code(ops, nameOf(p.out()), id, host::plan, bf16 == null ? null : when(bf16));
     for (int i = 0; i < lines.size(); i++) {
       line(lines.get(i) + (i == lines.size() - 1 ? comment(p.out()).replaceFirst("^ ", " ") : ""));
     }

@@ -55,7 +55,9 @@ public final class KernelJavaEmitter {
     int i = 0;
     for (var e : k.inputs().entrySet()) {
       b.append("  t").append(i++).append(" in  ").append(e.getValue().name().toLowerCase()).append(" v")
-          .append(e.getKey().id()).append(" '").append(e.getKey().shape()).append("'\n");
+          .append(e.getKey().id()).append(" '").append(e.getKey().shape()).append("'")
+          .append(k.bf16Inputs().contains(e.getKey()) ? " (a GEMM output: may come in bf16 in mixed precision)" : "")
+          .append('\n');
     }
     for (var e : k.outputs().entrySet()) {
       b.append("  t").append(i++).append(" out ").append(e.getValue().name().toLowerCase()).append(" v")

@@ -155,6 +155,7 @@ public final class CudaModelDevice implements Device {
   private long launches;
   private boolean poison;
   private boolean gemmOperandsInBf16 = true;
+  private boolean gemmResultsInBf16 = true;
   /** Inside a CUDA-graph capture: nothing may synchronise or copy from the host. */
   private boolean capturing;
   /** Uploads and iotas served from a content cache (persistent tensors), so a captured graph never copies them. */
@@ -693,6 +694,27 @@ public final class CudaModelDevice implements Device {
     gemmOperandsInBf16 = on;
   }
 
+  /**
+   * In mixed precision, a GEMM output whose readers all take bf16 (the processor says so: {@link
+   * Device#emptyGemmResult}) is stored in bf16, as {@code torch.autocast} keeps a linear layer's output: the GEMM
+   * writes half the bytes, and the fused kernels that read it ({@code _in16} variants), attention and the
+   * cross-entropy read half. This rounds the value once, where fp32 storage would not; {@link
+   * #storeGemmResultsInBf16} turns it off.
+   */
+  @Override
+  public Tensor emptyGemmResult(DType dtype, long... shape) {
+    boolean bf16 = gemmResultsInBf16 && precision == Precision.BF16 && dtype == DType.F32;
+    return wrap(newArray(bf16 ? DType.BF16 : dtype, shape));
+  }
+
+  /**
+   * Whether {@link #emptyGemmResult} stores in bf16 under mixed precision (the default). Off, GEMM outputs are fp32
+   * as every activation but the GEMM-only ones: a step's results then differ by the rounding alone.
+   */
+  public void storeGemmResultsInBf16(boolean on) {
+    gemmResultsInBf16 = on;
+  }
+
   @Override
   public Tensor zeros(DType dtype, long... shape) {
     return full(dtype, 0, shape);
@@ -886,12 +908,21 @@ public final class CudaModelDevice implements Device {
   public void gemm(Tensor a, boolean transA, Tensor b, boolean transB, Tensor c, double alpha, double beta) {
     CudaTensor ta = ct(a, "gemm", "a");
     CudaTensor tb = ct(b, "gemm", "b");
-    CudaArray z = floating(c, "gemm", "c");
+    CudaArray z = arr(c, "gemm", "c");
+    if (!(z.dtype() == DType.BF16 && precision == Precision.BF16 && beta == 0)) {
+      z = floating(c, "gemm", "c"); // a bf16 output only as emptyGemmResult makes it, written, not accumulated
+    }
     CudaArray x = ta.array();
     CudaArray y = tb.array();
     if (precision == Precision.BF16) {
-      // Operands stored in bf16 (outputs only GEMMs read, see emptyGemmOperand) are what the GEMM reads anyway.
-      sameFloat("gemm", x.dtype() == DType.BF16 ? z : x, y.dtype() == DType.BF16 ? z : y, z);
+      // Operands stored in bf16 (outputs only GEMMs read, see emptyGemmOperand; GEMM results, see emptyGemmResult)
+      // are what the GEMM reads anyway.
+      DType f = z.dtype() == DType.BF16 ? DType.F32 : z.dtype();
+      for (CudaArray o : new CudaArray[] {x, y}) {
+        if (o.dtype() != DType.BF16 && o.dtype() != f) {
+          throw new IllegalArgumentException("cuda device, gemm: operands mix " + o.dtype() + " and " + f);
+        }
+      }
     } else {
       sameFloat("gemm", x, y, z);
     }
@@ -1403,7 +1434,7 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor crossEntropy(Tensor logits, Tensor targets) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
-    CudaArray out = newArray(xt[0].dtype(), xt[1].shape());
+    CudaArray out = newArray(computeDtype(xt[0]), xt[1].shape());
     crossEntropyLaunch(xt[0], xt[1], null, out, null);
     return wrap(out);
   }
@@ -1416,10 +1447,13 @@ public final class CudaModelDevice implements Device {
   public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropyBackward");
     CudaArray g = floating(dLoss, "crossEntropyBackward", "dLoss");
-    sameFloat("crossEntropyBackward", xt[0], g);
+    if (g.dtype() != computeDtype(xt[0])) {
+      throw new IllegalArgumentException("cuda device, crossEntropyBackward: operands mix " + xt[0].dtype() + " and "
+          + g.dtype());
+    }
     CudaArray dense = newArray(g.dtype(), xt[1].shape());
     copyArray(g, dense); // the loss's gradient is often a broadcast scalar (the mean's 1/n)
-    CudaArray out = newArray(xt[0].dtype(), xt[0].shape());
+    CudaArray out = newArray(g.dtype(), xt[0].shape());
     // In mixed precision the gradient is read next by the head's two GEMMs, which would cast it to bf16: the kernel
     // writes that copy too, from registers, which saves reading the fp32 gradient again.
     CudaArray out16 = precision == Precision.BF16 && !scopes.isEmpty() && vectorXent(xt[0])
@@ -1431,14 +1465,34 @@ public final class CudaModelDevice implements Device {
     return wrap(out);
   }
 
-  /** True when {@code x}'s rows go through {@code kiln_xent_cached4}: fp32, 16-byte aligned rows that fit it. */
+  /**
+   * True when {@code x}'s rows go through {@code kiln_xent_cached4}: fp32 rows starting on 16 bytes, or bf16 ones on
+   * 8, a multiple of 4 long, that fit it.
+   */
   private static boolean vectorXent(CudaArray x) {
     long v = x.shape(-1);
-    return x.dtype() == DType.F32 && v % 4 == 0 && x.address() % 16 == 0 && v <= XENT_CACHED4_MAX;
+    boolean aligned = x.dtype() == DType.F32 ? x.address() % 16 == 0 : x.dtype() == DType.BF16 && x.address() % 8 == 0;
+    return aligned && v % 4 == 0 && v <= XENT_CACHED4_MAX;
   }
 
+  /** The dtype a kernel computes {@code x} in: fp32 for a bf16 array (a GEMM result kept in bf16), else its own. */
+  private static DType computeDtype(CudaArray x) {
+    return x.dtype() == DType.BF16 ? DType.F32 : x.dtype();
+  }
+
+  /**
+   * Logits and targets, contiguous and checked. Logits may be bf16 in mixed precision (the LM head's output kept so,
+   * see {@link #emptyGemmResult}); such rows that {@code kiln_xent_cached4} cannot take are widened to fp32 first.
+   */
   private CudaArray[] crossEntropyOperands(Tensor logits, Tensor targets, String op) {
-    CudaArray x = contiguousArray(floating(logits, op, "logits"));
+    CudaArray given = arr(logits, op, "logits");
+    CudaArray x = given.dtype() == DType.BF16 && precision == Precision.BF16 ? contiguousArray(given)
+        : contiguousArray(floating(logits, op, "logits"));
+    if (x.dtype() == DType.BF16 && !vectorXent(x)) {
+      CudaArray wide = newArray(DType.F32, x.shape());
+      copyArray(x, wide);
+      x = wide;
+    }
     CudaArray t = contiguousArray(ids(targets, op));
     if (x.rank() != t.rank() + 1 || !Arrays.equals(Arrays.copyOf(x.shape(), t.rank()), t.shape())) {
       throw new IllegalArgumentException("cuda device, " + op + ": logits must be targets.shape + [vocab]; got logits "
@@ -1740,20 +1794,50 @@ public final class CudaModelDevice implements Device {
       throw new IllegalArgumentException("cuda device, " + what + ": the kernel takes " + kernel.inputs()
           + " inputs and " + kernel.outputs() + " outputs, got " + tensors.length + " tensors");
     }
+    CudaArray[] arrays = new CudaArray[tensors.length];
+    int bf16Inputs = 0;
+    int fp32MaybeBf16 = 0;
+    for (int i = 0; i < tensors.length; i++) {
+      boolean gemmOperand = i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs());
+      boolean gemmResult = i < kernel.inputs() && kernel.isBf16Input(i);
+      CudaArray a = arr(tensors[i], what, "tensor " + i);
+      if (!(gemmOperand || gemmResult) || a.dtype() != DType.BF16) {
+        // Only an output that only GEMMs read, or an input that may be a GEMM output kept in bf16, may be bf16.
+        a = floating(tensors[i], what, "tensor " + i);
+      }
+      if (gemmResult) {
+        if (a.dtype() == DType.BF16) {
+          bf16Inputs++;
+        } else {
+          fp32MaybeBf16++;
+        }
+      }
+      arrays[i] = a;
+    }
+    List<CudaArray> temps = new ArrayList<>(2);
+    if (bf16Inputs > 0 && fp32MaybeBf16 > 0) {
+      // The _in16 variants read all such inputs as bf16: with some in fp32 (a caller that wanted one of them in its
+      // own precision), the bf16 ones are widened instead, exactly, and the kernel runs in fp32.
+      for (int i = 0; i < kernel.inputs(); i++) {
+        if (arrays[i].dtype() == DType.BF16) {
+          CudaArray wide = temp(DType.F32, arrays[i].shape());
+          temps.add(wide);
+          copyArray(arrays[i], wide);
+          arrays[i] = wide;
+        }
+      }
+      bf16Inputs = 0;
+    }
     KernelArgs args = new KernelArgs();
     DType dtype = null;
     int bf16Outputs = 0;
-    for (int i = 0; i < tensors.length; i++) {
-      boolean gemmOperand = i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs());
-      CudaArray a = arr(tensors[i], what, "tensor " + i);
-      if (!gemmOperand || a.dtype() != DType.BF16) {
-        a = floating(tensors[i], what, "tensor " + i); // only an output that only GEMMs read may be bf16
-      }
+    for (int i = 0; i < arrays.length; i++) {
+      CudaArray a = arrays[i];
       if (!a.isContiguous()) {
         throw new IllegalArgumentException("cuda device, " + what + ": tensor " + i + " is not contiguous");
       }
       if (a.dtype() == DType.BF16) {
-        bf16Outputs++;
+        bf16Outputs += i >= kernel.inputs() ? 1 : 0;
       } else if (dtype == null) {
         dtype = a.dtype();
       } else if (a.dtype() != dtype) {
@@ -1765,8 +1849,11 @@ public final class CudaModelDevice implements Device {
       args.ptr(a);
     }
     // Outputs only GEMMs read come in bf16 (emptyGemmOperand) all together or not at all: the _f32_bf16 variant
-    // writes every one of them as bf16.
-    String variant = suffix(dtype == null ? DType.F32 : dtype);
+    // writes every one of them as bf16. Inputs that are GEMM outputs kept in bf16 (emptyGemmResult): _in16.
+    if (dtype == null) {
+      dtype = DType.F32; // every tensor bf16: GEMM results in, GEMM operands out, computed in fp32
+    }
+    String variant = suffix(dtype);
     if (bf16Outputs > 0) {
       if (bf16Outputs != Long.bitCount(kernel.gemmOperands()) || dtype != DType.F32) {
         throw new IllegalArgumentException("cuda device, " + what + ": " + bf16Outputs + " of its "
@@ -1774,6 +1861,12 @@ public final class CudaModelDevice implements Device {
             + " inputs; allocate all of them with emptyGemmOperand, with F32 inputs");
       }
       variant = "f32_bf16";
+    }
+    if (bf16Inputs > 0) {
+      if (dtype != DType.F32) {
+        throw new IllegalArgumentException("cuda device, " + what + ": bf16 GEMM outputs with " + dtype + " tensors");
+      }
+      variant = (bf16Outputs > 0 ? "f32_bf16" : "f32") + "_in16";
     }
     long rows = sizes[0];
     long cols = sizes[1];
@@ -1783,17 +1876,21 @@ public final class CudaModelDevice implements Device {
     }
     KernelLoader.Module m = gpu.kernels().generated(kernel.cudaResource());
     CudaKernel k = m.kernel(kernel.name() + "_" + variant);
-    if (rows * cols == 0) {
-      return;
+    try {
+      if (rows * cols == 0) {
+        return;
+      }
+      if (kernel.kind() == Kernel.Kind.POINTWISE) {
+        long perBlock = (long) BLOCK * kernel.elementsPerThread();
+        k.launch(stream, (rows * cols + perBlock - 1) / perBlock, 1, BLOCK, 0, args);
+      } else {
+        k.launch(stream, rows, 1, generatedRowBlock(cols), 0, args);
+      }
+      launches++;
+      mark("generated " + kernel.name());
+    } finally {
+      temps.forEach(CudaArray::close);
     }
-    if (kernel.kind() == Kernel.Kind.POINTWISE) {
-      long perBlock = (long) BLOCK * kernel.elementsPerThread();
-      k.launch(stream, (rows * cols + perBlock - 1) / perBlock, 1, BLOCK, 0, args);
-    } else {
-      k.launch(stream, rows, 1, generatedRowBlock(cols), 0, args);
-    }
-    launches++;
-    mark("generated " + kernel.name());
   }
 
   // ================================================================ attention

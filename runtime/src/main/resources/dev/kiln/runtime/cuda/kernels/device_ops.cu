@@ -624,25 +624,37 @@ KILN_XENT_CACHED(f32, float, i64, kiln_i64)
 KILN_XENT_CACHED(f64, double, i32, int)
 KILN_XENT_CACHED(f64, double, i64, kiln_i64)
 
-// kiln_xent_cached for fp32 rows whose length is a multiple of 4 and which start on 16 bytes (the host checks): the
-// same three steps on float4s, PER4 of them a thread, through 16-byte loads and stores. Per element this is a
-// quarter of the index arithmetic and memory instructions of the scalar kernel, which ran at a third of the memory
-// bandwidth on TinyStories' 32,768 x 10,000 logits. The backward may also write the gradient rounded to bf16 (out16,
+// kiln_xent_cached for rows whose length is a multiple of 4 and which start on 16 bytes (fp32) or 8 (bf16; the host
+// checks): the same three steps on groups of 4, PER4 of them a thread, through 16-byte (fp32) or 8-byte (bf16) loads
+// and 16-byte stores. Per element this is a quarter of the index arithmetic and memory instructions of the scalar
+// kernel, which ran at a third of the memory bandwidth on TinyStories' 32,768 x 10,000 logits. bf16 logits are what
+// a mixed-precision LM head's GEMM writes (Device.emptyGemmResult): read as they are and widened (exactly); the loss
+// and the gradient are fp32 as for fp32 logits. The backward may also write the gradient rounded to bf16 (out16,
 // else null): mixed precision's GEMMs read that copy instead of casting the fp32 gradient again.
-template <class I, int PER4>
-__device__ void kiln_xent_cached4(const float* __restrict__ x, const I* __restrict__ target,
+__device__ __forceinline__ float4 kiln_load4(const float* p, int j) { return reinterpret_cast<const float4*>(p)[j]; }
+__device__ __forceinline__ float4 kiln_load4(const unsigned short* p, int j) {
+  const uint2 w = reinterpret_cast<const uint2*>(p)[j];
+  return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+                     __uint_as_float(w.y & 0xffff0000u));
+}
+__device__ __forceinline__ float kiln_load1(const float* p, kiln_i64 i) { return p[i]; }
+__device__ __forceinline__ float kiln_load1(const unsigned short* p, kiln_i64 i) {
+  return __uint_as_float((unsigned)p[i] << 16);
+}
+template <class X, class I, int PER4>
+__device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__ target,
                                   const float* __restrict__ dloss, float* __restrict__ out,
                                   uint2* __restrict__ out16, kiln_i64 rows, kiln_i64 v, kiln_i64* err) {
   __shared__ float part[32];
   const int n4 = (int)(v >> 2);
   for (kiln_i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-    const float4* row = reinterpret_cast<const float4*>(x + r * v);
+    const X* row = x + r * v;
     float4 e[PER4];
     float m = -KILN_INF;
 #pragma unroll
     for (int i = 0; i < PER4; ++i) {
       const int j = threadIdx.x + i * blockDim.x;
-      e[i] = j < n4 ? row[j] : make_float4(-KILN_INF, -KILN_INF, -KILN_INF, -KILN_INF);
+      e[i] = j < n4 ? kiln_load4(row, j) : make_float4(-KILN_INF, -KILN_INF, -KILN_INF, -KILN_INF);
       m = fmaxf(m, fmaxf(fmaxf(e[i].x, e[i].y), fmaxf(e[i].z, e[i].w)));
     }
     m = kiln_block_reduce(m, true, part);
@@ -659,7 +671,7 @@ __device__ void kiln_xent_cached4(const float* __restrict__ x, const I* __restri
     s = kiln_block_reduce(s, false, part);
     const kiln_i64 t = (kiln_i64)target[r];
     if (dloss == nullptr) {
-      if (threadIdx.x == 0) out[r] = kiln_check_id(t, v, err) ? shift + logf(s) - x[r * v + t] : 0.f;
+      if (threadIdx.x == 0) out[r] = kiln_check_id(t, v, err) ? shift + logf(s) - kiln_load1(row, t) : 0.f;
       continue;
     }
     const float g = dloss[r];
@@ -682,14 +694,16 @@ __device__ void kiln_xent_cached4(const float* __restrict__ x, const I* __restri
     }
   }
 }
-#define KILN_XENT_CACHED4(NI, I)                                                                               \
-  extern "C" __global__ void __launch_bounds__(512, 1) kiln_xent_cached4_f32_##NI(                               \
-      const float* x, const I* target, const float* dloss, float* out, uint2* out16, kiln_i64 rows, kiln_i64 v, \
+#define KILN_XENT_CACHED4(N, X, NI, I)                                                                         \
+  extern "C" __global__ void __launch_bounds__(512, 1) kiln_xent_cached4_##N##_##NI(                             \
+      const X* x, const I* target, const float* dloss, float* out, uint2* out16, kiln_i64 rows, kiln_i64 v,     \
       kiln_i64* err) {                                                                                         \
-    kiln_xent_cached4<I, 8>(x, target, dloss, out, out16, rows, v, err);                                       \
+    kiln_xent_cached4<X, I, 8>(x, target, dloss, out, out16, rows, v, err);                                    \
   }
-KILN_XENT_CACHED4(i32, int)
-KILN_XENT_CACHED4(i64, kiln_i64)
+KILN_XENT_CACHED4(f32, float, i32, int)
+KILN_XENT_CACHED4(f32, float, i64, kiln_i64)
+KILN_XENT_CACHED4(bf16, unsigned short, i32, int)
+KILN_XENT_CACHED4(bf16, unsigned short, i64, kiln_i64)
 
 // ---------------------------------------------------------------- rotary position embedding (Device.rope)
 

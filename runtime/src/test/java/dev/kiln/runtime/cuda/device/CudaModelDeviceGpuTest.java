@@ -495,6 +495,43 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void gemmResultsKeptInBf16ReachTheCrossEntropyAsTheirRoundedValues() {
+    // In mixed precision a GEMM output whose readers take bf16 (Device.emptyGemmResult: the LM head's logits) is
+    // written by the GEMM in bf16, and the cross-entropy reads it so: the loss and its fp32 gradient must be the
+    // CPU's on the same values, the logits rounded to bf16 (exact in fp32), at fp32 tolerance. Rows of 1,000 take
+    // the 4-wide kernel; rows of 999 (not a multiple of 4) are widened to fp32 first.
+    for (int vocab : new int[] {1000, 999}) {
+      NdArray x = GpuTesting.randn(rnd, DType.F32, 2.0, 6, 32);
+      NdArray w = randn(vocab, 32);
+      NdArray ids = NdArray.fromLongs(new long[] {0, vocab - 1, 500, 3, 77, 1}, 2, 3);
+      NdArray dLoss = randn(2, 3);
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor logits = gpuBf16.emptyGemmResult(DType.F32, 6, vocab);
+        assertEquals(DType.BF16, logits.dtype(), "a GEMM result in mixed precision");
+        gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w), true, logits, 1, 0);
+        NdArray rounded = gpuBf16.toHost(logits).to(DType.F32).reshape(2, 3, vocab);
+        // The GEMM's own result, rounded once: against the CPU's fp32 product of the bf16-rounded operands.
+        Tensor product = cpu.zeros(DType.F32, 6, vocab);
+        cpu.gemm(x.to(DType.BF16).to(DType.F32), false, w.to(DType.BF16).to(DType.F32), true, product, 1, 0);
+        double[] p = d(product, cpu);
+        GpuTesting.assertClose("the bf16 GEMM result", p, GpuTesting.doubles(rounded), 0,
+            1e-2 * GpuTesting.maxAbs(p));
+        Tensor view = gpuBf16.reshape(logits, 2, 3, vocab);
+        same("cross-entropy of bf16 logits, vocabulary " + vocab, cpu.crossEntropy(rounded, ids),
+            gpuBf16.crossEntropy(view, gpuBf16.fromHost(ids)));
+        Tensor g = gpuBf16.crossEntropyBackward(view, gpuBf16.fromHost(ids), gpuBf16.fromHost(dLoss));
+        assertEquals(DType.F32, g.dtype(), "the gradient is fp32");
+        same("cross-entropy backward of bf16 logits, vocabulary " + vocab,
+            cpu.crossEntropyBackward(rounded, ids, dLoss), g);
+      }
+    }
+    assertEquals(DType.F32, gpu.emptyGemmResult(DType.F32, 2, 3).dtype(), "fp32 precision keeps GEMM results fp32");
+    gpuBf16.storeGemmResultsInBf16(false);
+    assertEquals(DType.F32, gpuBf16.emptyGemmResult(DType.F32, 2, 3).dtype(), "switched off");
+    gpuBf16.storeGemmResultsInBf16(true);
+  }
+
+  @Test
   void crossEntropyAndItsGradientMatchTheCpu() {
     // A language model's shape in small: rows of a 1,000-entry vocabulary, logits spread wide (std 4).
     NdArray logits = GpuTesting.randn(rnd, DType.F32, 4.0, 3, 5, 1000);
