@@ -48,8 +48,8 @@ public interface Device {
 
   /**
    * {@link #empty} for a GEMM's output whose every reader takes bf16: GEMMs, attention's q, k, v and dOut,
-   * {@link #crossEntropy} and {@link #crossEntropyBackward}'s logits, and fused kernels, which read such an input
-   * ({@link Kernel#isBf16Input}) through a conversion. A mixed-precision device may store it in bf16, as {@code
+   * {@link #crossEntropy} and {@link #crossEntropyBackward}'s logits, {@link #rope}'s x, {@link #binary} ADD and SUB
+   * (an fp32 result), and fused kernels, which read such an input ({@link Kernel#isBf16Input}) through a conversion. A mixed-precision device may store it in bf16, as {@code
    * torch.autocast} keeps a linear layer's output: it is rounded once, and the GEMM that writes it and every reader
    * move half the bytes. Unlike {@link #emptyGemmOperand}, this changes results (by that rounding), so a device does
    * it only where its precision policy says so. The default is {@code empty(dtype, shape)}.

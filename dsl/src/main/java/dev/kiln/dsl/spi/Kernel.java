@@ -57,7 +57,9 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
   /** How a kernel walks its iteration space. */
   public enum Kind {
     /**
-     * Every element {@code (row, col)} independently: {@link #elementsPerThread()} elements a CUDA thread. An input is read at
+     * Every element {@code (row, col)} independently: {@link #elementsPerThread()} elements a CUDA thread (the launch
+     * geometry; which elements is the kernel's affair: consecutive ones where vector accesses are aligned, else
+     * {@code blockDim.x} apart). An input is read at
      * {@code row * cols + col} (full), {@code col} (a last-dim vector broadcast over rows), {@code row} (one value per
      * row) or {@code 0} (a scalar); the kernel's comment says which.
      */

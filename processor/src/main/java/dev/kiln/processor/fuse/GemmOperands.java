@@ -145,7 +145,7 @@ public final class GemmOperands {
         Value d = g.dArgs().get(i);
         Bf16When when = d == null ? null : low(d);
         if (when != null && when.consent() == LowKind.YES) {
-          plan.bf16CallGradients.computeIfAbsent(g.call(), x -> new java.util.TreeMap<>()).merge(i, when.guard(),
+          plan.bf16CallGradients.computeIfAbsent(g.call().out(), x -> new java.util.TreeMap<>()).merge(i, when.guard(),
               (x, y) -> new Cond.And(x, y));
           maybe.add(d);
         }
@@ -434,12 +434,17 @@ public final class GemmOperands {
 
   /**
    * Device primitives that take input {@code i} in bf16 as it is: attention backward's {@code dOut} (rounded to bf16
-   * for the kernels anyway) and cross-entropy's logits. A fused kernel's inputs are handled by the caller.
+   * for the kernels anyway), cross-entropy's logits, RoPE's x (the q and k projections), and an add or subtract
+   * outside any kernel (the residual add of
+   * a projection's output, the sum of two projections' input gradients: same-shaped operands, which the device reads
+   * in bf16 directly; other shapes it widens first). A fused kernel's inputs are handled by the caller.
    */
   private static boolean takesBf16(Node.Prim p, int i) {
     return switch (p.op()) {
       case ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> i == 4;
       case CROSS_ENTROPY, CROSS_ENTROPY_GRAD -> i == 0;
+      case ROPE -> i == 0;
+      case ADD, SUB -> true;
       default -> false;
     };
   }

@@ -58,11 +58,11 @@ public final class Lowering {
     /** Sub-module calls whose result this module takes in bf16, and when ({@link GemmOperands}). */
     public final Map<Node.Call, GemmOperands.Bf16When> bf16CallResults = new IdentityHashMap<>();
     /**
-     * Sub-module calls, with the arguments whose gradients this module takes in bf16 and the hyper-parameter
-     * condition under which it does.
+     * Sub-module calls (by their result: a gradient node refers to its call by value, not by identity), with the
+     * arguments whose gradients this module takes in bf16 and the hyper-parameter condition under which it does.
      */
-    public final Map<Node.Call, java.util.SortedMap<Integer, dev.kiln.processor.ir.Cond>> bf16CallGradients =
-        new IdentityHashMap<>();
+    public final Map<Value, java.util.SortedMap<Integer, dev.kiln.processor.ir.Cond>> bf16CallGradients =
+        new HashMap<>();
     /** Per graph input: whether only GEMMs read it, in forward and backward ({@link GemmOperands}). */
     public boolean[] gemmOperandInputs = new boolean[0];
     /** Whether backward reads the result's gradient only in GEMMs ({@link GemmOperands}). */

@@ -106,8 +106,7 @@ class FusionTest {
    * decide, and the callee allocates through its context: SwiGLU's w1 x and w3 x are read by its kernels alone
    * (forward, and backward from the saved copies), w2's output is the module's result and goes to whoever called it
    * (the root context does not consent; a caller that does, gets it so too). In backward the gradient of w2's input
-   * is read by the SwiGLU backward kernel alone, while w1's and w3's input gradients are summed by a binary op,
-   * which reads in its own precision.
+   * is read by the SwiGLU backward kernel alone, and w1's and w3's input gradients by the add that sums them.
    */
   @Test
   void gemmOutputsThatOnlyKernelsReadAreGemmResults() {
@@ -117,7 +116,8 @@ class FusionTest {
     assertEquals(2, dev.gemmResults, "w1 x and w3 x, read by the SwiGLU kernels alone");
     assertEquals(3L, dev.launches.get(0).bf16Inputs(), "the forward kernel may read both in bf16");
     run.backward(y);
-    assertEquals(1, dev.gemmResults, "the gradient of w2's input, read by the SwiGLU backward kernel alone");
+    assertEquals(3, dev.gemmResults, "the gradients of w2's input (read by the SwiGLU backward kernel alone) and of"
+        + " w1's and w3's (read by their add)");
     assertEquals(7L, dev.launches.get(0).bf16Inputs(), "w1 x, w3 x and that gradient");
 
     Run consenting = new Run(run.dev(), run.m(), run.p(), new Context().child("ffn", false, true, 0L));

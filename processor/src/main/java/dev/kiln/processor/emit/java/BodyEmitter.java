@@ -486,7 +486,7 @@ final class BodyEmitter {
     // argument gradients this module takes in bf16: the callee may keep its GEMM outputs so (GemmOperands).
     boolean gemmsOnly = plan.gemmOperandCallResults.contains(c.out());
     GemmOperands.Bf16When resultBf16 = plan.bf16CallResults.get(c);
-    var gradientsBf16 = plan.bf16CallGradients.getOrDefault(c, new java.util.TreeMap<>());
+    var gradientsBf16 = plan.bf16CallGradients.getOrDefault(c.out(), new java.util.TreeMap<>());
     List<String> mask = new ArrayList<>();
     gradientsBf16.forEach((i, guard) -> mask.add(guard instanceof Cond.Const k && k.value() ? (1L << i) + "L"
         : "(" + cond(guard) + " ? " + (1L << i) + "L : 0L)"));

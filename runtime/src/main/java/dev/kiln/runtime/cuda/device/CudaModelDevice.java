@@ -1095,8 +1095,9 @@ public final class CudaModelDevice implements Device {
       return false;
     }
     for (CudaArray a : in) {
-      if (!a.isContiguous() || !Arrays.equals(a.shape(), out.shape()) || a.dtype() != DType.F32
-          || a.address() % 16 != 0) {
+      // fp32 operands through 16-byte loads; bf16 ones (mixedBinary) through 8-byte loads.
+      boolean aligned = a.dtype() == DType.F32 ? a.address() % 16 == 0 : a.dtype() == DType.BF16 && a.address() % 8 == 0;
+      if (!a.isContiguous() || !Arrays.equals(a.shape(), out.shape()) || !aligned) {
         return false;
       }
     }
@@ -1105,8 +1106,11 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public Tensor binary(Binary op, Tensor a, Tensor b) {
-    CudaArray x = floating(a, "binary " + op, "a");
-    CudaArray y = floating(b, "binary " + op, "b");
+    CudaArray x = operandOrBf16Result(a, "binary " + op, "a");
+    CudaArray y = operandOrBf16Result(b, "binary " + op, "b");
+    if (x.dtype() == DType.BF16 || y.dtype() == DType.BF16) {
+      return mixedBinary(op, x, y);
+    }
     sameFloat("binary " + op, x, y);
     long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
     if (op == Binary.ADD && (knownZero.contains(x) || knownZero.contains(y))) {
@@ -1126,6 +1130,48 @@ public final class CudaModelDevice implements Device {
     launchFlat(p.kernel("kiln_binary_" + suffix(x.dtype())), p.numel(), new KernelArgs().ptr(x).struct(p.strideWords(0)).ptr(y)
         .struct(p.strideWords(1)).struct(p.shapeWords()).ptr(out).i64(p.numel()).i32(op.ordinal()));
     return wrap(out);
+  }
+
+  /**
+   * An F32 operand, or in mixed precision a BF16 one: a GEMM output kept in bf16 ({@link #emptyGemmResult}), which
+   * the processor lets only ops that take bf16 read (the binary ops among them).
+   */
+  private CudaArray operandOrBf16Result(Tensor t, String op, String role) {
+    CudaArray a = arr(t, op, role);
+    return a.dtype() == DType.BF16 && precision == Precision.BF16 ? a : floating(t, op, role);
+  }
+
+  /**
+   * A binary op with a bf16 operand (or two), the result in fp32: one 4-wide kernel reading the bf16 operand as it
+   * is when both are contiguous and equally shaped (the residual add of a projection's output, the sum of two
+   * projections' input gradients), else the bf16 operands widened to fp32 first (exactly) and the fp32 path.
+   */
+  private Tensor mixedBinary(Binary op, CudaArray x, CudaArray y) {
+    for (CudaArray o : new CudaArray[] {x, y}) {
+      if (o.dtype() != DType.BF16 && o.dtype() != DType.F32) {
+        throw new IllegalArgumentException("cuda device, binary " + op + ": operands mix " + x.dtype() + " and "
+            + y.dtype());
+      }
+    }
+    long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
+    CudaArray out = newArray(DType.F32, shape);
+    if (vectorizable(out, x, y)) {
+      launchFlat("kiln_binary4_" + suffix(x.dtype()) + "_" + suffix(y.dtype()), out.numel() / 4,
+          new KernelArgs().ptr(x).ptr(y).ptr(out).i64(out.numel() / 4).i32(op.ordinal()));
+      return wrap(out);
+    }
+    out.close();
+    return binary(op, wrap(widened(x)), wrap(widened(y)));
+  }
+
+  /** {@code a} itself when it is not bf16, else an fp32 copy of it (exact), laid out as {@code a}. */
+  private CudaArray widened(CudaArray a) {
+    if (a.dtype() != DType.BF16) {
+      return a;
+    }
+    CudaArray wide = newArrayLike(a, DType.F32, a.shape());
+    copyArray(a, wide);
+    return wide;
   }
 
   private static long[] bstrides(CudaArray a, long[] shape, String role) {
@@ -1557,7 +1603,9 @@ public final class CudaModelDevice implements Device {
    */
   @Override
   public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms) {
-    CudaArray a = floating(x, "rope", "x");
+    // x may be a q or k projection kept in bf16 (emptyGemmResult): the token kernel reads it so; other layouts take
+    // it widened to fp32 (exactly).
+    CudaArray a = operandOrBf16Result(x, "rope", "x");
     if (a.rank() < 1 || a.shape(-1) % 2 != 0) {
       throw new IllegalArgumentException("cuda device, rope: x " + Arrays.toString(a.shape())
           + " must have an even last dim (pairs are rotated)");
@@ -1583,10 +1631,11 @@ public final class CudaModelDevice implements Device {
     // projection's layout), which would cast it to bf16: the kernel writes that copy too (out16), laid out as the
     // result, or, forGemms, only that copy. Its 4-byte pair stores need even row offsets: a new array in x's layout
     // has them, as x's last dim (even) is the innermost of its dims longer than 1.
-    boolean bf16Only = forGemms && gemmOperandsInBf16 && precision == Precision.BF16 && a.dtype() == DType.F32;
-    CudaArray out16 = bf16Only || (precision == Precision.BF16 && !scopes.isEmpty() && a.dtype() == DType.F32)
+    DType compute = computeDtype(a);
+    boolean bf16Only = forGemms && gemmOperandsInBf16 && precision == Precision.BF16 && compute == DType.F32;
+    CudaArray out16 = bf16Only || (precision == Precision.BF16 && !scopes.isEmpty() && compute == DType.F32)
         ? newArrayLike(a, DType.BF16, a.shape()) : null;
-    CudaArray out = bf16Only ? null : newArrayLike(a);
+    CudaArray out = bf16Only ? null : newArrayLike(a, compute, a.shape());
     CudaArray result = bf16Only ? out16 : out;
     // The leading dims as [n0, n1, n2], padded in front with size-1 dims.
     long[] n = {1, 1, 1};
@@ -1602,9 +1651,18 @@ public final class CudaModelDevice implements Device {
     walkInMemoryOrder(n, xs, os, pst);
     long half = a.shape(-1) / 2;
     long rowCount = NdArray.numel(rows);
-    if (rowCount > 0 && a.dtype() == DType.F32
+    if (rowCount > 0 && compute == DType.F32
         && ropeTokens(a, p, out, out16, result, n, xs, os, pst, half, theta, inverse)) {
       return ropeResult(result, shape);
+    }
+    if (a.dtype() == DType.BF16) {
+      // The general kernel reads fp32: widen x (laid out as it is) and start again.
+      for (CudaArray unused : new CudaArray[] {out, out16}) {
+        if (unused != null) {
+          unused.close();
+        }
+      }
+      return rope(wrap(widened(a)), positions, theta, inverse, forGemms);
     }
     KernelArgs args = new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p)
         .i64(pst[0]).i64(pst[1]).i64(pst[2]).ptr(ropeFrequencies(theta, half));
@@ -1670,7 +1728,8 @@ public final class CudaModelDevice implements Device {
     args.ptrOrNull(out16).i64(to[0]).i64(to[1]).i32((int) tokens).i32((int) span)
         .i32((int) width).f64(inverse ? -1 : 1);
     long warps = BLOCK / 32;
-    op("kiln_rope_tokens_f32_" + suffix(p.dtype())).launch(stream, (tokens + warps - 1) / warps, 1, BLOCK, 0, args);
+    op("kiln_rope_tokens_" + suffix(a.dtype()) + "_" + suffix(p.dtype())).launch(stream, (tokens + warps - 1) / warps,
+        1, BLOCK, 0, args);
     launches++;
     mark("rope");
     if (out != null && out16 != null) {

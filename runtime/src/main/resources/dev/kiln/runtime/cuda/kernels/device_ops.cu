@@ -325,6 +325,37 @@ extern "C" __global__ void kiln_binary4_f32(const float4* a, const float4* __res
   }
 }
 
+// kiln_binary4_f32 with one or both operands a GEMM output that mixed precision keeps in bf16 (Device.emptyGemmResult;
+// the residual adds, the sum of two projections' input gradients): 4 bf16 through one 8-byte load, widened exactly,
+// the result in fp32.
+__device__ __forceinline__ float4 kiln_wide4(const float4* p, kiln_i64 i) { return p[i]; }
+__device__ __forceinline__ float4 kiln_wide4(const uint2* p, kiln_i64 i) {
+  const uint2 w = p[i];
+  return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
+                     __uint_as_float(w.y & 0xffff0000u));
+}
+template <class A, class B>
+__device__ void kiln_binary4_mixed(const A* __restrict__ a, const B* __restrict__ b, float4* __restrict__ out,
+                                   kiln_i64 n4, int op) {
+  KILN_GRID_LOOP(i, n4) {
+    const float4 x = kiln_wide4(a, i);
+    const float4 y = kiln_wide4(b, i);
+    float4 r;
+    r.x = kiln_binary_op<float>(op, x.x, y.x);
+    r.y = kiln_binary_op<float>(op, x.y, y.y);
+    r.z = kiln_binary_op<float>(op, x.z, y.z);
+    r.w = kiln_binary_op<float>(op, x.w, y.w);
+    out[i] = r;
+  }
+}
+#define KILN_BINARY4_MIXED(NA, A, NB, B)                                                                      \
+  extern "C" __global__ void kiln_binary4_##NA##_##NB(const A* a, const B* b, float4* out, kiln_i64 n4, int op) { \
+    kiln_binary4_mixed<A, B>(a, b, out, n4, op);                                                               \
+  }
+KILN_BINARY4_MIXED(f32, float4, bf16, uint2)
+KILN_BINARY4_MIXED(bf16, uint2, f32, float4)
+KILN_BINARY4_MIXED(bf16, uint2, bf16, uint2)
+
 // ---------------------------------------------------------------- reductions (f32, f64; sums in double)
 
 // op: 0 sum, 1 max, 2 min (Reduction.SUM/MAX/MIN). Max and min propagate NaN, as torch.amax.
@@ -835,7 +866,7 @@ KILN_ROPE(f32, float, i64, kiln_i64, _32, unsigned)
 KILN_ROPE(f64, double, i32, int, _32, unsigned)
 KILN_ROPE(f64, double, i64, kiln_i64, _32, unsigned)
 
-// The common layout, fp32: every row of a token (all heads of a [b, s, (h d)] projection, walked in memory order by
+// The common layout, fp32 (or bf16) x: every row of a token (all heads of a [b, s, (h d)] projection, walked in memory order by
 // the host) is one contiguous span of span = heads * width elements sharing one position, width = 2 * half a
 // multiple of 4. One warp per token then computes the token's offsets and loads its position once, and each
 // lane moves float4s (two pairs) at 128-element steps. When width divides 128 (a power of two up to 128) a step keeps
@@ -843,8 +874,8 @@ KILN_ROPE(f64, double, i64, kiln_i64, _32, unsigned)
 // recomputed with one 32-bit remainder a step. The general kernel above did the row arithmetic for every 8 bytes of x and was compute-bound
 // at a third of the memory bandwidth (TinyStories' width, half = 16). x, out and the spans start 16-byte aligned
 // (the host checks); out16, when not null, is laid out as out, and out is null when out16 is the whole result.
-template <class I>
-__device__ void kiln_rope_tokens(const float* __restrict__ x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,
+template <class X, class I>
+__device__ void kiln_rope_tokens(const X* __restrict__ x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,
                                  const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1,
                                  const double* __restrict__ invFreq, const float* __restrict__ table,
                                  kiln_i64 tableRows, float* __restrict__ out, unsigned short* __restrict__ out16,
@@ -855,7 +886,7 @@ __device__ void kiln_rope_tokens(const float* __restrict__ x, kiln_i64 n1, kiln_
   if (token >= tokens) return;
   const unsigned t1 = token % (unsigned)n1;
   const kiln_i64 t0 = token / (unsigned)n1;
-  const float* xr = x + t0 * s0 + (kiln_i64)t1 * s1;
+  const X* xr = x + t0 * s0 + (kiln_i64)t1 * s1;
   const kiln_i64 oo = t0 * o0 + (kiln_i64)t1 * o1;
   float* outr = out == nullptr ? nullptr : out + oo;
   const kiln_i64 p = (kiln_i64)pos[t0 * p0 + (kiln_i64)t1 * p1];
@@ -877,7 +908,7 @@ __device__ void kiln_rope_tokens(const float* __restrict__ x, kiln_i64 n1, kiln_
         cs.w = -cs.w;
       }
     }
-    const float4 v = *reinterpret_cast<const float4*>(xr + e);
+    const float4 v = kiln_load4(xr + e, 0);
     float4 y;
     y.x = v.x * cs.x - v.y * cs.y;
     y.y = v.x * cs.y + v.y * cs.x;
@@ -894,18 +925,21 @@ __device__ void kiln_rope_tokens(const float* __restrict__ x, kiln_i64 n1, kiln_
     }
   }
 }
-#define KILN_ROPE_TOKENS(NI, I)                                                                                     \
-  extern "C" __global__ void kiln_rope_tokens_f32_##NI(const float* x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,        \
+#define KILN_ROPE_TOKENS(NX, X, NI, I)                                                                              \
+  extern "C" __global__ void kiln_rope_tokens_##NX##_##NI(const X* x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,         \
                                                        const I* pos, kiln_i64 p0, kiln_i64 p1,                        \
                                                        const double* invFreq, const float* table,                   \
                                                        kiln_i64 tableRows, float* out, unsigned short* out16,         \
                                                        kiln_i64 o0, kiln_i64 o1, unsigned tokens, unsigned span,      \
                                                        unsigned width, double sign) {                                \
-    kiln_rope_tokens<I>(x, n1, s0, s1, pos, p0, p1, invFreq, table, tableRows, out, out16, o0, o1, tokens, span,    \
-                        width, sign);                                                                                \
+    kiln_rope_tokens<X, I>(x, n1, s0, s1, pos, p0, p1, invFreq, table, tableRows, out, out16, o0, o1, tokens, span, \
+                           width, sign);                                                                             \
   }
-KILN_ROPE_TOKENS(i32, int)
-KILN_ROPE_TOKENS(i64, kiln_i64)
+KILN_ROPE_TOKENS(f32, float, i32, int)
+KILN_ROPE_TOKENS(f32, float, i64, kiln_i64)
+// x a q or k projection kept in bf16 (Device.emptyGemmResult): 4 elements through one 8-byte load, widened exactly.
+KILN_ROPE_TOKENS(bf16, unsigned short, i32, int)
+KILN_ROPE_TOKENS(bf16, unsigned short, i64, kiln_i64)
 
 // ---------------------------------------------------------------- squared norms (gradient clipping)
 

@@ -338,6 +338,37 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void ropeReadsAProjectionKeptInBf16() {
+    // The q and k projections are GEMM outputs that mixed precision keeps in bf16 (emptyGemmResult): RoPE reads them
+    // as they are, through their head-split view. Against the CPU on the rounded values, at fp32 RoPE tolerance:
+    // positions shared by a token's heads take the token kernel (bf16 loads), per-row positions the general kernel
+    // (x widened to fp32 first).
+    NdArray x = randn(128, 16);
+    NdArray w = randn(64, 16);
+    int[] rows = new int[2 * 2 * 64];
+    for (int i = 0; i < rows.length; i++) {
+      rows[i] = rnd.nextInt(4096);
+    }
+    for (NdArray pos : new NdArray[] {NdArray.arange(DType.I64, 64), NdArray.fromInts(rows, 2, 2, 64)}) {
+      String what = "rope of a bf16 projection, positions " + Arrays.toString(pos.shape());
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor proj = gpuBf16.emptyGemmResult(DType.F32, 128, 64);
+        assertEquals(DType.BF16, proj.dtype(), what);
+        gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w), true, proj, 1, 0);
+        NdArray rounded = gpuBf16.toHost(proj).to(DType.F32);
+        Tensor ref = cpu.rope(cpu.permute(rounded.reshape(2, 64, 2, 32), 0, 2, 1, 3), pos, 10_000, false);
+        Tensor view = gpuBf16.permute(gpuBf16.reshape(proj, 2, 64, 2, 32), 0, 2, 1, 3);
+        Tensor got = gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false);
+        assertEquals(DType.F32, got.dtype(), what + ": the rotation is fp32");
+        sameRope(what, ref, got);
+        Tensor only = gpuBf16.rope(view, gpuBf16.fromHost(pos), 10_000, false, true);
+        GpuTesting.assertClose(what + ", forGemms", d(gpuBf16.cast(got, DType.BF16), gpuBf16), d(only, gpuBf16), 0,
+            0);
+      }
+    }
+  }
+
+  @Test
   void ropeForGemmsWritesOnlyTheBf16Result() {
     // forGemms (only GEMMs and attention read the result): in mixed precision RoPE returns its bf16 copy alone. It
     // must hold what the copy of the plain call holds, and attention (forward and backward, in a scope and outside
@@ -524,6 +555,28 @@ class CudaModelDeviceGpuTest {
         same("cross-entropy backward of bf16 logits, vocabulary " + vocab,
             cpu.crossEntropyBackward(rounded, ids, dLoss), g);
       }
+    }
+    // Adds and subtractions take them too (the residual add of a projection's output, the sum of two projections'
+    // input gradients): fp32 results, against the CPU on the rounded values. Same-shaped operands go through the
+    // 4-wide mixed kernels (f32 + bf16, bf16 - f32, bf16 + bf16); a broadcast one is widened first.
+    try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+      NdArray x = randn(8, 16);
+      NdArray w = randn(24, 16);
+      NdArray r = randn(8, 24);
+      Tensor p = gpuBf16.emptyGemmResult(DType.F32, 8, 24);
+      Tensor q = gpuBf16.emptyGemmResult(DType.F32, 8, 24);
+      gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w), true, p, 1, 0);
+      gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w), true, q, 2, 0);
+      NdArray ph = gpuBf16.toHost(p).to(DType.F32);
+      NdArray qh = gpuBf16.toHost(q).to(DType.F32);
+      Tensor gr = gpuBf16.fromHost(r);
+      same("f32 + bf16", cpu.binary(Device.Binary.ADD, r, ph), gpuBf16.binary(Device.Binary.ADD, gr, p));
+      same("bf16 - f32", cpu.binary(Device.Binary.SUB, ph, r), gpuBf16.binary(Device.Binary.SUB, p, gr));
+      same("bf16 + bf16", cpu.binary(Device.Binary.ADD, ph, qh), gpuBf16.binary(Device.Binary.ADD, p, q));
+      Tensor bias = gpuBf16.narrow(gr, 0, 0, 1); // [1, 24], broadcast over the rows
+      same("bf16 + broadcast f32", cpu.binary(Device.Binary.ADD, ph, cpu.narrow(r, 0, 0, 1)),
+          gpuBf16.binary(Device.Binary.ADD, p, bias));
+      assertEquals(DType.F32, gpuBf16.binary(Device.Binary.ADD, p, q).dtype(), "the sum is fp32");
     }
     assertEquals(DType.F32, gpu.emptyGemmResult(DType.F32, 2, 3).dtype(), "fp32 precision keeps GEMM results fp32");
     gpuBf16.storeGemmResultsInBf16(false);
