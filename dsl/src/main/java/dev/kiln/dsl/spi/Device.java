@@ -176,6 +176,16 @@ public interface Device {
   /** {@code a op b} element by element with numpy broadcasting; a new tensor of the broadcast shape. */
   Tensor binary(Binary op, Tensor a, Tensor b);
 
+  /**
+   * {@link #binary}, where the processor proves every reader of the result takes bf16 ({@code bf16Result}) and an
+   * operand may be a GEMM output kept in bf16 ({@link #emptyGemmResult}): adding a zero to such an operand may then
+   * return the operand itself, in bf16 (the loss's gradient of the logits when z-loss is off). The default ignores
+   * the hint.
+   */
+  default Tensor binary(Binary op, Tensor a, Tensor b, boolean bf16Result) {
+    return binary(op, a, b);
+  }
+
   /** {@code a op b} as booleans, broadcasting; a new {@link DType#BOOL} tensor. */
   Tensor compare(Compare op, Tensor a, Tensor b);
 
@@ -326,6 +336,15 @@ public interface Device {
     Tensor sum = reduce(Reduction.SUM, unary(Unary.EXP, binary(Binary.SUB, logits, m)), last, true);
     Tensor lse = binary(Binary.ADD, unary(Unary.LOG, sum), m);
     return binary(Binary.SUB, reshape(lse, targets.shape()), pick(logits, targets));
+  }
+
+  /**
+   * {@link #crossEntropyBackward(Tensor, Tensor, Tensor)}, where the processor proves every reader of the result
+   * takes bf16 ({@code bf16Result}; the LM head's GEMMs): a mixed-precision device may then return it in bf16 alone,
+   * rounded once, as autocast's gradient of bf16 logits is. The default ignores the hint.
+   */
+  default Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss, boolean bf16Result) {
+    return crossEntropyBackward(logits, targets, dLoss);
   }
 
   /**

@@ -151,7 +151,9 @@ public final class GemmOperands {
         }
       }
     }
-    // Views and branch results of such values may be bf16 too.
+    // Views and branch results of such values may be bf16 too; so may the cross-entropy's gradient, and an add of
+    // such a value, where every reader of the result takes bf16 (a device returns the bf16 operand of an add of a
+    // zero: the logits' gradient when z-loss is off).
     for (boolean grew = true; grew; ) {
       grew = false;
       for (var e : yieldedAs.entrySet()) {
@@ -159,6 +161,14 @@ public final class GemmOperands {
           for (Value out : e.getValue()) {
             grew |= maybe.add(out);
           }
+        }
+      }
+      for (Node.Prim p : bf16Producers) {
+        boolean source = p.op() == Primitive.CROSS_ENTROPY_GRAD || p.inputs().stream().anyMatch(maybe::contains);
+        Bf16When when = source && !plan.bf16Prims.containsKey(p) ? low(p.out()) : null;
+        if (when != null && when.consent() == LowKind.YES) {
+          plan.bf16Prims.put(p, when);
+          grew |= maybe.add(p.out());
         }
       }
     }
@@ -351,7 +361,9 @@ public final class GemmOperands {
         }
         case Node.CallGrad g -> {
           callGrads.add(g);
-          read(g.dOut(), g.call().component() != null && callees.resultGradient(g.call()));
+          // A call of this module's own forward (the loss's) has its facts too: the forward graph is analysed first.
+          read(g.dOut(), (g.call().component() != null || g.call().calleeType() != null)
+              && callees.resultGradient(g.call()));
         }
         case Node.ParamGrad g -> read(g.grad(), false);
         case Node.Loop l -> {
@@ -397,6 +409,8 @@ public final class GemmOperands {
   private final List<Node.Call> calls = new ArrayList<>();
   private final List<Node.CallGrad> callGrads = new ArrayList<>();
   private final List<Node.Prim> einsums = new ArrayList<>();
+  /** Cross-entropy gradients and adds outside kernels: they may return bf16 where their readers take it. */
+  private final List<Node.Prim> bf16Producers = new ArrayList<>();
 
   /** The RoPE nodes met, in forward and backward. */
   private final List<Node.Prim> ropes = new ArrayList<>();
@@ -414,6 +428,9 @@ public final class GemmOperands {
     boolean gemm = p.op() == Primitive.EINSUM && p.inputs().size() == 2 && plan.gemms.containsKey(p);
     if (gemm && k == null) {
       einsums.add(p);
+    }
+    if (k == null && (p.op() == Primitive.CROSS_ENTROPY_GRAD || p.op() == Primitive.ADD || p.op() == Primitive.SUB)) {
+      bf16Producers.add(p);
     }
     // Attention's q, k, v (its other backward inputs, out and dOut, are read in their own precision).
     int attentionOperands = switch (p.op()) {

@@ -55,6 +55,11 @@ public final class Lowering {
      * ({@link GemmOperands}).
      */
     public final Map<Node.Prim, GemmOperands.Bf16When> bf16GemmResults = new IdentityHashMap<>();
+    /**
+     * Cross-entropy gradients and adds whose every reader takes bf16, and when: the generated call says so, and a
+     * mixed-precision device may return them in bf16 ({@link GemmOperands}).
+     */
+    public final Map<Node.Prim, GemmOperands.Bf16When> bf16Prims = new IdentityHashMap<>();
     /** Sub-module calls whose result this module takes in bf16, and when ({@link GemmOperands}). */
     public final Map<Node.Call, GemmOperands.Bf16When> bf16CallResults = new IdentityHashMap<>();
     /**

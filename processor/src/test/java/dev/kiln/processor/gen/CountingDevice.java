@@ -29,6 +29,7 @@ final class CountingDevice implements Device {
     launches.clear();
     gemmOperands = 0;
     gemmResults = 0;
+    bf16Results = 0;
     ropesForGemms = 0;
     constants = 0;
   }
@@ -173,6 +174,22 @@ final class CountingDevice implements Device {
   public Tensor binary(Binary op, Tensor a, Tensor b) {
     calls.add("binary " + op);
     return d.binary(op, a, b);
+  }
+
+  /** Primitive calls told that every reader of their result takes bf16 (the {@code bf16Result} overloads). */
+  int bf16Results;
+
+  @Override
+  public Tensor binary(Binary op, Tensor a, Tensor b, boolean bf16Result) {
+    bf16Results += bf16Result ? 1 : 0;
+    return binary(op, a, b);
+  }
+
+  @Override
+  public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss, boolean bf16Result) {
+    bf16Results += bf16Result ? 1 : 0;
+    calls.add("crossEntropyBackward");
+    return d.crossEntropyBackward(logits, targets, dLoss);
   }
 
   @Override

@@ -129,7 +129,9 @@ class FusionTest {
    * A read that needs its own precision blocks bf16 only where it happens: in the Mlp, fc1's output goes to the gelu
    * kernel in one branch of the activation and to relu, a device op on its own, in the other, so fc1 keeps it in
    * bf16 only for GELU. The loss reads the logits (the forward's result) in cross-entropy only, so its call to the
-   * forward consents, and fc2 keeps them in bf16 for either activation.
+   * forward consents, and fc2 keeps them in bf16 for either activation. In the loss's backward the logits' gradient
+   * goes only to the forward's backward, which reads it only in fc2's GEMMs (the module's own facts, from its forward
+   * graph): the cross-entropy's backward is told its result may be bf16.
    */
   @Test
   void aBranchThatReadsInItsOwnPrecisionBlocksBf16OnlyWhenTaken() {
@@ -141,6 +143,12 @@ class FusionTest {
       Generated.call(run.m(), "loss", new Context(), run.p(), Harness.random(new Random(1), 3, 4),
           Harness.ints(new Random(2), 3, 3));
       assertEquals(activation.equals("GELU") ? 2 : 1, run.dev().gemmResults, activation + ": and the logits");
+      Context ctx = new Context();
+      Generated.call(run.m(), "loss", ctx, run.p(), Harness.random(new Random(1), 3, 4),
+          Harness.ints(new Random(2), 3, 3));
+      run.dev().reset();
+      Generated.call(run.m(), "lossBackward", ctx, run.p(), Harness.CPU.full(DType.F64, 1.0));
+      assertEquals(1, run.dev().bf16Results, activation + ": the logits' gradient");
     }
   }
 

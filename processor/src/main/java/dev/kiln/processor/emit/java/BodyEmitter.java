@@ -411,6 +411,12 @@ final class BodyEmitter {
     return "Map.of(" + String.join(", ", parts) + ")";
   }
 
+  /** {@code ", <condition>"} for a primitive whose readers take a bf16 result ({@code Lowering.Result.bf16Prims}). */
+  private String bf16Hint(Node.Prim p) {
+    GemmOperands.Bf16When w = plan.bf16Prims.get(p);
+    return w == null ? "" : ", " + when(w);
+  }
+
   /** The Java condition under which a GEMM output is stored in bf16 ({@link GemmOperands.Bf16When}). */
   private String when(GemmOperands.Bf16When w) {
     List<String> parts = new ArrayList<>();
@@ -691,7 +697,7 @@ final class BodyEmitter {
           define(p.out(), dev + ".unary(Device.Unary." + p.op() + ", " + ref(in.get(0)) + ")");
       case CAST_FLOAT -> define(p.out(), dev + ".cast(" + ref(in.get(0)) + ", dtype)");
       case ADD, SUB, MUL, DIV, MAXIMUM -> define(p.out(), dev + ".binary(Device.Binary." + p.op() + ", "
-          + ref(in.get(0)) + ", " + ref(in.get(1)) + ")");
+          + ref(in.get(0)) + ", " + ref(in.get(1)) + bf16Hint(p) + ")");
       case GREATER, LESS -> define(p.out(), dev + ".compare(Device.Compare." + p.op() + ", " + ref(in.get(0)) + ", "
           + ref(in.get(1)) + ")");
       case WHERE -> define(p.out(), dev + ".where(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ", " + ref(in.get(2))
@@ -708,7 +714,7 @@ final class BodyEmitter {
       case GATHER -> define(p.out(), dev + ".gather(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ")");
       case CROSS_ENTROPY -> define(p.out(), dev + ".crossEntropy(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ")");
       case CROSS_ENTROPY_GRAD -> define(p.out(), dev + ".crossEntropyBackward(" + ref(in.get(0)) + ", "
-          + ref(in.get(1)) + ", " + ref(in.get(2)) + ")");
+          + ref(in.get(1)) + ", " + ref(in.get(2)) + bf16Hint(p) + ")");
       case TOPK_VALUES -> define(p.out(), dev + ".topk(" + ref(in.get(0)) + ", Math.toIntExact("
           + dim(((Attr.TopK) p.attr()).k()) + ")).values()");
       case TOPK_INDICES -> define(p.out(), dev + ".topk(" + ref(in.get(0)) + ", Math.toIntExact("

@@ -663,7 +663,8 @@ KILN_XENT_CACHED(f64, double, i64, kiln_i64)
 // kernel, which ran at a third of the memory bandwidth on TinyStories' 32,768 x 10,000 logits. bf16 logits are what
 // a mixed-precision LM head's GEMM writes (Device.emptyGemmResult): read as they are and widened (exactly); the loss
 // and the gradient are fp32 as for fp32 logits. The backward may also write the gradient rounded to bf16 (out16,
-// else null): mixed precision's GEMMs read that copy instead of casting the fp32 gradient again.
+// else null): mixed precision's GEMMs read that copy instead of casting the fp32 gradient again; out is null where
+// that copy is all its readers need (Device.crossEntropyBackward's bf16Result).
 __device__ __forceinline__ float4 kiln_load4(const float* p, int j) { return reinterpret_cast<const float4*>(p)[j]; }
 __device__ __forceinline__ float4 kiln_load4(const unsigned short* p, int j) {
   const uint2 w = reinterpret_cast<const uint2*>(p)[j];
@@ -710,7 +711,7 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
     const float g = dloss[r];
     const float inv = 1.f / s;
     if (threadIdx.x == 0) kiln_check_id(t, v, err);
-    float4* o = reinterpret_cast<float4*>(out + r * v);
+    float4* o = out == nullptr ? nullptr : reinterpret_cast<float4*>(out + r * v);
     uint2* o16 = out16 == nullptr ? nullptr : out16 + r * n4;
 #pragma unroll
     for (int i = 0; i < PER4; ++i) {
@@ -722,7 +723,7 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
       d.y = g * (e[i].y * inv - (c + 1 == t ? 1.f : 0.f));
       d.z = g * (e[i].z * inv - (c + 2 == t ? 1.f : 0.f));
       d.w = g * (e[i].w * inv - (c + 3 == t ? 1.f : 0.f));
-      o[j] = d;
+      if (o != nullptr) o[j] = d;
       if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
     }
   }

@@ -554,6 +554,24 @@ class CudaModelDeviceGpuTest {
         assertEquals(DType.F32, g.dtype(), "the gradient is fp32");
         same("cross-entropy backward of bf16 logits, vocabulary " + vocab,
             cpu.crossEntropyBackward(rounded, ids, dLoss), g);
+        // Told that every reader takes bf16 (the head's GEMMs), the 4-wide kernel writes the bf16 gradient alone:
+        // the fp32 one rounded, bit for bit. Rows it cannot take (999) stay fp32.
+        Tensor g16 = gpuBf16.crossEntropyBackward(view, gpuBf16.fromHost(ids), gpuBf16.fromHost(dLoss), true);
+        if (vocab % 4 == 0) {
+          assertEquals(DType.BF16, g16.dtype(), "the gradient alone in bf16");
+          GpuTesting.assertClose("bf16-only gradient", d(gpuBf16.cast(g, DType.BF16), gpuBf16), d(g16, gpuBf16), 0, 0);
+          // Adding the z-loss gradient when z-loss is off (a remembered zero) hands it on as it is, or, without the
+          // hint, in fp32.
+          Tensor zero = gpuBf16.expand(gpuBf16.full(DType.F32, 0), 2, 3, vocab);
+          Tensor passed = gpuBf16.binary(Device.Binary.ADD, zero, g16, true);
+          assertEquals(DType.BF16, passed.dtype(), "zero + a bf16 gradient, bf16 result allowed");
+          GpuTesting.assertClose("zero + g", d(g16, gpuBf16), d(passed, gpuBf16), 0, 0);
+          Tensor wide = gpuBf16.binary(Device.Binary.ADD, zero, g16);
+          assertEquals(DType.F32, wide.dtype(), "zero + a bf16 gradient without the hint");
+          GpuTesting.assertClose("zero + g, fp32", d(g16, gpuBf16), d(wide, gpuBf16), 0, 0);
+        } else {
+          assertEquals(DType.F32, g16.dtype(), "rows of 999: the scalar kernel, fp32");
+        }
       }
     }
     // Adds and subtractions take them too (the residual add of a projection's output, the sum of two projections'
