@@ -682,8 +682,13 @@ public final class CudaModelDevice implements Device {
    */
   @Override
   public Tensor emptyGemmOperand(DType dtype, long... shape) {
-    boolean bf16 = gemmOperandsInBf16 && precision == Precision.BF16 && dtype == DType.F32;
-    return wrap(newArray(bf16 ? DType.BF16 : dtype, shape));
+    return emptyMixed(gemmOperandsInBf16, dtype, shape);
+  }
+
+  /** A new tensor, in bf16 where {@code bf16} and mixed precision allow it for an F32 one. */
+  private Tensor emptyMixed(boolean bf16, DType dtype, long[] shape) {
+    boolean low = bf16 && precision == Precision.BF16 && dtype == DType.F32;
+    return wrap(newArray(low ? DType.BF16 : dtype, shape));
   }
 
   /**
@@ -703,8 +708,7 @@ public final class CudaModelDevice implements Device {
    */
   @Override
   public Tensor emptyGemmResult(DType dtype, long... shape) {
-    boolean bf16 = gemmResultsInBf16 && precision == Precision.BF16 && dtype == DType.F32;
-    return wrap(newArray(bf16 ? DType.BF16 : dtype, shape));
+    return emptyMixed(gemmResultsInBf16, dtype, shape);
   }
 
   /**

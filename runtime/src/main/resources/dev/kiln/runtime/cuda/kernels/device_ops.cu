@@ -327,7 +327,8 @@ extern "C" __global__ void kiln_binary4_f32(const float4* a, const float4* __res
 
 // kiln_binary4_f32 with one or both operands a GEMM output that mixed precision keeps in bf16 (Device.emptyGemmResult;
 // the residual adds, the sum of two projections' input gradients): 4 bf16 through one 8-byte load, widened exactly,
-// the result in fp32.
+// the result in fp32. A separate template from kiln_binary4_f32 because these are never in place, so every pointer
+// is __restrict__ (kiln_binary4_f32 also serves addInto, whose out is a).
 __device__ __forceinline__ float4 kiln_wide4(const float4* p, kiln_i64 i) { return p[i]; }
 __device__ __forceinline__ float4 kiln_wide4(const uint2* p, kiln_i64 i) {
   const uint2 w = p[i];
