@@ -5,6 +5,9 @@ mean over repetitions after warm-up), printing lines in the same format so scrip
   attention: torch.nn.functional.scaled_dot_product_attention, flash backend only, causal, bf16,
              [batch, heads, n, d] with batch = 16384 / n, heads = 2048 / d
   gemm:      a @ b.t() of bf16 matrices in CudaBenchmark.GEMM_SHAPES (cuBLAS/cuBLASLt underneath), bf16 out
+
+  python3 attention_bench.py [REPS]   # attention (REPS repetitions, default 10), then the GEMMs
+  python3 attention_bench.py gemm     # the GEMMs alone, as CudaBenchmark gemm
 """
 import sys
 
@@ -74,5 +77,6 @@ def gemm():
 
 if __name__ == "__main__":
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
-    attention(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
+    if not (len(sys.argv) > 1 and sys.argv[1] == "gemm"):
+        attention(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
     gemm()
