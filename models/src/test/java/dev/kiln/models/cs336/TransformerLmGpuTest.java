@@ -143,21 +143,27 @@ class TransformerLmGpuTest {
     boolean moved = false;
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
       ModelConfig c = config(v);
-      Batch batch = Batch.random(c, 7);
-      Run[] runs = new Run[2];
-      for (int i = 0; i < 2; i++) {
-        dev.storeGemmResultsInBf16(i == 0);
-        try (CudaModelDevice.Scope s = dev.scope()) {
-          runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(batch.tokens()),
-              dev.fromHost(batch.positions()), dev.fromHost(batch.targets()), dev::download, dev);
-        }
-      }
-      dev.storeGemmResultsInBf16(true);
+      Run[] runs = onAndOff(dev, c, Batch.random(c, 7), dev::storeGemmResultsInBf16);
       moved |= runs[0].loss() != runs[1].loss();
       assertEquals(runs[1].loss(), runs[0].loss(), 1e-2 * Math.abs(runs[1].loss()), v.name() + ": loss");
       assertGradientsClose(v.name() + " bf16 GEMM results", runs[1], runs[0], 3e-2);
     }
     assertTrue(moved, "no variant's loss changed: were the GEMM results stored in bf16 at all?");
+  }
+
+  /** One step of {@code c} on {@code batch} with a device setting on, then off; the setting is left on. */
+  private static Run[] onAndOff(CudaModelDevice dev, ModelConfig c, Batch batch,
+      java.util.function.Consumer<Boolean> setting) {
+    Run[] runs = new Run[2];
+    for (int i = 0; i < 2; i++) {
+      setting.accept(i == 0);
+      try (CudaModelDevice.Scope s = dev.scope()) {
+        runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(batch.tokens()),
+            dev.fromHost(batch.positions()), dev.fromHost(batch.targets()), dev::download, dev);
+      }
+    }
+    setting.accept(true);
+    return runs;
   }
 
   /**
@@ -196,16 +202,7 @@ class TransformerLmGpuTest {
     CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
       ModelConfig c = config(v);
-      Batch batch = Batch.random(c, 5);
-      Run[] runs = new Run[2];
-      for (int i = 0; i < 2; i++) {
-        dev.storeGemmOperandsInBf16(i == 0);
-        try (CudaModelDevice.Scope s = dev.scope()) {
-          runs[i] = run(new CompiledTransformerLm(dev, DType.F32), c, dev.fromHost(batch.tokens()),
-              dev.fromHost(batch.positions()), dev.fromHost(batch.targets()), dev::download, dev);
-        }
-      }
-      dev.storeGemmOperandsInBf16(true);
+      Run[] runs = onAndOff(dev, c, Batch.random(c, 5), dev::storeGemmOperandsInBf16);
       assertEquals(runs[1].loss(), runs[0].loss(), 0.0, v.name() + ": loss");
       for (var e : runs[1].grads().entrySet()) {
         double[] ref = e.getValue();
