@@ -47,9 +47,10 @@ public interface Device {
   }
 
   /**
-   * {@link #empty} for a GEMM's output whose every reader takes bf16: GEMMs, attention's q, k, v and dOut,
-   * {@link #crossEntropy} and {@link #crossEntropyBackward}'s logits, {@link #rope}'s x, {@link #binary} ADD and SUB
-   * (an fp32 result), and fused kernels, which read such an input ({@link Kernel#isBf16Input}) through a conversion. A mixed-precision device may store it in bf16, as {@code
+   * {@link #empty} for a GEMM's output whose every reader takes bf16: GEMMs, attention's q, k, v and dOut (and its
+   * backward's out), {@link #crossEntropy} and {@link #crossEntropyBackward}'s logits, {@link #rope}'s x,
+   * {@link #binary} ADD and SUB (an fp32 result), and fused kernels, which read such an input
+   * ({@link Kernel#isBf16Input}) through a conversion. A mixed-precision device may store it in bf16, as {@code
    * torch.autocast} keeps a linear layer's output: it is rounded once, and the GEMM that writes it and every reader
    * move half the bytes. Unlike {@link #emptyGemmOperand}, this changes results (by that rounding), so a device does
    * it only where its precision policy says so. The default is {@code empty(dtype, shape)}.
@@ -265,6 +266,17 @@ public interface Device {
    */
   void launch(Kernel kernel, Tensor[] tensors, long[] sizes, double[] scalars);
 
+  /**
+   * How many partial rows a {@link Kernel.Kind#ROWS} kernel's column-sum outputs ({@link Kernel#columnSums()}) have
+   * over {@code rows × cols}, between 1 and {@code rows}: the generated code allocates them so, the kernel sums runs
+   * of rows into them, and a sum over the partial rows finishes the job. Fewer partial rows write and re-read less;
+   * a GPU wants about one per block it can keep resident. The default, {@code rows}, is the full output (one row
+   * each), as a device that runs rows independently (the CPU's chunks) needs.
+   */
+  default long columnSumRows(long rows, long cols) {
+    return rows;
+  }
+
   // ---------------------------------------------------------------- rotary position embedding
 
   /**
@@ -384,9 +396,30 @@ public interface Device {
   AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale);
 
   /**
+   * {@link #attention(Tensor, Tensor, Tensor, Mask, double)}, where the processor proves every reader of {@code out}
+   * takes bf16 ({@code bf16Out}: the output projection's GEMMs and this attention's backward): a mixed-precision
+   * device may then write {@code out} in bf16 alone, rounded once from the fp32 accumulators, as autocast's flash
+   * attention does. The default ignores the hint.
+   */
+  default AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale, boolean bf16Out) {
+    return attention(q, k, v, mask, scale);
+  }
+
+  /**
    * The gradient of {@link #attention} given its inputs, its {@code out} and {@code lse}, and {@code dOut}
    * ({@code [..., s, e]}); new tensors.
    */
   AttentionGrads attentionBackward(
       Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale);
+
+  /**
+   * {@link #attentionBackward(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Mask, double)}, where the processor
+   * proves which gradients only bf16 readers take ({@code dqBf16}, {@code dkBf16}, {@code dvBf16}: RoPE's backward,
+   * the projections' GEMMs): a mixed-precision device may write those in bf16, rounded once from the fp32
+   * accumulators. The default ignores the hints.
+   */
+  default AttentionGrads attentionBackward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut,
+      Mask mask, double scale, boolean dqBf16, boolean dkBf16, boolean dvBf16) {
+    return attentionBackward(q, k, v, out, lse, dOut, mask, scale);
+  }
 }

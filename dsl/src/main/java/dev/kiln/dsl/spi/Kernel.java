@@ -22,9 +22,14 @@ import java.lang.foreign.MemorySegment;
  * @param bf16Inputs the inputs that may be GEMM outputs stored in bf16 ({@link Device#emptyGemmResult}), as a bit
  *     mask (bit i: input i). The CUDA kernel exists as {@code <name>_f32_in16} (and {@code <name>_f32_bf16_in16} with
  *     {@code gemmOperands}), which reads them as bf16 and computes in fp32
+ * @param columnSums the outputs of a {@link Kind#ROWS} kernel that only a sum over the rows reads (a norm's weight
+ *     gradient), as a bit mask (bit i: output i). Such an output is {@code [partials, cols]}, with
+ *     {@code partials = Device.columnSumRows(rows, cols)} rows ({@code 1 <= partials <= rows}): row {@code p} holds the
+ *     sums, column by column, of the run of {@code per = ceil(rows / partials)} rows starting at {@code p * per}. The
+ *     generated code sums the partial rows after the launch. With {@code partials == rows} it is the full output
  */
 public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
-    long gemmOperands, int elementsPerThread, long bf16Inputs) {
+    long gemmOperands, int elementsPerThread, long bf16Inputs, long columnSums) {
 
   public Kernel {
     if (elementsPerThread < 1) {
@@ -35,13 +40,19 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
 
   /** A kernel of one element a thread whose outputs are all stored in the compute dtype (an older processor's). */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1, 0L);
+    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1, 0L, 0L);
+  }
+
+  /** A kernel without column-sum outputs. */
+  public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
+      int elementsPerThread, long bf16Inputs) {
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, bf16Inputs, 0L);
   }
 
   /** A kernel whose inputs are all in the compute dtype. */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
       int elementsPerThread) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, 0L);
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, 0L, 0L);
   }
 
   /** Whether input {@code i} may arrive as a GEMM output stored in bf16. */
@@ -52,6 +63,11 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
   /** Whether output {@code i} (counted from the first output) is one only GEMMs read. */
   public boolean isGemmOperand(int i) {
     return i < 64 && (gemmOperands >>> i & 1) != 0;
+  }
+
+  /** Whether output {@code i} (counted from the first output) is summed over the rows ({@link #columnSums()}). */
+  public boolean isColumnSum(int i) {
+    return i < 64 && (columnSums >>> i & 1) != 0;
   }
 
   /** How a kernel walks its iteration space. */
@@ -65,8 +81,9 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
      */
     POINTWISE,
     /**
-     * One row at a time, with reductions over the row (softmax, RMSNorm, cross-entropy): one CUDA block per row.
-     * Outputs are full ({@code rows × cols}) or per row ({@code rows}).
+     * One row at a time, with reductions over the row (softmax, RMSNorm, cross-entropy): one CUDA block per row,
+     * or, with {@link #columnSums()}, one per partial row (each walking its run of rows). Outputs are full
+     * ({@code rows × cols}), per row ({@code rows}) or column sums ({@code partials × cols}).
      */
     ROWS
   }

@@ -44,6 +44,12 @@ public final class FusedKernel {
   /** Inputs that may be GEMM outputs stored in bf16 ({@link GemmOperands}): read through a conversion. */
   final java.util.Set<Value> bf16Inputs = new java.util.LinkedHashSet<>();
 
+  /**
+   * Full outputs of a ROWS kernel that only a {@code SUM_TO} down to a last-dim vector reads ({@link ColumnSums}): the
+   * kernel writes them summed over runs of rows, as {@code Kernel.columnSums} says.
+   */
+  final java.util.Set<Value> columnSums = new java.util.LinkedHashSet<>();
+
   FusedKernel(String name, Shape domain) {
     this.name = name;
     this.domain = domain;
@@ -97,6 +103,24 @@ public final class FusedKernel {
     int i = 0;
     for (Value v : inputs.keySet()) {
       if (i < 64 && bf16Inputs.contains(v)) {
+        mask |= 1L << i;
+      }
+      i++;
+    }
+    return mask;
+  }
+
+  /** The outputs written as column sums over runs of rows, in output order ({@link ColumnSums}). */
+  public java.util.Set<Value> columnSums() {
+    return columnSums;
+  }
+
+  /** {@link #columnSums()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */
+  public long columnSumMask() {
+    long mask = 0;
+    int i = 0;
+    for (Value v : outputs.keySet()) {
+      if (i < 64 && columnSums.contains(v)) {
         mask |= 1L << i;
       }
       i++;

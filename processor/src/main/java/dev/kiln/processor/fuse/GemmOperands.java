@@ -151,7 +151,8 @@ public final class GemmOperands {
         }
       }
     }
-    // Views and branch results of such values may be bf16 too; so may the cross-entropy's gradient, and an add of
+    // Views and branch results of such values may be bf16 too; so may the cross-entropy's gradient, attention's
+    // output and gradients, and an add of
     // such a value, where every reader of the result takes bf16 (a device returns the bf16 operand of an add of a
     // zero: the logits' gradient when z-loss is off).
     for (boolean grew = true; grew; ) {
@@ -164,7 +165,7 @@ public final class GemmOperands {
         }
       }
       for (Node.Prim p : bf16Producers) {
-        boolean source = p.op() == Primitive.CROSS_ENTROPY_GRAD || p.inputs().stream().anyMatch(maybe::contains);
+        boolean source = alwaysBf16Source(p) || p.inputs().stream().anyMatch(maybe::contains);
         Bf16When when = source && !plan.bf16Prims.containsKey(p) ? low(p.out()) : null;
         if (when != null && when.consent() == LowKind.YES) {
           plan.bf16Prims.put(p, when);
@@ -429,7 +430,7 @@ public final class GemmOperands {
     if (gemm && k == null) {
       einsums.add(p);
     }
-    if (k == null && (p.op() == Primitive.CROSS_ENTROPY_GRAD || p.op() == Primitive.ADD || p.op() == Primitive.SUB)) {
+    if (k == null && (alwaysBf16Source(p) || p.op() == Primitive.ADD || p.op() == Primitive.SUB)) {
       bf16Producers.add(p);
     }
     // Attention's q, k, v (its other backward inputs, out and dOut, are read in their own precision).
@@ -450,15 +451,28 @@ public final class GemmOperands {
   }
 
   /**
-   * Device primitives that take input {@code i} in bf16 as it is: attention backward's {@code dOut} (rounded to bf16
-   * for the kernels anyway), cross-entropy's logits, RoPE's x (the q and k projections), and an add or subtract
+   * Device primitives whose result may be bf16 whatever their inputs are, where every reader takes it so: the
+   * cross-entropy's gradient and attention's output and gradients (each written from fp32 accumulators, so storing
+   * it in bf16 rounds it once, as autocast does).
+   */
+  private static boolean alwaysBf16Source(Node.Prim p) {
+    return switch (p.op()) {
+      case CROSS_ENTROPY_GRAD, ATTENTION, ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> true;
+      default -> false;
+    };
+  }
+
+  /**
+   * Device primitives that take input {@code i} in bf16 as it is: attention backward's {@code out} and {@code dOut}
+   * (the kernels round dOut to bf16 anyway; out only enters the row sums of dOut · out, as in autocast's flash
+   * attention, which keeps out in bf16), cross-entropy's logits, RoPE's x (the q and k projections), and an add or subtract
    * outside any kernel (the residual add of
    * a projection's output, the sum of two projections' input gradients: same-shaped operands, which the device reads
    * in bf16 directly; other shapes it widens first). A fused kernel's inputs are handled by the caller.
    */
   private static boolean takesBf16(Node.Prim p, int i) {
     return switch (p.op()) {
-      case ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> i == 4;
+      case ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> i == 3 || i == 4;
       case CROSS_ENTROPY, CROSS_ENTROPY_GRAD -> i == 0;
       case ROPE -> i == 0;
       case ADD, SUB -> true;

@@ -10,6 +10,7 @@ import dev.kiln.processor.emit.cuda.CudaEmitter;
 import dev.kiln.processor.emit.java.KernelJavaEmitter;
 import dev.kiln.processor.emit.java.ModuleEmitter;
 import dev.kiln.processor.fuse.AttentionLowering;
+import dev.kiln.processor.fuse.ColumnSums;
 import dev.kiln.processor.fuse.GemmOperands;
 import dev.kiln.processor.fuse.Lowering;
 import dev.kiln.processor.fuse.LoweringException;
@@ -206,6 +207,7 @@ final class CodegenStep {
             return gemmFacts(call).gradient();
           }
         });
+        ColumnSums.run(r);
         if (g.kind() == Graph.Kind.FORWARD) {
           gemmOperands.put(m.type(), new GemmFacts(r.gemmOperandInputs, r.gemmOperandGradient));
         }

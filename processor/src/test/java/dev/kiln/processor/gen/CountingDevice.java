@@ -44,6 +44,14 @@ final class CountingDevice implements Device {
     return d.empty(dtype, shape);
   }
 
+  /** Partial rows of column-sum outputs ({@link Device#columnSumRows}): 0 for the wrapped device's choice. */
+  long partialRows;
+
+  @Override
+  public long columnSumRows(long rows, long cols) {
+    return partialRows > 0 ? Math.min(rows, partialRows) : d.columnSumRows(rows, cols);
+  }
+
   /** Kernel outputs allocated as GEMM-only operands (see {@link Device#emptyGemmOperand}). */
   int gemmOperands;
 
@@ -264,5 +272,18 @@ final class CountingDevice implements Device {
       double scale) {
     calls.add("attentionBackward");
     return d.attentionBackward(q, k, v, out, lse, dOut, mask, scale);
+  }
+
+  @Override
+  public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale, boolean bf16Out) {
+    bf16Results += bf16Out ? 1 : 0;
+    return attention(q, k, v, mask, scale);
+  }
+
+  @Override
+  public AttentionGrads attentionBackward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask,
+      double scale, boolean dqBf16, boolean dkBf16, boolean dvBf16) {
+    bf16Results += (dqBf16 ? 1 : 0) + (dkBf16 ? 1 : 0) + (dvBf16 ? 1 : 0);
+    return attentionBackward(q, k, v, out, lse, dOut, mask, scale);
   }
 }

@@ -9,6 +9,7 @@ import dev.kiln.dsl.spi.Config;
 import dev.kiln.dsl.spi.Context;
 import dev.kiln.dsl.spi.Device;
 import dev.kiln.dsl.spi.Kernel;
+import dev.kiln.runtime.tensor.NdArray;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
@@ -246,8 +247,44 @@ class FusionTest {
     assertEquals(1, dev.launches.stream().filter(k -> k.kind() == Kernel.Kind.ROWS).count(), dev.calls::toString);
     assertEquals(2, dev.launches.size(), dev.calls::toString);
     assertEquals(0, dev.constants, "constants made as tensors in backward");
+    Kernel rowKernel = dev.launches.stream().filter(k -> k.kind() == Kernel.Kind.ROWS).findFirst().orElseThrow();
+    assertEquals(2L, rowKernel.columnSums(), "dy · x̂, read only by the weight gradient's sum over the rows");
   }
 
+  /**
+   * The row kernel of a norm's backward sums the weight gradient's terms over runs of rows itself (ColumnSums): with
+   * 7 rows in 3 partial rows (runs of 3, 3 and 1), 1 partial row, or one per row (the CPU's default), the gradients
+   * are the same to the last few ulps of float64 (the sums only group the rows differently).
+   */
+  @Test
+  void aNormsWeightGradientIsSummedOverRunsOfRowsByItsKernel() {
+    NdArray x = Harness.random(new Random(1), 7, 6);
+    NdArray dy = Harness.random(new Random(2), 7, 6);
+    double[][] grads = new double[3][];
+    long[] partials = {0, 3, 1};
+    for (int i = 0; i < partials.length; i++) {
+      Run run = Run.of("cs336.RmsNorm", Map.of("d_model", 6, "eps", 1e-5));
+      run.dev().partialRows = partials[i];
+      run.forward(x);
+      Record g = (Record) Generated.call(run.m(), "backward", run.ctx(), run.p(), dy);
+      // The result: the parameters' gradients (a RmsNorm record: the weight's), then the input's.
+      grads[i] = ((NdArray) Harness.component((Record) Harness.component(g, 0), 0)).toDoubleArray();
+    }
+    for (int i = 1; i < partials.length; i++) {
+      for (int c = 0; c < 6; c++) {
+        assertEquals(grads[0][c], grads[i][c], 1e-12 * (1 + Math.abs(grads[0][c])), partials[i] + " partial rows");
+      }
+    }
+    assertTrue(java.util.Arrays.stream(grads[0]).anyMatch(v -> Math.abs(v) > 1e-3), "a gradient that is not zero");
+  }
+
+  /**
+   * Attention is one device call each way. Its output goes only to the output projection's GEMMs (and its own
+   * backward's row sums), so the call is told it may write it in bf16. Of its gradients, dv goes only to the v
+   * projection's GEMMs and is marked too; dq and dk go to the {@code Rope} sub-module's backward, which says only
+   * whether GEMMs alone read its result gradient (they do not: RoPE does), so those stay in their own precision.
+   * (The CS336 block applies RoPE inline, where all three are marked.)
+   */
   @Test
   void attentionIsOneCallEachWayAndLinearsUseNoCopies() {
     Run run = Run.of("cs336.MultiHeadSelfAttention", Map.of("d_model", 8, "num_heads", 2, "rope_theta", 10000.0));
@@ -257,8 +294,10 @@ class FusionTest {
     // The q, k, v and output projections; RoPE is one device call each for q and k.
     assertEquals(4, dev.calls.stream().filter(c -> c.equals("gemm")).count(), dev.calls::toString);
     assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
+    assertEquals(1, dev.bf16Results, "attention's output, read only by the output projection");
     run.backward(y);
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attentionBackward")).count(), dev.calls::toString);
+    assertEquals(1, dev.bf16Results, "dv, read only by the v projection's GEMMs");
     String source = Generated.cs336().source("CompiledLinear.java");
     assertTrue(source.contains("no copies"), "Linear's einsums are GEMMs with layout flags:\n" + source);
     assertTrue(!source.contains("interleaved groups"), source);

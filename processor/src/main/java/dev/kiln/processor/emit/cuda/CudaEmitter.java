@@ -138,6 +138,19 @@ public final class CudaEmitter {
         *reinterpret_cast<uint2*>(p + i) = make_uint2(h[0] | (unsigned) h[1] << 16, h[2] | (unsigned) h[3] << 16);
       }
 
+      // Where a block of a row kernel sums a column-sum output over its run of rows (Kernel.columnSums): slot s of
+      // the dynamic shared memory when the launch gave room for it, else the block's partial row of the output, in
+      // global memory. Each thread only ever touches its own columns, so neither needs a barrier.
+      extern __shared__ __align__(16) unsigned char kiln_dynamic_smem[];
+      template <typename T> __device__ __forceinline__ T* kiln_column_sums(T* out, int slot, long long cols) {
+        unsigned bytes;
+        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(bytes));
+        if ((unsigned long long) (slot + 1) * cols * sizeof(T) <= bytes) {
+          return reinterpret_cast<T*>(kiln_dynamic_smem) + slot * cols;
+        }
+        return out + (long long) blockIdx.x * cols;
+      }
+
       template <typename T> __device__ T kiln_block_max(T v) {
         __shared__ T part[32];
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
@@ -186,7 +199,24 @@ public final class CudaEmitter {
     }
     boolean rows = k.hasReduction();
     int bodyStart = -1;
-    if (rows) {
+    int rowLoopStart = -1;
+    List<Value> outs = new ArrayList<>(k.outputs().keySet());
+    if (rows && !k.columnSums().isEmpty()) {
+      // Column sums (Kernel.columnSums): the grid is the partial rows, each block walks its run of rows and sums the
+      // outputs into its partial row, each thread in its own columns, so no barrier guards the sums.
+      b.append("  const long long per = (rows + gridDim.x - 1) / gridDim.x;\n");
+      b.append("  const long long r0 = (long long) blockIdx.x * per;\n");
+      b.append("  const long long r1 = r0 + per < rows ? r0 + per : rows;\n");
+      int slot = 0;
+      for (Value v : k.columnSums()) {
+        int t = k.inputs().size() + outs.indexOf(v);
+        b.append("  T* const p").append(t).append(" = kiln_column_sums(t").append(t).append(", ").append(slot++)
+            .append(", cols);\n");
+        b.append("  for (long long c = threadIdx.x; c < cols; c += blockDim.x) p").append(t).append("[c] = T(0);\n");
+      }
+      b.append("  for (long long r = r0; r < r1; ++r) {\n");
+      rowLoopStart = b.length();
+    } else if (rows) {
       b.append("  const long long r = blockIdx.x;\n  if (r >= rows) return;\n");
     } else {
       // Several elements a thread, their loads free to be issued together (every pointer is __restrict__): with one
@@ -202,7 +232,6 @@ public final class CudaEmitter {
       b.append("(void) r;\n(void) c;\n(void) i;\n");
     }
     List<Value> ins = new ArrayList<>(k.inputs().keySet());
-    List<Value> outs = new ArrayList<>(k.outputs().keySet());
     for (var en : k.inputs().entrySet()) {
       if (en.getValue() == Level.ROW || en.getValue() == Level.SCALAR) {
         b.append("  const T v").append(en.getKey().id()).append(" = kiln_get(t").append(ins.indexOf(en.getKey()))
@@ -255,8 +284,12 @@ public final class CudaEmitter {
                 : " = fmax(" + acc + ", v" + x.id() + ")").append(";\n");
           }
           for (Value v : pass.outputs()) {
-            b.append(in).append("kiln_put(t").append(k.inputs().size() + outs.indexOf(v)).append(", i, v")
-                .append(v.id()).append(");\n");
+            int t = k.inputs().size() + outs.indexOf(v);
+            if (k.columnSums().contains(v)) {
+              b.append(in).append('p').append(t).append("[c] += v").append(v.id()).append(";\n");
+            } else {
+              b.append(in).append("kiln_put(t").append(t).append(", i, v").append(v.id()).append(");\n");
+            }
           }
           if (rows) {
             b.append("  }\n");
@@ -267,6 +300,19 @@ public final class CudaEmitter {
                 .append(red.op() == Primitive.SUM ? "kiln_block_sum(" : "kiln_block_max(").append(acc).append(");\n");
           }
         }
+      }
+    }
+    if (rowLoopStart >= 0) {
+      // The row body inside the loop over the block's rows; then each partial row that was summed in shared memory
+      // goes to the output.
+      String body = b.substring(rowLoopStart).replaceAll("(?m)^(?=.)(?!#)", "  ");
+      b.setLength(rowLoopStart);
+      b.append(body).append("  }\n");
+      for (Value v : k.columnSums()) {
+        int t = k.inputs().size() + outs.indexOf(v);
+        b.append("  if (p").append(t).append(" != t").append(t).append(" + (long long) blockIdx.x * cols) {\n")
+            .append("    for (long long c = threadIdx.x; c < cols; c += blockDim.x) t").append(t)
+            .append("[(long long) blockIdx.x * cols + c] = p").append(t).append("[c];\n  }\n");
       }
     }
     if (bodyStart >= 0) {

@@ -417,6 +417,31 @@ final class BodyEmitter {
     return w == null ? "" : ", " + when(w);
   }
 
+  /**
+   * {@code ", dq, dk, dv"}: the conditions under which attention's backward, on inputs {@code in}, may write each
+   * gradient in bf16 ({@code false} for one that is not marked or not computed); empty when none is marked.
+   */
+  private String attentionGradHints(List<Value> in) {
+    Map<Primitive, String> hints = new java.util.EnumMap<>(Primitive.class);
+    for (var e : plan.bf16Prims.entrySet()) {
+      Node.Prim g = e.getKey();
+      boolean same = g.inputs().size() == in.size();
+      for (int i = 0; same && i < in.size(); i++) {
+        same = g.inputs().get(i) == in.get(i);
+      }
+      if (same && (g.op() == Primitive.ATTENTION_DQ || g.op() == Primitive.ATTENTION_DK
+          || g.op() == Primitive.ATTENTION_DV)) {
+        hints.put(g.op(), when(e.getValue()));
+      }
+    }
+    if (hints.isEmpty()) {
+      return "";
+    }
+    return ", " + hints.getOrDefault(Primitive.ATTENTION_DQ, "false") + ", "
+        + hints.getOrDefault(Primitive.ATTENTION_DK, "false") + ", "
+        + hints.getOrDefault(Primitive.ATTENTION_DV, "false");
+  }
+
   /** The Java condition under which a GEMM output is stored in bf16 ({@link GemmOperands.Bf16When}). */
   private String when(GemmOperands.Bf16When w) {
     List<String> parts = new ArrayList<>();
@@ -726,7 +751,7 @@ final class BodyEmitter {
         Attr.Attention a = (Attr.Attention) p.attr();
         String r = "att" + p.out().id() + "$";
         line("Device.AttentionOut " + r + " = " + dev + ".attention(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ", "
-            + ref(in.get(2)) + ", Mask." + a.mask() + ", " + scalar(a.scale()) + ");");
+            + ref(in.get(2)) + ", Mask." + a.mask() + ", " + scalar(a.scale()) + bf16Hint(p) + ");");
         define(p.out(), r + ".out()");
         if (plan.attentionLse.contains(p.out())) {
           line(ctx + ".save(\"lse" + p.out().id() + "\", " + r + ".lse());");
@@ -766,7 +791,7 @@ final class BodyEmitter {
           String lse = savedContext(out) + ".saved(\"lse" + out.id() + "\")";
           line("Device.AttentionGrads " + r + " = " + dev + ".attentionBackward(" + ref(in.get(0)) + ", "
               + ref(in.get(1)) + ", " + ref(in.get(2)) + ", " + ref(out) + ", " + lse + ", " + ref(in.get(4))
-              + ", Mask." + a.mask() + ", " + scalar(a.scale()) + ");");
+              + ", Mask." + a.mask() + ", " + scalar(a.scale()) + attentionGradHints(in) + ");");
           attentionGrads.put(keyB.toString(), r);
         }
         String part = switch (p.op()) {
@@ -836,6 +861,10 @@ final class BodyEmitter {
     for (Value v : outs) {
       String s = k.outputs().get(v) == Level.FULL ? shape
           : "Sizes.cat(Sizes.range(" + shape + ", 0, " + shape + ".length - 1), new long[] {1})";
+      if (k.columnSums().contains(v)) {
+        // Summed over runs of rows by the kernel (ColumnSums): the SUM_TO that reads it adds up the partial rows.
+        s = "dev.columnSumRows(Sizes.rows(" + shape + "), Sizes.cols(" + shape + ")), Sizes.cols(" + shape + ")";
+      }
       // An output only GEMMs read may be stored in their input precision (GemmOperands); the forward's result so
       // only when the caller's reads of it are GEMMs too.
       String alloc = k.gemmOperands().contains(v) ? "dev.emptyGemmOperand(dtype, " + s + ")" : "dev.empty(dtype, " + s

@@ -64,7 +64,8 @@ public final class KernelJavaEmitter {
           .append(e.getKey().id()).append(" '").append(e.getKey().shape()).append("'")
           .append(k.resultGemmOperands().contains(e.getKey())
               ? " (the result: bf16 in mixed precision when only the caller's GEMMs read it)"
-              : k.gemmOperands().contains(e.getKey()) ? " (only GEMMs read it: bf16 in mixed precision)" : "")
+              : k.gemmOperands().contains(e.getKey()) ? " (only GEMMs read it: bf16 in mixed precision)"
+              : k.columnSums().contains(e.getKey()) ? " (summed over runs of rows: [partials, cols])" : "")
           .append('\n');
     }
     int s = 0;
@@ -122,6 +123,14 @@ public final class KernelJavaEmitter {
       b.append("final double[] ").append(e.getValue()).append(" = new double[Math.toIntExact(cols)];\n");
     }
     Set<Value> stored = new HashSet<>();
+    // A column-sum output has partials = size / cols rows; row r adds into partial row r / per, the first row of a run
+    // writes it (Kernel.columnSums).
+    for (Value v : k.columnSums()) {
+      String t = outTensor.get(v);
+      b.append("final long per").append(t).append(" = cols == 0 ? 1 : Math.max(1L, (rows + ").append(t)
+          .append(".byteSize() / ").append(L).append(".byteSize() / cols - 1) / Math.max(1L, ").append(t)
+          .append(".byteSize() / ").append(L).append(".byteSize() / cols));\n");
+    }
     b.append("for (long r = 0; r < rows; r++) {\n");
     for (var e : k.inputs().entrySet()) {
       if (e.getValue() == Level.ROW || e.getValue() == Level.SCALAR) {
@@ -183,7 +192,16 @@ public final class KernelJavaEmitter {
                 + ")").append(";\n");
           }
           for (Value v : pass.outputs()) {
-            b.append("    ").append(outTensor.get(v)).append(".setAtIndex(").append(L).append(", i, ").append(narrow)
+            String t = outTensor.get(v);
+            if (k.columnSums().contains(v)) {
+              String at = "(r / per" + t + ") * cols + c";
+              b.append("    ").append(t).append(".setAtIndex(").append(L).append(", ").append(at).append(", ")
+                  .append(narrow).append("(r % per").append(t).append(" == 0 ? v").append(v.id()).append(" : ")
+                  .append(t).append(".getAtIndex(").append(L).append(", ").append(at).append(") + v").append(v.id())
+                  .append("));\n");
+              continue;
+            }
+            b.append("    ").append(t).append(".setAtIndex(").append(L).append(", i, ").append(narrow)
                 .append('v').append(v.id()).append(");\n");
           }
           b.append("  }\n");

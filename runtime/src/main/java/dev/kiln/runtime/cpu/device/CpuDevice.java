@@ -662,7 +662,10 @@ public final class CpuDevice implements Device {
     int[] role = new int[segments.length]; // 0 whole (vector or scalar), 1 full, 2 per row
     for (int i = 0; split && i < segments.length; i++) {
       long n = segments[i].byteSize() / es;
-      if (n == rows * cols) {
+      boolean columnSum = i >= kernel.inputs() && kernel.isColumnSum(i - kernel.inputs());
+      if (columnSum && n != rows * cols) {
+        split = false; // partial rows that runs of rows share: only a whole launch may write them
+      } else if (n == rows * cols) {
         role[i] = 1;
       } else if (n == rows) {
         role[i] = 2;

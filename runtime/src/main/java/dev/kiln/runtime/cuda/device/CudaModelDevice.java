@@ -1462,6 +1462,39 @@ public final class CudaModelDevice implements Device {
     return new TopK(fromHost((NdArray) r.values()), fromHost((NdArray) r.indices()));
   }
 
+  /**
+   * The partial rows of {@code kernel}'s column-sum outputs, checked: each is {@code [partials, cols]} with
+   * {@code 1 <= partials <= rows}, all alike (the generated code allocates them with {@link #columnSumRows}).
+   */
+  private static long columnSumPartials(Kernel kernel, CudaArray[] arrays, long rows, long cols, String what) {
+    long partials = -1;
+    for (int i = 0; i < kernel.outputs(); i++) {
+      if (kernel.isColumnSum(i)) {
+        CudaArray a = arrays[kernel.inputs() + i];
+        long p = cols == 0 ? 0 : a.numel() / cols;
+        if (p * cols != a.numel() || p < 1 || p > rows || (partials >= 0 && p != partials)) {
+          throw new IllegalArgumentException("cuda device, " + what + ": column-sum output " + i + " has "
+              + a.numel() + " elements; it must be [partials, " + cols + "] with 1 <= partials <= " + rows
+              + ", as columnSumRows gives (other column sums: " + partials + " rows)");
+        }
+        partials = p;
+      }
+    }
+    return partials;
+  }
+
+  /**
+   * About one partial row per block the GPU can keep resident: the SMs times the blocks of the row kernel's size
+   * each holds (at most 32). On TinyStories' norms (32,768 rows of 512) that is runs of 7 rows: 4,682 partial rows
+   * (9 MB) instead of a 64 MB full output, written and then summed.
+   */
+  @Override
+  public long columnSumRows(long rows, long cols) {
+    long resident = (long) gpu.multiprocessors() * Math.min(32, 2048 / generatedRowBlock(cols));
+    long per = Math.max(1, rows / Math.max(1, resident));
+    return Math.max(1, (rows + per - 1) / per);
+  }
+
   /** Row entries each thread of kiln_xent_cached keeps in registers (its PER template argument). */
   private static final int XENT_CACHED_PER_THREAD = 16;
   /** float4s each thread of kiln_xent_cached4 keeps in registers (its PER4), and the rows it takes (512 threads). */
@@ -1976,6 +2009,12 @@ public final class CudaModelDevice implements Device {
       if (kernel.kind() == Kernel.Kind.POINTWISE) {
         long perBlock = (long) BLOCK * kernel.elementsPerThread();
         k.launch(stream, (rows * cols + perBlock - 1) / perBlock, 1, BLOCK, 0, args);
+      } else if (kernel.columnSums() != 0) {
+        // One block per partial row; each sums its run of rows in shared memory where the partial rows fit the
+        // default 48 KB (a d_model up to 12,288 in fp32), else in the output itself (kiln_column_sums).
+        long partials = columnSumPartials(kernel, arrays, rows, cols, what);
+        long bytes = Long.bitCount(kernel.columnSums()) * cols * dtype.byteSize();
+        k.launch(stream, partials, 1, generatedRowBlock(cols), bytes <= 48 * 1024 ? (int) bytes : 0, args);
       } else {
         k.launch(stream, rows, 1, generatedRowBlock(cols), 0, args);
       }
@@ -1990,9 +2029,20 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
+    return attention(q, k, v, mask, scale, false);
+  }
+
+  /**
+   * Attention; with {@code bf16Out} (every reader of {@code out} takes bf16) and GEMM results kept in bf16 under mixed
+   * precision ({@link #storeGemmResultsInBf16}), {@code out} is written in bf16 from the fp32 accumulators, as
+   * autocast's flash attention writes it: no fp32 copy, and no cast before the output projection.
+   */
+  @Override
+  public AttentionOut attention(Tensor q, Tensor k, Tensor v, Mask mask, double scale, boolean bf16Out) {
+    DType outType = attentionResultType(bf16Out);
     long[] shape = arr(q, "attention", "q").shape();
     if (attentionDirect(shape[shape.length - 1])) {
-      return attentionDirect(q, k, v, mask, scale);
+      return attentionDirect(q, k, v, mask, scale, outType);
     }
     CudaArray[] qkv = attentionInputs(q, k, v, "attention");
     long[] lseShape = Arrays.copyOf(shape, shape.length - 1);
@@ -2004,7 +2054,7 @@ public final class CudaModelDevice implements Device {
     launches++;
     mark("attention forward kernel");
     // Laid out as v, the head-split view of its projection: merging the heads again is then a view.
-    CudaArray out = copyOut(o, shape, arr(v, "attention", "v"));
+    CudaArray out = copyOut(o, shape, arr(v, "attention", "v"), outType);
     if (precision == Precision.BF16 && !scopes.isEmpty()) {
       // q, k, v and out as the kernels saw them (bf16, padded), for this attention's backward; out is a scope
       // array, so the entry goes when the scope closes.
@@ -2020,7 +2070,7 @@ public final class CudaModelDevice implements Device {
    * arrays, the output laid out as v. fp32 takes the SIMT kernels at any width; mixed precision the tensor-core
    * kernels at widths 32, 64, 80 and 128.
    */
-  private AttentionOut attentionDirect(Tensor q, Tensor k, Tensor v, Mask mask, double scale) {
+  private AttentionOut attentionDirect(Tensor q, Tensor k, Tensor v, Mask mask, double scale, DType outType) {
     CudaArray[] qkv = attentionOperands(q, k, v, "attention");
     boolean save = precision == Precision.BF16 && !scopes.isEmpty();
     List<CudaArray> temps = new ArrayList<>();
@@ -2030,7 +2080,7 @@ public final class CudaModelDevice implements Device {
         in[i] = attentionOperand(qkv[i], save ? null : temps);
       }
       long[] shape = qkv[0].shape();
-      CudaArray out = newArrayLike(qkv[2], DType.F32, shape);
+      CudaArray out = newArrayLike(qkv[2], outType, shape);
       CudaArray lse = newArray(DType.F32, Arrays.copyOf(shape, shape.length - 1));
       flash.forwardInto(in[0], in[1], in[2], attentionMask(mask), (float) scale, out, lse);
       launches++;
@@ -2047,7 +2097,7 @@ public final class CudaModelDevice implements Device {
   }
 
   private AttentionGrads attentionBackwardDirect(
-      Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale) {
+      Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale, DType gradType) {
     CudaArray[] qkv = attentionOperands(q, k, v, "attentionBackward");
     CudaArray[] saved = attentionBf16.get(arr(out, "attentionBackward", "out"));
     List<CudaArray> temps = new ArrayList<>();
@@ -2064,9 +2114,9 @@ public final class CudaModelDevice implements Device {
       CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
       long[] shape = qkv[0].shape();
       // Each gradient laid out as its input, so the rearranges (and RoPE) that carry it back read it in place.
-      CudaArray dq = newArrayLike(qkv[0], DType.F32, shape);
-      CudaArray dk = newArrayLike(qkv[1], DType.F32, shape);
-      CudaArray dv = newArrayLike(qkv[2], DType.F32, shape);
+      CudaArray dq = newArrayLike(qkv[0], gradType, shape);
+      CudaArray dk = newArrayLike(qkv[1], gradType, shape);
+      CudaArray dv = newArrayLike(qkv[2], gradType, shape);
       flash.backwardInto(in[0], in[1], in[2], o, l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
       launches += 3;
       mark("attention backward");
@@ -2074,6 +2124,11 @@ public final class CudaModelDevice implements Device {
     } finally {
       temps.forEach(CudaArray::close);
     }
+  }
+
+  /** The dtype attention's results are written in: bf16 where the processor allows it and the policy keeps it. */
+  private DType attentionResultType(boolean bf16Allowed) {
+    return bf16Allowed && precision == Precision.BF16 && gemmResultsInBf16 ? DType.BF16 : DType.F32;
   }
 
   /** True when attention at head width {@code d} runs without padding or reshaping copies. */
@@ -2132,9 +2187,22 @@ public final class CudaModelDevice implements Device {
   @Override
   public AttentionGrads attentionBackward(
       Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut, Mask mask, double scale) {
+    return attentionBackward(q, k, v, out, lse, dOut, mask, scale, false, false, false);
+  }
+
+  /**
+   * Attention's backward; where all three gradients may be bf16 ({@code dqBf16}, {@code dkBf16}, {@code dvBf16}:
+   * RoPE's backward and the projections' GEMMs read them) and GEMM results are kept in bf16 under mixed precision,
+   * the kernels write them in bf16 from their fp32 accumulators. They write the three in one dtype, so a single
+   * gradient that must stay fp32 keeps all three fp32.
+   */
+  @Override
+  public AttentionGrads attentionBackward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dOut,
+      Mask mask, double scale, boolean dqBf16, boolean dkBf16, boolean dvBf16) {
+    DType gradType = attentionResultType(dqBf16 && dkBf16 && dvBf16);
     long[] shape = arr(q, "attentionBackward", "q").shape();
     if (attentionDirect(shape[shape.length - 1])) {
-      return attentionBackwardDirect(q, k, v, out, lse, dOut, mask, scale);
+      return attentionBackwardDirect(q, k, v, out, lse, dOut, mask, scale, gradType);
     }
     CudaArray outArr = arr(out, "attentionBackward", "out");
     CudaArray[] saved = attentionBf16.get(outArr);
@@ -2162,9 +2230,9 @@ public final class CudaModelDevice implements Device {
       launches += 3;
       mark("attention backward kernels");
       // Each gradient laid out as its input, so the rearranges (and RoPE) that carry it back read it in place.
-      AttentionGrads g = new AttentionGrads(wrap(copyOut(dq, shape, arr(q, "attentionBackward", "q"))),
-          wrap(copyOut(dk, shape, arr(k, "attentionBackward", "k"))),
-          wrap(copyOut(dv, shape, arr(v, "attentionBackward", "v"))));
+      AttentionGrads g = new AttentionGrads(wrap(copyOut(dq, shape, arr(q, "attentionBackward", "q"), gradType)),
+          wrap(copyOut(dk, shape, arr(k, "attentionBackward", "k"), gradType)),
+          wrap(copyOut(dv, shape, arr(v, "attentionBackward", "v"), gradType)));
       mark("attention backward");
       return g;
     } finally {
@@ -2234,15 +2302,13 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * The first {@code shape[-1]} columns of a kernel result [lead, 1, n, width] as a new F32 array of {@code shape},
-   * laid out as {@code like} (null: contiguous; see {@link #newArrayLike}).
+   * The first {@code shape[-1]} columns of a kernel result [lead, 1, n, width] as a new {@code dtype} array of
+   * {@code shape}, laid out as {@code like} (null: contiguous; see {@link #newArrayLike}). Always a copy, never a view
+   * of {@code g}: g is scratch that backward closes, or the copy forward saves for backward.
    */
-  private CudaArray copyOut(CudaArray g, long[] shape, CudaArray like) {
+  private CudaArray copyOut(CudaArray g, long[] shape, CudaArray like, DType dtype) {
     long d = shape[shape.length - 1];
-    if (g.dtype() == DType.F32 && g.shape(3) == d) {
-      return g.strided(shape, NdArray.contiguousStrides(shape), g.offset());
-    }
-    CudaArray out = like == null ? newArray(DType.F32, shape) : newArrayLike(like, DType.F32, shape);
+    CudaArray out = like == null ? newArray(dtype, shape) : newArrayLike(like, dtype, shape);
     long[] padded = shape.clone();
     padded[padded.length - 1] = g.shape(3);
     copyArray(g.strided(padded, NdArray.contiguousStrides(padded), g.offset()).narrow(-1, 0, d), out);

@@ -14,6 +14,7 @@ import dev.kiln.runtime.cpu.device.CpuDevice;
 import dev.kiln.runtime.cuda.GpuTesting;
 import dev.kiln.runtime.tensor.NdArray;
 import java.util.Arrays;
+import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -477,6 +478,67 @@ class CudaModelDeviceGpuTest {
           }
         }
       }
+    }
+  }
+
+  /**
+   * Told that every reader takes bf16 (the output projection's GEMMs; RoPE's backward and the projections' GEMMs),
+   * mixed-precision attention writes its output, and its backward the three gradients, in bf16 from the same fp32
+   * accumulators: exactly the fp32 results rounded once, bit for bit, in their inputs' layout. Widths 32 and 64 run
+   * the kernels in place, 80 the zero-padded path. A gradient that must stay fp32 keeps all three fp32 (the kernels
+   * write one dtype); fp32 precision, and the policy switched off, ignore the hints.
+   */
+  @Test
+  void attentionWritesBf16ResultsWhereEveryReaderTakesThem() {
+    for (int width : new int[] {32, 64, 80}) {
+      NdArray q = randn(2, 3, 40, width);
+      NdArray k = randn(2, 3, 40, width);
+      NdArray v = randn(2, 3, 40, width);
+      NdArray dOut = randn(2, 3, 40, width);
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor gq = onGpu(gpuBf16, q, true);
+        Tensor gk = onGpu(gpuBf16, k, true);
+        Tensor gv = onGpu(gpuBf16, v, true);
+        Tensor gd = onGpu(gpuBf16, dOut, true);
+        String what = "d" + width;
+        Device.AttentionOut wide = gpuBf16.attention(gq, gk, gv, Mask.CAUSAL, 0.125, false);
+        Device.AttentionOut narrow = gpuBf16.attention(gq, gk, gv, Mask.CAUSAL, 0.125, true);
+        assertEquals(DType.F32, wide.out().dtype(), what + ": out without the hint");
+        assertEquals(DType.BF16, narrow.out().dtype(), what + ": out with the hint");
+        GpuTesting.assertClose(what + " bf16 out", d(gpuBf16.cast(wide.out(), DType.BF16), gpuBf16),
+            d(narrow.out(), gpuBf16), 0, 0);
+        GpuTesting.assertClose(what + " lse", d(wide.lse(), gpuBf16), d(narrow.lse(), gpuBf16), 0, 0);
+        // The backward of the bf16 output (its row sums read it so), with fp32 and with bf16 gradients.
+        Device.AttentionGrads g32 = gpuBf16.attentionBackward(gq, gk, gv, narrow.out(), narrow.lse(), gd,
+            Mask.CAUSAL, 0.125);
+        Device.AttentionGrads g16 = gpuBf16.attentionBackward(gq, gk, gv, narrow.out(), narrow.lse(), gd,
+            Mask.CAUSAL, 0.125, true, true, true);
+        Tensor[][] pairs = {{g32.dq(), g16.dq()}, {g32.dk(), g16.dk()}, {g32.dv(), g16.dv()}};
+        for (int i = 0; i < 3; i++) {
+          String name = what + " " + List.of("dq", "dk", "dv").get(i);
+          assertEquals(DType.F32, pairs[i][0].dtype(), name + " without the hint");
+          assertEquals(DType.BF16, pairs[i][1].dtype(), name + " with the hint");
+          GpuTesting.assertClose(name + " in bf16", d(gpuBf16.cast(pairs[i][0], DType.BF16), gpuBf16),
+              d(pairs[i][1], gpuBf16), 0, 0);
+          assertTrue(((CudaTensor) gpuBf16.permute(pairs[i][1], 0, 2, 1, 3)).array().isContiguous(), name
+              + ": not laid out as its input");
+        }
+        assertTrue(((CudaTensor) gpuBf16.permute(narrow.out(), 0, 2, 1, 3)).array().isContiguous(), what
+            + ": out not laid out as v");
+        Device.AttentionGrads mixed = gpuBf16.attentionBackward(gq, gk, gv, narrow.out(), narrow.lse(), gd,
+            Mask.CAUSAL, 0.125, true, true, false);
+        assertEquals(DType.F32, mixed.dq().dtype(), what + ": dv must stay fp32, so all three do");
+      }
+    }
+    NdArray x = randn(1, 2, 8, 64);
+    assertEquals(DType.F32, gpu.attention(gpu.fromHost(x), gpu.fromHost(x), gpu.fromHost(x), Mask.CAUSAL, 0.125,
+        true).out().dtype(), "fp32 precision ignores the hint");
+    gpuBf16.storeGemmResultsInBf16(false);
+    try {
+      assertEquals(DType.F32, gpuBf16.attention(gpuBf16.fromHost(x), gpuBf16.fromHost(x), gpuBf16.fromHost(x),
+          Mask.CAUSAL, 0.125, true).out().dtype(), "the policy switched off");
+    } finally {
+      gpuBf16.storeGemmResultsInBf16(true);
     }
   }
 

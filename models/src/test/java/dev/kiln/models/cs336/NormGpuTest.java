@@ -1,0 +1,78 @@
+package dev.kiln.models.cs336;
+
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.kiln.dsl.DType;
+import dev.kiln.dsl.Tensor;
+import dev.kiln.dsl.spi.Config;
+import dev.kiln.dsl.spi.Context;
+import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.cuda.CudaProbe;
+import dev.kiln.runtime.cuda.device.CudaModelDevice;
+import dev.kiln.runtime.tensor.NdArray;
+import dev.kiln.runtime.tensor.Rng;
+import java.util.Map;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The generated norm's backward on the GPU, where its row kernel sums the weight gradient's terms over runs of rows
+ * (ColumnSums; {@code CudaModelDevice.columnSumRows}), against the CPU device, which keeps one partial row per row.
+ * The shapes are chosen to take both of the kernel's ways: 10,001 rows of 96 sum in shared memory, in runs of 2 with
+ * one row left for the last block; 601 rows of 16,384 (64 KB of sums, over the 48 KB the launch gives) sum in the
+ * output's partial rows in global memory, in runs of 2.
+ */
+class NormGpuTest {
+  @Test
+  void weightGradientsSummedOverRunsOfRowsMatchTheCpu() {
+    CudaProbe.Report r = CudaProbe.probe();
+    if (!r.available()) {
+      System.out.println("[skip] no CUDA device: " + r.problem());
+    }
+    Assumptions.assumeTrue(r.available(), () -> "no CUDA device: " + r.problem());
+    CudaModelDevice gpu = new CudaModelDevice(0, CudaModelDevice.Precision.FP32);
+    gpu.poisonNewTensors(true);
+    for (NormType type : NormType.values()) {
+      for (long[] shape : new long[][] {{10_001, 96}, {601, 16_384}}) {
+        long rows = shape[0];
+        long cols = shape[1];
+        assertTrue(gpu.columnSumRows(rows, cols) < rows, "the shape must make the GPU sum runs of rows");
+        Config config = Config.of(Map.of("d_model", cols, "norm", type.name(), "norm_eps", 1e-5));
+        Rng rng = new Rng(11);
+        NdArray x = rng.normal(NdArray.zeros(DType.F32, rows, cols), 0, 1);
+        NdArray dy = rng.normal(NdArray.zeros(DType.F32, rows, cols), 0, 1);
+        CompiledNorm cpuNorm = new CompiledNorm(new CpuDevice(), DType.F32);
+        Norm cpuParams = cpuNorm.init(config, 5);
+        Context cpuCtx = new Context();
+        cpuNorm.forward(cpuCtx, cpuParams, x);
+        CompiledNorm.Gradients ref = cpuNorm.backward(cpuCtx, cpuParams, dy);
+        try (CudaModelDevice.Scope s = gpu.scope()) {
+          CompiledNorm gpuNorm = new CompiledNorm(gpu, DType.F32);
+          Norm gpuParams = gpuNorm.init(config, 5);
+          Context ctx = new Context();
+          gpuNorm.forward(ctx, gpuParams, gpu.fromHost(x));
+          CompiledNorm.Gradients got = gpuNorm.backward(ctx, gpuParams, gpu.fromHost(dy));
+          String what = type + " " + rows + "x" + cols;
+          // fp32 sums of 10,001 or 601 terms of size ~1 in another grouping: 1e-5 of the largest entry plus a
+          // rounding bound of the sum (1e-6 * sqrt(rows) relative to its terms' magnitude, generously).
+          close(what + " weight", ref.params().weight(), got.params().weight(), gpu, 1e-4 * Math.sqrt(rows));
+          close(what + " x", ref.x(), got.x(), gpu, 1e-4);
+          if (type == NormType.LAYERNORM) {
+            close(what + " bias", ref.params().bias(), got.params().bias(), gpu, 1e-4 * Math.sqrt(rows));
+          }
+        }
+      }
+    }
+  }
+
+  private static void close(String what, Tensor ref, Tensor got, CudaModelDevice gpu, double tol) {
+    double[] r = ((NdArray) ref).to(DType.F64).toDoubleArray();
+    double[] g = gpu.download(got);
+    double worst = 0;
+    for (int i = 0; i < r.length; i++) {
+      assertTrue(!Double.isNaN(g[i]), what + ": NaN at " + i);
+      worst = Math.max(worst, Math.abs(g[i] - r[i]));
+    }
+    assertTrue(worst <= tol, what + ": worst error " + worst + " against " + tol);
+  }
+}
