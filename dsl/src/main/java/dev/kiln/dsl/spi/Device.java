@@ -267,13 +267,14 @@ public interface Device {
   void launch(Kernel kernel, Tensor[] tensors, long[] sizes, double[] scalars);
 
   /**
-   * How many partial rows a {@link Kernel.Kind#ROWS} kernel's column-sum outputs ({@link Kernel#columnSums()}) have
-   * over {@code rows × cols}, between 1 and {@code rows}: the generated code allocates them so, the kernel sums runs
-   * of rows into them, and a sum over the partial rows finishes the job. Fewer partial rows write and re-read less;
-   * a GPU wants about one per block it can keep resident. The default, {@code rows}, is the full output (one row
-   * each), as a device that runs rows independently (the CPU's chunks) needs.
+   * How many partial rows {@code kernel}'s column-sum outputs ({@link Kernel#columnSums()}) have over
+   * {@code rows × cols}, between 1 and {@code rows}: the generated code allocates them so, the kernel sums runs of
+   * rows into them, and a sum over the partial rows finishes the job. Fewer partial rows write and re-read less; a
+   * GPU wants at most one per block it can keep resident, so that one wave of blocks does all the rows. The default,
+   * {@code rows}, is the full output (one row each), as a device that runs rows independently (the CPU's chunks)
+   * needs.
    */
-  default long columnSumRows(long rows, long cols) {
+  default long columnSumRows(Kernel kernel, long rows, long cols) {
     return rows;
   }
 

@@ -24,7 +24,7 @@ import java.lang.foreign.MemorySegment;
  *     {@code gemmOperands}), which reads them as bf16 and computes in fp32
  * @param columnSums the outputs of a {@link Kind#ROWS} kernel that only a sum over the rows reads (a norm's weight
  *     gradient), as a bit mask (bit i: output i). Such an output is {@code [partials, cols]}, with
- *     {@code partials = Device.columnSumRows(rows, cols)} rows ({@code 1 <= partials <= rows}): row {@code p} holds the
+ *     {@code partials = Device.columnSumRows(kernel, rows, cols)} rows ({@code 1 <= partials <= rows}): row {@code p} holds the
  *     sums, column by column, of the run of {@code per = ceil(rows / partials)} rows starting at {@code p * per}. The
  *     generated code sums the partial rows after the launch. With {@code partials == rows} it is the full output
  */

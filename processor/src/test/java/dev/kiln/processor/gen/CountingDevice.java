@@ -48,8 +48,8 @@ final class CountingDevice implements Device {
   long partialRows;
 
   @Override
-  public long columnSumRows(long rows, long cols) {
-    return partialRows > 0 ? Math.min(rows, partialRows) : d.columnSumRows(rows, cols);
+  public long columnSumRows(Kernel kernel, long rows, long cols) {
+    return partialRows > 0 ? Math.min(rows, partialRows) : d.columnSumRows(kernel, rows, cols);
   }
 
   /** Kernel outputs allocated as GEMM-only operands (see {@link Device#emptyGemmOperand}). */

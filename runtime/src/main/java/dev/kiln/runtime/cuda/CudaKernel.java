@@ -31,6 +31,15 @@ public final class CudaKernel {
     return out[0];
   }
 
+  /** How many blocks of {@code block} threads and {@code sharedBytes} of dynamic shared memory an SM holds at once. */
+  public int residentBlocks(int block, int sharedBytes) {
+    int[] out = new int[1];
+    device.makeCurrent();
+    CudaException.check(JCudaDriver.cuOccupancyMaxActiveBlocksPerMultiprocessor(out, function, block, sharedBytes),
+        "cuOccupancyMaxActiveBlocksPerMultiprocessor(" + name + ", " + block + " threads, " + sharedBytes + " bytes)");
+    return out[0];
+  }
+
   /** Queues the kernel on {@code stream}; raises the dynamic shared memory limit first when needed. */
   public void launch(CudaStream stream, long gridX, long gridY, int block, int sharedBytes, KernelArgs args) {
     if (gridX <= 0 || gridY <= 0) {

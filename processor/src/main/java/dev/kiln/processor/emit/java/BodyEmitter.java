@@ -863,7 +863,8 @@ final class BodyEmitter {
           : "Sizes.cat(Sizes.range(" + shape + ", 0, " + shape + ".length - 1), new long[] {1})";
       if (k.columnSums().contains(v)) {
         // Summed over runs of rows by the kernel (ColumnSums): the SUM_TO that reads it adds up the partial rows.
-        s = "dev.columnSumRows(Sizes.rows(" + shape + "), Sizes.cols(" + shape + ")), Sizes.cols(" + shape + ")";
+        s = "dev.columnSumRows(" + host.kernel(k) + ", Sizes.rows(" + shape + "), Sizes.cols(" + shape + ")), Sizes.cols("
+            + shape + ")";
       }
       // An output only GEMMs read may be stored in their input precision (GemmOperands); the forward's result so
       // only when the caller's reads of it are GEMMs too.
