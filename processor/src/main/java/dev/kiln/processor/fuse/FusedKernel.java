@@ -99,15 +99,7 @@ public final class FusedKernel {
 
   /** {@link #bf16Inputs()} as a bit mask over the inputs (bit i: input i), as {@code Kernel} carries it. */
   public long bf16InputMask() {
-    long mask = 0;
-    int i = 0;
-    for (Value v : inputs.keySet()) {
-      if (i < 64 && bf16Inputs.contains(v)) {
-        mask |= 1L << i;
-      }
-      i++;
-    }
-    return mask;
+    return mask(inputs.keySet(), bf16Inputs);
   }
 
   /** The outputs written as column sums over runs of rows, in output order ({@link ColumnSums}). */
@@ -117,23 +109,20 @@ public final class FusedKernel {
 
   /** {@link #columnSums()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */
   public long columnSumMask() {
-    long mask = 0;
-    int i = 0;
-    for (Value v : outputs.keySet()) {
-      if (i < 64 && columnSums.contains(v)) {
-        mask |= 1L << i;
-      }
-      i++;
-    }
-    return mask;
+    return mask(outputs.keySet(), columnSums);
   }
 
   /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */
   public long gemmOperandMask() {
+    return mask(outputs.keySet(), gemmOperands);
+  }
+
+  /** Bit i set where the i-th of {@code order} is one of {@code marked}; past the 64th none is (a mask is a long). */
+  private static long mask(java.util.Collection<Value> order, java.util.Set<Value> marked) {
     long mask = 0;
     int i = 0;
-    for (Value v : outputs.keySet()) {
-      if (gemmOperands.contains(v)) {
+    for (Value v : order) {
+      if (i < 64 && marked.contains(v)) {
         mask |= 1L << i;
       }
       i++;
