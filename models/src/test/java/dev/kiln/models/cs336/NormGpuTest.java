@@ -23,8 +23,8 @@ import org.junit.jupiter.api.Test;
 /**
  * The generated norm's backward on the GPU, where its row kernel sums the weight gradient's terms over runs of rows
  * (ColumnSums; {@code CudaModelDevice.columnSumRows}), against the CPU device, which keeps one partial row per row.
- * The shapes are chosen to take both of the kernel's ways: 10,001 rows of 96 sum in shared memory (on an H200 in
- * runs of 3, the last block's run shorter); 601 rows of 16,384 (64 KB of sums, over the 48 KB the launch gives) sum
+ * The shapes are chosen to take both of the kernel's ways: 10,001 rows of 96 sum in shared memory (in runs of a few
+ * rows, the last block's run shorter); 601 rows of 16,384 (64 KB of sums, over the 48 KB the launch gives) sum
  * in the output's partial rows in global memory.
  */
 class NormGpuTest {
