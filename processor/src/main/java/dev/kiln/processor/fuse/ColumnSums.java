@@ -33,10 +33,12 @@ public final class ColumnSums {
       if (!k.hasReduction()) {
         continue; // a pointwise kernel has no rows of its own to sum over
       }
+      int index = 0;
       for (var e : k.outputs().entrySet()) {
         Value v = e.getKey();
         List<Node.Prim> by = sums.getOrDefault(v, List.of());
-        if (e.getValue() == Level.FULL && !k.gemmOperands().contains(v) && !plan.saved.containsKey(v)
+        // Kernel.columnSums is a 64-bit mask over the outputs: those past the 64th stay full.
+        if (index++ < 64 && e.getValue() == Level.FULL && !k.gemmOperands().contains(v) && !plan.saved.containsKey(v)
             && by.size() == 1 && reads.getOrDefault(v, 0) == 1
             && Fusion.level(by.get(0).out().shape(), k.domain()) == Level.COL) {
           k.columnSums.add(v);
