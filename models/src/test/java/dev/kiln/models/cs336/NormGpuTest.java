@@ -1,5 +1,6 @@
 package dev.kiln.models.cs336;
 
+import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.kiln.dsl.DType;
@@ -17,15 +18,25 @@ import java.lang.reflect.Modifier;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
 import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
 
 /**
- * The generated norm's backward on the GPU, where its row kernel sums the weight gradient's terms over runs of rows
- * (ColumnSums; {@code CudaModelDevice.columnSumRows}), against the CPU device, which keeps one partial row per row.
- * The shapes are chosen to take both of the kernel's ways: 10,001 rows of 96 sum in shared memory (in runs of a few
- * rows, the last block's run shorter); 601 rows of 16,384 (64 KB of sums, over the 48 KB the launch gives) sum
- * in the output's partial rows in global memory.
+ * The generated norm on the GPU against the CPU device: its forward, and its backward, where a row kernel sums the
+ * weight gradient's terms over runs of rows (ColumnSums; {@code CudaModelDevice.columnSumRows}) while the CPU keeps
+ * one partial row per row. The shapes are chosen to take every form of the row kernels' launch
+ * ({@code CudaModelDevice.RowLaunch}) on a GPU of 126 to 140 SMs (an H100 or H200 has 132), where the test checks
+ * that they do; elsewhere the forms differ, the comparison with the CPU does not:
+ * <ul>
+ *   <li>10,001 rows of 96 and 9,000 of 1,000: the warp-row form, eight rows a block (spans 2 and 8 float4s a lane,
+ *       the last block's run shorter, 1,000 not a multiple of 128);
+ *   <li>4,000 rows of 200: the warp-row form, four rows a block (too few rows to fill the GPU with eight);
+ *   <li>3,001 rows of 1,001 (not a multiple of 4): one row a block, sums in shared memory;
+ *   <li>601 rows of 16,384 (64 KB of sums, over the 48 KB the launch gives): one row a block, sums in the output's
+ *       partial rows in global memory.
+ * </ul>
  */
 class NormGpuTest {
   @Test
@@ -37,13 +48,17 @@ class NormGpuTest {
     Assumptions.assumeTrue(r.available(), () -> "no CUDA device: " + r.problem());
     CudaModelDevice gpu = new CudaModelDevice(0, CudaModelDevice.Precision.FP32);
     gpu.poisonNewTensors(true);
+    Set<String> forms = new TreeSet<>();
     for (NormType type : NormType.values()) {
-      for (long[] shape : new long[][] {{10_001, 96}, {601, 16_384}}) {
+      for (long[] shape : new long[][] {{10_001, 96}, {9_000, 1_000}, {4_000, 200}, {3_001, 1_001}, {601, 16_384}}) {
         long rows = shape[0];
         long cols = shape[1];
         for (Kernel k : columnSumKernels()) {
           assertTrue(gpu.columnSumRows(k, rows, cols) < rows, k.name() + ": the shape must make the GPU sum runs"
               + " of rows");
+          CudaModelDevice.RowLaunch launch = gpu.rowLaunch(k, rows, cols, DType.F32);
+          forms.add(launch.span() > 0 ? "warp rows x" + launch.rowGroups() : launch.sharedBytes() > 0
+              ? "block rows, shared" : "block rows, global");
         }
         Config config = Config.of(Map.of("d_model", cols, "norm", type.name(), "norm_eps", 1e-5));
         Rng rng = new Rng(11);
@@ -52,15 +67,17 @@ class NormGpuTest {
         CompiledNorm cpuNorm = new CompiledNorm(new CpuDevice(), DType.F32);
         Norm cpuParams = cpuNorm.init(config, 5);
         Context cpuCtx = new Context();
-        cpuNorm.forward(cpuCtx, cpuParams, x);
+        Tensor refY = cpuNorm.forward(cpuCtx, cpuParams, x);
         CompiledNorm.Gradients ref = cpuNorm.backward(cpuCtx, cpuParams, dy);
         try (CudaModelDevice.Scope s = gpu.scope()) {
           CompiledNorm gpuNorm = new CompiledNorm(gpu, DType.F32);
           Norm gpuParams = gpuNorm.init(config, 5);
           Context ctx = new Context();
-          gpuNorm.forward(ctx, gpuParams, gpu.fromHost(x));
+          Tensor y = gpuNorm.forward(ctx, gpuParams, gpu.fromHost(x));
           CompiledNorm.Gradients got = gpuNorm.backward(ctx, gpuParams, gpu.fromHost(dy));
           String what = type + " " + rows + "x" + cols;
+          // Outputs of size ~1 from fp32 sums of up to 16,384 squares in another order.
+          close(what + " y", refY, y, gpu, 1e-4);
           // fp32 sums of 10,001 or 601 terms of size ~1 in another grouping: 1e-5 of the largest entry plus a
           // rounding bound of the sum (1e-6 * sqrt(rows) relative to its terms' magnitude, generously).
           close(what + " weight", ref.params().weight(), got.params().weight(), gpu, 1e-4 * Math.sqrt(rows));
@@ -70,6 +87,10 @@ class NormGpuTest {
           }
         }
       }
+    }
+    if (gpu.gpu().multiprocessors() > 125 && gpu.gpu().multiprocessors() <= 140) {
+      assertEquals(Set.of("warp rows x8", "warp rows x4", "block rows, shared", "block rows, global"), forms,
+          "the shapes take every form of the row kernels' launch on " + gpu.gpu().multiprocessors() + " SMs");
     }
   }
 

@@ -28,6 +28,7 @@ class CudaSourceTest {
       String java = g.source("Compiled" + m.substring(m.indexOf('.') + 1) + "Kernels.java");
       int kernels = 0;
       int bf16Variants = 0;
+      int warpRowForms = 0;
       for (String line : java.split("\n")) {
         String t = line.strip();
         if (t.startsWith("public static void ")) {
@@ -48,13 +49,23 @@ class CudaSourceTest {
               m + ": " + name + "_f32_in16 exactly when an input is marked as a GEMM output");
           assertEquals(in16 && marked, cu.contains("extern \"C\" __global__ void " + name + "_f32_bf16_in16("),
               m + ": " + name + "_f32_bf16_in16 exactly when both are marked");
-          bf16Variants += (marked ? 1 : 0) + (in16 ? 1 : 0) + (in16 && marked ? 1 : 0);
+          int floatVariants = 1 + (marked ? 1 : 0) + (in16 ? 1 : 0) + (in16 && marked ? 1 : 0);
+          bf16Variants += floatVariants - 1;
+          // A row kernel (one with a reduction: "one row at a time") also has its warp-row form for each span, in
+          // every variant but f64.
+          boolean rowKernel = comment.contains("(one row at a time)");
+          for (int span : dev.kiln.processor.emit.cuda.CudaEmitter.WARP_ROW_SPANS) {
+            assertEquals(rowKernel, cu.contains("extern \"C\" __global__ void " + name + "_w" + span + "_f32("),
+                m + ": " + name + "_w" + span + "_f32 exactly for a row kernel");
+            assertTrue(!cu.contains(name + "_w" + span + "_f64("), m + ": no f64 warp-row form of " + name);
+            warpRowForms += rowKernel ? floatVariants : 0;
+          }
         }
       }
       assertTrue(kernels > 0, m + " has no kernels");
-      assertEquals(2 * kernels + bf16Variants, cu.split("extern \"C\"", -1).length - 1,
+      assertEquals(2 * kernels + bf16Variants + warpRowForms, cu.split("extern \"C\"", -1).length - 1,
           m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, f32_in16 where an"
-              + " input may be a bf16 GEMM output, f32_bf16_in16 where both");
+              + " input may be a bf16 GEMM output, f32_bf16_in16 where both, and the warp-row forms of row kernels");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

@@ -42,6 +42,12 @@ public final class CudaKernel {
 
   /** Queues the kernel on {@code stream}; raises the dynamic shared memory limit first when needed. */
   public void launch(CudaStream stream, long gridX, long gridY, int block, int sharedBytes, KernelArgs args) {
+    launch(stream, gridX, gridY, block, 1, sharedBytes, args);
+  }
+
+  /** As {@link #launch(CudaStream, long, long, int, int, KernelArgs)}, with a block of {@code blockX × blockY}. */
+  public void launch(CudaStream stream, long gridX, long gridY, int blockX, int blockY, int sharedBytes,
+      KernelArgs args) {
     if (gridX <= 0 || gridY <= 0) {
       return;
     }
@@ -59,11 +65,11 @@ public final class CudaKernel {
           "cuFuncSetAttribute(" + name + ", max dynamic shared memory " + sharedBytes + ")");
       dynamicSharedLimit = sharedBytes;
     }
-    int rc = JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, block, 1, 1, sharedBytes,
+    int rc = JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, blockX, blockY, 1, sharedBytes,
         stream.handle(), args.toPointer(), null);
     if (rc != 0) { // the message is built only on failure: launches are the hot path of a training step
-      CudaException.check(rc, "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + ", block " + block
-          + ", smem " + sharedBytes + ")");
+      CudaException.check(rc, "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + ", block " + blockX + "x"
+          + blockY + ", smem " + sharedBytes + ")");
     }
   }
 }

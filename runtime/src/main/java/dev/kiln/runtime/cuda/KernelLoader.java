@@ -47,6 +47,7 @@ public final class KernelLoader {
     private final String name;
     private final Origin origin;
     private final Map<String, CudaKernel> functions = new ConcurrentHashMap<>();
+    private final Map<String, Boolean> present = new ConcurrentHashMap<>();
 
     Module(CUmodule module, String name, Origin origin) {
       this.module = module;
@@ -59,6 +60,14 @@ public final class KernelLoader {
     }
 
     /** The kernel {@code symbol}; throws naming the module when absent. */
+    /** Whether the module has a function named {@code symbol} (a form that an older processor did not generate). */
+    public boolean has(String symbol) {
+      return present.computeIfAbsent(symbol, sym -> {
+        device.makeCurrent();
+        return JCudaDriver.cuModuleGetFunction(new CUfunction(), module, sym) == 0;
+      });
+    }
+
     public CudaKernel kernel(String symbol) {
       return functions.computeIfAbsent(symbol, s -> {
         device.makeCurrent();
