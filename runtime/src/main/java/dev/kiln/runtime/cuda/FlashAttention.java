@@ -25,6 +25,18 @@ public final class FlashAttention {
   private static final int SIMT_MAX_HEAD_DIM = 256;
   /** Rows of {@code dot} each warp of {@code kiln_attn_bwd_dot_*} sums (KILN_DOT_ROWS in flash_attention.cu). */
   private static final int DOT_ROWS_PER_WARP = 4;
+  /** Groups of rows each warp of {@code kiln_attn_bwd_dot_vec_d*} sums (KILN_DOT_VEC_STEPS). */
+  private static final int DOT_VEC_STEPS = 4;
+
+  /**
+   * Whether {@code rowsum(dOut · out)} can take 16-byte loads ({@code kiln_attn_bwd_dot_vec_d*}): both bf16, the head
+   * width a power of two from 8 to 256, every row 16-byte aligned.
+   */
+  private static boolean dotVectorised(CudaArray out, Heads lo, CudaArray dOut, Heads ldo, long d) {
+    return out.dtype() == DType.BF16 && dOut.dtype() == DType.BF16 && d >= 8 && d <= 256 && Long.bitCount(d) == 1
+        && out.address() % 16 == 0 && dOut.address() % 16 == 0 && lo.stridesMultipleOf(8)
+        && ldo.stridesMultipleOf(8);
+  }
 
   /** The output and the saved log-sum-exp of each query row. */
   public record Forward(CudaArray out, CudaArray lse) implements AutoCloseable {
@@ -383,9 +395,17 @@ public final class FlashAttention {
     int causal = mask == AttentionMask.CAUSAL ? 1 : 0;
     KernelLoader.Module m = device.kernels().module("flash_attention");
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {
-      m.kernel("kiln_attn_bwd_dot_" + suffix(out.dtype()) + "_" + suffix(dOut.dtype())).launch(stream,
-          ceilDiv(g.n, 8 * DOT_ROWS_PER_WARP), g.bh, 256, 0, new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i32((int) g.n)
-              .i32((int) g.heads).i32((int) g.d).struct(lo.words()).struct(ldo.words()));
+      if (dotVectorised(out, lo, dOut, ldo, g.d)) {
+        // d / 8 lanes a row, 16 bytes a lane, DOT_VEC_STEPS groups of rows a warp, 8 warps a block.
+        long rowsPerWarp = DOT_VEC_STEPS * 32 * 8 / g.d;
+        m.kernel("kiln_attn_bwd_dot_vec_d" + g.d).launch(stream, ceilDiv(g.n, 8 * rowsPerWarp), g.bh, 256, 0,
+            new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i32((int) g.n).i32((int) g.heads).struct(lo.words())
+                .struct(ldo.words()));
+      } else {
+        m.kernel("kiln_attn_bwd_dot_" + suffix(out.dtype()) + "_" + suffix(dOut.dtype())).launch(stream,
+            ceilDiv(g.n, 8 * DOT_ROWS_PER_WARP), g.bh, 256, 0, new KernelArgs().ptr(out).ptr(dOut).ptr(dot)
+                .i32((int) g.n).i32((int) g.heads).i32((int) g.d).struct(lo.words()).struct(ldo.words()));
+      }
       if (g.tensorCores) {
         int d = (int) g.d;
         String chosen = tuning.backward(d);

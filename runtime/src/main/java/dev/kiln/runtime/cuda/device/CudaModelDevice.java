@@ -1301,7 +1301,9 @@ public final class CudaModelDevice implements Device {
       if (!direct) {
         copyArray(a.permute(order), src);
       }
-      op("kiln_reduce_rows_" + t).launch(stream, rows, 1, BLOCK, 0,
+      // A block a row; the whole GPU's threads are few where the rows are (a loss's mean is one row): 1,024 a block.
+      int block = rows < gpu.multiprocessors() && cols >= 4096 ? 1024 : BLOCK;
+      op("kiln_reduce_rows_" + t).launch(stream, rows, 1, block, 0,
           new KernelArgs().ptr(src).ptr(out).i64(rows).i64(cols).i32(opCode));
       launches++;
       if (!direct) {

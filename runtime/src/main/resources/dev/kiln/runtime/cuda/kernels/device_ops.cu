@@ -382,6 +382,9 @@ __device__ void kiln_reduce_rows(const T* __restrict__ x, T* __restrict__ out, k
   const kiln_i64 r = blockIdx.x;
   if (r >= rows) return;
   double acc = kiln_red_init(op);
+  // Unrolled so that a thread's next loads are issued before its adds: one at a time, the loss's mean (one row of
+  // 32,768, 256 threads) took 55 us on the H200, 16 us so with 1,024 threads.
+#pragma unroll 8
   for (kiln_i64 c = threadIdx.x; c < cols; c += blockDim.x) acc = kiln_red(op, acc, (double)x[r * cols + c]);
   acc = kiln_warp_red(op, acc);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;

@@ -164,6 +164,12 @@ class CudaModelDeviceGpuTest {
     same("sum over 4096 rows", cpu.reduce(Reduction.SUM, tall, new int[] {0}, false),
         gpu.reduce(Reduction.SUM, gpu.fromHost(tall), new int[] {0}, false));
     same("sumTo", cpu.sumTo(tall, 1, 70), gpu.sumTo(gpu.fromHost(tall), 1, 70));
+    // A few long rows (a loss's mean over the positions) take blocks of 1,024 threads.
+    NdArray wide = randn(3, 40_003);
+    for (Reduction how : new Reduction[] {Reduction.SUM, Reduction.MAX}) {
+      same(how + " over 3 rows of 40,003", cpu.reduce(how, wide, new int[] {1}, false),
+          gpu.reduce(how, gpu.fromHost(wide), new int[] {1}, false));
+    }
   }
 
   @Test
