@@ -73,6 +73,8 @@ public final class CudaEngine<P> implements TrainingEngine {
     final CudaArray norm;
     final Map<String, CudaTensor> grads = new LinkedHashMap<>();
     FusedAdamW.Prepared table;
+    /** The gradient buffers' table for one launch of squared norms (null: a launch each). */
+    CudaModelDevice.SquaresTable squares;
     CudaTensor inputs;
     CudaTensor targets;
     CudaTensor loss;
@@ -203,6 +205,7 @@ public final class CudaEngine<P> implements TrainingEngine {
           twins.get(e.getKey())));
     }
     g.table = adamw.prepare(table);
+    g.squares = dev.squaresTable(new ArrayList<>(g.grads.values()));
     graph = g;
   }
 
@@ -278,7 +281,11 @@ public final class CudaEngine<P> implements TrainingEngine {
             dev.addInto(g.grads.get(r.name()), gr.get(r.moduleKey()));
           }
         }
-        dev.sumsOfSquaresInto(new ArrayList<>(g.grads.values()), g.sumsq);
+        if (g.squares != null) {
+          dev.sumsOfSquaresInto(g.squares, g.sumsq);
+        } else {
+          dev.sumsOfSquaresInto(new ArrayList<>(g.grads.values()), g.sumsq);
+        }
         dev.gpu().kernels().module("adamw").kernel("kiln_clip_scale").launch(dev.gpu().defaultStream(), 1, 1, 32, 0,
             new dev.kiln.runtime.cuda.KernelArgs().ptr(g.sumsq).i32(g.grads.size()).f32((float) g.maxNorm).f32(1f)
                 .ptr(g.hyper).ptr(g.norm));
@@ -397,6 +404,9 @@ public final class CudaEngine<P> implements TrainingEngine {
       graph.memory.forEach(CudaArray::close);
       graph.grads.values().forEach(dev::release);
       graph.table.close();
+      if (graph.squares != null) {
+        graph.squares.close();
+      }
       graph.hyper.close();
       graph.sumsq.close();
       graph.norm.close();

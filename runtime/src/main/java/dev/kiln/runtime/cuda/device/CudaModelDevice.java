@@ -555,9 +555,14 @@ public final class CudaModelDevice implements Device {
    * captured step uses for clipping. {@code out} must be contiguous F64 with one element per tensor.
    */
   public void sumsOfSquaresInto(List<? extends Tensor> tensors, CudaArray out) {
-    if (out.dtype() != DType.F64 || out.numel() < tensors.size()) {
-      throw new IllegalArgumentException("cuda device, sumsOfSquaresInto: out must be F64 with " + tensors.size()
-          + " elements, got " + out);
+    checkSquaresOut(out, tensors.size());
+    if (!stream.isCapturing()) { // a table is uploaded; a captured step prepares its own (squaresTable)
+      try (SquaresTable table = squaresTable(tensors)) {
+        if (table != null) {
+          sumsOfSquaresInto(table, out);
+          return;
+        }
+      }
     }
     fill(wrap(out), 0);
     for (int i = 0; i < tensors.size(); i++) {
@@ -569,6 +574,66 @@ public final class CudaModelDevice implements Device {
       long blocks = Math.min((n + BLOCK * 8L - 1) / (BLOCK * 8L), 1024);
       op("kiln_sumsq_" + suffix(a.dtype())).launch(stream, blocks, 1, BLOCK, 0,
           new KernelArgs().ptr(a).i64(n).ptr(out.address() + 8L * i));
+      launches++;
+    }
+  }
+
+  private static void checkSquaresOut(CudaArray out, int tensors) {
+    if (out.dtype() != DType.F64 || out.numel() < tensors) {
+      throw new IllegalArgumentException("cuda device, sumsOfSquaresInto: out must be F64 with " + tensors
+          + " elements, got " + out);
+    }
+  }
+
+  /**
+   * Tensors uploaded as one table of 32-byte entries (address, elements, first block) for
+   * {@link #sumsOfSquaresInto(SquaresTable, CudaArray)}: one launch over all of them. Its tensors must outlive it.
+   */
+  public record SquaresTable(CudaArray table, int count, long blocks) implements AutoCloseable {
+    @Override
+    public void close() {
+      table.close();
+    }
+  }
+
+  /** Elements each block of {@code kiln_sumsq_multi_f32} sums (KILN_SUMSQ_CHUNK). */
+  private static final long SQUARES_CHUNK = 8192;
+
+  /**
+   * The table of {@code tensors} for one launch of squared norms, where every one is a contiguous F32 tensor (an
+   * engine's gradients); else null, and {@link #sumsOfSquaresInto(List, CudaArray)} takes a launch per tensor. Built
+   * outside a capture: a captured step passes it to {@link #sumsOfSquaresInto(SquaresTable, CudaArray)}.
+   */
+  public SquaresTable squaresTable(List<? extends Tensor> tensors) {
+    notCapturing("squaresTable");
+    if (tensors.isEmpty()) {
+      return null;
+    }
+    long bytes = 32L * tensors.size();
+    dev.kiln.runtime.tensor.Storage host = dev.kiln.runtime.tensor.Storage.allocate(bytes);
+    java.lang.foreign.MemorySegment t = host.segment();
+    long blocks = 0;
+    for (int i = 0; i < tensors.size(); i++) {
+      CudaArray a = arr(tensors.get(i), "sumsOfSquares", "tensor " + i);
+      if (a.dtype() != DType.F32 || !a.isContiguous()) {
+        return null;
+      }
+      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i, a.address());
+      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 8, a.numel());
+      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 16, blocks);
+      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 24, 0L);
+      blocks += (a.numel() + SQUARES_CHUNK - 1) / SQUARES_CHUNK;
+    }
+    return new SquaresTable(CudaArray.fromHost(gpu, NdArray.of(host, DType.U8, bytes)), tensors.size(), blocks);
+  }
+
+  /** {@code out[i] = } the squared L2 norm of the table's tensor {@code i}, in one launch, without waiting. */
+  public void sumsOfSquaresInto(SquaresTable table, CudaArray out) {
+    checkSquaresOut(out, table.count());
+    fill(wrap(out), 0);
+    if (table.blocks() > 0) {
+      op("kiln_sumsq_multi_f32").launch(stream, table.blocks(), 1, BLOCK, 0,
+          new KernelArgs().ptr(table.table()).i32(table.count()).ptr(out));
       launches++;
     }
   }

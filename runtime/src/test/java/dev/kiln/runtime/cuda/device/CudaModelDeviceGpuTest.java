@@ -13,6 +13,7 @@ import dev.kiln.dsl.spi.Device;
 import dev.kiln.runtime.cpu.device.CpuDevice;
 import dev.kiln.runtime.cuda.GpuTesting;
 import dev.kiln.runtime.tensor.NdArray;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
@@ -798,6 +799,27 @@ class CudaModelDeviceGpuTest {
     double[] got = gpu.sumsOfSquares(java.util.List.of(gpu.fromHost(a), gpu.fromHost(big)));
     // Squares of floats summed in double on both sides: only the order differs.
     GpuTesting.assertClose("sums of squares", ref, got, 1e-12, 0);
+    // One table, one launch (contiguous F32): an empty tensor between others, tensors of a chunk and a chunk plus
+    // one (8,192 elements a block), each block's sum going to its own tensor.
+    List<NdArray> hosts = List.of(a, NdArray.zeros(DType.F32, 0), big, randn(8192), randn(8193), randn(5));
+    List<Tensor> tensors = new ArrayList<>();
+    double[] refs = new double[hosts.size()];
+    for (int i = 0; i < hosts.size(); i++) {
+      tensors.add(gpu.fromHost(hosts.get(i)));
+      for (double v : GpuTesting.doubles(hosts.get(i))) {
+        refs[i] += v * v;
+      }
+    }
+    try (CudaModelDevice.SquaresTable t = gpu.squaresTable(tensors)) {
+      assertTrue(t != null && t.count() == hosts.size(), "contiguous F32 tensors make a table");
+    }
+    GpuTesting.assertClose("sums of squares, one table", refs, gpu.sumsOfSquares(tensors), 1e-12, 0);
+    // A transposed tensor makes no table: a launch per tensor, the same sums.
+    List<Tensor> mixed = List.of(gpu.permute(gpu.fromHost(a), 1, 0), gpu.fromHost(big));
+    try (CudaModelDevice.SquaresTable t = gpu.squaresTable(mixed)) {
+      assertTrue(t == null, "a transposed tensor makes no table");
+    }
+    GpuTesting.assertClose("sums of squares, a launch each", ref, gpu.sumsOfSquares(mixed), 1e-12, 0);
   }
 
   @Test
