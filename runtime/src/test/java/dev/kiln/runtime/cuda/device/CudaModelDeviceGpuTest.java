@@ -700,6 +700,25 @@ class CudaModelDeviceGpuTest {
       same("cross-entropy backward, vocabulary " + vocab, cpu.crossEntropyBackward(wide, tw, gw),
           gpu.crossEntropyBackward(gpu.fromHost(wide), gpu.fromHost(tw), gpu.fromHost(gw)));
     }
+    // Thousands of rows, fp32 and bf16 logits as a mixed-precision head keeps them (the CPU on the same values).
+    int rows = 6000;
+    NdArray many = GpuTesting.randn(rnd, DType.F32, 4.0, rows, 1000);
+    long[] manyIds = new long[rows];
+    for (int i = 0; i < rows; i++) {
+      manyIds[i] = rnd.nextInt(1000);
+    }
+    NdArray tm = NdArray.fromLongs(manyIds, rows);
+    NdArray gm = randn(rows);
+    same("cross-entropy, 6,000 rows", cpu.crossEntropy(many, tm), gpu.crossEntropy(gpu.fromHost(many),
+        gpu.fromHost(tm)));
+    same("cross-entropy backward, 6,000 rows", cpu.crossEntropyBackward(many, tm, gm),
+        gpu.crossEntropyBackward(gpu.fromHost(many), gpu.fromHost(tm), gpu.fromHost(gm)));
+    NdArray many16 = many.to(DType.BF16);
+    NdArray rounded = many16.to(DType.F32);
+    same("cross-entropy of bf16 logits, 6,000 rows", cpu.crossEntropy(rounded, tm),
+        gpuBf16.crossEntropy(gpuBf16.fromHost(many16), gpuBf16.fromHost(tm)));
+    same("cross-entropy backward of bf16 logits, 6,000 rows", cpu.crossEntropyBackward(rounded, tm, gm),
+        gpuBf16.crossEntropyBackward(gpuBf16.fromHost(many16), gpuBf16.fromHost(tm), gpuBf16.fromHost(gm)));
     // The mean's gradient arrives as a broadcast scalar.
     Tensor scalar = gpu.expand(gpu.full(DType.F32, 1.0 / 15), 3, 5);
     same("cross-entropy backward, broadcast dLoss", cpu.crossEntropyBackward(logits, t64, cpu.full(DType.F32,
