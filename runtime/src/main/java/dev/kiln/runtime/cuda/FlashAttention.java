@@ -71,8 +71,13 @@ public final class FlashAttention {
    *
    * @param forward variant of the forward kernel per head dim (32, 64, 80, 128)
    * @param backward variant of the dK/dV and dQ kernels per head dim (one name for both)
+   * @param longForward variant of the forward kernel for sequences of at least {@link #LONG_SEQUENCE} query rows,
+   *     for the head dims where it differs from {@code forward}
    */
-  public record Tuning(Map<Integer, String> forward, Map<Integer, String> backward) {
+  public record Tuning(Map<Integer, String> forward, Map<Integer, String> backward, Map<Integer, String> longForward) {
+    /** Query rows from which {@link #longForward} applies. */
+    public static final long LONG_SEQUENCE = 8192;
+
     /**
      * The compiled forward variants per head dim (flash_attention.cu's KILN_FWD lines, and flash_attention_sm90a.cu's
      * KILN_FWD_WGP lines for the {@code wg} ones).
@@ -106,7 +111,15 @@ public final class FlashAttention {
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w4mb4", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
-        Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"));
+        Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"),
+        // Three warpgroups and 128-key tiles at d64 from 8k rows: at 16k 3.97 ms against w8wgp's 4.30, at 2k 0.647
+        // against 0.617 and at 512 0.285 against 0.215 (BENCHVAR lines of one call, twelfth session).
+        Map.of(64, "w12wgpk128"));
+
+    /** Tunings of one variant per pass and head dim, whatever the length. */
+    public Tuning(Map<Integer, String> forward, Map<Integer, String> backward) {
+      this(forward, backward, Map.of());
+    }
 
     /**
      * The fastest variants that run on every supported GPU (sm_80 and up): what replaces a {@code wg} choice off
@@ -119,12 +132,13 @@ public final class FlashAttention {
     /** The environment variable {@link #configured} reads. */
     public static final String ENVIRONMENT = "KILN_ATTENTION_TUNING";
     private static final java.util.regex.Pattern ENTRY =
-        java.util.regex.Pattern.compile("\\s*(fwd|bwd)(\\d+)=(\\w+)\\s*");
+        java.util.regex.Pattern.compile("\\s*(fwdlong|fwd|bwd)(\\d+)=(\\w+)\\s*");
 
     /**
      * {@link #DEFAULT} with the choices of {@code KILN_ATTENTION_TUNING} applied: a comma-separated list of
-     * {@code fwd<d>=<variant>} and {@code bwd<d>=<variant>} (e.g. {@code bwd64=w4wg,fwd128=w8wgp}), so a choice
-     * re-made with CudaBenchmark on another GPU can be used without a rebuild.
+     * {@code fwd<d>=<variant>} (every length), {@code fwdlong<d>=<variant>} (from {@link #LONG_SEQUENCE} rows) and
+     * {@code bwd<d>=<variant>} (e.g. {@code bwd64=w4wg,fwd128=w8wgp}), so a choice re-made with CudaBenchmark on
+     * another GPU can be used without a rebuild.
      *
      * @throws IllegalArgumentException naming the entry and the accepted form when the variable is malformed, and
      *     the compiled choices when a variant is unknown
@@ -142,11 +156,15 @@ public final class FlashAttention {
       for (String entry : spec.split(",")) {
         java.util.regex.Matcher m = ENTRY.matcher(entry);
         if (!m.matches()) {
-          throw new IllegalArgumentException(ENVIRONMENT + " entry '" + entry + "' is not of the form fwd<d>=<variant>"
-              + " or bwd<d>=<variant> (e.g. bwd64=w4wg)");
+          throw new IllegalArgumentException(ENVIRONMENT + " entry '" + entry + "' is not of the form fwd<d>=<variant>,"
+              + " fwdlong<d>=<variant> or bwd<d>=<variant> (e.g. bwd64=w4wg)");
         }
         int d = Integer.parseInt(m.group(2));
-        t = m.group(1).equals("fwd") ? t.withForward(d, m.group(3)) : t.withBackward(d, m.group(3));
+        t = switch (m.group(1)) {
+          case "fwd" -> t.withForward(d, m.group(3));
+          case "fwdlong" -> t.withLongForward(d, m.group(3));
+          default -> t.withBackward(d, m.group(3));
+        };
       }
       return t;
     }
@@ -154,8 +172,17 @@ public final class FlashAttention {
     public Tuning {
       forward = Map.copyOf(forward);
       backward = Map.copyOf(backward);
+      longForward = Map.copyOf(longForward);
       check("forward", forward, FORWARD_VARIANTS);
       check("backward", backward, BACKWARD_VARIANTS);
+      for (Map.Entry<Integer, String> e : longForward.entrySet()) {
+        List<String> options = FORWARD_VARIANTS.get(e.getKey());
+        if (options == null || !options.contains(e.getValue())) {
+          throw new IllegalArgumentException("attention long-sequence forward kernel variant " + e.getValue()
+              + " is not compiled for head dim " + e.getKey() + "; choose one of "
+              + (options == null ? "the head dims " + new TreeSet<>(FORWARD_VARIANTS.keySet()) : options));
+        }
+      }
     }
 
     private static void check(String pass, Map<Integer, String> chosen, Map<Integer, List<String>> compiled) {
@@ -172,18 +199,33 @@ public final class FlashAttention {
       }
     }
 
-    /** This tuning with the forward variant of head dim {@code d} replaced. */
+    /** This tuning with the forward variant of head dim {@code d} replaced, for every length. */
     public Tuning withForward(int d, String variant) {
       Map<Integer, String> f = new HashMap<>(forward);
       f.put(d, variant);
-      return new Tuning(f, backward);
+      Map<Integer, String> l = new HashMap<>(longForward);
+      l.remove(d);
+      return new Tuning(f, backward, l);
+    }
+
+    /** This tuning with the forward variant of head dim {@code d} from {@link #LONG_SEQUENCE} rows replaced. */
+    public Tuning withLongForward(int d, String variant) {
+      Map<Integer, String> l = new HashMap<>(longForward);
+      l.put(d, variant);
+      return new Tuning(forward, backward, l);
     }
 
     /** This tuning with the backward variant of head dim {@code d} replaced. */
     public Tuning withBackward(int d, String variant) {
       Map<Integer, String> b = new HashMap<>(backward);
       b.put(d, variant);
-      return new Tuning(forward, b);
+      return new Tuning(forward, b, longForward);
+    }
+
+    /** The forward variant for head dim {@code d} over {@code n} query rows. */
+    public String forward(long d, long n) {
+      String longer = n >= LONG_SEQUENCE ? longForward.get((int) d) : null;
+      return longer != null ? longer : forward.get((int) d);
     }
 
     String forward(long d) {
@@ -328,7 +370,7 @@ public final class FlashAttention {
     KernelArgs args = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).i32((int) g.heads);
     if (g.tensorCores) {
       int d = (int) g.d;
-      String variant = tuning.forward(d);
+      String variant = tuning.forward(d, g.n);
       // The wgmma forward folds the scale into its exponentials after taking the maximum of the raw scores, which
       // only a positive scale allows.
       if (Tuning.hopperOnly(variant) && (!device.kernels().hopper() || !(scale > 0))) {

@@ -109,11 +109,33 @@ class FlashAttentionTuningTest {
     assertEquals(FlashAttention.Tuning.DEFAULT, FlashAttention.Tuning.DEFAULT.with(" "));
     IllegalArgumentException form = assertThrows(IllegalArgumentException.class,
         () -> FlashAttention.Tuning.DEFAULT.with("backward64:w4wg"));
-    assertTrue(form.getMessage().contains("KILN_ATTENTION_TUNING") && form.getMessage().contains("bwd<d>=<variant>"),
+    assertTrue(form.getMessage().contains("KILN_ATTENTION_TUNING") && form.getMessage().contains("bwd<d>=<variant>")
+        && form.getMessage().contains("fwdlong<d>=<variant>"),
         form.getMessage());
     IllegalArgumentException unknown = assertThrows(IllegalArgumentException.class,
         () -> FlashAttention.Tuning.DEFAULT.with("fwd64=w99"));
     assertTrue(unknown.getMessage().contains("choose one of"), unknown.getMessage());
+  }
+
+  @Test
+  void longSequencesTakeTheirOwnForwardWhereOneIsChosen() {
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT;
+    long at = FlashAttention.Tuning.LONG_SEQUENCE;
+    assertEquals("w12wgpk128", t.forward(64, at), "d64 from the threshold");
+    assertEquals("w12wgpk128", t.forward(64, 16_384));
+    assertEquals(t.forward().get(64), t.forward(64, at - 1), "d64 below it");
+    assertEquals(t.forward().get(128), t.forward(128, 16_384), "no long choice at d128: the one forward");
+    // The environment's form; fwd<d> sets every length (what the benchmark's sweep and the GPU test's need).
+    FlashAttention.Tuning e = t.with("fwdlong128=w8wgp");
+    assertEquals("w8wgp", e.forward(128, at));
+    assertEquals(t.forward().get(128), e.forward(128, 512));
+    FlashAttention.Tuning every = t.withForward(64, "w4r32");
+    assertEquals("w4r32", every.forward(64, 512));
+    assertEquals("w4r32", every.forward(64, 16_384));
+    IllegalArgumentException bad = assertThrows(IllegalArgumentException.class, () -> t.with("fwdlong64=w99"));
+    assertTrue(bad.getMessage().contains("long-sequence") && bad.getMessage().contains("choose one of"),
+        bad.getMessage());
+    assertThrows(IllegalArgumentException.class, () -> t.withLongForward(96, "w4r32"));
   }
 
   @Test
