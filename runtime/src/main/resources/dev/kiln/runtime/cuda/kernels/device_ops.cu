@@ -952,13 +952,8 @@ KILN_ROPE_TOKENS(bf16, unsigned short, i64, kiln_i64)
 
 // *out += sum(x[i]^2) over this launch's blocks, in double; the host zeroes *out first. Block partials are added
 // with a double atomic, so the last bits may differ from run to run (the sum only scales the clipping).
-template <class T> __device__ void kiln_sumsq(const T* __restrict__ x, kiln_i64 n, double* out) {
-  __shared__ double part[32];
-  double acc = 0;
-  KILN_GRID_LOOP(i, n) {
-    const double v = (double)x[i];
-    acc += v * v;
-  }
+// *out += the block's sum of acc (one value a thread), with a double atomic.
+__device__ __forceinline__ void kiln_block_sum_into(double acc, double* part, double* out) {
   acc = kiln_warp_red(0, acc);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
   if (lane == 0) part[warp] = acc;
@@ -968,6 +963,16 @@ template <class T> __device__ void kiln_sumsq(const T* __restrict__ x, kiln_i64 
     acc = kiln_warp_red(0, acc);
     if (lane == 0) atomicAdd(out, acc);
   }
+}
+
+template <class T> __device__ void kiln_sumsq(const T* __restrict__ x, kiln_i64 n, double* out) {
+  __shared__ double part[32];
+  double acc = 0;
+  KILN_GRID_LOOP(i, n) {
+    const double v = (double)x[i];
+    acc += v * v;
+  }
+  kiln_block_sum_into(acc, part, out);
 }
 
 // Every tensor of a table at once: out[i] += sum(x_i[j]^2), tensor i owning blocks [first_block_i, first_block_i+1)
@@ -997,15 +1002,7 @@ extern "C" __global__ void kiln_sumsq_multi_f32(const KilnSumsqTensor* __restric
     const double v = (double)x[i];
     acc += v * v;
   }
-  acc = kiln_warp_red(0, acc);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  if (lane == 0) part[warp] = acc;
-  __syncthreads();
-  if (warp == 0) {
-    acc = lane < warps ? part[lane] : 0.0;
-    acc = kiln_warp_red(0, acc);
-    if (lane == 0) atomicAdd(out + lo, acc);
-  }
+  kiln_block_sum_into(acc, part, out + lo);
 }
 
 extern "C" __global__ void kiln_sumsq_f32(const float* x, kiln_i64 n, double* out) { kiln_sumsq<float>(x, n, out); }
