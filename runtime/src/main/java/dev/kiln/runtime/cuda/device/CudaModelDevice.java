@@ -19,6 +19,9 @@ import dev.kiln.runtime.cuda.KernelArgs;
 import dev.kiln.runtime.cuda.KernelLoader;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Rng;
+import dev.kiln.runtime.tensor.Storage;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -610,18 +613,18 @@ public final class CudaModelDevice implements Device {
       return null;
     }
     long bytes = 32L * tensors.size();
-    dev.kiln.runtime.tensor.Storage host = dev.kiln.runtime.tensor.Storage.allocate(bytes);
-    java.lang.foreign.MemorySegment t = host.segment();
+    Storage host = Storage.allocate(bytes);
+    MemorySegment t = host.segment();
     long blocks = 0;
     for (int i = 0; i < tensors.size(); i++) {
       CudaArray a = arr(tensors.get(i), "sumsOfSquares", "tensor " + i);
       if (a.dtype() != DType.F32 || !a.isContiguous()) {
         return null;
       }
-      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i, a.address());
-      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 8, a.numel());
-      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 16, blocks);
-      t.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 24, 0L);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i, a.address());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 8, a.numel());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 16, blocks);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 24, 0L);
       blocks += (a.numel() + SQUARES_CHUNK - 1) / SQUARES_CHUNK;
     }
     return new SquaresTable(CudaArray.fromHost(gpu, NdArray.of(host, DType.U8, bytes)), tensors.size(), blocks);
