@@ -20,6 +20,8 @@
 #   KILN_SANITIZE=1         compute-sanitizer memcheck over the attention and device tests
 #   KILN_NCU=tinystories    Nsight Compute kernel times of one eager training step of that config, per kernel family
 #                           (reference/ncu_kernels.py)
+#   KILN_NCU_TORCH=tinystories  the same for one step of the peer (torch.compile, or KILN_NCU_TORCH_MODE=eager), at
+#                           the same base clocks; both runs also list their GEMM launches in order (--gemms)
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/kiln-gpu-out}
@@ -118,7 +120,19 @@ if [[ -n "${KILN_NCU:-}" ]]; then
     --log-file "$out/ncu.csv" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$KILN_NCU" \
     --steps 1 --warmup 1 --python none > "$out/ncu-bench.log" 2>&1
   echo "exit $?"
-  python3 "$pkg/reference/ncu_kernels.py" "$out/ncu.csv" | tee "$out/ncu-kernels.txt"
+  python3 "$pkg/reference/ncu_kernels.py" --gemms "$out/ncu.csv" > "$out/ncu-kernels.txt"
+  sed '/^GEMM launches/,$d' "$out/ncu-kernels.txt"
+fi
+if [[ -n "${KILN_NCU_TORCH:-}" ]]; then
+  mode=${KILN_NCU_TORCH_MODE:-compile}
+  echo "=== ncu: kernel times of one torch-$mode ${KILN_NCU_TORCH} step"
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
+  timeout ${KILN_NCU_TIMEOUT:-300} "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --page raw \
+    --log-file "$out/ncu-torch.csv" python3 "$pkg/reference/train_bench_gpu.py" --configs "$KILN_NCU_TORCH" \
+    --modes "$mode" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 2 --warmup 3 --cuda-profile-step > "$out/ncu-torch-bench.log" 2>&1
+  echo "exit $?"
+  python3 "$pkg/reference/ncu_kernels.py" --all --gemms "$out/ncu-torch.csv" > "$out/ncu-torch-kernels.txt"
+  sed '/^GEMM launches/,$d' "$out/ncu-torch-kernels.txt"
 fi
 echo
 echo "=== Failures (first lines)"

@@ -24,11 +24,14 @@ import sys
 
 # Family of a kernel, by name: the first pattern that matches. Generated kernels are named <Module>_<method>_...
 FAMILIES = [
+    # The peer's kernels too (KILN_NCU_TORCH): flash attention's names hold "cutlass", so attention comes first.
+    ("attention", re.compile(r"^kiln_attn_|flash|fmha", re.I)),
     ("GEMMs (cuBLAS)", re.compile(r"nvjet|gemm|cutlass|xmma|splitKreduce", re.I)),
-    ("attention", re.compile(r"^kiln_attn_")),
+    ("AdamW", re.compile(r"adam", re.I)),
+    ("Triton (peer's fusions)", re.compile(r"^triton")),
+    ("peer's other kernels", re.compile(r"^(void )?(at::|at_cuda|elementwise|vectorized|multi_tensor|reduce)")),
     ("cross-entropy", re.compile(r"^kiln_xent")),
     ("RoPE", re.compile(r"^kiln_rope")),
-    ("AdamW", re.compile(r"^kiln_adamw")),
     ("gradient norms", re.compile(r"^kiln_sumsq|^kiln_clip")),
     ("adds and other binary ops", re.compile(r"^kiln_binary")),
     ("bf16 casts", re.compile(r"^kiln_cast")),
@@ -52,7 +55,7 @@ def family(name):
 
 
 def read(path):
-    """(kernel name, milliseconds) per launch, in launch order."""
+    """(kernel name, milliseconds, grid, block) per launch, in launch order."""
     with open(path, newline="") as f:
         lines = [line for line in f if not line.startswith("==")]
     rows = list(csv.reader(lines))
@@ -63,6 +66,8 @@ def read(path):
         sys.exit("ncu_kernels.py: %s has no gpu__time_duration.sum column; run ncu with --metrics "
                  "gpu__time_duration.sum" % path)
     name_at, time_at = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
+    grid_at = header.index("Grid Size") if "Grid Size" in header else None
+    block_at = header.index("Block Size") if "Block Size" in header else None
     body = rows[1:]
     scale = UNITS["nsecond"]
     if body and body[0] and body[0][0] == "":  # the units row
@@ -74,13 +79,14 @@ def read(path):
     launches = []
     for r in body:
         if len(r) > max(name_at, time_at) and r[time_at].strip():
-            launches.append((re.sub(r"\(.*", "", r[name_at]).strip(), float(r[time_at].replace(",", "")) * scale))
+            launches.append((re.sub(r"\(.*", "", r[name_at]).strip(), float(r[time_at].replace(",", "")) * scale,
+                             r[grid_at] if grid_at is not None else "", r[block_at] if block_at is not None else ""))
     return launches
 
 
 def one_step(launches):
     """The launches of the last whole step: after the second-to-last AdamW launch, through the last one."""
-    ends = [i for i, (n, _) in enumerate(launches) if n.startswith("kiln_adamw")]
+    ends = [i for i, launch in enumerate(launches) if launch[0].startswith("kiln_adamw")]
     if len(ends) >= 2:
         return launches[ends[-2] + 1:ends[-1] + 1], "one step (between the last two AdamW launches)"
     return launches, "every launch (fewer than two AdamW launches: not one step)"
@@ -90,13 +96,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv")
     ap.add_argument("--top", type=int, default=25, help="slowest kernels to list (default: 25)")
+    ap.add_argument("--all", action="store_true",
+                    help="every launch of the CSV is one step (ncu --profile-from-start off around one step)")
+    ap.add_argument("--gemms", action="store_true", help="also list every GEMM launch in order, with its grid")
     args = ap.parse_args()
-    step, what = one_step(read(args.csv))
-    total = sum(t for _, t in step)
+    launches = read(args.csv)
+    step, what = (launches, "every launch (one step)") if args.all else one_step(launches)
+    total = sum(launch[1] for launch in step)
     print("%s: %d launches, %.3f ms of kernel time" % (what, len(step), total))
     fams = collections.defaultdict(lambda: [0.0, 0])
     kernels = collections.defaultdict(lambda: [0.0, 0])
-    for name, t in step:
+    for name, t, _, _ in step:
         for table, key in ((fams, family(name)), (kernels, name)):
             table[key][0] += t
             table[key][1] += 1
@@ -107,6 +117,12 @@ def main():
     print("%-72s %9s %7s" % ("kernel", "ms", "calls"))
     for key, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
         print("%-72s %9.3f %7d" % (key[:72], t, n))
+    if args.gemms:
+        print()
+        print("GEMM launches in order: ms, grid, block, kernel")
+        for name, t, grid, block in step:
+            if family(name) == "GEMMs (cuBLAS)":
+                print("%8.4f %-16s %-12s %s" % (t, grid, block, name[:110]))
 
 
 if __name__ == "__main__":

@@ -352,6 +352,15 @@ def run(name, mode, args, device):
             per_step.append(time.perf_counter() - t0)
         if args.profile:
             print_profile(name, mode, step, device, args.profile)
+        if args.cuda_profile_step:
+            # One more step between cudaProfilerStart and cudaProfilerStop: what `ncu --profile-from-start off`
+            # records, so that Nsight Compute times the peer's kernels of exactly one step, without the compilation
+            # and autotuning before it (run-gpu-checks.sh's KILN_NCU_TORCH).
+            sync(device)
+            torch.cuda.cudart().cudaProfilerStart()
+            step(args.warmup + 2 * args.steps)
+            sync(device)
+            torch.cuda.cudart().cudaProfilerStop()
     loss = loss.item()
     if not math.isfinite(loss):
         raise RuntimeError("loss is %r after %d steps" % (loss, args.warmup + 2 * args.steps))
@@ -512,6 +521,9 @@ def main():
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after timing, run STEPS more steps under torch.profiler and print their GPU time per kernel "
                          "family and the slowest kernels on stderr (default: 0, none)")
+    ap.add_argument("--cuda-profile-step", action="store_true",
+                    help="after timing, run one more step between cudaProfilerStart and cudaProfilerStop, for "
+                         "`ncu --profile-from-start off` (cuda only)")
     ap.add_argument("--tiny", action="store_true",
                     help="shrink every config (2 layers, d_model 64, 4 heads, context 32, batch 2) for smoke tests")
     ap.add_argument("--count", action="store_true",
@@ -527,6 +539,8 @@ def main():
         ap.error("--steps must be >= 1 and --warmup >= 0")
     if not args.clip >= 0:
         ap.error("--clip must be >= 0 (0: no clipping)")
+    if args.cuda_profile_step and args.device != "cuda":
+        ap.error("--cuda-profile-step needs --device cuda")
     if args.precision is None:
         args.precision = "bf16" if args.device == "cuda" else "fp32"
 

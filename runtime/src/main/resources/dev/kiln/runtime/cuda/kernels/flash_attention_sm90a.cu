@@ -37,12 +37,17 @@ struct panel {
 };
 
 // Rows [row0, row0 + R) of a slab (row stride sr) into a swizzled panel tile at s; rows past n are zero-filled.
+// The loop runs a constant number of times, so it unrolls even where NT does not divide the chunks (the 1,024 of a
+// 128-key d64 tile over 384 threads): from tid, ptxas kept a loop with a remainder branch in every key tile.
 template <int D, int R, int NT>
 __device__ __forceinline__ void load_tile_sw(kiln_bf16* s, const kiln_bf16* g, kiln_i64 sr, int row0, int n, int tid) {
   using P = panel<D>;
   constexpr int CPR = D / 8;  // 16-byte chunks per row
+  constexpr int STEPS = (R * CPR + NT - 1) / NT;
 #pragma unroll
-  for (int i = tid; i < R * CPR; i += NT) {
+  for (int step = 0; step < STEPS; ++step) {
+    const int i = tid + step * NT;
+    if ((R * CPR) % NT != 0 && i >= R * CPR) break;
     const int r = i / CPR, c = i % CPR;
     const bool valid = row0 + r < n;
     const kiln_bf16* src = valid ? g + (kiln_i64)(row0 + r) * sr + c * 8 : g;
@@ -97,13 +102,17 @@ __device__ __forceinline__ void wgmma_rs_mn(float* d, const unsigned* a, unsigne
 // The maximum is taken over the raw scores and the scale applied in the exponent's FFMA: one instruction a score
 // fewer, where the forward pass is bound by instruction issue (ncu, d64 16k: issue slots 67% busy, ALU pipe 50%,
 // tensor cores waiting). That needs sl2 > 0, which the host checks (FlashAttention).
-template <int BN>
+//
+// MASK is a template parameter, and callers branch on it once a tile (softmax_tile_masked_if): as a runtime flag
+// inside the unrolled loop, ptxas predicated the mask's compares and selects rather than branching, so every tile
+// issued them (about four instructions a score, predicated off on all but the diagonal and last tiles).
+template <int BN, bool MASK>
 __device__ __forceinline__ void softmax_tile(float* s, float* mrow, float* lsum, float* alpha, int n0, int trow0, int t,
-                                             int n, int causal, bool mask, float sl2) {
+                                             int n, int causal, float sl2) {
   float mx[2] = {-KILN_INF, -KILN_INF};
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) {
-    if (mask) {
+    if constexpr (MASK) {
       const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1);
       const int row = trow0 + ((i >> 1) & 1) * 8;
       if (col >= n || (causal && col > row)) s[i] = -KILN_INF;
@@ -125,6 +134,17 @@ __device__ __forceinline__ void softmax_tile(float* s, float* mrow, float* lsum,
   for (int i = 0; i < BN / 2; ++i) {
     s[i] = kiln_exp2(fmaf(s[i], sl2, -mu[(i >> 1) & 1]));
     lsum[(i >> 1) & 1] += s[i];
+  }
+}
+
+// softmax_tile with the mask where the tile needs one (a diagonal tile of a causal pass, or one reaching past n).
+template <int BN>
+__device__ __forceinline__ void softmax_tile_masked_if(bool mask, float* s, float* mrow, float* lsum, float* alpha,
+                                                       int n0, int trow0, int t, int n, int causal, float sl2) {
+  if (mask) {
+    softmax_tile<BN, true>(s, mrow, lsum, alpha, n0, trow0, t, n, causal, sl2);
+  } else {
+    softmax_tile<BN, false>(s, mrow, lsum, alpha, n0, trow0, t, n, causal, sl2);
   }
 }
 
@@ -199,7 +219,8 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     for (int kk = 0; kk < KS; ++kk) wgmma_ss<BN>(s, desc_k<D, BM>(qs, wg * 64, kk), desc_k<D, BN>(ks0, 0, kk), kk > 0);
     kiln_wg_commit();
     kiln_wg_wait<0>();
-    softmax_tile<BN>(s, mrow, lsum, alpha, 0, trow0, t, n, causal, (causal && BN - 1 > wrow0) || BN > n, sl2);
+    softmax_tile_masked_if<BN>((causal && BN - 1 > wrow0) || BN > n, s, mrow, lsum, alpha, 0, trow0, t, n, causal,
+                               sl2);
     to_a_frags<BN>(p, s);
     lrow[0] = lsum[0];
     lrow[1] = lsum[1];
@@ -225,8 +246,8 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
     kiln_wg_commit();
     kiln_wg_wait<1>();  // S_{j+1} is done; P_j V_j may still run
     const int n1 = (j + 1) * BN;
-    softmax_tile<BN>(s, mrow, lsum, alpha, n1, trow0, t, n, causal, (causal && n1 + BN - 1 > wrow0) || n1 + BN > n,
-                     sl2);
+    softmax_tile_masked_if<BN>((causal && n1 + BN - 1 > wrow0) || n1 + BN > n, s, mrow, lsum, alpha, n1, trow0, t, n,
+                               causal, sl2);
     kiln_wg_wait<0>();  // P_j V_j is done: its A registers and O may be rewritten
     to_a_frags<BN>(p, s);
 #pragma unroll
@@ -271,6 +292,41 @@ __device__ __forceinline__ void fwd_wg_pipe(const kiln_bf16* __restrict__ Q, con
 }
 
 // ------------------------------------------------------------------------------------------------ backward
+
+// The probabilities of a backward tile, in place of its raw scores: P = exp(S * scale - lse) for this thread's rows
+// trow0 and trow0 + 8 (lse2: their lse in base 2), zero where masked. MASK as in softmax_tile: callers branch on it
+// once a tile.
+template <int BN, bool MASK>
+__device__ __forceinline__ void probs(float* p, const float* lse2, int n0, int trow0, int t, int n, int causal,
+                                      float sl2) {
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) {
+    const int h = (i >> 1) & 1;
+    float x = kiln_exp2(p[i] * sl2 - lse2[h]);
+    if constexpr (MASK) {
+      const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1), row = trow0 + h * 8;
+      if (col >= n || (causal && col > row)) x = 0.f;
+    }
+    p[i] = x;
+  }
+}
+
+// The transposed tile of the dK/dV pass: P^T for this thread's keys tkey0 and tkey0 + 8 against the BM queries from
+// m0, whose lse (natural log) are ls[0, BM) in shared memory.
+template <int BM, bool MASK>
+__device__ __forceinline__ void probs_t(float* p, const float* ls, int m0, int tkey0, int t, int n, int causal,
+                                        float sl2) {
+#pragma unroll
+  for (int i = 0; i < BM / 2; ++i) {
+    const int cl = (i >> 2) * 8 + 2 * t + (i & 1);
+    float x = kiln_exp2(p[i] * sl2 - ls[cl] * KILN_LOG2E);
+    if constexpr (MASK) {
+      const int col = m0 + cl, key = tkey0 + ((i >> 1) & 1) * 8;
+      if (col >= n || (causal && col < key)) x = 0.f;
+    }
+    p[i] = x;
+  }
+}
 
 // dK and dV: a block owns 64 * WG keys (64 a warpgroup) and walks the query tiles of BM rows that can see them.
 // Per tile, each warpgroup computes S^T = K Q^T and dP^T = V dO^T (both operands from shared memory, K-major),
@@ -353,16 +409,10 @@ __device__ __forceinline__ void bwd_dkdv_wg(const kiln_bf16* __restrict__ Q, con
     kiln_wg_commit();
     kiln_wg_wait<1>();  // S^T is done
 
-    const bool mask = (causal && m0 < wkey0 + 63) || (m0 + BM > n);
-#pragma unroll
-    for (int i = 0; i < BM / 2; ++i) {
-      const int cl = (i >> 2) * 8 + 2 * t + (i & 1);
-      float x = kiln_exp2(p[i] * sl2 - ls[cl] * KILN_LOG2E);
-      if (mask) {
-        const int col = m0 + cl, key = tkey0 + ((i >> 1) & 1) * 8;
-        if (col >= n || (causal && col < key)) x = 0.f;
-      }
-      p[i] = x;
+    if ((causal && m0 < wkey0 + 63) || (m0 + BM > n)) {
+      probs_t<BM, true>(p, ls, m0, tkey0, t, n, causal, sl2);
+    } else {
+      probs_t<BM, false>(p, ls, m0, tkey0, t, n, causal, sl2);
     }
     unsigned pa[BM / 16][4], sa[BM / 16][4];
     to_a_frags<BM>(pa, p);
@@ -471,16 +521,10 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
     kiln_wg_commit();
     kiln_wg_wait<1>();  // S is done: P is computed while dP runs
 
-    const bool mask = (causal && n0 + BN - 1 > wrow0) || (n0 + BN > n);
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) {
-      const int h = (i >> 1) & 1;
-      float x = kiln_exp2(p[i] * sl2 - lse2[h]);
-      if (mask) {
-        const int col = n0 + (i >> 2) * 8 + 2 * t + (i & 1), row = trow0 + h * 8;
-        if (col >= n || (causal && col > row)) x = 0.f;
-      }
-      p[i] = x;
+    if ((causal && n0 + BN - 1 > wrow0) || (n0 + BN > n)) {
+      probs<BN, true>(p, lse2, n0, trow0, t, n, causal, sl2);
+    } else {
+      probs<BN, false>(p, lse2, n0, trow0, t, n, causal, sl2);
     }
     kiln_wg_wait<0>();
 #pragma unroll
