@@ -99,21 +99,20 @@ public final class FlashAttention {
 
     /**
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md has the table).
-     * Forward: warpgroup MMA with the softmax overlapped (wgp) at d64 and d128 (16k: d64 4.35 ms against 4.77 at
-     * 32 rows a warp on mma.sync, d128 3.38 against 4.28; w12wgpk128 is 3.97 at d64 16k but 0.29 against 0.22 at
-     * n = 512); 32 rows a warp at d80 (d64 16k: 4.76 against 5.64 ms at 16 rows); 16 at d32, where {@code w8wgp} is
-     * faster alone (16k 6.72 against 7.73 ms) but TinyStories trained no faster with it (graphed: 15.09 and 14.65
-     * ms against 14.56 and 14.58). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 15.4 ms
-     * against 19.2 with 32 rows a warp on mma.sync, d128 13.8 against 19.4; n = 512: 0.91 against 0.98 and 0.78
-     * against 0.99); elsewhere 16 rows a warp, as 32 was 2-5% faster at 16k but up to 9% slower at n = 512, and
-     * training runs short sequences. At d32 the softmax's exponentials, not the MMAs, bound the backward: w8wgk128
-     * is 24.1 ms against 26.9 at 16k but 1.28 against 1.18 at n = 512, the TinyStories length.
+     * Forward: warpgroup MMA with the softmax overlapped (wgp) at d64 and d128 (16k, thirteenth session: d64 3.22 ms
+     * with w12wgpk128, 3.58 with w4wgp, 4.76 at 32 rows a warp on mma.sync; d128 2.60 against w8wgp's 2.83); 32 rows
+     * a warp at d80; 16 at d32, where w8wgp is faster alone (16k 4.46 against 6.41 ms) but TinyStories (n = 256)
+     * trained no faster with it and the w8wgk128 backward (graphed 11.69 ms against 11.52, one call). Backward:
+     * warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4 with w8wg; d128 10.3 against 11.6
+     * with w4wg); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at n = 512, and training runs
+     * short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w4mb4", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
         Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"),
         // Three warpgroups and 128-key tiles at d64 from 8k rows: at 16k 3.97 ms against w8wgp's 4.30, at 2k 0.647
-        // against 0.617 and at 512 0.285 against 0.215 (BENCHVAR lines of one call, twelfth session).
+        // against 0.617 and at 512 0.285 against 0.215 (BENCHVAR lines of one call, twelfth session; thirteenth:
+        // 3.22 at 16k, 0.53 at 2k against w8wgp's 0.46).
         Map.of(64, "w12wgpk128"));
 
     /** Tunings of one variant per pass and head dim, whatever the length. */
