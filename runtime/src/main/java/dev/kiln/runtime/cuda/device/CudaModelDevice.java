@@ -87,6 +87,12 @@ public final class CudaModelDevice implements Device {
    */
   private final Map<CastKey, CudaArray> castCache = new java.util.HashMap<>();
   private final Map<Object, List<CastKey>> castsByBuffer = new IdentityHashMap<>();
+  /**
+   * Each row's log-sum-exp, written by the cross-entropy forward of logits read in the open scope (kiln_xent_cached4),
+   * so that the backward of the same logits streams the gradient from it (kiln_xent_grad4) instead of reducing every
+   * row again. Dropped with {@link #castCache}: when a scope closes, or the logits' memory is written.
+   */
+  private final Map<CastKey, CudaArray> lseCache = new java.util.HashMap<>();
 
   /**
    * True when {@code a} and {@code b} have one shape and one set of strides and cover a gapless range of memory (a
@@ -262,6 +268,7 @@ public final class CudaModelDevice implements Device {
       scopes.pop();
       castCache.clear();
       castsByBuffer.clear();
+      lseCache.clear();
       denseCasts.clear();
       if (!attentionBf16.isEmpty()) {
         // Keyed by the attention output, which may be a view (laid out like v) of an array this scope owns.
@@ -1109,6 +1116,9 @@ public final class CudaModelDevice implements Device {
     if (!knownZero.isEmpty()) {
       knownZero.removeIf(z -> z.sharesBufferWith(a));
     }
+    if (!lseCache.isEmpty()) {
+      lseCache.keySet().removeIf(k -> k.buffer() == a.bufferIdentity());
+    }
     if (!castsByBuffer.isEmpty()) {
       List<CastKey> keys = castsByBuffer.remove(a.bufferIdentity());
       if (keys != null) {
@@ -1686,19 +1696,25 @@ public final class CudaModelDevice implements Device {
 
   /**
    * One block per row: the log-sum-exp (rows of up to 16,384 entries held in registers, longer ones swept online),
-   * then the loss of the target.
+   * then the loss of the target. Inside a scope, rows that {@code kiln_xent_cached4} takes also leave their
+   * log-sum-exp for the backward of the same logits ({@link #lseCache}).
    */
   @Override
   public Tensor crossEntropy(Tensor logits, Tensor targets) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
     CudaArray out = newArray(computeDtype(xt[0]), xt[1].shape());
-    crossEntropyLaunch(xt[0], xt[1], null, out, null);
+    CudaArray lse = !scopes.isEmpty() && vectorXent(xt[0]) ? newArray(DType.F32, xt[1].shape()) : null;
+    crossEntropyLaunch(xt[0], xt[1], null, out, null, lse);
+    if (lse != null) {
+      lseCache.put(CastKey.of(xt[0]), lse);
+    }
     return wrap(out);
   }
 
   /**
-   * One block per row: the log-sum-exp again (cheaper than saving it), then the row's gradient from the same
-   * registers (longer rows are read a second time).
+   * From the forward's log-sum-exp where the scope kept it ({@code kiln_xent_grad4}: no reduction, the row streamed
+   * once), else one block per row: the log-sum-exp again, then the row's gradient from the same registers (longer
+   * rows are read a second time).
    */
   @Override
   public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss) {
@@ -1726,7 +1742,7 @@ public final class CudaModelDevice implements Device {
         ? newArray(DType.BF16, xt[0].shape()) : null;
     boolean bf16Only = out16 != null && bf16Result && gemmResultsInBf16 && g.dtype() == DType.F32;
     CudaArray out = bf16Only ? null : newArray(g.dtype(), xt[0].shape());
-    crossEntropyLaunch(xt[0], xt[1], dense, out, out16);
+    crossEntropyLaunch(xt[0], xt[1], dense, out, out16, lseCache.get(CastKey.of(xt[0])));
     if (bf16Only) {
       return wrap(out16);
     }
@@ -1772,20 +1788,35 @@ public final class CudaModelDevice implements Device {
     return new CudaArray[] {x, t};
   }
 
-  private void crossEntropyLaunch(CudaArray x, CudaArray t, CudaArray dLoss, CudaArray out, CudaArray out16) {
+  /**
+   * The forward ({@code dLoss} null) writes each row's log-sum-exp into {@code lse} where given; the backward reads
+   * it from {@code lse} where given ({@code kiln_xent_grad4}), which only {@code kiln_xent_cached4}'s rows have.
+   */
+  private void crossEntropyLaunch(CudaArray x, CudaArray t, CudaArray dLoss, CudaArray out, CudaArray out16,
+      CudaArray lse) {
     long rows = t.numel();
     long v = x.shape(-1);
     if (rows == 0) {
       return;
     }
+    String types = suffix(x.dtype()) + "_" + suffix(t.dtype());
+    if (dLoss != null && lse != null && vectorXent(x)) {
+      // Whole warps, up to 256 threads a row: rows are many (a batch's tokens), each 4-wide group is independent.
+      int block = (int) Math.min(256, (v / 4 + 31) / 32 * 32);
+      KernelArgs args = new KernelArgs().ptr(x).ptr(t).ptr(lse).ptr(dLoss).ptrOrNull(out).ptrOrNull(out16)
+          .i64(rows).i64(v).ptr(errorWord);
+      op("kiln_xent_grad4_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, block, 0, args);
+      launches++;
+      mark("cross-entropy backward");
+      return;
+    }
     KernelArgs args = new KernelArgs().ptr(x).ptr(t);
     args.ptrOrNull(dLoss).ptrOrNull(out); // null: the bf16 copy only (kiln_xent_cached4)
-    String types = suffix(x.dtype()) + "_" + suffix(t.dtype());
     if (vectorXent(x)) {
       // XENT_CACHED4_PER_THREAD float4s a thread, in whole warps.
       long perWarp = 4L * XENT_CACHED4_PER_THREAD * 32;
       int block = (int) ((v + perWarp - 1) / perWarp * 32);
-      args.ptrOrNull(out16).i64(rows).i64(v).ptr(errorWord);
+      args.ptrOrNull(out16).ptrOrNull(dLoss == null ? lse : null).i64(rows).i64(v).ptr(errorWord);
       op("kiln_xent_cached4_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, block, 0, args);
       launches++;
       mark(dLoss == null ? "cross-entropy" : "cross-entropy backward");

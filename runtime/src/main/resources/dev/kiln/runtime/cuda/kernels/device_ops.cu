@@ -679,10 +679,14 @@ __device__ __forceinline__ float kiln_load1(const float* p, kiln_i64 i) { return
 __device__ __forceinline__ float kiln_load1(const unsigned short* p, kiln_i64 i) {
   return __uint_as_float((unsigned)p[i] << 16);
 }
+//
+// The forward may also write each row's log-sum-exp to lse_out (else null): the backward then takes kiln_xent_grad4,
+// which needs no reduction (CudaModelDevice keeps lse per logits array while its scope is open).
 template <class X, class I, int PER4>
 __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__ target,
                                   const float* __restrict__ dloss, float* __restrict__ out,
-                                  uint2* __restrict__ out16, kiln_i64 rows, kiln_i64 v, kiln_i64* err) {
+                                  uint2* __restrict__ out16, float* __restrict__ lse_out, kiln_i64 rows, kiln_i64 v,
+                                  kiln_i64* err) {
   __shared__ float part[32];
   const int n4 = (int)(v >> 2);
   for (kiln_i64 r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -709,7 +713,11 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
     s = kiln_block_reduce(s, false, part);
     const kiln_i64 t = (kiln_i64)target[r];
     if (dloss == nullptr) {
-      if (threadIdx.x == 0) out[r] = kiln_check_id(t, v, err) ? shift + logf(s) - kiln_load1(row, t) : 0.f;
+      if (threadIdx.x == 0) {
+        const float lse = shift + logf(s);
+        out[r] = kiln_check_id(t, v, err) ? lse - kiln_load1(row, t) : 0.f;
+        if (lse_out != nullptr) lse_out[r] = lse;
+      }
       continue;
     }
     const float g = dloss[r];
@@ -732,11 +740,55 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
     }
   }
 }
+// The backward from the forward's lse (kiln_xent_cached4's lse_out): out[r, j] = dloss[r] * (exp(x[r, j] - lse[r])
+// - [j == t]), the rows' layout and outputs as kiln_xent_cached4's. Each element depends on its own row's lse only,
+// so there is no reduction and no barrier: a block's threads walk a row 4 entries at a time, loads of PER4 groups
+// issued together, and stream the gradient out (TinyStories' logits: 0.66 GB read, 0.66 GB written).
+template <class X, class I, int PER4>
+__device__ void kiln_xent_grad4(const X* __restrict__ x, const I* __restrict__ target, const float* __restrict__ lse,
+                                const float* __restrict__ dloss, float* __restrict__ out, uint2* __restrict__ out16,
+                                kiln_i64 rows, kiln_i64 v, kiln_i64* err) {
+  const int n4 = (int)(v >> 2);
+  for (kiln_i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const X* row = x + r * v;
+    const kiln_i64 t = (kiln_i64)target[r];
+    if (threadIdx.x == 0) kiln_check_id(t, v, err);
+    const float g = dloss[r], m = lse[r];
+    float4* o = out == nullptr ? nullptr : reinterpret_cast<float4*>(out + r * v);
+    uint2* o16 = out16 == nullptr ? nullptr : out16 + r * n4;
+    for (int j0 = threadIdx.x; j0 < n4; j0 += PER4 * blockDim.x) {
+      float4 e[PER4];
+#pragma unroll
+      for (int i = 0; i < PER4; ++i) {
+        const int j = j0 + i * blockDim.x;
+        if (j < n4) e[i] = kiln_load4(row, j);
+      }
+#pragma unroll
+      for (int i = 0; i < PER4; ++i) {
+        const int j = j0 + i * blockDim.x;
+        if (j >= n4) continue;
+        const kiln_i64 c = 4 * (kiln_i64)j;
+        float4 d;
+        d.x = g * (expf(e[i].x - m) - (c == t ? 1.f : 0.f));
+        d.y = g * (expf(e[i].y - m) - (c + 1 == t ? 1.f : 0.f));
+        d.z = g * (expf(e[i].z - m) - (c + 2 == t ? 1.f : 0.f));
+        d.w = g * (expf(e[i].w - m) - (c + 3 == t ? 1.f : 0.f));
+        if (o != nullptr) o[j] = d;
+        if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
+      }
+    }
+  }
+}
 #define KILN_XENT_CACHED4(N, X, NI, I)                                                                         \
   extern "C" __global__ void __launch_bounds__(512, 2) kiln_xent_cached4_##N##_##NI(                             \
-      const X* x, const I* target, const float* dloss, float* out, uint2* out16, kiln_i64 rows, kiln_i64 v,     \
-      kiln_i64* err) {                                                                                         \
-    kiln_xent_cached4<X, I, 8>(x, target, dloss, out, out16, rows, v, err);                                    \
+      const X* x, const I* target, const float* dloss, float* out, uint2* out16, float* lse_out, kiln_i64 rows, \
+      kiln_i64 v, kiln_i64* err) {                                                                             \
+    kiln_xent_cached4<X, I, 8>(x, target, dloss, out, out16, lse_out, rows, v, err);                           \
+  }                                                                                                            \
+  extern "C" __global__ void kiln_xent_grad4_##N##_##NI(const X* x, const I* target, const float* lse,          \
+                                                        const float* dloss, float* out, uint2* out16,           \
+                                                        kiln_i64 rows, kiln_i64 v, kiln_i64* err) {             \
+    kiln_xent_grad4<X, I, 4>(x, target, lse, dloss, out, out16, rows, v, err);                                 \
   }
 KILN_XENT_CACHED4(f32, float, i32, int)
 KILN_XENT_CACHED4(f32, float, i64, kiln_i64)

@@ -672,6 +672,37 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void crossEntropyBackwardInAScopeTakesTheForwardsLogSumExpUntilTheLogitsAreWritten() {
+    // In a scope, the forward leaves each row's log-sum-exp and the backward of the same logits streams the gradient
+    // from it (kiln_xent_grad4): fp32 and bf16-precision devices, vocabularies 10,000 (two warps' worth of groups a
+    // thread) and 8 (one group, a warp mostly idle). Writing the logits afterwards (addInto) must drop the saved
+    // values: the backward is then the CPU's on the new logits. fp32 on both sides: 1e-5 relative (same()).
+    for (CudaModelDevice dev : new CudaModelDevice[] {gpu, gpuBf16}) {
+      for (int vocab : new int[] {10_000, 8}) {
+        NdArray logits = GpuTesting.randn(rnd, DType.F32, 4.0, 37, vocab);
+        long[] ids = new long[37];
+        for (int i = 0; i < ids.length; i++) {
+          ids[i] = rnd.nextInt(vocab);
+        }
+        NdArray t = NdArray.fromLongs(ids, 37);
+        NdArray dLoss = randn(37);
+        NdArray shift = GpuTesting.randn(rnd, DType.F32, 3.0, 37, vocab);
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          Tensor x = dev.fromHost(logits);
+          Tensor ids32 = dev.fromHost(t);
+          same("cross-entropy in a scope, vocabulary " + vocab, cpu.crossEntropy(logits, t), dev.crossEntropy(x, ids32));
+          same("backward from the saved log-sum-exp, vocabulary " + vocab, cpu.crossEntropyBackward(logits, t, dLoss),
+              dev.crossEntropyBackward(x, ids32, dev.fromHost(dLoss)));
+          dev.addInto(x, dev.fromHost(shift));
+          Tensor moved = cpu.binary(Device.Binary.ADD, logits, shift);
+          same("backward after the logits were written, vocabulary " + vocab,
+              cpu.crossEntropyBackward(moved, t, dLoss), dev.crossEntropyBackward(x, ids32, dev.fromHost(dLoss)));
+        }
+      }
+    }
+  }
+
+  @Test
   void crossEntropyAndItsGradientMatchTheCpu() {
     // A language model's shape in small: rows of a 1,000-entry vocabulary, logits spread wide (std 4).
     NdArray logits = GpuTesting.randn(rnd, DType.F32, 4.0, 3, 5, 1000);
