@@ -679,9 +679,21 @@ __device__ __forceinline__ float kiln_load1(const float* p, kiln_i64 i) { return
 __device__ __forceinline__ float kiln_load1(const unsigned short* p, kiln_i64 i) {
   return __uint_as_float((unsigned)p[i] << 16);
 }
-//
-// The forward may also write each row's log-sum-exp to lse_out (else null): the backward then takes kiln_xent_grad4,
-// which needs no reduction (CudaModelDevice keeps lse per logits array while its scope is open).
+// Group j of a row's gradient from its probabilities p: g * (p - onehot(t)), stored to o (fp32) and/or o16 (bf16),
+// whichever is not null. Shared by the backward that reduces the row (kiln_xent_cached4) and the one that reads the
+// saved log-sum-exp (kiln_xent_grad4).
+__device__ __forceinline__ void kiln_xent_put_grad4(float4 p, float g, int j, kiln_i64 t, float4* o, uint2* o16) {
+  const kiln_i64 c = 4 * (kiln_i64)j;
+  float4 d;
+  d.x = g * (p.x - (c == t ? 1.f : 0.f));
+  d.y = g * (p.y - (c + 1 == t ? 1.f : 0.f));
+  d.z = g * (p.z - (c + 2 == t ? 1.f : 0.f));
+  d.w = g * (p.w - (c + 3 == t ? 1.f : 0.f));
+  if (o != nullptr) o[j] = d;
+  if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
+}
+// kiln_xent_cached4's forward may also write each row's log-sum-exp to lse_out (else null): the backward then takes
+// kiln_xent_grad4, which needs no reduction (CudaModelDevice keeps lse per logits array while its scope is open).
 template <class X, class I, int PER4>
 __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__ target,
                                   const float* __restrict__ dloss, float* __restrict__ out,
@@ -729,14 +741,7 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
     for (int i = 0; i < PER4; ++i) {
       const int j = threadIdx.x + i * blockDim.x;
       if (j >= n4) continue;
-      const kiln_i64 c = 4 * (kiln_i64)j;
-      float4 d;
-      d.x = g * (e[i].x * inv - (c == t ? 1.f : 0.f));
-      d.y = g * (e[i].y * inv - (c + 1 == t ? 1.f : 0.f));
-      d.z = g * (e[i].z * inv - (c + 2 == t ? 1.f : 0.f));
-      d.w = g * (e[i].w * inv - (c + 3 == t ? 1.f : 0.f));
-      if (o != nullptr) o[j] = d;
-      if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
+      kiln_xent_put_grad4(make_float4(e[i].x * inv, e[i].y * inv, e[i].z * inv, e[i].w * inv), g, j, t, o, o16);
     }
   }
 }
@@ -767,14 +772,8 @@ __device__ void kiln_xent_grad4(const X* __restrict__ x, const I* __restrict__ t
       for (int i = 0; i < PER4; ++i) {
         const int j = j0 + i * blockDim.x;
         if (j >= n4) continue;
-        const kiln_i64 c = 4 * (kiln_i64)j;
-        float4 d;
-        d.x = g * (expf(e[i].x - m) - (c == t ? 1.f : 0.f));
-        d.y = g * (expf(e[i].y - m) - (c + 1 == t ? 1.f : 0.f));
-        d.z = g * (expf(e[i].z - m) - (c + 2 == t ? 1.f : 0.f));
-        d.w = g * (expf(e[i].w - m) - (c + 3 == t ? 1.f : 0.f));
-        if (o != nullptr) o[j] = d;
-        if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
+        kiln_xent_put_grad4(make_float4(expf(e[i].x - m), expf(e[i].y - m), expf(e[i].z - m), expf(e[i].w - m)), g, j,
+                            t, o, o16);
       }
     }
   }
