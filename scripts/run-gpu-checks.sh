@@ -22,6 +22,11 @@
 #                           (reference/ncu_kernels.py)
 #   KILN_NCU_TORCH=tinystories  the same for one step of the peer (torch.compile, or KILN_NCU_TORCH_MODE=eager), at
 #                           the same base clocks; both runs also list their GEMM launches in order (--gemms)
+#   KILN_NCU_FLAGS="..."    more ncu flags for both, e.g. "--cache-control none --clock-control none" for kernel times
+#                           as a real step sees them (boost clocks, caches not flushed between kernels)
+# The Kiln training benchmark writes its timed GEMM choices to $OUT/gemm-choices.txt (KILN_GEMM_CHOICES) and logs the
+# timings to kiln-train.err; the ncu run of Kiln reads that file, so it profiles the kernels the benchmark ran (timing
+# under ncu would time ncu's overhead).
 set -uo pipefail
 pkg=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-/tmp/kiln-gpu-out}
@@ -45,7 +50,8 @@ if [[ "${KILN_TESTS:-1}" == 1 ]]; then
 fi
 if [[ "$train" != none ]]; then
   echo "=== Kiln training benchmark ($train)"
-  timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$train" --steps 20 \
+  KILN_GEMM_LOG=1 KILN_GEMM_CHOICES="$out/gemm-choices.txt" \
+    timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$train" --steps 20 \
     --warmup 5 $([[ "${KILN_GRAPHS:-0}" == 1 ]] && echo --graphs) 2> "$out/kiln-train.err" | tee "$out/kiln-train.jsonl" | cut -c1-300
   tail -5 "$out/kiln-train.err"
 fi
@@ -116,7 +122,8 @@ fi
 if [[ -n "${KILN_NCU:-}" ]]; then
   echo "=== ncu: kernel times of one eager ${KILN_NCU} step"
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
-  timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" --target-processes all --metrics gpu__time_duration.sum --csv --page raw \
+  KILN_GEMM_CHOICES="$out/gemm-choices.txt" timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" ${KILN_NCU_FLAGS:-} \
+    --target-processes all --metrics gpu__time_duration.sum --csv --page raw \
     --log-file "$out/ncu.csv" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$KILN_NCU" \
     --steps 1 --warmup 1 --python none > "$out/ncu-bench.log" 2>&1
   echo "exit $?"
@@ -127,7 +134,7 @@ if [[ -n "${KILN_NCU_TORCH:-}" ]]; then
   mode=${KILN_NCU_TORCH_MODE:-compile}
   echo "=== ncu: kernel times of one torch-$mode ${KILN_NCU_TORCH} step"
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
-  timeout ${KILN_NCU_TIMEOUT:-300} "$ncu" --profile-from-start off --metrics gpu__time_duration.sum --csv --page raw \
+  timeout ${KILN_NCU_TIMEOUT:-300} "$ncu" ${KILN_NCU_FLAGS:-} --profile-from-start off --metrics gpu__time_duration.sum --csv --page raw \
     --log-file "$out/ncu-torch.csv" python3 "$pkg/reference/train_bench_gpu.py" --configs "$KILN_NCU_TORCH" \
     --modes "$mode" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 2 --warmup 3 --cuda-profile-step > "$out/ncu-torch-bench.log" 2>&1
   echo "exit $?"

@@ -1,6 +1,7 @@
 package dev.kiln.models.cs336;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.kiln.dsl.DType;
@@ -20,7 +21,9 @@ import dev.kiln.runtime.train.LmModule;
 import dev.kiln.runtime.train.ModelConfig;
 import dev.kiln.runtime.train.TrainConfig;
 import dev.kiln.runtime.train.TrainingEngine;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import org.junit.jupiter.api.Assumptions;
 import org.junit.jupiter.api.Test;
@@ -278,6 +281,61 @@ class TransformerLmGpuTest {
           }
         }
       }
+    }
+  }
+
+  @Test
+  void queuedGraphStepsEqualAwaitedGraphSteps() {
+    CudaModelDevice awaitedDev = gpu(CudaModelDevice.Precision.FP32);
+    CudaModelDevice queuedDev = gpu(CudaModelDevice.Precision.FP32);
+    ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
+    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
+        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    try (CudaEngine<TransformerLm> awaited = engine(awaitedDev, c, opt);
+        CudaEngine<TransformerLm> queued = engine(queuedDev, c, opt)) {
+      awaited.enableGraphs(0.5);
+      queued.enableGraphs(0.5);
+      assertTrue(queued.canQueueSteps());
+      Rng rng = new Rng(9);
+      int steps = 8;
+      // Step 7 runs at a NaN learning rate: its own loss and norm are finite, but it writes NaN into every weight,
+      // so step 8's gradient norm is NaN and the device skips its update.
+      double[] lrs = {3e-3, 3e-3, 2e-3, 2e-3, 1e-3, 1e-3, Double.NaN, 1e-3};
+      NdArray[][] batches = new NdArray[steps][];
+      double[] loss = new double[steps];
+      double[] norm = new double[steps];
+      for (int i = 0; i < steps; i++) {
+        batches[i] = new NdArray[] {rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize()),
+            rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize())};
+        awaited.beginStep(lrs[i]);
+        loss[i] = awaited.accumulate(batches[i][0], batches[i][1]);
+        norm[i] = awaited.clipGradients(1, 0.5);
+        awaited.update(lrs[i]);
+      }
+      // Two steps in flight before the first is awaited: the results of a step must survive the reuse of its host
+      // slot by the step two after it.
+      List<TrainingEngine.QueuedStep> handles = new ArrayList<>();
+      for (int i = 0; i < steps; i++) {
+        handles.add(queued.queueStep(lrs[i], batches[i][0], batches[i][1]));
+      }
+      for (int i = 0; i < steps; i++) {
+        TrainingEngine.StepResult r = handles.get(i).await();
+        String what = "step " + (i + 1) + " (captured at step 2)";
+        if (i < steps - 1) {
+          // The same graph on the same inputs: only the embedding gradient's atomics may add in another order.
+          assertEquals(loss[i], r.loss(), 1e-5 * loss[i], what + " loss");
+          assertEquals(norm[i], r.gradNorm(), 1e-4 * norm[i], what + " gradient norm");
+          assertFalse(r.skipped(), what + " skipped");
+        } else {
+          assertTrue(Double.isNaN(r.gradNorm()) && Double.isNaN(norm[i]), what + ": NaN gradient norm expected");
+          assertTrue(r.skipped(), what + " after NaN weights: the update must be skipped");
+        }
+        assertEquals(r, handles.get(i).await(), "a second await returns the same results");
+      }
+      awaited.syncToHost();
+      queued.syncToHost();
+      assertEquals(steps - 1, awaited.hostOptimizer().stepCount());
+      assertEquals(steps - 1, queued.hostOptimizer().stepCount(), "the skipped step is not counted");
     }
   }
 

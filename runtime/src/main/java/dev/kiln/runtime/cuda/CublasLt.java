@@ -77,6 +77,13 @@ final class CublasLt implements AutoCloseable {
   private static final Map<List<Object>, Integer> CHOSEN = new ConcurrentHashMap<>();
   private static final int TIMED_RUNS = 3;
   private static final boolean TUNE = !"0".equals(System.getenv("KILN_GEMM_TUNE"));
+  /** {@code KILN_GEMM_LOG=1}: each timing prints its problem, every candidate's time and the choice to stderr. */
+  private static final boolean LOG = "1".equals(System.getenv("KILN_GEMM_LOG"));
+  /**
+   * {@code KILN_GEMM_CHOICES=<file>}: choices are read from the file before any timing and each new one is written
+   * back, so a second process (a profiler's run, a rerun that must round alike) takes the first one's kernels.
+   */
+  private static final GemmChoices SAVED = GemmChoices.fromEnvironment();
 
   private static volatile Api api;
 
@@ -170,10 +177,16 @@ final class CublasLt implements AutoCloseable {
       List<Object> key = List.of(workspace.device(), p);
       Integer chosen = CHOSEN.get(key);
       if (chosen == null) {
-        boolean timeable = beta.get(JAVA_FLOAT, 0) == 0f && !stream.isCapturing();
-        int mine = timeable ? tune(p, plan, alpha, beta, first, second, out, workspace, stream) : 0;
+        String savedKey = GemmChoices.key(workspace.device().name(), librarySource(), p.toString());
+        Integer saved = SAVED == null ? null : SAVED.get(savedKey);
+        boolean timeable = saved == null && beta.get(JAVA_FLOAT, 0) == 0f && !stream.isCapturing();
+        int mine = saved != null ? saved : timeable ? tune(p, plan, alpha, beta, first, second, out, workspace, stream)
+            : 0;
         Integer earlier = CHOSEN.putIfAbsent(key, mine);
         chosen = earlier != null ? earlier : mine;
+        if (SAVED != null && saved == null && timeable && earlier == null) {
+          SAVED.put(savedKey, mine);
+        }
       }
       plan.algo = plan.candidates.get(chosen < plan.candidates.size() ? chosen : 0);
       plan.tuned = true;
@@ -232,7 +245,15 @@ final class CublasLt implements AutoCloseable {
         best = i;
       }
     }
-    return ms[best] <= ms[0] * (1 - MIN_GAIN_PERCENT / 100.0) ? best : 0;
+    int chosen = ms[best] <= ms[0] * (1 - MIN_GAIN_PERCENT / 100.0) ? best : 0;
+    if (LOG) {
+      StringBuilder line = new StringBuilder("kiln gemm ").append(p).append(": µs per run");
+      for (double t : ms) {
+        line.append(String.format(" %.1f", t * 1000 / TIMED_RUNS));
+      }
+      System.err.println(line.append("; chose ").append(chosen));
+    }
+    return chosen;
   }
 
   /**

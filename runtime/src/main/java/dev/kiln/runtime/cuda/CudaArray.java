@@ -182,6 +182,11 @@ public final class CudaArray implements AutoCloseable {
     return numel() * dtype.byteSize();
   }
 
+  /** The device pointer of element {@code [0, 0, ...]}, for driver calls of this package. */
+  jcuda.driver.CUdeviceptr devicePointer() {
+    return buffer.at(offset * dtype.byteSize());
+  }
+
   /** The device address of element {@code [0, 0, ...]}. */
   public long address() {
     return buffer.address() + offset * dtype.byteSize();

@@ -4,7 +4,9 @@ import dev.kiln.dsl.DType;
 import dev.kiln.dsl.Tensor;
 import dev.kiln.dsl.spi.Context;
 import dev.kiln.runtime.cuda.CudaArray;
+import dev.kiln.runtime.cuda.CudaStream;
 import dev.kiln.runtime.cuda.FusedAdamW;
+import dev.kiln.runtime.cuda.PinnedBuffer;
 import dev.kiln.runtime.cuda.device.CudaModelDevice;
 import dev.kiln.runtime.cuda.device.CudaTensor;
 import dev.kiln.runtime.optim.AdamW;
@@ -12,7 +14,10 @@ import dev.kiln.runtime.optim.GradClip;
 import dev.kiln.runtime.optim.Optimizer;
 import dev.kiln.runtime.optim.ParameterSet;
 import dev.kiln.runtime.tensor.NdArray;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -84,6 +89,14 @@ public final class CudaEngine<P> implements TrainingEngine {
     boolean replayed;
     double lastNorm;
     boolean lastSkipped;
+    /**
+     * {@link #queueStep}'s two host slots, used in turn: the batch and the step's scalars go up from one while the
+     * other's step may still be running, and the step's loss, norm and skip flag come down into it.
+     */
+    final PinnedBuffer[] slots = new PinnedBuffer[2];
+    /** The queued step whose results each slot holds (null: none pending). */
+    final Queued[] inSlot = new Queued[2];
+    int nextSlot;
 
     GraphState(double maxNorm, CudaArray hyper, CudaArray sumsq, CudaArray norm) {
       this.maxNorm = maxNorm;
@@ -133,9 +146,9 @@ public final class CudaEngine<P> implements TrainingEngine {
     }
     for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
       CudaArray p = e.getValue().array();
-      if (!java.util.Arrays.equals(p.shape(), hostParams.get(e.getKey()).shape())) {
-        throw new IllegalArgumentException("parameter '" + e.getKey() + "' is " + java.util.Arrays.toString(p.shape())
-            + " on the device but " + java.util.Arrays.toString(hostParams.get(e.getKey()).shape()) + " on the host");
+      if (!Arrays.equals(p.shape(), hostParams.get(e.getKey()).shape())) {
+        throw new IllegalArgumentException("parameter '" + e.getKey() + "' is " + Arrays.toString(p.shape())
+            + " on the device but " + Arrays.toString(hostParams.get(e.getKey()).shape()) + " on the host");
       }
       if (p.dtype() != DType.F32 || !p.isContiguous()) {
         throw new IllegalArgumentException("GPU training keeps fp32 contiguous master weights; '" + e.getKey()
@@ -254,19 +267,14 @@ public final class CudaEngine<P> implements TrainingEngine {
       g.memory.add(g.inputs.array());
       g.memory.add(g.targets.array());
     } else {
-      if (!java.util.Arrays.equals(inputs.shape(), g.inputs.shape())) {
+      if (!Arrays.equals(inputs.shape(), g.inputs.shape())) {
         throw new IllegalArgumentException("CUDA-graph steps need batches of one shape: captured "
-            + java.util.Arrays.toString(g.inputs.shape()) + ", got " + java.util.Arrays.toString(inputs.shape()));
+            + Arrays.toString(g.inputs.shape()) + ", got " + Arrays.toString(inputs.shape()));
       }
       dev.copyFromHost(inputs.contiguous(), g.inputs);
       dev.copyFromHost(targets.contiguous(), g.targets);
     }
-    long t = steps + 1;
-    float bc1 = (float) (1 - Math.pow(optConfig.beta1(), t));
-    float bc2 = (float) (1 - Math.pow(optConfig.beta2(), t));
-    g.hyper.copyFromHost(NdArray.fromFloats(new float[] {(float) pendingLr, (float) optConfig.beta1(),
-        (float) optConfig.beta2(), (float) optConfig.eps(), (float) optConfig.weightDecay(), bc1, bc2, 1f, 0f,
-        optConfig.formula() == AdamW.Formula.CS336 ? 1f : 0f}, 10));
+    g.hyper.copyFromHost(NdArray.fromFloats(hyper(pendingLr, steps + 1), 10));
     if (g.graph == null) {
       g.graph = dev.capture(() -> {
         Context ctx = new Context();
@@ -298,9 +306,151 @@ public final class CudaEngine<P> implements TrainingEngine {
     g.graph.launch(dev.gpu().defaultStream());
     double loss = dev.download(g.loss)[0];
     g.lastNorm = g.norm.toHost().toDoubleArray()[0];
-    g.lastSkipped = g.hyper.toHost().toDoubleArray()[8] != 0;
+    g.lastSkipped = g.hyper.toHost().toDoubleArray()[HYPER_SKIPPED] != 0;
     g.replayed = true;
     return loss;
+  }
+
+  @Override
+  public boolean canQueueSteps() {
+    return graph != null;
+  }
+
+  /**
+   * Graph mode's queued step: until the graph is captured (the first, eager step and the capturing one) it runs the
+   * step at once; after that, it copies the batch and the step's scalars through a pinned slot, launches the graph,
+   * queues the copy of the loss, norm and skip flag back, and returns without waiting.
+   */
+  @Override
+  public QueuedStep queueStep(double lr, NdArray inputs, NdArray targets) {
+    GraphState g = graph;
+    if (g == null) {
+      return TrainingEngine.super.queueStep(lr, inputs, targets);
+    }
+    if (g.graph == null) {
+      beginStep(lr);
+      double loss = accumulate(inputs, targets);
+      double norm = clipGradients(1, g.maxNorm);
+      boolean skipped;
+      if (g.replayed) {
+        skipped = g.lastSkipped;
+        update(lr);
+      } else if (Double.isFinite(loss) && Double.isFinite(norm)) {
+        skipped = false;
+        update(lr);
+      } else {
+        skipped = true;
+        abandonStep();
+      }
+      StepResult done = new StepResult(loss, norm, skipped);
+      return () -> done;
+    }
+    abandonStep();
+    if (!Arrays.equals(inputs.shape(), g.inputs.shape())
+        || !Arrays.equals(targets.shape(), g.targets.shape())) {
+      throw new IllegalArgumentException("CUDA-graph steps need batches of one shape: captured "
+          + Arrays.toString(g.inputs.shape()) + ", got " + Arrays.toString(inputs.shape())
+          + " and " + Arrays.toString(targets.shape()));
+    }
+    int s = g.nextSlot;
+    g.nextSlot ^= 1;
+    if (g.inSlot[s] != null) {
+      g.inSlot[s].collect(); // the step two back: its results leave the slot before the slot is reused
+    }
+    long inBytes = g.inputs.array().byteSize();
+    long tgtBytes = g.targets.array().byteSize();
+    long hyperAt = align8(inBytes + tgtBytes);
+    long lossAt = hyperAt + align8(g.hyper.byteSize());
+    long normAt = lossAt + 8;
+    long flagsAt = normAt + 8;
+    if (g.slots[s] == null) {
+      g.slots[s] = new PinnedBuffer(dev.gpu(), flagsAt + g.hyper.byteSize());
+    }
+    PinnedBuffer slot = g.slots[s];
+    slot.await();
+    MemorySegment host = slot.segment();
+    NdArray in = inputs.contiguous();
+    NdArray tg = targets.contiguous();
+    if (in.dtype() != g.inputs.array().dtype() || tg.dtype() != g.targets.array().dtype()) {
+      throw new IllegalArgumentException("CUDA-graph steps need batches of one dtype: captured "
+          + g.inputs.array().dtype() + "/" + g.targets.array().dtype() + ", got " + in.dtype() + "/" + tg.dtype());
+    }
+    MemorySegment.copy(in.segment(), in.offset() * in.dtype().byteSize(), host, 0, inBytes);
+    MemorySegment.copy(tg.segment(), tg.offset() * tg.dtype().byteSize(), host, inBytes, tgtBytes);
+    float[] hyper = hyper(lr, steps + 1);
+    for (int i = 0; i < hyper.length; i++) {
+      host.set(ValueLayout.JAVA_FLOAT_UNALIGNED, hyperAt + 4L * i, hyper[i]);
+    }
+    CudaStream stream = dev.gpu().defaultStream();
+    slot.upload(0, g.inputs.array(), stream);
+    slot.upload(inBytes, g.targets.array(), stream);
+    slot.upload(hyperAt, g.hyper, stream);
+    g.graph.launch(stream);
+    slot.download(g.loss.array(), lossAt, stream);
+    slot.download(g.norm, normAt, stream);
+    slot.download(g.hyper, flagsAt, stream);
+    slot.fence(stream);
+    steps++; // counted now, so the next queued step's bias correction follows; undone if the device skipped it
+    Queued q = new Queued(this, slot, lossAt, normAt, flagsAt + 4L * HYPER_SKIPPED, g.loss.array().dtype());
+    g.inSlot[s] = q;
+    return q;
+  }
+
+  private static long align8(long bytes) {
+    return (bytes + 7) & ~7L;
+  }
+
+  /** Where {@code kiln_clip_scale} leaves its skip flag in the hyper-parameter block (non-zero: update skipped). */
+  private static final int HYPER_SKIPPED = 8;
+
+  /** The graph's hyper-parameter block for a step at {@code lr} that is update number {@code t}. */
+  private float[] hyper(double lr, long t) {
+    float bc1 = (float) (1 - Math.pow(optConfig.beta1(), t));
+    float bc2 = (float) (1 - Math.pow(optConfig.beta2(), t));
+    return new float[] {(float) lr, (float) optConfig.beta1(), (float) optConfig.beta2(), (float) optConfig.eps(),
+        (float) optConfig.weightDecay(), bc1, bc2, 1f, 0f, optConfig.formula() == AdamW.Formula.CS336 ? 1f : 0f};
+  }
+
+  /** A replayed step in flight: its results sit in a pinned slot until {@link #collect} copies them out. */
+  private static final class Queued implements QueuedStep {
+    private final CudaEngine<?> engine;
+    private final PinnedBuffer slot;
+    private final long lossAt;
+    private final long normAt;
+    private final long skippedAt;
+    private final DType lossType;
+    private StepResult result;
+
+    Queued(CudaEngine<?> engine, PinnedBuffer slot, long lossAt, long normAt, long skippedAt, DType lossType) {
+      this.engine = engine;
+      this.slot = slot;
+      this.lossAt = lossAt;
+      this.normAt = normAt;
+      this.skippedAt = skippedAt;
+      this.lossType = lossType;
+    }
+
+    void collect() {
+      if (result != null) {
+        return;
+      }
+      slot.await();
+      MemorySegment host = slot.segment();
+      double loss = lossType == DType.F64 ? host.get(ValueLayout.JAVA_DOUBLE_UNALIGNED, lossAt)
+          : host.get(ValueLayout.JAVA_FLOAT_UNALIGNED, lossAt);
+      double norm = host.get(ValueLayout.JAVA_DOUBLE_UNALIGNED, normAt);
+      boolean skipped = host.get(ValueLayout.JAVA_FLOAT_UNALIGNED, skippedAt) != 0;
+      if (skipped) {
+        engine.steps--;
+      }
+      result = new StepResult(loss, norm, skipped);
+    }
+
+    @Override
+    public StepResult await() {
+      collect();
+      return result;
+    }
   }
 
   @Override
@@ -398,6 +548,11 @@ public final class CudaEngine<P> implements TrainingEngine {
   public void close() {
     abandonStep();
     if (graph != null) {
+      for (PinnedBuffer slot : graph.slots) {
+        if (slot != null) {
+          slot.close();
+        }
+      }
       if (graph.graph != null) {
         graph.graph.close();
       }

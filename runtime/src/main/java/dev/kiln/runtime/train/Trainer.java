@@ -223,20 +223,40 @@ public final class Trainer implements AutoCloseable {
     double lastLoss = Double.NaN;
     double lastVal = Double.NaN;
     Status status = Status.COMPLETED;
+    // Queued steps (CUDA graphs, one micro-batch): step k + 1 is queued before step k's results are awaited, so the
+    // GPU never waits for the host between steps. Not past a step whose parameters are read (evaluation, checkpoint,
+    // the last step, a stop request), so those see exactly the parameters of their step.
+    boolean queued = engine.canQueueSteps() && t.gradAccumSteps() == 1;
+    TrainingEngine.QueuedStep ahead = null;
     while (step < total) {
       long t0 = System.nanoTime();
       double lr = schedule.lr(step);
-      engine.beginStep(lr);
-      double loss = 0;
-      for (int micro = 0; micro < t.gradAccumSteps(); micro++) {
-        Batch b = trainBatches.next();
-        loss += engine.accumulate(b.inputs(), b.targets());
-      }
-      loss /= t.gradAccumSteps();
-      double norm = engine.clipGradients(t.gradAccumSteps(), t.maxGradNorm());
       long thisStep = step + 1;
+      double loss = 0;
+      double norm;
+      if (queued) {
+        TrainingEngine.QueuedStep current = ahead != null ? ahead : queue(lr);
+        ahead = thisStep < total && !evalDue(thisStep) && !checkpointDue(thisStep) && !stopRequested
+            ? queue(schedule.lr(thisStep)) : null;
+        TrainingEngine.StepResult r = current.await();
+        loss = r.loss();
+        norm = r.gradNorm();
+      } else {
+        engine.beginStep(lr);
+        for (int micro = 0; micro < t.gradAccumSteps(); micro++) {
+          Batch b = trainBatches.next();
+          loss += engine.accumulate(b.inputs(), b.targets());
+        }
+        loss /= t.gradAccumSteps();
+        norm = engine.clipGradients(t.gradAccumSteps(), t.maxGradNorm());
+      }
       double elapsed = elapsedBefore + (System.nanoTime() - start) / 1e9;
       if (!Double.isFinite(loss) || !Double.isFinite(norm)) {
+        if (ahead != null) {
+          // The next step was queued before this one's results came back; it has run too. Nothing of either is
+          // saved: the message points at the last checkpoint.
+          ahead.await();
+        }
         engine.abandonStep();
         metrics.append(new MetricsLog.Entry(thisStep, loss, Double.NaN, lr, norm, 0, elapsed));
         progress.finish();
@@ -248,7 +268,9 @@ public final class Trainer implements AutoCloseable {
         plot();
         throw new TrainingDivergedException(msg, thisStep, lastCheckpoint);
       }
-      engine.update(lr);
+      if (!queued) {
+        engine.update(lr);
+      }
       step = thisStep;
       tokensSeen += tokensPerStep;
       lastLoss = loss;
@@ -256,8 +278,7 @@ public final class Trainer implements AutoCloseable {
       stepSecondsAvg = Double.isNaN(stepSecondsAvg) ? stepSeconds : 0.9 * stepSecondsAvg + 0.1 * stepSeconds;
 
       double val = Double.NaN;
-      boolean evalNow = validation != null
-          && ((config.eval().every() > 0 && step % config.eval().every() == 0) || step == total);
+      boolean evalNow = evalDue(step);
       if (evalNow) {
         val = validation.meanLoss(b -> engine.loss(b.inputs(), b.targets()));
         lastVal = val;
@@ -271,8 +292,9 @@ public final class Trainer implements AutoCloseable {
       if (evalNow) {
         progress.message(String.format(Locale.ROOT, "step %d: validation loss %.4f", step, val));
       }
-      boolean stop = stopRequested;
-      boolean due = (config.checkpoint().every() > 0 && step % config.checkpoint().every() == 0) || step == total;
+      // With the next step already queued, stop after it: its update is in the parameters a checkpoint would read.
+      boolean stop = stopRequested && ahead == null;
+      boolean due = checkpointDue(step);
       if (due || stop) {
         elapsed = elapsedBefore + (System.nanoTime() - start) / 1e9;
         engine.syncToHost();
@@ -293,6 +315,24 @@ public final class Trainer implements AutoCloseable {
     progress.finish();
     Path png = plot();
     return new Result(status, step, lastLoss, lastVal, bestValLoss, lastCheckpoint, png);
+  }
+
+  /** Queues the next step on the next training batch ({@link TrainingEngine#queueStep}). */
+  private TrainingEngine.QueuedStep queue(double lr) {
+    Batch b = trainBatches.next();
+    return engine.queueStep(lr, b.inputs(), b.targets());
+  }
+
+  /** Whether the validation loss is measured after {@code step} (which reads the parameters that step left). */
+  private boolean evalDue(long step) {
+    return validation != null
+        && ((config.eval().every() > 0 && step % config.eval().every() == 0) || step == config.training().steps());
+  }
+
+  /** Whether a checkpoint is written after {@code step}. */
+  private boolean checkpointDue(long step) {
+    return (config.checkpoint().every() > 0 && step % config.checkpoint().every() == 0)
+        || step == config.training().steps();
   }
 
   /** Draws {@code loss.png} from the whole of {@code metrics.jsonl} (so a resumed run's plot has its history). */

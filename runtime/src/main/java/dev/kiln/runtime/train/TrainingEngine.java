@@ -35,6 +35,34 @@ public interface TrainingEngine extends AutoCloseable {
     throw new UnsupportedOperationException("CUDA graphs need training.device cuda");
   }
 
+  /** What a whole step queued with {@link #queueStep} reports: its loss, its gradient norm, whether it skipped AdamW. */
+  record StepResult(double loss, double gradNorm, boolean skipped) {}
+
+  /** A step queued with {@link #queueStep}. */
+  interface QueuedStep {
+    /** Waits until the step has run on the device; then (and on every later call) returns its results. */
+    StepResult await();
+  }
+
+  /** Whether {@link #queueStep} is available: CUDA-graph mode, whose steps run without the host. */
+  default boolean canQueueSteps() {
+    return false;
+  }
+
+  /**
+   * Queues one whole optimizer step on one batch (forward, backward, clipping, the update at {@code lr}) and returns
+   * before the device has run it, so that the host prepares and queues the next step while this one runs: the
+   * device never waits for the host between steps. A step whose gradient norm is not finite skips the update on
+   * the device. Call {@link QueuedStep#await} in queueing order; a step queued after one that turns out skipped
+   * was queued with that step's update counted (its bias correction one step ahead), so a caller stops at the
+   * first skipped step, as the trainer does on divergence.
+   *
+   * @throws UnsupportedOperationException where {@link #canQueueSteps} is false
+   */
+  default QueuedStep queueStep(double lr, NdArray inputs, NdArray targets) {
+    throw new UnsupportedOperationException("queued steps need CUDA graphs (training.device cuda, graphs on)");
+  }
+
   /** Adds the gradient of one micro-batch's mean loss; returns that loss. */
   double accumulate(NdArray inputs, NdArray targets);
 

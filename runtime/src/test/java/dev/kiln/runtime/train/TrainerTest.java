@@ -277,6 +277,174 @@ class TrainerTest {
     assertArrayEquals(pa, pb, 1e-12);
   }
 
+  @Test
+  void queuedStepsTrainAsAwaitedStepsAndNeverRunPastAStepWhoseParametersAreRead() throws Exception {
+    String[] common = {"training.grad_accum_steps=1", "eval.every=4", "checkpoint.every=6"};
+    TrainConfig straight = config("awaited", common);
+    BigramModel a = new BigramModel(VOCAB, DType.F32, 11);
+    try (Trainer t = new Trainer(straight, a, log, false)) {
+      assertEquals(Trainer.Status.COMPLETED, t.run().status());
+    }
+    TrainConfig queuedCfg = config("queued", common);
+    BigramModel b = new BigramModel(VOCAB, DType.F32, 11);
+    QueueingEngine engine = new QueueingEngine(TrainingEngine.forModel(b, queuedCfg.optimizer()), 0.5, 0, null);
+    try (Trainer t = new Trainer(queuedCfg, engine, log, false)) {
+      assertEquals(Trainer.Status.COMPLETED, t.run().status());
+    }
+    assertEquals(2, engine.mostInFlight, "the next step is queued before the current one is awaited");
+    List<MetricsLog.Entry> ma = metrics(straight);
+    List<MetricsLog.Entry> mb = metrics(queuedCfg);
+    assertEquals(20, mb.size());
+    for (int i = 0; i < 20; i++) {
+      assertEquals(ma.get(i).trainLoss(), mb.get(i).trainLoss(), 0.0, "train loss of step " + (i + 1));
+      assertEquals(ma.get(i).valLoss(), mb.get(i).valLoss(), 0.0, "validation loss of step " + (i + 1));
+      assertEquals(ma.get(i).gradNorm(), mb.get(i).gradNorm(), 0.0, "gradient norm of step " + (i + 1));
+    }
+    assertArrayEquals(a.parameters().get("table.weight").toDoubleArray(),
+        b.parameters().get("table.weight").toDoubleArray(), 0.0);
+
+    // A stop asked for while step 9 runs: step 10 is queued already (9 is no evaluation or checkpoint step), so the
+    // trainer finishes 10 and checkpoints there, with 10 batches drawn; the resumed run ends as the straight one.
+    TrainConfig split = config("queued-split", common);
+    BigramModel c = new BigramModel(VOCAB, DType.F32, 11);
+    Trainer[] holder = new Trainer[1];
+    QueueingEngine stopping = new QueueingEngine(TrainingEngine.forModel(c, split.optimizer()), 0.5, 9,
+        () -> holder[0].requestStop());
+    Trainer first = new Trainer(split, stopping, log, false);
+    holder[0] = first;
+    Trainer.Result r1 = first.run();
+    first.close();
+    assertEquals(Trainer.Status.STOPPED, r1.status());
+    assertEquals(10, r1.step());
+    assertEquals(split.training().runDir().resolve("checkpoints/step-000010"), r1.checkpoint());
+    BigramModel d = new BigramModel(VOCAB, DType.F32, 999);
+    try (Trainer second = new Trainer(split, new QueueingEngine(TrainingEngine.forModel(d, split.optimizer()), 0.5,
+        0, null), log, false)) {
+      second.resumeFrom(split.training().runDir());
+      assertEquals(20, second.run().step());
+    }
+    assertArrayEquals(a.parameters().get("table.weight").toDoubleArray(),
+        d.parameters().get("table.weight").toDoubleArray(), 0.0);
+  }
+
+  /**
+   * An engine with queued steps, as the CUDA engine's graph mode has them, over an engine that runs steps at once:
+   * a queued step runs only when it (or a later one) is awaited, as on a busy device. Evaluating or reading the
+   * parameters with a step still queued fails the test, because on a device that step's update would be in them.
+   */
+  static final class QueueingEngine implements TrainingEngine {
+    private final TrainingEngine inner;
+    private final double maxNorm;
+    private final int actionAtStep;
+    private final Runnable action;
+    private final java.util.ArrayDeque<Runnable> queue = new java.util.ArrayDeque<>();
+    private int run;
+    int mostInFlight;
+
+    QueueingEngine(TrainingEngine inner, double maxNorm, int actionAtStep, Runnable action) {
+      this.inner = inner;
+      this.maxNorm = maxNorm;
+      this.actionAtStep = actionAtStep;
+      this.action = action;
+    }
+
+    @Override
+    public boolean canQueueSteps() {
+      return true;
+    }
+
+    @Override
+    public QueuedStep queueStep(double lr, NdArray inputs, NdArray targets) {
+      NdArray x = inputs.copy();
+      NdArray y = targets.copy();
+      StepResult[] out = new StepResult[1];
+      queue.add(() -> {
+        if (++run == actionAtStep) {
+          action.run();
+        }
+        inner.beginStep(lr);
+        double loss = inner.accumulate(x, y);
+        double norm = inner.clipGradients(1, maxNorm);
+        boolean ok = Double.isFinite(loss) && Double.isFinite(norm);
+        if (ok) {
+          inner.update(lr);
+        } else {
+          inner.abandonStep();
+        }
+        out[0] = new StepResult(loss, norm, !ok);
+      });
+      mostInFlight = Math.max(mostInFlight, queue.size());
+      return () -> {
+        while (out[0] == null) {
+          queue.poll().run();
+        }
+        return out[0];
+      };
+    }
+
+    private void idle(String what) {
+      assertTrue(queue.isEmpty(), what + " with a step still queued");
+    }
+
+    @Override
+    public ParameterSet hostParameters() {
+      return inner.hostParameters();
+    }
+
+    @Override
+    public dev.kiln.runtime.optim.Optimizer hostOptimizer() {
+      return inner.hostOptimizer();
+    }
+
+    @Override
+    public void beginStep(double lr) {
+      throw new AssertionError("a trainer with queued steps runs no awaited step");
+    }
+
+    @Override
+    public double accumulate(NdArray inputs, NdArray targets) {
+      throw new AssertionError("a trainer with queued steps runs no awaited step");
+    }
+
+    @Override
+    public double clipGradients(int microBatches, double maxNorm) {
+      throw new AssertionError("a trainer with queued steps runs no awaited step");
+    }
+
+    @Override
+    public void update(double lr) {
+      throw new AssertionError("a trainer with queued steps runs no awaited step");
+    }
+
+    @Override
+    public void abandonStep() {
+      inner.abandonStep();
+    }
+
+    @Override
+    public double loss(NdArray inputs, NdArray targets) {
+      idle("validation");
+      return inner.loss(inputs, targets);
+    }
+
+    @Override
+    public void syncToHost() {
+      idle("a checkpoint");
+      inner.syncToHost();
+    }
+
+    @Override
+    public void syncFromHost() {
+      idle("a resume");
+      inner.syncFromHost();
+    }
+
+    @Override
+    public void close() {
+      inner.close();
+    }
+  }
+
   /** Wraps a model and runs {@code action} during the given step (its first micro-batch). */
   static final class StopAt implements TrainableModel {
     private final TrainableModel inner;
