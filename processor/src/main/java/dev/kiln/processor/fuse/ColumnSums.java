@@ -69,7 +69,7 @@ public final class ColumnSums {
         case Node.ParamRead r -> {}
         case Node.Call c -> c.args().forEach(v -> read(v, reads));
         case Node.CallGrad g -> {
-          read(g.dOut(), reads);
+          g.reads().forEach(v -> read(v, reads));
           g.call().args().forEach(v -> read(v, reads));
         }
         case Node.ParamGrad g -> read(g.grad(), reads);

@@ -316,7 +316,7 @@ final class Fusion {
         blockUses(br.otherwise(), out);
       }
       case Node.CallGrad g -> {
-        out.add(g.dOut());
+        out.addAll(g.reads());
         out.addAll(g.call().args());
       }
       case Node.LoopGrad l -> {

@@ -365,6 +365,8 @@ public final class GemmOperands {
           // A call of this module's own forward (the loss's) has its facts too: the forward graph is analysed first.
           read(g.dOut(), (g.call().component() != null || g.call().calleeType() != null)
               && callees.resultGradient(g.call()));
+          // An addend goes into the callee's kernel that computes the argument's gradient: a full-precision read.
+          g.plus().stream().filter(java.util.Objects::nonNull).forEach(v -> read(v, false));
         }
         case Node.ParamGrad g -> read(g.grad(), false);
         case Node.Loop l -> {

@@ -225,7 +225,7 @@ public final class Lowering {
               scalarValues(c.value(), read);
             }
           }
-          case Node.CallGrad g -> read.add(g.dOut());
+          case Node.CallGrad g -> read.addAll(g.reads());
           case Node.ParamGrad g -> read.add(g.grad());
           case Node.LoopGrad l -> read.addAll(l.init());
           default -> {}
@@ -410,7 +410,11 @@ public final class Lowering {
             r.attentionLse.add(p.inputs().get(3));
           }
         }
-        case Node.CallGrad g -> ref(g.dOut(), Save.TENSOR, forward, refs, outsideTop, top);
+        case Node.CallGrad g -> {
+          for (Value v : g.reads()) {
+            ref(v, Save.TENSOR, forward, refs, outsideTop, top);
+          }
+        }
         case Node.ParamGrad g -> ref(g.grad(), Save.TENSOR, forward, refs, outsideTop, top);
         case Node.LoopGrad l -> {
           for (Value v : l.init()) {

@@ -39,7 +39,8 @@ final class Rewrite {
           c.argPos());
       case Node.Loop l -> new Node.Loop(l.listComponent(), vs(l.init(), s), l.body(), l.out(), l.names(), l.pos());
       case Node.Branch br -> br;
-      case Node.CallGrad g -> new Node.CallGrad(g.call(), v(g.dOut(), s), g.dArgs());
+      case Node.CallGrad g -> new Node.CallGrad(g.call(), v(g.dOut(), s), g.dArgs(),
+          g.plus().stream().map(x -> x == null ? null : v(x, s)).toList());
       case Node.LoopGrad l -> new Node.LoopGrad(l.loop(), l.externals(), vs(l.init(), s), l.body(), l.out());
       case Node.ParamGrad g -> new Node.ParamGrad(g.component(), v(g.grad(), s), g.read());
     };

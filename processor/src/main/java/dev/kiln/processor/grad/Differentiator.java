@@ -37,11 +37,17 @@ public final class Differentiator {
    * The backward of one graph: {@code block} takes the output adjoint {@code dOut} as its parameter;
    * {@code inputGrads} has one entry per graph input, null where the input gets no gradient (integer ids, positions).
    */
-  public record Backward(Graph forward, Block block, Value dOut, List<Value> inputGrads) {}
+  public record Backward(Graph forward, Block block, Value dOut, List<Value> inputGrads, List<Value> seeds) {
+    public Backward(Graph forward, Block block, Value dOut, List<Value> inputGrads) {
+      this(forward, block, dOut, inputGrads, Collections.nCopies(inputGrads.size(), null));
+    }
+  }
 
   private final Values values;
   private final Function<Node.Call, boolean[]> differentiableArgs;
   private final Set<Value> requiresGrad = new HashSet<>();
+  /** Seeds ({@link #run(Graph, boolean[])}) not yet added: by input value. */
+  private final Map<Value, Value> pendingSeeds = new LinkedHashMap<>();
   private Block current;
   private Pos site;
 
@@ -56,6 +62,18 @@ public final class Differentiator {
   }
 
   public Backward run(Graph g) {
+    return run(g, new boolean[g.inputs().size()]);
+  }
+
+  /**
+   * The backward of {@code g}, where each input {@code i} with {@code seed[i]} gets a further block parameter (after
+   * {@code dOut}, in input order): the backward then returns {@code plus + gradient}. The add goes at the end of
+   * the branch arm that makes contributions to the gradient, if one does (where it fuses into the kernel that computes
+   * them), else at the end. A caller that would add the returned gradient to a gradient of its own passes that
+   * instead ({@link Node.CallGrad#plus}); where the arm makes the last contribution, the sum is the caller's to the
+   * bit, else it may differ in rounding.
+   */
+  public Backward run(Graph g, boolean[] seed) {
     for (Graph.Input in : g.inputs()) {
       if (in.value().elem() == Value.Elem.FLOAT) {
         requiresGrad.add(in.value());
@@ -65,18 +83,37 @@ public final class Differentiator {
     Value result = g.body().results().get(0);
     Value dOut = values.make("d(" + g.method() + ")", Value.Elem.FLOAT);
     dOut.setShape(result.shape());
-    Block bwd = new Block(List.of(dOut));
+    List<Value> params = new ArrayList<>(List.of(dOut));
+    List<Value> seeds = new ArrayList<>();
     Map<Value, Value> adj = new HashMap<>();
+    for (int i = 0; i < g.inputs().size(); i++) {
+      Value in = g.inputs().get(i).value();
+      if (seed[i] && needs(in)) {
+        Value plus = fresh(g.inputs().get(i).name() + "Plus", in.shape());
+        params.add(plus);
+        seeds.add(plus);
+        pendingSeeds.put(in, plus);
+      } else {
+        seeds.add(null);
+      }
+    }
+    Block bwd = new Block(params);
     adj.put(result, dOut);
     site = g.resultPos();
     walk(g.body(), adj, bwd);
+    current = bwd;
+    for (Map.Entry<Value, Value> e : pendingSeeds.entrySet()) {
+      Value d = adj.get(e.getKey());
+      adj.put(e.getKey(), d == null ? e.getValue() : builder.prim(Primitive.ADD, e.getKey().shape(), e.getValue(), d));
+    }
+    current = null;
     List<Value> inputGrads = new ArrayList<>();
     for (Graph.Input in : g.inputs()) {
       inputGrads.add(adj.get(in.value()));
     }
     bwd.yield(inputGrads.stream().filter(v -> v != null).toList(), Collections.nCopies(
         (int) inputGrads.stream().filter(v -> v != null).count(), g.resultPos()), Block.Exit.RETURN);
-    return new Backward(g, bwd, dOut, inputGrads);
+    return new Backward(g, bwd, dOut, inputGrads, seeds);
   }
 
   // ---- which values can carry a gradient
@@ -328,13 +365,31 @@ public final class Differentiator {
     }
     List<Value> externals = new ArrayList<>(externalsById.values());
     externals.sort(Comparator.comparingInt(Value::id));
+    // A value from outside that already has an adjoint (a gradient from later code, or a seed) gets it added at the
+    // end of each arm, to that arm's contributions: the add then sits next to the kernel that computes them and
+    // fuses with it, rather than in a kernel of its own after the branch. The same two operands are added as after
+    // the branch, so the result is the same to the bit. An arm without contributions passes the adjoint through.
+    // A seed not yet added is added after that, in the arm too.
+    Set<Value> seeded = new HashSet<>();
+    for (Value e : externals) {
+      if (adj.get(e) != null || pendingSeeds.containsKey(e)) {
+        seeded.add(e);
+      }
+    }
     Block outer = current;
     for (int k = 0; k < 2; k++) {
       current = scratch.get(k);
       List<Value> results = new ArrayList<>();
       for (Value e : externals) {
         Value d = adjs.get(k).get(e);
-        results.add(d != null ? d : builder.zerosLike(e));
+        if (seeded.contains(e)) {
+          Value old = adj.get(e);
+          Value sum = old == null ? d : d == null ? old : builder.prim(Primitive.ADD, e.shape(), old, d);
+          Value seed = pendingSeeds.get(e);
+          results.add(seed == null ? sum : sum == null ? seed : builder.prim(Primitive.ADD, e.shape(), seed, sum));
+        } else {
+          results.add(d != null ? d : builder.zerosLike(e));
+        }
       }
       scratch.get(k).yield(results, Collections.nCopies(results.size(), br.pos()), Block.Exit.VALUE);
     }
@@ -345,7 +400,12 @@ public final class Differentiator {
     }
     current.add(new Node.Branch(br.cond(), scratch.get(0), scratch.get(1), out, br.pos()));
     for (int j = 0; j < externals.size(); j++) {
-      accumulate(adj, externals.get(j), out.get(j));
+      if (seeded.contains(externals.get(j))) {
+        adj.put(externals.get(j), out.get(j)); // the arms added to the adjoint it had, and the seed
+        pendingSeeds.remove(externals.get(j));
+      } else {
+        accumulate(adj, externals.get(j), out.get(j));
+      }
     }
   }
 

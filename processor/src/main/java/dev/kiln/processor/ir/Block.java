@@ -54,6 +54,25 @@ public final class Block {
     return exit;
   }
 
+  /**
+   * A copy whose node lists (this block's and its nested blocks') are its own, sharing the values and the other
+   * nodes: a pass that rewrites node lists may then run on the copy and leave this block as it was.
+   */
+  public Block copy() {
+    Block b = new Block(params);
+    for (Node n : nodes) {
+      b.nodes.add(switch (n) {
+        case Node.Loop l -> new Node.Loop(l.listComponent(), l.init(), l.body().copy(), l.out(), l.names(), l.pos());
+        case Node.Branch br -> new Node.Branch(br.cond(), br.then().copy(), br.otherwise().copy(), br.out(),
+            br.pos());
+        case Node.LoopGrad l -> new Node.LoopGrad(l.loop(), l.externals(), l.init(), l.body().copy(), l.out());
+        default -> n;
+      });
+    }
+    b.yield(results, resultPos, exit);
+    return b;
+  }
+
   public void yield(List<Value> values, List<Pos> where, Exit how) {
     exit = how;
     results.clear();

@@ -65,6 +65,16 @@ public final class Graph {
     return checks;
   }
 
+  /**
+   * A copy whose blocks are its own ({@link Block#copy}), sharing values and the value factory: lowering rewrites a
+   * graph's blocks, and a second lowering of the same forward (for another form of its backward) needs a fresh one.
+   */
+  public Graph copy() {
+    Graph g = new Graph(method, kind, inputs, result, resultPos, body.copy(), values);
+    g.checks.addAll(checks);
+    return g;
+  }
+
   /** Makes new values of this graph, for passes that add nodes (grad, lower). */
   public Values values() {
     return values;

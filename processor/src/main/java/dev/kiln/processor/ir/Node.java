@@ -83,11 +83,34 @@ public sealed interface Node {
    * Backward of a {@link Call}: runs the callee's backward on the context the forward call saved, with the adjoint
    * {@code dOut} of its result; {@code dArgs} are the adjoints of its arguments (null where an argument is not
    * differentiable), and the callee's parameter gradients are added to the gradient of {@code call.component()}
-   * (of every component, for a call of this module's own forward).
+   * (of every component, for a call of this module's own forward). {@code plus}, parallel to {@code dArgs}, holds
+   * values the callee adds to an argument's gradient itself (null: none), where the callee's backward has that form
+   * ({@code dArgs} are then the sums).
    */
-  record CallGrad(Call call, Value dOut, List<Value> dArgs) implements Node {
+  record CallGrad(Call call, Value dOut, List<Value> dArgs, List<Value> plus) implements Node {
     public CallGrad {
       dArgs = java.util.Collections.unmodifiableList(new java.util.ArrayList<>(dArgs));
+      plus = java.util.Collections.unmodifiableList(new java.util.ArrayList<>(plus));
+      if (plus.size() != dArgs.size()) {
+        throw new IllegalArgumentException("plus and dArgs differ in length");
+      }
+    }
+
+    public CallGrad(Call call, Value dOut, List<Value> dArgs) {
+      this(call, dOut, dArgs, java.util.Collections.nCopies(dArgs.size(), null));
+    }
+
+    /** The values it reads: {@code dOut}, then the addends. */
+    public List<Value> reads() {
+      List<Value> out = new java.util.ArrayList<>();
+      out.add(dOut);
+      plus.stream().filter(java.util.Objects::nonNull).forEach(out::add);
+      return out;
+    }
+
+    /** Whether the callee adds to any argument's gradient itself. */
+    public boolean adds() {
+      return plus.stream().anyMatch(java.util.Objects::nonNull);
     }
 
     @Override

@@ -10,6 +10,7 @@ import dev.kiln.processor.emit.cuda.CudaEmitter;
 import dev.kiln.processor.emit.java.KernelJavaEmitter;
 import dev.kiln.processor.emit.java.ModuleEmitter;
 import dev.kiln.processor.fuse.AttentionLowering;
+import dev.kiln.processor.fuse.CallGradAddends;
 import dev.kiln.processor.fuse.ColumnSums;
 import dev.kiln.processor.fuse.GemmOperands;
 import dev.kiln.processor.fuse.Lowering;
@@ -46,6 +47,8 @@ final class CodegenStep {
   private final ModuleReader reader;
   private final Map<String, boolean[]> differentiable;
   private final Map<String, GemmFacts> gemmOperands;
+  /** Per module of this round: whether its backward has the form that adds to its input gradients. */
+  private final Map<String, Boolean> addsGradients = new HashMap<>();
   private final GeneratedFiles files;
 
   /** What a module's GEMMs read: which forward inputs only GEMMs read, and whether only GEMMs read dOut. */
@@ -185,35 +188,44 @@ final class CodegenStep {
         return; // no body to compile (a module from a class file)
       }
       List<Lowering.Result> lowered = new ArrayList<>();
+      Lowering.Result adding = null;
       for (Graph g : graphs) {
         AttentionLowering.run(g);
         Differentiator.Backward b = new Differentiator(g.values(), call -> differentiableArgs(call, m)).run(g);
+        Differentiator.Backward plus = null;
+        Graph plusGraph = null;
         if (g.kind() == Graph.Kind.FORWARD) {
           boolean[] diff = new boolean[g.inputs().size()];
           for (int i = 0; i < diff.length; i++) {
             diff[i] = b.inputGrads().get(i) != null;
           }
           differentiable.put(m.type(), diff);
+          if (b.inputGrads().stream().anyMatch(java.util.Objects::nonNull)) {
+            // On a copy of the forward, differentiated before it is lowered: lowering rewrites the graph's blocks,
+            // and only the plain lowering's forward is emitted.
+            plusGraph = g.copy();
+            plus = new Differentiator(g.values(), call -> differentiableArgs(call, m)).run(plusGraph, diff);
+          }
         }
-        Lowering.Result r = Lowering.run(m.simpleName() + "_" + g.method(), g, b);
-        GemmOperands.run(r, new GemmOperands.Callees() {
-          @Override
-          public boolean[] arguments(Node.Call call) {
-            return gemmFacts(call).inputs();
-          }
-
-          @Override
-          public boolean resultGradient(Node.Call call) {
-            return gemmFacts(call).gradient();
-          }
-        });
-        ColumnSums.run(r);
+        CallGradAddends.run(b.block(), call -> addsToGradients(call, m) ? differentiableArgs(call, m) : null);
+        Lowering.Result r = lower(m.simpleName() + "_" + g.method(), g, b);
         if (g.kind() == Graph.Kind.FORWARD) {
           gemmOperands.put(m.type(), new GemmFacts(r.gemmOperandInputs, r.gemmOperandGradient));
         }
         lowered.add(r);
+        if (plus != null) {
+          CallGradAddends.run(plus.block(), call -> addsToGradients(call, m) ? differentiableArgs(call, m) : null);
+          Lowering.Result rp = lower(m.simpleName() + "_" + g.method() + "Plus", plusGraph, plus);
+          // Worth a method only where every add fused into a kernel the plain backward runs anyway, and the
+          // forward saves all that it reads.
+          if (rp.backwardKernels.size() == r.backwardKernels.size() && rp.saved.equals(r.saved)
+              && addsFused(rp, plus.block())) {
+            adding = rp;
+          }
+        }
       }
-      ModuleEmitter emitter = new ModuleEmitter(m, c.type(), lowered, new ModuleEmitter.Callees() {
+      addsGradients.put(m.type(), adding != null);
+      ModuleEmitter emitter = new ModuleEmitter(m, c.type(), lowered, adding, new ModuleEmitter.Callees() {
         @Override
         public ModuleIr module(String qualifiedType) {
           return reader.callee(env.getElementUtils().getTypeElement(qualifiedType));
@@ -235,6 +247,59 @@ final class CodegenStep {
       report.add(Id.UnsupportedConstruct, new Pos.OnElement(c.type()), e.getMessage());
     }
     report.printTo(env.getMessager(), com.sun.source.util.Trees.instance(env));
+  }
+
+  /** Whether every node of {@code b} (nested blocks too) that reads a seed belongs to one of {@code r}'s kernels. */
+  private static boolean addsFused(Lowering.Result r, Block b) {
+    Set<dev.kiln.processor.ir.Value> seeds = new java.util.HashSet<>(r.backward.seeds());
+    seeds.remove(null);
+    for (Node n : b.nodes()) {
+      boolean ok = switch (n) {
+        case Node.Prim p -> p.inputs().stream().noneMatch(seeds::contains) || r.kernelOf.containsKey(p);
+        case Node.Branch br -> addsFused(r, br.then()) && addsFused(r, br.otherwise());
+        case Node.LoopGrad l -> l.init().stream().noneMatch(seeds::contains) && addsFused(r, l.body());
+        case Node.CallGrad g -> g.reads().stream().noneMatch(seeds::contains);
+        case Node.ParamGrad g -> !seeds.contains(g.grad());
+        default -> true;
+      };
+      if (!ok) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private Lowering.Result lower(String prefix, Graph g, Differentiator.Backward b) {
+    Lowering.Result r = Lowering.run(prefix, g, b);
+    GemmOperands.run(r, new GemmOperands.Callees() {
+      @Override
+      public boolean[] arguments(Node.Call call) {
+        return gemmFacts(call).inputs();
+      }
+
+      @Override
+      public boolean resultGradient(Node.Call call) {
+        return gemmFacts(call).gradient();
+      }
+    });
+    ColumnSums.run(r);
+    return r;
+  }
+
+  /**
+   * Whether a callee's backward has the form that adds to its arguments' gradients itself ({@code backward(ctx,
+   * params, dOut, plus...)}, one addend per differentiable input): from this round, else from its compiled class.
+   */
+  private boolean addsToGradients(Node.Call c, ModuleIr self) {
+    if (c.component() == null) {
+      return false; // a call of this module's own forward (the loss's): its backward is emitted alongside
+    }
+    Boolean known = addsGradients.get(c.calleeType());
+    if (known != null) {
+      return known;
+    }
+    CompiledCallee compiled = compiledCallee(c.calleeType());
+    return compiled != null && compiled.constant(ModuleEmitter.ADDS_TO_INPUT_GRADIENTS) instanceof Boolean b && b;
   }
 
   static Map<String, boolean[]> newCache() {

@@ -252,6 +252,62 @@ class FusionTest {
   }
 
   /**
+   * A norm's backward has a second form that adds a given tensor to the input gradient inside its row kernel: the
+   * same launches as the plain form, no add of its own, and the plain gradient plus the addend to the bit (the add is
+   * the kernel's last step, with the operands the caller's add would have).
+   */
+  @Test
+  void aNormsBackwardAddsAnAddendToTheInputGradientInsideItsRowKernel() {
+    NdArray x = Harness.random(new Random(1), 3, 6);
+    NdArray dy = Harness.random(new Random(2), 3, 6);
+    NdArray plus = Harness.random(new Random(3), 3, 6);
+    Run plain = Run.of("cs336.RmsNorm", Map.of("d_model", 6, "eps", 1e-5));
+    plain.forward(x);
+    plain.dev().reset();
+    Record g = (Record) Generated.call(plain.m(), "backward", plain.ctx(), plain.p(), dy);
+    List<String> plainCalls = List.copyOf(plain.dev().calls);
+    Run adding = Run.of("cs336.RmsNorm", Map.of("d_model", 6, "eps", 1e-5));
+    adding.forward(x);
+    adding.dev().reset();
+    Record ga = (Record) Generated.call(adding.m(), "backward", adding.ctx(), adding.p(), dy, plus);
+    assertEquals(plainCalls.size(), adding.dev().calls.size(), adding.dev().calls::toString);
+    assertTrue(adding.dev().calls.stream().noneMatch(c -> c.startsWith("binary")), adding.dev().calls::toString);
+    double[] dx = ((NdArray) Harness.component(g, 1)).toDoubleArray();
+    double[] dxa = ((NdArray) Harness.component(ga, 1)).toDoubleArray();
+    double[] p = plus.toDoubleArray();
+    for (int i = 0; i < dx.length; i++) {
+      assertEquals(p[i] + dx[i], dxa[i], 0.0, "input gradient " + i);
+    }
+    assertTrue(addsToInputGradients("cs336.RmsNorm"));
+    // Linear's input gradient is a GEMM's output: an add there would be a kernel of its own, so no second form.
+    assertTrue(!addsToInputGradients("cs336.Linear"));
+  }
+
+  private static boolean addsToInputGradients(String module) {
+    try {
+      return Generated.cs336().type(Harness.compiledName(module)).getField("ADDS_TO_INPUT_GRADIENTS").getBoolean(null);
+    } catch (ReflectiveOperationException e) {
+      throw new IllegalStateException(e);
+    }
+  }
+
+  /**
+   * A pre-norm block's backward passes the residual stream's gradient to each norm's backward as its addend, so the
+   * two residual adds are gone. The one add left is the SwiGLU's, which sums its w1 and w3 input gradients: two GEMM
+   * outputs, with no kernel to add them in.
+   */
+  @Test
+  void aPreNormBlockHandsTheResidualGradientToItsNormsBackward() {
+    Run run = Run.of("cs336.TransformerBlock", Map.of("d_model", 8, "num_heads", 2, "d_ff", 16, "eps", 1e-5,
+        "rope_theta", 10000.0));
+    Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
+    run.backward(y);
+    assertEquals(1, run.dev().calls.stream().filter(c -> c.equals("binary ADD")).count(), run.dev().calls::toString);
+    assertEquals(2, run.dev().calls.stream().filter(c -> c.equals("launch RmsNorm_applyPlus_bwd_1")).count(),
+        run.dev().calls::toString);
+  }
+
+  /**
    * The row kernel of a norm's backward sums the weight gradient's terms over runs of rows itself (ColumnSums): with
    * 7 rows in 3 partial rows (runs of 3, 3 and 1), 1 partial row, or one per row (the CPU's default), the gradients
    * are the same to the last few ulps of float64 (the sums only group the rows differently).

@@ -172,7 +172,7 @@ final class BodyEmitter {
       case Node.Prim p -> p.inputs();
       case Node.Call c -> c.args();
       case Node.Loop l -> l.init();
-      case Node.CallGrad g -> List.of(g.dOut());
+      case Node.CallGrad g -> g.reads();
       case Node.LoopGrad l -> l.init();
       case Node.ParamGrad g -> List.of(g.grad());
       default -> List.of();
@@ -615,7 +615,13 @@ final class BodyEmitter {
 
   private void callGrad(Node.CallGrad g) {
     Node.Call c = g.call();
-    String dOut = ref(g.dOut());
+    StringBuilder args = new StringBuilder(ref(g.dOut()));
+    for (Value p : g.plus()) {
+      if (p != null) {
+        args.append(", ").append(ref(p));
+      }
+    }
+    String dOut = args.toString();
     String r = "r" + (temps++) + "$";
     ModuleIr.Component comp = c.component() == null ? null : module.components().get(c.component());
     String key = callKeys.get(c.out());

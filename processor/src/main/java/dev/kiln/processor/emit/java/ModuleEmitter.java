@@ -39,6 +39,8 @@ public final class ModuleEmitter {
   public static final String GEMM_OPERAND_INPUTS = "GEMM_OPERAND_INPUTS";
   /** The constant saying whether backward reads the result's gradient only in GEMMs. */
   public static final String GEMM_OPERAND_GRADIENT = "GEMM_OPERAND_GRADIENT";
+  /** The constant saying whether backward has the form that adds to the input gradients itself. */
+  public static final String ADDS_TO_INPUT_GRADIENTS = "ADDS_TO_INPUT_GRADIENTS";
   static final ClassName PLAN = ClassName.get("dev.kiln.dsl.spi", "EinopsPlan");
   static final ClassName PARAM_INFO = ClassName.get("dev.kiln.dsl.spi", "ParamInfo");
 
@@ -54,6 +56,8 @@ public final class ModuleEmitter {
   private final ModuleIr module;
   private final TypeElement type;
   private final List<Lowering.Result> graphs;
+  /** The forward's backward with an addend per differentiable input, or null where it is not worth a method. */
+  private final Lowering.Result adding;
   private final Callees callees;
   private final ClassName record;
   private final ClassName compiled;
@@ -62,10 +66,12 @@ public final class ModuleEmitter {
   private final Map<String, String> plans = new LinkedHashMap<>();
   private final List<FusedKernel> allKernels = new ArrayList<>();
 
-  public ModuleEmitter(ModuleIr module, TypeElement type, List<Lowering.Result> graphs, Callees callees) {
+  public ModuleEmitter(ModuleIr module, TypeElement type, List<Lowering.Result> graphs, Lowering.Result adding,
+      Callees callees) {
     this.module = module;
     this.type = type;
     this.graphs = graphs;
+    this.adding = adding;
     this.callees = callees;
     this.record = ClassName.get(type);
     this.compiled = compiledName(module.type(), record);
@@ -74,6 +80,9 @@ public final class ModuleEmitter {
     for (Lowering.Result r : graphs) {
       allKernels.addAll(r.forwardKernels);
       allKernels.addAll(r.backwardKernels);
+    }
+    if (adding != null) {
+      allKernels.addAll(adding.backwardKernels);
     }
   }
 
@@ -140,6 +149,10 @@ public final class ModuleEmitter {
     t.addField(FieldSpec.builder(boolean.class, GEMM_OPERAND_GRADIENT, Modifier.PUBLIC, Modifier.STATIC,
         Modifier.FINAL).addJavadoc("Whether backward reads {@code dOut} only in GEMMs (read by the processor of"
         + " modules that call this one).\n").initializer("$L", forwardGraph().gemmOperandGradient).build());
+    t.addField(FieldSpec.builder(boolean.class, ADDS_TO_INPUT_GRADIENTS, Modifier.PUBLIC, Modifier.STATIC,
+        Modifier.FINAL).addJavadoc("Whether {@code backward} has a form with an addend per differentiable input,"
+        + " added inside the kernels that compute the input gradients (read by the processor of modules that call"
+        + " this one).\n").initializer("$L", adding != null).build());
     t.addType(gradientsRecord("Gradients", forwardGraph()));
     Lowering.Result loss = lossGraph();
     if (loss != null) {
@@ -153,6 +166,9 @@ public final class ModuleEmitter {
       boolean isLoss = r.graph.kind() == Graph.Kind.LOSS;
       t.addMethod(forward(r, isLoss ? "loss" : "forward"));
       t.addMethod(backward(r, isLoss ? "lossBackward" : "backward", isLoss ? "LossGradients" : "Gradients"));
+    }
+    if (adding != null) {
+      t.addMethod(backward(adding, "backward", "Gradients"));
     }
     for (var e : plans.entrySet()) {
       t.addField(FieldSpec.builder(PLAN, e.getValue(), Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
@@ -528,11 +544,29 @@ public final class ModuleEmitter {
   private MethodSpec backward(Lowering.Result r, String name, String gradients) {
     ClassName g = compiled.nestedClass(gradients);
     MethodSpec.Builder m = MethodSpec.methodBuilder(name).addModifiers(Modifier.PUBLIC).returns(g)
-        .addJavadoc("The gradient of {@code $L} given the gradient {@code dOut} of its result, from what it saved in"
-            + " {@code ctx$$}.\n", r.graph.method())
         .addParameter(CONTEXT, "ctx$").addParameter(record, "params$").addParameter(TENSOR, "dOut");
     BodyEmitter e = new BodyEmitter(module, r, host(), true);
     e.name(r.backward.dOut(), "dOut");
+    List<String> plus = new ArrayList<>();
+    for (int i = 0; i < r.backward.seeds().size(); i++) {
+      Value seed = r.backward.seeds().get(i);
+      if (seed != null) {
+        String n = r.graph.inputs().get(i).name() + "Plus";
+        m.addParameter(TENSOR, n);
+        e.name(seed, n);
+        plus.add("{@code " + n + "}");
+      }
+    }
+    if (plus.isEmpty()) {
+      m.addJavadoc("The gradient of {@code $L} given the gradient {@code dOut} of its result, from what it saved in"
+          + " {@code ctx$$}.\n", r.graph.method());
+    } else {
+      m.addJavadoc("{@link #backward(Context, $T, Tensor)}, with $L added to the gradient$L of the input$L of the same"
+          + " name (not changed), inside the kernel$L that compute$L $L: a caller that would add the gradient to one"
+          + " of its own passes that instead, and saves the add's pass over memory.\n", record,
+          String.join(", ", plus), plus.size() > 1 ? "s" : "", plus.size() > 1 ? "s" : "", plus.size() > 1 ? "s" : "",
+          plus.size() > 1 ? "" : "s", plus.size() > 1 ? "them" : "it");
+    }
     for (ModuleIr.Component c : module.components().values()) {
       switch (c) {
         case ModuleIr.ParamTensor p -> e.result("Tensor " + p.name() + "$g = null;");
