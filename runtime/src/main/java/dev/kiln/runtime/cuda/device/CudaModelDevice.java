@@ -801,12 +801,19 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public Tensor full(DType dtype, double value, long... shape) {
-    Tensor t = empty(dtype, shape);
-    fill(t, value);
-    if (value == 0 && !scopes.isEmpty()) {
+    CudaTensor t = (CudaTensor) empty(dtype, shape);
+    if (scopes.isEmpty()) {
+      fill(t, value);
+      return t;
+    }
+    // A step's own value: filled when first used, so one nobody reads costs no launch (the zero gradients of
+    // parameters a config leaves unused: 28 fills a TinyStories step). Stream order keeps the fill before its reader.
+    CudaArray a = t.arrayUnfilled();
+    t.deferFill(() -> fill(wrap(a), value));
+    if (value == 0) {
       // Only a step's own values: a zero made outside every scope may be a parameter (a bias), which the optimizer
       // rewrites in place.
-      knownZero.add(((CudaTensor) t).array());
+      knownZero.add(a);
     }
     return t;
   }
