@@ -809,7 +809,8 @@ public final class CudaModelDevice implements Device {
     // A step's own value: filled when first used, so one nobody reads costs no launch (the zero gradients of
     // parameters a config leaves unused: 28 fills a TinyStories step). Stream order keeps the fill before its reader.
     CudaArray a = t.arrayUnfilled();
-    t.deferFill(() -> fill(wrap(a), value));
+    // Not through fill(): its bookkeeping would forget that the array is a known zero.
+    t.deferFill(() -> launchFill(a, value));
     if (value == 0) {
       // Only a step's own values: a zero made outside every scope may be a parameter (a bias), which the optimizer
       // rewrites in place.
@@ -855,6 +856,11 @@ public final class CudaModelDevice implements Device {
   public void fill(Tensor out, double value) {
     CudaArray o = arr(out, "fill", "out");
     written(o);
+    launchFill(o, value);
+  }
+
+  /** Queues the fill kernel, no bookkeeping: {@link #full}'s deferred fill, of an array nothing has read yet. */
+  private void launchFill(CudaArray o, double value) {
     StridedPlan p = StridedPlan.of(o.shape(), o.strides());
     launchFlat(p.kernel("kiln_fill_" + suffix(o.dtype())), p.numel(),
         new KernelArgs().ptr(o).struct(p.shapeWords()).struct(p.strideWords(0)).i64(p.numel()).f64(value));
