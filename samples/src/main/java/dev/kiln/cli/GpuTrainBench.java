@@ -28,6 +28,11 @@ import java.util.Map;
  * <p>MFU counts {@code 6·N·tokens + 6·L·T·d·tokens} FLOPs per step: N the matmul weights (projections, FFN, LM head;
  * not the embedding table or norm gains), the attention term PaLM's {@code 12·L·T·d} halved for the causal mask;
  * peak 989.4 TFLOP/s (H200 dense bf16). The same definition as the peer's.
+ *
+ * <p>Timing, as the peer's: with {@code --graphs}, {@code ms_per_step} is the mean of steps queued back to back
+ * ({@code TrainingEngine.queueStep}: the host queues step k + 1 while the GPU runs step k, as the trainer does) on a
+ * pool of batches made before timing, and {@code median_ms} the median of steps each queued and awaited alone.
+ * Eager steps are each awaited (the loss download waits), for both figures.
  */
 final class GpuTrainBench {
   /** A benchmark config: model and batch. */
