@@ -116,25 +116,7 @@ public final class CallGradAddends {
   /** How often each value is read, in nested blocks too (a block's results count as reads). */
   private static void count(Block b, Map<Value, Integer> uses) {
     for (Node n : b.nodes()) {
-      List<Value> read = switch (n) {
-        case Node.Prim p -> p.inputs();
-        case Node.Call c -> c.args();
-        case Node.Loop l -> l.init();
-        case Node.CallGrad g -> g.reads();
-        case Node.LoopGrad l -> l.init();
-        case Node.ParamGrad g -> List.of(g.grad());
-        default -> List.of();
-      };
-      read.forEach(v -> uses.merge(v, 1, Integer::sum));
-      switch (n) {
-        case Node.Branch br -> {
-          count(br.then(), uses);
-          count(br.otherwise(), uses);
-        }
-        case Node.LoopGrad l -> count(l.body(), uses);
-        case Node.Loop l -> count(l.body(), uses);
-        default -> {}
-      }
+      Fusion.inputsOf(n).forEach(v -> uses.merge(v, 1, Integer::sum));
     }
     b.results().forEach(v -> uses.merge(v, 1, Integer::sum));
   }
