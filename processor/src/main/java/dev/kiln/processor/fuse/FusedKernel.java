@@ -59,6 +59,14 @@ public final class FusedKernel {
     return name;
   }
 
+  /**
+   * Makes this kernel launch {@code twin}'s function: for a kernel of the backward's adding form whose generated code
+   * equals a plain-form kernel's but for value numbering, so that the code is emitted once.
+   */
+  public void launchAs(FusedKernel twin) {
+    name = twin.name;
+  }
+
   public Shape domain() {
     return domain;
   }

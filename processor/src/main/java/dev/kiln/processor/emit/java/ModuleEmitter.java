@@ -82,8 +82,50 @@ public final class ModuleEmitter {
       allKernels.addAll(r.backwardKernels);
     }
     if (adding != null) {
-      allKernels.addAll(adding.backwardKernels);
+      for (FusedKernel k : adding.backwardKernels) {
+        FusedKernel twin = twinOf(k, allKernels);
+        if (twin != null) {
+          k.launchAs(twin);
+        } else {
+          allKernels.add(k);
+        }
+      }
     }
+  }
+
+  /**
+   * The kernel of {@code among} whose generated code (CUDA and Java) and launch description equal {@code k}'s, but for
+   * its name and value numbers, or null: the adding form's backward shares the plain form's kernels before the add
+   * (a norm's per-row factor), which would otherwise be emitted twice.
+   */
+  private static FusedKernel twinOf(FusedKernel k, List<FusedKernel> among) {
+    String code = canonical(k);
+    for (FusedKernel other : among) {
+      if (other.hasReduction() == k.hasReduction() && other.inputs().size() == k.inputs().size()
+          && other.outputs().size() == k.outputs().size() && other.gemmOperandMask() == k.gemmOperandMask()
+          && other.bf16InputMask() == k.bf16InputMask() && other.columnSumMask() == k.columnSumMask()
+          && canonical(other).equals(code)) {
+        return other;
+      }
+    }
+    return null;
+  }
+
+  /**
+   * A kernel's CUDA and Java code with its name and its values' numbers ({@code v12} in code, {@code %12} in the
+   * comments that show where a value came from) replaced by placeholders.
+   */
+  private static String canonical(FusedKernel k) {
+    String code = CudaEmitter.source("", List.of(k)) + KernelJavaEmitter.type("K", List.of(k));
+    // Spaces collapsed: JavaPoet wraps lines by their length, which the name changes.
+    code = code.replace(k.name(), "@kernel").replaceAll("\\s+", " ");
+    java.util.regex.Matcher m = java.util.regex.Pattern.compile("(?:\\bv|%)(\\d+)\\b").matcher(code);
+    Map<String, String> numbers = new java.util.HashMap<>();
+    StringBuilder out = new StringBuilder();
+    while (m.find()) {
+      m.appendReplacement(out, "v#" + numbers.computeIfAbsent(m.group(1), x -> String.valueOf(numbers.size())));
+    }
+    return m.appendTail(out).toString();
   }
 
   /** {@code Compiled<Outer_Inner>} in the record's package. */
