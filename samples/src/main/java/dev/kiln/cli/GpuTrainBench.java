@@ -142,8 +142,8 @@ final class GpuTrainBench {
           queued.add(engine.queueStep(1e-4, pool[i % POOL][0], pool[i % POOL][1]));
         }
         end.record(dev.gpu().defaultStream());
-        for (TrainingEngine.QueuedStep q : queued) {
-          check(q.await().loss(), 0);
+        for (int i = 0; i < steps; i++) {
+          check(queued.get(i).await().loss(), i);
         }
         bulkMillis = (System.nanoTime() - t0) / 1e6 / steps;
         gpuMillis = end.elapsedMillisSince(begin);
