@@ -207,14 +207,14 @@ final class CodegenStep {
             plus = new Differentiator(g.values(), call -> differentiableArgs(call, m)).run(plusGraph, diff);
           }
         }
-        CallGradAddends.run(b.block(), call -> addsToGradients(call, m) ? differentiableArgs(call, m) : null);
+        CallGradAddends.run(b.block(), call -> addsToGradients(call) ? differentiableArgs(call, m) : null);
         Lowering.Result r = lower(m.simpleName() + "_" + g.method(), g, b);
         if (g.kind() == Graph.Kind.FORWARD) {
           gemmOperands.put(m.type(), new GemmFacts(r.gemmOperandInputs, r.gemmOperandGradient));
         }
         lowered.add(r);
         if (plus != null) {
-          CallGradAddends.run(plus.block(), call -> addsToGradients(call, m) ? differentiableArgs(call, m) : null);
+          CallGradAddends.run(plus.block(), call -> addsToGradients(call) ? differentiableArgs(call, m) : null);
           Lowering.Result rp = lower(m.simpleName() + "_" + g.method() + "Plus", plusGraph, plus);
           // Worth a method only where every add fused into a kernel the plain backward runs anyway, and the
           // forward saves all that it reads.
@@ -290,7 +290,7 @@ final class CodegenStep {
    * Whether a callee's backward has the form that adds to its arguments' gradients itself ({@code backward(ctx,
    * params, dOut, plus...)}, one addend per differentiable input): from this round, else from its compiled class.
    */
-  private boolean addsToGradients(Node.Call c, ModuleIr self) {
+  private boolean addsToGradients(Node.Call c) {
     if (c.component() == null) {
       return false; // a call of this module's own forward (the loss's): its backward is emitted alongside
     }
