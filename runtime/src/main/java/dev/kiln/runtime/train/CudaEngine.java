@@ -267,10 +267,7 @@ public final class CudaEngine<P> implements TrainingEngine {
       g.memory.add(g.inputs.array());
       g.memory.add(g.targets.array());
     } else {
-      if (!Arrays.equals(inputs.shape(), g.inputs.shape())) {
-        throw new IllegalArgumentException("CUDA-graph steps need batches of one shape: captured "
-            + Arrays.toString(g.inputs.shape()) + ", got " + Arrays.toString(inputs.shape()));
-      }
+      requireCapturedShapes(g, inputs, targets);
       dev.copyFromHost(inputs.contiguous(), g.inputs);
       dev.copyFromHost(targets.contiguous(), g.targets);
     }
@@ -346,12 +343,7 @@ public final class CudaEngine<P> implements TrainingEngine {
       return () -> done;
     }
     abandonStep();
-    if (!Arrays.equals(inputs.shape(), g.inputs.shape())
-        || !Arrays.equals(targets.shape(), g.targets.shape())) {
-      throw new IllegalArgumentException("CUDA-graph steps need batches of one shape: captured "
-          + Arrays.toString(g.inputs.shape()) + ", got " + Arrays.toString(inputs.shape())
-          + " and " + Arrays.toString(targets.shape()));
-    }
+    requireCapturedShapes(g, inputs, targets);
     int s = g.nextSlot;
     g.nextSlot ^= 1;
     if (g.inSlot[s] != null) {
@@ -394,6 +386,15 @@ public final class CudaEngine<P> implements TrainingEngine {
     Queued q = new Queued(this, slot, lossAt, normAt, flagsAt + 4L * HYPER_SKIPPED, g.loss.array().dtype());
     g.inSlot[s] = q;
     return q;
+  }
+
+  /** A replayed step's batch must have the shapes the graph was captured with. */
+  private static void requireCapturedShapes(GraphState g, NdArray inputs, NdArray targets) {
+    if (!Arrays.equals(inputs.shape(), g.inputs.shape()) || !Arrays.equals(targets.shape(), g.targets.shape())) {
+      throw new IllegalArgumentException("CUDA-graph steps need batches of one shape: captured "
+          + Arrays.toString(g.inputs.shape()) + ", got " + Arrays.toString(inputs.shape()) + " and "
+          + Arrays.toString(targets.shape()));
+    }
   }
 
   private static long align8(long bytes) {
