@@ -19,7 +19,8 @@ import java.util.TreeSet;
  * up to 256, runs on a one-warp-per-row fp32 kernel that is exact but slow. The forward pass returns the per-row
  * log-sum-exp (natural log, fp32, {@code [..., n]}, contiguous) that the backward pass needs. Which tensor-core
  * kernel runs is {@link Tuning}'s choice: on compute capability 9.0 the warpgroup-MMA ({@code wgmma}) kernels at
- * head dims 64 and 128, elsewhere {@code mma.sync} ones.
+ * head dims 64 and 128, elsewhere {@code mma.sync} ones; at head dim 32 and up to 256 rows, kernels that hold a whole
+ * (batch, head) slab in one block.
  */
 public final class FlashAttention {
   private static final int SIMT_MAX_HEAD_DIM = 256;
@@ -83,7 +84,7 @@ public final class FlashAttention {
      * KILN_FWD_WGP lines for the {@code wg} ones).
      */
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
-        32, List.of("w4mb4", "w4r32", "w8wgp"),
+        32, List.of("w4mb4", "w4r32", "w8wgp", "w8h256", "w8h256mb3"),
         64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w4wgp", "w8wgp", "w12wgpk128"),
         80, List.of("w4mb3", "w4r32", "w4r32k32"),
         128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w4wgp", "w8wgp", "w8wgpk128"));
@@ -92,7 +93,7 @@ public final class FlashAttention {
      * d128 has no {@code r32}: 32 keys a warp would hold 256 fp32 accumulators for dK and dV alone.
      */
     public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
-        32, List.of("w4mb3", "w4r32", "w8wgk128"),
+        32, List.of("w4mb3", "w4r32", "w8wgk128", "w8h256"),
         64, List.of("w4mb3", "w4", "w8", "w4r32", "w4wg", "w8wg", "w8wgk128"),
         80, List.of("w4", "w4r32"),
         128, List.of("w4", "w8", "w4wg", "w8wg", "w8wgk32"));
@@ -101,15 +102,16 @@ public final class FlashAttention {
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md has the table).
      * Forward: warpgroup MMA with the softmax overlapped (wgp) at d64 and d128 (16k, thirteenth session: d64 3.22 ms
      * with w12wgpk128, 3.58 with w4wgp, 4.76 at 32 rows a warp on mma.sync; d128 2.60 against w8wgp's 2.83); 32 rows
-     * a warp at d80; 16 at d32, where w8wgp is faster alone (16k 4.46 against 6.41 ms) but TinyStories (n = 256)
-     * trained no faster with it and the w8wgk128 backward (graphed 11.69 ms against 11.52, one call). Backward:
-     * warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4 with w8wg; d128 10.3 against 11.6
-     * with w4wg); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at n = 512, and training runs
-     * short sequences.
+     * a warp at d80; at d32 one block a whole head (w8h256mb3) up to 256 rows, TinyStories' context (ncu, one layer:
+     * 75 us against w4mb4's 97; longer sequences take PORTABLE's w4mb4, as w8wgp is faster alone at 16k but trained
+     * TinyStories no faster). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4
+     * with w8wg; d128 10.3 against 11.6 with w4wg); at d32 the whole-head kernel (188 us a layer against 307 for the
+     * row sums, dK/dV and dQ kernels of w4mb3); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at
+     * n = 512, and training runs short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
-        Map.of(32, "w4mb4", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
-        Map.of(32, "w4mb3", 64, "w8wgk128", 80, "w4", 128, "w8wg"),
+        Map.of(32, "w8h256mb3", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
+        Map.of(32, "w8h256", 64, "w8wgk128", 80, "w4", 128, "w8wg"),
         // Three warpgroups and 128-key tiles at d64 from 8k rows: at 16k 3.97 ms against w8wgp's 4.30, at 2k 0.647
         // against 0.617 and at 512 0.285 against 0.215 (BENCHVAR lines of one call, twelfth session; thirteenth:
         // 3.22 at 16k, 0.53 at 2k against w8wgp's 0.46).
@@ -241,6 +243,18 @@ public final class FlashAttention {
         end++;
       }
       return Integer.parseInt(variant.substring(1, end));
+    }
+
+    private static final java.util.regex.Pattern WHOLE_HEAD = java.util.regex.Pattern.compile("w\\d+h(\\d+).*");
+
+    /**
+     * The most rows of a whole-head variant ({@code w<warps>h<rows>}: one block a (batch, head) slab, q, k and v
+     * loaded into shared memory once; the KILN_FWD_HEAD and KILN_BWD_HEAD lines), or 0 for a tiled one. Longer
+     * sequences run the head dim's {@link #PORTABLE} variant instead.
+     */
+    static int wholeHeadRows(String variant) {
+      java.util.regex.Matcher m = WHOLE_HEAD.matcher(variant);
+      return m.matches() ? Integer.parseInt(m.group(1)) : 0;
     }
 
     /** Whether {@code variant} is a warpgroup-MMA kernel of {@code flash_attention_sm90a.cu} (Hopper only). */
@@ -375,18 +389,30 @@ public final class FlashAttention {
       if (Tuning.hopperOnly(variant) && (!device.kernels().hopper() || !(scale > 0))) {
         variant = Tuning.PORTABLE.forward(d);
       }
+      int rows = Tuning.wholeHeadRows(variant);
+      // A whole-head kernel holds at most `rows` rows of q, k and v, and folds the scale into its exponentials after
+      // taking the maximum of the raw scores, which only a positive scale allows.
+      if (rows > 0 && (g.n > rows || !(scale > 0))) {
+        variant = Tuning.PORTABLE.forward(d);
+        rows = 0;
+      }
       int warps = Tuning.warps(variant);
       int bm = warps * Tuning.rowsPerWarp(variant);
       int bn = Tuning.forwardKeyTile(variant);
       int smem;
-      if (Tuning.hopperOnly(variant)) {
+      long blocks = ceilDiv(g.n, bm);
+      if (rows > 0) {
+        // q, k and v of one (batch, head) slab in padded rows.
+        smem = 3 * rows * (d + 8) * 2;
+        blocks = 1;
+      } else if (Tuning.hopperOnly(variant)) {
         // Unpadded swizzled tiles (Q, then two K and two V buffers), plus slack to align them to 1024 bytes.
         m = device.kernels().module("flash_attention_sm90a");
         smem = (bm + 4 * bn) * d * 2 + 1024;
       } else {
         smem = (bm + 4 * bn) * (d + 8) * 2;
       }
-      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, ceilDiv(g.n, bm), g.bh,
+      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, blocks, g.bh,
           warps * 32, smem, args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
               .struct(g.v.words()).struct(lo.words()));
     } else {
@@ -405,7 +431,8 @@ public final class FlashAttention {
   /**
    * Gradients of {@code sum(out * dOut)}. Three kernels: {@code dot = rowsum(dOut * out)}, then dK/dV (one block
    * per key tile, walking query tiles) and dQ (one block per query tile, walking key tiles) — each output written by
-   * exactly one block, so no atomics and deterministic results.
+   * exactly one block, so no atomics and deterministic results. A whole-head variant ({@link Tuning#wholeHeadRows})
+   * does all three in one kernel, one block a (batch, head) slab.
    */
   public Gradients backward(CudaArray q, CudaArray k, CudaArray v, CudaArray out, CudaArray lse, CudaArray dOut,
       AttentionMask mask, float scale) {
@@ -435,6 +462,28 @@ public final class FlashAttention {
     }
     int causal = mask == AttentionMask.CAUSAL ? 1 : 0;
     KernelLoader.Module m = device.kernels().module("flash_attention");
+    int d = (int) g.d;
+    String chosen = g.tensorCores ? tuning.backward(d) : null;
+    int rows = chosen == null ? 0 : Tuning.wholeHeadRows(chosen);
+    // A whole-head kernel holds at most `rows` rows and reads `out` in 16-byte pieces for its row sums.
+    if (rows > 0 && (g.n > rows || out.address() % 16 != 0 || !lo.stridesMultipleOf(16 / out.dtype().byteSize()))) {
+      chosen = Tuning.PORTABLE.backward(d);
+      rows = 0;
+    }
+    if (chosen != null && Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {
+      chosen = Tuning.PORTABLE.backward(d);
+    }
+    if (rows > 0) {
+      // q, k, v and dOut of one (batch, head) slab in padded rows and its rows' lse and dot: one kernel computes
+      // dot = rowsum(dOut · out) and writes dq, dk and dv.
+      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4;
+      m.kernel("kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i" + suffix(out.dtype()))
+          .launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out)
+              .ptr(dOut).ptr(lse).ptr(dq).ptr(dk).ptr(dv).i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal)
+              .struct(g.q.words()).struct(g.k.words()).struct(g.v.words()).struct(lo.words()).struct(ldo.words())
+              .struct(ldq.words()).struct(ldk.words()).struct(ldv.words()));
+      return;
+    }
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {
       if (dotVectorised(out, lo, dOut, ldo, g.d)) {
         // d / 8 lanes a row, 16 bytes a lane, DOT_VEC_STEPS groups of rows a warp, 8 warps a block.
@@ -448,11 +497,6 @@ public final class FlashAttention {
                 .i32((int) g.n).i32((int) g.heads).i32((int) g.d).struct(lo.words()).struct(ldo.words()));
       }
       if (g.tensorCores) {
-        int d = (int) g.d;
-        String chosen = tuning.backward(d);
-        if (Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {
-          chosen = Tuning.PORTABLE.backward(d);
-        }
         String variant = "_" + chosen;
         int warps = Tuning.warps(chosen);
         int tile = Tuning.backwardTile(d, chosen); // query tile of dK/dV, key tile of dQ

@@ -216,11 +216,15 @@ class FlashAttentionGpuTest {
 
   @Test
   void otherScalesAreHonoured() {
-    // The wgmma forward takes the maximum of the raw scores and applies the scale in the exponent, which a positive
-    // scale allows; a zero or negative one runs on the portable kernels. Both must give the reference's answer.
+    // The wgmma and whole-head forwards take the maximum of the raw scores and apply the scale in the exponent,
+    // which a positive scale allows; a zero or negative one runs on the portable kernels. Both must give the
+    // reference's answer.
+    FlashAttention.Tuning wholeHead = FlashAttention.Tuning.DEFAULT.withForward(32, "w8h256")
+        .withBackward(32, "w8h256");
     for (double scale : new double[] {0.3, -0.3}) {
       run(DType.BF16, 1, 2, 133, 64, AttentionMask.CAUSAL, FlashAttention.Tuning.DEFAULT, false, DType.BF16, scale);
       run(DType.BF16, 1, 2, 133, 128, AttentionMask.NONE, FlashAttention.Tuning.DEFAULT, false, DType.BF16, scale);
+      run(DType.BF16, 1, 2, 133, 32, AttentionMask.CAUSAL, wholeHead, false, DType.BF16, scale);
     }
   }
 
@@ -243,6 +247,24 @@ class FlashAttentionGpuTest {
           run(DType.BF16, 1, 2, 333, d, AttentionMask.CAUSAL, t);
           run(DType.BF16, 1, 2, 150, d, AttentionMask.NONE, t);
         }
+      }
+    }
+  }
+
+  @Test
+  void wholeHeadKernelsCoverShortSequencesAndLongerOnesFallBack() {
+    // One block a (batch, head) slab of at most 256 rows: the full slab, a ragged one (rows past n zero-filled and
+    // never stored), a single tile, both masks, head-split views and fp32 results as a Transformer trains with them.
+    // Past 256 rows the same tuning must run the portable kernels (n = 300) and still be right.
+    for (String fwd : new String[] {"w8h256", "w8h256mb3"}) {
+      for (String bwd : new String[] {"w8h256", "w4mb3"}) {
+        FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(32, fwd).withBackward(32, bwd);
+        run(DType.BF16, 2, 3, 256, 32, AttentionMask.CAUSAL, t);
+        run(DType.BF16, 1, 2, 201, 32, AttentionMask.CAUSAL, t);
+        run(DType.BF16, 1, 2, 9, 32, AttentionMask.NONE, t);
+        run(DType.BF16, 2, 2, 256, 32, AttentionMask.CAUSAL, t, true, DType.F32);
+        run(DType.BF16, 1, 2, 130, 32, AttentionMask.NONE, t, true, DType.BF16);
+        run(DType.BF16, 1, 1, 300, 32, AttentionMask.CAUSAL, t);
       }
     }
   }

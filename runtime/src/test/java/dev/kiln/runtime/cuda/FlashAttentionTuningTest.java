@@ -36,6 +36,17 @@ class FlashAttentionTuningTest {
           new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
     }
     assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " variant lines from flash_attention.cu");
+    // Whole-head lines: KILN_FWD_HEAD(d<d>_<variant>, D, warps, rows, bounds), one 16-row tile a warp at a time.
+    Matcher h = Pattern.compile("^KILN_(FWD|BWD)_HEAD\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+),", Pattern.MULTILINE)
+        .matcher(source("flash_attention.cu"));
+    int heads = 0;
+    while (h.find()) {
+      assertEquals(h.group(2), h.group(4), "head dim in the name and the template of " + h.group());
+      kernels.put(h.group(1).toLowerCase() + " d" + h.group(2) + " " + h.group(3),
+          new int[] {Integer.parseInt(h.group(5)), 1, Integer.parseInt(h.group(6))});
+      heads++;
+    }
+    assertTrue(heads >= 2, "parsed only " + heads + " whole-head lines from flash_attention.cu");
     // flash_attention_sm90a.cu, 16 rows a warp: KILN_FWD_WGP(d<d>_<variant>, D, warpgroups, key tile, min blocks)
     // and KILN_BWD_WG(d<d>_<variant>, D, warpgroups, tile) (a dK/dV and a dQ kernel).
     String hopperSource = source("flash_attention_sm90a.cu");
@@ -78,7 +89,9 @@ class FlashAttentionTuningTest {
         assertTrue(k != null, "forward d" + d + " " + v + " is listed but not compiled");
         assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of forward d" + d + " " + v);
         assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of forward d" + d + " " + v);
-        assertEquals(FlashAttention.Tuning.forwardKeyTile(v), k[2], "key tile of forward d" + d + " " + v);
+        int rows = FlashAttention.Tuning.wholeHeadRows(v);
+        assertEquals(rows > 0 ? rows : FlashAttention.Tuning.forwardKeyTile(v), k[2],
+            (rows > 0 ? "rows of whole-head forward d" : "key tile of forward d") + d + " " + v);
       }
     });
     FlashAttention.Tuning.BACKWARD_VARIANTS.forEach((d, variants) -> {
@@ -87,7 +100,9 @@ class FlashAttentionTuningTest {
         assertTrue(k != null, "backward d" + d + " " + v + " is listed but not compiled");
         assertEquals(FlashAttention.Tuning.warps(v), k[0], "warps of backward d" + d + " " + v);
         assertEquals(FlashAttention.Tuning.rowsPerWarp(v), 16 * k[1], "rows per warp of backward d" + d + " " + v);
-        assertEquals(FlashAttention.Tuning.backwardTile(d, v), k[2], "tile of backward d" + d + " " + v);
+        int rows = FlashAttention.Tuning.wholeHeadRows(v);
+        assertEquals(rows > 0 ? rows : FlashAttention.Tuning.backwardTile(d, v), k[2],
+            (rows > 0 ? "rows of whole-head backward d" : "tile of backward d") + d + " " + v);
       }
     });
     // And the other way: a compiled kernel nobody can select is dead code.
@@ -144,7 +159,11 @@ class FlashAttentionTuningTest {
     for (Map<Integer, String> m : List.of(FlashAttention.Tuning.PORTABLE.forward(),
         FlashAttention.Tuning.PORTABLE.backward())) {
       m.forEach((d, v) -> assertTrue(!FlashAttention.Tuning.hopperOnly(v), "PORTABLE d" + d + " names " + v));
+      // It also replaces a whole-head choice on sequences longer than the variant holds.
+      m.forEach((d, v) -> assertEquals(0, FlashAttention.Tuning.wholeHeadRows(v), "PORTABLE d" + d + " names " + v));
     }
+    assertEquals(256, FlashAttention.Tuning.wholeHeadRows("w8h256mb3"));
+    assertEquals(0, FlashAttention.Tuning.wholeHeadRows("w12wgpk128"));
     assertTrue(FlashAttention.Tuning.hopperOnly("w8wgpk128") && !FlashAttention.Tuning.hopperOnly("w4r32k32"));
   }
 

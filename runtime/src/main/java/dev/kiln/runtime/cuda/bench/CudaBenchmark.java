@@ -96,7 +96,7 @@ public final class CudaBenchmark {
             }
             FlashAttention alt = new FlashAttention(stream,
                 fwd ? base.withForward(d, variant) : base.withBackward(d, variant));
-            for (long n : new long[] {512, 2048, 16384}) {
+            for (long n : new long[] {256, 512, 2048, 16384}) {
               double[] t = time(dev, alt, bufs, d, n, reps);
               System.out.printf("BENCHVAR %s=%s d=%d n=%d fwd_ms=%.4f fwdbwd_ms=%.4f%n", pass, variant, d, n, t[0],
                   t[1]);

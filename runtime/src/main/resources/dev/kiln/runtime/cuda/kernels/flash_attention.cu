@@ -159,8 +159,9 @@ __device__ __forceinline__ void zero(float (*acc)[N][4]) {
 // parameter: the forward branches on it once a tile (only a diagonal tile, or one reaching past n, needs it). As a
 // runtime flag inside the unrolled loop, the mask's compares and selects were predicated by ptxas and issued on
 // every tile (d32 and d80 forward 10-18% faster without). Element e of fragment [mt][nb] is row
-// row0 + mt * 16 + g + (e >> 1) * 8, column col0 + nb * 8 + 2 * t + (e & 1).
-template <int MT, int NB, bool MASK>
+// row0 + mt * 16 + g + (e >> 1) * 8, column col0 + nb * 8 + 2 * t + (e & 1). FOLD leaves the scores unscaled (the
+// caller folds a positive scale into its exponentials), so only the mask is applied.
+template <int MT, int NB, bool MASK, bool FOLD = false>
 __device__ __forceinline__ void scale_scores(float (*s)[NB][4], float sl2, int col0, int row0, int g, int t, int n,
                                              int causal) {
 #pragma unroll
@@ -169,13 +170,117 @@ __device__ __forceinline__ void scale_scores(float (*s)[NB][4], float sl2, int c
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = s[mt][nb][e] * sl2;
+        float x = FOLD ? s[mt][nb][e] : s[mt][nb][e] * sl2;
         if constexpr (MASK) {
           const int col = col0 + nb * 8 + 2 * t + (e & 1), row = row0 + mt * 16 + g + (e >> 1) * 8;
           if (col >= n || (causal && col > row)) x = -KILN_INF;
         }
         s[mt][nb][e] = x;
       }
+}
+
+// One key tile of the forward for one warp's MT tiles of 16 query rows (from wrow0): S = Q K^T over the tile's BN
+// keys (from n0), the online softmax (running max mrow in log2 units, this thread's part of the row sums lrow), and
+// O += P V. Q is qf's registers (QREG) or rows qrow.. of the smem tile Qs; ks and vs are the tile's first key row.
+// FOLD (a positive scale only): the maximum is taken over the raw scores and mrow kept in raw units, and the scale is
+// folded into each exponential's argument, exp2(s · sl2 − max · sl2), one FFMA instead of a multiply and a subtract.
+template <int D, int LD, int MT, int BN, bool QREG, bool FOLD = false>
+__device__ __forceinline__ void fwd_tile(float (*o)[D / 8][4], float (*mrow)[2], float (*lrow)[2],
+                                         const unsigned (*qf)[D / 16][4], const kiln_bf16* Qs, int qrow,
+                                         const kiln_bf16* ks, const kiln_bf16* vs, int n0, int wrow0, int n,
+                                         int causal, float sl2, int g, int t, int lane) {
+  float s[MT][BN / 8][4];
+  zero<MT, BN / 8>(s);
+  if constexpr (QREG) {
+    mma_abt_reg<D, LD, BN, MT>(s, qf, ks, lane);
+  } else {
+    mma_abt<D, LD, BN, MT>(s, Qs, qrow, ks, lane);
+  }
+  if ((causal && n0 + BN - 1 > wrow0) || (n0 + BN > n)) {
+    scale_scores<MT, BN / 8, true, FOLD>(s, sl2, n0, wrow0, g, t, n, causal);
+  } else if constexpr (!FOLD) {
+    scale_scores<MT, BN / 8, false>(s, sl2, n0, wrow0, g, t, n, causal);
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float mx[2] = {mrow[mt][0], mrow[mt][1]};
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][nb][e]);
+    }
+    float mu[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
+      const float alpha = FOLD ? kiln_exp2((mrow[mt][r] - mu[r]) * sl2) : kiln_exp2(mrow[mt][r] - mu[r]);
+      mrow[mt][r] = mx[r];
+      lrow[mt][r] *= alpha;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[mt][i][2 * r] *= alpha;
+        o[mt][i][2 * r + 1] *= alpha;
+      }
+    }
+    const float mus[2] = {mu[0] * sl2, mu[1] * sl2};  // the rows' maxima in log2 units (FOLD)
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float p = FOLD ? kiln_exp2(fmaf(s[mt][nb][e], sl2, -mus[e >> 1])) : kiln_exp2(s[mt][nb][e] - mu[e >> 1]);
+        s[mt][nb][e] = p;
+        lrow[mt][e >> 1] += p;
+      }
+    }
+  }
+  mma_pb<D, LD, BN, MT>(o, s, vs, lane);
+}
+
+// The forward's results for one warp's MT tiles of 16 query rows from wrow0: O / rowsum into o (the (b, h) slab,
+// row stride sr) and the natural-log log-sum-exp into lse (the slab's n entries). msc turns mrow into log2 units (1, or
+// the folded scale).
+template <int D, int MT, typename TO>
+__device__ __forceinline__ void fwd_store(float (*o)[D / 8][4], float (*lrow)[2], float (*mrow)[2], TO* out,
+                                          kiln_i64 sr, float* lse, int wrow0, int n, int g, int t, float msc = 1.f) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = lrow[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (row < n) {
+        TO* orow = out + (kiln_i64)row * sr;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+          kiln_store_pair(orow + i * 8 + 2 * t, o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
+        if (t == 0) lse[row] = l > 0.f ? (mrow[mt][r] * msc + __log2f(l)) * KILN_LN2 : KILN_INF;
+      }
+    }
+  }
+}
+
+// Rows [row0, row0 + 16·MT) of a gradient from one warp's fp32 accumulators times mul, into the (b, h) slab dst with
+// row stride sr; rows past n are not written.
+template <int D, int MT, typename TO>
+__device__ __forceinline__ void store_rows(TO* dst, kiln_i64 sr, float (*acc)[D / 8][4], float mul, int row0, int n,
+                                           int g, int t) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + mt * 16 + g + r * 8;
+      if (row < n) {
+        TO* d = dst + (kiln_i64)row * sr;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) kiln_store_pair(d + i * 8 + 2 * t, acc[mt][i][2 * r] * mul, acc[mt][i][2 * r + 1] * mul);
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ forward
@@ -251,74 +356,93 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
     const kiln_bf16* vs = Vs + (j & 1) * BN * LD;
     const int n0 = j * BN;
     if (!causal || n0 <= wrow0 + WR - 1) {
-      float s[MT][BN / 8][4];
-      zero<MT, BN / 8>(s);
-      if constexpr (QREG) {
-        mma_abt_reg<D, LD, BN, MT>(s, qf, ks, lane);
-      } else {
-        mma_abt<D, LD, BN, MT>(s, Qs, warp * WR, ks, lane);
-      }
-      if ((causal && n0 + BN - 1 > wrow0) || (n0 + BN > n)) {
-        scale_scores<MT, BN / 8, true>(s, sl2, n0, wrow0, g, t, n, causal);
-      } else {
-        scale_scores<MT, BN / 8, false>(s, sl2, n0, wrow0, g, t, n, causal);
-      }
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        float mx[2] = {mrow[mt][0], mrow[mt][1]};
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][nb][e]);
-        }
-        float mu[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-          mu[r] = mx[r] == -KILN_INF ? 0.f : mx[r];  // a row with nothing unmasked yet stays at zero
-          const float alpha = kiln_exp2(mrow[mt][r] - mu[r]);
-          mrow[mt][r] = mx[r];
-          lrow[mt][r] *= alpha;
-#pragma unroll
-          for (int i = 0; i < D / 8; ++i) {
-            o[mt][i][2 * r] *= alpha;
-            o[mt][i][2 * r + 1] *= alpha;
-          }
-        }
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float p = kiln_exp2(s[mt][nb][e] - mu[e >> 1]);
-            s[mt][nb][e] = p;
-            lrow[mt][e >> 1] += p;
-          }
-        }
-      }
-      mma_pb<D, LD, BN, MT>(o, s, vs, lane);
+      fwd_tile<D, LD, MT, BN, QREG>(o, mrow, lrow, qf, Qs, warp * WR, ks, vs, n0, wrow0, n, causal, sl2, g, t, lane);
     }
     __syncthreads();  // the buffer just read is refilled by the next iteration's prefetch
   }
 
+  fwd_store<D, MT, TO>(o, lrow, mrow, O + kiln_attn_slab(lo, bh, heads), lo.sr, LSE + (kiln_i64)bh * n, wrow0, n, g, t);
+}
+
+// ------------------------------------------------------------------------------------------------ backward tiles
+
+// One query tile's contribution to one warp's dK and dV: the warp's MT tiles of 16 keys are rows krow.. of the smem
+// tiles Ks and Vs (key wkey0 onwards), the query tile's BM rows (query m0 onwards) are qs and dos with their lse and
+// dot in ls and ds. S^T = K_w Q^T, P^T = exp(S^T · scale − lse), dV += P^T dO, dP^T = V_w dO^T,
+// dS^T = P^T ∘ (dP^T − dot), dK += dS^T Q (the scale is applied when dK is stored). LSE2: whether ls is already in
+// log2 units (one FFMA a score instead of a multiply and an FFMA).
+template <int D, int LD, int MT, int BM, bool LSE2 = false>
+__device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D / 8][4], const kiln_bf16* Ks,
+                                          const kiln_bf16* Vs, int krow, const kiln_bf16* qs, const kiln_bf16* dos,
+                                          const float* ls, const float* ds, int m0, int wkey0, int n, int causal,
+                                          float sl2, int g, int t, int lane) {
+  float p[MT][BM / 8][4];
+  zero<MT, BM / 8>(p);
+  mma_abt<D, LD, BM, MT>(p, Ks, krow, qs, lane);
+  // Masked entries are exactly 0. The mask stays inline here: branching on it once a tile, as the forward does, made
+  // the tiled kernels 3-7% slower (d32, d80) and the whole-head one 2% (d32, n = 256, 191 against 188 us).
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float l = lrow[mt][r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int row = wrow0 + mt * 16 + g + r * 8;
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      if (row < n) {
-        TO* orow = O + kiln_attn_slab(lo, bh, heads) + (kiln_i64)row * lo.sr;
+    for (int nb = 0; nb < BM / 8; ++nb) {
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-          kiln_store_pair(orow + i * 8 + 2 * t, o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
-        if (t == 0) LSE[(kiln_i64)bh * n + row] = l > 0.f ? (mrow[mt][r] + __log2f(l)) * KILN_LN2 : KILN_INF;
+      for (int e = 0; e < 4; ++e) {
+        const int cl = nb * 8 + 2 * t + (e & 1);
+        const int col = m0 + cl;
+        const int key = wkey0 + mt * 16 + g + (e >> 1) * 8;
+        float x = kiln_exp2(LSE2 ? fmaf(p[mt][nb][e], sl2, -ls[cl]) : p[mt][nb][e] * sl2 - ls[cl] * KILN_LOG2E);
+        if (col >= n || (causal && col < key)) x = 0.f;
+        p[mt][nb][e] = x;
       }
     }
   }
+  mma_pb<D, LD, BM, MT>(dv, p, dos, lane);
+  float dp[MT][BM / 8][4];
+  zero<MT, BM / 8>(dp);
+  mma_abt<D, LD, BM, MT>(dp, Vs, krow, dos, lane);
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < BM / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[mt][nb][e] = p[mt][nb][e] * (dp[mt][nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
+  mma_pb<D, LD, BM, MT>(dk, dp, qs, lane);
+}
+
+// One key tile's contribution to one warp's dQ: the warp's MT tiles of 16 query rows (from wrow0) are qf and df's
+// registers (QREG) or rows qrow.. of the smem tiles Qs and dOs, with lse (log2 units) and dot per row; the tile's BN
+// keys (key n0 onwards) are ks and vs. Recomputes S and dP, then dQ += dS K (the scale is applied when dQ is stored).
+template <int D, int LD, int MT, int BN, bool QREG>
+__device__ __forceinline__ void dq_tile(float (*dq)[D / 8][4], const unsigned (*qf)[D / 16][4],
+                                        const unsigned (*df)[D / 16][4], const kiln_bf16* Qs, const kiln_bf16* dOs,
+                                        int qrow, const kiln_bf16* ks, const kiln_bf16* vs, const float (*lse2)[2],
+                                        const float (*dot)[2], int n0, int wrow0, int n, int causal, float sl2,
+                                        int g, int t, int lane) {
+  float p[MT][BN / 8][4], dp[MT][BN / 8][4];
+  zero<MT, BN / 8>(p);
+  zero<MT, BN / 8>(dp);
+  if constexpr (QREG) {
+    mma_abt_reg<D, LD, BN, MT>(p, qf, ks, lane);
+    mma_abt_reg<D, LD, BN, MT>(dp, df, vs, lane);
+  } else {
+    mma_abt<D, LD, BN, MT>(p, Qs, qrow, ks, lane);
+    mma_abt<D, LD, BN, MT>(dp, dOs, qrow, vs, lane);
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nb = 0; nb < BN / 8; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n0 + nb * 8 + 2 * t + (e & 1);
+        const int row = wrow0 + mt * 16 + g + (e >> 1) * 8;
+        float x = kiln_exp2(p[mt][nb][e] * sl2 - lse2[mt][e >> 1]);
+        if (col >= n || (causal && col > row)) x = 0.f;
+        dp[mt][nb][e] = x * (dp[mt][nb][e] - dot[mt][e >> 1]);  // dS
+      }
+    }
+  }
+  mma_pb<D, LD, BN, MT>(dq, dp, ks, lane);
 }
 
 // ------------------------------------------------------------------------------------------------ backward dK, dV
@@ -388,62 +512,13 @@ __device__ __forceinline__ void bwd_dkdv_tc(const kiln_bf16* __restrict__ Q, con
     const float* ds = Ds + buf * BM;
     const int m0 = it * BM;
     if (!causal || m0 + BM - 1 >= wkey0) {
-      // S^T = K_w Q^T: rows are this warp's keys, columns the BM queries.
-      float p[MT][BM / 8][4];
-      zero<MT, BM / 8>(p);
-      mma_abt<D, LD, BM, MT>(p, Ks, warp * WR, qs, lane);
-      // P^T = exp(S^T * scale - lse[query]); masked entries are exactly 0. The mask stays inline here: branching on
-      // it once a tile, as the forward does, made these kernels 3-7% slower (d32, d80).
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int nb = 0; nb < BM / 8; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int cl = nb * 8 + 2 * t + (e & 1);
-            const int col = m0 + cl;
-            const int key = wkey0 + mt * 16 + g + (e >> 1) * 8;
-            float x = kiln_exp2(p[mt][nb][e] * sl2 - ls[cl] * KILN_LOG2E);
-            if (col >= n || (causal && col < key)) x = 0.f;
-            p[mt][nb][e] = x;
-          }
-        }
-      }
-      // dV += P^T dO
-      mma_pb<D, LD, BM, MT>(dv, p, dos, lane);
-      // dP^T = V_w dO^T
-      float dp[MT][BM / 8][4];
-      zero<MT, BM / 8>(dp);
-      mma_abt<D, LD, BM, MT>(dp, Vs, warp * WR, dos, lane);
-      // dS^T = P^T * (dP^T - dot[query])
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nb = 0; nb < BM / 8; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dp[mt][nb][e] = p[mt][nb][e] * (dp[mt][nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
-      // dK += dS^T Q
-      mma_pb<D, LD, BM, MT>(dk, dp, qs, lane);
+      dkdv_tile<D, LD, MT, BM>(dk, dv, Ks, Vs, warp * WR, qs, dos, ls, ds, m0, wkey0, n, causal, sl2, g, t, lane);
     }
     __syncthreads();
   }
 
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int key = wkey0 + mt * 16 + g + r * 8;
-      if (key < n) {
-        TO* dkrow = dK + kiln_attn_slab(ldk, bh, heads) + (kiln_i64)key * ldk.sr;
-        TO* dvrow = dV + kiln_attn_slab(ldv, bh, heads) + (kiln_i64)key * ldv.sr;
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-          kiln_store_pair(dkrow + i * 8 + 2 * t, dk[mt][i][2 * r] * scale, dk[mt][i][2 * r + 1] * scale);
-          kiln_store_pair(dvrow + i * 8 + 2 * t, dv[mt][i][2 * r], dv[mt][i][2 * r + 1]);
-        }
-      }
-    }
-  }
+  store_rows<D, MT, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+  store_rows<D, MT, TO>(dV + kiln_attn_slab(ldv, bh, heads), ldv.sr, dv, 1.f, wkey0, n, g, t);
 }
 
 // ------------------------------------------------------------------------------------------------ backward dQ
@@ -524,49 +599,247 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
     const kiln_bf16* vs = Vs + (j & 1) * BN * LD;
     const int n0 = j * BN;
     if (!causal || n0 <= wrow0 + WR - 1) {
-      float p[MT][BN / 8][4], dp[MT][BN / 8][4];
-      zero<MT, BN / 8>(p);
-      zero<MT, BN / 8>(dp);
-      if constexpr (QREG) {
-        mma_abt_reg<D, LD, BN, MT>(p, qf, ks, lane);
-        mma_abt_reg<D, LD, BN, MT>(dp, df, vs, lane);
-      } else {
-        mma_abt<D, LD, BN, MT>(p, Qs, warp * WR, ks, lane);
-        mma_abt<D, LD, BN, MT>(dp, dOs, warp * WR, vs, lane);
-      }
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int nb = 0; nb < BN / 8; ++nb) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = n0 + nb * 8 + 2 * t + (e & 1);
-            const int row = wrow0 + mt * 16 + g + (e >> 1) * 8;
-            float x = kiln_exp2(p[mt][nb][e] * sl2 - lse2[mt][e >> 1]);
-            if (col >= n || (causal && col > row)) x = 0.f;
-            dp[mt][nb][e] = x * (dp[mt][nb][e] - dot[mt][e >> 1]);  // dS
-          }
-        }
-      }
-      // dQ += dS K
-      mma_pb<D, LD, BN, MT>(dq, dp, ks, lane);
+      dq_tile<D, LD, MT, BN, QREG>(dq, qf, df, Qs, dOs, warp * WR, ks, vs, lse2, dot, n0, wrow0, n, causal, sl2, g, t,
+                                   lane);
     }
     __syncthreads();
   }
 
+  store_rows<D, MT, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+}
+
+// ------------------------------------------------------------------------------------------------ whole heads
+
+// Short sequences (n <= NMAX, e.g. TinyStories' 256 rows at d32): one block owns a whole (b, h) slab, loads q, k, v
+// (and for the backward dO, lse and dot) into shared memory once, with one wait, and its warps then run every tile
+// from there with no further barrier. The tiled kernels above walk the same tiles with a load, a wait and two
+// barriers each; at n = 256 a block sees at most four key tiles, so those waits were most of its time (ncu: 0.5-0.6
+// instructions issued a cycle per scheduler) and each K/V tile was read from L2 by up to four blocks.
+// Warp w owns the 16-row tiles w and 2·WARPS−1−w, so under a causal mask every warp walks the same number of key (or
+// query) tiles: a tile near the start of the sequence sees few keys and is paired with one near the end that sees
+// many.
+
+// Rows [0, NMAX/2) of a slab's tile go in the first cp.async group and the rest in the second: under a causal mask the
+// first half of the query rows sees only the first half of the keys, so the warps start on their first tile (all in
+// the first half) while the second half is still arriving.
+template <int D, int NMAX, int NT>
+__device__ __forceinline__ void load_halves(kiln_bf16* s, const kiln_bf16* g, kiln_i64 sr, int half, int n,
+                                            int tid) {
+  constexpr int LD = D + 8, H = NMAX / 2;
+  load_tile<D, H, NT>(s + half * H * LD, g, sr, half * H, n, tid);
+}
+
+// Forward: warps own query tiles and walk the key tiles of 64 that they see. The scale is folded into the
+// exponentials (fwd_tile's FOLD), so the host runs it for positive scales only.
+template <int D, int WARPS, int NMAX, typename TO>
+__device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                         const kiln_bf16* __restrict__ V, TO* __restrict__ O,
+                                         float* __restrict__ LSE, int n, int heads, float scale, int causal,
+                                         kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
+                                         kiln_attn_layout lo) {
+  constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, BN = 64, TILES = NMAX / 16;
+  static_assert(TILES == 2 * WARPS && NMAX % (2 * BN) == 0, "a warp owns two 16-row tiles of the slab");
+  extern __shared__ __align__(16) unsigned char smem[];
+  kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
+  kiln_bf16* Ks = Qs + NMAX * LD;
+  kiln_bf16* Vs = Ks + NMAX * LD;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y;
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
+  for (int half = 0; half < 2; ++half) {
+    load_halves<D, NMAX, NT>(Qs, q, lq.sr, half, n, tid);
+    load_halves<D, NMAX, NT>(Ks, k, lk.sr, half, n, tid);
+    load_halves<D, NMAX, NT>(Vs, v, lv.sr, half, n, tid);
+    kiln_cp_async_commit();
+  }
+  const float sl2 = scale * KILN_LOG2E;
+  for (int half = 0; half < 2; ++half) {
+    // Tile w (the first half of the rows) needs only the first half of the keys when causal.
+    if (half == 0 && causal) {
+      kiln_cp_async_wait<1>();
+    } else {
+      kiln_cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int wrow0 = (half == 0 ? warp : TILES - 1 - warp) * 16;
+    if (wrow0 >= n) continue;
+    unsigned qf[1][KS][4];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = wrow0 + mt * 16 + g + r * 8;
-      if (row < n) {
-        TO* dqrow = dQ + kiln_attn_slab(ldq, bh, heads) + (kiln_i64)row * ldq.sr;
+    for (int kk = 0; kk < KS; ++kk) lds_a<LD>(qf[0][kk], Qs, wrow0, kk * 16, lane);
+    float o[1][D / 8][4];
+    zero<1, D / 8>(o);
+    float mrow[1][2] = {{-KILN_INF, -KILN_INF}}, lrow[1][2] = {{0.f, 0.f}};
+    int nkb = (n + BN - 1) / BN;
+    if (causal) nkb = kiln_min(nkb, (wrow0 + 16 + BN - 1) / BN);
+    for (int j = 0; j < nkb; ++j)
+      fwd_tile<D, LD, 1, BN, true, true>(o, mrow, lrow, qf, Qs, wrow0, Ks + j * BN * LD, Vs + j * BN * LD, j * BN,
+                                         wrow0, n, causal, sl2, g, t, lane);
+    fwd_store<D, 1, TO>(o, lrow, mrow, O + kiln_attn_slab(lo, bh, heads), lo.sr, LSE + (kiln_i64)bh * n, wrow0, n,
+                        g, t, sl2);
+  }
+}
+
+// The forward's output rows of one warp's 16-row tile (from wrow0), for dot = rowsum(dO ∘ O): two lanes a row, D/2
+// columns a lane, read from global memory in 16-byte pieces before the shared tiles arrive so the loads overlap.
+template <int D, typename TI>
+struct OutHalfRows {
+  static constexpr int C = D / 2 * (int)sizeof(TI) / 16;
+  uint4 v[C];
+};
+
+template <int D, typename TI>
+__device__ __forceinline__ void load_out_rows(OutHalfRows<D, TI>& r, const TI* o, kiln_i64 sr, int wrow0, int n,
+                                              int lane) {
+  const int row = wrow0 + (lane >> 1);
+  const TI* p = o + (kiln_i64)row * sr + (lane & 1) * (D / 2);
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i)
-          kiln_store_pair(dqrow + i * 8 + 2 * t, dq[mt][i][2 * r] * scale, dq[mt][i][2 * r + 1] * scale);
-      }
+  for (int c = 0; c < OutHalfRows<D, TI>::C; ++c)
+    r.v[c] = row < n ? *reinterpret_cast<const uint4*>(p + c * 16 / (int)sizeof(TI)) : make_uint4(0, 0, 0, 0);
+}
+
+__device__ __forceinline__ float kiln_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float kiln_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+
+// dot[row] = sum_c dO[row, c] · O[row, c] for the tile of r (its rows' dO from the smem tile dOs), into Ds[row]; the
+// same lane turns Ls[row] into log2 units for the exponentials. Rows past n have zero O (and zero-filled dO and lse)
+// and are never stored.
+template <int D, int LD, typename TI>
+__device__ __forceinline__ void tile_dot(float* Ds, float* Ls, const OutHalfRows<D, TI>& r, const kiln_bf16* dOs,
+                                         int wrow0, int lane) {
+  const int row = wrow0 + (lane >> 1);
+  const kiln_bf16* gs = dOs + row * LD + (lane & 1) * (D / 2);
+  float s = 0.f;
+#pragma unroll
+  for (int c = 0; c < OutHalfRows<D, TI>::C; ++c) {
+    const unsigned* x = reinterpret_cast<const unsigned*>(&r.v[c]);
+    if constexpr (sizeof(TI) == 2) {
+      const uint4 y4 = *reinterpret_cast<const uint4*>(gs + c * 8);
+      const unsigned* y = reinterpret_cast<const unsigned*>(&y4);
+#pragma unroll
+      for (int w = 0; w < 4; ++w) s += kiln_bf16_lo(x[w]) * kiln_bf16_lo(y[w]) + kiln_bf16_hi(x[w]) * kiln_bf16_hi(y[w]);
+    } else {
+      const uint2 y2 = *reinterpret_cast<const uint2*>(gs + c * 4);
+      s += __uint_as_float(x[0]) * kiln_bf16_lo(y2.x) + __uint_as_float(x[1]) * kiln_bf16_hi(y2.x)
+           + __uint_as_float(x[2]) * kiln_bf16_lo(y2.y) + __uint_as_float(x[3]) * kiln_bf16_hi(y2.y);
     }
   }
+  s += __shfl_xor_sync(0xffffffffu, s, 1);
+  if ((lane & 1) == 0) {
+    Ds[row] = s;
+    Ls[row] *= KILN_LOG2E;
+  }
+}
+
+// Backward: also computes dot = rowsum(dO ∘ O) itself (from the forward's output O, of type TI), so the separate row-sum
+// kernel and its round trip through global memory are gone. dQ of each warp's first query tile runs first (under a
+// causal mask it needs only the first half of the slab), then dK and dV (warps own key tiles and walk the query
+// tiles of BT that see them), then dQ of the second query tile. Each result row is written by one warp, so no
+// atomics, and the arithmetic is the tiled kernels' own (dkdv_tile, dq_tile).
+template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI>
+__device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                         const kiln_bf16* __restrict__ V, const TI* __restrict__ O,
+                                         const kiln_bf16* __restrict__ dO, const float* __restrict__ LSE,
+                                         TO* __restrict__ dQ, TO* __restrict__ dK, TO* __restrict__ dV, int n,
+                                         int heads, float scale, int causal, kiln_attn_layout lq,
+                                         kiln_attn_layout lk, kiln_attn_layout lv, kiln_attn_layout lo,
+                                         kiln_attn_layout ldo, kiln_attn_layout ldq, kiln_attn_layout ldk,
+                                         kiln_attn_layout ldv) {
+  constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16;
+  static_assert(TILES == 2 * WARPS && NMAX % (2 * BT) == 0, "a warp owns two 16-row tiles of the slab");
+  extern __shared__ __align__(16) unsigned char smem[];
+  kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
+  kiln_bf16* Ks = Qs + NMAX * LD;
+  kiln_bf16* Vs = Ks + NMAX * LD;
+  kiln_bf16* dOs = Vs + NMAX * LD;
+  float* Ls = (float*)(dOs + NMAX * LD);  // [NMAX]
+  float* Ds = Ls + NMAX;                  // [NMAX]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
+  const kiln_bf16* dout = dO + kiln_attn_slab(ldo, bh, heads);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    load_halves<D, NMAX, NT>(Qs, q, lq.sr, half, n, tid);
+    load_halves<D, NMAX, NT>(Ks, k, lk.sr, half, n, tid);
+    load_halves<D, NMAX, NT>(Vs, v, lv.sr, half, n, tid);
+    load_halves<D, NMAX, NT>(dOs, dout, ldo.sr, half, n, tid);
+    kiln_load_vec<NMAX / 2, NT>(Ls + half * (NMAX / 2), LSE + vbase, half * (NMAX / 2), n, tid);
+    kiln_cp_async_commit();
+  }
+  // The warp's two tiles, of queries and of keys (the second one's index is not a local array's: that lives in memory).
+  const int first = warp * 16, second = (TILES - 1 - warp) * 16;
+  // The first tile's output rows are read while the shared tiles arrive; the second tile's after its dQ, so they hold
+  // no registers through it.
+  OutHalfRows<D, TI> orows;
+  const TI* out = O + kiln_attn_slab(lo, bh, heads);
+  load_out_rows<D, TI>(orows, out, lo.sr, first, n, lane);
+  const float sl2 = scale * KILN_LOG2E;
+  const int qtiles = (n + BT - 1) / BT;
+
+  // dQ of query rows [wrow0, wrow0 + 16): recomputes S and dP over the key tiles of BT they see.
+  auto dq_rows = [&](int wrow0) {
+    if (wrow0 >= n) return;
+    unsigned qf[1][KS][4], df[1][KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      lds_a<LD>(qf[0][kk], Qs, wrow0, kk * 16, lane);
+      lds_a<LD>(df[0][kk], dOs, wrow0, kk * 16, lane);
+    }
+    float lse2[1][2], dot[1][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      lse2[0][r] = Ls[wrow0 + g + r * 8];  // log2 units (tile_dot); rows past n are zero and never stored
+      dot[0][r] = Ds[wrow0 + g + r * 8];
+    }
+    float dq[1][D / 8][4];
+    zero<1, D / 8>(dq);
+    int nkb = qtiles;
+    if (causal) nkb = kiln_min(nkb, (wrow0 + 16 + BT - 1) / BT);
+    for (int j = 0; j < nkb; ++j)
+      dq_tile<D, LD, 1, BT, true>(dq, qf, df, Qs, dOs, wrow0, Ks + j * BT * LD, Vs + j * BT * LD, lse2, dot, j * BT,
+                                  wrow0, n, causal, sl2, g, t, lane);
+    store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+  };
+
+  // The first half of the slab: this warp's first tile's dot (its own rows, so no barrier before it is read by this
+  // warp), and under a causal mask that tile's dQ.
+  if (causal) {
+    kiln_cp_async_wait<1>();
+  } else {
+    kiln_cp_async_wait<0>();
+  }
+  __syncthreads();
+  tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, first, lane);
+  __syncwarp();
+  if (causal) dq_rows(first);
+  load_out_rows<D, TI>(orows, out, lo.sr, second, n, lane);
+  kiln_cp_async_wait<0>();
+  __syncthreads();
+  tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, second, lane);
+  __syncthreads();  // dK/dV read every query row's dot and lse
+  if (!causal) dq_rows(first);
+
+  for (int half = 0; half < 2; ++half) {
+    const int wkey0 = half == 0 ? first : second;
+    if (wkey0 >= n) continue;
+    float dk[1][D / 8][4], dv[1][D / 8][4];
+    zero<1, D / 8>(dk);
+    zero<1, D / 8>(dv);
+    for (int it = causal ? wkey0 / BT : 0; it < qtiles; ++it) {
+      const int m0 = it * BT;
+      dkdv_tile<D, LD, 1, BT, true>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0, wkey0,
+                                    n, causal, sl2, g, t, lane);
+    }
+    store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+    store_rows<D, 1, TO>(dV + kiln_attn_slab(ldv, bh, heads), ldv.sr, dv, 1.f, wkey0, n, g, t);
+  }
+  dq_rows(second);
 }
 
 // ------------------------------------------------------------------------------------------------ SIMT path
@@ -810,6 +1083,37 @@ KILN_BWD(d80_w4, 80, 4, 1, 64, (128))
 KILN_BWD(d80_w4r32, 80, 4, 2, 32, (128))
 KILN_BWD(d128_w4, 128, 4, 1, 32, (128))
 KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
+
+// Whole-head variants, _w<warps>h<rows>[mb<min blocks>]: one block a (b, h) slab of at most <rows> rows (the host
+// runs the head dim's portable variant for longer sequences). The backward kernel writes dq, dk and dv, and reads the
+// forward's output o (_i<type>) for its row sums.
+#define KILN_FWD_HEAD_T(NAME, D, W, NMAX, BOUNDS, TO)                                                         \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
+      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    fwd_head<D, W, NMAX, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                        \
+  }
+#define KILN_BWD_HEAD_T(NAME, D, W, NMAX, BT, BOUNDS, TO, TI)                                                     \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
+      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
+      KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv) {                       \
+    bwd_head<D, W, NMAX, BT, TO, TI>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk, lv,    \
+                                     lo, ldo, ldq, ldk, ldv);                                                  \
+  }
+#define KILN_FWD_HEAD(SUFFIX, D, W, NMAX, BOUNDS)                                         \
+  KILN_FWD_HEAD_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \
+  KILN_FWD_HEAD_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, W, NMAX, BOUNDS, float)
+#define KILN_BWD_HEAD(SUFFIX, D, W, NMAX, BT, BOUNDS)                                                    \
+  KILN_BWD_HEAD_T(kiln_attn_bwd_head_bf16_##SUFFIX##_obf16_ibf16, D, W, NMAX, BT, BOUNDS, kiln_bf16, kiln_bf16) \
+  KILN_BWD_HEAD_T(kiln_attn_bwd_head_bf16_##SUFFIX##_obf16_if32, D, W, NMAX, BT, BOUNDS, kiln_bf16, float)     \
+  KILN_BWD_HEAD_T(kiln_attn_bwd_head_bf16_##SUFFIX##_of32_ibf16, D, W, NMAX, BT, BOUNDS, float, kiln_bf16)     \
+  KILN_BWD_HEAD_T(kiln_attn_bwd_head_bf16_##SUFFIX##_of32_if32, D, W, NMAX, BT, BOUNDS, float, float)
+KILN_FWD_HEAD(d32_w8h256, 32, 8, 256, (256, 2))
+KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
+// The backward's tiles of the other pass are 32 rows: at 64, 128 registers held the score tiles only with spills
+// (44-52 bytes; 199-211 against 188 us a layer at TinyStories' shape, ncu).
+KILN_BWD_HEAD(d32_w8h256, 32, 8, 256, 32, (256, 2))
 
 #define KILN_SIMT(SUFFIX, T)                                                                                   \
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \
