@@ -60,8 +60,9 @@ public final class FusedKernel {
   }
 
   /**
-   * Makes this kernel launch {@code twin}'s function: for a kernel of the backward's adding form whose generated code
-   * equals a plain-form kernel's but for value numbering, so that the code is emitted once.
+   * Makes this kernel launch {@code twin}'s function: for a kernel whose generated code equals one already emitted
+   * but for value numbering (another branch arm's, or the plain form's for the backward's adding form), so that the
+   * code is emitted once.
    */
   public void launchAs(FusedKernel twin) {
     name = twin.name;

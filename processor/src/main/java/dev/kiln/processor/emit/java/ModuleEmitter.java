@@ -78,25 +78,29 @@ public final class ModuleEmitter {
     this.kernels = ClassName.get(compiled.packageName(), compiled.simpleName() + "Kernels");
     this.cudaResource = "META-INF/kiln/cuda/" + module.type() + ".cu";
     for (Lowering.Result r : graphs) {
-      allKernels.addAll(r.forwardKernels);
-      allKernels.addAll(r.backwardKernels);
+      r.forwardKernels.forEach(this::emitOnce);
+      r.backwardKernels.forEach(this::emitOnce);
     }
     if (adding != null) {
-      for (FusedKernel k : adding.backwardKernels) {
-        FusedKernel twin = twinOf(k, allKernels);
-        if (twin != null) {
-          k.launchAs(twin);
-        } else {
-          allKernels.add(k);
-        }
-      }
+      adding.backwardKernels.forEach(this::emitOnce);
+    }
+  }
+
+  /** Adds {@code k} to the kernels to emit, or makes it launch an equal kernel already there ({@link #twinOf}). */
+  private void emitOnce(FusedKernel k) {
+    FusedKernel twin = twinOf(k, allKernels);
+    if (twin != null) {
+      k.launchAs(twin);
+    } else {
+      allKernels.add(k);
     }
   }
 
   /**
    * The kernel of {@code among} whose generated code (CUDA and Java) and launch description equal {@code k}'s, but for
-   * its name and value numbers, or null: the adding form's backward shares the plain form's kernels before the add
-   * (a norm's per-row factor), which would otherwise be emitted twice.
+   * its name and value numbers, or null. The two arms of a branch can lower to the same kernel (a norm's per-row
+   * factor before its RMS and its LayerNorm arms), and the adding form's backward shares the plain form's kernels
+   * before the add: each would otherwise be emitted twice.
    */
   private static FusedKernel twinOf(FusedKernel k, List<FusedKernel> among) {
     String code = canonical(k);
