@@ -103,8 +103,7 @@ public final class FlashAttention {
      * Forward: warpgroup MMA with the softmax overlapped (wgp) at d64 and d128 (16k, thirteenth session: d64 3.22 ms
      * with w12wgpk128, 3.58 with w4wgp, 4.76 at 32 rows a warp on mma.sync; d128 2.60 against w8wgp's 2.83); 32 rows
      * a warp at d80; at d32 one block a whole head (w8h256mb3) up to 256 rows, TinyStories' context (ncu, one layer:
-     * 75 us against w4mb4's 97; longer sequences take PORTABLE's w4mb4, as w8wgp is faster alone at 16k but trained
-     * TinyStories no faster). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4
+     * 75 us against w4mb4's 97; longer sequences take BEYOND_WHOLE_HEAD's w8wgp). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4
      * with w8wg; d128 10.3 against 11.6 with w4wg); at d32 the whole-head kernel (188 us a layer against 307 for the
      * row sums, dK/dV and dQ kernels of w4mb3); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at
      * n = 512, and training runs short sequences.
@@ -129,6 +128,17 @@ public final class FlashAttention {
     public static final Tuning PORTABLE = new Tuning(
         Map.of(32, "w4mb4", 64, "w4r32", 80, "w4r32", 128, "w4r32"),
         Map.of(32, "w4mb3", 64, "w4mb3", 80, "w4", 128, "w4"));
+
+    /**
+     * What a whole-head variant ({@link #wholeHeadRows}) hands the sequences it cannot take (longer than its rows, or a
+     * scale it cannot fold): the head dim's fastest tiled variants on an H200 (CudaBenchmark, fifteenth session, d32
+     * at n = 512 / 2048 / 16k: forward w8wgp 0.237 / 0.651 / 4.47 ms against w4mb4's 0.279 / 0.882 / 6.45;
+     * forward+backward with w8wgk128 1.04 / 2.88 / 19.9 against w4mb3's 1.09 / 3.45 / 25.3). Off Hopper, or where a
+     * {@code wg} kernel's assumption fails, {@link #PORTABLE}'s choice runs instead, as for any {@code wg} choice.
+     */
+    public static final Tuning BEYOND_WHOLE_HEAD = new Tuning(
+        Map.of(32, "w8wgp", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
+        Map.of(32, "w8wgk128", 64, "w8wgk128", 80, "w4", 128, "w8wg"));
 
     /** The environment variable {@link #configured} reads. */
     public static final String ENVIRONMENT = "KILN_ATTENTION_TUNING";
@@ -250,7 +260,7 @@ public final class FlashAttention {
     /**
      * The most rows of a whole-head variant ({@code w<warps>h<rows>}: one block a (batch, head) slab, q, k and v
      * loaded into shared memory once; the KILN_FWD_HEAD and KILN_BWD_HEAD lines), or 0 for a tiled one. Longer
-     * sequences run the head dim's {@link #PORTABLE} variant instead.
+     * sequences run the head dim's {@link #BEYOND_WHOLE_HEAD} variant instead.
      */
     static int wholeHeadRows(String variant) {
       java.util.regex.Matcher m = WHOLE_HEAD.matcher(variant);
@@ -384,15 +394,16 @@ public final class FlashAttention {
     if (g.tensorCores) {
       int d = (int) g.d;
       String variant = tuning.forward(d, g.n);
-      // The wgmma forward folds the scale into its exponentials after taking the maximum of the raw scores, which
-      // only a positive scale allows.
-      if (Tuning.hopperOnly(variant) && (!device.kernels().hopper() || !(scale > 0))) {
-        variant = Tuning.PORTABLE.forward(d);
-      }
       int rows = Tuning.wholeHeadRows(variant);
-      // A whole-head kernel holds at most `rows` rows of q, k and v, and folds the scale into its exponentials after
-      // taking the maximum of the raw scores, which only a positive scale allows.
-      if (rows > 0 && (g.n > rows || !(scale > 0))) {
+      // A whole-head kernel holds at most `rows` rows of q, k and v.
+      if (rows > 0 && g.n > rows) {
+        variant = Tuning.BEYOND_WHOLE_HEAD.forward(d);
+        rows = 0;
+      }
+      // The wgmma and whole-head forwards fold the scale into their exponentials after taking the maximum of the raw
+      // scores, which only a positive scale allows.
+      if ((Tuning.hopperOnly(variant) && !device.kernels().hopper()) || ((rows > 0 || Tuning.hopperOnly(variant))
+          && !(scale > 0))) {
         variant = Tuning.PORTABLE.forward(d);
         rows = 0;
       }
@@ -467,7 +478,7 @@ public final class FlashAttention {
     int rows = chosen == null ? 0 : Tuning.wholeHeadRows(chosen);
     // A whole-head kernel holds at most `rows` rows and reads `out` in 16-byte pieces for its row sums.
     if (rows > 0 && (g.n > rows || out.address() % 16 != 0 || !lo.stridesMultipleOf(16 / out.dtype().byteSize()))) {
-      chosen = Tuning.PORTABLE.backward(d);
+      chosen = Tuning.BEYOND_WHOLE_HEAD.backward(d);
       rows = 0;
     }
     if (chosen != null && Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {

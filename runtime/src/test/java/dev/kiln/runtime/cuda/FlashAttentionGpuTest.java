@@ -255,7 +255,7 @@ class FlashAttentionGpuTest {
   void wholeHeadKernelsCoverShortSequencesAndLongerOnesFallBack() {
     // One block a (batch, head) slab of at most 256 rows: the full slab, a ragged one (rows past n zero-filled and
     // never stored), a single tile, both masks, head-split views and fp32 results as a Transformer trains with them.
-    // Past 256 rows the same tuning must run the portable kernels (n = 300) and still be right.
+    // Past 256 rows the same tuning must run BEYOND_WHOLE_HEAD's tiled kernels (n = 300) and still be right.
     for (String fwd : new String[] {"w8h256", "w8h256mb3"}) {
       for (String bwd : new String[] {"w8h256", "w4mb3"}) {
         FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(32, fwd).withBackward(32, bwd);

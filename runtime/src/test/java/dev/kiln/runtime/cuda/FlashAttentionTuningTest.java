@@ -162,6 +162,11 @@ class FlashAttentionTuningTest {
       // It also replaces a whole-head choice on sequences longer than the variant holds.
       m.forEach((d, v) -> assertEquals(0, FlashAttention.Tuning.wholeHeadRows(v), "PORTABLE d" + d + " names " + v));
     }
+    // What a whole-head choice hands longer sequences to must itself be a tiled kernel.
+    for (Map<Integer, String> m : List.of(FlashAttention.Tuning.BEYOND_WHOLE_HEAD.forward(),
+        FlashAttention.Tuning.BEYOND_WHOLE_HEAD.backward())) {
+      m.forEach((d, v) -> assertEquals(0, FlashAttention.Tuning.wholeHeadRows(v), "BEYOND_WHOLE_HEAD d" + d + " " + v));
+    }
     assertEquals(256, FlashAttention.Tuning.wholeHeadRows("w8h256mb3"));
     assertEquals(0, FlashAttention.Tuning.wholeHeadRows("w12wgpk128"));
     assertTrue(FlashAttention.Tuning.hopperOnly("w8wgpk128") && !FlashAttention.Tuning.hopperOnly("w4r32k32"));
