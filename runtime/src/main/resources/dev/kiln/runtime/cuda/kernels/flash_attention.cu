@@ -1168,8 +1168,8 @@ __device__ __forceinline__ void bwd_dot_vec(const kiln_bf16* O, const kiln_bf16*
     float t = 0.f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-      t += __uint_as_float(x[w] << 16) * __uint_as_float(y[w] << 16);
-      t += __uint_as_float(x[w] & 0xffff0000u) * __uint_as_float(y[w] & 0xffff0000u);
+      t += kiln_bf16_lo(x[w]) * kiln_bf16_lo(y[w]);
+      t += kiln_bf16_hi(x[w]) * kiln_bf16_hi(y[w]);
     }
 #pragma unroll
     for (int off = L / 2; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
