@@ -93,6 +93,22 @@ public final class CudaModelDevice implements Device {
    * row again. Dropped with {@link #castCache}: when a scope closes, or the logits' memory is written.
    */
   private final Map<CastKey, CudaArray> lseCache = new java.util.HashMap<>();
+  /**
+   * The loss gradient that the last backward of logits of a shape took, where it was one known value for every row
+   * (the seed 1 times the mean's 1/n in a training step) and its result went to the LM head's GEMMs alone, in bf16:
+   * the cross-entropy forward of such logits then writes that gradient ahead ({@link #xentAhead}). Learned by the
+   * backward, forgotten when a forward's gradient goes unused (an evaluation pass) and learned again.
+   */
+  private final Map<List<Object>, Float> xentGradPlans = new java.util.HashMap<>();
+
+  /** A logits gradient its forward wrote ahead: for the targets it was computed for and the loss gradient g. */
+  private record AheadGrad(CastKey targets, float g, CudaArray grad16, List<Object> plan) {}
+
+  /**
+   * Gradients the cross-entropy forward wrote ahead in the open scope, by logits, for the backward of the same
+   * logits and targets under the same loss gradient. Dropped like {@link #lseCache}.
+   */
+  private final Map<CastKey, AheadGrad> xentAhead = new java.util.HashMap<>();
 
   /**
    * True when {@code a} and {@code b} have one shape and one set of strides and cover a gapless range of memory (a
@@ -150,12 +166,14 @@ public final class CudaModelDevice implements Device {
   private final Map<Object, List<DenseCast>> denseCasts = new IdentityHashMap<>();
 
   /**
-   * Arrays known to hold only zeros ({@link #zeros}, {@code full(0)} and views of them), so that adding one is no
-   * work: a gradient that one branch of the model leaves at zero (the z-loss's, when it is off) would otherwise cost
-   * a pass over the logits. Only arrays made inside a scope count; entries go when their memory is written or their
+   * Arrays known to hold one value in every element ({@link #zeros}, {@link #full}, views of them and products of
+   * them; {@link #knownValue}), by identity. Adding a known zero is no work: a gradient that one branch of the model
+   * leaves at zero (the z-loss's, when it is off) would otherwise cost a pass over the logits. A known loss gradient
+   * (the seed times the mean's 1/n) lets the cross-entropy's forward write the logits' gradient ahead
+   * ({@link #xentGradPlans}). Only arrays made inside a scope count; entries go when their memory is written or their
    * scope closes.
    */
-  private final java.util.Set<CudaArray> knownZero = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+  private final Map<CudaArray, Double> knownValues = new IdentityHashMap<>();
 
   /** bf16 copies attention made in forward, by the {@code out} tensor they belong to, for its backward. */
   private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
@@ -269,6 +287,11 @@ public final class CudaModelDevice implements Device {
       castCache.clear();
       castsByBuffer.clear();
       lseCache.clear();
+      if (!xentAhead.isEmpty()) {
+        // A gradient written ahead and never taken: the pass was not followed by its backward (an evaluation).
+        xentAhead.values().forEach(a -> xentGradPlans.remove(a.plan()));
+        xentAhead.clear();
+      }
       denseCasts.clear();
       if (!attentionBf16.isEmpty()) {
         // Keyed by the attention output, which may be a view (laid out like v) of an array this scope owns.
@@ -276,10 +299,10 @@ public final class CudaModelDevice implements Device {
         owned.forEach(a -> buffers.add(a.bufferIdentity()));
         attentionBf16.keySet().removeIf(k -> buffers.contains(k.bufferIdentity()));
       }
-      if (!knownZero.isEmpty()) {
+      if (!knownValues.isEmpty()) {
         java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
         owned.forEach(a -> buffers.add(a.bufferIdentity()));
-        knownZero.removeIf(z -> buffers.contains(z.bufferIdentity()));
+        knownValues.keySet().removeIf(z -> buffers.contains(z.bufferIdentity()));
       }
       List<CudaArray> out = new ArrayList<>(owned);
       owned.clear();
@@ -809,20 +832,44 @@ public final class CudaModelDevice implements Device {
     // A step's own value: filled when first used, so one nobody reads costs no launch (the zero gradients of
     // parameters a config leaves unused: 28 fills a TinyStories step). Stream order keeps the fill before its reader.
     CudaArray a = t.arrayUnfilled();
-    // Not through fill(): its bookkeeping would forget that the array is a known zero.
+    // Not through fill(): its bookkeeping would forget the array's known value.
     t.deferFill(() -> launchFill(a, value));
-    if (value == 0) {
-      // Only a step's own values: a zero made outside every scope may be a parameter (a bias), which the optimizer
-      // rewrites in place.
-      knownZero.add(a);
+    // Only a step's own values: a zero made outside every scope may be a parameter (a bias), which the optimizer
+    // rewrites in place. The value as the array holds it: fp32's rounding of a double, for instance.
+    Double stored = storedValue(dtype, value);
+    if (stored != null) {
+      knownValues.put(a, stored);
     }
     return t;
   }
 
-  /** A view of {@code from}'s memory, known to be zero when {@code from} is. */
+  /**
+   * {@code value} as {@link #launchFill} stores it in an array of {@code dtype}: exact in f64, rounded to nearest in
+   * f32; in other dtypes only zero is tracked (it is zero in every one).
+   */
+  private static Double storedValue(DType dtype, double value) {
+    return switch (dtype) {
+      case F64 -> value;
+      case F32 -> (double) (float) value;
+      default -> value == 0 ? 0.0 : null;
+    };
+  }
+
+  /** The one value every element of {@code a} holds, where the open scope knows it ({@link #knownValues}), else null. */
+  private Double knownValue(CudaArray a) {
+    return knownValues.get(a);
+  }
+
+  private boolean isKnownZero(CudaArray a) {
+    Double v = knownValues.get(a);
+    return v != null && v == 0;
+  }
+
+  /** A view of {@code from}'s memory, known to hold {@code from}'s one value where that is known. */
   private CudaArray viewOf(CudaArray from, CudaArray view) {
-    if (knownZero.contains(from)) {
-      knownZero.add(view);
+    Double v = knownValues.get(from);
+    if (v != null) {
+      knownValues.put(view, v);
     }
     return view;
   }
@@ -977,8 +1024,9 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor expand(Tensor x, long... shape) {
     CudaTensor t = ct(x, "expand", "x");
-    return new CudaTensor(viewOf(t.array(), t.array().expand(shape)), t.bf16Twin() == null ? null
-        : t.bf16Twin().expand(shape));
+    CudaArray a = t.arrayUnfilled();
+    return t.viewDeferring(new CudaTensor(viewOf(a, a.expand(shape)), t.bf16Twin() == null ? null
+        : t.bf16Twin().expand(shape)));
   }
 
   @Override
@@ -1126,11 +1174,15 @@ public final class CudaModelDevice implements Device {
 
   /** Forgets the casts of memory that {@code a} is about to change. */
   private void written(CudaArray a) {
-    if (!knownZero.isEmpty()) {
-      knownZero.removeIf(z -> z.sharesBufferWith(a));
+    if (!knownValues.isEmpty()) {
+      knownValues.keySet().removeIf(z -> z.sharesBufferWith(a));
     }
     if (!lseCache.isEmpty()) {
       lseCache.keySet().removeIf(k -> k.buffer() == a.bufferIdentity());
+    }
+    if (!xentAhead.isEmpty()) {
+      xentAhead.entrySet().removeIf(e -> e.getKey().buffer() == a.bufferIdentity()
+          || e.getValue().targets().buffer() == a.bufferIdentity());
     }
     if (!castsByBuffer.isEmpty()) {
       List<CastKey> keys = castsByBuffer.remove(a.bufferIdentity());
@@ -1210,11 +1262,23 @@ public final class CudaModelDevice implements Device {
    */
   @Override
   public Tensor binary(Binary op, Tensor a, Tensor b, boolean bf16Result) {
+    CudaArray ux = ct(a, "binary " + op, "a").arrayUnfilled();
+    CudaArray uy = ct(b, "binary " + op, "b").arrayUnfilled();
+    Double vx = knownValue(ux);
+    Double vy = knownValue(uy);
+    if (op == Binary.MUL && vx != null && vy != null && ux.dtype() == uy.dtype()
+        && (ux.dtype() == DType.F32 || ux.dtype() == DType.F64)) {
+      // A product of two known values (the loss's seed times the mean's 1/n) is a known value, filled when first
+      // read, if ever (the operands' own fills are not run). The host's product is the kernel's: one IEEE multiply
+      // in the dtype, rounded to nearest.
+      double product = ux.dtype() == DType.F32 ? (double) ((float) (double) vx * (float) (double) vy) : vx * vy;
+      return full(ux.dtype(), product, NdArray.broadcastShapes(ux.shape(), uy.shape()));
+    }
     CudaArray x = operandOrBf16Result(a, "binary " + op, "a");
     CudaArray y = operandOrBf16Result(b, "binary " + op, "b");
-    if (bf16Result && op == Binary.ADD && (knownZero.contains(x) && y.dtype() == DType.BF16
-        || knownZero.contains(y) && x.dtype() == DType.BF16)) {
-      CudaArray other = knownZero.contains(x) ? y : x;
+    if (bf16Result && op == Binary.ADD && (isKnownZero(x) && y.dtype() == DType.BF16
+        || isKnownZero(y) && x.dtype() == DType.BF16)) {
+      CudaArray other = isKnownZero(x) ? y : x;
       if (Arrays.equals(other.shape(), NdArray.broadcastShapes(x.shape(), y.shape()))) {
         return wrap(other);
       }
@@ -1224,9 +1288,9 @@ public final class CudaModelDevice implements Device {
     }
     sameFloat("binary " + op, x, y);
     long[] shape = NdArray.broadcastShapes(x.shape(), y.shape());
-    if (op == Binary.ADD && (knownZero.contains(x) || knownZero.contains(y))) {
+    if (op == Binary.ADD && (isKnownZero(x) || isKnownZero(y))) {
       // x + 0 is x: the result is the other operand itself (tensors are values; nothing writes into an operand).
-      CudaArray other = knownZero.contains(x) ? y : x;
+      CudaArray other = isKnownZero(x) ? y : x;
       if (Arrays.equals(other.shape(), shape)) {
         return wrap(other);
       }
@@ -1710,18 +1774,36 @@ public final class CudaModelDevice implements Device {
   /**
    * One block per row: the log-sum-exp (rows of up to 16,384 entries held in registers, longer ones swept online),
    * then the loss of the target. Inside a scope, rows that {@code kiln_xent_cached4} takes also leave their
-   * log-sum-exp for the backward of the same logits ({@link #lseCache}).
+   * log-sum-exp for the backward of the same logits ({@link #lseCache}), and where the backward of such logits took
+   * one known loss gradient before ({@link #xentGradPlans}), the gradient itself ({@link #xentAhead}).
    */
   @Override
   public Tensor crossEntropy(Tensor logits, Tensor targets) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
     CudaArray out = newArray(computeDtype(xt[0]), xt[1].shape());
     CudaArray lse = !scopes.isEmpty() && vectorXent(xt[0]) ? newArray(DType.F32, xt[1].shape()) : null;
-    crossEntropyLaunch(xt[0], xt[1], null, out, null, lse);
+    Float g = lse != null && bf16GradientOnly(xt[0]) ? xentGradPlans.get(xentPlanKey(xt[0])) : null;
+    // The gradient written ahead, in the same pass over the logits (the row is in registers for the loss already):
+    // the backward then reads nothing (TinyStories: 0.66 GB read and one launch less a step).
+    CudaArray ahead = g != null ? newArray(DType.BF16, xt[0].shape()) : null;
+    crossEntropyLaunch(xt[0], xt[1], null, out, ahead, lse, g != null ? g : 0f);
     if (lse != null) {
       lseCache.put(CastKey.of(xt[0]), lse);
     }
+    if (ahead != null) {
+      xentAhead.put(CastKey.of(xt[0]), new AheadGrad(CastKey.of(xt[1]), g, ahead, xentPlanKey(xt[0])));
+    }
     return wrap(out);
+  }
+
+  /** Whether the backward of logits {@code x} may return its gradient in bf16 alone (given bf16Result). */
+  private boolean bf16GradientOnly(CudaArray x) {
+    return precision == Precision.BF16 && !scopes.isEmpty() && vectorXent(x) && gemmResultsInBf16
+        && computeDtype(x) == DType.F32;
+  }
+
+  private static List<Object> xentPlanKey(CudaArray logits) {
+    return List.of(logits.dtype(), Arrays.stream(logits.shape()).boxed().toList());
   }
 
   /**
@@ -1742,20 +1824,32 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss, boolean bf16Result) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropyBackward");
-    CudaArray g = floating(dLoss, "crossEntropyBackward", "dLoss");
-    if (g.dtype() != computeDtype(xt[0])) {
+    CudaArray gu = ct(dLoss, "crossEntropyBackward", "dLoss").arrayUnfilled(); // a known value is not filled here
+    if (gu.dtype() != DType.F32 && gu.dtype() != DType.F64 || gu.dtype() != computeDtype(xt[0])) {
       throw new IllegalArgumentException("cuda device, crossEntropyBackward: operands mix " + xt[0].dtype() + " and "
-          + g.dtype());
+          + gu.dtype() + " (dLoss must be " + computeDtype(xt[0]) + ")");
     }
+    boolean bf16Only = bf16Result && bf16GradientOnly(xt[0]) && gu.dtype() == DType.F32;
+    Double uniform = bf16Only && Arrays.equals(gu.shape(), xt[1].shape()) ? knownValue(gu) : null;
+    if (uniform != null) {
+      // One value for every row: the next forward of such logits writes the gradient ahead for it.
+      float gv = (float) (double) uniform;
+      xentGradPlans.put(xentPlanKey(xt[0]), gv);
+      // Taken or not, the entry is settled here: one left at the scope's end means a pass without its backward.
+      AheadGrad ahead = xentAhead.remove(CastKey.of(xt[0]));
+      if (ahead != null && ahead.g() == gv && ahead.targets().equals(CastKey.of(xt[1]))) {
+        return wrap(ahead.grad16());
+      }
+    }
+    CudaArray g = floating(dLoss, "crossEntropyBackward", "dLoss");
     CudaArray dense = newArray(g.dtype(), xt[1].shape());
     copyArray(g, dense); // the loss's gradient is often a broadcast scalar (the mean's 1/n)
     // In mixed precision the gradient is read next by the head's two GEMMs, which would cast it to bf16: the kernel
     // writes that copy too, from registers, which saves reading the fp32 gradient again; or only that copy.
     CudaArray out16 = precision == Precision.BF16 && !scopes.isEmpty() && vectorXent(xt[0])
         ? newArray(DType.BF16, xt[0].shape()) : null;
-    boolean bf16Only = out16 != null && bf16Result && gemmResultsInBf16 && g.dtype() == DType.F32;
     CudaArray out = bf16Only ? null : newArray(g.dtype(), xt[0].shape());
-    crossEntropyLaunch(xt[0], xt[1], dense, out, out16, lseCache.get(CastKey.of(xt[0])));
+    crossEntropyLaunch(xt[0], xt[1], dense, out, out16, lseCache.get(CastKey.of(xt[0])), 0f);
     if (bf16Only) {
       return wrap(out16);
     }
@@ -1802,11 +1896,13 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * The forward ({@code dLoss} null) writes each row's log-sum-exp into {@code lse} where given; the backward reads
-   * it from {@code lse} where given ({@code kiln_xent_grad4}), which only {@code kiln_xent_cached4}'s rows have.
+   * The forward ({@code dLoss} null) writes each row's log-sum-exp into {@code lse} where given, and with
+   * {@code out16} the bf16 gradient for a loss gradient of {@code gAhead} in every row ({@code kiln_xent_cached4}
+   * only); the backward reads the log-sum-exp from {@code lse} where given ({@code kiln_xent_grad4}), which only
+   * {@code kiln_xent_cached4}'s rows have.
    */
   private void crossEntropyLaunch(CudaArray x, CudaArray t, CudaArray dLoss, CudaArray out, CudaArray out16,
-      CudaArray lse) {
+      CudaArray lse, float gAhead) {
     long rows = t.numel();
     long v = x.shape(-1);
     if (rows == 0) {
@@ -1829,7 +1925,7 @@ public final class CudaModelDevice implements Device {
       // XENT_CACHED4_PER_THREAD float4s a thread, in whole warps.
       long perWarp = 4L * XENT_CACHED4_PER_THREAD * 32;
       int block = (int) ((v + perWarp - 1) / perWarp * 32);
-      args.ptrOrNull(out16).ptrOrNull(dLoss == null ? lse : null).i64(rows).i64(v).ptr(errorWord);
+      args.ptrOrNull(out16).ptrOrNull(dLoss == null ? lse : null).f32(gAhead).i64(rows).i64(v).ptr(errorWord);
       op("kiln_xent_cached4_" + types).launch(stream, Math.min(rows, MAX_GRID), 1, block, 0, args);
       launches++;
       mark(dLoss == null ? "cross-entropy" : "cross-entropy backward");

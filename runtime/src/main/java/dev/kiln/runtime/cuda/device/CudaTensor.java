@@ -46,6 +46,17 @@ public final class CudaTensor implements Tensor {
     deferredFill = fill;
   }
 
+  /**
+   * {@code view} (a view of this tensor's memory) filled when first used, by running this tensor's deferred fill if
+   * it is still pending then: a broadcast of a loss gradient nobody reads costs no launch.
+   */
+  CudaTensor viewDeferring(CudaTensor view) {
+    if (deferredFill != null) {
+      view.deferFill(this::array);
+    }
+    return view;
+  }
+
   /** The bf16 twin kept current by the optimizer, or null. */
   public CudaArray bf16Twin() {
     return bf16;

@@ -694,11 +694,14 @@ __device__ __forceinline__ void kiln_xent_put_grad4(float4 p, float g, int j, ki
 }
 // kiln_xent_cached4's forward may also write each row's log-sum-exp to lse_out (else null): the backward then takes
 // kiln_xent_grad4, which needs no reduction (CudaModelDevice keeps lse per logits array while its scope is open).
+// Given out16, the forward writes the row's bf16 gradient too, for a loss gradient g_ahead in every row (the mean's
+// 1/n in a training step): the backward is then no pass at all (CudaModelDevice.xentAhead). Its values are the
+// backward's own: the same registers, the same g (the host passes the fp32 value dloss would hold), the same steps.
 template <class X, class I, int PER4>
 __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__ target,
                                   const float* __restrict__ dloss, float* __restrict__ out,
-                                  uint2* __restrict__ out16, float* __restrict__ lse_out, kiln_i64 rows, kiln_i64 v,
-                                  kiln_i64* err) {
+                                  uint2* __restrict__ out16, float* __restrict__ lse_out, float g_ahead, kiln_i64 rows,
+                                  kiln_i64 v, kiln_i64* err) {
   __shared__ float part[32];
   const int n4 = (int)(v >> 2);
   for (kiln_i64 r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -730,12 +733,12 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
         out[r] = kiln_check_id(t, v, err) ? lse - kiln_load1(row, t) : 0.f;
         if (lse_out != nullptr) lse_out[r] = lse;
       }
-      continue;
+      if (out16 == nullptr) continue;
     }
-    const float g = dloss[r];
+    const float g = dloss == nullptr ? g_ahead : dloss[r];
     const float inv = 1.f / s;
-    if (threadIdx.x == 0) kiln_check_id(t, v, err);
-    float4* o = out == nullptr ? nullptr : reinterpret_cast<float4*>(out + r * v);
+    if (threadIdx.x == 0 && dloss != nullptr) kiln_check_id(t, v, err);
+    float4* o = dloss == nullptr || out == nullptr ? nullptr : reinterpret_cast<float4*>(out + r * v);
     uint2* o16 = out16 == nullptr ? nullptr : out16 + r * n4;
 #pragma unroll
     for (int i = 0; i < PER4; ++i) {
@@ -780,9 +783,9 @@ __device__ void kiln_xent_grad4(const X* __restrict__ x, const I* __restrict__ t
 }
 #define KILN_XENT_CACHED4(N, X, NI, I)                                                                         \
   extern "C" __global__ void __launch_bounds__(512, 2) kiln_xent_cached4_##N##_##NI(                             \
-      const X* x, const I* target, const float* dloss, float* out, uint2* out16, float* lse_out, kiln_i64 rows, \
-      kiln_i64 v, kiln_i64* err) {                                                                             \
-    kiln_xent_cached4<X, I, 8>(x, target, dloss, out, out16, lse_out, rows, v, err);                           \
+      const X* x, const I* target, const float* dloss, float* out, uint2* out16, float* lse_out, float g_ahead,  \
+      kiln_i64 rows, kiln_i64 v, kiln_i64* err) {                                                              \
+    kiln_xent_cached4<X, I, 8>(x, target, dloss, out, out16, lse_out, g_ahead, rows, v, err);                  \
   }                                                                                                            \
   extern "C" __global__ void kiln_xent_grad4_##N##_##NI(const X* x, const I* target, const float* lse,          \
                                                         const float* dloss, float* out, uint2* out16,           \

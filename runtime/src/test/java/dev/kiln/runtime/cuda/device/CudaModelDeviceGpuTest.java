@@ -672,6 +672,60 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void crossEntropyWritesItsGradientAheadWhereTheLossGradientIsKnown() {
+    // A training step's loss gradient is the seed times the mean's 1/n in every row, known to the device (full, then
+    // a product of known values). Once a backward took such a gradient with its result for the LM head's GEMMs alone
+    // (bf16), the next forward of logits of that shape writes the gradient in the same pass, and the backward
+    // launches nothing. Every gradient is checked against the CPU on the bf16-rounded logits: bf16 results, so 2^-8
+    // relative (one rounding of an fp32 value that is the CPU's to 1e-5) and 1e-7 absolute (the bf16 rounding of
+    // entries near zero is relative too; the absolute term covers the fp32 difference there).
+    int rows = 6;
+    int vocab = 1000;
+    NdArray w = randn(vocab, 32);
+    long[] idv = {0, vocab - 1, 500, 3, 77, 1};
+    NdArray ids = NdArray.fromLongs(idv, 2, 3);
+    // Steps: 0 learns; 1 takes the gradient written ahead; 2 is an evaluation (the gradient goes unused, so the plan
+    // is dropped); 3 learns a seed of 2; 4 rewrites the targets between forward and backward; 5 changes the seed
+    // back to 1 (the gradient written ahead for 2 is not taken); 6 takes it again.
+    for (int step = 0; step < 7; step++) {
+      NdArray x = GpuTesting.randn(rnd, DType.F32, 2.0, rows, 32);
+      double seed = step == 3 || step == 4 ? 2.0 : 1.0;
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor logits = gpuBf16.emptyGemmResult(DType.F32, rows, vocab);
+        gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w), true, logits, 1, 0);
+        NdArray rounded = gpuBf16.toHost(logits).to(DType.F32).reshape(2, 3, vocab);
+        Tensor view = gpuBf16.reshape(logits, 2, 3, vocab);
+        Tensor targets = gpuBf16.fromHost(ids);
+        same("loss, step " + step, cpu.crossEntropy(rounded, ids), gpuBf16.crossEntropy(view, targets));
+        if (step == 2) {
+          continue; // an evaluation: the gradient written ahead goes unused, and the next forward writes none
+        }
+        NdArray t = ids;
+        if (step == 4) {
+          // Targets rewritten between the forward and the backward: the gradient written ahead is for the old ones.
+          long[] other = idv.clone();
+          other[2] = 501;
+          t = NdArray.fromLongs(other, 2, 3);
+          gpuBf16.copyFromHost(t, targets);
+        }
+        Tensor scale = gpuBf16.binary(Device.Binary.MUL, gpuBf16.full(DType.F32, seed),
+            gpuBf16.full(DType.F32, 1.0 / rows));
+        Tensor dLoss = gpuBf16.expand(scale, 2, 3);
+        long before = gpuBf16.launches();
+        Tensor g = gpuBf16.crossEntropyBackward(view, targets, dLoss, true);
+        long launched = gpuBf16.launches() - before;
+        assertEquals(DType.BF16, g.dtype(), "step " + step + ": the gradient in bf16 alone");
+        Tensor dLossHost = cpu.expand(cpu.full(DType.F32, (float) seed * (float) (1.0 / rows)), 2, 3);
+        double[] ref = d(cpu.crossEntropyBackward(rounded, t, dLossHost), cpu);
+        GpuTesting.assertClose("gradient, step " + step, ref, d(g, gpuBf16), 0x1p-8, 1e-7);
+        boolean ahead = step == 1 || step == 6;
+        assertEquals(ahead, launched == 0, "step " + step + ": the backward launched " + launched + " kernels; "
+            + (ahead ? "the forward should have written the gradient" : "it should have computed it"));
+      }
+    }
+  }
+
+  @Test
   void crossEntropyBackwardInAScopeTakesTheForwardsLogSumExpUntilTheLogitsAreWritten() {
     // In a scope, the forward leaves each row's log-sum-exp and the backward of the same logits streams the gradient
     // from it (kiln_xent_grad4): fp32 and bf16-precision devices, vocabularies 10,000 (two warps' worth of groups a
