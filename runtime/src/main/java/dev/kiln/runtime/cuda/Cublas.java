@@ -12,6 +12,7 @@ import java.lang.foreign.Linker;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.SymbolLookup;
 import java.lang.invoke.MethodHandle;
+import java.util.Arrays;
 import java.util.List;
 
 /**
@@ -175,8 +176,38 @@ public final class Cublas implements AutoCloseable {
 
   /** {@code c = alpha * (a @ b) + beta * c}. */
   public synchronized void gemm(float alpha, CudaArray a, CudaArray b, float beta, CudaArray c) {
+    gemm(alpha, a, b, beta, c, c);
+  }
+
+  /**
+   * {@code c = alpha * (a @ b) + addend} in one cuBLASLt call, {@code addend} (not changed) laid out as {@code c}: the
+   * GEMM's epilogue reads it, so a residual add after a projection costs no pass of its own. Returns false, queuing
+   * nothing, where cuBLASLt cannot take it (the {@code gemmex} API, or no kernel for the problem); the caller then
+   * adds on its own.
+   */
+  public synchronized boolean gemmAdding(float alpha, CudaArray a, CudaArray b, CudaArray addend, CudaArray c) {
+    if (addend.dtype() != c.dtype() || !Arrays.equals(addend.shape(), c.shape())
+        || !Arrays.equals(addend.strides(), c.strides())) {
+      throw new IllegalArgumentException("gemmAdding: the addend " + addend + " must be laid out as the output " + c);
+    }
+    if (gemmApi != GemmApi.LT || addend.sharesBufferWith(c)) {
+      return false;
+    }
+    return gemm(alpha, a, b, 1f, addend, c);
+  }
+
+  /**
+   * {@code c = alpha * (a @ b) + beta * addend}; an {@code addend} other than {@code c} is taken through cuBLASLt
+   * only, and false is returned, with nothing queued, where it cannot be.
+   */
+  private boolean gemm(float alpha, CudaArray a, CudaArray b, float beta, CudaArray addend, CudaArray c) {
     if (closed) {
       throw new IllegalStateException("cuBLAS handle used after close()");
+    }
+    // Work deferred on an operand's memory (a GEMM of its own, CudaArray.deferProducer) is queued first, before this
+    // call fills the shared scalars, so it cannot run in the middle of them.
+    for (CudaArray o : new CudaArray[] {a, b, addend, c}) {
+      o.produce();
     }
     if (a.dtype() != b.dtype()) {
       throw new IllegalArgumentException("matmul inputs differ in dtype: A is " + a.dtype() + ", B is " + b.dtype());
@@ -188,7 +219,7 @@ public final class Cublas implements AutoCloseable {
     }
     GemmPlan p = GemmPlan.of(a.shape(), a.strides(), b.shape(), b.strides(), c.shape(), c.strides());
     if ((long) p.m() * p.n() == 0) {
-      return;
+      return true;
     }
     device.makeCurrent();
     // An empty sum (k = 0) still scales C by beta: cuBLAS with k = 1, alpha = 0 does exactly that.
@@ -210,10 +241,14 @@ public final class Cublas implements AutoCloseable {
       CublasLt.Problem problem = new CublasLt.Problem(p.opFirst(), p.opSecond(), p.m(), p.n(), k, ldFirst, ldSecond,
           p.ldc(), batched ? p.strideFirst() : 0, batched ? p.strideSecond() : 0, batched ? p.strideC() : 0,
           p.batch(), inType, outType, compute, CublasLt.alignment(b.address()), CublasLt.alignment(a.address()),
-          CublasLt.alignment(c.address()));
-      if (lt.matmul(problem, alphaPtr, betaPtr, b.address(), a.address(), c.address(), workspace, stream)) {
-        return;
+          Math.min(CublasLt.alignment(c.address()), CublasLt.alignment(addend.address())));
+      if (lt.matmul(problem, alphaPtr, betaPtr, b.address(), a.address(), addend.address(), c.address(), workspace,
+          stream)) {
+        return true;
       }
+    }
+    if (addend != c) {
+      return false;
     }
     try {
       int rc;
@@ -235,6 +270,7 @@ public final class Cublas implements AutoCloseable {
     } catch (Throwable t) {
       throw new IllegalStateException("cuBLAS call failed", t);
     }
+    return true;
   }
 
   private static int dataType(DType t, String which) {

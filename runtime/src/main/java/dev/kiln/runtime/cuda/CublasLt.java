@@ -29,7 +29,8 @@ import java.util.concurrent.ConcurrentHashMap;
  * step. Lt never allocates: its scratch is the caller's workspace, so its GEMMs may be captured into CUDA graphs.
  *
  * <p>The process's first call of a problem decides its algorithm for every handle and every later call. Timing needs
- * the output free to overwrite and the host free to wait, so a first call that accumulates ({@code beta != 0}) or is
+ * the output free to overwrite and the host free to wait, so a first call that accumulates into its own output
+ * ({@code beta != 0}; an addend apart from the output is fine) or is
  * being captured into a graph takes the heuristic's first answer untimed; problems under {@link #MIN_TUNED_MACS}
  * multiply-adds are never timed. A candidate replaces the heuristic's first answer only when it is at least
  * {@value #MIN_GAIN_PERCENT}% faster, so near-ties keep the heuristic's answer. Two processes can still choose differently
@@ -155,11 +156,12 @@ final class CublasLt implements AutoCloseable {
   }
 
   /**
-   * Queues {@code out = alpha * op(first) op(second) + beta * out} on {@code stream}, scalars read from host memory
-   * at the call; returns false, queuing nothing, where the heuristic found no kernel for {@code p}.
+   * Queues {@code out = alpha * op(first) op(second) + beta * addend} on {@code stream}, scalars read from host memory
+   * at the call; {@code addend} is laid out as {@code out} and may be {@code out} itself. Returns false, queuing
+   * nothing, where the heuristic found no kernel for {@code p}.
    */
-  synchronized boolean matmul(Problem p, MemorySegment alpha, MemorySegment beta, long first, long second, long out,
-      CudaArray workspace, CudaStream stream) {
+  synchronized boolean matmul(Problem p, MemorySegment alpha, MemorySegment beta, long first, long second,
+      long addend, long out, CudaArray workspace, CudaStream stream) {
     if (closed) {
       throw new IllegalStateException("cuBLASLt handle used after close()");
     }
@@ -179,9 +181,11 @@ final class CublasLt implements AutoCloseable {
       if (chosen == null) {
         String savedKey = GemmChoices.key(workspace.device().name(), librarySource(), p.toString());
         Integer saved = SAVED == null ? null : SAVED.get(savedKey);
-        boolean timeable = saved == null && beta.get(JAVA_FLOAT, 0) == 0f && !stream.isCapturing();
-        int mine = saved != null ? saved : timeable ? tune(p, plan, alpha, beta, first, second, out, workspace, stream)
-            : 0;
+        // Rerunning must leave the result as one run would: so the output may not be its own addend.
+        boolean timeable = saved == null && (beta.get(JAVA_FLOAT, 0) == 0f || addend != out)
+            && !stream.isCapturing();
+        int mine = saved != null ? saved
+            : timeable ? tune(p, plan, alpha, beta, first, second, addend, out, workspace, stream) : 0;
         Integer earlier = CHOSEN.putIfAbsent(key, mine);
         chosen = earlier != null ? earlier : mine;
         if (SAVED != null && saved == null && timeable && earlier == null) {
@@ -191,16 +195,16 @@ final class CublasLt implements AutoCloseable {
       plan.algo = plan.candidates.get(chosen < plan.candidates.size() ? chosen : 0);
       plan.tuned = true;
     }
-    run(p, plan, plan.algo, alpha, beta, first, second, out, workspace, stream);
+    run(p, plan, plan.algo, alpha, beta, first, second, addend, out, workspace, stream);
     return true;
   }
 
   private void run(Problem p, Plan plan, MemorySegment algo, MemorySegment alpha, MemorySegment beta, long first,
-      long second, long out, CudaArray workspace, CudaStream stream) {
+      long second, long addend, long out, CudaArray workspace, CudaStream stream) {
     MemorySegment d = MemorySegment.ofAddress(out);
     try {
       check((int) api().matmul.invokeExact(handle, plan.desc, alpha, MemorySegment.ofAddress(first), plan.first,
-          MemorySegment.ofAddress(second), plan.second, beta, d, plan.c, d, plan.c, algo,
+          MemorySegment.ofAddress(second), plan.second, beta, MemorySegment.ofAddress(addend), plan.c, d, plan.c, algo,
           MemorySegment.ofAddress(workspace.address()), workspace.byteSize(),
           MemorySegment.ofAddress(stream.rawHandle())), "cublasLtMatmul(" + describe(p) + ")");
     } catch (CudaException e) {
@@ -211,23 +215,24 @@ final class CublasLt implements AutoCloseable {
   }
 
   /**
-   * Times each candidate on the call's operands ({@code beta = 0}, so rerunning into the output is harmless; the
+   * Times each candidate on the call's operands ({@code beta = 0}, or an addend apart from the output, so rerunning
+   * into the output is harmless; the
    * caller's run that follows writes the result) and returns the index of the fastest, if it beats the heuristic's
    * first answer by {@value #MIN_GAIN_PERCENT}%, else 0. A candidate that fails to run (a rare heuristic answer that
    * the operands do not suit) is dropped.
    */
-  private int tune(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first, long second, long out,
-      CudaArray workspace, CudaStream stream) {
+  private int tune(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first, long second,
+      long addend, long out, CudaArray workspace, CudaStream stream) {
     CudaDevice device = workspace.device();
     double[] ms = new double[plan.candidates.size()];
     try (CudaEvent start = new CudaEvent(device); CudaEvent end = new CudaEvent(device)) {
       for (int i = 0; i < ms.length; i++) {
         MemorySegment algo = plan.candidates.get(i);
         try {
-          run(p, plan, algo, alpha, beta, first, second, out, workspace, stream); // warm-up
+          run(p, plan, algo, alpha, beta, first, second, addend, out, workspace, stream); // warm-up
           start.record(stream);
           for (int r = 0; r < TIMED_RUNS; r++) {
-            run(p, plan, algo, alpha, beta, first, second, out, workspace, stream);
+            run(p, plan, algo, alpha, beta, first, second, addend, out, workspace, stream);
           }
           end.record(stream);
           ms[i] = end.elapsedMillisSince(start);

@@ -347,6 +347,34 @@ public final class CudaArray implements AutoCloseable {
     return buffer == other.buffer;
   }
 
+  /**
+   * Defers {@code work}, which writes this array's buffer, until any view of the buffer is first touched
+   * ({@link DeviceBuffer#deferProducer}).
+   */
+  public void deferProducer(Runnable work) {
+    buffer.deferProducer(work);
+  }
+
+  /** Runs the buffer's deferred producer now, if there is one. */
+  public void produce() {
+    buffer.produce();
+  }
+
+  /** Forgets the buffer's deferred producer without running it. */
+  public void dropProducer() {
+    buffer.dropProducer();
+  }
+
+  /** Whether the buffer's contents wait on a deferred producer. */
+  public boolean producerPending() {
+    return buffer.hasProducer();
+  }
+
+  /** Whether this array is the whole of its buffer, laid out contiguously from its first byte. */
+  public boolean coversBuffer() {
+    return offset == 0 && isContiguous() && byteSize() == buffer.requestedBytes();
+  }
+
   /** The buffer's identity (equal for every view of one allocation), for caches keyed by memory. */
   public Object bufferIdentity() {
     return buffer;

@@ -672,6 +672,64 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void aResidualAddTakesTheDeferredGemmBeforeItInOneCall() {
+    // In mixed precision a GEMM's bf16 result waits for its first reader. A residual add (fp32 x + that result)
+    // becomes one cuBLASLt call with x in the epilogue, and the GEMM itself never runs unless something else reads
+    // its result. Checked against the CPU's fp32 product of the bf16-rounded operands: the fused sum is of the fp32
+    // accumulator, so 1e-4 of the largest magnitude (the sums' order over k = 96); the result read on its own is
+    // rounded to bf16 once, so 1e-2.
+    int m = 64;
+    int n = 48;
+    int k = 96;
+    NdArray xa = randn(m, k);
+    NdArray w = randn(n, k);
+    NdArray res = randn(m, n);
+    Tensor product = cpu.zeros(DType.F32, m, n);
+    cpu.gemm(xa.to(DType.BF16).to(DType.F32), false, w.to(DType.BF16).to(DType.F32), true, product, 1, 0);
+    Tensor sum = cpu.binary(Device.Binary.ADD, res, product);
+    for (boolean fuse : new boolean[] {true, false}) {
+      gpuBf16.fuseGemmAdds(fuse);
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor a = gpuBf16.fromHost(xa);
+        Tensor wt = gpuBf16.fromHost(w);
+        Tensor r = gpuBf16.fromHost(res);
+        Tensor y = gpuBf16.emptyGemmResult(DType.F32, m, n);
+        // The operands' bf16 casts, made (and kept for the scope) by a GEMM into fp32 before counting.
+        gpuBf16.gemm(a, false, wt, true, gpuBf16.empty(DType.F32, m, n), 1, 0);
+        long before = gpuBf16.launches();
+        gpuBf16.gemm(a, false, wt, true, y, 1, 0);
+        assertEquals(fuse ? 0 : 1, gpuBf16.launches() - before, "fuse " + fuse + ": the GEMM waits for a reader");
+        Tensor h = gpuBf16.binary(Device.Binary.ADD, r, y);
+        assertEquals(fuse ? 1 : 2, gpuBf16.launches() - before, "fuse " + fuse + ": GEMM and add");
+        assertEquals(DType.F32, h.dtype(), "the residual stream stays fp32");
+        check("x + a w^T, fuse " + fuse, sum, h, gpuBf16, fuse ? 1e-4 : 1e-2);
+        // Read on its own afterwards, the GEMM's result is there (it runs then, once).
+        check("a w^T read after the add, fuse " + fuse, product, y, gpuBf16, 1e-2);
+        // The operand order of the add does not matter, nor does the addend's deferred fill.
+        Tensor y2 = gpuBf16.emptyGemmResult(DType.F32, m, n);
+        gpuBf16.gemm(a, false, wt, true, y2, 2, 0);
+        Tensor ones = gpuBf16.full(DType.F32, 1.0, m, n);
+        Tensor h2 = gpuBf16.binary(Device.Binary.ADD, y2, ones);
+        check("2 a w^T + 1, fuse " + fuse, cpu.binary(Device.Binary.ADD, cpu.binary(Device.Binary.MUL, product,
+            cpu.full(DType.F32, 2.0)), cpu.full(DType.F32, 1.0)), h2, gpuBf16, fuse ? 1e-4 : 1e-2);
+        // An operand rewritten before the first read: the result is still the product of the values at the call.
+        Tensor y3 = gpuBf16.emptyGemmResult(DType.F32, m, n);
+        Tensor a16 = gpuBf16.cast(a, DType.BF16);
+        gpuBf16.gemm(a16, false, wt, true, y3, 1, 0);
+        gpuBf16.copy(gpuBf16.cast(gpuBf16.fromHost(randn(m, k)), DType.BF16), a16);
+        check("a w^T, its operand rewritten after the call, fuse " + fuse, product, y3, gpuBf16, 1e-2);
+        // A result nobody reads by the scope's end never runs.
+        Tensor y4 = gpuBf16.emptyGemmResult(DType.F32, m, n);
+        long unread = gpuBf16.launches();
+        gpuBf16.gemm(a, false, wt, true, y4, 1, 0);
+        s.close();
+        assertEquals(fuse ? 0 : 1, gpuBf16.launches() - unread, "fuse " + fuse + ": an unread GEMM result");
+      }
+    }
+    gpuBf16.fuseGemmAdds(true);
+  }
+
+  @Test
   void crossEntropyWritesItsGradientAheadWhereTheLossGradientIsKnown() {
     // A training step's loss gradient is the seed times the mean's 1/n in every row, known to the device (full, then
     // a product of known values). Once a backward took such a gradient with its result for the LM head's GEMMs alone
