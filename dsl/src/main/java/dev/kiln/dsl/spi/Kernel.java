@@ -27,9 +27,14 @@ import java.lang.foreign.MemorySegment;
  *     {@code partials = Device.columnSumRows(kernel, rows, cols)} rows ({@code 1 <= partials <= rows}): row {@code p} holds the
  *     sums, column by column, of the run of {@code per = ceil(rows / partials)} rows starting at {@code p * per}. The
  *     generated code sums the partial rows after the launch. With {@code partials == rows} it is the full output
+ * @param twinOutput the output (counted from the first output) that the CUDA kernel's {@code _tw} variants
+ *     ({@code <name>[_w<J>]_f32[_in16]_tw}) also write rounded to bf16, through one more pointer argument after the
+ *     scalars; -1 where there are none. A {@link Kind#ROWS} kernel with one full output and no {@code gemmOperands}
+ *     has them: a mixed-precision device that sees that output cast for GEMMs (a norm backward's input gradient, the
+ *     residual stream's) may launch them to write the copy from registers instead
  */
 public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
-    long gemmOperands, int elementsPerThread, long bf16Inputs, long columnSums) {
+    long gemmOperands, int elementsPerThread, long bf16Inputs, long columnSums, int twinOutput) {
 
   public Kernel {
     if (elementsPerThread < 1) {
@@ -40,19 +45,25 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
 
   /** A kernel of one element a thread whose outputs are all stored in the compute dtype (an older processor's). */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1, 0L, 0L);
+    this(name, kind, inputs, outputs, cudaResource, cpu, 0L, 1, 0L, 0L, -1);
+  }
+
+  /** A kernel without bf16-twin variants. */
+  public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
+      int elementsPerThread, long bf16Inputs, long columnSums) {
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, bf16Inputs, columnSums, -1);
   }
 
   /** A kernel without column-sum outputs. */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
       int elementsPerThread, long bf16Inputs) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, bf16Inputs, 0L);
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, bf16Inputs, 0L, -1);
   }
 
   /** A kernel whose inputs are all in the compute dtype. */
   public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
       int elementsPerThread) {
-    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, 0L, 0L);
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, 0L, 0L, -1);
   }
 
   /** Whether input {@code i} may arrive as a GEMM output stored in bf16. */

@@ -94,6 +94,62 @@ class NormGpuTest {
     }
   }
 
+  @Test
+  void theBackwardWritesItsInputGradientsBf16CopyOnceAGemmHasCastIt() {
+    // In mixed precision a GEMM reads the norm backward's input gradient (the residual stream's, in a block) through
+    // a bf16 cast. Once the device has seen that cast, the row kernel's _tw variant writes the copy from registers
+    // and the GEMM takes it: one launch less. The copy is the fp32 gradient rounded to nearest even, as the cast
+    // rounds it, so the GEMM's result must be the same bits as with the cast (same operands, same cuBLAS kernel).
+    // Shapes: the warp-row form (4,000 x 200) and one row a block (3,001 x 1,001); both norm types. What the device
+    // learns is per kernel, so each case has a device of its own.
+    CudaProbe.Report r = CudaProbe.probe();
+    Assumptions.assumeTrue(r.available(), () -> "no CUDA device: " + r.problem());
+    for (NormType type : NormType.values()) {
+      for (long[] shape : new long[][] {{4_000, 200}, {3_001, 1_001}}) {
+        // A device of its own per case: what it learns about a kernel holds for every shape it launches.
+        CudaModelDevice gpu = new CudaModelDevice(0, CudaModelDevice.Precision.BF16);
+        gpu.poisonNewTensors(true);
+        long rows = shape[0];
+        long cols = shape[1];
+        Config config = Config.of(Map.of("d_model", cols, "norm", type.name(), "norm_eps", 1e-5));
+        Rng rng = new Rng(13);
+        NdArray x = rng.normal(NdArray.zeros(DType.F32, rows, cols), 0, 1);
+        NdArray dy = rng.normal(NdArray.zeros(DType.F32, rows, cols), 0, 1);
+        NdArray w = rng.normal(NdArray.zeros(DType.F32, 64, cols), 0, 1);
+        CompiledNorm cpuNorm = new CompiledNorm(new CpuDevice(), DType.F32);
+        Norm cpuParams = cpuNorm.init(config, 5);
+        Context cpuCtx = new Context();
+        cpuNorm.forward(cpuCtx, cpuParams, x);
+        Tensor refX = cpuNorm.backward(cpuCtx, cpuParams, dy).x();
+        CompiledNorm gpuNorm = new CompiledNorm(gpu, DType.F32);
+        Norm gpuParams = gpuNorm.init(config, 5);
+        Tensor weight = gpu.fromHost(w);
+        gpu.withBf16Twin(weight); // a parameter's bf16 copy, as the engine keeps it: the GEMM casts only the gradient
+        double[][] products = new double[2][];
+        long[] gemmLaunches = new long[2];
+        for (int step = 0; step < 2; step++) {
+          try (CudaModelDevice.Scope s = gpu.scope()) {
+            Context ctx = new Context();
+            gpuNorm.forward(ctx, gpuParams, gpu.fromHost(x));
+            Tensor gx = gpuNorm.backward(ctx, gpuParams, gpu.fromHost(dy)).x();
+            String what = type + " " + rows + "x" + cols + ", step " + step;
+            close(what + " x", refX, gx, gpu, 1e-4);
+            Tensor out = gpu.empty(DType.F32, rows, 64);
+            long before = gpu.launches();
+            gpu.gemm(gx, false, weight, true, out, 1, 0);
+            gemmLaunches[step] = gpu.launches() - before;
+            products[step] = gpu.download(out);
+          }
+        }
+        String what = type + " " + rows + "x" + cols;
+        assertEquals(2, gemmLaunches[0], what + ": the first step casts the gradient for its GEMM");
+        assertEquals(1, gemmLaunches[1], what + ": the second step's backward wrote the copy the GEMM reads");
+        assertTrue(java.util.Arrays.equals(products[0], products[1]), what + ": the GEMM's result with the copy"
+            + " written by the backward must be the one with the cast, bit for bit");
+      }
+    }
+  }
+
   /** The norm's generated kernels that have column-sum outputs (the weight gradient's terms, and LayerNorm's bias's). */
   private static List<Kernel> columnSumKernels() {
     List<Kernel> out = new ArrayList<>();

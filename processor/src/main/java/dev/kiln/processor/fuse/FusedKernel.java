@@ -121,6 +121,30 @@ public final class FusedKernel {
     return mask(outputs.keySet(), columnSums);
   }
 
+  /**
+   * The output that the kernel's {@code _tw} variants also write rounded to bf16, or -1: in a row kernel without
+   * GEMM-only outputs, its one full output (not a column sum). A norm's backward writes the residual stream's
+   * gradient that way, and the next module's backward reads it first in GEMMs, which a mixed-precision device would
+   * otherwise cast in a pass of its own (Kernel.twinOutput).
+   */
+  public int twinOutput() {
+    if (!hasReduction() || !gemmOperands.isEmpty()) {
+      return -1;
+    }
+    int found = -1;
+    int i = 0;
+    for (var e : outputs.entrySet()) {
+      if (e.getValue() == Level.FULL && !columnSums.contains(e.getKey())) {
+        if (found >= 0) {
+          return -1;
+        }
+        found = i;
+      }
+      i++;
+    }
+    return found;
+  }
+
   /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */
   public long gemmOperandMask() {
     return mask(outputs.keySet(), gemmOperands);

@@ -54,18 +54,31 @@ class CudaSourceTest {
           // A row kernel (one with a reduction: "one row at a time") also has its warp-row form for each span, in
           // every variant but f64.
           boolean rowKernel = comment.contains("(one row at a time)");
+          // A row kernel without GEMM-only outputs whose one full output is not a column sum also writes that
+          // output's bf16 copy in its _tw variants (Kernel.twinOutput): f32 and, with in16, f32_in16, each with its
+          // warp-row forms.
+          long fullOutputs = comment.lines().filter(l -> l.matches("//   t\\d+ out full .*")
+              && !l.contains("(summed over runs of rows")).count();
+          boolean twin = rowKernel && !marked && fullOutputs == 1;
+          assertEquals(twin, cu.contains("extern \"C\" __global__ void " + name + "_f32_tw("),
+              m + ": " + name + "_f32_tw exactly for a row kernel with one full output and no GEMM-only ones");
+          int twinVariants = twin ? 1 + (in16 ? 1 : 0) : 0;
+          bf16Variants += twinVariants;
           for (int span : dev.kiln.processor.emit.cuda.CudaEmitter.WARP_ROW_SPANS) {
             assertEquals(rowKernel, cu.contains("extern \"C\" __global__ void " + name + "_w" + span + "_f32("),
                 m + ": " + name + "_w" + span + "_f32 exactly for a row kernel");
+            assertEquals(twin, cu.contains("extern \"C\" __global__ void " + name + "_w" + span + "_f32_tw("),
+                m + ": " + name + "_w" + span + "_f32_tw exactly with the twin variants");
             assertTrue(!cu.contains(name + "_w" + span + "_f64("), m + ": no f64 warp-row form of " + name);
-            warpRowForms += rowKernel ? floatVariants : 0;
+            warpRowForms += rowKernel ? floatVariants + twinVariants : 0;
           }
         }
       }
       assertTrue(kernels > 0, m + " has no kernels");
       assertEquals(2 * kernels + bf16Variants + warpRowForms, cu.split("extern \"C\"", -1).length - 1,
           m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, f32_in16 where an"
-              + " input may be a bf16 GEMM output, f32_bf16_in16 where both, and the warp-row forms of row kernels");
+              + " input may be a bf16 GEMM output, f32_bf16_in16 where both, _tw where a row kernel's one full output"
+              + " has a bf16 twin, and the warp-row forms of row kernels");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

@@ -54,6 +54,9 @@ public final class CudaEmitter {
     b.append("//     A kernel with inputs that may be GEMM outputs stored in bf16 (marked in its comment) also\n");
     b.append("//     exists as <name>_f32_in16 (and <name>_f32_bf16_in16): those inputs read as bf16, widened to\n");
     b.append("//     float.\n");
+    b.append("//     A row kernel with one full output and no GEMM-only outputs (Kernel.twinOutput) also exists as\n");
+    b.append("//     <name>[_w<J>]_f32[_in16]_tw: one more argument after the scalars, unsigned short* tw, that\n");
+    b.append("//     receives that output rounded to bf16 as well, for a device whose GEMMs read it next.\n");
     b.append("//\n// Dims named in the kernels' comments\n");
     Set<String> dims = new LinkedHashSet<>();
     for (FusedKernel k : kernels) {
@@ -218,10 +221,16 @@ public final class CudaEmitter {
       params.add("double s" + s);
       args.add("s" + s);
     }
+    // The twin variants' output copy: the body takes it as its last argument, written only when TWIN.
+    int twin = k.twinOutput();
+    List<String> bodyParams = new ArrayList<>(params);
+    if (twin >= 0) {
+      bodyParams.add("unsigned short* __restrict__ tw");
+    }
     b.append("template <typename T").append(gemmOperands ? ", typename G" : "").append(bf16Inputs ? ", typename H" : "")
-        .append(">\n")
+        .append(twin >= 0 ? ", bool TWIN" : "").append(">\n")
         .append("__device__ void ").append(k.name()).append("_body(")
-        .append(String.join(", ", params)).append(") {\n");
+        .append(String.join(", ", bodyParams)).append(") {\n");
     for (int s = 0; s < k.scalars().size(); s++) {
       b.append("  const T v").append(k.scalars().get(s).id()).append(" = T(s").append(s).append(");\n");
     }
@@ -317,6 +326,9 @@ public final class CudaEmitter {
               b.append(in).append('p').append(t).append("[c] += v").append(v.id()).append(";\n");
             } else {
               b.append(in).append("kiln_put(t").append(t).append(", i, v").append(v.id()).append(");\n");
+              if (outs.indexOf(v) == twin) {
+                b.append(in).append("if constexpr (TWIN) kiln_put(tw, i, v").append(v.id()).append(");\n");
+              }
             }
           }
           if (rows) {
@@ -359,9 +371,9 @@ public final class CudaEmitter {
     }
     b.append("}\n\n");
     String templateHead = "template <typename T" + (gemmOperands ? ", typename G" : "")
-        + (bf16Inputs ? ", typename H" : "");
+        + (bf16Inputs ? ", typename H" : "") + (twin >= 0 ? ", bool TWIN" : "");
     if (rows) {
-      warpRows(b, k, templateHead, params);
+      warpRows(b, k, templateHead, bodyParams);
     }
     // {suffix, T, G, H}: G the storage of outputs only GEMMs read, H that of inputs that may be bf16 GEMM outputs.
     String bf16 = "unsigned short";
@@ -380,14 +392,23 @@ public final class CudaEmitter {
       String ps = String.join(", ", params).replace("const T*", "const " + t[1] + "*").replace("T*", t[1] + "*")
           .replace("G*", t[2] + "*").replace("H*", t[3] + "*");
       String types = t[1] + (gemmOperands ? ", " + t[2] : "") + (bf16Inputs ? ", " + t[3] : "");
-      b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(t[0]).append('(').append(ps)
-          .append(") {\n  ").append(k.name()).append("_body<").append(types).append(">(")
-          .append(String.join(", ", args)).append(");\n}\n\n");
-      if (rows && !t[0].equals("f64")) {
-        for (int j : WARP_ROW_SPANS) {
-          b.append("extern \"C\" __global__ void ").append(k.name()).append("_w").append(j).append('_').append(t[0])
-              .append('(').append(ps).append(") {\n  ").append(k.name()).append("_wbody<").append(types).append(", ")
-              .append(j).append(">(").append(String.join(", ", args)).append(");\n}\n\n");
+      String call = String.join(", ", args);
+      // Twin variants of the fp32 forms: the same body with TWIN set and the copy's pointer passed on.
+      boolean twins = twin >= 0 && (t[0].equals("f32") || t[0].equals("f32_in16"));
+      for (boolean tw : twins ? new boolean[] {false, true} : new boolean[] {false}) {
+        String suffix = t[0] + (tw ? "_tw" : "");
+        String sig = ps + (tw ? ", unsigned short* __restrict__ tw" : "");
+        String inst = types + (twin >= 0 ? (tw ? ", true" : ", false") : "");
+        String pass = call + (twin >= 0 ? (tw ? ", tw" : ", nullptr") : "");
+        b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(suffix).append('(').append(sig)
+            .append(") {\n  ").append(k.name()).append("_body<").append(inst).append(">(").append(pass)
+            .append(");\n}\n\n");
+        if (rows && !t[0].equals("f64")) {
+          for (int j : WARP_ROW_SPANS) {
+            b.append("extern \"C\" __global__ void ").append(k.name()).append("_w").append(j).append('_')
+                .append(suffix).append('(').append(sig).append(") {\n  ").append(k.name()).append("_wbody<")
+                .append(inst).append(", ").append(j).append(">(").append(pass).append(");\n}\n\n");
+          }
         }
       }
     }
@@ -530,6 +551,9 @@ public final class CudaEmitter {
               .append(body).append(in).append("    }\n");
           for (int t : stored) {
             b.append(in).append("    kiln_put4(t").append(t).append(", r * cols + c4, y").append(t).append(");\n");
+            if (t == k.inputs().size() + k.twinOutput()) {
+              b.append(in).append("    if constexpr (TWIN) kiln_put4(tw, r * cols + c4, y").append(t).append(");\n");
+            }
           }
           b.append(groupEnd);
           for (Node.Prim red : pass.reductions()) {

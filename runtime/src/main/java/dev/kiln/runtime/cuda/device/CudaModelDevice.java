@@ -183,6 +183,15 @@ public final class CudaModelDevice implements Device {
   private final List<PendingGemm> pendingGemms = new ArrayList<>();
   private boolean fuseGemmAdds = !"0".equals(System.getenv("KILN_GEMM_ADD_FUSION"));
 
+  /**
+   * Generated kernels whose twin output ({@code Kernel.twinOutput}: a norm backward's input gradient) was seen cast
+   * to bf16 for GEMMs: their next launches take the {@code _tw} variant, which writes that copy from registers, and
+   * the copy is remembered as the output's cast. Learned per kernel name, kept for the device's life.
+   */
+  private final java.util.Set<String> twinWanted = new java.util.HashSet<>();
+  /** The generated kernel that last wrote a twin-capable output, by the output's buffer, in the open scope. */
+  private final Map<Object, String> twinWriters = new IdentityHashMap<>();
+
   /** A deferred GEMM: {@code out = alpha · a b}, the operands as cuBLAS takes them. */
   private record PendingGemm(float alpha, CudaArray a, CudaArray b, CudaArray out) {}
 
@@ -298,6 +307,7 @@ public final class CudaModelDevice implements Device {
       scopes.pop();
       castCache.clear();
       castsByBuffer.clear();
+      twinWriters.clear();
       lseCache.clear();
       if (!xentAhead.isEmpty()) {
         // A gradient written ahead and never taken: the pass was not followed by its backward (an evaluation).
@@ -1210,6 +1220,10 @@ public final class CudaModelDevice implements Device {
     if (hit != null) {
       return hit;
     }
+    String writer = twinWriters.get(a.bufferIdentity());
+    if (writer != null) {
+      twinWanted.add(writer); // from its next launch on, that kernel writes this copy itself
+    }
     CudaArray out = newArray(DType.BF16, a.shape());
     copyArray(a, out);
     rememberCast(a, out);
@@ -1790,6 +1804,20 @@ public final class CudaModelDevice implements Device {
    */
   public RowLaunch rowLaunch(Kernel kernel, long rows, long cols, DType dtype) {
     return rowLaunch(kernel, rows, cols, dtype, true, "f32");
+  }
+
+  /**
+   * The bf16 copy of {@code kernel}'s twin output for its {@code _tw} variant to write, made now, where the kernel is
+   * one whose output was cast for GEMMs before ({@link #twinWanted}), in mixed precision inside a scope, on an fp32
+   * variant; else null.
+   */
+  private CudaArray twinFor(Kernel kernel, CudaArray[] arrays, String variant) {
+    if (kernel.twinOutput() < 0 || precision != Precision.BF16 || scopes.isEmpty() || !twinWanted.contains(kernel.name())
+        || !(variant.equals("f32") || variant.equals("f32_in16"))) {
+      return null;
+    }
+    CudaArray out = arrays[kernel.inputs() + kernel.twinOutput()];
+    return out.isContiguous() ? newArray(DType.BF16, out.shape()) : null;
   }
 
   private RowLaunch rowLaunch(Kernel kernel, long rows, long cols, DType dtype, boolean aligned, String variant) {
@@ -2433,7 +2461,16 @@ public final class CudaModelDevice implements Device {
           aligned &= (a.address() & 15) == 0;
         }
         RowLaunch shape = rowLaunch(kernel, rows, cols, dtype, aligned, variant);
-        CudaKernel k = m.kernel(shape.function(kernel, variant));
+        CudaArray twin = twinFor(kernel, arrays, variant);
+        if (twin != null) {
+          args.ptr(twin); // the _tw variants' last argument
+        }
+        CudaKernel k = m.kernel(shape.function(kernel, twin != null ? variant + "_tw" : variant));
+        if (twin != null) {
+          rememberCast(arrays[kernel.inputs() + kernel.twinOutput()], twin);
+        } else if (kernel.twinOutput() >= 0 && !scopes.isEmpty()) {
+          twinWriters.put(arrays[kernel.inputs() + kernel.twinOutput()].bufferIdentity(), kernel.name());
+        }
         if (kernel.columnSums() != 0) {
           // One block per partial row; each sums its run of rows in shared memory where its row groups' slots fit
           // the default 48 KB (a d_model up to 12,288 in fp32 with one group), else in the output itself
