@@ -877,7 +877,7 @@ public final class CudaModelDevice implements Device {
     };
   }
 
-  /** The one value every element of {@code a} holds, where the open scope knows it ({@link #knownValues}), else null. */
+  /** The one value every element of {@code a} holds where the open scope knows it ({@link #knownValues}), or null. */
   private Double knownValue(CudaArray a) {
     return knownValues.get(a);
   }
@@ -1415,6 +1415,23 @@ public final class CudaModelDevice implements Device {
    */
   private Tensor addToPendingGemm(Tensor a, Tensor b) {
     CudaTensor[] ts = {ct(a, "binary ADD", "a"), ct(b, "binary ADD", "b")};
+    PendingGemm pa = wholePending(ts[0].arrayUnfilled());
+    PendingGemm pb = wholePending(ts[1].arrayUnfilled());
+    if (pa != null && pb != null && pa != pb && Arrays.equals(pa.out().shape(), pb.out().shape())
+        && Arrays.equals(ts[0].arrayUnfilled().shape(), ts[1].arrayUnfilled().shape())) {
+      // Two deferred GEMMs (the input gradients of w1 and w3): the first writes fp32, the second adds it in its
+      // epilogue. Their bf16 results stay deferred, for other readers.
+      CudaArray first = temp(DType.F32, pa.out().shape());
+      try {
+        cublas.gemm(pa.alpha(), pa.a(), pa.b(), 0f, first);
+        launches++;
+        mark("gemm (fp32, the first of a sum of two)");
+        Tensor sum = addToPendingGemm(wrap(first.view(ts[0].arrayUnfilled().shape())), b);
+        return sum != null ? sum : binary(Binary.ADD, wrap(first.view(ts[0].arrayUnfilled().shape())), b);
+      } finally {
+        first.close(); // stream-ordered: the memory is reused only by work queued after the reads above
+      }
+    }
     for (int side = 0; side < 2; side++) {
       CudaArray g = ts[1 - side].arrayUnfilled();
       CudaArray x = ts[side].arrayUnfilled();
@@ -1437,6 +1454,16 @@ public final class CudaModelDevice implements Device {
       launches++;
       mark("gemm + residual add");
       return wrap(out);
+    }
+    return null;
+  }
+
+  /** The deferred GEMM whose whole result {@code g} is (contiguous, all of it), or null. */
+  private PendingGemm wholePending(CudaArray g) {
+    for (PendingGemm q : pendingGemms) {
+      if (q.out().sharesBufferWith(g)) {
+        return g.isContiguous() && g.numel() == q.out().numel() ? q : null;
+      }
     }
     return null;
   }
@@ -1812,8 +1839,8 @@ public final class CudaModelDevice implements Device {
    * variant; else null.
    */
   private CudaArray twinFor(Kernel kernel, CudaArray[] arrays, String variant) {
-    if (kernel.twinOutput() < 0 || precision != Precision.BF16 || scopes.isEmpty() || !twinWanted.contains(kernel.name())
-        || !(variant.equals("f32") || variant.equals("f32_in16"))) {
+    if (kernel.twinOutput() < 0 || precision != Precision.BF16 || scopes.isEmpty()
+        || !twinWanted.contains(kernel.name()) || !(variant.equals("f32") || variant.equals("f32_in16"))) {
       return null;
     }
     CudaArray out = arrays[kernel.inputs() + kernel.twinOutput()];

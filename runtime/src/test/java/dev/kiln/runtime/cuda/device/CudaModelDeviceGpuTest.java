@@ -718,6 +718,21 @@ class CudaModelDeviceGpuTest {
         gpuBf16.gemm(a16, false, wt, true, y3, 1, 0);
         gpuBf16.copy(gpuBf16.cast(gpuBf16.fromHost(randn(m, k)), DType.BF16), a16);
         check("a w^T, its operand rewritten after the call, fuse " + fuse, product, y3, gpuBf16, 1e-2);
+        // The sum of two deferred results (w1's and w3's input gradients): the first GEMM writes fp32, the second
+        // adds it in its epilogue, two launches in all.
+        NdArray xb = randn(m, k);
+        Tensor yb = gpuBf16.emptyGemmResult(DType.F32, m, n);
+        Tensor y5 = gpuBf16.emptyGemmResult(DType.F32, m, n);
+        gpuBf16.gemm(a, false, wt, true, y5, 1, 0);
+        gpuBf16.gemm(gpuBf16.fromHost(xb), false, wt, true, yb, 1, 0);
+        long pair = gpuBf16.launches();
+        Tensor both = gpuBf16.binary(Device.Binary.ADD, y5, yb);
+        assertEquals(fuse ? 2 : 1, gpuBf16.launches() - pair,
+            "fuse " + fuse + ": the sum of two GEMMs (or the add alone)");
+        Tensor productB = cpu.zeros(DType.F32, m, n);
+        cpu.gemm(xb.to(DType.BF16).to(DType.F32), false, w.to(DType.BF16).to(DType.F32), true, productB, 1, 0);
+        check("a w^T + b w^T, fuse " + fuse, cpu.binary(Device.Binary.ADD, product, productB), both, gpuBf16,
+            fuse ? 1e-4 : 1e-2);
         // A result nobody reads by the scope's end never runs.
         Tensor y4 = gpuBf16.emptyGemmResult(DType.F32, m, n);
         long unread = gpuBf16.launches();
