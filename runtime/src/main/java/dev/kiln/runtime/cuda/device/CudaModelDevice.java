@@ -1270,6 +1270,7 @@ public final class CudaModelDevice implements Device {
     if (!knownValues.isEmpty()) {
       knownValues.keySet().removeIf(z -> z.sharesBufferWith(a));
     }
+    twinWriters.remove(a.bufferIdentity()); // another writer: its casts teach nothing about the kernel
     if (!lseCache.isEmpty()) {
       lseCache.keySet().removeIf(k -> k.buffer() == a.bufferIdentity());
     }
@@ -1435,14 +1436,9 @@ public final class CudaModelDevice implements Device {
     for (int side = 0; side < 2; side++) {
       CudaArray g = ts[1 - side].arrayUnfilled();
       CudaArray x = ts[side].arrayUnfilled();
-      PendingGemm p = null;
-      for (PendingGemm q : pendingGemms) {
-        if (q.out().sharesBufferWith(g)) {
-          p = q;
-        }
-      }
-      if (p == null || x.dtype() != DType.F32 || !x.isContiguous() || !g.isContiguous()
-          || g.numel() != p.out().numel() || !Arrays.equals(x.shape(), g.shape()) || x.sharesBufferWith(g)) {
+      PendingGemm p = wholePending(g);
+      if (p == null || x.dtype() != DType.F32 || !x.isContiguous() || !Arrays.equals(x.shape(), g.shape())
+          || x.sharesBufferWith(g)) {
         continue;
       }
       CudaArray addend = ts[side].array(); // runs the addend's deferred fill, if it has one
