@@ -853,9 +853,10 @@ public final class CudaModelDevice implements Device {
     }
     // A step's own value: filled when first used, so one nobody reads costs no launch (the zero gradients of
     // parameters a config leaves unused: 28 fills a TinyStories step). Stream order keeps the fill before its reader.
-    CudaArray a = t.arrayUnfilled();
-    // Not through fill(): its bookkeeping would forget the array's known value.
-    t.deferFill(() -> launchFill(a, value));
+    CudaArray a = t.array();
+    // Not through fill(): its bookkeeping would forget the array's known value. Deferred on the buffer, so a view
+    // (a broadcast of the loss gradient) runs it when touched, and a known zero that an add returns past never does.
+    a.deferProducer(() -> launchFill(a, value));
     // Only a step's own values: a zero made outside every scope may be a parameter (a bias), which the optimizer
     // rewrites in place. The value as the array holds it: fp32's rounding of a double, for instance.
     Double stored = storedValue(dtype, value);
@@ -1046,9 +1047,8 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor expand(Tensor x, long... shape) {
     CudaTensor t = ct(x, "expand", "x");
-    CudaArray a = t.arrayUnfilled();
-    return t.viewDeferring(new CudaTensor(viewOf(a, a.expand(shape)), t.bf16Twin() == null ? null
-        : t.bf16Twin().expand(shape)));
+    return new CudaTensor(viewOf(t.array(), t.array().expand(shape)), t.bf16Twin() == null ? null
+        : t.bf16Twin().expand(shape));
   }
 
   @Override
@@ -1362,15 +1362,15 @@ public final class CudaModelDevice implements Device {
         return fused;
       }
     }
-    CudaArray ux = ct(a, "binary " + op, "a").arrayUnfilled();
-    CudaArray uy = ct(b, "binary " + op, "b").arrayUnfilled();
+    CudaArray ux = ct(a, "binary " + op, "a").array();
+    CudaArray uy = ct(b, "binary " + op, "b").array();
     Double vx = knownValue(ux);
     Double vy = knownValue(uy);
     if (op == Binary.MUL && vx != null && vy != null && ux.dtype() == uy.dtype()
         && (ux.dtype() == DType.F32 || ux.dtype() == DType.F64)) {
       // A product of two known values (the loss's seed times the mean's 1/n) is a known value, filled when first
-      // read, if ever (the operands' own fills are not run). The host's product is the kernel's: one IEEE multiply
-      // in the dtype, rounded to nearest.
+      // touched, if ever (the operands' own fills are not run). The host's product is the kernel's: one IEEE
+      // multiply in the dtype, rounded to nearest.
       double product = ux.dtype() == DType.F32 ? (double) ((float) (double) vx * (float) (double) vy) : vx * vy;
       return full(ux.dtype(), product, NdArray.broadcastShapes(ux.shape(), uy.shape()));
     }
@@ -1416,10 +1416,10 @@ public final class CudaModelDevice implements Device {
    */
   private Tensor addToPendingGemm(Tensor a, Tensor b) {
     CudaTensor[] ts = {ct(a, "binary ADD", "a"), ct(b, "binary ADD", "b")};
-    PendingGemm pa = wholePending(ts[0].arrayUnfilled());
-    PendingGemm pb = wholePending(ts[1].arrayUnfilled());
+    PendingGemm pa = wholePending(ts[0].array());
+    PendingGemm pb = wholePending(ts[1].array());
     if (pa != null && pb != null && pa != pb && Arrays.equals(pa.out().shape(), pb.out().shape())
-        && Arrays.equals(ts[0].arrayUnfilled().shape(), ts[1].arrayUnfilled().shape())) {
+        && Arrays.equals(ts[0].array().shape(), ts[1].array().shape())) {
       // Two deferred GEMMs (the input gradients of w1 and w3): the first writes fp32, the second adds it in its
       // epilogue. Their bf16 results stay deferred, for other readers.
       CudaArray first = temp(DType.F32, pa.out().shape());
@@ -1427,24 +1427,23 @@ public final class CudaModelDevice implements Device {
         cublas.gemm(pa.alpha(), pa.a(), pa.b(), 0f, first);
         launches++;
         mark("gemm (fp32, the first of a sum of two)");
-        Tensor sum = addToPendingGemm(wrap(first.view(ts[0].arrayUnfilled().shape())), b);
-        return sum != null ? sum : binary(Binary.ADD, wrap(first.view(ts[0].arrayUnfilled().shape())), b);
+        Tensor sum = addToPendingGemm(wrap(first.view(ts[0].array().shape())), b);
+        return sum != null ? sum : binary(Binary.ADD, wrap(first.view(ts[0].array().shape())), b);
       } finally {
         first.close(); // stream-ordered: the memory is reused only by work queued after the reads above
       }
     }
     for (int side = 0; side < 2; side++) {
-      CudaArray g = ts[1 - side].arrayUnfilled();
-      CudaArray x = ts[side].arrayUnfilled();
+      CudaArray g = ts[1 - side].array();
+      CudaArray x = ts[side].array();
       PendingGemm p = wholePending(g);
       if (p == null || x.dtype() != DType.F32 || !x.isContiguous() || !Arrays.equals(x.shape(), g.shape())
           || x.sharesBufferWith(g)) {
         continue;
       }
-      CudaArray addend = ts[side].array(); // runs the addend's deferred fill, if it has one
       CudaArray out = newArray(DType.F32, x.shape());
       long[] mn = p.out().shape();
-      if (!cublas.gemmAdding(p.alpha(), p.a(), p.b(), addend.view(mn), out.view(mn))) {
+      if (!cublas.gemmAdding(p.alpha(), p.a(), p.b(), x.view(mn), out.view(mn))) {
         return null;
       }
       launches++;
@@ -1995,7 +1994,7 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor crossEntropyBackward(Tensor logits, Tensor targets, Tensor dLoss, boolean bf16Result) {
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropyBackward");
-    CudaArray gu = ct(dLoss, "crossEntropyBackward", "dLoss").arrayUnfilled(); // a known value is not filled here
+    CudaArray gu = ct(dLoss, "crossEntropyBackward", "dLoss").array();
     if (gu.dtype() != DType.F32 && gu.dtype() != DType.F64 || gu.dtype() != computeDtype(xt[0])) {
       throw new IllegalArgumentException("cuda device, crossEntropyBackward: operands mix " + xt[0].dtype() + " and "
           + gu.dtype() + " (dLoss must be " + computeDtype(xt[0]) + ")");

@@ -14,47 +14,17 @@ import dev.kiln.runtime.cuda.CudaArray;
 public final class CudaTensor implements Tensor {
   private final CudaArray array;
   private CudaArray bf16;
-  /**
-   * The fill {@link CudaModelDevice#full} deferred until the array is first used (null: none or done): generated
-   * backward code makes zero gradients for parameters a config leaves unused (a norm's bias, QK-norm's weights when
-   * it is off), and callers drop most of them unread.
-   */
-  private Runnable deferredFill;
-
   CudaTensor(CudaArray array, CudaArray bf16) {
     this.array = array;
     this.bf16 = bf16;
   }
 
-  /** The device array (shape, strides, dtype, address), filled first if its fill was deferred. */
-  public CudaArray array() {
-    Runnable fill = deferredFill;
-    if (fill != null) {
-      deferredFill = null;
-      fill.run();
-    }
-    return array;
-  }
-
-  /** The array without running a deferred fill: for the device's bookkeeping, which reads no element. */
-  CudaArray arrayUnfilled() {
-    return array;
-  }
-
-  /** Defers this tensor's fill to its first {@link #array()}. */
-  void deferFill(Runnable fill) {
-    deferredFill = fill;
-  }
-
   /**
-   * {@code view} (a view of this tensor's memory) filled when first used, by running this tensor's deferred fill if
-   * it is still pending then: a broadcast of a loss gradient nobody reads costs no launch.
+   * The device array (shape, strides, dtype, address). Work deferred on its memory (a fill, a GEMM) runs when the
+   * memory is first touched, through the buffer ({@code DeviceBuffer.deferProducer}), not here.
    */
-  CudaTensor viewDeferring(CudaTensor view) {
-    if (deferredFill != null) {
-      view.deferFill(this::array);
-    }
-    return view;
+  public CudaArray array() {
+    return array;
   }
 
   /** The bf16 twin kept current by the optimizer, or null. */
