@@ -14,6 +14,7 @@ import dev.kiln.runtime.cuda.CudaArray;
 public final class CudaTensor implements Tensor {
   private final CudaArray array;
   private CudaArray bf16;
+
   CudaTensor(CudaArray array, CudaArray bf16) {
     this.array = array;
     this.bf16 = bf16;
