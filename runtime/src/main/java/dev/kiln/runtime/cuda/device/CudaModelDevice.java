@@ -1427,8 +1427,9 @@ public final class CudaModelDevice implements Device {
         cublas.gemm(pa.alpha(), pa.a(), pa.b(), 0f, first);
         launches++;
         mark("gemm (fp32, the first of a sum of two)");
-        Tensor sum = addToPendingGemm(wrap(first.view(ts[0].array().shape())), b);
-        return sum != null ? sum : binary(Binary.ADD, wrap(first.view(ts[0].array().shape())), b);
+        Tensor firstSum = wrap(first.view(ts[0].array().shape()));
+        Tensor sum = addToPendingGemm(firstSum, b);
+        return sum != null ? sum : binary(Binary.ADD, firstSum, b);
       } finally {
         first.close(); // stream-ordered: the memory is reused only by work queued after the reads above
       }
