@@ -357,9 +357,36 @@ public final class FlashAttention {
     }
 
     /** Every (b, h) slab and row starts a multiple of {@code elements} past the first. */
-    boolean stridesMultipleOf(long elements) {
+    public boolean stridesMultipleOf(long elements) {
       return (batches == 1 || sb % elements == 0) && (heads == 1 || sh % elements == 0) && sr % elements == 0;
     }
+  }
+
+  /**
+   * RoPE for the whole-head kernels to apply as they load q and k (their {@code _rope} entry points; see
+   * {@link #forwardRotatingInto}): int64 {@code positions} whose element for row (b, h, r) of q's [batches, heads, n]
+   * (merged as {@link Heads} merges them) lies at {@code b·sb + h·sh + r·sr} of {@code layout}, and {@code invFreq}
+   * the {@code d / 2} frequencies {@code theta^(-i / half)} in double, as the RoPE kernels take them.
+   */
+  public record Rope(CudaArray positions, Heads layout, CudaArray invFreq) {
+    long[] words() {
+      return new long[] {positions.address(), layout.sb(), layout.sh(), layout.sr(), invFreq.address()};
+    }
+
+    /** Shared memory the kernels add for the rotation: a slab's positions and the frequencies (rope_stage). */
+    static int sharedBytes(int rows, int d) {
+      return rows * 8 + d / 2 * 8;
+    }
+  }
+
+  /**
+   * Whether attention at head dim {@code d} over {@code n} rows of bf16 runs whole-head kernels forward and backward,
+   * which alone can apply RoPE as they load q and k ({@link #forwardRotatingInto}, {@link #backwardRotatingInto}).
+   */
+  public boolean rotatesOnLoad(long d, long n) {
+    String forward = usesTensorCores(DType.BF16, d) ? tuning.forward(d, n) : null;
+    String backward = forward != null ? tuning.backward(d) : null;
+    return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= Tuning.wholeHeadRows(backward);
   }
 
   /** Forward pass with the usual scale {@code 1 / sqrt(d)}. */
@@ -371,25 +398,39 @@ public final class FlashAttention {
     Geometry g = check(q, k, v);
     CudaArray out = CudaArray.empty(device, stream, q.dtype(), q.shape());
     CudaArray lse = CudaArray.empty(device, stream, DType.F32, Arrays.copyOf(q.shape(), q.rank() - 1));
-    forwardInto(q, k, v, mask, scale, out, lse, g);
+    forwardInto(q, k, v, mask, scale, out, lse, g, null);
     return new Forward(out, lse);
   }
 
   /** Forward pass into existing {@code out} (like q) and {@code lse} ({@code [..., n]} fp32) arrays. */
   public void forwardInto(CudaArray q, CudaArray k, CudaArray v, AttentionMask mask, float scale, CudaArray out,
       CudaArray lse) {
-    forwardInto(q, k, v, mask, scale, out, lse, check(q, k, v));
+    forwardInto(q, k, v, mask, scale, out, lse, check(q, k, v), null);
   }
 
-  private void forwardInto(CudaArray q, CudaArray k, CudaArray v, AttentionMask mask, float scale, CudaArray out,
-      CudaArray lse, Geometry g) {
+  /**
+   * {@link #forwardInto} of {@code rope(q)} and {@code rope(k)}, given q and k before RoPE: the whole-head kernel
+   * turns their rows in shared memory as they land, so the turned q and k are never written. Where another variant
+   * would run (longer sequences, another head dim, a scale it cannot fold) it launches nothing and returns false, and
+   * the caller applies RoPE itself.
+   */
+  public boolean forwardRotatingInto(CudaArray q, CudaArray k, CudaArray v, AttentionMask mask, float scale,
+      CudaArray out, CudaArray lse, Rope rope) {
+    return forwardInto(q, k, v, mask, scale, out, lse, check(q, k, v), java.util.Objects.requireNonNull(rope));
+  }
+
+  private boolean forwardInto(CudaArray q, CudaArray k, CudaArray v, AttentionMask mask, float scale, CudaArray out,
+      CudaArray lse, Geometry g, Rope rope) {
     Heads lo = checkResult(out, q, g, "out");
     checkRows(lse, g, "lse");
     if (g.bh == 0) {
-      return; // nothing to compute (and a grid may not be empty)
+      return true; // nothing to compute (and a grid may not be empty)
     }
     int causal = mask == AttentionMask.CAUSAL ? 1 : 0;
     KernelLoader.Module m = device.kernels().module("flash_attention");
+    if (rope != null && !rotatingForward(g, scale)) {
+      return false;
+    }
     KernelArgs args = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(lse).i32((int) g.n).i32((int) g.heads);
     if (g.tensorCores) {
       int d = (int) g.d;
@@ -414,7 +455,7 @@ public final class FlashAttention {
       long blocks = ceilDiv(g.n, bm);
       if (rows > 0) {
         // q, k and v of one (batch, head) slab in padded rows.
-        smem = 3 * rows * (d + 8) * 2;
+        smem = 3 * rows * (d + 8) * 2 + (rope != null ? Rope.sharedBytes(rows, d) : 0);
         blocks = 1;
       } else if (Tuning.hopperOnly(variant)) {
         // Unpadded swizzled tiles (Q, then two K and two V buffers), plus slack to align them to 1024 bytes.
@@ -423,14 +464,23 @@ public final class FlashAttention {
       } else {
         smem = (bm + 4 * bn) * (d + 8) * 2;
       }
-      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out)).launch(stream, blocks, g.bh,
-          warps * 32, smem, args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
-              .struct(g.v.words()).struct(lo.words()));
+      args.f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words()).struct(g.v.words()).struct(lo.words());
+      if (rope != null) {
+        args.struct(rope.words());
+      }
+      m.kernel("kiln_attn_fwd_bf16_d" + d + "_" + variant + resultSuffix(out) + (rope != null ? "_rope" : ""))
+          .launch(stream, blocks, g.bh, warps * 32, smem, args);
     } else {
       m.kernel("kiln_attn_fwd_simt_" + suffix(q.dtype())).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,
           args.i32((int) g.d).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words()).struct(g.v.words())
               .struct(lo.words()));
     }
+    return true;
+  }
+
+  /** Whether the forward of {@code g} at {@code scale} runs a whole-head variant (the variant choice below). */
+  private boolean rotatingForward(Geometry g, float scale) {
+    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(tuning.forward(g.d, g.n));
   }
 
   /** Backward pass with the usual scale. */
@@ -457,6 +507,22 @@ public final class FlashAttention {
 
   public void backwardInto(CudaArray q, CudaArray k, CudaArray v, CudaArray out, CudaArray lse, CudaArray dOut,
       AttentionMask mask, float scale, CudaArray dq, CudaArray dk, CudaArray dv) {
+    backwardInto(q, k, v, out, lse, dOut, mask, scale, dq, dk, dv, null);
+  }
+
+  /**
+   * {@link #backwardInto} of attention over {@code rope(q)} and {@code rope(k)}, given q and k before RoPE, writing the
+   * gradients with respect to q and k before RoPE: the whole-head kernel turns q's and k's rows as they land and turns
+   * dq and dk back (RoPE's backward) as it stores them. Where another variant would run it launches nothing and
+   * returns false.
+   */
+  public boolean backwardRotatingInto(CudaArray q, CudaArray k, CudaArray v, CudaArray out, CudaArray lse,
+      CudaArray dOut, AttentionMask mask, float scale, CudaArray dq, CudaArray dk, CudaArray dv, Rope rope) {
+    return backwardInto(q, k, v, out, lse, dOut, mask, scale, dq, dk, dv, java.util.Objects.requireNonNull(rope));
+  }
+
+  private boolean backwardInto(CudaArray q, CudaArray k, CudaArray v, CudaArray out, CudaArray lse, CudaArray dOut,
+      AttentionMask mask, float scale, CudaArray dq, CudaArray dk, CudaArray dv, Rope rope) {
     Geometry g = check(q, k, v);
     Heads lo = checkResult(out, q, g, "out");
     Heads ldo = checkInput(dOut, q, g.tensorCores, "dOut");
@@ -469,7 +535,7 @@ public final class FlashAttention {
     }
     checkRows(lse, g, "lse");
     if (g.bh == 0) {
-      return; // nothing to compute (and a grid may not be empty)
+      return true; // nothing to compute (and a grid may not be empty)
     }
     int causal = mask == AttentionMask.CAUSAL ? 1 : 0;
     KernelLoader.Module m = device.kernels().module("flash_attention");
@@ -484,16 +550,23 @@ public final class FlashAttention {
     if (chosen != null && Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {
       chosen = Tuning.PORTABLE.backward(d);
     }
+    if (rope != null && rows == 0) {
+      return false;
+    }
     if (rows > 0) {
       // q, k, v and dOut of one (batch, head) slab in padded rows and its rows' lse and dot: one kernel computes
       // dot = rowsum(dOut · out) and writes dq, dk and dv.
-      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4;
-      m.kernel("kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i" + suffix(out.dtype()))
-          .launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out)
-              .ptr(dOut).ptr(lse).ptr(dq).ptr(dk).ptr(dv).i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal)
-              .struct(g.q.words()).struct(g.k.words()).struct(g.v.words()).struct(lo.words()).struct(ldo.words())
-              .struct(ldq.words()).struct(ldk.words()).struct(ldv.words()));
-      return;
+      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4 + (rope != null ? Rope.sharedBytes(rows, d) : 0);
+      KernelArgs args = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(dOut).ptr(lse).ptr(dq).ptr(dk).ptr(dv)
+          .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
+          .struct(g.v.words()).struct(lo.words()).struct(ldo.words()).struct(ldq.words()).struct(ldk.words())
+          .struct(ldv.words());
+      if (rope != null) {
+        args.struct(rope.words());
+      }
+      m.kernel("kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i" + suffix(out.dtype())
+          + (rope != null ? "_rope" : "")).launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, args);
+      return true;
     }
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {
       if (dotVectorised(out, lo, dOut, ldo, g.d)) {
@@ -543,6 +616,7 @@ public final class FlashAttention {
                 .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldq.words()));
       }
     }
+    return true;
   }
 
   /** Sizes, whether the tensor-core kernels run, and the layouts of q, k and v. */

@@ -195,6 +195,22 @@ public final class CudaModelDevice implements Device {
   /** A deferred GEMM: {@code out = alpha · a b}, the operands as cuBLAS takes them. */
   private record PendingGemm(float alpha, CudaArray a, CudaArray b, CudaArray out) {}
 
+  /**
+   * RoPE results that attention's kernels may compute themselves, by the result's buffer ({@link #ropeByAttention}).
+   * A forward RoPE of q or k (bf16, for attention alone, the processor says) is not launched: its kernel becomes the
+   * result's deferred producer, and an attention over two such results runs the whole-head kernel that turns q and k
+   * as it loads them ({@link FlashAttention#forwardRotatingInto}); its backward does the same and turns dq and dk
+   * back as it stores them, so the gradients it returns are again deferred RoPEs (of the gradients before RoPE), and
+   * RoPE's backward of one returns its source without a launch. Anything else that touches a result's memory runs its
+   * kernel first. An entry goes when its source is written (after its kernel runs), when the result is, and when its
+   * scope ends. {@code KILN_ROPE_FUSION=0} or {@link #fuseRope(boolean)} turns this off.
+   */
+  private final Map<Object, DeferredRope> deferredRopes = new IdentityHashMap<>();
+  private boolean fuseRope = !"0".equals(System.getenv("KILN_ROPE_FUSION"));
+
+  /** {@code result = rope(source, positions, theta)}, both bf16 of one shape; computed once its producer has run. */
+  private record DeferredRope(CudaArray source, CudaArray positions, double theta, CudaArray result) {}
+
   /** bf16 copies attention made in forward, by the {@code out} tensor they belong to, for its backward. */
   private final Map<CudaArray, CudaArray[]> attentionBf16 = new IdentityHashMap<>();
   /** RoPE inverse frequencies by (theta, half width): tiny, permanent, made before any capture needs them. */
@@ -303,7 +319,7 @@ public final class CudaModelDevice implements Device {
       if (scopes.peek() != this) {
         throw new IllegalStateException("cuda device: scopes must close innermost first");
       }
-      settlePendingGemms(owned);
+      settleDeferredWork(owned);
       scopes.pop();
       castCache.clear();
       castsByBuffer.clear();
@@ -1153,23 +1169,43 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * At a scope's end: a deferred GEMM whose result the scope made is dropped (nothing can read that memory any more;
-   * a captured graph never runs it); one that reads memory the scope made runs now, before that memory goes.
+   * At a scope's end, for deferred GEMMs and RoPEs ({@link #pendingGemms}, {@link #deferredRopes}): one whose result
+   * outlives the scope but reads memory the scope made runs now, before that memory goes (running it runs what it
+   * reads first); then one whose result the scope made is dropped (nothing can read that memory any more; a captured
+   * graph never runs it). In that order, so that nothing still to run reads memory whose producer was dropped.
    */
-  private void settlePendingGemms(List<CudaArray> owned) {
-    if (pendingGemms.isEmpty()) {
+  private void settleDeferredWork(List<CudaArray> owned) {
+    if (pendingGemms.isEmpty() && deferredRopes.isEmpty()) {
       return;
     }
     java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
     owned.forEach(a -> buffers.add(a.bufferIdentity()));
     for (PendingGemm p : List.copyOf(pendingGemms)) {
-      if (buffers.contains(p.out().bufferIdentity())) {
-        p.out().dropProducer();
-        pendingGemms.remove(p);
-      } else if (buffers.contains(p.a().bufferIdentity()) || buffers.contains(p.b().bufferIdentity())) {
+      if (!buffers.contains(p.out().bufferIdentity())
+          && (buffers.contains(p.a().bufferIdentity()) || buffers.contains(p.b().bufferIdentity()))) {
         p.out().produce();
       }
     }
+    for (DeferredRope r : List.copyOf(deferredRopes.values())) {
+      if (!buffers.contains(r.result().bufferIdentity()) && (buffers.contains(r.source().bufferIdentity())
+          || buffers.contains(r.positions().bufferIdentity()))) {
+        deferredRopes.remove(r.result().bufferIdentity());
+        r.result().produce();
+      }
+    }
+    for (PendingGemm p : List.copyOf(pendingGemms)) {
+      if (buffers.contains(p.out().bufferIdentity())) {
+        p.out().dropProducer();
+        pendingGemms.remove(p);
+      }
+    }
+    deferredRopes.values().removeIf(r -> {
+      boolean made = buffers.contains(r.result().bufferIdentity());
+      if (made) {
+        r.result().dropProducer();
+      }
+      return made;
+    });
   }
 
   /**
@@ -1264,6 +1300,18 @@ public final class CudaModelDevice implements Device {
       for (PendingGemm p : List.copyOf(pendingGemms)) {
         if (p.a().sharesBufferWith(a) || p.b().sharesBufferWith(a)) {
           p.out().produce();
+        }
+      }
+    }
+    if (!deferredRopes.isEmpty()) {
+      // A RoPE reading this memory runs before it changes; one writing it is no longer a RoPE of its source.
+      for (DeferredRope r : List.copyOf(deferredRopes.values())) {
+        boolean reads = r.source().sharesBufferWith(a) || r.positions().sharesBufferWith(a);
+        if (reads || r.result().sharesBufferWith(a)) {
+          deferredRopes.remove(r.result().bufferIdentity());
+          if (reads) {
+            r.result().produce();
+          }
         }
       }
     }
@@ -2146,10 +2194,22 @@ public final class CudaModelDevice implements Device {
       throw new IllegalArgumentException("cuda device, rope: x " + Arrays.toString(a.shape())
           + " must have an even last dim (pairs are rotated)");
     }
-    long[] rows = Arrays.copyOf(a.shape(), a.rank() - 1);
     CudaArray p = ids(positions, "rope");
+    StridedPlan.broadcastStrides(p.shape(), p.strides(), Arrays.copyOf(a.shape(), a.rank() - 1),
+        "cuda device, rope: positions");
+    CudaTensor fused = forGemms ? ropeByAttention(a, p, theta, inverse) : null;
+    return fused != null ? fused : ropeResult(ropeOf(a, p, theta, inverse, forGemms, null), a.shape());
+  }
+
+  /**
+   * RoPE's kernel on {@code a} at positions {@code p} (checked): into {@code into} where given (bf16, laid out as a
+   * new array like {@code a} of rank up to 4: a deferred RoPE, {@link #deferredRopes}), else into a new result. The
+   * result may be {@code a}'s rows flattened (rank over 4), which {@link #ropeResult} shapes back.
+   */
+  private CudaArray ropeOf(CudaArray a, CudaArray p, double theta, boolean inverse, boolean forGemms,
+      CudaArray into) {
+    long[] rows = Arrays.copyOf(a.shape(), a.rank() - 1);
     long[] ps = StridedPlan.broadcastStrides(p.shape(), p.strides(), rows, "cuda device, rope: positions");
-    long[] shape = a.shape();
     if (a.rank() > 4) {
       // More leading dims than the kernel walks: flatten x and the positions to one row dim.
       a = contiguousArray(a);
@@ -2168,9 +2228,11 @@ public final class CudaModelDevice implements Device {
     // result, or, forGemms, only that copy. Its 4-byte pair stores need even row offsets: a new array in x's layout
     // has them, as x's last dim (even) is the innermost of its dims longer than 1.
     DType compute = computeDtype(a);
-    boolean bf16Only = forGemms && gemmOperandsInBf16 && precision == Precision.BF16 && compute == DType.F32;
-    CudaArray out16 = bf16Only || (precision == Precision.BF16 && !scopes.isEmpty() && compute == DType.F32)
-        ? newArrayLike(a, DType.BF16, a.shape()) : null;
+    boolean bf16Only = into != null
+        || (forGemms && gemmOperandsInBf16 && precision == Precision.BF16 && compute == DType.F32);
+    CudaArray out16 = into != null ? into
+        : bf16Only || (precision == Precision.BF16 && !scopes.isEmpty() && compute == DType.F32)
+            ? newArrayLike(a, DType.BF16, a.shape()) : null;
     CudaArray out = bf16Only ? null : newArrayLike(a, compute, a.shape());
     CudaArray result = bf16Only ? out16 : out;
     // The leading dims as [n0, n1, n2], padded in front with size-1 dims.
@@ -2189,16 +2251,16 @@ public final class CudaModelDevice implements Device {
     long rowCount = NdArray.numel(rows);
     if (rowCount > 0 && compute == DType.F32
         && ropeTokens(a, p, out, out16, result, n, xs, os, pst, half, theta, inverse)) {
-      return ropeResult(result, shape);
+      return result;
     }
     if (a.dtype() == DType.BF16) {
       // The general kernel reads fp32: widen x (laid out as it is) and start again.
       for (CudaArray unused : new CudaArray[] {out, out16}) {
-        if (unused != null) {
+        if (unused != null && unused != into) {
           unused.close();
         }
       }
-      return rope(wrap(widened(a)), positions, theta, inverse, forGemms);
+      return ropeOf(widened(a), p, theta, inverse, forGemms, into);
     }
     KernelArgs args = new KernelArgs().ptr(a).i64(n[1]).i64(n[2]).i64(xs[0]).i64(xs[1]).i64(xs[2]).ptr(p)
         .i64(pst[0]).i64(pst[1]).i64(pst[2]).ptr(ropeFrequencies(theta, half));
@@ -2228,13 +2290,98 @@ public final class CudaModelDevice implements Device {
         rememberCast(out, out16);
       }
     }
-    return ropeResult(result, shape);
+    return result;
   }
 
   /** RoPE's result in x's original shape (x of rank over 4 was flattened to rows). */
   private CudaTensor ropeResult(CudaArray result, long[] shape) {
     return wrap(result.rank() == shape.length ? result
         : result.strided(shape, NdArray.contiguousStrides(shape), result.offset()));
+  }
+
+  /**
+   * RoPE, for attention or GEMMs alone (the processor's forGemms), that attention's kernels can do themselves
+   * ({@link #deferredRopes}), or null. The inverse of a deferred RoPE (RoPE's backward of a gradient attention's
+   * backward wrote already turned back) is that RoPE's source, with no launch; a forward RoPE of bf16 rows that the
+   * whole-head attention kernels read (head dim and length; int64 positions the same across a slab's layout) becomes
+   * a result whose kernel waits for its first reader.
+   */
+  private CudaTensor ropeByAttention(CudaArray a, CudaArray p, double theta, boolean inverse) {
+    if (!fuseRope || precision != Precision.BF16 || scopes.isEmpty() || !gemmOperandsInBf16
+        || a.dtype() != DType.BF16) {
+      return null;
+    }
+    DeferredRope r = deferredRope(a);
+    if (r != null) {
+      return inverse && r.theta() == theta && CastKey.of(r.positions()).equals(CastKey.of(p)) ? wrap(r.source())
+          : null;
+    }
+    if (inverse || a.rank() < 2 || !flash.rotatesOnLoad(a.shape(-1), a.shape(-2)) || ropePositions(a, p) == null) {
+      return null;
+    }
+    FlashAttention.Heads h = FlashAttention.Heads.of(a);
+    if (h == null || a.offset() % 8 != 0 || !h.stridesMultipleOf(8)) {
+      return null; // the kernels load 16-byte row pieces
+    }
+    return wrap(deferRope(a, p, theta, newArrayLike(a, DType.BF16, a.shape())));
+  }
+
+  /** {@code into} (a new bf16 array like {@code a}) as {@code rope(a)}, its kernel deferred to its first reader. */
+  private CudaArray deferRope(CudaArray a, CudaArray p, double theta, CudaArray into) {
+    deferredRopes.put(into.bufferIdentity(), new DeferredRope(a, p, theta, into));
+    into.deferProducer(() -> {
+      ropeOf(a, p, theta, false, true, into);
+      mark("rope (deferred to its first reader)");
+    });
+    return into;
+  }
+
+  /** The deferred RoPE whose whole result {@code a} is, or null. */
+  private DeferredRope deferredRope(CudaArray a) {
+    DeferredRope r = deferredRopes.isEmpty() ? null : deferredRopes.get(a.bufferIdentity());
+    return r != null && CastKey.of(r.result()).equals(CastKey.of(a)) ? r : null;
+  }
+
+  /**
+   * Positions {@code p} broadcast over {@code a}'s rows ({@code a} without its last dim) as a {@code [..., n, 1]}
+   * view, for the attention kernels' (batch, head, row) walk ({@link FlashAttention.Heads}), or null where the
+   * kernels cannot take them (not int64, or batch dims that do not merge).
+   */
+  private static CudaArray ropePositions(CudaArray a, CudaArray p) {
+    if (p.dtype() != DType.I64) {
+      return null;
+    }
+    int r = a.rank();
+    long[] shape = a.shape();
+    shape[r - 1] = 1;
+    long[] strides = Arrays.copyOf(StridedPlan.broadcastStrides(p.shape(), p.strides(), Arrays.copyOf(shape, r - 1),
+        "cuda device, rope: positions"), r);
+    strides[r - 1] = 1;
+    CudaArray view = p.strided(shape, strides, p.offset());
+    return FlashAttention.Heads.of(view) != null ? view : null;
+  }
+
+  /**
+   * The rotation attention's kernels apply to q and k as they load them, where both are deferred RoPEs of one theta
+   * and the same positions ({@link #deferredRopes}), or null.
+   */
+  private FlashAttention.Rope attentionRope(CudaArray q, CudaArray k) {
+    DeferredRope rq = deferredRope(q);
+    DeferredRope rk = deferredRope(k);
+    if (rq == null || rk == null || rq.theta() != rk.theta()
+        || !CastKey.of(rq.positions()).equals(CastKey.of(rk.positions()))) {
+      return null;
+    }
+    CudaArray view = ropePositions(rq.source(), rq.positions());
+    return new FlashAttention.Rope(view, FlashAttention.Heads.of(view), ropeFrequencies(rq.theta(), q.shape(-1) / 2));
+  }
+
+  /**
+   * Turns RoPE inside attention's kernels ({@link #deferredRopes}) off or on (on by default, or as
+   * {@code KILN_ROPE_FUSION=0} says): off, every RoPE runs its own kernel when called.
+   */
+  public void fuseRope(boolean on) {
+    fuseRope = on;
   }
 
   /**
@@ -2562,13 +2709,25 @@ public final class CudaModelDevice implements Device {
     boolean save = precision == Precision.BF16 && !scopes.isEmpty();
     List<CudaArray> temps = new ArrayList<>();
     try {
-      CudaArray[] in = new CudaArray[3];
-      for (int i = 0; i < 3; i++) {
-        in[i] = attentionOperand(qkv[i], save ? null : temps);
-      }
       long[] shape = qkv[0].shape();
       CudaArray out = newArrayLike(qkv[2], outType, shape);
       CudaArray lse = newArray(DType.F32, Arrays.copyOf(shape, shape.length - 1));
+      // q and k deferred RoPEs: the kernel turns them as it loads them, and they are never written.
+      FlashAttention.Rope rope = save ? attentionRope(qkv[0], qkv[1]) : null;
+      CudaArray[] in = new CudaArray[3];
+      if (rope != null) {
+        in[2] = attentionOperand(qkv[2], null);
+        if (flash.forwardRotatingInto(deferredRope(qkv[0]).source(), deferredRope(qkv[1]).source(), in[2],
+            attentionMask(mask), (float) scale, out, lse, rope)) {
+          launches++;
+          attentionBf16.put(out, new CudaArray[] {qkv[0], qkv[1], in[2]});
+          mark("attention forward (RoPE on load)");
+          return new AttentionOut(wrap(out), wrap(lse));
+        }
+      }
+      for (int i = 0; i < 3; i++) {
+        in[i] = in[i] != null ? in[i] : attentionOperand(qkv[i], save ? null : temps);
+      }
       flash.forwardInto(in[0], in[1], in[2], attentionMask(mask), (float) scale, out, lse);
       launches++;
       if (save) {
@@ -2604,6 +2763,21 @@ public final class CudaModelDevice implements Device {
       CudaArray dq = newArrayLike(qkv[0], gradType, shape);
       CudaArray dk = newArrayLike(qkv[1], gradType, shape);
       CudaArray dv = newArrayLike(qkv[2], gradType, shape);
+      // q and k deferred RoPEs: the kernel turns them as it loads them, and writes the gradients of their sources
+      // (dq and dk turned back), which the gradients it returns are deferred RoPEs of. RoPE's backward then returns
+      // them as they are.
+      FlashAttention.Rope rope = gradType == DType.BF16 ? attentionRope(in[0], in[1]) : null;
+      if (rope != null) {
+        DeferredRope rq = deferredRope(in[0]);
+        if (flash.backwardRotatingInto(rq.source(), deferredRope(in[1]).source(), in[2], o, l, dO,
+            attentionMask(mask), (float) scale, dq, dk, dv, rope)) {
+          launches++;
+          mark("attention backward (RoPE on load)");
+          return new AttentionGrads(
+              wrap(deferRope(dq, rq.positions(), rq.theta(), newArrayLike(qkv[0], gradType, shape))),
+              wrap(deferRope(dk, rq.positions(), rq.theta(), newArrayLike(qkv[1], gradType, shape))), wrap(dv));
+        }
+      }
       flash.backwardInto(in[0], in[1], in[2], o, l, dO, attentionMask(mask), (float) scale, dq, dk, dv);
       launches += 3;
       mark("attention backward");

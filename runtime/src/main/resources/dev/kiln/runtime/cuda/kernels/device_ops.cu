@@ -799,14 +799,11 @@ KILN_XENT_CACHED4(bf16, unsigned short, i64, kiln_i64)
 
 // ---------------------------------------------------------------- rotary position embedding (Device.rope)
 
-// cos and sin of a rotation angle given in double. For float results the angle is first reduced to [-pi, pi] in
-// double (2*pi in two parts, so the reduction is exact to double rounding even at positions in the thousands), then
-// sincosf takes the short argument: within 3e-7 of the double cosine, at a fraction of double sincos's cost.
+// cos and sin of a rotation angle given in double. For float results the angle is first reduced to [-pi, pi]
+// (kiln_angle_reduce), then sincosf takes the short argument: within 3e-7 of the double cosine, at a fraction of double
+// sincos's cost.
 __device__ __forceinline__ void kiln_rope_cs(double angle, float* s, float* c) {
-  const double k = rint(angle * 0.15915494309189535);
-  double r = fma(-k, 6.283185307179586, angle);
-  r = fma(-k, 2.4492935982947064e-16, r);
-  sincosf((float)r, s, c);
+  sincosf(kiln_angle_reduce(angle), s, c);
 }
 __device__ __forceinline__ void kiln_rope_cs(double angle, double* s, double* c) { sincos(angle, s, c); }
 

@@ -610,6 +610,102 @@ __device__ __forceinline__ void bwd_dq_tc(const kiln_bf16* __restrict__ Q, const
 
 // ------------------------------------------------------------------------------------------------ whole heads
 
+// bf16 halves of a packed pair.
+__device__ __forceinline__ float kiln_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float kiln_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+
+// RoPE on load (the _rope entry points): Device.rope fused into the whole-head kernels. CudaModelDevice defers a RoPE
+// whose result only attention reads; q and k then arrive unrotated, and each block turns its slab's rows in shared
+// memory once they land (fp32 arithmetic on the bf16 inputs, rounded to bf16, as the RoPE kernel does). The backward
+// turns dq and dk by the inverse rotation as it stores them, which is RoPE's backward. Pair i of row r turns by
+// pos · inv_freq[i] (inv_freq = theta^(-i / half), in double, the host's); positions are int64, (b, h, r)'s at
+// b·sb + h·sh + r·sr. A block first copies its rows' positions and the frequencies into shared memory (rope_stage),
+// and every (cos, sin) is computed from the angle there, reduced in double and taken by __sincosf (within 2^-21 of the
+// true values on [-pi, pi]; the RoPE kernel's table is within 2^-24, and both are far below the bf16 rounding that
+// follows). Loading them from the RoPE kernel's table instead cost more than the RoPE kernels saved: a slab reads its
+// rows' table entries once per head, 64 KB a block, in chains of dependent loads between barriers (ncu: +42 us a layer
+// forward, +97 backward at TinyStories' shape).
+struct kiln_attn_rope {
+  const kiln_i64* pos;
+  kiln_i64 sb, sh, sr;
+  const double* inv_freq;
+};
+
+// The slab's positions and the frequencies into shared memory (ps, fs: NMAX int64 then D / 2 doubles after a kernel's
+// tiles, FlashAttention.Rope.sharedBytes), with plain loads: issued after the tiles'
+// cp.async groups, so they travel together, and seen by all threads after the barrier that follows the tiles' wait.
+template <int D, int NMAX, int NT>
+__device__ __forceinline__ void rope_stage(kiln_i64* ps, double* fs, const kiln_attn_rope& rp, int bh, int heads,
+                                           int n, int tid) {
+  const kiln_i64 base = (kiln_i64)(bh / heads) * rp.sb + (kiln_i64)(bh % heads) * rp.sh;
+  for (int r = tid; r < NMAX; r += NT) ps[r] = r < n ? rp.pos[base + (kiln_i64)r * rp.sr] : 0;
+  for (int i = tid; i < D / 2; i += NT) fs[i] = rp.inv_freq[i];
+}
+
+// (cos, sin) of pair i at position p.
+__device__ __forceinline__ float2 kiln_rope_cs(kiln_i64 p, const double* fs, int i) {
+  float2 cs;
+  __sincosf(kiln_angle_reduce((double)p * fs[i]), &cs.y, &cs.x);
+  return cs;
+}
+
+// The pair (x0, x1) packed as bf16 turned by (c, s), repacked.
+__device__ __forceinline__ unsigned kiln_rope_turn(unsigned w, float2 cs) {
+  const float x0 = kiln_bf16_lo(w), x1 = kiln_bf16_hi(w);
+  return kiln_pack_bf16(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x);
+}
+
+// Rows [row0, row0 + ROWS) of the padded slab tiles qs and ks (row r at r·LD) turned in place, 16 bytes (four pairs)
+// of each a step, one (cos, sin) for both; rows past n hold zeros and are left so.
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0, int n, const kiln_i64* ps,
+                                          const double* fs, int tid) {
+  constexpr int CPR = D / 8, LD = D + 8;
+  for (int i = tid; i < ROWS * CPR; i += NT) {
+    const int row = row0 + i / CPR, c = (i % CPR) * 8;
+    if (row >= n) continue;
+    const kiln_i64 p = ps[row];
+    uint4* wq = reinterpret_cast<uint4*>(qs + row * LD + c);
+    uint4* wk = reinterpret_cast<uint4*>(ks + row * LD + c);
+    uint4 q = *wq, k = *wk;
+    float2 cs = kiln_rope_cs(p, fs, c / 2);
+    q.x = kiln_rope_turn(q.x, cs);
+    k.x = kiln_rope_turn(k.x, cs);
+    cs = kiln_rope_cs(p, fs, c / 2 + 1);
+    q.y = kiln_rope_turn(q.y, cs);
+    k.y = kiln_rope_turn(k.y, cs);
+    cs = kiln_rope_cs(p, fs, c / 2 + 2);
+    q.z = kiln_rope_turn(q.z, cs);
+    k.z = kiln_rope_turn(k.z, cs);
+    cs = kiln_rope_cs(p, fs, c / 2 + 3);
+    q.w = kiln_rope_turn(q.w, cs);
+    k.w = kiln_rope_turn(k.w, cs);
+    *wq = q;
+    *wk = k;
+  }
+}
+
+// store_rows for one 16-row tile with RoPE's inverse rotation on each pair: a lane's accumulators (i·8 + 2t,
+// i·8 + 2t + 1) are exactly pair 4i + t of the row.
+template <int D, typename TO>
+__device__ __forceinline__ void store_rows_unrope(TO* dst, kiln_i64 sr, float (*acc)[D / 8][4], float mul, int row0,
+                                                  int n, int g, int t, const kiln_i64* ps, const double* fs) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + g + r * 8;
+    if (row < n) {
+      TO* d = dst + (kiln_i64)row * sr;
+      const kiln_i64 p = ps[row];
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        const float2 cs = kiln_rope_cs(p, fs, 4 * i + t);
+        const float a = acc[0][i][2 * r] * mul, b = acc[0][i][2 * r + 1] * mul;
+        kiln_store_pair(d + i * 8 + 2 * t, a * cs.x + b * cs.y, b * cs.x - a * cs.y);
+      }
+    }
+  }
+}
+
 // Short sequences (n <= NMAX, e.g. TinyStories' 256 rows at d32): one block owns a whole (b, h) slab, loads q, k, v
 // (and for the backward dO, lse and dot) into shared memory once, with one wait, and its warps then run every tile
 // from there with no further barrier. The tiled kernels above walk the same tiles with a load, a wait and two
@@ -630,19 +726,22 @@ __device__ __forceinline__ void load_halves(kiln_bf16* s, const kiln_bf16* g, ki
 }
 
 // Forward: warps own query tiles and walk the key tiles of 64 that they see. The scale is folded into the
-// exponentials (fwd_tile's FOLD), so the host runs it for positive scales only.
-template <int D, int WARPS, int NMAX, typename TO>
+// exponentials (fwd_tile's FOLD), so the host runs it for positive scales only. ROPE: q and k come unrotated and are
+// turned in shared memory (rope_rows) as their rows land.
+template <int D, int WARPS, int NMAX, typename TO, bool ROPE>
 __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                          const kiln_bf16* __restrict__ V, TO* __restrict__ O,
                                          float* __restrict__ LSE, int n, int heads, float scale, int causal,
                                          kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
-                                         kiln_attn_layout lo) {
+                                         kiln_attn_layout lo, const kiln_attn_rope& rp) {
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, BN = 64, TILES = NMAX / 16;
   static_assert(TILES == 2 * WARPS && NMAX % (2 * BN) == 0, "a warp owns two 16-row tiles of the slab");
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
   kiln_bf16* Ks = Qs + NMAX * LD;
   kiln_bf16* Vs = Ks + NMAX * LD;
+  kiln_i64* Ps = (kiln_i64*)(Vs + NMAX * LD);  // ROPE: [NMAX] positions, then [D / 2] frequencies
+  double* Fs = (double*)(Ps + NMAX);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
@@ -655,6 +754,7 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
     load_halves<D, NMAX, NT>(Vs, v, lv.sr, half, n, tid);
     kiln_cp_async_commit();
   }
+  if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
   const float sl2 = scale * KILN_LOG2E;
   for (int half = 0; half < 2; ++half) {
     // Tile w (the first half of the rows) needs only the first half of the keys when causal.
@@ -664,6 +764,17 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
       kiln_cp_async_wait<0>();
     }
     __syncthreads();
+    if constexpr (ROPE) {
+      // The rows that arrived: this half when causal (the half's tiles need no more), else all of them at once.
+      if (causal || half == 0) {
+        if (causal) {
+          rope_rows<D, NMAX / 2, NT>(Qs, Ks, half * (NMAX / 2), n, Ps, Fs, tid);
+        } else {
+          rope_rows<D, NMAX, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
+        }
+        __syncthreads();
+      }
+    }
     const int wrow0 = (half == 0 ? warp : TILES - 1 - warp) * 16;
     if (wrow0 >= n) continue;
     unsigned qf[1][KS][4];
@@ -700,9 +811,6 @@ __device__ __forceinline__ void load_out_rows(OutHalfRows<D, TI>& r, const TI* o
     r.v[c] = row < n ? *reinterpret_cast<const uint4*>(p + c * 16 / (int)sizeof(TI)) : make_uint4(0, 0, 0, 0);
 }
 
-__device__ __forceinline__ float kiln_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float kiln_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
-
 // dot[row] = sum_c dO[row, c] · O[row, c] for the tile of r (its rows' dO from the smem tile dOs), into Ds[row]; the
 // same lane turns Ls[row] into log2 units for the exponentials. Rows past n have zero O (and zero-filled dO and lse)
 // and are never stored.
@@ -737,8 +845,10 @@ __device__ __forceinline__ void tile_dot(float* Ds, float* Ls, const OutHalfRows
 // kernel and its round trip through global memory are gone. dQ of each warp's first query tile runs first (under a
 // causal mask it needs only the first half of the slab), then dK and dV (warps own key tiles and walk the query
 // tiles of BT that see them), then dQ of the second query tile. Each result row is written by one warp, so no
-// atomics, and the arithmetic is the tiled kernels' own (dkdv_tile, dq_tile).
-template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI>
+// atomics, and the arithmetic is the tiled kernels' own (dkdv_tile, dq_tile). ROPE: q and k come unrotated and are
+// turned in shared memory as they land (rope_rows), and dq and dk are turned back as they are stored
+// (store_rows_unrope): the gradients with respect to the unrotated q and k.
+template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI, bool ROPE>
 __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                          const kiln_bf16* __restrict__ V, const TI* __restrict__ O,
                                          const kiln_bf16* __restrict__ dO, const float* __restrict__ LSE,
@@ -746,7 +856,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
                                          int heads, float scale, int causal, kiln_attn_layout lq,
                                          kiln_attn_layout lk, kiln_attn_layout lv, kiln_attn_layout lo,
                                          kiln_attn_layout ldo, kiln_attn_layout ldq, kiln_attn_layout ldk,
-                                         kiln_attn_layout ldv) {
+                                         kiln_attn_layout ldv, const kiln_attn_rope& rp) {
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16;
   static_assert(TILES == 2 * WARPS && NMAX % (2 * BT) == 0, "a warp owns two 16-row tiles of the slab");
   extern __shared__ __align__(16) unsigned char smem[];
@@ -756,6 +866,8 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   kiln_bf16* dOs = Vs + NMAX * LD;
   float* Ls = (float*)(dOs + NMAX * LD);  // [NMAX]
   float* Ds = Ls + NMAX;                  // [NMAX]
+  kiln_i64* Ps = (kiln_i64*)(Ds + NMAX);  // ROPE: [NMAX] positions, then [D / 2] frequencies
+  double* Fs = (double*)(Ps + NMAX);
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
@@ -772,6 +884,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     kiln_load_vec<NMAX / 2, NT>(Ls + half * (NMAX / 2), LSE + vbase, half * (NMAX / 2), n, tid);
     kiln_cp_async_commit();
   }
+  if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
   // The warp's two tiles, of queries and of keys (the second one's index is not a local array's: that lives in memory).
   const int first = warp * 16, second = (TILES - 1 - warp) * 16;
   // The first tile's output rows are read while the shared tiles arrive; the second tile's after its dQ, so they hold
@@ -804,7 +917,11 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     for (int j = 0; j < nkb; ++j)
       dq_tile<D, LD, 1, BT, true>(dq, qf, df, Qs, dOs, wrow0, Ks + j * BT * LD, Vs + j * BT * LD, lse2, dot, j * BT,
                                   wrow0, n, causal, sl2, g, t, lane);
-    store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+    if constexpr (ROPE) {
+      store_rows_unrope<D, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t, Ps, Fs);
+    } else {
+      store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+    }
   };
 
   // The first half of the slab: this warp's first tile's dot (its own rows, so no barrier before it is read by this
@@ -815,14 +932,26 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     kiln_cp_async_wait<0>();
   }
   __syncthreads();
+  if constexpr (ROPE) {
+    // The rows that arrived: the first half when causal, else all of them.
+    if (causal) {
+      rope_rows<D, NMAX / 2, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
+    } else {
+      rope_rows<D, NMAX, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
+    }
+  }
   tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, first, lane);
   __syncwarp();
+  if constexpr (ROPE) __syncthreads();  // dQ reads rows other threads turned
   if (causal) dq_rows(first);
   load_out_rows<D, TI>(orows, out, lo.sr, second, n, lane);
   kiln_cp_async_wait<0>();
   __syncthreads();
   tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, second, lane);
-  __syncthreads();  // dK/dV read every query row's dot and lse
+  if constexpr (ROPE) {
+    if (causal) rope_rows<D, NMAX / 2, NT>(Qs, Ks, NMAX / 2, n, Ps, Fs, tid);
+  }
+  __syncthreads();  // dK/dV read every query row's dot and lse (and every turned row)
   if (!causal) dq_rows(first);
 
   for (int half = 0; half < 2; ++half) {
@@ -836,7 +965,11 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
       dkdv_tile<D, LD, 1, BT, true>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0, wkey0,
                                     n, causal, sl2, g, t, lane);
     }
-    store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+    if constexpr (ROPE) {
+      store_rows_unrope<D, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t, Ps, Fs);
+    } else {
+      store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+    }
     store_rows<D, 1, TO>(dV + kiln_attn_slab(ldv, bh, heads), ldv.sr, dv, 1.f, wkey0, n, g, t);
   }
   dq_rows(second);
@@ -1086,20 +1219,33 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
 
 // Whole-head variants, _w<warps>h<rows>[mb<min blocks>]: one block a (b, h) slab of at most <rows> rows (the host
 // runs the head dim's portable variant for longer sequences). The backward kernel writes dq, dk and dv, and reads the
-// forward's output o (_i<type>) for its row sums.
+// forward's output o (_i<type>) for its row sums. Each line also makes the _rope entry points, which take q and k
+// before RoPE and one more argument, the rotation (kiln_attn_rope).
 #define KILN_FWD_HEAD_T(NAME, D, W, NMAX, BOUNDS, TO)                                                         \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
-    fwd_head<D, W, NMAX, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                        \
+    fwd_head<D, W, NMAX, TO, false>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo, kiln_attn_rope{}); \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_rope(                                             \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
+      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo, kiln_attn_rope rope) {              \
+    fwd_head<D, W, NMAX, TO, true>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo, rope);            \
   }
 #define KILN_BWD_HEAD_T(NAME, D, W, NMAX, BT, BOUNDS, TO, TI)                                                     \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
       const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
       KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv) {                       \
-    bwd_head<D, W, NMAX, BT, TO, TI>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk, lv,    \
-                                     lo, ldo, ldq, ldk, ldv);                                                  \
+    bwd_head<D, W, NMAX, BT, TO, TI, false>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk, \
+                                            lv, lo, ldo, ldq, ldk, ldv, kiln_attn_rope{});                    \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_rope(                                             \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
+      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
+      KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv, kiln_attn_rope rope) {  \
+    bwd_head<D, W, NMAX, BT, TO, TI, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk,  \
+                                           lv, lo, ldo, ldq, ldk, ldv, rope);                                 \
   }
 #define KILN_FWD_HEAD(SUFFIX, D, W, NMAX, BOUNDS)                                         \
   KILN_FWD_HEAD_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \

@@ -100,3 +100,13 @@ __device__ __forceinline__ void kiln_mma_bf16(float* d, const unsigned* a, unsig
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// A RoPE rotation angle given in double, reduced to [-pi, pi] in double (2*pi in two parts, so the reduction is exact to
+// double rounding even at positions in the thousands) and rounded to float: the short argument that sincosf (the RoPE
+// kernels) or __sincosf (the attention kernels that turn q and k as they load them) then takes.
+__device__ __forceinline__ float kiln_angle_reduce(double angle) {
+  const double k = rint(angle * 0.15915494309189535);
+  double r = fma(-k, 6.283185307179586, angle);
+  r = fma(-k, 2.4492935982947064e-16, r);
+  return (float)r;
+}
