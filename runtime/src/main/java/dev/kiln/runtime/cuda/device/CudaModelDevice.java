@@ -1707,7 +1707,10 @@ public final class CudaModelDevice implements Device {
   /** out[c] = reduce over r of a[r, c] for contiguous a [reducedRows, keptCols]: chunks of rows, then the chunks. */
   private void reduceColumns(String t, CudaArray a, CudaArray out, long reduced, long kept, int opCode) {
     long colBlocks = (kept + 31) / 32;
-    long chunks = Math.max(1, Math.min(Math.min(reduced / 64, 256), Math.max(1, 2048 / colBlocks)));
+    // Up to SINGLE_PASS_ROWS rows, one launch: a norm's weight gradient ([263, 512] partial sums at TinyStories'
+    // shape) took two launches of 3.0 and 2.1 us, and a second launch costs a graph step as much again.
+    long chunks = reduced <= SINGLE_PASS_ROWS ? 1
+        : Math.max(1, Math.min(Math.min(reduced / 64, 256), Math.max(1, 2048 / colBlocks)));
     long perChunk = (reduced + chunks - 1) / chunks;
     chunks = (reduced + perChunk - 1) / perChunk;
     CudaKernel k = op("kiln_reduce_cols_" + t);
@@ -1750,9 +1753,10 @@ public final class CudaModelDevice implements Device {
     CudaArray out = newArray(tab.dtype(), shape);
     long count = id.numel();
     if (count > 0) {
-      op("kiln_gather_rows_" + suffix(tab.dtype()) + "_" + suffix(id.dtype())).launch(stream, count, 1,
-          rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(out).i64(count).i64(d).i64(tab.shape(0))
-              .ptr(errorWord));
+      boolean four = rowsOfFloat4(tab, out, d);
+      op("kiln_gather_rows" + (four ? "4_" : "_") + suffix(tab.dtype()) + "_" + suffix(id.dtype())).launch(stream,
+          count, 1, four ? float4RowBlock(d) : rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(out)
+              .i64(count).i64(four ? d / 4 : d).i64(tab.shape(0)).ptr(errorWord));
       launches++;
       mark("gather rows");
     }
@@ -1774,12 +1778,27 @@ public final class CudaModelDevice implements Device {
           + " is not ids " + Arrays.toString(id.shape()) + " + [" + d + "]");
     }
     if (count > 0) {
-      op("kiln_scatter_rows_" + suffix(tab.dtype()) + "_" + suffix(id.dtype())).launch(stream, count, 1,
-          rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(s).i64(count).i64(d).i64(tab.shape(0))
-              .ptr(errorWord));
+      boolean four = rowsOfFloat4(tab, s, d);
+      op("kiln_scatter_rows" + (four ? "4_" : "_") + suffix(tab.dtype()) + "_" + suffix(id.dtype())).launch(stream,
+          count, 1, four ? float4RowBlock(d) : rowBlock(d), 0, new KernelArgs().ptr(tab).ptr(id).ptr(s).i64(count)
+              .i64(four ? d / 4 : d).i64(tab.shape(0)).ptr(errorWord));
       launches++;
       mark("scatter-add rows");
     }
+  }
+
+  /**
+   * Whether the row kernels of gather and scatter-add may move {@code d}-wide rows of {@code a} and {@code b} (both
+   * contiguous) as float4s ({@code kiln_gather_rows4_f32}, {@code kiln_scatter_rows4_f32}): fp32, d a multiple of 4,
+   * both starting on 16 bytes.
+   */
+  private static boolean rowsOfFloat4(CudaArray a, CudaArray b, long d) {
+    return a.dtype() == DType.F32 && d % 4 == 0 && a.address() % 16 == 0 && b.address() % 16 == 0;
+  }
+
+  /** Threads for a row of {@code d / 4} float4s: one each, in whole warps, up to 256 (the rest loop). */
+  private static int float4RowBlock(long d) {
+    return (int) Math.min(256, (d / 4 + 31) / 32 * 32);
   }
 
   @Override
@@ -1974,6 +1993,9 @@ public final class CudaModelDevice implements Device {
     long warps = (cols + 8 * 32 - 1) / (8 * 32);
     return (int) Math.min(1024, Math.max(32, warps * 32));
   }
+
+  /** Column sums over at most this many rows run as one launch ({@link #reduceColumns}). */
+  private static final long SINGLE_PASS_ROWS = 1024;
 
   private static int rowBlock(long cols) {
     if (cols >= 4096) {

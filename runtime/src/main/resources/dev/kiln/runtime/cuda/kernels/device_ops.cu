@@ -409,6 +409,8 @@ __device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, k
   const kiln_i64 r1 = kiln_min(r0 + rows_per_chunk, rows);
   double acc = kiln_red_init(op);
   if (c < cols) {
+    // Unrolled so that four loads are in flight before the first add waits.
+#pragma unroll 4
     for (kiln_i64 r = r0 + lane_row; r < r1; r += 8) acc = kiln_red(op, acc, (double)x[r * cols + c]);
   }
   part[lane_row][threadIdx.x & 31] = acc;
@@ -465,6 +467,48 @@ __device__ void kiln_scatter_rows(T* __restrict__ dtable, const I* __restrict__ 
   for (kiln_i64 c = threadIdx.x; c < d; c += blockDim.x) kiln_atomic_add(dtable + id * d + c, src[i * d + c]);
 }
 
+// float4 forms of the two above, for fp32 rows of a multiple of 4 entries on 16-byte boundaries (the host checks; d4
+// is the row's float4 count): a quarter of the memory instructions and index arithmetic. The scatter adds a float4
+// with one vector reduction where the GPU has it (sm_90's red.global.add.v4.f32), else with four atomics. One
+// element a thread, the scalar forms moved TinyStories' 32,768 rows of 512 at 2.7 TB/s (50 and 53 us under ncu).
+__device__ __forceinline__ void kiln_atomic_add4(float4* p, float4 v) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+               : "memory");
+#else
+  atomicAdd(&p->x, v.x);
+  atomicAdd(&p->y, v.y);
+  atomicAdd(&p->z, v.z);
+  atomicAdd(&p->w, v.w);
+#endif
+}
+
+template <class I>
+__device__ void kiln_gather_rows4(const float4* __restrict__ table, const I* __restrict__ ids,
+                                  float4* __restrict__ out, kiln_i64 count, kiln_i64 d4, kiln_i64 rows,
+                                  kiln_i64* err) {
+  const kiln_i64 i = blockIdx.x;
+  if (i >= count) return;
+  const kiln_i64 id = (kiln_i64)ids[i];
+  const bool ok = kiln_check_id(id, rows, err);
+  const float4* src = table + id * d4;
+  float4* dst = out + i * d4;
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) dst[c] = ok ? src[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+template <class I>
+__device__ void kiln_scatter_rows4(float4* __restrict__ dtable, const I* __restrict__ ids,
+                                   const float4* __restrict__ src, kiln_i64 count, kiln_i64 d4, kiln_i64 rows,
+                                   kiln_i64* err) {
+  const kiln_i64 i = blockIdx.x;
+  if (i >= count) return;
+  const kiln_i64 id = (kiln_i64)ids[i];
+  if (!kiln_check_id(id, rows, err)) return;
+  float4* dst = dtable + id * d4;
+  const float4* row = src + i * d4;
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) kiln_atomic_add4(dst + c, row[c]);
+}
+
 // out[r] = x[r, idx[r]] for x contiguous [rows, n].
 template <class T, class I>
 __device__ void kiln_pick(const T* __restrict__ x, const I* __restrict__ idx, T* __restrict__ out, kiln_i64 rows,
@@ -505,6 +549,19 @@ __device__ void kiln_scatter_last(T* __restrict__ dx, const I* __restrict__ idx,
   }
 KILN_INDEX(f32, float, i32, int)
 KILN_INDEX(f32, float, i64, kiln_i64)
+#define KILN_INDEX4(NI, I)                                                                                       \
+  extern "C" __global__ void kiln_gather_rows4_f32_##NI(const float4* table, const I* ids, float4* out,         \
+                                                        kiln_i64 count, kiln_i64 d4, kiln_i64 rows,             \
+                                                        kiln_i64* err) {                                        \
+    kiln_gather_rows4<I>(table, ids, out, count, d4, rows, err);                                                 \
+  }                                                                                                              \
+  extern "C" __global__ void kiln_scatter_rows4_f32_##NI(float4* dtable, const I* ids, const float4* src,       \
+                                                         kiln_i64 count, kiln_i64 d4, kiln_i64 rows,            \
+                                                         kiln_i64* err) {                                       \
+    kiln_scatter_rows4<I>(dtable, ids, src, count, d4, rows, err);                                               \
+  }
+KILN_INDEX4(i32, int)
+KILN_INDEX4(i64, kiln_i64)
 KILN_INDEX(f64, double, i32, int)
 KILN_INDEX(f64, double, i64, kiln_i64)
 

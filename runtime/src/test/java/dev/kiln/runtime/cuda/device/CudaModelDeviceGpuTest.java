@@ -175,21 +175,29 @@ class CudaModelDeviceGpuTest {
 
   @Test
   void gatherScatterPickAndTheirIndexErrors() {
-    NdArray table = randn(50, 16);
     long[] idv = new long[24];
     for (int i = 0; i < idv.length; i++) {
       idv[i] = rnd.nextInt(50) / (i % 3 == 0 ? 5 : 1); // repeats, so scatter-add accumulates
     }
     NdArray ids = NdArray.fromLongs(idv, 4, 6);
-    same("gather", cpu.gather(table, ids), gpu.gather(gpu.fromHost(table), gpu.fromHost(ids)));
     NdArray ids32 = ids.to(DType.I32);
-    same("gather i32", cpu.gather(table, ids32), gpu.gather(gpu.fromHost(table), gpu.fromHost(ids32)));
-    NdArray src = randn(4, 6, 16);
-    Tensor refT = cpu.zeros(DType.F32, 50, 16);
-    cpu.scatterAddRows(refT, ids, src);
-    Tensor gotT = gpu.zeros(DType.F32, 50, 16);
-    gpu.scatterAddRows(gotT, gpu.fromHost(ids), gpu.fromHost(src));
-    same("scatterAddRows", refT, gotT);
+    // Rows of float4s (16; 1,032, more float4s than a block's threads) and of single floats (6).
+    for (int d : new int[] {16, 1032, 6}) {
+      NdArray table = randn(50, d);
+      same("gather, rows of " + d, cpu.gather(table, ids), gpu.gather(gpu.fromHost(table), gpu.fromHost(ids)));
+      same("gather i32, rows of " + d, cpu.gather(table, ids32),
+          gpu.gather(gpu.fromHost(table), gpu.fromHost(ids32)));
+      NdArray src = randn(4, 6, d);
+      Tensor refT = cpu.zeros(DType.F32, 50, d);
+      cpu.scatterAddRows(refT, ids, src);
+      Tensor gotT = gpu.zeros(DType.F32, 50, d);
+      gpu.scatterAddRows(gotT, gpu.fromHost(ids), gpu.fromHost(src));
+      same("scatterAddRows, rows of " + d, refT, gotT);
+      Tensor gotT32 = gpu.zeros(DType.F32, 50, d);
+      gpu.scatterAddRows(gotT32, gpu.fromHost(ids32), gpu.fromHost(src));
+      same("scatterAddRows i32, rows of " + d, refT, gotT32);
+    }
+    NdArray table = randn(50, 16);
 
     NdArray logits = randn(4, 6, 50);
     same("pick", cpu.pick(logits, ids), gpu.pick(gpu.fromHost(logits), gpu.fromHost(ids)));
@@ -448,7 +456,8 @@ class CudaModelDeviceGpuTest {
     // before RoPE, and RoPE's backward (forGemms) returns them as they are. Against the CPU on the bf16-rounded
     // projections and dOut, RoPE's result rounded to bf16 as the kernels round it: 3e-2 of the largest magnitude,
     // attentionCase's bf16 tolerance; a turned q read on its own, 1e-2 (one bf16 rounding of the same rotation).
-    // Positions shared by the batch, and per-token ones in the thousands (the angle reduction).
+    // Positions shared by the batch, and per-token ones in the thousands (the angle reduction); causal (the kernels
+    // turn each half of the rows as it lands) and unmasked (all rows at once).
     int b = 2;
     int h = 2;
     int s = 96;
@@ -463,60 +472,61 @@ class CudaModelDeviceGpuTest {
       far[i] = 8_000 + rnd.nextInt(400);
     }
     for (NdArray pos : new NdArray[] {NdArray.arange(DType.I64, s), NdArray.fromLongs(far, b, 1, s)}) {
-      for (boolean fuse : new boolean[] {true, false}) {
-        gpuBf16.fuseRope(fuse);
-        String what = "fuse " + fuse + ", positions " + Arrays.toString(pos.shape());
-        try (CudaModelDevice.Scope sc = gpuBf16.scope()) {
-          Tensor[] proj = new Tensor[3];
-          Tensor[] view = new Tensor[3];
-          NdArray[] heads = new NdArray[3];
-          for (int i = 0; i < 3; i++) {
-            proj[i] = gpuBf16.emptyGemmResult(DType.F32, b * s, h * dh);
-            gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w[i]), true, proj[i], 1, 0);
-            heads[i] = gpuBf16.toHost(proj[i]).to(DType.F32).reshape(b, s, h, dh).permute(0, 2, 1, 3).contiguous();
-            view[i] = gpuBf16.permute(gpuBf16.reshape(proj[i], b, s, h, dh), 0, 2, 1, 3);
-          }
-          Tensor rq = cpu.cast(cpu.cast(cpu.rope(heads[0], pos, theta, false), DType.BF16), DType.F32);
-          Tensor rk = cpu.cast(cpu.cast(cpu.rope(heads[1], pos, theta, false), DType.BF16), DType.F32);
-          NdArray dOut16 = dOut.to(DType.BF16).to(DType.F32);
-          Device.AttentionOut ro = cpu.attention(rq, rk, heads[2], Mask.CAUSAL, scale);
-          Device.AttentionGrads rg = cpu.attentionBackward(rq, rk, heads[2], ro.out(), ro.lse(), dOut16, Mask.CAUSAL,
-              scale);
-          Tensor gpos = gpuBf16.fromHost(pos);
-          Tensor gd = gpuBf16.cast(onGpu(gpuBf16, dOut, true), DType.BF16);
+      for (Mask mask : new Mask[] {Mask.CAUSAL, Mask.NONE}) {
+        for (boolean fuse : new boolean[] {true, false}) {
+          gpuBf16.fuseRope(fuse);
+          String what = mask + ", fuse " + fuse + ", positions " + Arrays.toString(pos.shape());
+          try (CudaModelDevice.Scope sc = gpuBf16.scope()) {
+            Tensor[] proj = new Tensor[3];
+            Tensor[] view = new Tensor[3];
+            NdArray[] heads = new NdArray[3];
+            for (int i = 0; i < 3; i++) {
+              proj[i] = gpuBf16.emptyGemmResult(DType.F32, b * s, h * dh);
+              gpuBf16.gemm(gpuBf16.fromHost(x), false, gpuBf16.fromHost(w[i]), true, proj[i], 1, 0);
+              heads[i] = gpuBf16.toHost(proj[i]).to(DType.F32).reshape(b, s, h, dh).permute(0, 2, 1, 3).contiguous();
+              view[i] = gpuBf16.permute(gpuBf16.reshape(proj[i], b, s, h, dh), 0, 2, 1, 3);
+            }
+            Tensor rq = cpu.cast(cpu.cast(cpu.rope(heads[0], pos, theta, false), DType.BF16), DType.F32);
+            Tensor rk = cpu.cast(cpu.cast(cpu.rope(heads[1], pos, theta, false), DType.BF16), DType.F32);
+            NdArray dOut16 = dOut.to(DType.BF16).to(DType.F32);
+            Device.AttentionOut ro = cpu.attention(rq, rk, heads[2], mask, scale);
+            Device.AttentionGrads rg = cpu.attentionBackward(rq, rk, heads[2], ro.out(), ro.lse(), dOut16, mask, scale);
+            Tensor gpos = gpuBf16.fromHost(pos);
+            Tensor gd = gpuBf16.cast(onGpu(gpuBf16, dOut, true), DType.BF16);
 
-          long before = gpuBf16.launches();
-          Tensor q = gpuBf16.rope(view[0], gpos, theta, false, true);
-          Tensor k = gpuBf16.rope(view[1], gpos, theta, false, true);
-          assertEquals(fuse ? 0 : 2, gpuBf16.launches() - before, what + ": RoPE waits for attention");
-          Device.AttentionOut go = gpuBf16.attention(q, k, view[2], Mask.CAUSAL, scale, true);
-          assertEquals(fuse ? 1 : 3, gpuBf16.launches() - before, what + ": RoPE and attention forward");
-          long mid = gpuBf16.launches();
-          Device.AttentionGrads gg = gpuBf16.attentionBackward(q, k, view[2], go.out(), go.lse(), gd, Mask.CAUSAL,
-              scale, true, true, true);
-          Tensor dq = gpuBf16.rope(gg.dq(), gpos, theta, true, true);
-          // Unfused: the backward kernel (counted as its three passes) and two RoPE kernels. Fused: the backward
-          // alone for dq; dk, through the plain call, turns the gradient forward (its deferred kernel) and back.
-          Tensor dk = gpuBf16.rope(gg.dk(), gpos, theta, true);
-          assertEquals(fuse ? 3 : 5, gpuBf16.launches() - mid, what + ": attention backward and RoPE's backward");
-          check(what + ": out", ro.out(), go.out(), gpuBf16, 3e-2);
-          check(what + ": lse", ro.lse(), go.lse(), gpuBf16, 3e-2);
-          check(what + ": dq", cpu.rope(rg.dq(), pos, theta, true), dq, gpuBf16, 3e-2);
-          check(what + ": dk", cpu.rope(rg.dk(), pos, theta, true), dk, gpuBf16, 3e-2);
-          check(what + ": dv", rg.dv(), gg.dv(), gpuBf16, 3e-2);
-          // The turned q read on its own: its kernel runs then.
-          check(what + ": q read after attention", rq, q, gpuBf16, 1e-2);
-          // k's source rewritten before attention reads the turned k: RoPE runs first, on the values of the call.
-          Tensor k2 = gpuBf16.rope(view[1], gpos, theta, false, true);
-          gpuBf16.copy(gpuBf16.cast(gpuBf16.fromHost(randn(b * s, h * dh)), DType.BF16), proj[1]);
-          Tensor q2 = gpuBf16.rope(view[0], gpos, theta, false, true);
-          check(what + ": out, k's source rewritten", ro.out(),
-              gpuBf16.attention(q2, k2, view[2], Mask.CAUSAL, scale, true).out(), gpuBf16, 3e-2);
-          // A turned q nobody reads by the scope's end never runs.
-          long unread = gpuBf16.launches();
-          gpuBf16.rope(view[0], gpos, theta, false, true);
-          sc.close();
-          assertEquals(fuse ? 0 : 1, gpuBf16.launches() - unread, what + ": an unread RoPE");
+            long before = gpuBf16.launches();
+            Tensor q = gpuBf16.rope(view[0], gpos, theta, false, true);
+            Tensor k = gpuBf16.rope(view[1], gpos, theta, false, true);
+            assertEquals(fuse ? 0 : 2, gpuBf16.launches() - before, what + ": RoPE waits for attention");
+            Device.AttentionOut go = gpuBf16.attention(q, k, view[2], mask, scale, true);
+            assertEquals(fuse ? 1 : 3, gpuBf16.launches() - before, what + ": RoPE and attention forward");
+            long mid = gpuBf16.launches();
+            Device.AttentionGrads gg = gpuBf16.attentionBackward(q, k, view[2], go.out(), go.lse(), gd, mask, scale,
+                true, true, true);
+            Tensor dq = gpuBf16.rope(gg.dq(), gpos, theta, true, true);
+            // Unfused: the backward kernel (counted as its three passes) and two RoPE kernels. Fused: the backward
+            // alone for dq; dk, through the plain call, turns the gradient forward (its deferred kernel) and back.
+            Tensor dk = gpuBf16.rope(gg.dk(), gpos, theta, true);
+            assertEquals(fuse ? 3 : 5, gpuBf16.launches() - mid, what + ": attention backward and RoPE's backward");
+            check(what + ": out", ro.out(), go.out(), gpuBf16, 3e-2);
+            check(what + ": lse", ro.lse(), go.lse(), gpuBf16, 3e-2);
+            check(what + ": dq", cpu.rope(rg.dq(), pos, theta, true), dq, gpuBf16, 3e-2);
+            check(what + ": dk", cpu.rope(rg.dk(), pos, theta, true), dk, gpuBf16, 3e-2);
+            check(what + ": dv", rg.dv(), gg.dv(), gpuBf16, 3e-2);
+            // The turned q read on its own: its kernel runs then.
+            check(what + ": q read after attention", rq, q, gpuBf16, 1e-2);
+            // k's source rewritten before attention reads the turned k: RoPE runs first, on the values of the call.
+            Tensor k2 = gpuBf16.rope(view[1], gpos, theta, false, true);
+            gpuBf16.copy(gpuBf16.cast(gpuBf16.fromHost(randn(b * s, h * dh)), DType.BF16), proj[1]);
+            Tensor q2 = gpuBf16.rope(view[0], gpos, theta, false, true);
+            check(what + ": out, k's source rewritten", ro.out(),
+                gpuBf16.attention(q2, k2, view[2], mask, scale, true).out(), gpuBf16, 3e-2);
+            // A turned q nobody reads by the scope's end never runs.
+            long unread = gpuBf16.launches();
+            gpuBf16.rope(view[0], gpos, theta, false, true);
+            sc.close();
+            assertEquals(fuse ? 0 : 1, gpuBf16.launches() - unread, what + ": an unread RoPE");
+          }
         }
       }
     }
