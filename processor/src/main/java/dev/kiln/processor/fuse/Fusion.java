@@ -144,6 +144,7 @@ final class Fusion {
       }
       add(joined, p, producer);
     }
+    foldRowKernels(uses, producer);
     // Kernels of one node are left to the device's own op.
     List<FusedKernel> kept = new ArrayList<>();
     for (FusedKernel g : kernels) {
@@ -163,6 +164,75 @@ final class Fusion {
   }
 
   private final List<FusedKernel> all = new ArrayList<>();
+
+  /**
+   * Folds a kernel over per-row values into the later kernel that alone reads them, as that kernel's per-row steps.
+   * A norm's backward starts with arithmetic on the forward's saved per-row statistic (RMSNorm: {@code -0.5 · r³}
+   * from the saved {@code r}) before any full-size node; the greedy pass gives those nodes a kernel of their own over
+   * {@code '... 1'}, launched before the row kernel that reads its result per row. Folded, the row kernel computes
+   * the factor from {@code r}, which it reads anyway: one launch less per norm, and no per-row array written and
+   * read back. A kernel {@code r} folds into {@code k} when {@code r}'s domain is {@code k}'s rows, every use of
+   * {@code r}'s values is in {@code r} or {@code k}, and {@code k} accepts each of {@code r}'s nodes (a per-row
+   * value from per-row inputs and constants).
+   */
+  private void foldRowKernels(Map<Value, List<Integer>> uses, Map<Value, Node.Prim> producer) {
+    for (int i = 0; i < kernels.size(); i++) {
+      FusedKernel r = kernels.get(i);
+      for (int j = i + 1; j < kernels.size(); j++) {
+        FusedKernel k = kernels.get(j);
+        if (level(r.domain, k.domain) == Level.ROW && onlyReadBy(r, k, uses) && acceptsAll(k, r, producer)) {
+          List<Node.Prim> moved = new ArrayList<>(r.members);
+          r.members.clear();
+          k.members.addAll(0, moved);
+          for (Node.Prim m : moved) {
+            kernelOf.put(m, k);
+            k.levels.put(m.out(), Level.ROW);
+            r.levels.remove(m.out());
+          }
+          break;
+        }
+      }
+    }
+  }
+
+  /** Whether every node that reads a value of {@code r} is a member of {@code r} or of {@code k}. */
+  private boolean onlyReadBy(FusedKernel r, FusedKernel k, Map<Value, List<Integer>> uses) {
+    if (r.members.isEmpty()) {
+      return false;
+    }
+    for (Node.Prim m : r.members) {
+      for (int at : uses.getOrDefault(m.out(), List.of())) {
+        Node n = nodesAt(at);
+        if (!(n instanceof Node.Prim c) || (!r.members.contains(c) && !k.members.contains(c))) {
+          return false;
+        }
+      }
+    }
+    return true;
+  }
+
+  /** Whether {@code k} takes each of {@code r}'s nodes as a per-row step ({@link #accepts}, with r's values inside). */
+  private boolean acceptsAll(FusedKernel k, FusedKernel r, Map<Value, Node.Prim> producer) {
+    for (Node.Prim m : r.members) {
+      for (int i = 0; i < m.inputs().size(); i++) {
+        if (Lowering.shapeOnly(m, i)) {
+          continue;
+        }
+        Value v = m.inputs().get(i);
+        Node.Prim prod = producer.get(v);
+        boolean inside = prod != null && kernelOf.get(prod) == r;
+        boolean constant = prod != null && prod.op() == Primitive.CONST;
+        Level l = level(v.shape(), k.domain);
+        if (l != Level.ROW && l != Level.SCALAR || (!inside && !constant && v.elem() != Value.Elem.FLOAT)) {
+          return false;
+        }
+      }
+      if (level(m.out().shape(), k.domain) != Level.ROW) {
+        return false;
+      }
+    }
+    return true;
+  }
 
   /** Whether {@code p} reads a full-size value made outside {@code g} (a kernel's shape at launch comes from one). */
   private boolean hasFullInput(FusedKernel g, Node.Prim p) {
