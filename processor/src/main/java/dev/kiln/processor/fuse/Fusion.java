@@ -226,6 +226,9 @@ final class Fusion {
         if (l != Level.ROW && l != Level.SCALAR || (!inside && !constant && v.elem() != Value.Elem.FLOAT)) {
           return false;
         }
+        if (prod != null && kernelOf.get(prod) == k) {
+          return false; // r's nodes go first in k: none may read what k computes (a row reduction of k's)
+        }
       }
       if (level(m.out().shape(), k.domain) != Level.ROW) {
         return false;
