@@ -82,8 +82,8 @@ final class CublasLt implements AutoCloseable {
   /**
    * Rounds of timing: each times every candidate once, in turn, and a candidate's time is its median over the rounds.
    * One pass of three runs a candidate, candidates one after the other, chose differently from call to call on 13 of
-   * TinyStories' 48 problems (sixteenth session), once a kernel 27% slower in the step (32768×512×512, the projections'
-   * input gradients: 33 µs against 26 under ncu). A candidate timed alone at a bad moment (clocks ramping, another
+   * the four training benchmarks' 48 problems (sixteenth session), once a kernel 27% slower in TinyStories' step
+   * (32768×512×512, the projections' input gradients: 33 µs against 26 under ncu). A candidate timed alone at a bad moment (clocks ramping, another
    * process on the card) can lose; interleaved rounds share such moments among all candidates, and the median drops
    * them.
    */
