@@ -211,27 +211,20 @@ final class Fusion {
     return true;
   }
 
-  /** Whether {@code k} takes each of {@code r}'s nodes as a per-row step ({@link #accepts}, with r's values inside). */
+  /**
+   * Whether {@code k} takes each of {@code r}'s nodes as a per-row step ({@link #accepts}: a per-row value from per-row
+   * inputs and constants) that reads nothing {@code k} computes: r's nodes go first in k.
+   */
   private boolean acceptsAll(FusedKernel k, FusedKernel r, Map<Value, Node.Prim> producer) {
     for (Node.Prim m : r.members) {
-      for (int i = 0; i < m.inputs().size(); i++) {
-        if (Lowering.shapeOnly(m, i)) {
-          continue;
-        }
-        Value v = m.inputs().get(i);
+      if (level(m.out().shape(), k.domain) != Level.ROW || !accepts(k, m, producer)) {
+        return false;
+      }
+      for (Value v : contentUses(m)) {
         Node.Prim prod = producer.get(v);
-        boolean inside = prod != null && kernelOf.get(prod) == r;
-        boolean constant = prod != null && prod.op() == Primitive.CONST;
-        Level l = level(v.shape(), k.domain);
-        if (l != Level.ROW && l != Level.SCALAR || (!inside && !constant && v.elem() != Value.Elem.FLOAT)) {
+        if (prod != null && kernelOf.get(prod) == k) {
           return false;
         }
-        if (prod != null && kernelOf.get(prod) == k) {
-          return false; // r's nodes go first in k: none may read what k computes (a row reduction of k's)
-        }
-      }
-      if (level(m.out().shape(), k.domain) != Level.ROW) {
-        return false;
       }
     }
     return true;
