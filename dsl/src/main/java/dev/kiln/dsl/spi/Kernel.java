@@ -32,15 +32,31 @@ import java.lang.foreign.MemorySegment;
  *     scalars; -1 where there are none. A {@link Kind#ROWS} kernel with one full output and no {@code gemmOperands}
  *     has them: a mixed-precision device that sees that output cast for GEMMs (a norm backward's input gradient, the
  *     residual stream's) may launch them to write the copy from registers instead
+ * @param sumOfInputs whether the kernel is a {@link Kind#POINTWISE} sum: one full output that is the sum of its
+ *     inputs, every one full and added once, no scalars (the input gradient of a module whose input feeds several
+ *     GEMMs: {@code x Wqᵀ}, {@code x Wkᵀ}, {@code x Wvᵀ}). A device may compute it any way that adds the inputs up: a
+ *     mixed-precision GPU device runs the GEMMs that produce the inputs as one GEMM over their stacked operands
  */
 public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
-    long gemmOperands, int elementsPerThread, long bf16Inputs, long columnSums, int twinOutput) {
+    long gemmOperands, int elementsPerThread, long bf16Inputs, long columnSums, int twinOutput,
+    boolean sumOfInputs) {
 
   public Kernel {
     if (elementsPerThread < 1) {
       throw new IllegalArgumentException("kernel " + name + ": elementsPerThread must be at least 1, got "
           + elementsPerThread);
     }
+    if (sumOfInputs && (kind != Kind.POINTWISE || outputs != 1 || inputs < 2)) {
+      throw new IllegalArgumentException("kernel " + name + ": a sum of inputs is a pointwise kernel of two or more"
+          + " inputs and one output, got " + kind + " with " + inputs + " inputs and " + outputs + " outputs");
+    }
+  }
+
+  /** A kernel that is not known to be a plain sum of its inputs. */
+  public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
+      int elementsPerThread, long bf16Inputs, long columnSums, int twinOutput) {
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, bf16Inputs, columnSums,
+        twinOutput, false);
   }
 
   /** A kernel of one element a thread whose outputs are all stored in the compute dtype (an older processor's). */

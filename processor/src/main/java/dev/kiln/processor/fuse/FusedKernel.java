@@ -145,6 +145,49 @@ public final class FusedKernel {
     return found;
   }
 
+  /**
+   * Whether the kernel is a plain sum of its inputs ({@code Kernel.sumOfInputs}): pointwise, no scalars, every input
+   * and the one output full, every member an add of two full values, each input and each partial sum read once, the
+   * last sum the output. A device may then produce the output another way, such as one GEMM over the stacked
+   * operands of the GEMMs whose results the inputs are.
+   */
+  public boolean sumOfInputs() {
+    if (hasReduction() || outputs.size() != 1 || !scalars.isEmpty() || inputs.size() < 2) {
+      return false;
+    }
+    Value out = outputs.keySet().iterator().next();
+    if (outputs.get(out) != Level.FULL || inputs.containsValue(Level.ROW) || inputs.containsValue(Level.COL)
+        || inputs.containsValue(Level.SCALAR)) {
+      return false;
+    }
+    Map<Value, Integer> reads = new java.util.HashMap<>();
+    java.util.Set<Value> sums = new java.util.HashSet<>();
+    for (Node.Prim p : members) {
+      if (p.op() != dev.kiln.processor.ir.Primitive.ADD || p.inputs().size() != 2
+          || levels.get(p.out()) != Level.FULL) {
+        return false;
+      }
+      for (Value v : p.inputs()) {
+        if (!inputs.containsKey(v) && !sums.contains(v)) {
+          return false;
+        }
+        reads.merge(v, 1, Integer::sum);
+      }
+      sums.add(p.out());
+    }
+    for (Value v : inputs.keySet()) {
+      if (reads.getOrDefault(v, 0) != 1) {
+        return false;
+      }
+    }
+    for (Value v : sums) {
+      if (reads.getOrDefault(v, 0) != (v.equals(out) ? 0 : 1)) {
+        return false;
+      }
+    }
+    return sums.contains(out);
+  }
+
   /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */
   public long gemmOperandMask() {
     return mask(outputs.keySet(), gemmOperands);

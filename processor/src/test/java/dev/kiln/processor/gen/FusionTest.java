@@ -250,6 +250,7 @@ class FusionTest {
     assertEquals(0, dev.constants, "constants made as tensors in backward");
     Kernel rowKernel = dev.launches.stream().filter(k -> k.kind() == Kernel.Kind.ROWS).findFirst().orElseThrow();
     assertEquals(2L, rowKernel.columnSums(), "dy · x̂, read only by the weight gradient's sum over the rows");
+    assertTrue(dev.launches.stream().noneMatch(Kernel::sumOfInputs), "no kernel of a norm is a plain sum");
   }
 
   /**
@@ -355,6 +356,11 @@ class FusionTest {
     run.backward(y);
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attentionBackward")).count(), dev.calls::toString);
     assertEquals(1, dev.bf16Results, "dv, read only by the v projection's GEMMs");
+    // x's gradient is the sum of the three projections' input gradients: one kernel, marked as a plain sum so that a
+    // device may run the three GEMMs as one over stacked operands instead.
+    List<Kernel> sums = dev.launches.stream().filter(Kernel::sumOfInputs).toList();
+    assertEquals(1, sums.size(), dev.launches::toString);
+    assertEquals(3, sums.get(0).inputs(), sums.get(0)::toString);
     String source = Generated.cs336().source("CompiledLinear.java");
     assertTrue(source.contains("no copies"), "Linear's einsums are GEMMs with layout flags:\n" + source);
     assertTrue(!source.contains("interleaved groups"), source);
