@@ -197,6 +197,64 @@ class TransformerLmGpuTest {
   }
 
   @Test
+  void theQkvInputGradientIsOneGemmWhereTheirOperandsStack() {
+    // In mixed precision, with the parameters' bf16 copies end to end in one allocation (withBf16Twins, as CudaEngine
+    // makes them), attention's backward writes dq, dk and dv interleaved, and the q, k and v projections' input
+    // gradients and their sum run as one GEMM with K = 3·d_model (CudaModelDevice.stackedSum). Heads of 32 and a
+    // context of 32 (narrowHeads), so RoPE runs inside attention and dq and dk reach the projections as attention
+    // wrote them. Against the same step with stacking off: the loss bit for bit (the forward is the same), three
+    // launches a layer fewer where it applies (three GEMMs and the sum kernel become one GEMM; QK-norm's variants put
+    // a norm between attention and the projections, so not there), and every gradient within 3e-2 relative L2, as in
+    // the test above: the stacked GEMM adds in its fp32 accumulator where the sum kernel added three bf16-rounded
+    // GEMM results.
+    CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
+    int stacked = 0;
+    for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
+      ModelConfig c = narrowHeads(config(v));
+      Batch batch = Batch.random(c, 11);
+      // A first step unmeasured: the device learns from it which kernels write bf16 copies of their outputs for
+      // later GEMMs (the norms' _tw variants), so the first step casts more than later ones, stacked or not.
+      Run[] runs = new Run[3];
+      long[] launches = new long[3];
+      String[] reports = new String[3];
+      for (int i = 2; i >= 0; i--) {
+        dev.stackGemms(i != 1);
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
+          TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
+          if (c.tiedEmbeddings()) {
+            p = p.withTiedEmbeddings();
+          }
+          List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
+          dev.withBf16Twins(params);
+          Context ctx = new Context();
+          double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
+              dev.fromHost(batch.targets())))[0];
+          long before = dev.launches();
+          dev.profile(true);
+          TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
+          launches[i] = dev.launches() - before;
+          reports[i] = dev.profileReport();
+          dev.profile(false);
+          Map<String, double[]> grads = new LinkedHashMap<>();
+          m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
+          runs[i] = new Run(loss, grads);
+          params.forEach(dev::release);
+        }
+      }
+      dev.stackGemms(true);
+      assertEquals(runs[1].loss(), runs[0].loss(), 0.0, v.name() + ": loss");
+      long saved = launches[1] - launches[0];
+      String calls = v.name() + ": " + launches[0] + " launches stacked:\n" + reports[0] + launches[1] + " not:\n"
+          + reports[1];
+      assertEquals(c.qkNorm() ? 0 : 3L * c.numLayers(), saved, calls);
+      stacked += saved > 0 ? 1 : 0;
+      assertGradientsClose(v.name() + " stacked q/k/v input gradient", runs[1], runs[0], 3e-2);
+    }
+    assertTrue(stacked > 0, "no variant stacked its q/k/v GEMMs");
+  }
+
+  @Test
   void gemmOnlyOutputsStoredInBf16ChangeNoBit() {
     // In mixed precision the outputs only GEMMs read (the FFN's activation product, the gradients entering W1 and
     // W3) are written as bf16 by their kernels; stored in fp32 and cast instead, the GEMMs read the same bf16
@@ -225,12 +283,24 @@ class TransformerLmGpuTest {
     }
   }
 
+  /** config(v) with heads of 32 (4 of them): RoPE inside attention, and the q/k/v GEMMs stacked in mixed precision. */
+  private static ModelConfig narrowHeads(ModelConfig c) {
+    return new ModelConfig(c.vocabSize(), c.contextLength(), c.dModel(), c.numLayers(), c.dModel() / 32, c.dFf(),
+        c.ropeTheta(), c.normPlacement(), c.norm(), c.normEps(), c.ffn(), c.positions(), c.tiedEmbeddings(),
+        c.qkNorm(), c.zLoss());
+  }
+
   @Test
   void cudaGraphStepsEqualEagerSteps() {
-    for (CudaModelDevice.Precision precision : CudaModelDevice.Precision.values()) {
+    ModelConfig first = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
+    // Heads of 64 in both precisions; in bf16 also heads of 32, whose graph holds the stacked q/k/v GEMMs.
+    record Case(CudaModelDevice.Precision precision, ModelConfig c) {}
+    for (Case k : List.of(new Case(CudaModelDevice.Precision.FP32, first), new Case(CudaModelDevice.Precision.BF16,
+        first), new Case(CudaModelDevice.Precision.BF16, narrowHeads(first)))) {
+      CudaModelDevice.Precision precision = k.precision();
+      ModelConfig c = k.c();
       CudaModelDevice eagerDev = gpu(precision);
       CudaModelDevice graphDev = gpu(precision);
-      ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
       TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
           1e-8, 0.1, AdamW.Formula.CS336, 0, false);
       try (CudaEngine<TransformerLm> eager = engine(eagerDev, c, opt);
@@ -253,7 +323,7 @@ class TransformerLmGpuTest {
           // fp32 that stays in the last bits. In bf16 a master weight that differs in its last bits can round its
           // bf16 twin to the neighbouring value, a 2^-8 change of that weight: seen as 2e-5 of the loss at step 3.
           boolean mixed = precision == CudaModelDevice.Precision.BF16;
-          String what = precision + " step " + step + " (the graph is captured at step 2)";
+          String what = precision + " heads " + c.numHeads() + " step " + step + " (the graph is captured at step 2)";
           assertEquals(loss[0], loss[1], (mixed ? 1e-3 : 1e-5) * loss[0], what + " loss");
           assertEquals(norm[0], norm[1], (mixed ? 1e-2 : 1e-4) * norm[0], what + " gradient norm");
         }

@@ -156,8 +156,14 @@ public final class CudaEngine<P> implements TrainingEngine {
       }
       m.put(e.getKey(), CudaArray.zeros(dev.gpu(), DType.F32, p.shape()));
       v.put(e.getKey(), CudaArray.zeros(dev.gpu(), DType.F32, p.shape()));
-      if (dev.precision() == CudaModelDevice.Precision.BF16) {
-        twins.put(e.getKey(), dev.withBf16Twin(e.getValue()));
+    }
+    if (dev.precision() == CudaModelDevice.Precision.BF16) {
+      // One allocation, in the state dict's order: projections declared together (q, k, v) have their bf16 weights
+      // as rows of one matrix, which the device's stacked GEMMs read in place.
+      List<String> keys = new ArrayList<>(byName.keySet());
+      List<CudaArray> made = dev.withBf16Twins(new ArrayList<>(byName.values()));
+      for (int i = 0; i < keys.size(); i++) {
+        twins.put(keys.get(i), made.get(i));
       }
     }
   }

@@ -182,6 +182,7 @@ public final class CudaModelDevice implements Device {
    */
   private final List<PendingGemm> pendingGemms = new ArrayList<>();
   private boolean fuseGemmAdds = !"0".equals(System.getenv("KILN_GEMM_ADD_FUSION"));
+  private boolean stackGemms = !"0".equals(System.getenv("KILN_GEMM_STACKING"));
 
   /**
    * Generated kernels whose twin output ({@code Kernel.twinOutput}: a norm backward's input gradient) was seen cast
@@ -499,8 +500,15 @@ public final class CudaModelDevice implements Device {
   public void release(Tensor t) {
     if (t instanceof CudaTensor c) {
       c.array().close();
-      if (c.bf16Twin() != null) {
-        c.bf16Twin().close();
+      CudaArray twin = c.bf16Twin();
+      TwinArena arena = twin == null ? null : twinArenas.remove(twin);
+      if (arena != null) {
+        arena.live().remove(twin);
+        if (arena.live().isEmpty()) {
+          arena.owner().close();
+        }
+      } else if (twin != null) {
+        twin.close();
       }
     }
   }
@@ -593,6 +601,58 @@ public final class CudaModelDevice implements Device {
     t.attachBf16Twin(twin);
     return twin;
   }
+
+  /**
+   * {@link #withBf16Twin} for several parameters at once, their twins laid end to end in one allocation in the
+   * order given (each at a 256-byte boundary): the weights of projections declared one after another ({@code q},
+   * {@code k}, {@code v}) are then rows of one matrix, and a GEMM over their stacked rows needs no copy
+   * ({@link #launch}'s sums of GEMMs). The allocation is returned when the last of its parameters is
+   * {@link #release}d. A parameter that has a twin already keeps it.
+   */
+  public List<CudaArray> withBf16Twins(List<? extends Tensor> params) {
+    List<CudaTensor> fresh = new ArrayList<>();
+    long elements = 0;
+    for (Tensor param : params) {
+      CudaTensor t = ct(param, "withBf16Twins", "param");
+      CudaArray p = t.array();
+      if (p.dtype() != DType.F32 || !p.isContiguous()) {
+        throw new IllegalArgumentException("cuda device: a bf16 twin needs a contiguous F32 parameter, got " + p);
+      }
+      if (t.bf16Twin() == null && !fresh.contains(t)) {
+        fresh.add(t);
+        elements += twinSlot(p.numel());
+      }
+    }
+    if (!fresh.isEmpty()) {
+      CudaArray arena = CudaArray.empty(gpu, stream, DType.BF16, elements);
+      java.util.Set<CudaArray> live = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+      long at = 0;
+      for (CudaTensor t : fresh) {
+        CudaArray p = t.array();
+        CudaArray twin = arena.strided(p.shape(), NdArray.contiguousStrides(p.shape()), at);
+        at += twinSlot(p.numel());
+        copyArray(p, twin);
+        t.attachBf16Twin(twin);
+        live.add(twin);
+        twinArenas.put(twin, new TwinArena(arena, live));
+      }
+    }
+    List<CudaArray> twins = new ArrayList<>();
+    for (Tensor param : params) {
+      twins.add(((CudaTensor) param).bf16Twin());
+    }
+    return twins;
+  }
+
+  /** Elements a twin takes in an arena: its own, rounded up to 128 (256 bytes, the allocator's alignment). */
+  private static long twinSlot(long numel) {
+    return (numel + 127) / 128 * 128;
+  }
+
+  /** One allocation of {@link #withBf16Twins} and its twins not yet released; the last release frees it. */
+  private record TwinArena(CudaArray owner, java.util.Set<CudaArray> live) {}
+
+  private final Map<CudaArray, TwinArena> twinArenas = new IdentityHashMap<>();
 
   /** Rewrites the bf16 twin of {@code param} (if it has one) from its fp32 values, after they were loaded. */
   public void refreshBf16Twin(Tensor param) {
@@ -1500,6 +1560,92 @@ public final class CudaModelDevice implements Device {
       return wrap(out);
     }
     return null;
+  }
+
+  /**
+   * A sum kernel's work ({@code Kernel.sumOfInputs}: {@code arrays} its inputs, then its output at {@code inputs}) as
+   * one GEMM, where its inputs are deferred GEMMs {@code A_i B_i} whose {@code A_i} lie side by side in the columns
+   * of one matrix and whose {@code B_i} lie one under another in the rows of another: {@code [A_1 … A_n]} times
+   * {@code [B_1; …; B_n]}, {@code K = Σ K_i}, written in fp32 into the output. That is the input gradient of the q,
+   * k and v projections: attention's backward writes dq, dk and dv interleaved ({@link #attentionGradients}), and
+   * {@link #withBf16Twins} lays the three weights end to end. One input that is not such a GEMM, fp32 and laid out
+   * as the output, is added in the GEMM's epilogue. So n GEMMs and the sum's pass become one GEMM, which sums in its
+   * fp32 accumulator rather than adding n bf16 roundings. The deferred GEMMs stay deferred for any other reader (a
+   * scope's end drops them unread). Returns false, queuing nothing, where the inputs do not suit.
+   */
+  private boolean stackedSum(CudaArray[] arrays, int inputs) {
+    CudaArray out = arrays[inputs];
+    if (!stackGemms || !fuseGemmAdds || precision != Precision.BF16 || out.dtype() != DType.F32
+        || !out.isContiguous() || out.numel() == 0) {
+      return false;
+    }
+    List<PendingGemm> parts = new ArrayList<>();
+    CudaArray addend = null;
+    for (int i = 0; i < inputs; i++) {
+      CudaArray in = arrays[i];
+      if (!Arrays.equals(in.shape(), out.shape())) {
+        return false;
+      }
+      PendingGemm p = wholePending(in);
+      if (p != null && !parts.contains(p)) {
+        parts.add(p);
+      } else if (addend == null && in.dtype() == DType.F32 && in.isContiguous() && !in.sharesBufferWith(out)) {
+        addend = in;
+      } else {
+        return false;
+      }
+    }
+    if (parts.size() < 2) {
+      return false;
+    }
+    parts.sort(java.util.Comparator.comparingLong(p -> p.a().offset()));
+    CudaArray a0 = parts.get(0).a();
+    CudaArray b0 = parts.get(0).b();
+    if (a0.rank() != 2 || b0.rank() != 2) {
+      return false;
+    }
+    long m = a0.shape(0);
+    long n = b0.shape(1);
+    long k = 0;
+    for (PendingGemm p : parts) {
+      CudaArray a = p.a();
+      CudaArray b = p.b();
+      boolean fits = p.alpha() == parts.get(0).alpha() && a.rank() == 2 && b.rank() == 2
+          && a.dtype() == DType.BF16 && b.dtype() == DType.BF16 && a.sharesBufferWith(a0) && b.sharesBufferWith(b0)
+          && a.shape(0) == m && a.stride(1) == 1 && a.stride(0) == a0.stride(0) && a.offset() == a0.offset() + k
+          && b.shape(1) == n && b.stride(1) == 1 && b.stride(0) == b0.stride(0)
+          && b.offset() == b0.offset() + k * b0.stride(0) && a.shape(1) == b.shape(0);
+      if (!fits) {
+        return false;
+      }
+      k += a.shape(1);
+    }
+    if (k > a0.stride(0) || m * n != out.numel()) {
+      return false; // A's rows would overlap
+    }
+    CudaArray a = a0.strided(new long[] {m, k}, new long[] {a0.stride(0), 1}, a0.offset());
+    CudaArray b = b0.strided(new long[] {k, n}, new long[] {b0.stride(0), 1}, b0.offset());
+    CudaArray o = out.view(m, n);
+    written(out);
+    if (addend != null) {
+      if (!cublas.gemmAdding(parts.get(0).alpha(), a, b, addend.view(m, n), o)) {
+        return false;
+      }
+    } else {
+      cublas.gemm(parts.get(0).alpha(), a, b, 0f, o);
+    }
+    launches++;
+    mark("gemm over stacked operands (a sum of " + parts.size() + " GEMMs" + (addend != null ? " and an addend)"
+        : ")"));
+    return true;
+  }
+
+  /**
+   * Turns running sums of GEMMs over stacked operands as one GEMM ({@link #stackedSum}, with attention's gradients
+   * interleaved for it) off or on; on by default, or as {@code KILN_GEMM_STACKING=0} says.
+   */
+  public void stackGemms(boolean on) {
+    stackGemms = on;
   }
 
   /** The deferred GEMM whose whole result {@code g} is (contiguous, all of it), or null. */
@@ -2578,6 +2724,9 @@ public final class CudaModelDevice implements Device {
       }
       arrays[i] = a;
     }
+    if (kernel.sumOfInputs() && stackedSum(arrays, kernel.inputs())) {
+      return;
+    }
     List<CudaArray> temps = new ArrayList<>(2);
     if (bf16Inputs > 0 && fp32MaybeBf16 > 0) {
       // The _in16 variants read all such inputs as bf16: with some in fp32 (a caller that wanted one of them in its
@@ -2781,10 +2930,10 @@ public final class CudaModelDevice implements Device {
       CudaArray dO = attentionOperand(arr(dOut, "attentionBackward", "dOut"), temps);
       CudaArray l = contiguousArray(arr(lse, "attentionBackward", "lse"));
       long[] shape = qkv[0].shape();
-      // Each gradient laid out as its input, so the rearranges (and RoPE) that carry it back read it in place.
-      CudaArray dq = newArrayLike(qkv[0], gradType, shape);
-      CudaArray dk = newArrayLike(qkv[1], gradType, shape);
-      CudaArray dv = newArrayLike(qkv[2], gradType, shape);
+      CudaArray[] grads = attentionGradients(qkv, gradType, shape);
+      CudaArray dq = grads[0];
+      CudaArray dk = grads[1];
+      CudaArray dv = grads[2];
       // q and k deferred RoPEs: the kernel turns them as it loads them, and writes the gradients of their sources
       // (dq and dk turned back), which the gradients it returns are deferred RoPEs of. RoPE's backward then returns
       // them as they are.
@@ -2807,6 +2956,69 @@ public final class CudaModelDevice implements Device {
     } finally {
       temps.forEach(CudaArray::close);
     }
+  }
+
+  /**
+   * dq, dk and dv, each laid out as its input, so the rearranges (and RoPE) that carry it back read it in place. Where
+   * all three inputs are head-split views of projections ({@link #headSplit}) and the gradients bf16 (mixed
+   * precision), inside a scope, the three are interleaved instead, in one {@code [..., n, 3, h, d]} allocation: the
+   * rows of the three projections' input-gradient GEMMs' operands are then one row of {@code 3·h·d}, and
+   * {@link #stackedSum} runs those GEMMs and their sum as one GEMM. The strides differ from the inputs' only in the
+   * row's, so the rearranges stay views.
+   */
+  private CudaArray[] attentionGradients(CudaArray[] qkv, DType gradType, long[] shape) {
+    int r = shape.length;
+    if (stackGemms && fuseGemmAdds && gradType == DType.BF16 && !scopes.isEmpty() && headSplit(qkv[0])
+        && headSplit(qkv[1]) && headSplit(qkv[2])) {
+      long h = shape[r - 3];
+      long n = shape[r - 2];
+      long d = shape[r - 1];
+      long[] physical = new long[r + 1];
+      System.arraycopy(shape, 0, physical, 0, r - 3);
+      physical[r - 3] = n;
+      physical[r - 2] = 3;
+      physical[r - 1] = h;
+      physical[r] = d;
+      CudaArray all = newArray(gradType, physical);
+      long[] strides = new long[r];
+      strides[r - 3] = d;
+      strides[r - 2] = 3 * h * d;
+      strides[r - 1] = 1;
+      long outer = n * 3 * h * d;
+      for (int i = r - 4; i >= 0; i--) {
+        strides[i] = outer;
+        outer *= shape[i];
+      }
+      return new CudaArray[] {all.strided(shape, strides, 0), all.strided(shape, strides, h * d),
+          all.strided(shape, strides, 2 * h * d)};
+    }
+    return new CudaArray[] {newArrayLike(qkv[0], gradType, shape), newArrayLike(qkv[1], gradType, shape),
+        newArrayLike(qkv[2], gradType, shape)};
+  }
+
+  /**
+   * Whether {@code a} is {@code [..., h, n, d]} over a contiguous {@code [..., n, h·d]}: the head-split view of a
+   * projection's output, which a GEMM's gradient reaches through a rearrange.
+   */
+  private static boolean headSplit(CudaArray a) {
+    int r = a.rank();
+    if (r < 3) {
+      return false;
+    }
+    long h = a.shape(r - 3);
+    long n = a.shape(r - 2);
+    long d = a.shape(r - 1);
+    if (a.stride(r - 1) != 1 || a.stride(r - 3) != d || a.stride(r - 2) != h * d) {
+      return false;
+    }
+    long outer = n * h * d;
+    for (int i = r - 4; i >= 0; i--) {
+      if (a.shape(i) != 1 && a.stride(i) != outer) {
+        return false;
+      }
+      outer *= a.shape(i);
+    }
+    return true;
   }
 
   /** The dtype attention's results are written in: bf16 where the processor allows it and the policy keeps it. */

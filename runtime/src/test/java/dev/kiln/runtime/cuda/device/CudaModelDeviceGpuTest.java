@@ -1,5 +1,6 @@
 package dev.kiln.runtime.cuda.device;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -11,6 +12,7 @@ import dev.kiln.dsl.Tensor;
 import dev.kiln.dsl.TopK;
 import dev.kiln.dsl.spi.Device;
 import dev.kiln.runtime.cpu.device.CpuDevice;
+import dev.kiln.runtime.cuda.CudaArray;
 import dev.kiln.runtime.cuda.GpuTesting;
 import dev.kiln.runtime.tensor.NdArray;
 import java.util.ArrayList;
@@ -619,8 +621,15 @@ class CudaModelDeviceGpuTest {
           assertEquals(DType.BF16, pairs[i][1].dtype(), name + " with the hint");
           GpuTesting.assertClose(name + " in bf16", d(gpuBf16.cast(pairs[i][0], DType.BF16), gpuBf16),
               d(pairs[i][1], gpuBf16), 0, 0);
-          assertTrue(((CudaTensor) gpuBf16.permute(pairs[i][1], 0, 2, 1, 3)).array().isContiguous(), name
-              + ": not laid out as its input");
+          assertTrue(((CudaTensor) gpuBf16.permute(pairs[i][0], 0, 2, 1, 3)).array().isContiguous(), name
+              + " (fp32): not laid out as its input");
+          // The bf16 gradients of head-split inputs are interleaved, [b, s, 3, h, d] (for the q/k/v projections'
+          // stacked GEMM): each laid out as its input but for rows of 3·h·d, side by side in each row.
+          CudaArray grad = ((CudaTensor) gpuBf16.permute(pairs[i][1], 0, 2, 1, 3)).array();
+          CudaArray first = ((CudaTensor) gpuBf16.permute(g16.dq(), 0, 2, 1, 3)).array();
+          assertArrayEquals(new long[] {40L * 9 * width, 9L * width, width, 1}, grad.strides(), name + " (bf16)");
+          assertTrue(grad.sharesBufferWith(first), name + " (bf16): not in dq's allocation");
+          assertEquals(3L * width * i, grad.offset() - first.offset(), name + " (bf16): its place in the row");
         }
         assertTrue(((CudaTensor) gpuBf16.permute(narrow.out(), 0, 2, 1, 3)).array().isContiguous(), what
             + ": out not laid out as v");
