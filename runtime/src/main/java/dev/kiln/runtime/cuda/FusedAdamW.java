@@ -97,6 +97,22 @@ public final class FusedAdamW {
   }
 
   /**
+   * Rewrites {@code p}'s descriptors in place for {@code params} (the same sizes, in the same order, other memory):
+   * a launch captured in a CUDA graph reads the table at its address, so the graph's step then updates these.
+   */
+  public void refill(Prepared p, List<Param> params) {
+    if (params.size() != p.count() || params.getFirst().grad().dtype() != p.gradType()) {
+      throw new IllegalArgumentException("AdamW table of " + p.count() + " " + p.gradType()
+          + " gradients refilled with " + params.size() + " " + params.getFirst().grad().dtype());
+    }
+    Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
+    if (describe(params, p.gradType(), table.segment()) != p.blocks()) {
+      throw new IllegalArgumentException("AdamW table refilled with parameters of other sizes");
+    }
+    p.table().copyFromHost(NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES));
+  }
+
+  /**
    * One step with every scalar read from {@code hyper} in device memory (F32: lr, beta1, beta2, eps, weight decay,
    * bc1, bc2, gradient scale, skip, cs336), so the launch can be captured in a CUDA graph and the scalars changed
    * between replays. A non-zero skip leaves everything unchanged.

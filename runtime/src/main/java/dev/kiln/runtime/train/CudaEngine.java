@@ -71,12 +71,23 @@ public final class CudaEngine<P> implements TrainingEngine {
    * What a captured step keeps: its fixed inputs and gradient buffers, the AdamW table over them, the scalars the
    * graph reads from device memory, the memory the recorded step allocated, and the graph itself.
    */
+  /** {@code KILN_GRADS_IN_PLACE=0}: a captured step copies every gradient into its fixed buffer (for comparisons). */
+  private static final boolean GRADIENTS_IN_PLACE = !"0".equals(System.getenv("KILN_GRADS_IN_PLACE"));
+
   private static final class GraphState {
     final double maxNorm;
     final CudaArray hyper;
     final CudaArray sumsq;
     final CudaArray norm;
+    /**
+     * Each parameter's gradient as the step leaves it for the norm and AdamW: a fixed buffer the step copies it into,
+     * or, once the graph is captured, where the captured backward writes it ({@code gradientsInPlace}).
+     */
     final Map<String, CudaTensor> grads = new LinkedHashMap<>();
+    /** Fixed buffers that gradients written in place replaced, released once the capture is done. */
+    final List<CudaTensor> replacedGrads = new ArrayList<>();
+    /** How many gradients the captured step copies into their fixed buffers (gradientsCopiedByGraph). */
+    int copied;
     FusedAdamW.Prepared table;
     /** The gradient buffers' table for one launch of squared norms (null: a launch each). */
     CudaModelDevice.SquaresTable squares;
@@ -279,19 +290,26 @@ public final class CudaEngine<P> implements TrainingEngine {
     }
     g.hyper.copyFromHost(NdArray.fromFloats(hyper(pendingLr, steps + 1), 10));
     if (g.graph == null) {
+      Map<String, CudaTensor> inPlace = new LinkedHashMap<>();
       g.graph = dev.capture(() -> {
         Context ctx = new Context();
         g.loss = (CudaTensor) program.loss(ctx, params, g.inputs, g.targets);
         Map<String, Tensor> gr = program.stateDict(program.lossBackward(ctx, params, dev.full(DType.F32, 1.0)));
         ctx.clear();
+        inPlace.putAll(gradientsInPlace(gr));
         java.util.Set<String> written = new java.util.HashSet<>();
         for (Route r : routes) {
+          if (inPlace.containsKey(r.name())) {
+            continue;
+          }
           if (written.add(r.name())) {
             dev.copy(gr.get(r.moduleKey()), g.grads.get(r.name()));
           } else {
             dev.addInto(g.grads.get(r.name()), gr.get(r.moduleKey()));
           }
         }
+        g.grads.replaceAll((n, buffer) -> inPlace.getOrDefault(n, buffer));
+        g.copied = g.grads.size() - inPlace.size();
         if (g.squares != null) {
           dev.sumsOfSquaresInto(g.squares, g.sumsq);
         } else {
@@ -305,6 +323,21 @@ public final class CudaEngine<P> implements TrainingEngine {
       // The recorded step's memory belongs to the graph now: every replay writes the same addresses.
       g.memory.addAll(stepScope.detach());
       stepScope = dev.scope();
+      if (!inPlace.isEmpty()) {
+        // The captured norm and AdamW launches read their tables at fixed addresses: point those at the gradients
+        // the graph writes itself, and give back the buffers they replace.
+        List<FusedAdamW.Param> table = new ArrayList<>();
+        for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+          table.add(new FusedAdamW.Param(e.getValue().array(), g.grads.get(e.getKey()).array(), m.get(e.getKey()),
+              v.get(e.getKey()), twins.get(e.getKey())));
+        }
+        adamw.refill(g.table, table);
+        if (g.squares != null) {
+          dev.refillSquaresTable(g.squares, new ArrayList<>(g.grads.values()));
+        }
+        g.replacedGrads.forEach(dev::release);
+        g.replacedGrads.clear();
+      }
     }
     g.graph.launch(dev.gpu().defaultStream());
     double loss = dev.download(g.loss)[0];
@@ -312,6 +345,58 @@ public final class CudaEngine<P> implements TrainingEngine {
     g.lastSkipped = g.hyper.toHost().toDoubleArray()[HYPER_SKIPPED] != 0;
     g.replayed = true;
     return loss;
+  }
+
+  /**
+   * The gradients of the step being captured that need no copy into their fixed buffers ({@code GraphState.grads}),
+   * by trainer name, each with the tensor AdamW is to read: for a parameter's one gradient (not the sum of a tied
+   * weight's two),
+   * <ul>
+   *   <li>a gradient known to be zero (a parameter the config leaves unused): the fixed buffer, zero since
+   *       {@link #enableGraphs} and written by nothing now, so neither the zeros' fill nor the copy is recorded;
+   *   <li>an fp32, contiguous gradient of the parameter's shape in the step's memory (which the graph keeps and
+   *       rewrites at every replay), in memory no other such gradient shares: that gradient itself, where the
+   *       backward wrote it. Its fixed buffer is recorded for release once the capture is done.
+   * </ul>
+   * Each spares the graph a launch and two passes over the gradient.
+   */
+  private Map<String, CudaTensor> gradientsInPlace(Map<String, Tensor> gr) {
+    if (!GRADIENTS_IN_PLACE) {
+      return Map.of();
+    }
+    Map<String, Integer> routesOf = new java.util.HashMap<>();
+    routes.forEach(r -> routesOf.merge(r.name(), 1, Integer::sum));
+    Map<String, CudaTensor> out = new LinkedHashMap<>();
+    List<CudaArray> taken = new ArrayList<>();
+    for (Route r : routes) {
+      if (routesOf.get(r.name()) != 1 || !(gr.get(r.moduleKey()) instanceof CudaTensor t)) {
+        continue;
+      }
+      CudaArray a = t.array();
+      CudaTensor buffer = graph.grads.get(r.name());
+      if (!Arrays.equals(a.shape(), buffer.shape())) {
+        continue;
+      }
+      if (dev.isKnownZero(t)) {
+        out.put(r.name(), buffer);
+      } else if (a.dtype() == DType.F32 && a.isContiguous() && stepScope.owns(t)
+          && taken.stream().noneMatch(a::sharesBufferWith)) {
+        a.produce(); // recorded now: work deferred on it would otherwise be dropped with the step's scope
+        taken.add(a);
+        out.put(r.name(), t);
+        graph.replacedGrads.add(buffer);
+      }
+    }
+    return out;
+  }
+
+  /**
+   * How many parameters' gradients the captured step copies into fixed buffers (a tied weight's two gradients, summed
+   * there, or one AdamW cannot read where the backward left it); the others it leaves in place
+   * ({@link #gradientsInPlace}). -1 before the graph is captured or without graphs.
+   */
+  public int gradientsCopiedByGraph() {
+    return graph == null || graph.graph == null ? -1 : graph.copied;
   }
 
   @Override

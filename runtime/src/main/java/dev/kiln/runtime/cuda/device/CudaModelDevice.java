@@ -272,6 +272,17 @@ public final class CudaModelDevice implements Device {
     private final List<CudaArray> owned = new ArrayList<>();
     private boolean closed;
 
+    /** Whether {@code t}'s memory is this scope's (made in it, or kept into it from a scope inside it). */
+    public boolean owns(Tensor t) {
+      CudaArray a = arr(t, "owns", "t");
+      for (CudaArray o : owned) {
+        if (o.sharesBufferWith(a)) {
+          return true;
+        }
+      }
+      return false;
+    }
+
     /**
      * Keeps {@code t} (made in this scope, or a view of a tensor made in it) alive past it: its memory moves to the
      * enclosing scope, or becomes permanent when there is none.
@@ -740,14 +751,34 @@ public final class CudaModelDevice implements Device {
     if (tensors.isEmpty()) {
       return null;
     }
-    long bytes = 32L * tensors.size();
-    Storage host = Storage.allocate(bytes);
-    MemorySegment t = host.segment();
+    Storage host = Storage.allocate(32L * tensors.size());
+    long blocks = describeSquares(tensors, host.segment());
+    return blocks < 0 ? null
+        : new SquaresTable(CudaArray.fromHost(gpu, NdArray.of(host, DType.U8, 32L * tensors.size())), tensors.size(),
+            blocks);
+  }
+
+  /**
+   * Rewrites {@code table} in place for {@code tensors} (as many, of the same sizes, in other memory): a launch
+   * captured in a CUDA graph reads the table at its address, so the graph then sums these.
+   */
+  public void refillSquaresTable(SquaresTable table, List<? extends Tensor> tensors) {
+    notCapturing("refillSquaresTable");
+    Storage host = Storage.allocate(32L * tensors.size());
+    if (tensors.size() != table.count() || describeSquares(tensors, host.segment()) != table.blocks()) {
+      throw new IllegalArgumentException("cuda device: a squares table of " + table.count() + " tensors refilled"
+          + " with " + tensors.size() + " of other sizes or layouts");
+    }
+    table.table().copyFromHost(NdArray.of(host, DType.U8, 32L * tensors.size()));
+  }
+
+  /** The squares kernel's descriptors of {@code tensors} into {@code t}; its blocks, or -1 for a layout it lacks. */
+  private static long describeSquares(List<? extends Tensor> tensors, MemorySegment t) {
     long blocks = 0;
     for (int i = 0; i < tensors.size(); i++) {
       CudaArray a = arr(tensors.get(i), "sumsOfSquares", "tensor " + i);
       if (a.dtype() != DType.F32 || !a.isContiguous()) {
-        return null;
+        return -1;
       }
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i, a.address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 8, a.numel());
@@ -755,7 +786,7 @@ public final class CudaModelDevice implements Device {
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 24, 0L);
       blocks += (a.numel() + SQUARES_CHUNK - 1) / SQUARES_CHUNK;
     }
-    return new SquaresTable(CudaArray.fromHost(gpu, NdArray.of(host, DType.U8, bytes)), tensors.size(), blocks);
+    return blocks;
   }
 
   /** {@code out[i] = } the squared L2 norm of the table's tensor {@code i}, in one launch, without waiting. */
@@ -962,6 +993,14 @@ public final class CudaModelDevice implements Device {
   private boolean isKnownZero(CudaArray a) {
     Double v = knownValues.get(a);
     return v != null && v == 0;
+  }
+
+  /**
+   * Whether the open scope knows every element of {@code t} is zero (a {@link #zeros} of the step, such as the
+   * gradient of a parameter the config leaves unused), whether or not its fill has run.
+   */
+  public boolean isKnownZero(Tensor t) {
+    return isKnownZero(arr(t, "isKnownZero", "t"));
   }
 
   /** A view of {@code from}'s memory, known to hold {@code from}'s one value where that is known. */
