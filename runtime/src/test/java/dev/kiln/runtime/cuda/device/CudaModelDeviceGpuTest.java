@@ -978,6 +978,22 @@ class CudaModelDeviceGpuTest {
         gpuBf16.crossEntropy(gpuBf16.fromHost(many16), gpuBf16.fromHost(tm)));
     same("cross-entropy backward of bf16 logits, 6,000 rows", cpu.crossEntropyBackward(rounded, tm, gm),
         gpuBf16.crossEntropyBackward(gpuBf16.fromHost(many16), gpuBf16.fromHost(tm), gpuBf16.fromHost(gm)));
+    // bf16 logits of the sweep's float4 lengths (kiln_xent_cached4 reads them as they are): i32 targets, the first
+    // and last entries as targets; and a bad id is reported as for fp32.
+    for (int vocab : new int[] {10_000, 16_384, 8}) {
+      NdArray wide16 = GpuTesting.randn(rnd, DType.F32, 4.0, 5, vocab).to(DType.BF16);
+      NdArray tw = NdArray.fromLongs(new long[] {0, vocab - 1, vocab / 2, 3 % vocab, 1}, 5).to(DType.I32);
+      NdArray gw = randn(5);
+      NdArray wideRounded = wide16.to(DType.F32);
+      same("cross-entropy of bf16 logits, vocabulary " + vocab, cpu.crossEntropy(wideRounded, tw),
+          gpuBf16.crossEntropy(gpuBf16.fromHost(wide16), gpuBf16.fromHost(tw)));
+      same("cross-entropy backward of bf16 logits, vocabulary " + vocab, cpu.crossEntropyBackward(wideRounded, tw,
+          gw), gpuBf16.crossEntropyBackward(gpuBf16.fromHost(wide16), gpuBf16.fromHost(tw), gpuBf16.fromHost(gw)));
+    }
+    gpuBf16.crossEntropy(gpuBf16.fromHost(NdArray.zeros(DType.BF16, 2, 1000)),
+        gpuBf16.fromHost(NdArray.fromLongs(new long[] {3, 1000}, 2)));
+    IndexOutOfBoundsException e16 = assertThrows(IndexOutOfBoundsException.class, gpuBf16::synchronize);
+    assertTrue(e16.getMessage().contains("1000"), e16.getMessage());
     // The mean's gradient arrives as a broadcast scalar.
     Tensor scalar = gpu.expand(gpu.full(DType.F32, 1.0 / 15), 3, 5);
     same("cross-entropy backward, broadcast dLoss", cpu.crossEntropyBackward(logits, t64, cpu.full(DType.F32,
