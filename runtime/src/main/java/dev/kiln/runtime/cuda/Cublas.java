@@ -241,7 +241,7 @@ public final class Cublas implements AutoCloseable {
       CublasLt.Problem problem = new CublasLt.Problem(p.opFirst(), p.opSecond(), p.m(), p.n(), k, ldFirst, ldSecond,
           p.ldc(), batched ? p.strideFirst() : 0, batched ? p.strideSecond() : 0, batched ? p.strideC() : 0,
           p.batch(), inType, outType, compute, CublasLt.alignment(b.address()), CublasLt.alignment(a.address()),
-          Math.min(CublasLt.alignment(c.address()), CublasLt.alignment(addend.address())));
+          Math.min(CublasLt.alignment(c.address()), CublasLt.alignment(addend.address())), addend != c);
       if (lt.matmul(problem, alphaPtr, betaPtr, b.address(), a.address(), addend.address(), c.address(), workspace,
           stream)) {
         return true;

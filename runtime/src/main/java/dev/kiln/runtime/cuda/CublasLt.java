@@ -102,11 +102,16 @@ final class CublasLt implements AutoCloseable {
   /**
    * One GEMM problem as cuBLAS's column-major call sees it ({@link GemmPlan}'s fields, with the leading dimensions
    * already raised to cuBLAS's minimums), its types, and the alignment in bytes of each pointer: an algorithm chosen
-   * for 256-byte aligned operands may not run on a view that starts mid-row.
+   * for 256-byte aligned operands may not run on a view that starts mid-row. {@code separateAddend}: the output is
+   * the sum of the product and an addend apart from it (a residual add in the epilogue, {@code Cublas.gemmAdding}).
+   * That epilogue reads as many bytes again as it writes, which moves the kernels' times: TinyStories' FFN input
+   * gradient (32768×512×1344, fp32 out) ran in 64 µs plain and 78 with the addend on one kernel, 72 and 118 on
+   * another, so a choice timed on the plain call (the first of the pair) could cost the adding one 40 µs. It is
+   * timed on its own calls.
    */
   record Problem(int opFirst, int opSecond, int m, int n, int k, long ldFirst, long ldSecond, long ldc,
       long strideFirst, long strideSecond, long strideC, int batch, int inType, int outType, int compute,
-      int alignFirst, int alignSecond, int alignC) {}
+      int alignFirst, int alignSecond, int alignC, boolean separateAddend) {}
 
   /**
    * The descriptors and algorithms kept for one {@link Problem}: {@code candidates} in the heuristic's order (empty
