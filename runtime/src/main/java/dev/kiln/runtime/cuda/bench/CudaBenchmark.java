@@ -6,8 +6,12 @@ import dev.kiln.runtime.cuda.Cublas;
 import dev.kiln.runtime.cuda.CudaArray;
 import dev.kiln.runtime.cuda.CudaDevice;
 import dev.kiln.runtime.cuda.CudaEvent;
+import dev.kiln.runtime.cuda.CudaGraph;
+import dev.kiln.runtime.cuda.CudaKernel;
 import dev.kiln.runtime.cuda.CudaStream;
 import dev.kiln.runtime.cuda.FlashAttention;
+import dev.kiln.runtime.cuda.KernelArgs;
+import dev.kiln.runtime.cuda.KernelLoader;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Storage;
 import java.lang.foreign.MemorySegment;
@@ -40,13 +44,72 @@ public final class CudaBenchmark {
   public static void main(String[] args) {
     CudaDevice dev = CudaDevice.first();
     System.out.println("device " + dev);
-    // Arguments: the attention repetitions (default 10), or "gemm" for the GEMMs alone.
+    // Arguments: the attention repetitions (default 10), "gemm" for the GEMMs alone, or "graph" for the cost of a
+    // CUDA graph's kernel nodes alone.
+    if (args.length > 0 && args[0].equals("graph")) {
+      graphNodes(dev);
+      return;
+    }
     boolean gemmOnly = args.length > 0 && args[0].equals("gemm");
     if (!gemmOnly) {
       attention(dev, args.length > 0 ? Integer.parseInt(args[0]) : 10);
     }
     gemm(dev);
   }
+
+  /**
+   * What a CUDA graph's kernel node costs beyond its kernel: {@value #GRAPH_NODES} dependent launches of one kernel
+   * (the 16-byte fp32 → bf16 cast, one read and one write pass) over a few sizes, each timed three ways with CUDA
+   * events: one launch alone (after a wait, so the queue is empty), the launches queued back to back on a stream, and
+   * the same launches as one graph replay. A training step is a graph of about 160 nodes; the difference between the
+   * last two, per node, is what the graph itself saves or costs, and the first against the last bounds the gap
+   * between two nodes. Lines: {@code BENCH graph elements=.. alone_us=.. stream_us=.. graph_us=..} (per launch).
+   */
+  private static void graphNodes(CudaDevice dev) {
+    CudaStream stream = dev.defaultStream();
+    KernelLoader.Module ops = dev.kernels().module("device_ops");
+    CudaKernel cast = ops.kernel("kiln_cast4_f32_bf16");
+    for (long n : new long[] {1024, 1L << 20, 1L << 24}) {
+      try (CudaArray src = CudaArray.zeros(dev, DType.F32, n);
+          CudaArray dst = CudaArray.empty(dev, DType.BF16, n);
+          CudaEvent e0 = new CudaEvent(dev);
+          CudaEvent e1 = new CudaEvent(dev)) {
+        long blocks = Math.min((n / 4 + 255) / 256, 1L << 20);
+        Runnable launches = () -> {
+          for (int i = 0; i < GRAPH_NODES; i++) {
+            cast.launch(stream, blocks, 1, 256, 0, new KernelArgs().ptr(src).ptr(dst).i64(n / 4));
+          }
+        };
+        double alone = Double.MAX_VALUE;
+        for (int i = 0; i < 20; i++) {
+          stream.synchronize();
+          e0.record(stream);
+          cast.launch(stream, blocks, 1, 256, 0, new KernelArgs().ptr(src).ptr(dst).i64(n / 4));
+          e1.record(stream);
+          alone = Math.min(alone, e1.elapsedMillisSince(e0));
+        }
+        launches.run(); // warm-up
+        e0.record(stream);
+        launches.run();
+        e1.record(stream);
+        double queued = e1.elapsedMillisSince(e0);
+        try (CudaGraph graph = CudaGraph.capture(stream, launches)) {
+          graph.launch(stream);
+          double best = Double.MAX_VALUE;
+          for (int r = 0; r < 5; r++) {
+            e0.record(stream);
+            graph.launch(stream);
+            e1.record(stream);
+            best = Math.min(best, e1.elapsedMillisSince(e0));
+          }
+          System.out.printf("BENCH graph elements=%d alone_us=%.2f stream_us=%.2f graph_us=%.2f%n", n, alone * 1e3,
+              queued * 1e3 / GRAPH_NODES, best * 1e3 / GRAPH_NODES);
+        }
+      }
+    }
+  }
+
+  private static final int GRAPH_NODES = 160;
 
   /** Uniform values in [-1, 1) as bf16, filled quickly on the host. */
   private static NdArray uniformBf16(long n, long seed) {
