@@ -67,13 +67,14 @@ public final class CudaEngine<P> implements TrainingEngine {
   /** CUDA-graph mode ({@link #enableGraphs}): null when off. */
   private GraphState graph;
 
-  /**
-   * What a captured step keeps: its fixed inputs and gradient buffers, the AdamW table over them, the scalars the
-   * graph reads from device memory, the memory the recorded step allocated, and the graph itself.
-   */
   /** {@code KILN_GRADS_IN_PLACE=0}: a captured step copies every gradient into its fixed buffer (for comparisons). */
   private static final boolean GRADIENTS_IN_PLACE = !"0".equals(System.getenv("KILN_GRADS_IN_PLACE"));
 
+  /**
+   * What a captured step keeps: its fixed inputs, the gradients AdamW reads (fixed buffers, or where the captured
+   * backward writes them), the AdamW and norm tables over them, the scalars the graph reads from device memory, the
+   * memory the recorded step allocated, and the graph itself.
+   */
   private static final class GraphState {
     final double maxNorm;
     final CudaArray hyper;
