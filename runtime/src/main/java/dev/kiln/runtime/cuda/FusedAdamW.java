@@ -92,8 +92,7 @@ public final class FusedAdamW {
     DType gradType = params.getFirst().grad().dtype();
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
     long blocks = describe(params, gradType, table.segment());
-    return new Prepared(CudaArray.fromHost(device,
-        NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES)), params.size(), blocks, gradType);
+    return new Prepared(CudaArray.fromHost(device, bytes(table, params)), params.size(), blocks, gradType);
   }
 
   /**
@@ -109,7 +108,12 @@ public final class FusedAdamW {
     if (describe(params, p.gradType(), table.segment()) != p.blocks()) {
       throw new IllegalArgumentException("AdamW table refilled with parameters of other sizes");
     }
-    p.table().copyFromHost(NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES));
+    p.table().copyFromHost(bytes(table, params));
+  }
+
+  /** {@code table}, the descriptors of {@code params}, as the U8 array the device copy is made from. */
+  private static NdArray bytes(Storage table, List<Param> params) {
+    return NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES);
   }
 
   /**
@@ -161,8 +165,7 @@ public final class FusedAdamW {
     }
     float bc1 = (float) (1 - Math.pow(h.beta1(), h.step()));
     float bc2 = (float) (1 - Math.pow(h.beta2(), h.step()));
-    try (CudaArray dTable = CudaArray.fromHost(device,
-        NdArray.of(table, DType.U8, (long) params.size() * DESCRIPTOR_BYTES))) {
+    try (CudaArray dTable = CudaArray.fromHost(device, bytes(table, params))) {
       device.kernels().module("adamw").kernel("kiln_adamw_multi").launch(stream, blocks, 1, 256, 0,
           new KernelArgs().ptr(dTable).i32(params.size()).i32(gradType == DType.BF16 ? 1 : 0).f32(h.lr())
               .f32(h.beta1()).f32(h.beta2()).f32(h.eps()).f32(h.weightDecay()).f32(bc1).f32(bc2)
