@@ -631,21 +631,24 @@ struct kiln_attn_rope {
   const double* inv_freq;
 };
 
-// The slab's positions and the frequencies into shared memory (ps, fs: NMAX int64 then D / 2 doubles after a kernel's
-// tiles, FlashAttention.Rope.sharedBytes), with plain loads: issued after the tiles'
+// The slab's positions and the frequencies into shared memory (ps, fs: NMAX positions then D / 2 frequencies, all
+// doubles, after a kernel's tiles, FlashAttention.Rope.sharedBytes), with plain loads: issued after the tiles'
 // cp.async groups, so they travel together, and seen by all threads after the barrier that follows the tiles' wait.
+// Each position is converted to double here, once, not once per pair: int64 to double is a type conversion, which
+// sm_90 runs at 16 a cycle per multiprocessor, on the pipe the softmax's exponentials and __sincosf also take
+// (exact below 2^53).
 template <int D, int NMAX, int NT>
-__device__ __forceinline__ void rope_stage(kiln_i64* ps, double* fs, const kiln_attn_rope& rp, int bh, int heads,
+__device__ __forceinline__ void rope_stage(double* ps, double* fs, const kiln_attn_rope& rp, int bh, int heads,
                                            int n, int tid) {
   const kiln_i64 base = (kiln_i64)(bh / heads) * rp.sb + (kiln_i64)(bh % heads) * rp.sh;
-  for (int r = tid; r < NMAX; r += NT) ps[r] = r < n ? rp.pos[base + (kiln_i64)r * rp.sr] : 0;
+  for (int r = tid; r < NMAX; r += NT) ps[r] = r < n ? (double)rp.pos[base + (kiln_i64)r * rp.sr] : 0.0;
   for (int i = tid; i < D / 2; i += NT) fs[i] = rp.inv_freq[i];
 }
 
 // (cos, sin) of pair i at position p.
-__device__ __forceinline__ float2 kiln_rope_cs(kiln_i64 p, const double* fs, int i) {
+__device__ __forceinline__ float2 kiln_rope_cs(double p, const double* fs, int i) {
   float2 cs;
-  __sincosf(kiln_angle_reduce((double)p * fs[i]), &cs.y, &cs.x);
+  __sincosf(kiln_angle_reduce(p * fs[i]), &cs.y, &cs.x);
   return cs;
 }
 
@@ -658,13 +661,13 @@ __device__ __forceinline__ unsigned kiln_rope_turn(unsigned w, float2 cs) {
 // Rows [row0, row0 + ROWS) of the padded slab tiles qs and ks (row r at r·LD) turned in place, 16 bytes (four pairs)
 // of each a step, one (cos, sin) for both; rows past n hold zeros and are left so.
 template <int D, int ROWS, int NT>
-__device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0, int n, const kiln_i64* ps,
+__device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0, int n, const double* ps,
                                           const double* fs, int tid) {
   constexpr int CPR = D / 8, LD = D + 8;
   for (int i = tid; i < ROWS * CPR; i += NT) {
     const int row = row0 + i / CPR, c = (i % CPR) * 8;
     if (row >= n) continue;
-    const kiln_i64 p = ps[row];
+    const double p = ps[row];
     uint4* wq = reinterpret_cast<uint4*>(qs + row * LD + c);
     uint4* wk = reinterpret_cast<uint4*>(ks + row * LD + c);
     uint4 q = *wq, k = *wk;
@@ -689,13 +692,13 @@ __device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0
 // i·8 + 2t + 1) are exactly pair 4i + t of the row.
 template <int D, typename TO>
 __device__ __forceinline__ void store_rows_unrope(TO* dst, kiln_i64 sr, float (*acc)[D / 8][4], float mul, int row0,
-                                                  int n, int g, int t, const kiln_i64* ps, const double* fs) {
+                                                  int n, int g, int t, const double* ps, const double* fs) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + g + r * 8;
     if (row < n) {
       TO* d = dst + (kiln_i64)row * sr;
-      const kiln_i64 p = ps[row];
+      const double p = ps[row];
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) {
         const float2 cs = kiln_rope_cs(p, fs, 4 * i + t);
@@ -740,8 +743,8 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
   kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
   kiln_bf16* Ks = Qs + NMAX * LD;
   kiln_bf16* Vs = Ks + NMAX * LD;
-  kiln_i64* Ps = (kiln_i64*)(Vs + NMAX * LD);  // ROPE: [NMAX] positions, then [D / 2] frequencies
-  double* Fs = (double*)(Ps + NMAX);
+  double* Ps = (double*)(Vs + NMAX * LD);  // ROPE: [NMAX] positions, then [D / 2] frequencies
+  double* Fs = Ps + NMAX;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
@@ -866,8 +869,8 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   kiln_bf16* dOs = Vs + NMAX * LD;
   float* Ls = (float*)(dOs + NMAX * LD);  // [NMAX]
   float* Ds = Ls + NMAX;                  // [NMAX]
-  kiln_i64* Ps = (kiln_i64*)(Ds + NMAX);  // ROPE: [NMAX] positions, then [D / 2] frequencies
-  double* Fs = (double*)(Ps + NMAX);
+  double* Ps = (double*)(Ds + NMAX);  // ROPE: [NMAX] positions, then [D / 2] frequencies
+  double* Fs = Ps + NMAX;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;

@@ -104,8 +104,12 @@ __device__ __forceinline__ void kiln_mma_bf16(float* d, const unsigned* a, unsig
 // A RoPE rotation angle given in double, reduced to [-pi, pi] in double (2*pi in two parts, so the reduction is exact to
 // double rounding even at positions in the thousands) and rounded to float: the short argument that sincosf (the RoPE
 // kernels) or __sincosf (the attention kernels that turn q and k as they load them) then takes.
+// rint is taken as (x + 1.5·2^52) − 1.5·2^52, two FP64 adds (exactly rint for |x| < 2^51: the sum's spacing is 1 and
+// 1.5·2^52 is even), not cvt.rni.f64: that is a type conversion, which sm_90 runs at a quarter of the FP64 rate on the
+// pipe that also takes the exponentials of attention's softmax, where this runs for every RoPE pair.
 __device__ __forceinline__ float kiln_angle_reduce(double angle) {
-  const double k = rint(angle * 0.15915494309189535);
+  const double magic = 6755399441055744.0;  // 1.5 · 2^52
+  const double k = __dsub_rn(__dadd_rn(__dmul_rn(angle, 0.15915494309189535), magic), magic);
   double r = fma(-k, 6.283185307179586, angle);
   r = fma(-k, 2.4492935982947064e-16, r);
   return (float)r;
