@@ -1,9 +1,11 @@
 package dev.kiln.runtime.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.kiln.dsl.DType;
 import dev.kiln.runtime.tensor.NdArray;
+import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
@@ -256,8 +258,15 @@ class FlashAttentionGpuTest {
     // One block a (batch, head) slab of at most 256 rows: the full slab, a ragged one (rows past n zero-filled and
     // never stored), a single tile, both masks, head-split views and fp32 results as a Transformer trains with them.
     // Past 256 rows the same tuning must run BEYOND_WHOLE_HEAD's tiled kernels (n = 300) and still be right.
-    for (String fwd : new String[] {"w8h256", "w8h256mb3"}) {
-      for (String bwd : new String[] {"w8h256", "w4mb3"}) {
+    // Every whole-head variant compiled at d32 (and a tiled backward), so a new one is covered as soon as it is listed.
+    List<String> forwards = FlashAttention.Tuning.FORWARD_VARIANTS.get(32).stream()
+        .filter(v -> FlashAttention.Tuning.wholeHeadRows(v) > 0).toList();
+    List<String> backwards = new java.util.ArrayList<>(FlashAttention.Tuning.BACKWARD_VARIANTS.get(32).stream()
+        .filter(v -> FlashAttention.Tuning.wholeHeadRows(v) > 0).toList());
+    backwards.add("w4mb3");
+    assertTrue(forwards.size() >= 2 && backwards.size() >= 2, forwards + " " + backwards);
+    for (String fwd : forwards) {
+      for (String bwd : backwards) {
         FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(32, fwd).withBackward(32, bwd);
         run(DType.BF16, 2, 3, 256, 32, AttentionMask.CAUSAL, t);
         run(DType.BF16, 1, 2, 201, 32, AttentionMask.CAUSAL, t);
