@@ -59,6 +59,18 @@ public interface Device {
     return empty(dtype, shape);
   }
 
+  /**
+   * {@link #empty} for a GEMM's output that is a parameter's gradient and nothing else (a linear layer's weight
+   * gradient): the generated code adds it to the parameter's other gradients ({@link #binary} ADD, an fp32 result)
+   * and returns it, and the trainer reads it for the gradient norm and the optimizer. A mixed-precision device may
+   * store it in bf16, as {@code torch.autocast} rounds a weight's gradient (the GEMM there differentiates the
+   * weight's bf16 cast, whose backward widens the bf16 result); it then sums gradients over micro-batches in fp32.
+   * The default is {@code empty(dtype, shape)}.
+   */
+  default Tensor emptyParamGradient(DType dtype, long... shape) {
+    return empty(dtype, shape);
+  }
+
   /** A new contiguous tensor of zeros. */
   Tensor zeros(DType dtype, long... shape);
 

@@ -118,6 +118,21 @@ public final class GemmOperands {
     }
     plan.gemmOperandGradient = plan.backward.dOut() != null && g.onlyGemms(plan.backward.dOut());
     g.bf16Results(kernels);
+    g.paramGradients();
+  }
+
+  /**
+   * Fills {@link Lowering.Result#paramGradientGemms}: GEMM einsums whose output only parameter-gradient nodes read
+   * (not viewed, not yielded by a branch), written where it is allocated.
+   */
+  private void paramGradients() {
+    for (Node.Prim p : einsums) {
+      List<Read> r = reads.get(p.out());
+      if (r != null && !r.isEmpty() && r.size() == paramGradReads.getOrDefault(p.out(), 0)
+          && !yieldedAs.containsKey(p.out()) && plan.gemms.get(p).writesInPlace()) {
+        plan.paramGradientGemms.add(p);
+      }
+    }
   }
 
   /**
@@ -368,7 +383,10 @@ public final class GemmOperands {
           // An addend goes into the callee's kernel that computes the argument's gradient: a full-precision read.
           g.plus().stream().filter(java.util.Objects::nonNull).forEach(v -> read(v, false));
         }
-        case Node.ParamGrad g -> read(g.grad(), false);
+        case Node.ParamGrad g -> {
+          read(g.grad(), false);
+          paramGradReads.merge(g.grad(), 1, Integer::sum);
+        }
         case Node.Loop l -> {
           l.init().forEach(v -> read(v, false));
           scan(l.body(), null, Read.OTHER);
@@ -407,6 +425,9 @@ public final class GemmOperands {
     int i = plan.backward.inputGrads().indexOf(v);
     return i < 64 ? i : -1;
   }
+
+  /** How many times a parameter-gradient node reads each value. */
+  private final Map<Value, Integer> paramGradReads = new HashMap<>();
 
   /** The sub-module calls, their gradients, and the GEMM einsums met in forward and backward. */
   private final List<Node.Call> calls = new ArrayList<>();

@@ -29,6 +29,7 @@ final class CountingDevice implements Device {
     launches.clear();
     gemmOperands = 0;
     gemmResults = 0;
+    paramGradients = 0;
     bf16Results = 0;
     ropesForGemms = 0;
     constants = 0;
@@ -68,6 +69,15 @@ final class CountingDevice implements Device {
   public Tensor emptyGemmResult(DType dtype, long... shape) {
     gemmResults++;
     return d.emptyGemmResult(dtype, shape);
+  }
+
+  /** GEMM outputs allocated as parameter gradients (see {@link Device#emptyParamGradient}). */
+  int paramGradients;
+
+  @Override
+  public Tensor emptyParamGradient(DType dtype, long... shape) {
+    paramGradients++;
+    return d.emptyParamGradient(dtype, shape);
   }
 
   /** RoPE calls whose result only GEMMs and attention read ({@code forGemms}). */

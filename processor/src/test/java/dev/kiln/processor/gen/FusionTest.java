@@ -120,6 +120,8 @@ class FusionTest {
     assertEquals(3, dev.gemmResults, "the gradients of w2's input (read by the SwiGLU backward kernel alone) and of"
         + " w1's and w3's (read by their add)");
     assertEquals(7L, dev.launches.get(0).bf16Inputs(), "w1 x, w3 x and that gradient");
+    assertEquals(3, dev.paramGradients, "the weight gradients of w1, w2 and w3: GEMM outputs nothing but the trainer"
+        + " reads (Device.emptyParamGradient)");
 
     Run consenting = new Run(run.dev(), run.m(), run.p(), new Context().child("ffn", false, true, 0L));
     consenting.forward(Harness.random(new Random(1), 2, 3, 4));

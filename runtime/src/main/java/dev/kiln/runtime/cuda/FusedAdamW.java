@@ -77,35 +77,35 @@ public final class FusedAdamW {
    * The tensor table of one parameter list uploaded once, for {@link #step(Prepared, CudaArray)}: what a CUDA graph
    * needs, since it cannot copy from the host. Close it when the tensors go.
    */
-  public record Prepared(CudaArray table, int count, long blocks, DType gradType) implements AutoCloseable {
+  public record Prepared(CudaArray table, int count, long blocks) implements AutoCloseable {
     @Override
     public void close() {
       table.close();
     }
   }
 
-  /** Uploads the descriptor table of {@code params} (one gradient dtype) for later steps. */
+  /** Uploads the descriptor table of {@code params} for later steps. */
   public Prepared prepare(List<Param> params) {
     if (params.isEmpty()) {
       throw new IllegalArgumentException("AdamW over no parameters");
     }
-    DType gradType = params.getFirst().grad().dtype();
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    long blocks = describe(params, gradType, table.segment());
-    return new Prepared(CudaArray.fromHost(device, bytes(table, params)), params.size(), blocks, gradType);
+    long blocks = describe(params, table.segment());
+    return new Prepared(CudaArray.fromHost(device, bytes(table, params)), params.size(), blocks);
   }
 
   /**
    * Rewrites {@code p}'s descriptors in place for {@code params} (the same sizes, in the same order, other memory):
-   * a launch captured in a CUDA graph reads the table at its address, so the graph's step then updates these.
+   * a launch captured in a CUDA graph reads the table at its address, so the graph's step then updates these. A
+   * gradient's dtype may change (each descriptor says its own).
    */
   public void refill(Prepared p, List<Param> params) {
-    if (params.size() != p.count() || params.getFirst().grad().dtype() != p.gradType()) {
-      throw new IllegalArgumentException("AdamW table of " + p.count() + " " + p.gradType()
-          + " gradients refilled with " + params.size() + " " + params.getFirst().grad().dtype());
+    if (params.size() != p.count()) {
+      throw new IllegalArgumentException("AdamW table of " + p.count() + " parameters refilled with "
+          + params.size());
     }
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    if (describe(params, p.gradType(), table.segment()) != p.blocks()) {
+    if (describe(params, table.segment()) != p.blocks()) {
       throw new IllegalArgumentException("AdamW table refilled with parameters of other sizes");
     }
     p.table().copyFromHost(bytes(table, params));
@@ -126,18 +126,17 @@ public final class FusedAdamW {
       throw new IllegalArgumentException("AdamW's device scalars are 10 F32 values, got " + hyper);
     }
     device.kernels().module("adamw").kernel("kiln_adamw_multi_dev").launch(stream, p.blocks(), 1, 256, 0,
-        new KernelArgs().ptr(p.table()).i32(p.count()).i32(p.gradType() == DType.BF16 ? 1 : 0).ptr(hyper));
+        new KernelArgs().ptr(p.table()).i32(p.count()).ptr(hyper));
   }
 
-  /** Fills the 64-byte descriptors of {@code params} into {@code t}; returns the number of blocks. */
-  private static long describe(List<Param> params, DType gradType, MemorySegment t) {
+  /**
+   * Fills the 64-byte descriptors of {@code params} into {@code t} (each with its gradient's dtype: fp32 and bf16
+   * gradients mix in one launch); returns the number of blocks.
+   */
+  private static long describe(List<Param> params, MemorySegment t) {
     long blocks = 0;
     for (int i = 0; i < params.size(); i++) {
       Param p = params.get(i);
-      if (p.grad().dtype() != gradType) {
-        throw new IllegalArgumentException("AdamW gradients mix " + gradType + " and " + p.grad().dtype()
-            + " (param " + i + "); one launch takes one gradient dtype");
-      }
       long base = (long) i * DESCRIPTOR_BYTES;
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base, p.param().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 8, p.grad().address());
@@ -146,20 +145,19 @@ public final class FusedAdamW {
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 32, p.paramBf16() == null ? 0L : p.paramBf16().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 40, p.param().numel());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 48, blocks);
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, 0L);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, p.grad().dtype() == DType.BF16 ? 1L : 0L);
       blocks += (p.param().numel() + CHUNK - 1) / CHUNK;
     }
     return blocks;
   }
 
-  /** Updates every parameter in place, in one launch. All gradients must share one dtype. */
+  /** Updates every parameter in place, in one launch; gradients may be fp32 or bf16, each its own. */
   public void step(List<Param> params, Hyper h) {
     if (params.isEmpty()) {
       return;
     }
-    DType gradType = params.getFirst().grad().dtype();
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    long blocks = describe(params, gradType, table.segment());
+    long blocks = describe(params, table.segment());
     if (blocks == 0) {
       return;
     }
@@ -167,7 +165,7 @@ public final class FusedAdamW {
     float bc2 = (float) (1 - Math.pow(h.beta2(), h.step()));
     try (CudaArray dTable = CudaArray.fromHost(device, bytes(table, params))) {
       device.kernels().module("adamw").kernel("kiln_adamw_multi").launch(stream, blocks, 1, 256, 0,
-          new KernelArgs().ptr(dTable).i32(params.size()).i32(gradType == DType.BF16 ? 1 : 0).f32(h.lr())
+          new KernelArgs().ptr(dTable).i32(params.size()).f32(h.lr())
               .f32(h.beta1()).f32(h.beta2()).f32(h.eps()).f32(h.weightDecay()).f32(bc1).f32(bc2)
               .f32(h.gradScale()).i32(h.cs336() ? 1 : 0));
     }

@@ -30,7 +30,9 @@ import java.util.Map;
  * around checkpoints.
  *
  * <p><b>Mixed precision</b> ({@link CudaModelDevice.Precision#BF16}): every parameter gets a bf16 twin that AdamW
- * rewrites after each update, so GEMMs read bf16 weights with no cast; master weights, gradients and moments are fp32.
+ * rewrites after each update, so GEMMs read bf16 weights with no cast; master weights and moments are fp32. A linear
+ * layer's weight gradient is bf16, as autocast rounds it ({@code CudaModelDevice.emptyParamGradient}); the other
+ * gradients (norms, embeddings) are fp32, and sums over micro-batches are fp32.
  *
  * <p><b>Memory per step.</b> Everything a step allocates (inputs, activations, gradients) lives in one device scope,
  * closed when the step ends; the caching allocator hands the same blocks to the next step. With gradient
@@ -264,6 +266,12 @@ public final class CudaEngine<P> implements TrainingEngine {
           // The first micro-batch's gradient becomes the running sum: moved out of the micro-batch's scope.
           grads.put(r.name(), micro.keep(dev.contiguous(gi)));
         } else {
+          if (sum.dtype() != DType.F32) {
+            // A bf16 weight gradient (CudaModelDevice.emptyParamGradient) is summed over micro-batches in fp32, as
+            // autocast's fp32 .grad sums its bf16 gradients: the first one widened, exactly.
+            sum = micro.keep(dev.cast(sum, DType.F32));
+            grads.put(r.name(), sum);
+          }
           dev.addInto(sum, gi);
         }
       }
@@ -355,7 +363,8 @@ public final class CudaEngine<P> implements TrainingEngine {
    * <ul>
    *   <li>a gradient known to be zero (a parameter the config leaves unused): the fixed buffer, zero since
    *       {@link #enableGraphs} and written by nothing now, so neither the zeros' fill nor the copy is recorded;
-   *   <li>an fp32, contiguous gradient of the parameter's shape in the step's memory (which the graph keeps and
+   *   <li>an fp32 or bf16 ({@code CudaModelDevice.emptyParamGradient}), contiguous gradient of the parameter's
+   *       shape in the step's memory (which the graph keeps and
    *       rewrites at every replay), in memory no other such gradient shares: that gradient itself, where the
    *       backward wrote it. Its fixed buffer is recorded for release once the capture is done.
    * </ul>
@@ -380,7 +389,7 @@ public final class CudaEngine<P> implements TrainingEngine {
       }
       if (dev.isKnownZero(t)) {
         out.put(r.name(), buffer);
-      } else if (a.dtype() == DType.F32 && a.isContiguous() && stepScope.owns(t)
+      } else if ((a.dtype() == DType.F32 || a.dtype() == DType.BF16) && a.isContiguous() && stepScope.owns(t)
           && taken.stream().noneMatch(a::sharesBufferWith)) {
         a.produce(); // recorded now: work deferred on it would otherwise be dropped with the step's scope
         taken.add(a);

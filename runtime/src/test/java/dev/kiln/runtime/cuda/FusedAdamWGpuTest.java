@@ -13,10 +13,11 @@ import org.junit.jupiter.api.Test;
  */
 class FusedAdamWGpuTest {
   private static void run(DType gradType, boolean bf16Copy) {
-    run(gradType, bf16Copy, false);
+    run(gradType, bf16Copy, false, false);
   }
 
-  private static void run(DType gradType, boolean bf16Copy, boolean cs336) {
+  /** {@code mixed}: every other tensor's gradient is in the other dtype (fp32 and bf16 in one launch). */
+  private static void run(DType gradType, boolean bf16Copy, boolean cs336, boolean mixed) {
     CudaDevice dev = GpuTesting.device();
     Random rnd = new Random(gradType.ordinal() * 2 + (bf16Copy ? 1 : 0));
     // Sizes straddle the 4096-element chunk: one element, chunk + 1, several chunks and a ragged end.
@@ -26,7 +27,10 @@ class FusedAdamWGpuTest {
     List<CudaArray> owned = new ArrayList<>();
     List<FusedAdamW.Param> params = new ArrayList<>();
     List<CudaArray> grads = new ArrayList<>();
+    List<DType> types = new ArrayList<>();
     for (int n : sizes) {
+      DType type = mixed && types.size() % 2 == 1 ? (gradType == DType.F32 ? DType.BF16 : DType.F32) : gradType;
+      types.add(type);
       NdArray p0 = GpuTesting.randn(rnd, DType.F32, 1, n);
       p.add(GpuTesting.doubles(p0));
       m.add(new double[n]);
@@ -34,7 +38,7 @@ class FusedAdamWGpuTest {
       CudaArray dp = CudaArray.fromHost(dev, p0);
       CudaArray dm = CudaArray.zeros(dev, DType.F32, n);
       CudaArray dv = CudaArray.zeros(dev, DType.F32, n);
-      CudaArray dg = CudaArray.empty(dev, gradType, n);
+      CudaArray dg = CudaArray.empty(dev, type, n);
       CudaArray copy = bf16Copy ? CudaArray.empty(dev, DType.BF16, n).poison() : null;
       owned.addAll(List.of(dp, dm, dv, dg));
       if (copy != null) {
@@ -47,7 +51,7 @@ class FusedAdamWGpuTest {
     try {
       for (int step = 1; step <= 3; step++) {
         for (int t = 0; t < sizes.length; t++) {
-          NdArray g = GpuTesting.randn(rnd, gradType, 1, sizes[t]);
+          NdArray g = GpuTesting.randn(rnd, types.get(t), 1, sizes[t]);
           grads.get(t).copyFromHost(g);
           double[] gd = GpuTesting.doubles(g);
           double bc1 = 1 - Math.pow(b1, step), bc2 = 1 - Math.pow(b2, step);
@@ -68,7 +72,7 @@ class FusedAdamWGpuTest {
         opt.step(params, new FusedAdamW.Hyper(lr, b1, b2, eps, wd, step, gradScale, cs336));
       }
       for (int t = 0; t < sizes.length; t++) {
-        String name = "gradients " + gradType + ", tensor of " + sizes[t];
+        String name = "gradients " + types.get(t) + ", tensor of " + sizes[t];
         FusedAdamW.Param pr = params.get(t);
         // fp32 state against float64: 1e-5 relative, 1e-7 absolute (values near zero).
         GpuTesting.assertClose(name + " param", p.get(t), GpuTesting.doubles(pr.param().toHost()), 1e-5, 1e-7);
@@ -92,11 +96,17 @@ class FusedAdamWGpuTest {
 
   @Test
   void cs336FormulaAsTheTrainerUsesIt() {
-    run(DType.F32, true, true);
+    run(DType.F32, true, true, false);
   }
 
   @Test
   void bf16GradientsWithBf16ParameterCopy() {
     run(DType.BF16, true);
+  }
+
+  @Test
+  void fp32AndBf16GradientsInOneLaunch() {
+    // A mixed-precision step: GEMM weight gradients in bf16, norms' and embeddings' in fp32, one table.
+    run(DType.F32, true, false, true);
   }
 }

@@ -220,6 +220,7 @@ public final class CudaModelDevice implements Device {
   private boolean poison;
   private boolean gemmOperandsInBf16 = true;
   private boolean gemmResultsInBf16 = true;
+  private boolean paramGradientsInBf16 = !"0".equals(System.getenv("KILN_BF16_PARAM_GRADS"));
   /** Inside a CUDA-graph capture: nothing may synchronise or copy from the host. */
   private boolean capturing;
   /** Uploads and iotas served from a content cache (persistent tensors), so a captured graph never copies them. */
@@ -676,7 +677,10 @@ public final class CudaModelDevice implements Device {
   /** {@code dst += src} element by element ({@code src} broadcasts to {@code dst}, which must be contiguous). */
   public void addInto(Tensor dst, Tensor src) {
     CudaArray d = floating(dst, "addInto", "dst");
-    CudaArray s = floating(src, "addInto", "src");
+    CudaArray s0 = arr(src, "addInto", "src");
+    // A bf16 gradient (emptyParamGradient) added into an fp32 sum (micro-batches, a tied weight's two uses): widened
+    // first, exactly.
+    CudaArray s = d.dtype() == DType.F32 && s0.dtype() == DType.BF16 ? widened(s0) : floating(src, "addInto", "src");
     sameFloat("addInto", d, s);
     requireContiguous(d, "addInto", "dst");
     written(d);
@@ -708,7 +712,9 @@ public final class CudaModelDevice implements Device {
     }
     fill(wrap(out), 0);
     for (int i = 0; i < tensors.size(); i++) {
-      CudaArray a = contiguousArray(floating(tensors.get(i), "sumsOfSquares", "tensor " + i));
+      CudaArray t = arr(tensors.get(i), "sumsOfSquares", "tensor " + i);
+      CudaArray a = contiguousArray(t.dtype() == DType.BF16 ? t : floating(tensors.get(i), "sumsOfSquares",
+          "tensor " + i));
       long n = a.numel();
       if (n == 0) {
         continue;
@@ -742,8 +748,8 @@ public final class CudaModelDevice implements Device {
   private static final long SQUARES_CHUNK = 8192;
 
   /**
-   * The table of {@code tensors} for one launch of squared norms, where every one is a contiguous F32 tensor (an
-   * engine's gradients); else null, and {@link #sumsOfSquaresInto(List, CudaArray)} takes a launch per tensor. Built
+   * The table of {@code tensors} for one launch of squared norms, where every one is a contiguous F32 or BF16 tensor
+   * (an engine's gradients, the GEMM weight gradients bf16 in mixed precision); else null, and {@link #sumsOfSquaresInto(List, CudaArray)} takes a launch per tensor. Built
    * outside a capture: a captured step passes it to {@link #sumsOfSquaresInto(SquaresTable, CudaArray)}.
    */
   public SquaresTable squaresTable(List<? extends Tensor> tensors) {
@@ -777,13 +783,13 @@ public final class CudaModelDevice implements Device {
     long blocks = 0;
     for (int i = 0; i < tensors.size(); i++) {
       CudaArray a = arr(tensors.get(i), "sumsOfSquares", "tensor " + i);
-      if (a.dtype() != DType.F32 || !a.isContiguous()) {
+      if ((a.dtype() != DType.F32 && a.dtype() != DType.BF16) || !a.isContiguous()) {
         return -1;
       }
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i, a.address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 8, a.numel());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 16, blocks);
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 24, 0L);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, 32L * i + 24, a.dtype() == DType.BF16 ? 1L : 0L);
       blocks += (a.numel() + SQUARES_CHUNK - 1) / SQUARES_CHUNK;
     }
     return blocks;
@@ -944,6 +950,27 @@ public final class CudaModelDevice implements Device {
    */
   public void storeGemmResultsInBf16(boolean on) {
     gemmResultsInBf16 = on;
+  }
+
+  /**
+   * In mixed precision, a parameter's gradient that a GEMM computes (the processor says so: {@link
+   * Device#emptyParamGradient}, a linear layer's weight gradient) is stored in bf16, as {@code torch.autocast} rounds
+   * it: there the GEMM differentiates the weight's bf16 cast, and the cast's backward widens the bf16 gradient to
+   * fp32. The GEMM writes half the bytes, and the gradient norm and AdamW read half (6 bytes a parameter less a
+   * step; a mixed launch of AdamW takes fp32 and bf16 gradients). Gradients summed over micro-batches are summed in
+   * fp32. {@link #storeParamGradientsInBf16} or {@code KILN_BF16_PARAM_GRADS=0} turns it off.
+   */
+  @Override
+  public Tensor emptyParamGradient(DType dtype, long... shape) {
+    return emptyMixed(paramGradientsInBf16, dtype, shape);
+  }
+
+  /**
+   * Whether {@link #emptyParamGradient} stores in bf16 under mixed precision (the default). Off, GEMM weight gradients
+   * are fp32, the GEMM's accumulator unrounded.
+   */
+  public void storeParamGradientsInBf16(boolean on) {
+    paramGradientsInBf16 = on;
   }
 
   @Override

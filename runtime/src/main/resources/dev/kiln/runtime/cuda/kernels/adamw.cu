@@ -2,7 +2,8 @@
 //
 // The host passes a table of tensors; tensor i owns blocks [first_block_i, first_block_{i+1}) of the grid, each
 // block CHUNK elements of it. Parameters, first and second moments are fp32 (master weights and optimizer state);
-// gradients are fp32 or bf16; an optional bf16 copy of the updated parameters is written for bf16 compute.
+// gradients are fp32 or bf16, each tensor's own (a mixed-precision step's GEMM weight gradients are bf16, as autocast's,
+// while its norms' and embeddings' are fp32); an optional bf16 copy of the updated parameters is written for bf16 compute.
 // The update follows torch.optim.AdamW (decoupled weight decay applied before the Adam step):
 //   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
 //   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc_k = 1 - beta_k^step,   g = grad * grad_scale
@@ -18,7 +19,7 @@ struct KilnAdamTensor {  // 64 bytes; the Java side writes the same layout (Adam
   kiln_bf16* param_bf16;  // may be null
   kiln_i64 numel;
   kiln_i64 first_block;
-  kiln_i64 reserved;
+  kiln_i64 grad_bf16;  // non-zero: grad holds bf16
 };
 
 #define KILN_ADAM_CHUNK 4096
@@ -43,10 +44,9 @@ __device__ __forceinline__ void kiln_adam_one(float g, float& p, float& m, float
 
 // One block's share of the update; the scalars come from the launch arguments (kiln_adamw_multi) or from device
 // memory (kiln_adamw_multi_dev, for CUDA graphs, where arguments are frozen at capture).
-__device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restrict__ tensors, int count,
-                                                 int grad_is_bf16, float lr, float beta1, float beta2, float eps,
-                                                 float weight_decay, float bc1, float bc2, float grad_scale,
-                                                 int cs336) {
+__device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restrict__ tensors, int count, float lr,
+                                                 float beta1, float beta2, float eps, float weight_decay, float bc1,
+                                                 float bc2, float grad_scale, int cs336) {
   // Binary search for the tensor that owns this block.
   const kiln_i64 b = blockIdx.x;
   int lo = 0, hi = count - 1;
@@ -55,6 +55,7 @@ __device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restric
     if (tensors[mid].first_block <= b) lo = mid; else hi = mid - 1;
   }
   const KilnAdamTensor tt = tensors[lo];
+  const bool grad_is_bf16 = tt.grad_bf16 != 0;
   const kiln_i64 start = (b - tt.first_block) * KILN_ADAM_CHUNK;
   const kiln_i64 end = kiln_min(start + (kiln_i64)KILN_ADAM_CHUNK, tt.numel);
   const float step = lr / bc1;
@@ -113,20 +114,20 @@ __device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restric
 }
 
 extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAdamTensor* __restrict__ tensors,
-                                                                    int count, int grad_is_bf16, float lr,
+                                                                    int count, float lr,
                                                                     float beta1, float beta2, float eps,
                                                                     float weight_decay, float bc1, float bc2,
                                                                     float grad_scale, int cs336) {
-  kiln_adamw_block(tensors, count, grad_is_bf16, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
+  kiln_adamw_block(tensors, count, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
 }
 
 // hyper: lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, skip (non-zero: leave everything unchanged, the
 // step diverged), cs336 (non-zero: CS336's form).
 extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi_dev(const KilnAdamTensor* __restrict__ tensors,
-                                                                        int count, int grad_is_bf16,
+                                                                        int count,
                                                                         const float* __restrict__ hyper) {
   if (hyper[8] != 0.f) return;
-  kiln_adamw_block(tensors, count, grad_is_bf16, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5],
+  kiln_adamw_block(tensors, count, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5],
                    hyper[6], hyper[7], hyper[9] != 0.f);
 }
 

@@ -1097,7 +1097,12 @@ template <class T> __device__ void kiln_sumsq(const T* __restrict__ x, kiln_i64 
   __shared__ double part[32];
   double acc = 0;
   KILN_GRID_LOOP(i, n) {
-    const double v = (double)x[i];
+    double v;
+    if constexpr (sizeof(T) == 2) {
+      v = (double)kiln_to_float(x[i]);  // bf16
+    } else {
+      v = (double)x[i];
+    }
     acc += v * v;
   }
   kiln_block_sum_into(acc, part, out);
@@ -1107,10 +1112,10 @@ template <class T> __device__ void kiln_sumsq(const T* __restrict__ x, kiln_i64 
 // of KILN_SUMSQ_CHUNK elements each (the host zeroes out first). One launch for a model's gradients instead of one
 // per tensor: TinyStories' 39 launches took 0.165 ms, most of it launch latency of tiny tensors.
 struct KilnSumsqTensor {  // 32 bytes; CudaModelDevice.squaresTable writes the same layout
-  const float* x;
+  const void* x;
   kiln_i64 numel;
   kiln_i64 first_block;
-  kiln_i64 reserved;
+  kiln_i64 bf16;  // non-zero: x holds bf16 (a mixed-precision step's GEMM weight gradients), else fp32
 };
 #define KILN_SUMSQ_CHUNK 8192
 extern "C" __global__ void kiln_sumsq_multi_f32(const KilnSumsqTensor* __restrict__ tensors, int count, double* out) {
@@ -1121,17 +1126,29 @@ extern "C" __global__ void kiln_sumsq_multi_f32(const KilnSumsqTensor* __restric
     const int mid = (lo + hi + 1) >> 1;
     if (tensors[mid].first_block <= b) lo = mid; else hi = mid - 1;
   }
-  const float* __restrict__ x = tensors[lo].x;
   const kiln_i64 start = (b - tensors[lo].first_block) * KILN_SUMSQ_CHUNK;
   const kiln_i64 end = kiln_min(start + (kiln_i64)KILN_SUMSQ_CHUNK, tensors[lo].numel);
   double acc = 0;
+  if (tensors[lo].bf16) {
+    const kiln_bf16* __restrict__ x = (const kiln_bf16*)tensors[lo].x;
 #pragma unroll 8
-  for (kiln_i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-    const double v = (double)x[i];
-    acc += v * v;
+    for (kiln_i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+      const double v = (double)kiln_to_float(x[i]);
+      acc += v * v;
+    }
+  } else {
+    const float* __restrict__ x = (const float*)tensors[lo].x;
+#pragma unroll 8
+    for (kiln_i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+      const double v = (double)x[i];
+      acc += v * v;
+    }
   }
   kiln_block_sum_into(acc, part, out + lo);
 }
 
 extern "C" __global__ void kiln_sumsq_f32(const float* x, kiln_i64 n, double* out) { kiln_sumsq<float>(x, n, out); }
 extern "C" __global__ void kiln_sumsq_f64(const double* x, kiln_i64 n, double* out) { kiln_sumsq<double>(x, n, out); }
+extern "C" __global__ void kiln_sumsq_bf16(const kiln_bf16* x, kiln_i64 n, double* out) {
+  kiln_sumsq<kiln_bf16>(x, n, out);
+}
