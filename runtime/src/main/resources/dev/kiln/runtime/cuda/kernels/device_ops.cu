@@ -1129,17 +1129,39 @@ extern "C" __global__ void kiln_sumsq_multi_f32(const KilnSumsqTensor* __restric
   const kiln_i64 start = (b - tensors[lo].first_block) * KILN_SUMSQ_CHUNK;
   const kiln_i64 end = kiln_min(start + (kiln_i64)KILN_SUMSQ_CHUNK, tensors[lo].numel);
   double acc = 0;
+  // 16 bytes a load (8 bf16 or 4 floats) where the tensor starts on 16 bytes (chunks start on multiples of 8,192
+  // elements), then the chunk's ragged end a value at a time: xl's 3.4 billion gradients at 2 bytes each were bound
+  // by the loads' count, not their bytes.
+  const bool wide = ((unsigned long long)tensors[lo].x & 15) == 0;
+  kiln_i64 tail = start;
   if (tensors[lo].bf16) {
     const kiln_bf16* __restrict__ x = (const kiln_bf16*)tensors[lo].x;
-#pragma unroll 8
-    for (kiln_i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+    if (wide) {
+      tail = start + (end - start) / 8 * 8;
+      for (kiln_i64 i = start + 8 * (kiln_i64)threadIdx.x; i < tail; i += 8 * (kiln_i64)blockDim.x) {
+        const uint4 w = *(const uint4*)(x + i);
+        const unsigned u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          const double lo16 = (double)__uint_as_float(u[k] << 16), hi16 = (double)__uint_as_float(u[k] & 0xffff0000u);
+          acc += lo16 * lo16 + hi16 * hi16;
+        }
+      }
+    }
+    for (kiln_i64 i = tail + threadIdx.x; i < end; i += blockDim.x) {
       const double v = (double)kiln_to_float(x[i]);
       acc += v * v;
     }
   } else {
     const float* __restrict__ x = (const float*)tensors[lo].x;
-#pragma unroll 8
-    for (kiln_i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+    if (wide) {
+      tail = start + (end - start) / 4 * 4;
+      for (kiln_i64 i = start + 4 * (kiln_i64)threadIdx.x; i < tail; i += 4 * (kiln_i64)blockDim.x) {
+        const float4 f = *(const float4*)(x + i);
+        acc += (double)f.x * f.x + (double)f.y * f.y + (double)f.z * f.z + (double)f.w * f.w;
+      }
+    }
+    for (kiln_i64 i = tail + threadIdx.x; i < end; i += blockDim.x) {
       const double v = (double)x[i];
       acc += v * v;
     }

@@ -1114,6 +1114,37 @@ class CudaModelDeviceGpuTest {
       assertTrue(t == null, "a transposed tensor makes no table");
     }
     GpuTesting.assertClose("sums of squares, a launch each", ref, gpu.sumsOfSquares(mixed), 1e-12, 0);
+    // bf16 tensors (a mixed-precision step's weight gradients, emptyParamGradient) share a table with fp32 ones, with
+    // 16-byte loads over the chunks and a ragged end (8,193 and 5 elements, and one starting 2 bytes past 16-byte
+    // alignment, which takes the scalar loads), and take a launch each beside a transposed tensor. Their squares are
+    // exact in double, so only the order of the sums differs from the reference's.
+    NdArray lowBig = GpuTesting.randn(rnd, DType.BF16, 1.0, 8193);
+    NdArray lowSmall = GpuTesting.randn(rnd, DType.BF16, 1.0, 5);
+    NdArray lowOdd = GpuTesting.randn(rnd, DType.BF16, 1.0, 1001);
+    Tensor offset = gpu.narrow(gpu.fromHost(lowOdd), 0, 1, 1000);
+    List<Tensor> lows = new ArrayList<>(tensors);
+    lows.addAll(List.of(gpu.fromHost(lowBig), gpu.fromHost(lowSmall), offset));
+    double[] lowRefs = Arrays.copyOf(refs, lows.size());
+    double[][] lowValues = {GpuTesting.doubles(lowBig), GpuTesting.doubles(lowSmall),
+        Arrays.copyOfRange(GpuTesting.doubles(lowOdd), 1, 1001)};
+    for (int i = 0; i < lowValues.length; i++) {
+      for (double v : lowValues[i]) {
+        lowRefs[refs.length + i] += v * v;
+      }
+    }
+    try (CudaModelDevice.SquaresTable t = gpu.squaresTable(lows)) {
+      assertTrue(t != null && t.count() == lows.size(), "contiguous F32 and BF16 tensors make one table");
+    }
+    GpuTesting.assertClose("sums of squares, fp32 and bf16 in one table", lowRefs, gpu.sumsOfSquares(lows), 1e-12, 0);
+    List<Tensor> lowMixed = List.of(gpu.permute(gpu.fromHost(a), 1, 0), gpu.fromHost(lowBig));
+    GpuTesting.assertClose("sums of squares of bf16, a launch each", new double[] {ref[0], lowRefs[refs.length]},
+        gpu.sumsOfSquares(lowMixed), 1e-12, 0);
+    // A bf16 gradient added into an fp32 sum (micro-batches, a tied weight's two uses): widened exactly.
+    NdArray sum = randn(33, 17);
+    NdArray low = GpuTesting.randn(rnd, DType.BF16, 1.0, 33, 17);
+    Tensor acc = gpu.fromHost(sum);
+    gpu.addInto(acc, gpu.fromHost(low));
+    same("addInto of a bf16 source", cpu.binary(Device.Binary.ADD, sum, cpu.cast(low, DType.F32)), acc);
   }
 
   @Test
