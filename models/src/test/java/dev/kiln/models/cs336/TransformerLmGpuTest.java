@@ -426,6 +426,43 @@ class TransformerLmGpuTest {
         names, ParameterSet.of(host), opt);
   }
 
+  /**
+   * Mixed precision keeps the linear layers' weight gradients in bf16 (CudaModelDevice.emptyParamGradient) and sums
+   * them over micro-batches in fp32: two micro-batches a step, bf16 against fp32 gradients on the same model (the
+   * first gradient is widened when the second comes). The bf16 step rounds each weight gradient once (2^-9
+   * relative), and its GEMMs round their operands as well, so the losses agree to 1e-2 relative and the gradient
+   * norms to 3e-2; a micro-batch lost or counted twice moves the norm by far more, and a bf16 running sum is refused
+   * by the fp32 add the second micro-batch takes.
+   */
+  @Test
+  void bf16WeightGradientsAreSummedOverMicroBatchesInFp32() {
+    ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
+    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
+        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    CudaModelDevice low = gpu(CudaModelDevice.Precision.BF16);
+    CudaModelDevice wide = gpu(CudaModelDevice.Precision.BF16);
+    wide.storeParamGradientsInBf16(false);
+    try (CudaEngine<TransformerLm> a = engine(low, c, opt); CudaEngine<TransformerLm> b = engine(wide, c, opt)) {
+      Rng rng = new Rng(9);
+      for (int step = 1; step <= 3; step++) {
+        NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+        NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+        double[] loss = new double[2];
+        double[] norm = new double[2];
+        TrainingEngine[] engines = {a, b};
+        for (int e = 0; e < 2; e++) {
+          engines[e].beginStep(3e-3);
+          loss[e] = (engines[e].accumulate(x.narrow(0, 0, 1), y.narrow(0, 0, 1))
+              + engines[e].accumulate(x.narrow(0, 1, 2), y.narrow(0, 1, 2))) / 2;
+          norm[e] = engines[e].clipGradients(2, 0.5);
+          engines[e].update(3e-3);
+        }
+        assertEquals(loss[1], loss[0], 1e-2 * loss[1], "step " + step + " loss");
+        assertEquals(norm[1], norm[0], 3e-2 * norm[1], "step " + step + " gradient norm");
+      }
+    }
+  }
+
   @Test
   void gpuTrainingFollowsTheCpuTrainer() {
     CudaModelDevice dev = gpu(CudaModelDevice.Precision.FP32);

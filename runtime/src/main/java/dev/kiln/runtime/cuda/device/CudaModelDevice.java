@@ -749,8 +749,9 @@ public final class CudaModelDevice implements Device {
 
   /**
    * The table of {@code tensors} for one launch of squared norms, where every one is a contiguous F32 or BF16 tensor
-   * (an engine's gradients, the GEMM weight gradients bf16 in mixed precision); else null, and {@link #sumsOfSquaresInto(List, CudaArray)} takes a launch per tensor. Built
-   * outside a capture: a captured step passes it to {@link #sumsOfSquaresInto(SquaresTable, CudaArray)}.
+   * (an engine's gradients, the GEMM weight gradients bf16 in mixed precision); else null, and
+   * {@link #sumsOfSquaresInto(List, CudaArray)} takes a launch per tensor. Built outside a capture: a captured step
+   * passes it to {@link #sumsOfSquaresInto(SquaresTable, CudaArray)}.
    */
   public SquaresTable squaresTable(List<? extends Tensor> tensors) {
     notCapturing("squaresTable");
