@@ -23,6 +23,7 @@ struct KilnAdamTensor {  // 64 bytes; the Java side writes the same layout (Adam
 };
 
 #define KILN_ADAM_CHUNK 4096
+#define KILN_ADAM_THREADS 256  // FusedAdamW launches blocks of this many threads
 
 __device__ __forceinline__ bool kiln_aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 __device__ __forceinline__ bool kiln_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
@@ -65,6 +66,53 @@ __device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restric
                        kiln_aligned16(tt.m) && kiln_aligned16(tt.v) &&
                        (grad_is_bf16 ? kiln_aligned8(tt.grad) : kiln_aligned16(tt.grad)) &&
                        (tt.param_bf16 == nullptr || kiln_aligned8(tt.param_bf16));
+  if (aligned && end - start == KILN_ADAM_CHUNK && blockDim.x == KILN_ADAM_THREADS) {
+    // A whole chunk: every load of the thread's four groups is issued before the first store. In the loop below the
+    // compiler cannot move a group's loads above the stores before it (the five arrays may alias, as far as it
+    // knows), so each group waited for memory on its own.
+    constexpr int U = KILN_ADAM_CHUNK / (4 * KILN_ADAM_THREADS);
+    float4 p4[U], m4[U], v4[U];
+    float g[U][4];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const kiln_i64 i = start + 4 * (kiln_i64)(threadIdx.x + u * KILN_ADAM_THREADS);
+      if (grad_is_bf16) {
+        const uint2 w = *(const uint2*)((const kiln_bf16*)tt.grad + i);
+        g[u][0] = __uint_as_float(w.x << 16);
+        g[u][1] = __uint_as_float(w.x & 0xffff0000u);
+        g[u][2] = __uint_as_float(w.y << 16);
+        g[u][3] = __uint_as_float(w.y & 0xffff0000u);
+      } else {
+        const float4 g4 = *(const float4*)((const float*)tt.grad + i);
+        g[u][0] = g4.x; g[u][1] = g4.y; g[u][2] = g4.z; g[u][3] = g4.w;
+      }
+      p4[u] = *(const float4*)(tt.param + i);
+      m4[u] = *(const float4*)(tt.m + i);
+      v4[u] = *(const float4*)(tt.v + i);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const kiln_i64 i = start + 4 * (kiln_i64)(threadIdx.x + u * KILN_ADAM_THREADS);
+      float* pp = &p4[u].x;
+      float* mm = &m4[u].x;
+      float* vv = &v4[u].x;
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        kiln_adam_one(g[u][k] * grad_scale, pp[k], mm[k], vv[k], lr, beta1, beta2, eps, weight_decay, step, bc2,
+                      inv_sqrt_bc2, decay, cs336);
+      }
+      *(float4*)(tt.param + i) = p4[u];
+      *(float4*)(tt.m + i) = m4[u];
+      *(float4*)(tt.v + i) = v4[u];
+      if (tt.param_bf16 != nullptr) {
+        uint2 w;
+        w.x = kiln_pack_bf16(pp[0], pp[1]);
+        w.y = kiln_pack_bf16(pp[2], pp[3]);
+        *(uint2*)(tt.param_bf16 + i) = w;
+      }
+    }
+    return;
+  }
   if (aligned) {
     // Four elements a thread with 16-byte loads and stores: the update is bound by memory traffic (about 30 bytes a
     // parameter), and wide accesses keep more of it in flight.
@@ -116,7 +164,7 @@ __device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restric
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAdamTensor* __restrict__ tensors,
+extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi(const KilnAdamTensor* __restrict__ tensors,
                                                                     int count, float lr,
                                                                     float beta1, float beta2, float eps,
                                                                     float weight_decay, float bc1, float bc2,
@@ -126,7 +174,7 @@ extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi(const KilnAda
 
 // hyper: lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, skip (non-zero: leave everything unchanged, the
 // step diverged), cs336 (non-zero: CS336's form).
-extern "C" __global__ void __launch_bounds__(256) kiln_adamw_multi_dev(const KilnAdamTensor* __restrict__ tensors,
+extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi_dev(const KilnAdamTensor* __restrict__ tensors,
                                                                         int count,
                                                                         const float* __restrict__ hyper) {
   if (hyper[8] != 0.f) return;
