@@ -33,9 +33,12 @@ import org.junit.jupiter.api.Test;
  *   <li>10,001 rows of 96 and 9,000 of 1,000: the warp-row form, eight rows a block (spans 2 and 8 float4s a lane,
  *       the last block's run shorter, 1,000 not a multiple of 128);
  *   <li>4,000 rows of 200: the warp-row form, four rows a block (too few rows to fill the GPU with eight);
+ *   <li>2,048 rows of 2,560 (xl's norms) and 1,500 of 1,300: the block-row form at span 2 (10 warps a row, and 6
+ *       warps whose last float4 groups are partly past the row's end);
+ *   <li>1,000 rows of 6,000: the block-row form at span 4 (span 2 would take 24 warps a row, over its 16);
  *   <li>3,001 rows of 1,001 (not a multiple of 4): one row a block, sums in shared memory;
- *   <li>601 rows of 16,384 (64 KB of sums, over the 48 KB the launch gives): one row a block, sums in the output's
- *       partial rows in global memory.
+ *   <li>601 rows of 16,384 (over what a block-row block holds; 64 KB of sums, over the 48 KB the launch gives): one
+ *       row a block, sums in the output's partial rows in global memory.
  * </ul>
  */
 class NormGpuTest {
@@ -50,15 +53,17 @@ class NormGpuTest {
     gpu.poisonNewTensors(true);
     Set<String> forms = new TreeSet<>();
     for (NormType type : NormType.values()) {
-      for (long[] shape : new long[][] {{10_001, 96}, {9_000, 1_000}, {4_000, 200}, {3_001, 1_001}, {601, 16_384}}) {
+      for (long[] shape : new long[][] {{10_001, 96}, {9_000, 1_000}, {4_000, 200}, {2_048, 2_560},
+          {1_500, 1_300}, {1_000, 6_000}, {3_001, 1_001}, {601, 16_384}}) {
         long rows = shape[0];
         long cols = shape[1];
         for (Kernel k : columnSumKernels()) {
           assertTrue(gpu.columnSumRows(k, rows, cols) < rows, k.name() + ": the shape must make the GPU sum runs"
               + " of rows");
           CudaModelDevice.RowLaunch launch = gpu.rowLaunch(k, rows, cols, DType.F32);
-          forms.add(launch.span() > 0 ? "warp rows x" + launch.rowGroups() : launch.sharedBytes() > 0
-              ? "block rows, shared" : "block rows, global");
+          forms.add(launch.blockRow() ? "block-row span " + launch.span() : launch.span() > 0
+              ? "warp rows x" + launch.rowGroups() : launch.sharedBytes() > 0 ? "block rows, shared"
+              : "block rows, global");
         }
         Config config = Config.of(Map.of("d_model", cols, "norm", type.name(), "norm_eps", 1e-5));
         Rng rng = new Rng(11);
@@ -89,7 +94,8 @@ class NormGpuTest {
       }
     }
     if (gpu.gpu().multiprocessors() > 125 && gpu.gpu().multiprocessors() <= 140) {
-      assertEquals(Set.of("warp rows x8", "warp rows x4", "block rows, shared", "block rows, global"), forms,
+      assertEquals(Set.of("warp rows x8", "warp rows x4", "block-row span 2", "block-row span 4",
+          "block rows, shared", "block rows, global"), forms,
           "the shapes take every form of the row kernels' launch on " + gpu.gpu().multiprocessors() + " SMs");
     }
   }
@@ -100,12 +106,12 @@ class NormGpuTest {
     // a bf16 cast. Once the device has seen that cast, the row kernel's _tw variant writes the copy from registers
     // and the GEMM takes it: one launch less. The copy is the fp32 gradient rounded to nearest even, as the cast
     // rounds it, so the GEMM's result must be the same bits as with the cast (same operands, same cuBLAS kernel).
-    // Shapes: the warp-row form (4,000 x 200) and one row a block (3,001 x 1,001); both norm types. What the device
-    // learns is per kernel, so each case has a device of its own.
+    // Shapes: the warp-row form (4,000 x 200), the block-row form (2,048 x 2,560) and one row a block
+    // (3,001 x 1,001); both norm types. What the device learns is per kernel, so each case has a device of its own.
     CudaProbe.Report r = CudaProbe.probe();
     Assumptions.assumeTrue(r.available(), () -> "no CUDA device: " + r.problem());
     for (NormType type : NormType.values()) {
-      for (long[] shape : new long[][] {{4_000, 200}, {3_001, 1_001}}) {
+      for (long[] shape : new long[][] {{4_000, 200}, {2_048, 2_560}, {3_001, 1_001}}) {
         // A device of its own per case: what it learns about a kernel holds for every shape it launches.
         CudaModelDevice gpu = new CudaModelDevice(0, CudaModelDevice.Precision.BF16);
         gpu.poisonNewTensors(true);

@@ -64,12 +64,20 @@ class CudaSourceTest {
               m + ": " + name + "_f32_tw exactly for a row kernel with one full output and no GEMM-only ones");
           int twinVariants = twin ? 1 + (in16 ? 1 : 0) : 0;
           bf16Variants += twinVariants;
+          // ... and its block-row form for each of those spans.
+          List<String> forms = new ArrayList<>();
           for (int span : dev.kiln.processor.emit.cuda.CudaEmitter.WARP_ROW_SPANS) {
-            assertEquals(rowKernel, cu.contains("extern \"C\" __global__ void " + name + "_w" + span + "_f32("),
-                m + ": " + name + "_w" + span + "_f32 exactly for a row kernel");
-            assertEquals(twin, cu.contains("extern \"C\" __global__ void " + name + "_w" + span + "_f32_tw("),
-                m + ": " + name + "_w" + span + "_f32_tw exactly with the twin variants");
-            assertTrue(!cu.contains(name + "_w" + span + "_f64("), m + ": no f64 warp-row form of " + name);
+            forms.add("_w" + span);
+          }
+          for (int span : dev.kiln.processor.emit.cuda.CudaEmitter.BLOCK_ROW_SPANS) {
+            forms.add("_b" + span);
+          }
+          for (String form : forms) {
+            assertEquals(rowKernel, cu.contains("extern \"C\" __global__ void " + name + form + "_f32("),
+                m + ": " + name + form + "_f32 exactly for a row kernel");
+            assertEquals(twin, cu.contains("extern \"C\" __global__ void " + name + form + "_f32_tw("),
+                m + ": " + name + form + "_f32_tw exactly with the twin variants");
+            assertTrue(!cu.contains(name + form + "_f64("), m + ": no f64 " + form + " form of " + name);
             warpRowForms += rowKernel ? floatVariants + twinVariants : 0;
           }
         }
@@ -78,7 +86,7 @@ class CudaSourceTest {
       assertEquals(2 * kernels + bf16Variants + warpRowForms, cu.split("extern \"C\"", -1).length - 1,
           m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, f32_in16 where an"
               + " input may be a bf16 GEMM output, f32_bf16_in16 where both, _tw where a row kernel's one full output"
-              + " has a bf16 twin, and the warp-row forms of row kernels");
+              + " has a bf16 twin, and the warp-row and block-row forms of row kernels");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

@@ -47,6 +47,9 @@ public final class CudaEmitter {
     b.append("//     block per partial row of them instead (gridDim.x = their rows), each taking a run of the\n");
     b.append("//     rows, and sums in dynamic shared memory (cols * blockDim.y entries an output) where the\n");
     b.append("//     launch gives that much, else (blockDim.y = 1 only) in the partial rows themselves.\n");
+    b.append("//     <name>_b<J>_<variant> (not f64), for rows longer than the warp form takes: one block a\n");
+    b.append("//     row, blockDim = (32 * warps, 1) with cols at most 4 * J * blockDim.x and a multiple of 4,\n");
+    b.append("//     every pointer 16-byte aligned; otherwise as the warp form, its reductions over the block.\n");
     b.append("//   * Each kernel exists as <name>_f32 (T = float) and <name>_f64 (T = double). A kernel with\n");
     b.append("//     outputs that only GEMMs read (marked in its comment) also exists as <name>_f32_bf16: T = float,\n");
     b.append("//     and those outputs written as bf16 (unsigned short, rounded to nearest even), as a\n");
@@ -55,7 +58,8 @@ public final class CudaEmitter {
     b.append("//     exists as <name>_f32_in16 (and <name>_f32_bf16_in16): those inputs read as bf16, widened to\n");
     b.append("//     float.\n");
     b.append("//     A row kernel with one full output and no GEMM-only outputs (Kernel.twinOutput) also exists as\n");
-    b.append("//     <name>[_w<J>]_f32[_in16]_tw: one more argument after the scalars, unsigned short* tw, that\n");
+    b.append("//     <name>[_w<J>|_b<J>]_f32[_in16]_tw: one more argument after the scalars, unsigned short* tw,\n");
+    b.append("//     that\n");
     b.append("//     receives that output rounded to bf16 as well, for a device whose GEMMs read it next.\n");
     b.append("//\n// Dims named in the kernels' comments\n");
     Set<String> dims = new LinkedHashSet<>();
@@ -114,6 +118,15 @@ public final class CudaEmitter {
         __syncthreads();
         v = lane < warps ? part[lane] : T(-INFINITY);
         return kiln_warp_max(v);
+      }
+
+      // A row's total in the warp-row form (one warp a row) and the block-row form (one block a row).
+      template <bool BLOCK, typename T> __device__ __forceinline__ T kiln_row_sum(T v) {
+        if constexpr (BLOCK) return kiln_block_sum(v); else return kiln_warp_sum(v);
+      }
+
+      template <bool BLOCK, typename T> __device__ __forceinline__ T kiln_row_max(T v) {
+        if constexpr (BLOCK) return kiln_block_max(v); else return kiln_warp_max(v);
       }
 
       // An output's store: in its own type, or rounded to bf16 (to nearest even, as the runtime's casts round) for
@@ -180,6 +193,7 @@ public final class CudaEmitter {
         T* const dst = out + (long long) blockIdx.x * cols;
         if (blockDim.y == 1) {
           if (p != dst) {
+            __syncthreads(); // the warp and block forms wrote the slot 4 columns a thread, not as this loop reads it
             for (long long c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = p[c];
           }
           return;
@@ -407,7 +421,12 @@ public final class CudaEmitter {
           for (int j : WARP_ROW_SPANS) {
             b.append("extern \"C\" __global__ void ").append(k.name()).append("_w").append(j).append('_')
                 .append(suffix).append('(').append(sig).append(") {\n  ").append(k.name()).append("_wbody<")
-                .append(inst).append(", ").append(j).append(">(").append(pass).append(");\n}\n\n");
+                .append(inst).append(", ").append(j).append(", false>(").append(pass).append(");\n}\n\n");
+          }
+          for (int j : BLOCK_ROW_SPANS) {
+            b.append("extern \"C\" __global__ void ").append(k.name()).append("_b").append(j).append('_')
+                .append(suffix).append('(').append(sig).append(") {\n  ").append(k.name()).append("_wbody<")
+                .append(inst).append(", ").append(j).append(", true>(").append(pass).append(");\n}\n\n");
           }
         }
       }
@@ -421,26 +440,39 @@ public final class CudaEmitter {
   public static final int[] WARP_ROW_SPANS = {2, 4, 8};
 
   /**
-   * A row kernel's warp-row form, {@code <name>_wbody<..., J>}: one warp a row, {@code blockDim.y} rows a block, and
-   * the row's full inputs held in registers from one load of 4 entries at a time (lane l holds entries 4 (l + 32 j)
-   * to 4 (l + 32 j) + 3, for j below J); the passes of the schedule run on the registers, the column inputs load 4
-   * at a time (from L1 after the first row), the outputs store 4 at a time, and the reductions are warp shuffles,
-   * with no barrier. The one-row-a-block form loads the row again for each pass, a scalar at a time, and waits at two
-   * barriers per reduction: it issued an instruction on half of the cycles and moved half the bytes the memory
-   * allows (TinyStories' norms on an H200: forward 49 us against 27 for this form, backward 83 against 52). Column
-   * sums stay in registers over a warp's rows (a lane's columns are the same in each), then go to the warp's slot of
-   * shared memory, added up per block at the end.
+   * The float4 groups a thread of a block-row kernel holds ({@code <name>_b<J>_<variant>}): the warp-row body with
+   * one block a row, {@code blockDim.x} threads apart instead of 32, and its reductions over the block (two barriers
+   * each). It takes the rows the warp-row form cannot (more than 1,024 entries: the CS336 sizes' large has 1,280, xl
+   * 2,560), which the one-row-a-block form loaded again for every pass, a scalar at a time.
    */
+  public static final int[] BLOCK_ROW_SPANS = {2, 4};
+
   /** The loop over a lane's groups of 4 entries of a row, opened up to the group's body, indented by {@code in}. */
   private static String groupLoop(String in) {
     return "#pragma unroll\n" + in + "for (int j = 0; j < J; ++j) {\n" + in
-        + "  const long long c4 = 4 * ((long long) threadIdx.x + 32 * j);\n" + in + "  if (c4 < cols) {\n";
+        + "  const long long c4 = 4 * ((long long) threadIdx.x + (BLOCK ? (int) blockDim.x : 32) * j);\n" + in
+        + "  if (c4 < cols) {\n";
   }
 
+  /**
+   * A row kernel's warp-row form, {@code <name>_wbody<..., J, false>}: one warp a row, {@code blockDim.y} rows a
+   * block, and the row's full inputs held in registers from one load of 4 entries at a time (lane l holds entries
+   * 4 (l + 32 j) to 4 (l + 32 j) + 3, for j below J); the passes of the schedule run on the registers, the column
+   * inputs load 4 at a time (from L1 after the first row), the outputs store 4 at a time, and the reductions are warp
+   * shuffles, with no barrier. The one-row-a-block form loads the row again for each pass, a scalar at a time, and
+   * waits at two barriers per reduction: it issued an instruction on half of the cycles and moved half the bytes the
+   * memory allows (TinyStories' norms on an H200: forward 49 us against 27 for this form, backward 83 against 52).
+   * Column sums stay in registers over a warp's rows (a lane's columns are the same in each), then go to the warp's
+   * slot of shared memory, added up per block at the end.
+   *
+   * <p>With {@code BLOCK} ({@code <name>_b<J>_<variant>}) the same body takes one row a block: thread t holds entries
+   * 4 (t + blockDim.x j) on, the reductions are the block's ({@code kiln_block_sum}), and column sums go from the
+   * registers straight to the block's partial row (the launch gives no shared memory for them).
+   */
   private static void warpRows(StringBuilder b, FusedKernel k, String templateHead, List<String> params) {
     List<Value> ins = new ArrayList<>(k.inputs().keySet());
     List<Value> outs = new ArrayList<>(k.outputs().keySet());
-    b.append(templateHead).append(", int J>\n__device__ void ").append(k.name()).append("_wbody(")
+    b.append(templateHead).append(", int J, bool BLOCK>\n__device__ void ").append(k.name()).append("_wbody(")
         .append(String.join(", ", params)).append(") {\n");
     for (int s = 0; s < k.scalars().size(); s++) {
       b.append("  const T v").append(k.scalars().get(s).id()).append(" = T(s").append(s).append(");\n");
@@ -559,7 +591,8 @@ public final class CudaEmitter {
           for (Node.Prim red : pass.reductions()) {
             String acc = "acc" + red.out().id();
             b.append(in).append("const T v").append(red.out().id()).append(" = ")
-                .append(red.op() == Primitive.SUM ? "kiln_warp_sum(" : "kiln_warp_max(").append(acc).append(");\n");
+                .append(red.op() == Primitive.SUM ? "kiln_row_sum<BLOCK>(" : "kiln_row_max<BLOCK>(").append(acc)
+                .append(");\n");
           }
         }
       }

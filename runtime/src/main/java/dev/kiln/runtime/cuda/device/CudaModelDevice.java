@@ -2092,9 +2092,7 @@ public final class CudaModelDevice implements Device {
     RowLaunch shape = rowLaunch(kernel, rows, cols, DType.F32);
     int block = shape.threads();
     int shared = shape.sharedBytes();
-    String function = shape.function(kernel, "f32");
-    Integer perSm = residentRowBlocks.computeIfAbsent(function + "/" + block + "/" + shared, key ->
-        gpu.kernels().generated(kernel.cudaResource()).kernel(function).residentBlocks(block, shared));
+    int perSm = residentBlocks(kernel, shape.function(kernel, "f32"), block, shared);
     long resident = (long) gpu.multiprocessors() * Math.max(1, perSm);
     long per = (rows + resident - 1) / resident;
     return (rows + per - 1) / per;
@@ -2102,8 +2100,8 @@ public final class CudaModelDevice implements Device {
 
   /**
    * How {@code kernel}, a generated ROWS kernel, is launched over {@code rows × cols} in {@code dtype} with 16-byte
-   * aligned tensors (as this device allocates them): the warp-row form where its module has it (one a processor of
-   * before that form does not), else one row a block.
+   * aligned tensors (as this device allocates them): the warp-row or block-row form where its module has it (one a
+   * processor of before that form does not), else one row a block.
    */
   public RowLaunch rowLaunch(Kernel kernel, long rows, long cols, DType dtype) {
     return rowLaunch(kernel, rows, cols, dtype, true, "f32");
@@ -2128,6 +2126,15 @@ public final class CudaModelDevice implements Device {
     if (shape.span() > 0 && !gpu.kernels().generated(kernel.cudaResource()).has(shape.function(kernel, variant))) {
       return RowLaunch.oneRowABlock(kernel, cols, dtype);
     }
+    if (shape.blockRow()) {
+      // A block-row block must fit an SM: its registers times its threads (the _tw variant's too, when it has one).
+      for (String function : List.of(shape.function(kernel, variant), shape.function(kernel, variant + "_tw"))) {
+        if (gpu.kernels().generated(kernel.cudaResource()).has(function)
+            && residentBlocks(kernel, function, shape.threads(), 0) == 0) {
+          return RowLaunch.oneRowABlock(kernel, cols, dtype);
+        }
+      }
+    }
     return shape;
   }
 
@@ -2136,20 +2143,34 @@ public final class CudaModelDevice implements Device {
 
   /**
    * A generated ROWS kernel's launch: its warp-row form ({@code <name>_w<span>_<variant>}: one warp a row,
-   * {@code rowGroups} rows a block, the row in registers, 4 entries a load) where {@code span > 0}, else its
-   * one-row-a-block form ({@code rowThreads} threads a row, {@code rowGroups} 1); and the dynamic shared memory of its
-   * column sums (0 where they are summed in the output itself).
+   * {@code rowGroups} rows a block, the row in registers, 4 entries a load) where {@code span > 0}, its block-row form
+   * ({@code <name>_b<span>_<variant>}, {@code blockRow}: the same with one block of {@code rowThreads} a row, for rows
+   * longer than a warp takes), else its one-row-a-block form ({@code rowThreads} threads a row, {@code rowGroups} 1);
+   * and the dynamic shared memory of its column sums (0 where they are summed in the output itself).
    *
-   * <p>The warp-row form takes every row of up to 1,024 fp32 entries, a multiple of 4, with 16-byte aligned tensors.
+   * <p>The warp-row form takes every row of up to 1,024 fp32 entries, a multiple of 4, with 16-byte aligned tensors;
+   * the block-row form longer ones, up to 2,048 entries a float4 group of a thread covers (8,192 at the widest span).
    * The one-row-a-block form loads the row again for each pass a scalar at a time and waits at two barriers per
    * reduction: with it TinyStories' norms (32,768 rows of 512) ran at half the memory bandwidth, forward 49 us and
    * backward 83 against 27 and 52 for the warp-row form in a micro-benchmark on the H200. With one row a warp but the
    * scalar loads kept, they ran no faster (55 and 104 us under ncu): the instructions, not the rows in flight, were
    * the bound. Eight rows a block where the rows fill the GPU with eight warps a block, else four.
    */
-  public record RowLaunch(int span, int rowThreads, int rowGroups, int sharedBytes) {
+  public record RowLaunch(int span, boolean blockRow, int rowThreads, int rowGroups, int sharedBytes) {
     /** The spans the processor generates warp-row forms for (CudaEmitter.WARP_ROW_SPANS): rows up to 128 span. */
     static final int[] SPANS = {2, 4, 8};
+    /**
+     * The spans of the block-row forms (CudaEmitter.BLOCK_ROW_SPANS): the first whose block of whole warps covers the
+     * row in at most {@link #BLOCK_ROW_WARPS} is taken. On xl's norms (2,048 rows of 2,560, under ncu on the H200)
+     * spans 2 and 4 ran alike: forward 8.3 us, backward 25.9 and 25.8 us.
+     */
+    static final int[] BLOCK_SPANS = {2, 4};
+
+    /**
+     * At most 16 warps a row: 512 threads hold 128 registers each, more than the block-row kernels take (70 at span
+     * 2 for the norm's backward); 1,024 threads (a row of 16,384 at span 4) failed to launch for want of registers.
+     */
+    static final int BLOCK_ROW_WARPS = 16;
 
     public int threads() {
       return rowThreads * rowGroups;
@@ -2157,13 +2178,17 @@ public final class CudaModelDevice implements Device {
 
     /** The kernel's function for {@code variant} (f32, f32_bf16, ...). */
     String function(Kernel kernel, String variant) {
-      return kernel.name() + (span > 0 ? "_w" + span : "") + "_" + variant;
+      return kernel.name() + (span > 0 ? (blockRow ? "_b" : "_w") + span : "") + "_" + variant;
     }
 
-    /** The warp-row form where {@code rows × cols} in {@code dtype} allow it (tensors aligned), else one row a block. */
+    /**
+     * The warp-row or block-row form where {@code rows × cols} in {@code dtype} allow it (tensors aligned), else one
+     * row a block.
+     */
     static RowLaunch of(Kernel kernel, long rows, long cols, DType dtype, int multiprocessors, boolean aligned) {
       int sums = Long.bitCount(kernel.columnSums());
-      if (aligned && dtype == DType.F32 && cols > 0 && cols % 4 == 0 && cols <= 128L * SPANS[SPANS.length - 1]) {
+      boolean vectors = aligned && dtype == DType.F32 && cols > 0 && cols % 4 == 0;
+      if (vectors && cols <= 128L * SPANS[SPANS.length - 1]) {
         int span = 0;
         for (int j : SPANS) {
           if (span == 0 && 128L * j >= cols) {
@@ -2176,7 +2201,15 @@ public final class CudaModelDevice implements Device {
         }
         long bytes = (long) sums * groups * cols * dtype.byteSize();
         if (bytes <= COLUMN_SUMS_SHARED) {
-          return new RowLaunch(span, 32, groups, (int) bytes);
+          return new RowLaunch(span, false, 32, groups, (int) bytes);
+        }
+      } else if (vectors) {
+        for (int j : BLOCK_SPANS) {
+          long warps = (cols + 128L * j - 1) / (128L * j);
+          if (warps <= BLOCK_ROW_WARPS) {
+            // Column sums go from each thread's registers to the block's partial row: no shared memory.
+            return new RowLaunch(j, true, (int) warps * 32, 1, 0);
+          }
         }
       }
       return oneRowABlock(kernel, cols, dtype);
@@ -2184,12 +2217,18 @@ public final class CudaModelDevice implements Device {
 
     static RowLaunch oneRowABlock(Kernel kernel, long cols, DType dtype) {
       long bytes = Long.bitCount(kernel.columnSums()) * cols * dtype.byteSize();
-      return new RowLaunch(0, generatedRowBlock(cols), 1, bytes <= COLUMN_SUMS_SHARED ? (int) bytes : 0);
+      return new RowLaunch(0, false, generatedRowBlock(cols), 1, bytes <= COLUMN_SUMS_SHARED ? (int) bytes : 0);
     }
   }
 
   /** Blocks of a generated row kernel an SM holds, by kernel, block size and shared bytes (columnSumRows). */
   private final Map<String, Integer> residentRowBlocks = new java.util.concurrent.ConcurrentHashMap<>();
+
+  /** How many blocks of {@code threads} (and {@code shared} bytes) of a generated row kernel's function an SM holds. */
+  private int residentBlocks(Kernel kernel, String function, int threads, int shared) {
+    return residentRowBlocks.computeIfAbsent(function + "/" + threads + "/" + shared, key ->
+        gpu.kernels().generated(kernel.cudaResource()).kernel(function).residentBlocks(threads, shared));
+  }
 
   /** Row entries each thread of kiln_xent_cached keeps in registers (its PER template argument). */
   private static final int XENT_CACHED_PER_THREAD = 16;

@@ -985,10 +985,35 @@ KILN_ROPE(f64, double, i64, kiln_i64, _32, unsigned)
 // the host) is one contiguous span of span = heads * width elements sharing one position, width = 2 * half a
 // multiple of 4. One warp per token then computes the token's offsets and loads its position once, and each
 // lane moves float4s (two pairs) at 128-element steps. When width divides 128 (a power of two up to 128) a step keeps
-// the lane's pair indices, so its (cos, sin) float4 comes from the table once; otherwise (xl's width 80) they are
-// recomputed with one 32-bit remainder a step. The general kernel above did the row arithmetic for every 8 bytes of x and was compute-bound
+// the lane's pair indices, so its (cos, sin) float4 comes from the table once; otherwise (xl's width 80) the pairs
+// repeat with a period of steps, up to 8 of them held, and beyond that they are taken anew each step. The general kernel above did the row arithmetic for every 8 bytes of x and was compute-bound
 // at a third of the memory bandwidth (TinyStories' width, half = 16). x, out and the spans start 16-byte aligned
 // (the host checks); out16, when not null, is laid out as out, and out is null when out16 is the whole result.
+// The token kernel's steps for a period of P steps: the lane's P (cos, sin) float4s are taken once, and each pass
+// issues the loads of whole periods, 8 to 10 steps (or one period, if longer), before any of their stores, so that
+// they are in flight together; 10 float4s keep the kernel within 128 registers, two blocks an SM. One step at a time
+// a warp had one load outstanding and TinyStories' RoPE (period 1) ran at half the memory bandwidth; xl's (period
+// 5), taking a table load (or two sincos, beyond the table) and a remainder per float4 of x, ran at 40% of it.
+template <unsigned P, class X, class Pairs, class Rotate>
+__device__ __forceinline__ void kiln_rope_tokens_periodic(const X* __restrict__ xr, unsigned lane, unsigned span,
+                                                          unsigned width, Pairs pairs, Rotate rotate) {
+  constexpr unsigned STEPS = P >= 10 ? P : P * (10 / P);
+  float4 cs[P];
+#pragma unroll
+  for (unsigned u = 0; u < P; ++u) cs[u] = pairs(((4 * lane + 128 * u) % width) >> 1);
+  for (unsigned e0 = 4 * lane; e0 < span; e0 += 128 * STEPS) {
+    float4 v[STEPS];
+#pragma unroll
+    for (unsigned u = 0; u < STEPS; ++u) {
+      if (e0 + u * 128 < span) v[u] = kiln_load4(xr + e0 + u * 128, 0);
+    }
+#pragma unroll
+    for (unsigned u = 0; u < STEPS; ++u) {
+      if (e0 + u * 128 < span) rotate(e0 + u * 128, v[u], cs[u % P]);
+    }
+  }
+}
+
 template <class X, class I>
 __device__ void kiln_rope_tokens(const X* __restrict__ x, kiln_i64 n1, kiln_i64 s0, kiln_i64 s1,
                                  const I* __restrict__ pos, kiln_i64 p0, kiln_i64 p1,
@@ -1038,24 +1063,21 @@ __device__ void kiln_rope_tokens(const X* __restrict__ x, kiln_i64 n1, kiln_i64 
       *reinterpret_cast<uint2*>(out16 + oo + e) = w;
     }
   };
-  if (128u % width == 0) {
-    // Every step keeps the lane's pairs: their (cos, sin) once, and the loads of 4 steps issued before any of their
-    // stores, so that they are in flight together (one step at a time, a warp had one load outstanding, and
-    // TinyStories' RoPE ran at half the memory bandwidth).
-    const float4 cs = pairs(((4 * lane) & (width - 1)) >> 1);
-    for (unsigned e0 = 4 * lane; e0 < span; e0 += 4 * 128) {
-      float4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (e0 + u * 128 < span) v[u] = kiln_load4(xr + e0 + u * 128, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (e0 + u * 128 < span) rotate(e0 + u * 128, v[u], cs);
-      }
-    }
-    return;
+  // A lane's pairs repeat every period = width / gcd(width, 128) steps: 1 where width divides 128 (64, 32), 5 for
+  // xl's 80, 3 for 96, 2 for 256. Up to 8, the period's (cos, sin) are taken once a lane
+  // (kiln_rope_tokens_periodic).
+  switch (width / min(width & (0u - width), 128u)) {
+    case 1: kiln_rope_tokens_periodic<1>(xr, lane, span, width, pairs, rotate); return;
+    case 2: kiln_rope_tokens_periodic<2>(xr, lane, span, width, pairs, rotate); return;
+    case 3: kiln_rope_tokens_periodic<3>(xr, lane, span, width, pairs, rotate); return;
+    case 4: kiln_rope_tokens_periodic<4>(xr, lane, span, width, pairs, rotate); return;
+    case 5: kiln_rope_tokens_periodic<5>(xr, lane, span, width, pairs, rotate); return;
+    case 6: kiln_rope_tokens_periodic<6>(xr, lane, span, width, pairs, rotate); return;
+    case 7: kiln_rope_tokens_periodic<7>(xr, lane, span, width, pairs, rotate); return;
+    case 8: kiln_rope_tokens_periodic<8>(xr, lane, span, width, pairs, rotate); return;
+    default: break;
   }
+  // Longer periods: each step takes its pairs anew.
   for (unsigned e = 4 * lane; e < span; e += 128) {
     rotate(e, kiln_load4(xr + e, 0), pairs((e % width) >> 1));
   }

@@ -1044,12 +1044,20 @@ class CudaModelDeviceGpuTest {
         null);
     sameRope("rope, rows at odd offsets", cpu.rope(cpu.permute(NdArray.fromFloats(inner, 2, 5, 3, 8), 0, 2, 1, 3),
         seq, 10_000, false), gpu.rope(gpu.permute(odd, 0, 2, 1, 3), gpu.fromHost(seq), 10_000, false));
-    // Widths of 64 (a warp per row) and 80 (a warp per row, two passes), against 8, 6 and 4 below (several rows a
-    // warp).
-    for (int width : new int[] {64, 80}) {
-      NdArray wide = randn(2, 5, 3, width);
-      sameRope("rope, width " + width, cpu.rope(cpu.permute(wide, 0, 2, 1, 3), beyond, 10_000, false),
-          gpu.rope(gpu.permute(gpu.fromHost(wide), 0, 2, 1, 3), gpu.fromHost(beyond), 10_000, false));
+    // Wide rows, one warp a token: 64 (the lane's pairs the same every 128-element step), 80, 96 and 256 (pairs
+    // repeating every 5, 3 and 2 steps, taken once a lane), 144 (a period of 9: taken anew each step), against 8, 6
+    // and 4 above (several rows a warp); 3 heads, and xl's 32 heads of 80 (2,560 a token, 4 periods a lane), both
+    // directions, positions in the table and beyond it.
+    for (int[] hw : new int[][] {{3, 64}, {3, 80}, {3, 96}, {3, 144}, {3, 256}, {32, 80}}) {
+      NdArray wide = randn(2, 5, hw[0], hw[1]);
+      for (boolean inverse : new boolean[] {false, true}) {
+        for (NdArray pos : new NdArray[] {seq, beyond}) {
+          sameRope("rope, " + hw[0] + " heads of " + hw[1] + (inverse ? ", inverse" : "")
+              + (pos == seq ? ", positions in the table" : ", positions beyond it"),
+              cpu.rope(cpu.permute(wide, 0, 2, 1, 3), pos, 10_000, inverse),
+              gpu.rope(gpu.permute(gpu.fromHost(wide), 0, 2, 1, 3), gpu.fromHost(pos), 10_000, inverse));
+        }
+      }
     }
     // Rank 2 (rows padded to three leading dims) and rank 5 (copied to contiguous first).
     NdArray flat = randn(5, 6);
