@@ -17,14 +17,17 @@ import org.junit.jupiter.api.Test;
 /**
  * Cached decoding against the uncached full forward, for every variant combination.
  *
- * <p>Tolerance 2e-5 relative to max(1, |logit|): both paths compute the same function in float32, but a decode step
+ * <p>Tolerance 1e-4 relative to max(1, |logit|): both paths compute the same function in float32, but a decode step
  * multiplies one row (GEMV shapes, another summation order inside OpenBLAS) where {@code forwardAll} multiplies all
- * rows at once, and the difference goes through the layers, softmax and the LM head. Measured: 0 (bit-identical)
- * over all 360 tiny combinations, where OpenBLAS happens to sum each row in the same order either way; 1.4e-6 on
- * the wider model of {@link #cachedDecodingEqualsForwardAllOnAWiderModel}.
+ * rows at once, and the difference goes through the layers, softmax and the LM head. Which kernels OpenBLAS picks
+ * depends on the CPU. Measured: 0 (bit-identical) over all 360 tiny combinations on the machine the test was written
+ * on, where OpenBLAS happened to sum each row in the same order either way, but up to 3.7e-5 on an AMD EPYC (the
+ * variants without norms, whose activations grow through the layers, worst); 1.4e-6 and 1.5e-6 on the wider model of
+ * {@link #cachedDecodingEqualsForwardAllOnAWiderModel}. A cache holding another history is off by far more
+ * ({@link #aCacheHoldingAnotherHistoryIsCaught}).
  */
 class TransformerLmEngineTest {
-  static final double TOL = 2e-5;
+  static final double TOL = 1e-4;
 
   @Test
   void cachedDecodingEqualsForwardAllForEveryVariant() {

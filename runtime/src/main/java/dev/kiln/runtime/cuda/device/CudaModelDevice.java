@@ -2162,9 +2162,10 @@ public final class CudaModelDevice implements Device {
     /**
      * The spans of the block-row forms (CudaEmitter.BLOCK_ROW_SPANS): the first whose block of whole warps covers the
      * row in at most {@link #BLOCK_ROW_WARPS} is taken. On xl's norms (2,048 rows of 2,560, under ncu on the H200)
-     * spans 2 and 4 ran alike: forward 8.3 us, backward 25.9 and 25.8 us.
+     * spans 2 and 4 ran alike: forward 8.3 us, backward 25.9 and 25.8 us. {@code KILN_BLOCK_ROWS=0} leaves such rows
+     * to the one-row-a-block form, for comparisons.
      */
-    static final int[] BLOCK_SPANS = {2, 4};
+    static final int[] BLOCK_SPANS = "0".equals(System.getenv("KILN_BLOCK_ROWS")) ? new int[0] : new int[] {2, 4};
 
     /**
      * At most 16 warps a row: 512 threads hold 128 registers each, more than the block-row kernels take (70 at span
