@@ -1928,7 +1928,10 @@ public final class CudaModelDevice implements Device {
     chunks = (reduced + perChunk - 1) / perChunk;
     CudaKernel k = op("kiln_reduce_cols_" + t);
     if (chunks == 1) {
-      k.launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs().ptr(a).ptr(out).i64(reduced).i64(kept).i32(opCode)
+      // 32 row lanes where each would still take 8 rows or more: a norm's weight gradient at xl ([256, 2,560] partial
+      // sums, 80 blocks) has a thread's rows in flight 4 at a time, and with 8 lanes each took 32 of them.
+      int threads = reduced >= 256 ? 1024 : BLOCK;
+      k.launch(stream, colBlocks, 1, threads, 0, new KernelArgs().ptr(a).ptr(out).i64(reduced).i64(kept).i32(opCode)
           .i64(reduced));
       launches++;
       return;

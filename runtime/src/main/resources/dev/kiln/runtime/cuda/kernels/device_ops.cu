@@ -397,26 +397,27 @@ __device__ void kiln_reduce_rows(const T* __restrict__ x, T* __restrict__ out, k
   }
 }
 
-// out[chunk, c] = reduce(x[r, c] for r in the chunk's rows), x contiguous [rows, cols]. Block: 32 columns x 8 row
-// lanes (coalesced reads along a row); gridDim.y chunks of rows. The host reduces the chunks in a second launch.
+// out[chunk, c] = reduce(x[r, c] for r in the chunk's rows), x contiguous [rows, cols]. Block: 32 columns x
+// blockDim.x / 32 row lanes (coalesced reads along a row; the host launches 8 lanes, or 32 for chunks of 256 rows
+// and more); gridDim.y chunks of rows. The host reduces the chunks in a second launch.
 template <class T>
 __device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, kiln_i64 rows, kiln_i64 cols, int op,
                                  kiln_i64 rows_per_chunk) {
-  __shared__ double part[8][33];
+  __shared__ double part[32][33];
   const kiln_i64 c = (kiln_i64)blockIdx.x * 32 + (threadIdx.x & 31);
-  const int lane_row = threadIdx.x >> 5;
+  const int lane_row = threadIdx.x >> 5, lanes = blockDim.x >> 5;
   const kiln_i64 r0 = (kiln_i64)blockIdx.y * rows_per_chunk;
   const kiln_i64 r1 = kiln_min(r0 + rows_per_chunk, rows);
   double acc = kiln_red_init(op);
   if (c < cols) {
     // Unrolled so that four loads are in flight before the first add waits.
 #pragma unroll 4
-    for (kiln_i64 r = r0 + lane_row; r < r1; r += 8) acc = kiln_red(op, acc, (double)x[r * cols + c]);
+    for (kiln_i64 r = r0 + lane_row; r < r1; r += lanes) acc = kiln_red(op, acc, (double)x[r * cols + c]);
   }
   part[lane_row][threadIdx.x & 31] = acc;
   __syncthreads();
   if (lane_row == 0 && c < cols) {
-    for (int k = 1; k < 8; k++) acc = kiln_red(op, acc, part[k][threadIdx.x]);
+    for (int k = 1; k < lanes; k++) acc = kiln_red(op, acc, part[k][threadIdx.x]);
     out[(kiln_i64)blockIdx.y * cols + c] = (T)acc;
   }
 }
@@ -425,7 +426,7 @@ __device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, k
   extern "C" __global__ void kiln_reduce_rows_##N(const T* x, T* out, kiln_i64 rows, kiln_i64 cols, int op) { \
     kiln_reduce_rows<T>(x, out, rows, cols, op);                                                               \
   }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__(256) kiln_reduce_cols_##N(const T* x, T* out, kiln_i64 rows,  \
+  extern "C" __global__ void __launch_bounds__(1024) kiln_reduce_cols_##N(const T* x, T* out, kiln_i64 rows, \
                                                                          kiln_i64 cols, int op,               \
                                                                          kiln_i64 rows_per_chunk) {           \
     kiln_reduce_cols<T>(x, out, rows, cols, op, rows_per_chunk);                                               \

@@ -167,6 +167,13 @@ class CudaModelDeviceGpuTest {
     same("sum over 4096 rows", cpu.reduce(Reduction.SUM, tall, new int[] {0}, false),
         gpu.reduce(Reduction.SUM, gpu.fromHost(tall), new int[] {0}, false));
     same("sumTo", cpu.sumTo(tall, 1, 70), gpu.sumTo(gpu.fromHost(tall), 1, 70));
+    // 256 to 1,024 rows take one launch of 32 row lanes a block (a norm's weight gradient's partial rows at xl:
+    // [256, 2,560]); 300 rows are not a multiple of the lanes, 2,561 columns not of a block's 32.
+    NdArray partials = randn(300, 2_561);
+    for (Reduction how : new Reduction[] {Reduction.SUM, Reduction.MAX}) {
+      same(how + " over 300 rows of 2,561", cpu.reduce(how, partials, new int[] {0}, false),
+          gpu.reduce(how, gpu.fromHost(partials), new int[] {0}, false));
+    }
     // A few long rows (a loss's mean over the positions) take blocks of 1,024 threads.
     NdArray wide = randn(3, 40_003);
     for (Reduction how : new Reduction[] {Reduction.SUM, Reduction.MAX}) {
