@@ -345,6 +345,17 @@ public interface Device {
     return rope(x, positions, theta, inverse);
   }
 
+  /**
+   * {@link #rope(Tensor, Tensor, double, boolean, boolean)} where nothing reads {@code x} after this call (the
+   * processor proves it and passes {@code overwrite}: {@code x} is attention's dq or dk, read by this inverse rotation
+   * alone). A device may then write the result over {@code x} and return a tensor of {@code x}'s memory, so that
+   * gradients it laid out together for a later GEMM stay so; the default returns a new tensor.
+   */
+  default Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms,
+      boolean overwrite) {
+    return rope(x, positions, theta, inverse, forGemms);
+  }
+
   // ---------------------------------------------------------------- cross-entropy
 
   /**

@@ -201,8 +201,10 @@ class TransformerLmGpuTest {
     // In mixed precision, with the parameters' bf16 copies end to end in one allocation (withBf16Twins, as CudaEngine
     // makes them), attention's backward writes dq, dk and dv interleaved, and the q, k and v projections' input
     // gradients and their sum run as one GEMM with K = 3·d_model (CudaModelDevice.stackedSum). Heads of 32 and a
-    // context of 32 (narrowHeads), so RoPE runs inside attention and dq and dk reach the projections as attention
-    // wrote them. Against the same step with stacking off: the loss bit for bit (the forward is the same), three
+    // context of 32 (narrowHeads), where RoPE runs inside attention and dq and dk reach the projections as attention
+    // wrote them; and heads of 64, where RoPE's own kernel turns dq and dk back over attention's interleaved
+    // gradients (the processor's overwrite: nothing else reads them). Against the same step with stacking off: the
+    // loss bit for bit (the forward is the same), three
     // launches a layer fewer where it applies (three GEMMs and the sum kernel become one GEMM; QK-norm's variants put
     // a norm between attention and the projections, so not there), and every gradient within 3e-2 relative L2, as in
     // the test above: the stacked GEMM adds in its fp32 accumulator where the sum kernel added three bf16-rounded
@@ -210,46 +212,48 @@ class TransformerLmGpuTest {
     CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
     int stacked = 0;
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
-      ModelConfig c = narrowHeads(config(v));
-      Batch batch = Batch.random(c, 11);
-      // A first step unmeasured: the device learns from it which kernels write bf16 copies of their outputs for
-      // later GEMMs (the norms' _tw variants), so the first step casts more than later ones, stacked or not.
-      Run[] runs = new Run[3];
-      long[] launches = new long[3];
-      String[] reports = new String[3];
-      for (int i = 2; i >= 0; i--) {
-        dev.stackGemms(i != 1);
-        try (CudaModelDevice.Scope s = dev.scope()) {
-          CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
-          TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
-          if (c.tiedEmbeddings()) {
-            p = p.withTiedEmbeddings();
+      for (ModelConfig c : List.of(narrowHeads(config(v)), config(v))) {
+        Batch batch = Batch.random(c, 11);
+        // A first step unmeasured: the device learns from it which kernels write bf16 copies of their outputs for
+        // later GEMMs (the norms' _tw variants), so the first step casts more than later ones, stacked or not.
+        Run[] runs = new Run[3];
+        long[] launches = new long[3];
+        String[] reports = new String[3];
+        for (int i = 2; i >= 0; i--) {
+          dev.stackGemms(i != 1);
+          try (CudaModelDevice.Scope s = dev.scope()) {
+            CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
+            TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
+            if (c.tiedEmbeddings()) {
+              p = p.withTiedEmbeddings();
+            }
+            List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
+            dev.withBf16Twins(params);
+            Context ctx = new Context();
+            double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
+                dev.fromHost(batch.targets())))[0];
+            long before = dev.launches();
+            dev.profile(true);
+            TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
+            launches[i] = dev.launches() - before;
+            reports[i] = dev.profileReport();
+            dev.profile(false);
+            Map<String, double[]> grads = new LinkedHashMap<>();
+            m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
+            runs[i] = new Run(loss, grads);
+            params.forEach(dev::release);
           }
-          List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
-          dev.withBf16Twins(params);
-          Context ctx = new Context();
-          double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
-              dev.fromHost(batch.targets())))[0];
-          long before = dev.launches();
-          dev.profile(true);
-          TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
-          launches[i] = dev.launches() - before;
-          reports[i] = dev.profileReport();
-          dev.profile(false);
-          Map<String, double[]> grads = new LinkedHashMap<>();
-          m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
-          runs[i] = new Run(loss, grads);
-          params.forEach(dev::release);
         }
+        dev.stackGemms(true);
+        String what = v.name() + ", heads of " + c.dModel() / c.numHeads();
+        assertEquals(runs[1].loss(), runs[0].loss(), 0.0, what + ": loss");
+        long saved = launches[1] - launches[0];
+        String calls = what + ": " + launches[0] + " launches stacked:\n" + reports[0] + launches[1] + " not:\n"
+            + reports[1];
+        assertEquals(c.qkNorm() ? 0 : 3L * c.numLayers(), saved, calls);
+        stacked += saved > 0 ? 1 : 0;
+        assertGradientsClose(what + " stacked q/k/v input gradient", runs[1], runs[0], 3e-2);
       }
-      dev.stackGemms(true);
-      assertEquals(runs[1].loss(), runs[0].loss(), 0.0, v.name() + ": loss");
-      long saved = launches[1] - launches[0];
-      String calls = v.name() + ": " + launches[0] + " launches stacked:\n" + reports[0] + launches[1] + " not:\n"
-          + reports[1];
-      assertEquals(c.qkNorm() ? 0 : 3L * c.numLayers(), saved, calls);
-      stacked += saved > 0 ? 1 : 0;
-      assertGradientsClose(v.name() + " stacked q/k/v input gradient", runs[1], runs[0], 3e-2);
     }
     assertTrue(stacked > 0, "no variant stacked its q/k/v GEMMs");
   }

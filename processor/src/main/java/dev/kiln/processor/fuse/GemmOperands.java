@@ -110,6 +110,9 @@ public final class GemmOperands {
       if (g.onlyGemms(p.out())) {
         plan.gemmOperandPrims.add(p);
       }
+      if (g.overwritable(p)) {
+        plan.ropeOverwrites.add(p);
+      }
     }
     int n = plan.graph.inputs().size();
     plan.gemmOperandInputs = new boolean[n];
@@ -291,6 +294,19 @@ public final class GemmOperands {
     return c instanceof Cond.Const k ? new Cond.Const(!k.value()) : new Cond.Not(c);
   }
 
+  /**
+   * Whether RoPE node {@code p} may write its result over its input: the input is attention's dq or dk (a device
+   * primitive's fresh result, outside any kernel), and this node is its one reader (no view, branch result or other
+   * node reads it). Attention's gradients are then rotated back where they lie, and a device that interleaves dq, dk
+   * and dv for one GEMM over the projections' stacked weights keeps them interleaved.
+   */
+  private boolean overwritable(Node.Prim p) {
+    Value x = p.inputs().get(0);
+    Node.Prim from = producer.get(x);
+    return from != null && (from.op() == Primitive.ATTENTION_DQ || from.op() == Primitive.ATTENTION_DK)
+        && reads.getOrDefault(x, List.of()).size() == 1 && !yieldedAs.containsKey(x);
+  }
+
   /** True when {@code v} is read, and only by GEMMs (also where a branch hands it on as its result). */
   private boolean onlyGemms(Value v) {
     return worst(v) == Read.GEMM;
@@ -439,8 +455,14 @@ public final class GemmOperands {
   /** The RoPE nodes met, in forward and backward. */
   private final List<Node.Prim> ropes = new ArrayList<>();
 
+  /** The node outside any kernel that computes each value. */
+  private final Map<Value, Node.Prim> producer = new HashMap<>();
+
   private void prim(Node.Prim p) {
     FusedKernel k = plan.kernelOf.get(p);
+    if (k == null) {
+      producer.put(p.out(), p);
+    }
     if (p.op() == Primitive.ROPE && k == null) {
       ropes.add(p);
     }

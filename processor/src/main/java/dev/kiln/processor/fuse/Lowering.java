@@ -84,6 +84,11 @@ public final class Lowering {
      * {@code forGemms}, and a mixed-precision device may keep the result in bf16 only.
      */
     public final Set<Node.Prim> gemmOperandPrims = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+    /**
+     * RoPE nodes (in backward: the inverse rotation of attention's dq or dk) whose input nothing else reads: the
+     * generated call passes {@code overwrite}, and a device may write the result over the input ({@link GemmOperands}).
+     */
+    public final Set<Node.Prim> ropeOverwrites = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
 
     Result(Graph graph, Differentiator.Backward backward) {
       this.graph = graph;

@@ -32,6 +32,7 @@ final class CountingDevice implements Device {
     paramGradients = 0;
     bf16Results = 0;
     ropesForGemms = 0;
+    ropesOverwriting = 0;
     constants = 0;
   }
 
@@ -94,6 +95,18 @@ final class CountingDevice implements Device {
     calls.add("rope");
     ropesForGemms += forGemms ? 1 : 0;
     return d.rope(x, positions, theta, inverse, forGemms);
+  }
+
+  /** RoPE calls that may write their result over their input ({@code overwrite}). */
+  int ropesOverwriting;
+
+  @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms,
+      boolean overwrite) {
+    calls.add("rope");
+    ropesForGemms += forGemms ? 1 : 0;
+    ropesOverwriting += overwrite ? 1 : 0;
+    return d.rope(x, positions, theta, inverse, forGemms, overwrite);
   }
 
   @Override

@@ -177,6 +177,8 @@ class FusionTest {
    * its operands to bf16 as a GEMM does, and in backward the rotated gradients only by the projections' GEMMs, through
    * the rearrange that merges the heads: all four RoPE calls say forGemms. (In the CS336 model's attention the same
    * holds in the branch without qk-norm; with it, the backward rotations feed the norms' backward and are not marked.)
+   * The backward's two rotations read attention's dq and dk, which nothing else reads: they say overwrite; the
+   * forward's read the projections, which attention's backward reads again, and do not.
    */
   @Test
   void ropeResultsReadOnlyByAttentionAndGemmsAreForGemms() {
@@ -184,8 +186,10 @@ class FusionTest {
     CountingDevice dev = run.dev();
     Tensor y = run.forward(Harness.random(new Random(1), 2, 3, 8), Harness.arange(3));
     assertEquals(2, dev.ropesForGemms, "q's and k's rotations: " + dev.calls);
+    assertEquals(0, dev.ropesOverwriting, "the projections are read again: " + dev.calls);
     run.backward(y);
     assertEquals(2, dev.ropesForGemms, "the gradients' rotations: " + dev.calls);
+    assertEquals(2, dev.ropesOverwriting, "dq's and dk's rotations back: " + dev.calls);
   }
 
   /**
@@ -204,6 +208,7 @@ class FusionTest {
     run.backward(y);
     assertEquals(2, dev.calls.stream().filter(c -> c.equals("rope")).count(), dev.calls::toString);
     assertEquals(1, dev.ropesForGemms, dev.calls::toString);
+    assertEquals(0, dev.ropesOverwriting, "no rotation back reads an attention gradient: " + dev.calls);
   }
 
   /**

@@ -765,9 +765,11 @@ final class BodyEmitter {
       }
       case ROPE -> {
         Attr.Rope r = (Attr.Rope) p.attr();
-        // forGemms: only GEMMs and attention read the result (GemmOperands).
+        // forGemms: only GEMMs and attention read the result; overwrite: nothing else reads the input (GemmOperands).
+        boolean forGemms = plan.gemmOperandPrims.contains(p);
+        boolean overwrite = plan.ropeOverwrites.contains(p);
         define(p.out(), dev + ".rope(" + ref(in.get(0)) + ", " + ref(in.get(1)) + ", " + scalar(r.theta()) + ", "
-            + r.inverse() + (plan.gemmOperandPrims.contains(p) ? ", true" : "") + ")");
+            + r.inverse() + (forGemms || overwrite ? ", " + forGemms : "") + (overwrite ? ", true" : "") + ")");
       }
       case SUM_TO -> define(p.out(), dev + ".sumTo(" + ref(in.get(0)) + ", " + shapeOf(in.get(1)) + ")");
       case EXPAND -> define(p.out(), dev + ".expand(" + ref(in.get(0)) + ", " + shapeOf(in.get(1)) + ")");

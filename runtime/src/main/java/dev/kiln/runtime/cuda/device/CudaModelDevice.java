@@ -207,6 +207,12 @@ public final class CudaModelDevice implements Device {
    * scope ends. {@code KILN_ROPE_FUSION=0} or {@link #fuseRope(boolean)} turns this off.
    */
   private final Map<Object, DeferredRope> deferredRopes = new IdentityHashMap<>();
+  /**
+   * The buffers of attention's gradients interleaved for one GEMM ({@link #attentionGradients}) in the open scopes:
+   * RoPE's backward may rotate dq and dk there in place, where the processor says nothing else reads them.
+   */
+  private final java.util.Set<Object> interleavedGradients = java.util.Collections.newSetFromMap(
+      new IdentityHashMap<>());
   private boolean fuseRope = !"0".equals(System.getenv("KILN_ROPE_FUSION"));
 
   /** {@code result = rope(source, positions, theta)}, both bf16 of one shape; computed once its producer has run. */
@@ -334,6 +340,7 @@ public final class CudaModelDevice implements Device {
       }
       settleDeferredWork(owned);
       scopes.pop();
+      interleavedGradients.clear();
       castCache.clear();
       castsByBuffer.clear();
       twinWriters.clear();
@@ -2480,8 +2487,36 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
+   * With {@code overwrite} (nothing reads {@code x} after this call, the processor says: attention's dq or dk) where
+   * {@code x} is one of attention's gradients interleaved for the projections' one input-gradient GEMM
+   * ({@link #attentionGradients}), the bf16 result is written over {@code x}: dq, dk and dv then stay rows of one
+   * matrix, and {@link #stackedSum} runs the q, k and v projections' input gradients and their sum as one GEMM for
+   * heads that RoPE's own kernels turn (64 and 80, where attention does not turn them itself). Otherwise as
+   * {@link #rope(Tensor, Tensor, double, boolean, boolean)}.
+   */
+  @Override
+  public Tensor rope(Tensor x, Tensor positions, double theta, boolean inverse, boolean forGemms,
+      boolean overwrite) {
+    if (!overwrite || !forGemms || !stackGemms || !(x instanceof CudaTensor t)
+        || !interleavedGradients.contains(t.array().bufferIdentity())) {
+      return rope(x, positions, theta, inverse, forGemms);
+    }
+    CudaArray a = t.array();
+    CudaArray p = ids(positions, "rope");
+    if (a.dtype() != DType.BF16 || a.rank() < 1 || a.rank() > 4 || a.shape(-1) % 2 != 0 || a.stride(-1) != 1
+        || !gemmOperandsInBf16 || precision != Precision.BF16) {
+      return rope(x, positions, theta, inverse, forGemms);
+    }
+    StridedPlan.broadcastStrides(p.shape(), p.strides(), Arrays.copyOf(a.shape(), a.rank() - 1),
+        "cuda device, rope: positions");
+    CudaTensor fused = ropeByAttention(a, p, theta, inverse);
+    return fused != null ? fused : wrap(ropeOf(a, p, theta, inverse, true, a));
+  }
+
+  /**
    * RoPE's kernel on {@code a} at positions {@code p} (checked): into {@code into} where given (bf16, laid out as a
-   * new array like {@code a} of rank up to 4: a deferred RoPE, {@link #deferredRopes}), else into a new result. The
+   * new array like {@code a} of rank up to 4: a deferred RoPE, {@link #deferredRopes}; or {@code a} itself, bf16, for
+   * a RoPE that may overwrite its input), else into a new result. The
    * result may be {@code a}'s rows flattened (rank over 4), which {@link #ropeResult} shapes back.
    */
   private CudaArray ropeOf(CudaArray a, CudaArray p, double theta, boolean inverse, boolean forGemms,
@@ -3090,6 +3125,7 @@ public final class CudaModelDevice implements Device {
       physical[r - 1] = h;
       physical[r] = d;
       CudaArray all = newArray(gradType, physical);
+      interleavedGradients.add(all.bufferIdentity());
       long[] strides = new long[r];
       strides[r - 3] = d;
       strides[r - 2] = 3 * h * d;
