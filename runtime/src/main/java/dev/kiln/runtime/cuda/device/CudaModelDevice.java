@@ -208,8 +208,10 @@ public final class CudaModelDevice implements Device {
    */
   private final Map<Object, DeferredRope> deferredRopes = new IdentityHashMap<>();
   /**
-   * The buffers of attention's gradients interleaved for one GEMM ({@link #attentionGradients}) in the open scopes:
-   * RoPE's backward may rotate dq and dk there in place, where the processor says nothing else reads them.
+   * The buffers of attention's gradients interleaved for one GEMM ({@link #attentionGradients}) since a scope last
+   * closed: RoPE's backward may rotate dq and dk there in place, where the processor says nothing else reads them.
+   * Forgotten when any scope closes (a buffer given back may come again for something else); a gradient forgotten
+   * so is only rotated into a new array.
    */
   private final java.util.Set<Object> interleavedGradients = java.util.Collections.newSetFromMap(
       new IdentityHashMap<>());
