@@ -430,6 +430,24 @@ class TransformerLmGpuTest {
     return new double[] {loss, norm};
   }
 
+  /**
+   * {@code steps} steps of two micro-batches ({@link #twoMicroBatchStep}) on random batches from {@code seed}, the
+   * same on both engines: {@code got}'s loss and gradient norm within {@code lossTol} and {@code normTol} relative of
+   * {@code ref}'s at every step.
+   */
+  private static void stepsAgree(TrainingEngine ref, TrainingEngine got, ModelConfig c, long seed, int steps,
+      double lossTol, double normTol) {
+    Rng rng = new Rng(seed);
+    for (int step = 1; step <= steps; step++) {
+      NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+      double[] expected = twoMicroBatchStep(ref, x, y);
+      double[] actual = twoMicroBatchStep(got, x, y);
+      assertEquals(expected[0], actual[0], lossTol * expected[0], "step " + step + " loss");
+      assertEquals(expected[1], actual[1], normTol * expected[1], "step " + step + " gradient norm");
+    }
+  }
+
   /** The model initialised with seed 11 (as the CPU side of these tests) in a GPU engine. */
   private static CudaEngine<TransformerLm> engine(CudaModelDevice dev, ModelConfig c,
       TrainConfig.OptimizerConfig opt) {
@@ -460,15 +478,7 @@ class TransformerLmGpuTest {
     CudaModelDevice wide = gpu(CudaModelDevice.Precision.BF16);
     wide.storeParamGradientsInBf16(false);
     try (CudaEngine<TransformerLm> a = engine(low, c, opt); CudaEngine<TransformerLm> b = engine(wide, c, opt)) {
-      Rng rng = new Rng(9);
-      for (int step = 1; step <= 3; step++) {
-        NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-        NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-        double[] inBf16 = twoMicroBatchStep(a, x, y);
-        double[] inFp32 = twoMicroBatchStep(b, x, y);
-        assertEquals(inFp32[0], inBf16[0], 1e-2 * inFp32[0], "step " + step + " loss");
-        assertEquals(inFp32[1], inBf16[1], 3e-2 * inFp32[1], "step " + step + " gradient norm");
-      }
+      stepsAgree(b, a, c, 9, 3, 1e-2, 3e-2);
     }
   }
 
@@ -487,17 +497,9 @@ class TransformerLmGpuTest {
     TrainingEngine cpu = TrainingEngine.forModel(cpuModel, opt);
 
     try (CudaEngine<TransformerLm> gpu = engine(dev, c, opt)) {
-      Rng rng = new Rng(5);
-      for (int step = 1; step <= 12; step++) {
-        NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-        NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
-        double[] onCpu = twoMicroBatchStep(cpu, x, y);
-        double[] onGpu = twoMicroBatchStep(gpu, x, y);
-        // Rounding differences grow slowly through the updates: 1e-4 relative after 12 steps is far below the
-        // change a wrong update rule, clipping or accumulation makes (those move the loss by 1e-2 within a step).
-        assertEquals(onCpu[0], onGpu[0], 1e-4 * onCpu[0], "step " + step + " loss");
-        assertEquals(onCpu[1], onGpu[1], 1e-3 * onCpu[1], "step " + step + " gradient norm");
-      }
+      // Rounding differences grow slowly through the updates: 1e-4 relative after 12 steps is far below the
+      // change a wrong update rule, clipping or accumulation makes (those move the loss by 1e-2 within a step).
+      stepsAgree(cpu, gpu, c, 5, 12, 1e-4, 1e-3);
       gpu.syncToHost();
       double worst = 0;
       for (String n : cpu.hostParameters().names()) {
