@@ -71,6 +71,16 @@ public interface Device {
     return empty(dtype, shape);
   }
 
+  /**
+   * {@link #emptyParamGradient(DType, long...)} for the gradient of {@code param} itself (the generated code names the
+   * parameter where it knows it: a linear layer's weight). A device may then place the gradients of parameters it
+   * keeps side by side (the q, k and v projections' weights) side by side as well, so that one GEMM can compute them
+   * together. The default ignores {@code param}.
+   */
+  default Tensor emptyParamGradient(Tensor param, DType dtype, long... shape) {
+    return emptyParamGradient(dtype, shape);
+  }
+
   /** A new contiguous tensor of zeros. */
   Tensor zeros(DType dtype, long... shape);
 

@@ -133,7 +133,8 @@ public final class GemmOperands {
       List<Read> r = reads.get(p.out());
       if (r != null && !r.isEmpty() && r.size() == paramGradReads.getOrDefault(p.out(), 0)
           && !yieldedAs.containsKey(p.out()) && plan.gemms.get(p).writesInPlace()) {
-        plan.paramGradientGemms.add(p);
+        String component = paramGradComponents.get(p.out());
+        plan.paramGradientGemms.put(p, component == null || component.isEmpty() ? null : component);
       }
     }
   }
@@ -402,6 +403,7 @@ public final class GemmOperands {
         case Node.ParamGrad g -> {
           read(g.grad(), false);
           paramGradReads.merge(g.grad(), 1, Integer::sum);
+          paramGradComponents.merge(g.grad(), g.component(), (x, y) -> x.equals(y) ? x : "");
         }
         case Node.Loop l -> {
           l.init().forEach(v -> read(v, false));
@@ -444,6 +446,8 @@ public final class GemmOperands {
 
   /** How many times a parameter-gradient node reads each value. */
   private final Map<Value, Integer> paramGradReads = new HashMap<>();
+  /** The parameter component whose gradient each value is, or "" where it feeds the gradients of several. */
+  private final Map<Value, String> paramGradComponents = new HashMap<>();
 
   /** The sub-module calls, their gradients, and the GEMM einsums met in forward and backward. */
   private final List<Node.Call> calls = new ArrayList<>();

@@ -149,15 +149,16 @@ public final class GemmPlan {
    */
   public List<String> code(List<String> operands, String out, String id, Function<String, String> plan,
       String bf16When) {
-    return code(operands, out, id, plan, bf16When, false);
+    return code(operands, out, id, plan, bf16When, null);
   }
 
   /**
    * {@link #code}, where a GEMM that {@link #writesInPlace} and computes a parameter's gradient alone ({@code
-   * paramGradient}) allocates its output with {@code dev.emptyParamGradient}.
+   * paramGradient} not null) allocates its output with {@code dev.emptyParamGradient}, naming the parameter
+   * ({@code paramGradient}, the code that reads it) where it is one parameter's gradient, else ({@code ""}) not.
    */
   public List<String> code(List<String> operands, String out, String id, Function<String, String> plan,
-      String bf16When, boolean paramGradient) {
+      String bf16When, String paramGradient) {
     List<String> lines = new ArrayList<>();
     if (spec.inputs().size() == 1) {
       String pattern = String.join(" ", a) + " -> " + String.join(" ", c);
@@ -216,13 +217,14 @@ public final class GemmPlan {
     String target = direct ? out : "c" + id + "$";
     String shape = "Sizes.cat(" + String.join(", ", outParts) + ")";
     String alloc = "dev.empty(dtype, " + shape + ")";
-    if (paramGradient && direct) {
-      alloc = "dev.emptyParamGradient(dtype, " + shape + ")";
+    if (paramGradient != null && direct) {
+      alloc = "dev.emptyParamGradient(" + (paramGradient.isEmpty() ? "" : paramGradient + ", ") + "dtype, " + shape
+          + ")";
     } else if (bf16When != null && direct) {
       String bf16 = "dev.emptyGemmResult(dtype, " + shape + ")";
       alloc = bf16When.equals("true") ? bf16 : bf16When + " ? " + bf16 + " : " + alloc;
     }
-    lines.add("Tensor " + target + " = " + alloc + ";" + (paramGradient && direct
+    lines.add("Tensor " + target + " = " + alloc + ";" + (paramGradient != null && direct
         ? " // a parameter's gradient alone: a mixed-precision device may store it in bf16, as autocast rounds it"
         : bf16When != null && direct ? " // its readers take bf16: a mixed-precision device may store it so" : ""));
     boolean swap = direct && !c.equals(cat(batch, m, n));

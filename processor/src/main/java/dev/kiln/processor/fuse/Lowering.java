@@ -57,9 +57,10 @@ public final class Lowering {
     public final Map<Node.Prim, GemmOperands.Bf16When> bf16GemmResults = new IdentityHashMap<>();
     /**
      * GEMM einsums whose output is a parameter's gradient and nothing else: allocated with {@code
-     * Device.emptyParamGradient} ({@link GemmOperands}).
+     * Device.emptyParamGradient} ({@link GemmOperands}). The value is the parameter's component where the gradient is
+     * one parameter's alone (the device is then told which), else null.
      */
-    public final Set<Node.Prim> paramGradientGemms = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
+    public final Map<Node.Prim, String> paramGradientGemms = new IdentityHashMap<>();
     /**
      * Cross-entropy gradients and adds whose every reader takes bf16, and when: the generated call says so, and a
      * mixed-precision device may return them in bf16 ({@link GemmOperands}).

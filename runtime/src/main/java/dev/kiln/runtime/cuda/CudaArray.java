@@ -348,6 +348,29 @@ public final class CudaArray implements AutoCloseable {
   }
 
   /**
+   * Whether this array and {@code other} may touch a common byte: views of one buffer whose spans (first to last
+   * element, strides taken as non-negative) intersect. Two slots of one allocation laid end to end do not overlap.
+   */
+  public boolean overlaps(CudaArray other) {
+    if (!sharesBufferWith(other) || numel() == 0 || other.numel() == 0) {
+      return false;
+    }
+    return byteSpanStart() < other.byteSpanEnd() && other.byteSpanStart() < byteSpanEnd();
+  }
+
+  private long byteSpanStart() {
+    return offset * dtype.byteSize();
+  }
+
+  private long byteSpanEnd() {
+    long last = offset;
+    for (int i = 0; i < shape.length; i++) {
+      last += (shape[i] - 1) * Math.abs(strides[i]);
+    }
+    return (last + 1) * dtype.byteSize();
+  }
+
+  /**
    * Defers {@code work}, which writes this array's buffer, until any view of the buffer is first touched
    * ({@link DeviceBuffer#deferProducer}).
    */

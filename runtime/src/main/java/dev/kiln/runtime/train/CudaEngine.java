@@ -390,7 +390,9 @@ public final class CudaEngine<P> implements TrainingEngine {
       if (dev.isKnownZero(t)) {
         out.put(r.name(), buffer);
       } else if ((a.dtype() == DType.F32 || a.dtype() == DType.BF16) && a.isContiguous() && stepScope.owns(t)
-          && taken.stream().noneMatch(a::sharesBufferWith)) {
+          // Not where another gradient taken lies: the device lays weight gradients end to end in one allocation
+          // (CudaModelDevice.emptyParamGradient), so sharing a buffer is not enough to refuse.
+          && taken.stream().noneMatch(a::overlaps)) {
         a.produce(); // recorded now: work deferred on it would otherwise be dropped with the step's scope
         taken.add(a);
         out.put(r.name(), t);

@@ -822,7 +822,8 @@ final class BodyEmitter {
     String id = Integer.toString(p.out().id());
     GemmOperands.Bf16When bf16 = plan.bf16GemmResults.get(p);
     List<String> lines = g.code(ops, nameOf(p.out()), id, host::plan, bf16 == null ? null : when(bf16),
-        plan.paramGradientGemms.contains(p));
+        !plan.paramGradientGemms.containsKey(p) ? null
+            : plan.paramGradientGemms.get(p) == null ? "" : "params$." + plan.paramGradientGemms.get(p) + "()");
     for (int i = 0; i < lines.size(); i++) {
       line(lines.get(i) + (i == lines.size() - 1 ? comment(p.out()).replaceFirst("^ ", " ") : ""));
     }

@@ -183,6 +183,7 @@ public final class CudaModelDevice implements Device {
   private final List<PendingGemm> pendingGemms = new ArrayList<>();
   private boolean fuseGemmAdds = !"0".equals(System.getenv("KILN_GEMM_ADD_FUSION"));
   private boolean stackGemms = !"0".equals(System.getenv("KILN_GEMM_STACKING"));
+  private boolean useGradientArenas = !"0".equals(System.getenv("KILN_GRADIENT_ARENA"));
 
   /**
    * Generated kernels whose twin output ({@code Kernel.twinOutput}: a norm backward's input gradient) was seen cast
@@ -279,6 +280,8 @@ public final class CudaModelDevice implements Device {
   /** A region whose tensors are freed together; scopes nest, the innermost collects. */
   public final class Scope implements AutoCloseable {
     private final List<CudaArray> owned = new ArrayList<>();
+    /** The weight gradients made in this scope, laid out as the twin arena they mirror ({@link #gradientSlot}). */
+    private final Map<CudaArray, GradientArena> gradientArenas = new IdentityHashMap<>();
     private boolean closed;
 
     /** Whether {@code t}'s memory is this scope's (made in it, or kept into it from a scope inside it). */
@@ -341,6 +344,7 @@ public final class CudaModelDevice implements Device {
         throw new IllegalStateException("cuda device: scopes must close innermost first");
       }
       settleDeferredWork(owned);
+      gradientArenas.clear();
       scopes.pop();
       interleavedGradients.clear();
       castCache.clear();
@@ -976,6 +980,51 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
+   * {@link #emptyParamGradient(DType, long...)} for {@code param}'s own gradient: where the parameter's bf16 twin lies
+   * in an arena ({@link #withBf16Twins}, which the trainer uses for every parameter), the gradient is stored in bf16
+   * at the twin's offset of one allocation the open scope makes as large as that arena (the first such request of a
+   * scope makes it). The q, k and v projections' weight gradients then lie end to end as their twins do, and their
+   * GEMMs, each deferred while the next continues its rows ({@link #gemm}), run as one ({@link #runGradientGemms}). A
+   * second gradient of one parameter in a scope, or one of another shape, gets memory of its own.
+   */
+  @Override
+  public Tensor emptyParamGradient(Tensor param, DType dtype, long... shape) {
+    CudaArray slot = gradientSlot(param, dtype, shape);
+    return slot != null ? wrap(slot) : emptyParamGradient(dtype, shape);
+  }
+
+  private CudaArray gradientSlot(Tensor param, DType dtype, long[] shape) {
+    if (!stackGemms || !useGradientArenas || !paramGradientsInBf16 || precision != Precision.BF16
+        || dtype != DType.F32 || scopes.isEmpty() || !(param instanceof CudaTensor t) || t.bf16Twin() == null) {
+      return null;
+    }
+    CudaArray twin = t.bf16Twin();
+    TwinArena arena = twinArenas.get(twin);
+    if (arena == null || !Arrays.equals(twin.shape(), shape) || !twin.isContiguous()) {
+      return null;
+    }
+    // By the arena's allocation: each twin has a TwinArena record of its own.
+    GradientArena g = scopes.peek().gradientArenas.computeIfAbsent(arena.owner(),
+        owner -> new GradientArena(newArray(DType.BF16, owner.numel()), new java.util.HashSet<>()));
+    if (!g.taken().add(twin.offset())) {
+      return null;
+    }
+    return g.memory().strided(shape, NdArray.contiguousStrides(shape), twin.offset());
+  }
+
+  /**
+   * Turns the gradient arenas of {@link #emptyParamGradient(Tensor, DType, long...)} (and so the weight-gradient GEMMs
+   * run as one) off or on; on by default, or as {@code KILN_GRADIENT_ARENA=0} says. Stacking off
+   * ({@link #stackGemms}) turns them off too.
+   */
+  public void layOutGradientsAsTwins(boolean on) {
+    useGradientArenas = on;
+  }
+
+  /** A scope's weight gradients in one allocation, at their twins' offsets; {@code taken} the offsets handed out. */
+  private record GradientArena(CudaArray memory, java.util.Set<Long> taken) {}
+
+  /**
    * Whether {@link #emptyParamGradient} stores in bf16 under mixed precision (the default). Off, GEMM weight gradients
    * are fp32, the GEMM's accumulator unrounded.
    */
@@ -1258,6 +1307,23 @@ public final class CudaModelDevice implements Device {
       }
       CudaArray opA = gemmOperand(transA ? x.transpose(-2, -1) : x, temps);
       CudaArray opB = gemmOperand(transB ? y.transpose(-2, -1) : y, temps);
+      if (gradientSlotGemm(z, beta, temps)) {
+        // A weight gradient in a scope's gradient arena: deferred while the next ones continue its rows (the v, k
+        // and q projections' come one after another, in that order), so that they run as one GEMM
+        // (runGradientGemms). One that does not continue them runs them first: the GEMMs keep their order in the
+        // step, each waiting at most until the next weight gradient's GEMM.
+        PendingGemm p = new PendingGemm((float) alpha, opA, opB, z);
+        CudaArray memory = gradientArenaMemory(z);
+        List<PendingGemm> run = pendingIn(memory);
+        if (!run.isEmpty() && !stacksUnder(run.getLast(), p, run.getFirst()) && !stacksUnder(p, run.getFirst(), p)) {
+          memory.produce();
+        }
+        if (!memory.producerPending()) {
+          memory.deferProducer(() -> runGradientGemms(memory));
+        }
+        pendingGemms.add(p);
+        return;
+      }
       if (deferrable(z, beta, temps)) {
         PendingGemm p = new PendingGemm((float) alpha, opA, opB, z);
         pendingGemms.add(p);
@@ -1295,6 +1361,106 @@ public final class CudaModelDevice implements Device {
       }
     }
     return false;
+  }
+
+  /** Whether {@code z} is a slot of the innermost scope's gradient arenas that this GEMM may write later. */
+  private boolean gradientSlotGemm(CudaArray z, double beta, List<CudaArray> temps) {
+    return beta == 0 && temps.isEmpty() && z.dtype() == DType.BF16 && z.rank() == 2 && z.isContiguous()
+        && gradientArenaMemory(z) != null;
+  }
+
+  /** The gradient arena of the innermost scope that {@code z} is a view of, or null. */
+  private CudaArray gradientArenaMemory(CudaArray z) {
+    if (scopes.isEmpty()) {
+      return null;
+    }
+    for (GradientArena g : scopes.peek().gradientArenas.values()) {
+      if (g.memory().sharesBufferWith(z)) {
+        return g.memory();
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Runs the deferred GEMMs of a gradient arena ({@link #emptyParamGradient(Tensor, DType, long...)}), in the order of
+   * their outputs. Consecutive ones whose outputs lie end to end, that share {@code B} and whose {@code A}s lie one
+   * after another in one matrix run as one GEMM over the stacked rows: the q, k and v projections' weight gradients
+   * {@code dW_i = dY_iᵀ X}, where attention's backward wrote {@code dY_q}, {@code dY_k} and {@code dY_v}
+   * interleaved ({@link #attentionGradients}) and the arena holds the three results as the twin arena holds the
+   * weights. Each output element is the same dot product over the same K as alone; only cuBLAS's choice of kernel
+   * for the larger problem may change its summation order.
+   */
+  private void runGradientGemms(CudaArray memory) {
+    List<PendingGemm> run = pendingIn(memory);
+    pendingGemms.removeAll(run);
+    for (int i = 0; i < run.size();) {
+      PendingGemm first = run.get(i);
+      int j = i + 1;
+      long m = first.out().shape(0);
+      while (j < run.size() && stacksUnder(run.get(j - 1), run.get(j), first)) {
+        m += run.get(j).out().shape(0);
+        j++;
+      }
+      CudaArray a = first.a().strided(new long[] {m, first.a().shape(1)}, first.a().strides(), first.a().offset());
+      if (j - i > 1 && cublasLayout(a)) {
+        long n = first.out().shape(1);
+        cublas.gemm(first.alpha(), a, first.b(), 0f, memory.strided(new long[] {m, n}, new long[] {n, 1},
+            first.out().offset()));
+        launches++;
+        mark("gemm over stacked rows (" + (j - i) + " weight gradients)");
+      } else {
+        for (int g = i; g < j; g++) {
+          cublas.gemm(run.get(g).alpha(), run.get(g).a(), run.get(g).b(), 0f, run.get(g).out());
+          launches++;
+          mark("gemm (weight gradient, deferred)");
+        }
+      }
+      i = j;
+    }
+  }
+
+  /** The deferred GEMMs writing {@code memory} (a gradient arena), by the offset of their outputs. */
+  private List<PendingGemm> pendingIn(CudaArray memory) {
+    List<PendingGemm> run = new ArrayList<>();
+    for (PendingGemm p : pendingGemms) {
+      if (p.out().sharesBufferWith(memory)) {
+        run.add(p);
+      }
+    }
+    run.sort(java.util.Comparator.comparingLong(p -> p.out().offset()));
+    return run;
+  }
+
+  /**
+   * Whether {@code next} continues {@code prev}'s rows in a GEMM that began at {@code first}: its output just after
+   * {@code prev}'s, as wide; the same B; its A the rows after {@code prev}'s A, laid out alike.
+   */
+  private static boolean stacksUnder(PendingGemm prev, PendingGemm next, PendingGemm first) {
+    CudaArray pa = prev.a();
+    CudaArray na = next.a();
+    CudaArray fb = first.b();
+    CudaArray nb = next.b();
+    return next.alpha() == first.alpha()
+        && next.out().offset() == prev.out().offset() + prev.out().numel()
+        && next.out().shape(1) == first.out().shape(1)
+        && nb.sharesBufferWith(fb) && nb.offset() == fb.offset() && Arrays.equals(nb.shape(), fb.shape())
+        && Arrays.equals(nb.strides(), fb.strides()) && nb.dtype() == fb.dtype()
+        && na.sharesBufferWith(pa) && na.dtype() == pa.dtype() && na.rank() == 2 && pa.rank() == 2
+        && na.shape(1) == pa.shape(1) && Arrays.equals(na.strides(), pa.strides())
+        && na.offset() == pa.offset() + pa.shape(0) * pa.stride(0);
+  }
+
+  /** Whether cuBLAS takes {@code m} as it lies (rows or columns contiguous); else {@link #gemmOperand} copies it. */
+  private static boolean cublasLayout(CudaArray m) {
+    int r = m.rank();
+    long rows = m.shape(r - 2);
+    long cols = m.shape(r - 1);
+    long rs = m.stride(r - 2);
+    long cs = m.stride(r - 1);
+    boolean rowMajor = (cols == 1 || cs == 1) && (rows == 1 || rs >= cols);
+    boolean colMajor = (rows == 1 || rs == 1) && (cols == 1 || cs >= rows);
+    return rowMajor || colMajor;
   }
 
   private void runPending(PendingGemm p) {
@@ -1354,14 +1520,7 @@ public final class CudaModelDevice implements Device {
 
   /** cuBLAS needs rows or columns contiguous; anything else is copied (into a scratch array) first. */
   private CudaArray gemmOperand(CudaArray m, List<CudaArray> temps) {
-    int r = m.rank();
-    long rows = m.shape(r - 2);
-    long cols = m.shape(r - 1);
-    long rs = m.stride(r - 2);
-    long cs = m.stride(r - 1);
-    boolean rowMajor = (cols == 1 || cs == 1) && (rows == 1 || rs >= cols);
-    boolean colMajor = (rows == 1 || rs == 1) && (cols == 1 || cs >= rows);
-    if (rowMajor || colMajor) {
+    if (cublasLayout(m)) {
       return m;
     }
     CudaArray c = temp(m.dtype(), m.shape());
@@ -1727,7 +1886,7 @@ public final class CudaModelDevice implements Device {
   /** The deferred GEMM whose whole result {@code g} is (contiguous, all of it), or null. */
   private PendingGemm wholePending(CudaArray g) {
     for (PendingGemm q : pendingGemms) {
-      if (q.out().sharesBufferWith(g)) {
+      if (q.out().sharesBufferWith(g) && q.out().coversBuffer()) { // not a gradient arena's slots
         return g.isContiguous() && g.numel() == q.out().numel() ? q : null;
       }
     }
