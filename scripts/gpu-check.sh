@@ -57,7 +57,8 @@ tr ':' '\n' < "$dest/cp.txt" | while read -r jar; do
 done
 rm -f "$dest/cp.txt"
 cp scripts/reference/attention_bench.py scripts/reference/bench_table.py scripts/reference/train_bench_gpu.py \
-  scripts/reference/train_bench_table.py scripts/reference/ncu_kernels.py "$dest/reference/"
+  scripts/reference/train_bench_table.py scripts/reference/ncu_kernels.py scripts/reference/rounds_table.py \
+  "$dest/reference/"
 cp scripts/run-gpu-checks.sh "$dest/run-gpu-checks.sh"
 
 size=$(du -sb "$dest" | cut -f1)

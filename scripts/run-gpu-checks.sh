@@ -24,6 +24,12 @@
 #                           the same base clocks; both runs also list their GEMM launches in order (--gemms)
 #   KILN_NCU_FLAGS="..."    more ncu flags for both, e.g. "--cache-control none --clock-control none" for kernel times
 #                           as a real step sees them (boost clocks, caches not flushed between kernels)
+#   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
+#                           setting in turn (environment assignments, space-separated within one), KILN_AB_ROUNDS
+#                           rounds (default 2), GEMM choices pinned by one file so that the settings' common GEMMs run
+#                           the same kernels; a table of every run and of each setting's mean (reference/rounds_table.py)
+#   KILN_PEER_ROUNDS=2      Kiln graphed and torch.compile on KILN_PEER_CONFIG (default tinystories) in turn, that many
+#                           rounds, with the SM clock and power sampled by nvidia-smi during each run; the same table
 # The Kiln training benchmark writes its timed GEMM choices to $OUT/gemm-choices.txt (KILN_GEMM_CHOICES) and logs the
 # timings to kiln-train.err; the ncu run of Kiln reads that file, so it profiles the kernels the benchmark ran (timing
 # under ncu would time ncu's overhead).
@@ -61,6 +67,46 @@ if [[ "$torch_modes" != none ]]; then
     --modes "$torch_modes" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 20 --warmup 5 --profile "${KILN_TORCH_PROFILE:-0}" 2> "$out/torch-train.err" | tee "$out/torch-train.jsonl" | cut -c1-300
   tail -3 "$out/torch-train.err"
   if [[ "${KILN_TORCH_PROFILE:-0}" != 0 ]]; then grep -A40 "^=== torch-" "$out/torch-train.err"; fi
+fi
+# One graphed Kiln run (setting "kiln", or environment assignments) or the peer's (setting "torch-compile") of the
+# rounds below: its JSON lines, its clock
+# samples and a line of rounds.tsv for reference/rounds_table.py.
+rounds_run() { # round setting configs tag
+  local jsonl="$out/rounds-$4.jsonl" clk="$out/rounds-$4.clocks.csv" pid=""
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw --format=csv,noheader -lms 100 > "$clk" 2>/dev/null &
+    pid=$!
+  fi
+  echo "=== round $1: $2 ($3)"
+  if [[ "$2" == torch-compile ]]; then
+    PYTHONUNBUFFERED=1 timeout ${KILN_TORCH_TIMEOUT:-300} python3 "$pkg/reference/train_bench_gpu.py" --configs "$3" \
+      --modes compile --clip "${KILN_TORCH_CLIP:-1.0}" --steps 30 --warmup 5 2> "$out/rounds-$4.err" > "$jsonl"
+  else
+    local assign=()
+    [[ "$2" != kiln ]] && read -ra assign <<< "$2"
+    env "${assign[@]}" KILN_GEMM_CHOICES="$out/rounds-gemm-choices.txt" timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" \
+      dev.kiln.cli.KilnCommand bench train --device cuda --configs "$3" --steps 30 --warmup 5 --graphs --python none \
+      2> "$out/rounds-$4.err" > "$jsonl"
+  fi
+  [[ -n "$pid" ]] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
+  cut -c1-200 "$jsonl"
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$jsonl" "$clk" >> "$out/rounds.tsv"
+}
+if [[ -n "${KILN_AB:-}${KILN_PEER_ROUNDS:-}" ]]; then
+  rm -f "$out/rounds.tsv"
+  if [[ -n "${KILN_AB:-}" ]]; then
+    IFS=';' read -ra settings <<< "$KILN_AB"
+    for ((r = 1; r <= ${KILN_AB_ROUNDS:-2}; r++)); do
+      for i in "${!settings[@]}"; do
+        rounds_run "$r" "${settings[$i]}" "${KILN_AB_CONFIGS:-tinystories}" "ab-$r-$i"
+      done
+    done
+  fi
+  for ((r = 1; r <= ${KILN_PEER_ROUNDS:-0}; r++)); do
+    rounds_run "$r" kiln "${KILN_PEER_CONFIG:-tinystories}" "peer-$r-kiln"
+    rounds_run "$r" torch-compile "${KILN_PEER_CONFIG:-tinystories}" "peer-$r-torch"
+  done
+  python3 "$pkg/reference/rounds_table.py" "$out/rounds.tsv" | tee "$out/rounds-table.txt"
 fi
 if [[ "${KILN_NSYS:-0}" == 1 ]] && command -v nsys > /dev/null; then
   echo "=== nsys: kernel time of 3 small steps"
