@@ -11,35 +11,21 @@ RUNS.tsv has one line per run, tab-separated: round, setting (environment assign
 (nvidia-smi samples: timestamp, SM MHz, memory MHz, power W; the samples above 250 W count as under load). A run
 whose file holds no result line shows as "-"; an "error" line shows as "err". Standard library only.
 """
-import json
+import os
 import sys
+
+import train_bench_table  # its JSON-lines reader; the two scripts travel together (gpu-check.sh)
 
 PEER = ("kiln", "torch-compile")  # the settings of KILN_PEER_ROUNDS' runs
 
 
 def results(path):
-    """{config: ms_per_step or "err"} from a JSON-lines file of Kiln's bench or train_bench_gpu.py."""
-    out = {}
-    try:
-        f = open(path, errors="replace")
-    except OSError:
-        return out
-    with f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(obj, dict) or "config" not in obj:
-                continue
-            if "error" in obj:
-                out[obj["config"]] = "err"
-            elif "ms_per_step" in obj:
-                out[obj["config"]] = float(obj["ms_per_step"])
-    return out
+    """{config: ms_per_step, or "err"} from a JSON-lines file of Kiln's bench or train_bench_gpu.py; {} if missing."""
+    if not os.path.exists(path):
+        return {}
+    entries, _ = train_bench_table.read([path])
+    return {config: "err" if "error" in obj else float(obj["ms_per_step"])
+            for (_, config), obj in entries.items() if "error" in obj or "ms_per_step" in obj}
 
 
 def clocks(path):
