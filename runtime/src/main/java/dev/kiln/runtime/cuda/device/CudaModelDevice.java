@@ -1307,13 +1307,13 @@ public final class CudaModelDevice implements Device {
       }
       CudaArray opA = gemmOperand(transA ? x.transpose(-2, -1) : x, temps);
       CudaArray opB = gemmOperand(transB ? y.transpose(-2, -1) : y, temps);
-      if (gradientSlotGemm(z, beta, temps)) {
+      CudaArray memory = gradientSlotMemory(z, beta, temps);
+      if (memory != null) {
         // A weight gradient in a scope's gradient arena: deferred while the next ones continue its rows (the v, k
         // and q projections' come one after another, in that order), so that they run as one GEMM
         // (runGradientGemms). One that does not continue them runs them first: the GEMMs keep their order in the
         // step, each waiting at most until the next weight gradient's GEMM.
         PendingGemm p = new PendingGemm((float) alpha, opA, opB, z);
-        CudaArray memory = gradientArenaMemory(z);
         List<PendingGemm> run = pendingIn(memory);
         if (!run.isEmpty() && !stacksUnder(run.getLast(), p, run.getFirst()) && !stacksUnder(p, run.getFirst(), p)) {
           memory.produce();
@@ -1363,15 +1363,13 @@ public final class CudaModelDevice implements Device {
     return false;
   }
 
-  /** Whether {@code z} is a slot of the innermost scope's gradient arenas that this GEMM may write later. */
-  private boolean gradientSlotGemm(CudaArray z, double beta, List<CudaArray> temps) {
-    return beta == 0 && temps.isEmpty() && z.dtype() == DType.BF16 && z.rank() == 2 && z.isContiguous()
-        && gradientArenaMemory(z) != null;
-  }
-
-  /** The gradient arena of the innermost scope that {@code z} is a view of, or null. */
-  private CudaArray gradientArenaMemory(CudaArray z) {
-    if (scopes.isEmpty()) {
+  /**
+   * The innermost scope's gradient arena of which {@code z} is a slot, where this GEMM (written, not accumulated, its
+   * operands not scratch copies) may write it later; else null.
+   */
+  private CudaArray gradientSlotMemory(CudaArray z, double beta, List<CudaArray> temps) {
+    if (beta != 0 || !temps.isEmpty() || z.dtype() != DType.BF16 || z.rank() != 2 || !z.isContiguous()
+        || scopes.isEmpty()) {
       return null;
     }
     for (GradientArena g : scopes.peek().gradientArenas.values()) {
@@ -1402,8 +1400,9 @@ public final class CudaModelDevice implements Device {
         m += run.get(j).out().shape(0);
         j++;
       }
-      CudaArray a = first.a().strided(new long[] {m, first.a().shape(1)}, first.a().strides(), first.a().offset());
-      if (j - i > 1 && cublasLayout(a)) {
+      CudaArray a = j - i == 1 ? null
+          : first.a().strided(new long[] {m, first.a().shape(1)}, first.a().strides(), first.a().offset());
+      if (a != null && cublasLayout(a)) {
         long n = first.out().shape(1);
         cublas.gemm(first.alpha(), a, first.b(), 0f, memory.strided(new long[] {m, n}, new long[] {n, 1},
             first.out().offset()));
