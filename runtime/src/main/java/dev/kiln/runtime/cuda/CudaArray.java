@@ -348,26 +348,26 @@ public final class CudaArray implements AutoCloseable {
   }
 
   /**
-   * Whether this array and {@code other} may touch a common byte: views of one buffer whose spans (first to last
-   * element, strides taken as non-negative) intersect. Two slots of one allocation laid end to end do not overlap.
+   * Whether this array and {@code other} may touch a common byte: views of one buffer whose spans (lowest to highest
+   * element they reach) intersect. Two slots of one allocation laid end to end do not overlap.
    */
   public boolean overlaps(CudaArray other) {
     if (!sharesBufferWith(other) || numel() == 0 || other.numel() == 0) {
       return false;
     }
-    return byteSpanStart() < other.byteSpanEnd() && other.byteSpanStart() < byteSpanEnd();
+    return byteSpan(false) < other.byteSpan(true) && other.byteSpan(false) < byteSpan(true);
   }
 
-  private long byteSpanStart() {
-    return offset * dtype.byteSize();
-  }
-
-  private long byteSpanEnd() {
-    long last = offset;
+  /** The first byte this array reaches, or ({@code end}) the byte after the last one. */
+  private long byteSpan(boolean end) {
+    long element = offset;
     for (int i = 0; i < shape.length; i++) {
-      last += (shape[i] - 1) * Math.abs(strides[i]);
+      long span = (shape[i] - 1) * strides[i];
+      if (span > 0 == end) {
+        element += span;
+      }
     }
-    return (last + 1) * dtype.byteSize();
+    return (element + (end ? 1 : 0)) * dtype.byteSize();
   }
 
   /**

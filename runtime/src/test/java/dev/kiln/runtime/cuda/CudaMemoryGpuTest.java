@@ -56,6 +56,28 @@ class CudaMemoryGpuTest {
   }
 
   @Test
+  void overlapsTellsSlotsLaidEndToEndFromViewsThatShareBytes() {
+    // CudaEngine leaves a captured step's gradients in place unless two of them overlap: slots of one allocation end
+    // to end (the device's gradient arena) do not; views that share an element do, whatever their strides.
+    CudaDevice dev = GpuTesting.device();
+    try (CudaArray a = CudaArray.empty(dev, DType.BF16, 3 * 64); CudaArray other = CudaArray.empty(dev, DType.BF16, 64)) {
+      long[] shape = {8, 8};
+      long[] strides = NdArray.contiguousStrides(shape);
+      CudaArray s0 = a.strided(shape, strides, 0);
+      CudaArray s1 = a.strided(shape, strides, 64);
+      CudaArray s2 = a.strided(shape, strides, 128);
+      assertTrue(!s0.overlaps(s1) && !s1.overlaps(s0) && !s1.overlaps(s2) && !s0.overlaps(s2), "end to end");
+      assertTrue(s1.overlaps(a.strided(shape, strides, 127)), "one element shared with the next slot's start");
+      assertTrue(s0.overlaps(s0.transpose(0, 1)), "a transposed view of the same bytes");
+      assertTrue(s1.overlaps(a.strided(new long[] {8}, new long[] {9}, 64)), "the diagonal of a slot");
+      CudaArray reversed = a.strided(new long[] {64}, new long[] {-1}, 127); // s1's elements, last first
+      assertTrue(reversed.overlaps(s1) && !reversed.overlaps(s0) && !reversed.overlaps(s2), "a negative stride");
+      assertTrue(!s0.overlaps(other.view(8, 8)), "another allocation");
+      assertTrue(!s0.overlaps(a.strided(new long[] {0, 8}, new long[] {8, 1}, 0)), "an empty view");
+    }
+  }
+
+  @Test
   void viewsDownloadTheirOwnElementsAndPoisonWritesNaN() {
     CudaDevice dev = GpuTesting.device();
     NdArray h = GpuTesting.randn(new Random(2), DType.F32, 1, 6, 9);
