@@ -29,7 +29,9 @@
 #                           rounds (default 2), GEMM choices pinned by one file so that the settings' common GEMMs run
 #                           the same kernels; a table of every run and of each setting's mean (reference/rounds_table.py)
 #   KILN_PEER_ROUNDS=2      Kiln graphed and torch.compile on KILN_PEER_CONFIG (default tinystories) in turn, that many
-#                           rounds, with the SM clock and power sampled by nvidia-smi during each run; the same table
+#                           rounds, with the SM clock, power and clock-event reasons sampled by nvidia-smi during each
+#                           run (a sustained step holds the H200 at its 700 W limit: docs/cuda.md); the same table.
+#                           KILN_ROUNDS_STEPS: timed steps of each round's runs (default 30)
 # The Kiln training benchmark writes its timed GEMM choices to $OUT/gemm-choices.txt (KILN_GEMM_CHOICES) and logs the
 # timings to kiln-train.err; the ncu run of Kiln reads that file, so it profiles the kernels the benchmark ran (timing
 # under ncu would time ncu's overhead).
@@ -74,18 +76,19 @@ fi
 rounds_run() { # round setting configs tag
   local jsonl="$out/rounds-$4.jsonl" clk="$out/rounds-$4.clocks.csv" pid=""
   if command -v nvidia-smi > /dev/null; then
-    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw --format=csv,noheader -lms 100 > "$clk" 2>/dev/null &
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw.instant,clocks_event_reasons.active \
+      --format=csv,noheader -lms 50 > "$clk" 2>/dev/null &
     pid=$!
   fi
   echo "=== round $1: $2 ($3)"
   if [[ "$2" == torch-compile ]]; then
     PYTHONUNBUFFERED=1 timeout ${KILN_TORCH_TIMEOUT:-300} python3 "$pkg/reference/train_bench_gpu.py" --configs "$3" \
-      --modes compile --clip "${KILN_TORCH_CLIP:-1.0}" --steps 30 --warmup 5 2> "$out/rounds-$4.err" > "$jsonl"
+      --modes compile --clip "${KILN_TORCH_CLIP:-1.0}" --steps "${KILN_ROUNDS_STEPS:-30}" --warmup 5 2> "$out/rounds-$4.err" > "$jsonl"
   else
     local assign=()
     [[ "$2" != kiln ]] && read -ra assign <<< "$2"
     env "${assign[@]}" KILN_GEMM_CHOICES="$out/rounds-gemm-choices.txt" timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" \
-      dev.kiln.cli.KilnCommand bench train --device cuda --configs "$3" --steps 30 --warmup 5 --graphs --python none \
+      dev.kiln.cli.KilnCommand bench train --device cuda --configs "$3" --steps "${KILN_ROUNDS_STEPS:-30}" --warmup 5 --graphs --python none \
       2> "$out/rounds-$4.err" > "$jsonl"
   fi
   [[ -n "$pid" ]] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }

@@ -8,7 +8,9 @@ round (the peer's ms over Kiln's).
 
 RUNS.tsv has one line per run, tab-separated: round, setting (environment assignments for an A/B run, "kiln" or
 "torch-compile" for a peer round's two runs), the JSON-lines file the run wrote, and optionally its clock file
-(nvidia-smi samples: timestamp, SM MHz, memory MHz, power W; the samples above 250 W count as under load). A run
+(nvidia-smi samples: timestamp, SM MHz, memory MHz, power W and optionally the active clock-event reasons as a hex
+mask; the samples above 250 W count as under load, and those whose mask has bit 0x4, the software power cap, as
+held to the card's power limit). A run
 whose file holds no result line shows as "-"; an "error" line shows as "err". Standard library only.
 """
 import os
@@ -29,10 +31,11 @@ def results(path):
 
 
 def clocks(path):
-    """'SM <mean> MHz, <mean> W' over the samples drawing more than 250 W (the GPU under load), or ''."""
+    """'SM <mean> MHz, <mean> W' over the samples drawing more than 250 W (the GPU under load), and the share of them
+    held by the power cap where the file has the reasons column; or ''."""
     if not path:
         return ""
-    sm, watts = [], []
+    sm, watts, capped = [], [], []
     try:
         f = open(path, errors="replace")
     except OSError:
@@ -47,9 +50,14 @@ def clocks(path):
             if w > 250:
                 sm.append(s)
                 watts.append(w)
+                try:
+                    capped.append(int(parts[4], 16) & 0x4 != 0)
+                except (IndexError, ValueError):
+                    pass
     if not sm:
         return ""
-    return "SM %.0f MHz, %.0f W (%d samples)" % (sum(sm) / len(sm), sum(watts) / len(watts), len(sm))
+    cap = ", power-capped in %.0f%%" % (100.0 * sum(capped) / len(capped)) if capped else ""
+    return "SM %.0f MHz, %.0f W%s (%d samples)" % (sum(sm) / len(sm), sum(watts) / len(watts), cap, len(sm))
 
 
 def main(argv):

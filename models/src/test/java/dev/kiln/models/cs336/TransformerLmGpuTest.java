@@ -263,6 +263,52 @@ class TransformerLmGpuTest {
   }
 
   @Test
+  void projectionsOfOneInputRunAsOneBatchedGemm() {
+    // In mixed precision, with the parameters' bf16 copies end to end (withBf16Twins, as CudaEngine makes them), the
+    // q, k and v projections of one normed input, and SwiGLU's w1 and w3, are deferred GEMMs that share A with their
+    // weights at one stride: the first read of any of them runs the group as one strided-batched GEMM
+    // (CudaModelDevice.runSiblings). Against the same step with batching off: the forward launches 2 GEMMs a layer
+    // fewer, one more for SwiGLU, the loss within 1e-3 relative and every gradient within 3e-2 relative L2 (the results are
+    // the same dot products rounded to bf16; only cuBLAS's kernel for the batched problem, and so the fp32
+    // summation order, may differ, which moves an occasional element by one bf16 step).
+    CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
+    for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
+      ModelConfig c = config(v);
+      Batch batch = Batch.random(c, 13);
+      Run[] runs = new Run[2];
+      long[] launches = new long[2];
+      for (int i = 1; i >= 0; i--) {
+        dev.batchSiblingGemms(i == 0);
+        try (CudaModelDevice.Scope s = dev.scope()) {
+          CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
+          TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
+          if (c.tiedEmbeddings()) {
+            p = p.withTiedEmbeddings();
+          }
+          List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
+          dev.withBf16Twins(params);
+          Context ctx = new Context();
+          long before = dev.launches();
+          double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
+              dev.fromHost(batch.targets())))[0];
+          launches[i] = dev.launches() - before;
+          TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
+          Map<String, double[]> grads = new LinkedHashMap<>();
+          m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
+          runs[i] = new Run(loss, grads);
+          params.forEach(dev::release);
+        }
+      }
+      dev.batchSiblingGemms(true);
+      // Under QK-norm the q and k projections stay fp32 for their norms, so they run as they come (not deferred).
+      long perLayer = (c.qkNorm() ? 0 : 2) + (c.ffn() == ModelConfig.Ffn.SWIGLU ? 1 : 0);
+      assertEquals(perLayer * c.numLayers(), launches[1] - launches[0], v.name() + ": forward launches saved");
+      assertEquals(runs[1].loss(), runs[0].loss(), 1e-3 * Math.abs(runs[1].loss()), v.name() + ": loss");
+      assertGradientsClose(v.name() + " batched projections", runs[1], runs[0], 3e-2);
+    }
+  }
+
+  @Test
   void gemmOnlyOutputsStoredInBf16ChangeNoBit() {
     // In mixed precision the outputs only GEMMs read (the FFN's activation product, the gradients entering W1 and
     // W3) are written as bf16 by their kernels; stored in fp32 and cast instead, the GEMMs read the same bf16

@@ -4,6 +4,7 @@ import dev.kiln.dsl.DType;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Storage;
 import java.util.Arrays;
+import java.util.List;
 import jcuda.driver.JCudaDriver;
 
 /**
@@ -42,6 +43,40 @@ public final class CudaArray implements AutoCloseable {
     long n = NdArray.numel(shape);
     DeviceBuffer b = device.allocator().allocate(Math.multiplyExact(n, dtype.byteSize()), stream);
     return new CudaArray(device, b, true, dtype, shape.clone(), NdArray.contiguousStrides(shape), 0);
+  }
+
+  /** Slots of {@link #relocateEndToEnd} start on multiples of this many bytes, as the allocator's blocks do. */
+  public static final long SLOT_ALIGNMENT = 256;
+
+  /**
+   * Moves the memory of {@code arrays} (each the whole of a buffer whose address nobody has been given yet, as a
+   * GEMM's deferred result is; all of one dtype and shape) into one new allocation, the i-th at {@code i} slots, a
+   * slot being an array's bytes rounded up to {@value #SLOT_ALIGNMENT}, and returns a view {@code [k, shape...]} over
+   * the k slots. The arrays keep their identities; the allocation lives while any of their buffers does
+   * ({@link DeviceBuffer#moveInto}), and the view, which owns nothing, is for work queued while they do.
+   */
+  public static CudaArray relocateEndToEnd(List<CudaArray> arrays) {
+    CudaArray first = arrays.getFirst();
+    for (CudaArray a : arrays) {
+      if (!a.coversBuffer() || a.dtype != first.dtype || !Arrays.equals(a.shape, first.shape)
+          || a.device != first.device || a.buffer.stream() != first.buffer.stream()) {
+        throw new IllegalArgumentException("relocateEndToEnd takes whole buffers of one dtype and shape on one stream;"
+            + " got " + a + " beside " + first);
+      }
+    }
+    long slot = (first.byteSize() + SLOT_ALIGNMENT - 1) / SLOT_ALIGNMENT * SLOT_ALIGNMENT;
+    DeviceBuffer host = first.device.allocator().allocate(Math.multiplyExact(slot, arrays.size()),
+        first.buffer.stream());
+    for (int i = 0; i < arrays.size(); i++) {
+      arrays.get(i).buffer.moveInto(host, i * slot);
+    }
+    long[] s = new long[first.rank() + 1];
+    long[] st = new long[s.length];
+    s[0] = arrays.size();
+    st[0] = slot / first.dtype.byteSize();
+    System.arraycopy(first.shape, 0, s, 1, first.rank());
+    System.arraycopy(first.strides, 0, st, 1, first.rank());
+    return new CudaArray(first.device, host, false, first.dtype, s, st, 0);
   }
 
   /** A new zero-filled contiguous array. */
@@ -107,37 +142,46 @@ public final class CudaArray implements AutoCloseable {
    * runs, so an element the kernel forgot to write cannot pass for a right answer.
    */
   public CudaArray poison() {
+    // The poison is moot once anything writes the whole buffer, so it leaves the memory free to move
+    // (DeviceBuffer.moveInto): a deferred GEMM's result, poisoned when allocated, may still join its siblings'.
     switch (dtype) {
-      case F32 -> fillBits(0x7FC00000);
-      case BF16 -> fill16((short) 0x7FC0);
-      case F16 -> fill16((short) 0x7E00);
-      case F64 -> fillBits(0x7FF80000); // each 8-byte element reads 0x7FF800007FF80000: a NaN
-      default -> fillBits(0xFFFFFFFF);
+      case F32 -> fillBits(0x7FC00000, true);
+      case BF16 -> fill16((short) 0x7FC0, true);
+      case F16 -> fill16((short) 0x7E00, true);
+      case F64 -> fillBits(0x7FF80000, true); // each 8-byte element reads 0x7FF800007FF80000: a NaN
+      default -> fillBits(0xFFFFFFFF, true);
     }
     return this;
   }
 
   private void fillBits(int pattern) {
+    fillBits(pattern, false);
+  }
+
+  private void fillBits(int pattern, boolean moot) {
     requireContiguous("fill");
     long bytes = byteSize();
     if (bytes % 4 != 0) {
-      fill16((short) pattern);
+      fill16((short) pattern, moot);
       return;
     }
     device.makeCurrent();
     CudaException.check(
-        JCudaDriver.cuMemsetD32Async(buffer.at(offset * dtype.byteSize()), pattern, bytes / 4,
-            device.defaultStream().handle()),
+        JCudaDriver.cuMemsetD32Async(fillPointer(moot), pattern, bytes / 4, device.defaultStream().handle()),
         "cuMemsetD32Async");
   }
 
-  private void fill16(short pattern) {
+  private void fill16(short pattern, boolean moot) {
     requireContiguous("fill");
     device.makeCurrent();
     CudaException.check(
-        JCudaDriver.cuMemsetD16Async(buffer.at(offset * dtype.byteSize()), pattern, byteSize() / 2,
-            device.defaultStream().handle()),
+        JCudaDriver.cuMemsetD16Async(fillPointer(moot), pattern, byteSize() / 2, device.defaultStream().handle()),
         "cuMemsetD16Async");
+  }
+
+  private jcuda.driver.CUdeviceptr fillPointer(boolean moot) {
+    long bytes = offset * dtype.byteSize();
+    return moot ? buffer.atUnpinned(bytes) : buffer.at(bytes);
   }
 
   // ---------------------------------------------------------------- metadata
@@ -396,6 +440,11 @@ public final class CudaArray implements AutoCloseable {
   /** Whether this array is the whole of its buffer, laid out contiguously from its first byte. */
   public boolean coversBuffer() {
     return offset == 0 && isContiguous() && byteSize() == buffer.requestedBytes();
+  }
+
+  /** Whether {@link #relocateEndToEnd} may move this array's memory ({@link DeviceBuffer#movable}). */
+  public boolean movable() {
+    return buffer.movable();
   }
 
   /** The buffer's identity (equal for every view of one allocation), for caches keyed by memory. */

@@ -5,7 +5,7 @@ import jcuda.driver.CUdeviceptr;
 /** A block of device memory from the {@link CachingAllocator}; closing returns it to the cache. */
 public final class DeviceBuffer implements AutoCloseable {
   private final CachingAllocator allocator;
-  private final DevicePointer pointer;
+  private DevicePointer pointer;
   private final long size;
   private final long requested;
   private final CudaStream stream;
@@ -15,6 +15,12 @@ public final class DeviceBuffer implements AutoCloseable {
    * {@link #at}, so no kernel or copy can see the memory before it.
    */
   private Runnable producer;
+  /** Whether anyone has been given the address ({@link #address}, {@link #at}): the memory may then not move. */
+  private boolean addressGiven;
+  /** Set by {@link #moveInto}: the memory is a slot of {@code host}, which this buffer holds a share of. */
+  private DeviceBuffer host;
+  /** For a host of moved buffers: how many still hold a share; the last to close closes the host. */
+  private int shares;
 
   DeviceBuffer(CachingAllocator allocator, DevicePointer pointer, long size, long requested, CudaStream stream) {
     this.allocator = allocator;
@@ -28,7 +34,32 @@ public final class DeviceBuffer implements AutoCloseable {
   public long address() {
     checkOpen();
     produce();
+    addressGiven = true;
     return pointer.address();
+  }
+
+  /**
+   * Moves this buffer, whose address nobody has been given yet, into the bytes of {@code host} from
+   * {@code byteOffset} on, and returns the memory it had to the cache. Why: a GEMM deferred to its first reader can
+   * find, when it runs, siblings that share its operand and whose results should lie at one stride in one allocation
+   * (the q, k and v projections: one batched GEMM), though each result was allocated on its own. The buffer then
+   * holds a share of {@code host}, which closes with the last of its shares; its identity, size and producer
+   * stay as they were. Every slot must be moved in before any share is given back.
+   */
+  public void moveInto(DeviceBuffer host, long byteOffset) {
+    checkOpen();
+    host.checkOpen();
+    if (!movable()) {
+      throw new IllegalStateException("device buffer of " + requested + " bytes: its memory is in use and cannot move");
+    }
+    if (byteOffset < 0 || byteOffset + requested > host.requested || host.host != null) {
+      throw new IllegalArgumentException("device buffer of " + requested + " bytes does not fit at " + byteOffset
+          + " in a buffer of " + host.requested);
+    }
+    allocator.release(this);
+    pointer = new DevicePointer(host.pointer, byteOffset);
+    this.host = host;
+    host.shares++;
   }
 
   /**
@@ -72,6 +103,23 @@ public final class DeviceBuffer implements AutoCloseable {
   CUdeviceptr at(long offset) {
     checkOpen();
     produce();
+    addressGiven = true;
+    return offset == 0 ? pointer : pointer.withByteOffset(offset);
+  }
+
+  /** Whether {@link #moveInto} may move this buffer: open, nobody given its address, not moved already. */
+  public boolean movable() {
+    return !closed && !addressGiven && host == null;
+  }
+
+  /**
+   * {@link #at} for work that the buffer's next whole write makes moot (a test's poison fill): it leaves the memory
+   * free to {@link #moveInto move}. Stream order keeps that safe, in a captured graph too: the work was queued before
+   * the memory went back to the cache, so it lands before any later user of that memory writes it.
+   */
+  CUdeviceptr atUnpinned(long offset) {
+    checkOpen();
+    produce();
     return offset == 0 ? pointer : pointer.withByteOffset(offset);
   }
 
@@ -104,7 +152,11 @@ public final class DeviceBuffer implements AutoCloseable {
     if (!closed) {
       closed = true;
       producer = null; // nobody can see the memory any more
-      allocator.release(this);
+      if (host == null) {
+        allocator.release(this);
+      } else if (--host.shares == 0) {
+        host.close();
+      }
     }
   }
 }

@@ -8,6 +8,13 @@ import jcuda.driver.CUstream;
  * through FFM (their JCuda bindings do not load on CUDA 13, see docs/cuda.md) and need plain addresses.
  */
 final class DevicePointer extends CUdeviceptr {
+  DevicePointer() {}
+
+  /** {@code byteOffset} bytes into {@code base}'s memory (a slot of another buffer, {@link DeviceBuffer#moveInto}). */
+  DevicePointer(DevicePointer base, long byteOffset) {
+    super(base, byteOffset);
+  }
+
   /** The device address this pointer holds. */
   long address() {
     return getNativePointer() + getByteOffset();

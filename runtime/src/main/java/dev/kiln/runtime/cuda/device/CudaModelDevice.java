@@ -184,6 +184,13 @@ public final class CudaModelDevice implements Device {
   private boolean fuseGemmAdds = !"0".equals(System.getenv("KILN_GEMM_ADD_FUSION"));
   private boolean stackGemms = !"0".equals(System.getenv("KILN_GEMM_STACKING"));
   private boolean useGradientArenas = !"0".equals(System.getenv("KILN_GRADIENT_ARENA"));
+  private boolean batchSiblingGemms = !"0".equals(System.getenv("KILN_SIBLING_GEMMS"));
+  /**
+   * Deferred GEMMs that run as one strided-batched GEMM ({@link #runSiblings}), by member: consecutive ones reading
+   * the same {@code A} with {@code B}s at one stride in one buffer (the q, k and v projections of one input, whose
+   * bf16 weights lie end to end; the FFN's {@code w1} and {@code w3}, {@code w2} between them).
+   */
+  private final Map<PendingGemm, List<PendingGemm>> siblings = new IdentityHashMap<>();
 
   /**
    * Generated kernels whose twin output ({@code Kernel.twinOutput}: a norm backward's input gradient) was seen cast
@@ -1326,8 +1333,20 @@ public final class CudaModelDevice implements Device {
       }
       if (deferrable(z, beta, temps)) {
         PendingGemm p = new PendingGemm((float) alpha, opA, opB, z);
+        List<PendingGemm> group = siblingGroupFor(p);
         pendingGemms.add(p);
-        z.deferProducer(() -> runPending(p));
+        if (group == null) {
+          z.deferProducer(() -> runPending(p));
+        } else {
+          if (group.size() == 1) {
+            PendingGemm first = group.getFirst();
+            first.out().dropProducer();
+            first.out().deferProducer(() -> runSiblings(group));
+          }
+          group.add(p);
+          siblings.put(p, group);
+          z.deferProducer(() -> runSiblings(group));
+        }
         return;
       }
       cublas.gemm((float) alpha, opA, opB, (float) beta, z);
@@ -1462,6 +1481,81 @@ public final class CudaModelDevice implements Device {
     return rowMajor || colMajor;
   }
 
+  /**
+   * The group {@code p} joins as the next of a strided batch ({@link #siblings}), or null: the GEMM deferred just
+   * before it has the same alpha and the same {@code A} (buffer, offset, shape, strides), a {@code B} laid out alike
+   * in the same buffer, {@code p}'s minus its offset one stride on (the first two set the stride), and an output of
+   * the same shape, each output the whole of a buffer that nothing has touched. A group of one is made and returned
+   * for the first pair; the caller adds {@code p}.
+   */
+  private List<PendingGemm> siblingGroupFor(PendingGemm p) {
+    if (!batchSiblingGemms || pendingGemms.isEmpty()) {
+      return null;
+    }
+    PendingGemm last = pendingGemms.getLast();
+    CudaArray a = p.a(), la = last.a(), b = p.b(), lb = last.b();
+    boolean fits = last.alpha() == p.alpha() && last.out().coversBuffer() && last.out().producerPending()
+        && Arrays.equals(last.out().shape(), p.out().shape()) && last.out().dtype() == p.out().dtype()
+        && a.sharesBufferWith(la) && a.offset() == la.offset() && Arrays.equals(a.shape(), la.shape())
+        && Arrays.equals(a.strides(), la.strides()) && a.dtype() == la.dtype()
+        && b.sharesBufferWith(lb) && Arrays.equals(b.shape(), lb.shape()) && Arrays.equals(b.strides(), lb.strides())
+        && b.dtype() == lb.dtype() && b.rank() == 2 && a.rank() == 2;
+    if (!fits) {
+      return null;
+    }
+    List<PendingGemm> group = siblings.get(last);
+    long stride = b.offset() - lb.offset();
+    if (group == null) {
+      return stride > 0 ? new ArrayList<>(List.of(last)) : null;
+    }
+    return stride == lb.offset() - group.get(group.size() - 2).b().offset() ? group : null;
+  }
+
+  /**
+   * Runs a group of sibling GEMMs ({@link #siblings}) that are still deferred as one strided-batched GEMM: their
+   * results are first moved end to end into one allocation ({@link CudaArray#relocateEndToEnd}; nothing has been
+   * given their addresses), {@code A} is read with batch stride 0 and the {@code B}s at their stride. Each result
+   * element is the same dot product as alone; only cuBLAS's choice of kernel for the batched problem may change its
+   * summation order. What the group's first reader asked for runs with the rest; members a scope's end dropped
+   * are left out. Should a member's memory be in use already, each GEMM runs on its own.
+   */
+  private void runSiblings(List<PendingGemm> group) {
+    List<PendingGemm> live = new ArrayList<>();
+    for (PendingGemm g : group) {
+      siblings.remove(g);
+      if (pendingGemms.remove(g)) {
+        g.out().dropProducer(); // the one being produced has none left; the others must not run on their own
+        live.add(g);
+      }
+    }
+    if (live.size() == 1 || !live.stream().allMatch(g -> g.out().movable())) {
+      for (PendingGemm g : live) { // a member's memory already in use: each GEMM on its own
+        cublas.gemm(g.alpha(), g.a(), g.b(), 0f, g.out());
+        launches++;
+        mark("gemm (deferred to its first reader)");
+      }
+      return;
+    }
+    List<CudaArray> outs = new ArrayList<>();
+    live.forEach(g -> outs.add(g.out()));
+    CudaArray c = CudaArray.relocateEndToEnd(outs);
+    CudaArray b0 = live.getFirst().b();
+    long stride = live.get(1).b().offset() - b0.offset();
+    CudaArray b = b0.strided(new long[] {live.size(), b0.shape(0), b0.shape(1)},
+        new long[] {stride, b0.stride(0), b0.stride(1)}, b0.offset());
+    cublas.gemm(live.getFirst().alpha(), live.getFirst().a(), b, 0f, c);
+    launches++;
+    mark("gemm, strided batch of " + live.size() + " sharing A");
+  }
+
+  /**
+   * Turns running consecutive deferred GEMMs that share {@code A} as one strided-batched GEMM ({@link #siblings})
+   * off or on; on by default, or as {@code KILN_SIBLING_GEMMS=0} says.
+   */
+  public void batchSiblingGemms(boolean on) {
+    batchSiblingGemms = on;
+  }
+
   private void runPending(PendingGemm p) {
     pendingGemms.remove(p);
     cublas.gemm(p.alpha(), p.a(), p.b(), 0f, p.out());
@@ -1498,6 +1592,7 @@ public final class CudaModelDevice implements Device {
       if (buffers.contains(p.out().bufferIdentity())) {
         p.out().dropProducer();
         pendingGemms.remove(p);
+        siblings.remove(p);
       }
     }
     deferredRopes.values().removeIf(r -> {

@@ -710,6 +710,75 @@ class CudaModelDeviceGpuTest {
     }
   }
 
+  @Test
+  void projectionsOfOneInputRunAsOneStridedBatchedGemm() {
+    // The q, k and v projections of one input (bf16 twins end to end), and the FFN's w1 and w3 (w2 between their
+    // twins): each GEMM waits for its first reader, and the first read runs the group as one strided-batched GEMM
+    // after moving the results end to end into one allocation. Against the CPU on the same bf16-rounded operands,
+    // within 1e-2 of the largest magnitude: the results are rounded to bf16 (2^-9 relative); the fp32 sums over
+    // 40 terms differ far less.
+    int n = 96;
+    int d = 40;
+    int f = 72;
+    NdArray[] wh = {randn(d, d), randn(d, d), randn(d, d), randn(f, d), randn(d, f), randn(f, d)};
+    Tensor[] w = new Tensor[wh.length];
+    for (int i = 0; i < w.length; i++) {
+      w[i] = gpuBf16.fromHost(wh[i]);
+    }
+    gpuBf16.withBf16Twins(List.of(w));
+    NdArray xh = randn(n, d).to(DType.BF16).to(DType.F32);
+    try (CudaModelDevice.Scope s = gpuBf16.scope()) { // cuBLAS's workspace and plans, made once, before counting
+      Tensor y = gpuBf16.emptyGemmResult(DType.F32, n, d);
+      gpuBf16.gemm(gpuBf16.cast(gpuBf16.fromHost(xh), DType.BF16), false, w[0], true, y, 1, 0);
+      gpuBf16.toHost(y);
+    }
+    long inUse = gpuBf16.gpu().allocator().stats().bytesInUse();
+    for (boolean on : new boolean[] {true, false}) {
+      gpuBf16.batchSiblingGemms(on);
+      try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+        Tensor x = gpuBf16.cast(gpuBf16.fromHost(xh), DType.BF16);
+        long before = gpuBf16.launches();
+        Tensor[] y = new Tensor[w.length];
+        for (int i : new int[] {0, 1, 2, 3, 5}) {
+          y[i] = gpuBf16.emptyGemmResult(DType.F32, n, wh[i].shape()[0]);
+          gpuBf16.gemm(x, false, w[i], true, y[i], 1, 0);
+        }
+        assertEquals(0, gpuBf16.launches() - before, "the GEMMs wait for their first reader");
+        for (int i : new int[] {1, 0, 2, 5, 3}) { // k read first: its group runs whole
+          Tensor ref = cpu.empty(DType.F32, n, wh[i].shape()[0]);
+          cpu.gemm(xh, false, wh[i].to(DType.BF16).to(DType.F32), true, ref, 1, 0);
+          check("projection " + i + (on ? "" : ", batching off"), ref, y[i], gpuBf16, 1e-2);
+        }
+        assertEquals(on ? 2 : 5, gpuBf16.launches() - before, "q, k, v as one GEMM, w1 and w3 as another");
+        if (on) {
+          long q = ((CudaTensor) y[0]).array().address();
+          long slot = ((CudaTensor) y[1]).array().address() - q;
+          assertEquals(2 * slot, ((CudaTensor) y[2]).array().address() - q, "q, k and v at one stride");
+          assertTrue(slot >= (long) n * d * 2, "slots do not overlap");
+        }
+        // A group nobody reads is dropped with its scope; one whose A changes between calls is no group.
+        Tensor[] unread = new Tensor[3];
+        for (int i = 0; i < 3; i++) {
+          unread[i] = gpuBf16.emptyGemmResult(DType.F32, n, d);
+          gpuBf16.gemm(x, false, w[i], true, unread[i], 1, 0);
+        }
+        Tensor other = gpuBf16.cast(gpuBf16.fromHost(randn(n, d)), DType.BF16);
+        Tensor[] split = {gpuBf16.emptyGemmResult(DType.F32, n, d), gpuBf16.emptyGemmResult(DType.F32, n, d)};
+        gpuBf16.gemm(x, false, w[0], true, split[0], 1, 0);
+        gpuBf16.gemm(other, false, w[1], true, split[1], 1, 0);
+        before = gpuBf16.launches();
+        gpuBf16.toHost(split[1]);
+        gpuBf16.toHost(split[0]);
+        assertEquals(2, gpuBf16.launches() - before, "two inputs, two GEMMs");
+      }
+      assertEquals(inUse, gpuBf16.gpu().allocator().stats().bytesInUse(), "the scope's memory, moved or not, is back");
+    }
+    gpuBf16.batchSiblingGemms(true);
+    for (Tensor t : w) {
+      gpuBf16.release(t);
+    }
+  }
+
   private void check(String what, Tensor ref, Tensor got, CudaModelDevice dev, double tol) {
     double[] r = d(ref, cpu);
     GpuTesting.assertClose(what, r, GpuTesting.doubles(dev.toHost(got)), 0, tol * GpuTesting.maxAbs(r));
