@@ -154,6 +154,41 @@ class TransformerLmGpuTest {
     assertTrue(moved, "no variant's loss changed: were the GEMM results stored in bf16 at all?");
   }
 
+  /** A step's loss and gradients, the launches of its forward and of its backward, and the backward's profile. */
+  private record TwinnedStep(Run run, long forwardLaunches, long backwardLaunches, String backwardProfile) {}
+
+  /**
+   * One step of {@code c} on {@code batch} in a scope of its own, with the parameters' bf16 copies end to end in one
+   * allocation as {@code CudaEngine} lays them out ({@code withBf16Twins}). The forward's launches are counted once
+   * the loss is downloaded, the backward's once every gradient is: GEMMs wait for their first reader.
+   */
+  private static TwinnedStep twinnedStep(CudaModelDevice dev, ModelConfig c, Batch batch) {
+    try (CudaModelDevice.Scope s = dev.scope()) {
+      CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
+      TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
+      if (c.tiedEmbeddings()) {
+        p = p.withTiedEmbeddings();
+      }
+      List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
+      dev.withBf16Twins(params);
+      Context ctx = new Context();
+      long before = dev.launches();
+      double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
+          dev.fromHost(batch.targets())))[0];
+      long forward = dev.launches() - before;
+      before = dev.launches();
+      dev.profile(true);
+      TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
+      Map<String, double[]> grads = new LinkedHashMap<>();
+      m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
+      long backward = dev.launches() - before;
+      String report = dev.profileReport();
+      dev.profile(false);
+      params.forEach(dev::release);
+      return new TwinnedStep(new Run(loss, grads), forward, backward, report);
+    }
+  }
+
   /** One step of {@code c} on {@code batch} with a device setting on, then off; the setting is left on. */
   private static Run[] onAndOff(CudaModelDevice dev, ModelConfig c, Batch batch,
       java.util.function.Consumer<Boolean> setting) {
@@ -224,29 +259,10 @@ class TransformerLmGpuTest {
         String[] reports = new String[3];
         for (int i = 2; i >= 0; i--) {
           dev.stackGemms(i != 1);
-          try (CudaModelDevice.Scope s = dev.scope()) {
-            CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
-            TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
-            if (c.tiedEmbeddings()) {
-              p = p.withTiedEmbeddings();
-            }
-            List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
-            dev.withBf16Twins(params);
-            Context ctx = new Context();
-            double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
-                dev.fromHost(batch.targets())))[0];
-            long before = dev.launches();
-            dev.profile(true);
-            TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
-            // Counted once every gradient is downloaded: weight gradients' GEMMs wait for their first reader.
-            Map<String, double[]> grads = new LinkedHashMap<>();
-            m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
-            launches[i] = dev.launches() - before;
-            reports[i] = dev.profileReport();
-            dev.profile(false);
-            runs[i] = new Run(loss, grads);
-            params.forEach(dev::release);
-          }
+          TwinnedStep step = twinnedStep(dev, c, batch);
+          launches[i] = step.backwardLaunches();
+          reports[i] = step.backwardProfile();
+          runs[i] = step.run();
         }
         dev.stackGemms(true);
         String what = v.name() + ", heads of " + c.dModel() / c.numHeads();
@@ -279,25 +295,9 @@ class TransformerLmGpuTest {
       long[] launches = new long[2];
       for (int i = 1; i >= 0; i--) {
         dev.batchSiblingGemms(i == 0);
-        try (CudaModelDevice.Scope s = dev.scope()) {
-          CompiledTransformerLm m = new CompiledTransformerLm(dev, DType.F32);
-          TransformerLm p = m.init(Config.of(LmModule.moduleConfig(c)), 7);
-          if (c.tiedEmbeddings()) {
-            p = p.withTiedEmbeddings();
-          }
-          List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
-          dev.withBf16Twins(params);
-          Context ctx = new Context();
-          long before = dev.launches();
-          double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
-              dev.fromHost(batch.targets())))[0];
-          launches[i] = dev.launches() - before;
-          TransformerLm g = m.lossBackward(ctx, p, dev.full(DType.F32, 1, new long[0])).params();
-          Map<String, double[]> grads = new LinkedHashMap<>();
-          m.stateDict(g).forEach((k, t) -> grads.put(k, dev.download(t)));
-          runs[i] = new Run(loss, grads);
-          params.forEach(dev::release);
-        }
+        TwinnedStep step = twinnedStep(dev, c, batch);
+        launches[i] = step.forwardLaunches();
+        runs[i] = step.run();
       }
       dev.batchSiblingGemms(true);
       // Under QK-norm the q and k projections stay fp32 for their norms, so they run as they come (not deferred).

@@ -95,10 +95,14 @@ public final class CachingAllocator {
   }
 
   synchronized void release(DeviceBuffer buffer) {
-    inUse -= buffer.size();
-    cached += buffer.size();
-    free.computeIfAbsent(new Key(buffer.size(), buffer.stream().rawHandle()), k -> new ArrayDeque<>())
-        .push(buffer.pointer());
+    release(buffer.pointer(), buffer.size(), buffer.stream());
+  }
+
+  /** Returns a block of {@code size} (its size class) allocated for {@code stream} to the cache. */
+  synchronized void release(DevicePointer pointer, long size, CudaStream stream) {
+    inUse -= size;
+    cached += size;
+    free.computeIfAbsent(new Key(size, stream.rawHandle()), k -> new ArrayDeque<>()).push(pointer);
   }
 
   /** Gives every cached block back to the driver (waits for the device first). */

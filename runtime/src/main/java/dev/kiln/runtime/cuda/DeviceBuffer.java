@@ -17,8 +17,12 @@ public final class DeviceBuffer implements AutoCloseable {
   private Runnable producer;
   /** Whether anyone has been given the address ({@link #address}, {@link #at}): the memory may then not move. */
   private boolean addressGiven;
+  /** Whether moot work (a poison fill, {@link #atUnpinned}) was given the address. */
+  private boolean mootWorkQueued;
   /** Set by {@link #moveInto}: the memory is a slot of {@code host}, which this buffer holds a share of. */
   private DeviceBuffer host;
+  /** The memory a move left, where moot work still writes it: kept until the buffer closes. */
+  private DevicePointer left;
   /** For a host of moved buffers: how many still hold a share; the last to close closes the host. */
   private int shares;
 
@@ -40,7 +44,8 @@ public final class DeviceBuffer implements AutoCloseable {
 
   /**
    * Moves this buffer, whose address nobody has been given yet, into the bytes of {@code host} from
-   * {@code byteOffset} on, and returns the memory it had to the cache. Why: a GEMM deferred to its first reader can
+   * {@code byteOffset} on, and returns the memory it had to the cache (at its close instead, where moot work was
+   * queued on that memory: {@link #atUnpinned}). Why: a GEMM deferred to its first reader can
    * find, when it runs, siblings that share its operand and whose results should lie at one stride in one allocation
    * (the q, k and v projections: one batched GEMM), though each result was allocated on its own. The buffer then
    * holds a share of {@code host}, which closes with the last of its shares; its identity, size and producer
@@ -56,7 +61,12 @@ public final class DeviceBuffer implements AutoCloseable {
       throw new IllegalArgumentException("device buffer of " + requested + " bytes does not fit at " + byteOffset
           + " in a buffer of " + host.requested);
     }
-    allocator.release(this);
+    if (mootWorkQueued) {
+      // A captured graph replays that work on this memory: it must not go to anyone else while the buffer lives.
+      left = pointer;
+    } else {
+      allocator.release(this);
+    }
     pointer = new DevicePointer(host.pointer, byteOffset);
     this.host = host;
     host.shares++;
@@ -114,12 +124,13 @@ public final class DeviceBuffer implements AutoCloseable {
 
   /**
    * {@link #at} for work that the buffer's next whole write makes moot (a test's poison fill): it leaves the memory
-   * free to {@link #moveInto move}. Stream order keeps that safe, in a captured graph too: the work was queued before
-   * the memory went back to the cache, so it lands before any later user of that memory writes it.
+   * free to {@link #moveInto move}. The memory it leaves stays reserved until the buffer closes, because a captured
+   * graph would replay the work on it.
    */
   CUdeviceptr atUnpinned(long offset) {
     checkOpen();
     produce();
+    mootWorkQueued = true;
     return offset == 0 ? pointer : pointer.withByteOffset(offset);
   }
 
@@ -154,7 +165,12 @@ public final class DeviceBuffer implements AutoCloseable {
       producer = null; // nobody can see the memory any more
       if (host == null) {
         allocator.release(this);
-      } else if (--host.shares == 0) {
+        return;
+      }
+      if (left != null) {
+        allocator.release(left, size, stream);
+      }
+      if (--host.shares == 0) {
         host.close();
       }
     }
