@@ -31,7 +31,10 @@ import java.util.SplittableRandom;
  *       ({@code api=lt_f32out}), as the mixed-precision training step writes its GEMM outputs.
  * </ul>
  *
- * Output lines: {@code BENCH attn d=.. n=.. b=.. h=.. fwd_ms=.. fwdbwd_ms=.. tflops=..} and
+ * {@code graph} and {@code power} time what a CUDA graph's kernel node costs and the clock and power each kind of kernel
+ * holds when sustained (see their methods).
+ *
+ * <p>Output lines: {@code BENCH attn d=.. n=.. b=.. h=.. fwd_ms=.. fwdbwd_ms=.. tflops=..} and
  * {@code BENCH gemm shape=MxNxK api=lt|gemmex|lt_f32out ms=.. tflops=..}; times are the mean over the timed repetitions after
  * warm-up.
  */
@@ -44,10 +47,14 @@ public final class CudaBenchmark {
   public static void main(String[] args) {
     CudaDevice dev = CudaDevice.first();
     System.out.println("device " + dev);
-    // Arguments: the attention repetitions (default 10), "gemm" for the GEMMs alone, or "graph" for the cost of a
-    // CUDA graph's kernel nodes alone.
+    // Arguments: the attention repetitions (default 10), "gemm" for the GEMMs alone, "graph" for the cost of a
+    // CUDA graph's kernel nodes alone, or "power" for the clock and power each kind of kernel holds when sustained.
     if (args.length > 0 && args[0].equals("graph")) {
       graphNodes(dev);
+      return;
+    }
+    if (args.length > 0 && args[0].equals("power")) {
+      power(dev);
       return;
     }
     boolean gemmOnly = args.length > 0 && args[0].equals("gemm");
@@ -110,6 +117,124 @@ public final class CudaBenchmark {
   }
 
   private static final int GRAPH_NODES = 160;
+
+  /**
+   * The clock and power at which three kinds of kernel run when each runs alone for 2 s, after 0.5 s for the card's
+   * power controller to settle: TinyStories' attention (heads of 32 over 256 rows, forward and backward, the
+   * whole-head kernels), its LM head's GEMM (32768 × 10000 × 512, bf16) and a memory-bound stream (a 2²⁸-element
+   * fp32 → bf16 cast). A training step holds the H200 at its 700 W limit (docs/cuda.md, "Power"); how close each kind
+   * comes to the limit on its own tells what a step gains from shortening it: work done at low power costs the step
+   * less energy than its time. {@code nvidia-smi} samples the SM clock, the instantaneous power and the clock-event
+   * reasons every 50 ms. Lines: {@code BENCH power kind=.. ms=.. sm_mhz=.. of_max=.. watts=.. capped=..} (the mean
+   * time an iteration; the clock as a share of the card's maximum; the share of samples the power cap held).
+   */
+  private static void power(CudaDevice dev) {
+    CudaStream stream = dev.defaultStream();
+    long numel = TOKENS * WIDTH;
+    long d = 32, n = 256, b = TOKENS / n, h = WIDTH / d;
+    long m = 32768, cols = 10000, k = 512;
+    long stream28 = 1L << 28;
+    try (CudaArray q = CudaArray.fromHost(dev, uniformBf16(numel, 1));
+        CudaArray kk = CudaArray.fromHost(dev, uniformBf16(numel, 2));
+        CudaArray v = CudaArray.fromHost(dev, uniformBf16(numel, 3));
+        CudaArray g = CudaArray.fromHost(dev, uniformBf16(numel, 4));
+        CudaArray out = CudaArray.empty(dev, DType.BF16, b, h, n, d);
+        CudaArray dq = CudaArray.empty(dev, DType.BF16, b, h, n, d);
+        CudaArray dk = CudaArray.empty(dev, DType.BF16, b, h, n, d);
+        CudaArray dv = CudaArray.empty(dev, DType.BF16, b, h, n, d);
+        CudaArray lse = CudaArray.empty(dev, DType.F32, b, h, n);
+        CudaArray a = CudaArray.fromHost(dev, uniformBf16(m * k, 5));
+        CudaArray w = CudaArray.fromHost(dev, uniformBf16(cols * k, 6));
+        CudaArray logits = CudaArray.empty(dev, DType.BF16, m, cols);
+        CudaArray src = CudaArray.zeros(dev, DType.F32, stream28);
+        CudaArray dst = CudaArray.empty(dev, DType.BF16, stream28);
+        Cublas blas = new Cublas(stream, Cublas.GemmApi.LT)) {
+      FlashAttention fa = new FlashAttention(stream);
+      CudaArray vq = q.view(b, h, n, d), vk = kk.view(b, h, n, d), vv = v.view(b, h, n, d), vg = g.view(b, h, n, d);
+      float scale = (float) (1 / Math.sqrt(d));
+      CudaArray wt = w.view(cols, k).transpose(0, 1);
+      CudaKernel cast = dev.kernels().module("device_ops").kernel("kiln_cast4_f32_bf16");
+      long blocks = Math.min((stream28 / 4 + 255) / 256, 1L << 20);
+      sustain(dev, "attention_d32_n256_fwdbwd", () -> {
+        fa.forwardInto(vq, vk, vv, AttentionMask.CAUSAL, scale, out, lse);
+        fa.backwardInto(vq, vk, vv, out, lse, vg, AttentionMask.CAUSAL, scale, dq, dk, dv);
+      });
+      sustain(dev, "gemm_32768x10000x512", () -> blas.matmul(a.view(m, k), wt, logits));
+      sustain(dev, "cast_f32_bf16_2^28", () -> cast.launch(stream, blocks, 1, 256, 0,
+          new KernelArgs().ptr(src).ptr(dst).i64(stream28 / 4)));
+    }
+  }
+
+  private static void sustain(CudaDevice dev, String kind, Runnable once) {
+    CudaStream stream = dev.defaultStream();
+    try (CudaEvent e0 = new CudaEvent(dev); CudaEvent e1 = new CudaEvent(dev)) {
+      once.run();
+      e0.record(stream);
+      once.run();
+      e1.record(stream);
+      int batch = (int) Math.max(1, Math.ceil(20 / Math.max(1e-3, e1.elapsedMillisSince(e0)))); // about 20 ms
+      runFor(stream, once, batch, 500);
+      java.nio.file.Path samples = java.nio.file.Files.createTempFile("kiln-power", ".csv");
+      Process smi = null;
+      try {
+        smi = new ProcessBuilder("nvidia-smi",
+            "--query-gpu=clocks.sm,clocks.max.sm,power.draw.instant,clocks_event_reasons.active",
+            "--format=csv,noheader,nounits", "-lms", "50").redirectErrorStream(true).redirectOutput(samples.toFile())
+            .start();
+      } catch (java.io.IOException e) {
+        System.out.println("(no nvidia-smi: times only) " + e.getMessage());
+      }
+      e0.record(stream);
+      long iterations = runFor(stream, once, batch, 2000);
+      e1.record(stream);
+      double ms = e1.elapsedMillisSince(e0) / iterations;
+      double[] mean = new double[3];
+      int count = 0;
+      int capped = 0;
+      if (smi != null) {
+        smi.destroy();
+        smi.waitFor();
+        for (String line : java.nio.file.Files.readAllLines(samples)) {
+          String[] f = line.split(",");
+          try {
+            for (int i = 0; i < 3; i++) {
+              mean[i] += Double.parseDouble(f[i].trim());
+            }
+            capped += (Long.decode(f[3].trim()) & 0x4) != 0 ? 1 : 0;
+            count++;
+          } catch (RuntimeException e) {
+            // a header, a partial last line or a field the driver does not report: not a sample
+          }
+        }
+      }
+      java.nio.file.Files.deleteIfExists(samples);
+      if (count == 0) {
+        System.out.printf("BENCH power kind=%s ms=%.4f%n", kind, ms);
+      } else {
+        System.out.printf("BENCH power kind=%s ms=%.4f sm_mhz=%.0f of_max=%.3f watts=%.0f capped=%.2f%n", kind, ms,
+            mean[0] / count, mean[0] / mean[1], mean[2] / count, (double) capped / count);
+      }
+    } catch (java.io.IOException e) {
+      throw new java.io.UncheckedIOException(e);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new IllegalStateException("interrupted while sampling nvidia-smi", e);
+    }
+  }
+
+  /** Runs {@code once} in batches, waiting for each, until {@code millis} have passed; returns the iterations. */
+  private static long runFor(CudaStream stream, Runnable once, int batch, double millis) {
+    long start = System.nanoTime();
+    long iterations = 0;
+    while ((System.nanoTime() - start) / 1e6 < millis) {
+      for (int i = 0; i < batch; i++) {
+        once.run();
+      }
+      iterations += batch;
+      stream.synchronize();
+    }
+    return iterations;
+  }
 
   /** Uniform values in [-1, 1) as bf16, filled quickly on the host. */
   private static NdArray uniformBf16(long n, long seed) {
