@@ -1539,6 +1539,8 @@ public final class CudaModelDevice implements Device {
     List<CudaArray> outs = new ArrayList<>();
     live.forEach(g -> outs.add(g.out()));
     CudaArray c = CudaArray.relocateEndToEnd(outs);
+    // The members left lie at the group's stride: a scope's end drops the members it made, and scopes close
+    // innermost first, so what is dropped is the group's tail, never a member between two others.
     CudaArray b0 = live.getFirst().b();
     long stride = live.get(1).b().offset() - b0.offset();
     CudaArray b = b0.strided(new long[] {live.size(), b0.shape(0), b0.shape(1)},
