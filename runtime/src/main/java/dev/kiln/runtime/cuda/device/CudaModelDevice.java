@@ -1508,7 +1508,9 @@ public final class CudaModelDevice implements Device {
     if (group == null) {
       return stride > 0 ? new ArrayList<>(List.of(last)) : null;
     }
-    return stride == lb.offset() - group.get(group.size() - 2).b().offset() ? group : null;
+    // Joining only after the group's last member keeps the stride (a group whose tail a scope's end dropped takes
+    // no more members).
+    return group.getLast() == last && stride == lb.offset() - group.get(group.size() - 2).b().offset() ? group : null;
   }
 
   /**

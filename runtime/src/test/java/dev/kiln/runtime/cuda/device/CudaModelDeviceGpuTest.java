@@ -779,6 +779,44 @@ class CudaModelDeviceGpuTest {
     }
   }
 
+  @Test
+  void aSiblingGroupWhoseTailAScopeDroppedTakesNoMoreMembers() {
+    // w1's GEMM in the outer scope, w2's and w3's in an inner one (a group of three; the inner scope's end drops
+    // its two, unread). A later GEMM of w0, whose twin lies one stride before w1's, must not join what is left:
+    // the batch would run at a negative stride over members that are gone. Each runs on its own, right.
+    int n = 64;
+    int d = 32;
+    NdArray[] wh = {randn(d, d), randn(d, d), randn(d, d), randn(d, d)};
+    Tensor[] w = new Tensor[wh.length];
+    for (int i = 0; i < w.length; i++) {
+      w[i] = gpuBf16.fromHost(wh[i]);
+    }
+    gpuBf16.withBf16Twins(List.of(w));
+    NdArray xh = randn(n, d).to(DType.BF16).to(DType.F32);
+    try (CudaModelDevice.Scope s = gpuBf16.scope()) {
+      Tensor x = gpuBf16.cast(gpuBf16.fromHost(xh), DType.BF16);
+      Tensor y1 = gpuBf16.emptyGemmResult(DType.F32, n, d);
+      gpuBf16.gemm(x, false, w[1], true, y1, 1, 0);
+      try (CudaModelDevice.Scope inner = gpuBf16.scope()) {
+        for (int i : new int[] {2, 3}) {
+          gpuBf16.gemm(x, false, w[i], true, gpuBf16.emptyGemmResult(DType.F32, n, d), 1, 0);
+        }
+      }
+      Tensor y0 = gpuBf16.emptyGemmResult(DType.F32, n, d);
+      gpuBf16.gemm(x, false, w[0], true, y0, 1, 0);
+      long before = gpuBf16.launches();
+      for (int i : new int[] {0, 1}) {
+        Tensor ref = cpu.empty(DType.F32, n, d);
+        cpu.gemm(xh, false, wh[i].to(DType.BF16).to(DType.F32), true, ref, 1, 0);
+        check("projection " + i, ref, i == 0 ? y0 : y1, gpuBf16, 1e-2);
+      }
+      assertEquals(2, gpuBf16.launches() - before, "two GEMMs on their own");
+    }
+    for (Tensor t : w) {
+      gpuBf16.release(t);
+    }
+  }
+
   private void check(String what, Tensor ref, Tensor got, CudaModelDevice dev, double tol) {
     double[] r = d(ref, cpu);
     GpuTesting.assertClose(what, r, GpuTesting.doubles(dev.toHost(got)), 0, tol * GpuTesting.maxAbs(r));
