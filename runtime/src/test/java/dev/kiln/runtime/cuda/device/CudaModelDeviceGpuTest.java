@@ -721,11 +721,7 @@ class CudaModelDeviceGpuTest {
     int d = 40;
     int f = 72;
     NdArray[] wh = {randn(d, d), randn(d, d), randn(d, d), randn(f, d), randn(d, f), randn(f, d)};
-    Tensor[] w = new Tensor[wh.length];
-    for (int i = 0; i < w.length; i++) {
-      w[i] = gpuBf16.fromHost(wh[i]);
-    }
-    gpuBf16.withBf16Twins(List.of(w));
+    Tensor[] w = withTwinsEndToEnd(wh);
     NdArray xh = randn(n, d).to(DType.BF16).to(DType.F32);
     try (CudaModelDevice.Scope s = gpuBf16.scope()) { // cuBLAS's workspace and plans, made once, before counting
       Tensor y = gpuBf16.emptyGemmResult(DType.F32, n, d);
@@ -787,11 +783,7 @@ class CudaModelDeviceGpuTest {
     int n = 64;
     int d = 32;
     NdArray[] wh = {randn(d, d), randn(d, d), randn(d, d), randn(d, d)};
-    Tensor[] w = new Tensor[wh.length];
-    for (int i = 0; i < w.length; i++) {
-      w[i] = gpuBf16.fromHost(wh[i]);
-    }
-    gpuBf16.withBf16Twins(List.of(w));
+    Tensor[] w = withTwinsEndToEnd(wh);
     NdArray xh = randn(n, d).to(DType.BF16).to(DType.F32);
     try (CudaModelDevice.Scope s = gpuBf16.scope()) {
       Tensor x = gpuBf16.cast(gpuBf16.fromHost(xh), DType.BF16);
@@ -815,6 +807,16 @@ class CudaModelDeviceGpuTest {
     for (Tensor t : w) {
       gpuBf16.release(t);
     }
+  }
+
+  /** {@code hosts} on the mixed-precision device, their bf16 twins end to end in that order, as CudaEngine lays them. */
+  private Tensor[] withTwinsEndToEnd(NdArray... hosts) {
+    Tensor[] w = new Tensor[hosts.length];
+    for (int i = 0; i < w.length; i++) {
+      w[i] = gpuBf16.fromHost(hosts[i]);
+    }
+    gpuBf16.withBf16Twins(List.of(w));
+    return w;
   }
 
   private void check(String what, Tensor ref, Tensor got, CudaModelDevice dev, double tol) {
