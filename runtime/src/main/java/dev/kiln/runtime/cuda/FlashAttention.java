@@ -93,7 +93,7 @@ public final class FlashAttention {
      * d128 has no {@code r32}: 32 keys a warp would hold 256 fp32 accumulators for dK and dV alone.
      */
     public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
-        32, List.of("w4mb3", "w4r32", "w8wgk128", "w8h256", "w16h256s"),
+        32, List.of("w4mb3", "w4r32", "w8wgk128", "w8h256"),
         64, List.of("w4mb3", "w4", "w8", "w4r32", "w4wg", "w8wg", "w8wgk128"),
         80, List.of("w4", "w4r32"),
         128, List.of("w4", "w8", "w4wg", "w8wg", "w8wgk32"));
@@ -262,19 +262,9 @@ public final class FlashAttention {
      * loaded into shared memory once; the KILN_FWD_HEAD and KILN_BWD_HEAD lines), or 0 for a tiled one. Longer
      * sequences run the head dim's {@link #BEYOND_WHOLE_HEAD} variant instead.
      */
-    public static int wholeHeadRows(String variant) {
+    static int wholeHeadRows(String variant) {
       java.util.regex.Matcher m = WHOLE_HEAD.matcher(variant);
       return m.matches() ? Integer.parseInt(m.group(1)) : 0;
-    }
-
-    /**
-     * Whether a whole-head backward variant runs in one pass, keeping dS^T ({@code rows × (rows + 8)} bf16) in shared
-     * memory for dQ: the variants with one warp per 16-row tile ({@code w16h256s}), as the kernel's own dispatch
-     * (flash_attention.cu, bwd_head_variant) decides.
-     */
-    static boolean keepsScores(String variant) {
-      int rows = wholeHeadRows(variant);
-      return rows > 0 && warps(variant) * 16 == rows;
     }
 
     /** Whether {@code variant} is a warpgroup-MMA kernel of {@code flash_attention_sm90a.cu} (Hopper only). */
@@ -565,26 +555,17 @@ public final class FlashAttention {
     }
     if (rows > 0) {
       // q, k, v and dOut of one (batch, head) slab in padded rows and its rows' lse and dot: one kernel computes
-      // dot = rowsum(dOut · out) and writes dq, dk and dv; a one-pass variant also keeps the slab's dS^T.
-      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4 + (Tuning.keepsScores(chosen) ? rows * (rows + 8) * 2 : 0)
-          + (rope != null ? Rope.sharedBytes(rows, d) : 0);
+      // dot = rowsum(dOut · out) and writes dq, dk and dv.
+      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4 + (rope != null ? Rope.sharedBytes(rows, d) : 0);
       KernelArgs args = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(dOut).ptr(lse).ptr(dq).ptr(dk).ptr(dv)
-          .i32((int) g.n).i32((int) g.heads).i32((int) g.bh).f32(scale).i32(causal).struct(g.q.words())
-          .struct(g.k.words()).struct(g.v.words()).struct(lo.words()).struct(ldo.words()).struct(ldq.words())
-          .struct(ldk.words()).struct(ldv.words());
+          .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
+          .struct(g.v.words()).struct(lo.words()).struct(ldo.words()).struct(ldq.words()).struct(ldk.words())
+          .struct(ldv.words());
       if (rope != null) {
         args.struct(rope.words());
       }
-      CudaKernel kernel = m.kernel("kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i"
-          + suffix(out.dtype()) + (rope != null ? "_rope" : ""));
-      int threads = Tuning.warps(chosen) * 32;
-      long blocks = g.bh;
-      if (Tuning.keepsScores(chosen)) {
-        // Persistent blocks, as many as the multiprocessors hold, each walking slabs and loading the next one's rows
-        // while it finishes the current one.
-        blocks = Math.min(g.bh, (long) device.multiprocessors() * Math.max(1, kernel.residentBlocks(threads, smem)));
-      }
-      kernel.launch(stream, 1, blocks, threads, smem, args);
+      m.kernel("kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i" + suffix(out.dtype())
+          + (rope != null ? "_rope" : "")).launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, args);
       return true;
     }
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {

@@ -17,7 +17,6 @@ import dev.kiln.runtime.tensor.Storage;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.List;
-import java.util.Map;
 import java.util.SplittableRandom;
 
 /**
@@ -49,18 +48,13 @@ public final class CudaBenchmark {
     CudaDevice dev = CudaDevice.first();
     System.out.println("device " + dev);
     // Arguments: the attention repetitions (default 10), "gemm" for the GEMMs alone, "graph" for the cost of a
-    // CUDA graph's kernel nodes alone, "power" for the clock and power each kind of kernel holds when sustained, or
-    // "heads" for the whole-head backward variants at TinyStories' shape.
+    // CUDA graph's kernel nodes alone, or "power" for the clock and power each kind of kernel holds when sustained.
     if (args.length > 0 && args[0].equals("graph")) {
       graphNodes(dev);
       return;
     }
     if (args.length > 0 && args[0].equals("power")) {
       power(dev);
-      return;
-    }
-    if (args.length > 0 && args[0].equals("heads")) {
-      wholeHeadBackwards(dev);
       return;
     }
     boolean gemmOnly = args.length > 0 && args[0].equals("gemm");
@@ -241,62 +235,6 @@ public final class CudaBenchmark {
       stream.synchronize();
     }
     return iterations;
-  }
-
-  /**
-   * The d32 whole-head backward variants at TinyStories' attention shape (batch 128, 16 heads, 256 rows, causal, bf16):
-   * {@value #HEAD_ROUNDS} rounds, each timing {@value #HEAD_REPS} backwards of every variant in turn, so the card's
-   * clock and power state is shared; the first variant listed is the peer of the ratios. Lines:
-   * {@code BENCH heads bwd=.. round=.. ms=.. ratio=..} (ratio: the peer's time over this one's), then the medians.
-   */
-  private static void wholeHeadBackwards(CudaDevice dev) {
-    CudaStream stream = dev.defaultStream();
-    long b = 128, h = 16, n = 256, d = 32, numel = b * h * n * d;
-    List<String> variants = FlashAttention.Tuning.BACKWARD_VARIANTS.get(32).stream()
-        .filter(v -> FlashAttention.Tuning.wholeHeadRows(v) > 0).toList();
-    float scale = (float) (1 / Math.sqrt(d));
-    try (CudaArray flatQ = CudaArray.fromHost(dev, uniformBf16(numel, 1));
-        CudaArray flatK = CudaArray.fromHost(dev, uniformBf16(numel, 2));
-        CudaArray flatV = CudaArray.fromHost(dev, uniformBf16(numel, 3));
-        CudaArray flatDOut = CudaArray.fromHost(dev, uniformBf16(numel, 4));
-        CudaArray out = CudaArray.empty(dev, DType.BF16, b, h, n, d);
-        CudaArray dq = CudaArray.empty(dev, DType.BF16, b, h, n, d);
-        CudaArray dk = CudaArray.empty(dev, DType.BF16, b, h, n, d);
-        CudaArray dv = CudaArray.empty(dev, DType.BF16, b, h, n, d);
-        CudaArray lse = CudaArray.empty(dev, DType.F32, b, h, n);
-        CudaEvent e0 = new CudaEvent(dev);
-        CudaEvent e1 = new CudaEvent(dev)) {
-      CudaArray q = flatQ.view(b, h, n, d), k = flatK.view(b, h, n, d), v = flatV.view(b, h, n, d);
-      CudaArray dOut = flatDOut.view(b, h, n, d);
-      new FlashAttention(stream).forwardInto(q, k, v, AttentionMask.CAUSAL, scale, out, lse);
-      Map<String, List<Double>> times = new java.util.LinkedHashMap<>();
-      for (int round = 0; round < HEAD_ROUNDS; round++) {
-        for (String variant : variants) {
-          FlashAttention fa = new FlashAttention(stream, FlashAttention.Tuning.DEFAULT.withBackward(32, variant));
-          fa.backwardInto(q, k, v, out, lse, dOut, AttentionMask.CAUSAL, scale, dq, dk, dv); // warm-up
-          e0.record(stream);
-          for (int i = 0; i < HEAD_REPS; i++) {
-            fa.backwardInto(q, k, v, out, lse, dOut, AttentionMask.CAUSAL, scale, dq, dk, dv);
-          }
-          e1.record(stream);
-          double ms = e1.elapsedMillisSince(e0) / HEAD_REPS;
-          times.computeIfAbsent(variant, x -> new java.util.ArrayList<>()).add(ms);
-          double peer = times.get(variants.get(0)).get(round);
-          System.out.printf("BENCH heads bwd=%s round=%d ms=%.4f ratio=%.3f%n", variant, round, ms, peer / ms);
-        }
-      }
-      double peer = median(times.get(variants.get(0)));
-      times.forEach((variant, t) -> System.out.printf("BENCH heads bwd=%s median_ms=%.4f ratio=%.3f (peer %s)%n",
-          variant, median(t), peer / median(t), variants.get(0)));
-    }
-  }
-
-  private static final int HEAD_ROUNDS = 5;
-  private static final int HEAD_REPS = 200;
-
-  private static double median(List<Double> xs) {
-    List<Double> s = xs.stream().sorted().toList();
-    return s.size() % 2 == 1 ? s.get(s.size() / 2) : (s.get(s.size() / 2 - 1) + s.get(s.size() / 2)) / 2;
   }
 
   /** Uniform values in [-1, 1) as bf16, filled quickly on the host. */

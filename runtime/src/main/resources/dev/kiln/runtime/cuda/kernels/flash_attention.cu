@@ -370,15 +370,12 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
 // tiles Ks and Vs (key wkey0 onwards), the query tile's BM rows (query m0 onwards) are qs and dos with their lse and
 // dot in ls and ds. S^T = K_w Q^T, P^T = exp(S^T · scale − lse), dV += P^T dO, dP^T = V_w dO^T,
 // dS^T = P^T ∘ (dP^T − dot), dK += dS^T Q (the scale is applied when dK is stored). LSE2: whether ls is already in
-// log2 units (one FFMA a score instead of a multiply and an FFMA). LDS > 0 (MT = 1): dS^T also goes to st, a
-// row-major [key][query] bf16 tile with row stride LDS, rounded as the dK GEMM takes it, for the one-pass backward's
-// dQ = dS K; keys past n then count as masked too (their scores against the zero-filled key rows are not a row's).
-template <int D, int LD, int MT, int BM, bool LSE2 = false, int LDS = 0>
+// log2 units (one FFMA a score instead of a multiply and an FFMA).
+template <int D, int LD, int MT, int BM, bool LSE2 = false>
 __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D / 8][4], const kiln_bf16* Ks,
                                           const kiln_bf16* Vs, int krow, const kiln_bf16* qs, const kiln_bf16* dos,
                                           const float* ls, const float* ds, int m0, int wkey0, int n, int causal,
-                                          float sl2, int g, int t, int lane, kiln_bf16* st = nullptr) {
-  static_assert(LDS == 0 || MT == 1, "dS is kept for one tile of 16 keys a warp");
+                                          float sl2, int g, int t, int lane) {
   float p[MT][BM / 8][4];
   zero<MT, BM / 8>(p);
   mma_abt<D, LD, BM, MT>(p, Ks, krow, qs, lane);
@@ -394,7 +391,7 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
         const int col = m0 + cl;
         const int key = wkey0 + mt * 16 + g + (e >> 1) * 8;
         float x = kiln_exp2(LSE2 ? fmaf(p[mt][nb][e], sl2, -ls[cl]) : p[mt][nb][e] * sl2 - ls[cl] * KILN_LOG2E);
-        if (col >= n || (causal && col < key) || (LDS > 0 && key >= n)) x = 0.f;
+        if (col >= n || (causal && col < key)) x = 0.f;
         p[mt][nb][e] = x;
       }
     }
@@ -409,16 +406,6 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
     for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dp[mt][nb][e] = p[mt][nb][e] * (dp[mt][nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
-  if constexpr (LDS > 0) {
-    // A lane's pairs (key g or g + 8, queries 2t, 2t + 1): 4-byte stores, one bank each across the warp (LDS / 2 words
-    // a row is 4 banks on).
-#pragma unroll
-    for (int nb = 0; nb < BM / 8; ++nb)
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-        *reinterpret_cast<unsigned*>(st + (wkey0 + g + r * 8) * LDS + m0 + nb * 8 + 2 * t) =
-            kiln_pack_bf16(dp[0][nb][2 * r], dp[0][nb][2 * r + 1]);
-  }
   mma_pb<D, LD, BM, MT>(dk, dp, qs, lane);
 }
 
@@ -991,272 +978,6 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   dq_rows(second);
 }
 
-// ------------------------------------------------------------------------------------------------ whole heads, one pass
-
-// A fragments (16 rows x 16 k at row0, k0) of a tile stored transposed, row-major [k][row] with row stride LDT: dS for
-// dQ = dS K, read from the one-pass backward's dS^T. ldmatrix.trans hands each lane row g's pairs of k.
-template <int LDT>
-__device__ __forceinline__ void lds_a_trans(unsigned* a, const kiln_bf16* tile, int row0, int k0, int lane) {
-  const int m = lane >> 3;
-  kiln_ldsm_x4_trans(a[0], a[1], a[2], a[3], tile + (k0 + (lane & 7) + (m >> 1) * 8) * LDT + row0 + (m & 1) * 8);
-}
-
-// Columns [c0, c0 + 8·NB) of 16 gradient rows from row0, from a warp's fp32 accumulators times mul (rows past n are not
-// written); ROPE turns each pair back by the inverse rotation, as store_rows_unrope does.
-template <int NB, typename TO, bool ROPE>
-__device__ __forceinline__ void store_cols(TO* dst, kiln_i64 sr, float (*acc)[4], float mul, int row0, int c0, int n,
-                                           int g, int t, const double* ps, const double* fs) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + g + r * 8;
-    if (row < n) {
-      TO* d = dst + (kiln_i64)row * sr;
-#pragma unroll
-      for (int i = 0; i < NB; ++i) {
-        const int c = c0 + i * 8 + 2 * t;
-        const float a = acc[i][2 * r] * mul, b = acc[i][2 * r + 1] * mul;
-        if constexpr (ROPE) {
-          const float2 cs = kiln_rope_cs(ps[row], fs, c / 2);
-          kiln_store_pair(d + c, a * cs.x + b * cs.y, b * cs.x - a * cs.y);
-        } else {
-          kiln_store_pair(d + c, a, b);
-        }
-      }
-    }
-  }
-}
-
-// A key tile's partial dK and dV (one warp's accumulators, 2·D/8 float4 a lane) into, and back out of, the stash: 16
-// rows of a shared tile with row stride LDS, NMAX bytes of each, lane-major so each lane reads back what it wrote.
-template <int D, int NMAX, int LDS>
-__device__ __forceinline__ void stash_partial(kiln_bf16* rows, float (*dk)[D / 8][4], float (*dv)[D / 8][4], int lane) {
-  constexpr int PER_ROW = NMAX / 16;  // float4 a row
-#pragma unroll
-  for (int j = 0; j < 2 * (D / 8); ++j) {
-    const int i = j * 32 + lane;
-    float* acc = j < D / 8 ? dk[0][j] : dv[0][j - D / 8];
-    *reinterpret_cast<float4*>(rows + (i / PER_ROW) * LDS + (i % PER_ROW) * 8) =
-        make_float4(acc[0], acc[1], acc[2], acc[3]);
-  }
-}
-
-template <int D, int NMAX, int LDS>
-__device__ __forceinline__ void add_stashed(const kiln_bf16* rows, float (*dk)[D / 8][4], float (*dv)[D / 8][4],
-                                            int lane) {
-  constexpr int PER_ROW = NMAX / 16;
-#pragma unroll
-  for (int j = 0; j < 2 * (D / 8); ++j) {
-    const int i = j * 32 + lane;
-    float* acc = j < D / 8 ? dk[0][j] : dv[0][j - D / 8];
-    const float4 x = *reinterpret_cast<const float4*>(rows + (i / PER_ROW) * LDS + (i % PER_ROW) * 8);
-    acc[0] += x.x;
-    acc[1] += x.y;
-    acc[2] += x.z;
-    acc[3] += x.w;
-  }
-}
-
-// Named barriers (ids 1-15; 0 is __syncthreads'): sync waits until `count` threads have arrived at `id` (itself
-// included); arrive counts this thread and goes on. Writes before an arrive are seen by the threads its sync releases.
-__device__ __forceinline__ void kiln_bar_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-__device__ __forceinline__ void kiln_bar_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
-
-// One-pass backward of whole slabs (the w<warps>h<rows>s variants: one warp per 16-row tile, WARPS·16 = NMAX). The
-// two-pass bwd_head recomputes S and dP for dQ (7 GEMMs a tile pair, two exponentials); here the dK/dV pass keeps dS^T
-// in shared memory ([NMAX][NMAX + 8] bf16, 132 KB at 256 rows) and dQ = dS K reads it back: 5 GEMMs and one
-// exponential. That leaves one block a multiprocessor, so a block is persistent: it walks the slabs
-// blockIdx.y, + gridDim.y, ... and loads the next slab's q, v, dO and lse while it computes the current slab's dQ,
-// and its k once that is done. The low warps (w < WARPS/2) load, turn and sum the first half of each slab's rows and
-// the high warps the second half; named barriers hand each half to the other group, so the low warps start on the
-// first half's work while the second half is still arriving.
-// Work, causal: key tile w < WARPS/2 sees query rows from 16w to the end; its query tiles before NMAX/2 go to warp w
-// (first half only), the rest to warp w + WARPS/2, and warp w then takes key tile TILES − 1 − w, whose query tiles all
-// lie in the second half: 5 and 4 tiles of 32 queries a warp at 256 rows. Warp w's partial dK and dV of key tile w
-// wait in dS^T's rows of key tile TILES − 1 − w, queries [0, NMAX/2), which a causal mask never writes or reads,
-// until warp w + WARPS/2 adds them after the pass. Not causal: warp w owns key tile w. dQ: warps w and w + WARPS/2
-// share query tiles w and TILES − 1 − w (17 key tiles together under a causal mask), each taking half the columns,
-// so no partial sums.
-template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI, bool ROPE>
-__device__ __forceinline__ void bwd_head_one_pass(
-    const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K, const kiln_bf16* __restrict__ V,
-    const TI* __restrict__ O, const kiln_bf16* __restrict__ dO, const float* __restrict__ LSE, TO* __restrict__ dQ,
-    TO* __restrict__ dK, TO* __restrict__ dV, int n, int heads, int slabs, float scale, int causal,
-    kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv, kiln_attn_layout lo, kiln_attn_layout ldo,
-    kiln_attn_layout ldq, kiln_attn_layout ldk, kiln_attn_layout ldv, const kiln_attn_rope& rp) {
-  constexpr int LD = D + 8, LDS = NMAX + 8, NT = WARPS * 32, GT = NT / 2, TILES = NMAX / 16, HALF = WARPS / 2,
-                H = NMAX / 2;
-  static_assert(TILES == WARPS && H % BT == 0 && D % 32 == 0, "a warp owns one 16-row tile of the slab");
-  static_assert(NMAX >= 8 * D, "a key tile's partial dK and dV fit the unused half of 16 rows of dS^T");
-  // Named barriers: each group's own half landed (and turned, and summed); a half handed to the other group.
-  constexpr int LOW_OWN = 1, HIGH_OWN = 2, FIRST_READY = 3, SECOND_READY = 4;
-  extern __shared__ __align__(16) unsigned char smem[];
-  kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
-  kiln_bf16* Ks = Qs + NMAX * LD;
-  kiln_bf16* Vs = Ks + NMAX * LD;
-  kiln_bf16* dOs = Vs + NMAX * LD;
-  float* Ls = (float*)(dOs + NMAX * LD);  // [NMAX]
-  float* Ds = Ls + NMAX;                  // [NMAX]
-  kiln_bf16* St = (kiln_bf16*)(Ds + NMAX);  // dS^T: [NMAX keys][LDS], queries along the row
-  double* Ps = (double*)(St + NMAX * LDS);  // ROPE: [NMAX] positions, then [D / 2] frequencies
-  double* Fs = Ps + NMAX;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const bool low = warp < HALF;
-  const int half = low ? 0 : 1, gtid = tid - half * GT;  // this group's half of the rows, and its thread index
-  // A slab's rows of this group's half: q, v, dO and lse in one cp.async group, k in the next.
-  auto load_rest = [&](int s) {
-    load_halves<D, NMAX, GT>(Qs, Q + kiln_attn_slab(lq, s, heads), lq.sr, half, n, gtid);
-    load_halves<D, NMAX, GT>(Vs, V + kiln_attn_slab(lv, s, heads), lv.sr, half, n, gtid);
-    load_halves<D, NMAX, GT>(dOs, dO + kiln_attn_slab(ldo, s, heads), ldo.sr, half, n, gtid);
-    kiln_load_vec<H, GT>(Ls + half * H, LSE + (kiln_i64)s * n, half * H, n, gtid);
-    kiln_cp_async_commit();
-  };
-  auto load_keys = [&](int s) {
-    load_halves<D, NMAX, GT>(Ks, K + kiln_attn_slab(lk, s, heads), lk.sr, half, n, gtid);
-    kiln_cp_async_commit();
-  };
-  int s = blockIdx.y;
-  if (s < slabs) {
-    load_rest(s);
-    load_keys(s);
-  }
-  if constexpr (ROPE) {
-    if (low)
-      for (int i = gtid; i < D / 2; i += GT) Fs[i] = rp.inv_freq[i];
-  }
-  // This warp's rows for the row sums (tile `warp`: the low warps' lie in the first half).
-  OutHalfRows<D, TI> orows;
-  if (s < slabs) load_out_rows<D, TI>(orows, O + kiln_attn_slab(lo, s, heads), lo.sr, warp * 16, n, lane);
-  const float sl2 = scale * KILN_LOG2E;
-  const int qtiles = (n + BT - 1) / BT, ktiles = (n + 15) / 16;
-  float dk[1][D / 8][4], dv[1][D / 8][4];
-
-  for (; s < slabs; s += gridDim.y) {
-    const int next = s + gridDim.y;
-    // dK and dV of the key tile from key0 over the query tiles of BT [from, to), keeping dS^T.
-    auto walk = [&](int key0, int from, int to) {
-      zero<1, D / 8>(dk);
-      zero<1, D / 8>(dv);
-      for (int it = from; it < to; ++it) {
-        const int m0 = it * BT;
-        dkdv_tile<D, LD, 1, BT, true, LDS>(dk, dv, Ks, Vs, key0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0,
-                                           key0, n, causal, sl2, g, t, lane, St);
-      }
-    };
-    auto store_dkdv = [&](int key0) {
-      if constexpr (ROPE) {
-        store_rows_unrope<D, TO>(dK + kiln_attn_slab(ldk, s, heads), ldk.sr, dk, scale, key0, n, g, t, Ps, Fs);
-      } else {
-        store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, s, heads), ldk.sr, dk, scale, key0, n, g, t);
-      }
-      store_rows<D, 1, TO>(dV + kiln_attn_slab(ldv, s, heads), ldv.sr, dv, 1.f, key0, n, g, t);
-    };
-    if constexpr (ROPE) {
-      const kiln_i64 base = (kiln_i64)(s / heads) * rp.sb + (kiln_i64)(s % heads) * rp.sh;
-      for (int r = half * H + gtid; r < half * H + H; r += GT)
-        Ps[r] = r < n ? (double)rp.pos[base + (kiln_i64)r * rp.sr] : 0.0;
-    }
-    kiln_cp_async_wait<0>();
-    if (causal) {
-      if (low) {
-        kiln_bar_sync(LOW_OWN, GT);
-        if constexpr (ROPE) rope_rows<D, H, GT>(Qs, Ks, 0, n, Ps, Fs, gtid);
-        tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, warp * 16, lane);
-        kiln_bar_sync(LOW_OWN, GT);
-        kiln_bar_arrive(FIRST_READY, NT);
-        // Key tile w against the first half's queries, its partial sums to the stash.
-        const int key0 = warp * 16;
-        walk(key0, key0 / BT, key0 < n ? kiln_min(qtiles, H / BT) : 0);
-        stash_partial<D, NMAX, LDS>(St + (NMAX - 16 - key0) * LDS, dk, dv, lane);
-        // Key tile TILES − 1 − w, all in the second half.
-        kiln_bar_sync(SECOND_READY, NT);
-        const int key1 = NMAX - 16 - key0;
-        if (key1 < n) {
-          walk(key1, key1 / BT, qtiles);
-          store_dkdv(key1);
-        }
-      } else {
-        kiln_bar_sync(HIGH_OWN, GT);
-        kiln_bar_sync(FIRST_READY, NT);  // the first half's k and v, and RoPE's frequencies
-        if constexpr (ROPE) rope_rows<D, H, GT>(Qs, Ks, H, n, Ps, Fs, gtid);
-        tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, warp * 16, lane);
-        kiln_bar_sync(HIGH_OWN, GT);
-        kiln_bar_arrive(SECOND_READY, NT);
-        // Key tile w − WARPS/2 against the second half's queries; the stash is added after the pass.
-        const int key0 = (warp - HALF) * 16;
-        walk(key0, H / BT, key0 < n ? qtiles : 0);
-      }
-    } else {
-      __syncthreads();
-      if constexpr (ROPE) rope_rows<D, NMAX, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
-      tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, warp * 16, lane);
-      __syncthreads();
-      const int key0 = warp * 16;
-      if (key0 < n) {
-        walk(key0, 0, qtiles);
-        store_dkdv(key0);
-      }
-    }
-    __syncthreads();  // dS^T and the stash complete; q, v, dO, lse and dot no longer read
-    if (next < slabs) load_rest(next);
-    if (causal && !low) {
-      const int key0 = (warp - HALF) * 16;
-      if (key0 < n) {
-        add_stashed<D, NMAX, LDS>(St + (NMAX - 16 - key0) * LDS, dk, dv, lane);
-        store_dkdv(key0);
-      }
-    }
-    if (next < slabs) load_out_rows<D, TI>(orows, O + kiln_attn_slab(lo, next, heads), lo.sr, warp * 16, n, lane);
-
-    // dQ = dS K over the key tiles each query row sees, from dS^T; half the columns a warp.
-    constexpr int NB = D / 16;  // n-blocks of 8 in half the columns
-    const int c0 = low ? 0 : D / 2;
-#pragma unroll 1
-    for (int part = 0; part < 2; ++part) {
-      const int row0 = (part == 0 ? warp % HALF : TILES - 1 - warp % HALF) * 16;
-      if (row0 >= n) continue;
-      float dq[NB][4];
-#pragma unroll
-      for (int i = 0; i < NB; ++i) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f;
-      const int kend = causal ? row0 / 16 + 1 : ktiles;
-      for (int kt = 0; kt < kend; ++kt) {
-        unsigned a[4];
-        lds_a_trans<LDS>(a, St, row0, kt * 16, lane);
-#pragma unroll
-        for (int nb = 0; nb < NB; nb += 2) {
-          unsigned b[4];
-          lds_b_kn<LD>(b, Ks, kt * 16, c0 + nb * 8, lane);
-          kiln_mma_bf16(dq[nb], a, b[0], b[1]);
-          kiln_mma_bf16(dq[nb + 1], a, b[2], b[3]);
-        }
-      }
-      store_cols<NB, TO, ROPE>(dQ + kiln_attn_slab(ldq, s, heads), ldq.sr, dq, scale, row0, c0, n, g, t, Ps, Fs);
-    }
-    __syncthreads();  // k, dS^T and the positions no longer read
-    if (next < slabs) load_keys(next);
-  }
-}
-
-// The whole-head backward of a variant over `slabs` (batch, head) slabs: one pass when each warp owns one 16-row tile
-// (persistent blocks), else two tiles a warp, one block a slab (blockIdx.y).
-template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI, bool ROPE>
-__device__ __forceinline__ void bwd_head_variant(
-    const kiln_bf16* Q, const kiln_bf16* K, const kiln_bf16* V, const TI* O, const kiln_bf16* dO, const float* LSE,
-    TO* dQ, TO* dK, TO* dV, int n, int heads, int slabs, float scale, int causal, kiln_attn_layout lq,
-    kiln_attn_layout lk, kiln_attn_layout lv, kiln_attn_layout lo, kiln_attn_layout ldo, kiln_attn_layout ldq,
-    kiln_attn_layout ldk, kiln_attn_layout ldv, const kiln_attn_rope& rp) {
-  if constexpr (WARPS * 16 == NMAX) {
-    bwd_head_one_pass<D, WARPS, NMAX, BT, TO, TI, ROPE>(Q, K, V, O, dO, LSE, dQ, dK, dV, n, heads, slabs, scale,
-                                                        causal, lq, lk, lv, lo, ldo, ldq, ldk, ldv, rp);
-  } else {
-    bwd_head<D, WARPS, NMAX, BT, TO, TI, ROPE>(Q, K, V, O, dO, LSE, dQ, dK, dV, n, heads, scale, causal, lq, lk, lv,
-                                               lo, ldo, ldq, ldk, ldv, rp);
-  }
-}
-
 // ------------------------------------------------------------------------------------------------ SIMT path
 
 constexpr int SIMT_MAX_D = 256;
@@ -1501,8 +1222,7 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
 
 // Whole-head variants, _w<warps>h<rows>[mb<min blocks>]: one block a (b, h) slab of at most <rows> rows (the host
 // runs the head dim's portable variant for longer sequences). The backward kernel writes dq, dk and dv, and reads the
-// forward's output o (_i<type>) for its row sums; it takes the number of slabs, which the one-pass variants' persistent
-// blocks walk (the others launch one block a slab). Each line also makes the _rope entry points, which take q and k
+// forward's output o (_i<type>) for its row sums. Each line also makes the _rope entry points, which take q and k
 // before RoPE and one more argument, the rotation (kiln_attn_rope).
 #define KILN_FWD_HEAD_T(NAME, D, W, NMAX, BOUNDS, TO)                                                         \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
@@ -1518,19 +1238,17 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
 #define KILN_BWD_HEAD_T(NAME, D, W, NMAX, BT, BOUNDS, TO, TI)                                                     \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
-      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, int slabs, float scale, int causal,          \
-      KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv) {            \
-    bwd_head_variant<D, W, NMAX, BT, TO, TI, false>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, slabs, scale,  \
-                                                    causal, lq, lk, lv, lo, ldo, ldq, ldk, ldv,                \
-                                                    kiln_attn_rope{});                                         \
+      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
+      KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv) {                       \
+    bwd_head<D, W, NMAX, BT, TO, TI, false>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk, \
+                                            lv, lo, ldo, ldq, ldk, ldv, kiln_attn_rope{});                    \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_rope(                                             \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
-      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, int slabs, float scale, int causal,          \
-      KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv,              \
-      kiln_attn_rope rope) {                                                                                   \
-    bwd_head_variant<D, W, NMAX, BT, TO, TI, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, slabs, scale,   \
-                                                   causal, lq, lk, lv, lo, ldo, ldq, ldk, ldv, rope);          \
+      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
+      KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv, kiln_attn_rope rope) {  \
+    bwd_head<D, W, NMAX, BT, TO, TI, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk,  \
+                                           lv, lo, ldo, ldq, ldk, ldv, rope);                                 \
   }
 #define KILN_FWD_HEAD(SUFFIX, D, W, NMAX, BOUNDS)                                         \
   KILN_FWD_HEAD_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \
@@ -1545,8 +1263,6 @@ KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
 // The backward's tiles of the other pass are 32 rows: at 64, 128 registers held the score tiles only with spills
 // (44-52 bytes; 199-211 against 188 us a layer at TinyStories' shape, ncu).
 KILN_BWD_HEAD(d32_w8h256, 32, 8, 256, 32, (256, 2))
-// One pass, dS^T kept in shared memory (bwd_head_one_pass): one persistent block of 16 warps a multiprocessor.
-KILN_BWD_HEAD(d32_w16h256s, 32, 16, 256, 32, (512, 1))
 
 #define KILN_SIMT(SUFFIX, T)                                                                                   \
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \
