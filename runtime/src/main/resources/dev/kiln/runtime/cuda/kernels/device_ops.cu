@@ -737,18 +737,27 @@ __device__ __forceinline__ float kiln_load1(const float* p, kiln_i64 i) { return
 __device__ __forceinline__ float kiln_load1(const unsigned short* p, kiln_i64 i) {
   return __uint_as_float((unsigned)p[i] << 16);
 }
-// Group j of a row's gradient from its probabilities p: g * (p - onehot(t)), stored to o (fp32) and/or o16 (bf16),
-// whichever is not null. Shared by the backward that reduces the row (kiln_xent_cached4) and the one that reads the
-// saved log-sum-exp (kiln_xent_grad4).
-__device__ __forceinline__ void kiln_xent_put_grad4(float4 p, float g, int j, kiln_i64 t, float4* o, uint2* o16) {
-  const kiln_i64 c = 4 * (kiln_i64)j;
-  float4 d;
-  d.x = g * (p.x - (c == t ? 1.f : 0.f));
-  d.y = g * (p.y - (c + 1 == t ? 1.f : 0.f));
-  d.z = g * (p.z - (c + 2 == t ? 1.f : 0.f));
-  d.w = g * (p.w - (c + 3 == t ? 1.f : 0.f));
+// Group j of a row's gradient, g · (p − onehot(t)) with p = e · scale: e · (g · scale) (gs), and g taken off the
+// target's entry in the one group that holds it (tj = t / 4 as an int and tk = t % 4, kiln_xent_target4). Stored to o
+// (fp32) and/or o16 (bf16), whichever is not null. Shared by the backward that reduces the row (kiln_xent_cached4) and
+// the one that reads the saved log-sum-exp (kiln_xent_grad4, scale 1). The kernels issue an instruction on two cycles
+// in three (ncu), so the common group costs a multiply an entry, with no 64-bit compares.
+__device__ __forceinline__ void kiln_xent_put_grad4(float4 e, float gs, float g, int j, int tj, int tk, float4* o,
+                                                    uint2* o16) {
+  float4 d = make_float4(e.x * gs, e.y * gs, e.z * gs, e.w * gs);
+  if (j == tj) {
+    d.x -= tk == 0 ? g : 0.f;
+    d.y -= tk == 1 ? g : 0.f;
+    d.z -= tk == 2 ? g : 0.f;
+    d.w -= tk == 3 ? g : 0.f;
+  }
   if (o != nullptr) o[j] = d;
   if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
+}
+// The target's group and its entry in that group, for kiln_xent_put_grad4: group -1 for an id outside [0, v) (which
+// kiln_check_id reports, or an ignored row's), so no group takes it.
+__device__ __forceinline__ int2 kiln_xent_target4(kiln_i64 t, kiln_i64 v) {
+  return t >= 0 && t < v ? make_int2((int)(t >> 2), (int)(t & 3)) : make_int2(-1, 0);
 }
 // kiln_xent_cached4's forward may also write each row's log-sum-exp to lse_out (else null): the backward then takes
 // kiln_xent_grad4, which needs no reduction (CudaModelDevice keeps lse per logits array while its scope is open).
@@ -774,13 +783,17 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
     }
     m = kiln_block_reduce(m, true, part);
     const float shift = m == -KILN_INF ? 0.f : m;  // a row of -inf logits: every exp is 0, lse is -inf
+    // exp(x − shift) = 2^(x·log2 e − shift·log2 e): one FFMA and the special-function unit's 2^x, where expf's
+    // accurate form took about ten instructions. The kernel issues an instruction on two cycles in three at
+    // TinyStories' shape (ncu), so instructions, not bytes, bound it.
+    const float sl2 = shift * KILN_LOG2E;
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < PER4; ++i) {
-      e[i].x = expf(e[i].x - shift);
-      e[i].y = expf(e[i].y - shift);
-      e[i].z = expf(e[i].z - shift);
-      e[i].w = expf(e[i].w - shift);
+      e[i].x = kiln_exp2(fmaf(e[i].x, KILN_LOG2E, -sl2));
+      e[i].y = kiln_exp2(fmaf(e[i].y, KILN_LOG2E, -sl2));
+      e[i].z = kiln_exp2(fmaf(e[i].z, KILN_LOG2E, -sl2));
+      e[i].w = kiln_exp2(fmaf(e[i].w, KILN_LOG2E, -sl2));
       s += (e[i].x + e[i].y) + (e[i].z + e[i].w);
     }
     s = kiln_block_reduce(s, false, part);
@@ -794,15 +807,16 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
       if (out16 == nullptr) continue;
     }
     const float g = dloss == nullptr ? g_ahead : dloss[r];
-    const float inv = 1.f / s;
+    const float gs = g * (1.f / s);
     if (threadIdx.x == 0 && dloss != nullptr) kiln_check_id(t, v, err);
+    const int2 tg = kiln_xent_target4(t, v);
     float4* o = dloss == nullptr || out == nullptr ? nullptr : reinterpret_cast<float4*>(out + r * v);
     uint2* o16 = out16 == nullptr ? nullptr : out16 + r * n4;
 #pragma unroll
     for (int i = 0; i < PER4; ++i) {
       const int j = threadIdx.x + i * blockDim.x;
       if (j >= n4) continue;
-      kiln_xent_put_grad4(make_float4(e[i].x * inv, e[i].y * inv, e[i].z * inv, e[i].w * inv), g, j, t, o, o16);
+      kiln_xent_put_grad4(e[i], gs, g, j, tg.x, tg.y, o, o16);
     }
   }
 }
@@ -820,6 +834,7 @@ __device__ void kiln_xent_grad4(const X* __restrict__ x, const I* __restrict__ t
     const kiln_i64 t = (kiln_i64)target[r];
     if (threadIdx.x == 0) kiln_check_id(t, v, err);
     const float g = dloss[r], m = lse[r];
+    const int2 tg = kiln_xent_target4(t, v);
     float4* o = out == nullptr ? nullptr : reinterpret_cast<float4*>(out + r * v);
     uint2* o16 = out16 == nullptr ? nullptr : out16 + r * n4;
     for (int j0 = threadIdx.x; j0 < n4; j0 += PER4 * blockDim.x) {
@@ -833,8 +848,8 @@ __device__ void kiln_xent_grad4(const X* __restrict__ x, const I* __restrict__ t
       for (int i = 0; i < PER4; ++i) {
         const int j = j0 + i * blockDim.x;
         if (j >= n4) continue;
-        kiln_xent_put_grad4(make_float4(expf(e[i].x - m), expf(e[i].y - m), expf(e[i].z - m), expf(e[i].w - m)), g, j,
-                            t, o, o16);
+        kiln_xent_put_grad4(make_float4(expf(e[i].x - m), expf(e[i].y - m), expf(e[i].z - m), expf(e[i].w - m)), g, g,
+                            j, tg.x, tg.y, o, o16);
       }
     }
   }
