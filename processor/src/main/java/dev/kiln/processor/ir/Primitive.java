@@ -14,12 +14,12 @@ import dev.kiln.processor.grad.VjpRules;
  */
 public enum Primitive {
   NEG(Rules.unary(VjpRules::neg, "-%1$s", "-%1$s")),
-  EXP(Rules.unary(VjpRules::exp, "Math.exp(%1$s)", "exp(%1$s)")),
+  EXP(Rules.unary(VjpRules::exp, "Math.exp(%1$s)", "kiln_exp(%1$s)")),
   LOG(Rules.unary(VjpRules::log, "Math.log(%1$s)", "log(%1$s)")),
   SQRT(Rules.unary(VjpRules::sqrt, "Math.sqrt(%1$s)", "sqrt(%1$s)")),
   RSQRT(Rules.unary(VjpRules::rsqrt, "1.0 / Math.sqrt(%1$s)", "rsqrt(%1$s)")),
   TANH(Rules.unary(VjpRules::tanh, "Math.tanh(%1$s)", "tanh(%1$s)")),
-  SIGMOID(Rules.unary(VjpRules::sigmoid, "1.0 / (1.0 + Math.exp(-%1$s))", "T(1) / (T(1) + exp(-%1$s))")),
+  SIGMOID(Rules.unary(VjpRules::sigmoid, "1.0 / (1.0 + Math.exp(-%1$s))", "kiln_sigmoid(%1$s)")),
   COS(Rules.unary(VjpRules::cos, "Math.cos(%1$s)", "cos(%1$s)")),
   SIN(Rules.unary(VjpRules::sin, "Math.sin(%1$s)", "sin(%1$s)")),
   /** Integer or boolean to float. */

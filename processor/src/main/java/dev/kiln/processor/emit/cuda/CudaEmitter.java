@@ -86,6 +86,17 @@ public final class CudaEmitter {
   }
 
   private static final String PRELUDE = """
+      // exp and the logistic sigmoid (Primitive.EXP, SIGMOID). In float on the special-function unit: __expf is
+      // 2^(x log2 e), within 2 + 1.2 |x| ulp, and __fdividef multiplies by an approximate reciprocal (2 ulp; 0 past
+      // 2^126, where the sigmoid is below float's normal range anyway): far below a bf16 result's rounding and the
+      // GPU tests' fp32 tolerances. expf and the IEEE division took about ten instructions each, and SwiGLU's
+      // kernels issued an instruction on two cycles in three while at the memory bandwidth, on a card held at its
+      // power limit, where instructions cost a training step time. double keeps the accurate forms.
+      template <typename T> __device__ __forceinline__ T kiln_exp(T x) { return exp(x); }
+      __device__ __forceinline__ float kiln_exp(float x) { return __expf(x); }
+      template <typename T> __device__ __forceinline__ T kiln_sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
+      __device__ __forceinline__ float kiln_sigmoid(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
+
       template <typename T> __device__ __forceinline__ T kiln_warp_sum(T v) {
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
         return v;
