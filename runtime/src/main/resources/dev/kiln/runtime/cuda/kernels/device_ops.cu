@@ -740,8 +740,8 @@ __device__ __forceinline__ float kiln_load1(const unsigned short* p, kiln_i64 i)
 // Group j of a row's gradient, g · (p − onehot(t)) with p = e · scale: e · (g · scale) (gs), and g taken off the
 // target's entry in the one group that holds it (tj = t / 4 as an int and tk = t % 4, kiln_xent_target4). Stored to o
 // (fp32) and/or o16 (bf16), whichever is not null. Shared by the backward that reduces the row (kiln_xent_cached4) and
-// the one that reads the saved log-sum-exp (kiln_xent_grad4, scale 1). The kernels issue an instruction on two cycles
-// in three (ncu), so the common group costs a multiply an entry, with no 64-bit compares.
+// the one that reads the saved log-sum-exp (kiln_xent_grad4, scale 1). The common group costs a multiply an entry and
+// no 64-bit compares: the kernels were bound by the instructions they issued (ncu, kiln_xent_cached4 below).
 __device__ __forceinline__ void kiln_xent_put_grad4(float4 e, float gs, float g, int j, int tj, int tk, float4* o,
                                                     uint2* o16) {
   float4 d = make_float4(e.x * gs, e.y * gs, e.z * gs, e.w * gs);
@@ -755,7 +755,7 @@ __device__ __forceinline__ void kiln_xent_put_grad4(float4 e, float gs, float g,
   if (o16 != nullptr) o16[j] = make_uint2(kiln_pack_bf16(d.x, d.y), kiln_pack_bf16(d.z, d.w));
 }
 // The target's group and its entry in that group, for kiln_xent_put_grad4: group -1 for an id outside [0, v) (which
-// kiln_check_id reports, or an ignored row's), so no group takes it.
+// kiln_check_id reports), so no group takes it, as no entry matched such an id before.
 __device__ __forceinline__ int2 kiln_xent_target4(kiln_i64 t, kiln_i64 v) {
   return t >= 0 && t < v ? make_int2((int)(t >> 2), (int)(t & 3)) : make_int2(-1, 0);
 }
