@@ -6,6 +6,12 @@
 # device) and the Python peer scripts. The package must stay under the 64 MiB transfer limit.
 #
 #   scripts/gpu-check.sh [DEST]      # DEST defaults to .device (git-ignored)
+#   KILN_BASE=<revision> scripts/gpu-check.sh
+#                                    # also builds that git revision (a temporary worktree, installed into a local
+#                                    # repository of its own over ~/.m2) and packs, in DEST/base, the entries of its
+#                                    # kiln jars that differ from this build's (reference/jar_delta.py): KILN_AB's
+#                                    # "base" setting puts them first on the class path, so one call on the GPU
+#                                    # machine compares a change's before and after at the same clocks and power
 # then on the GPU machine, from the folder that holds DEST:
 #   bash DEST/run-gpu-checks.sh      # logs under $OUT (or /tmp/kiln-gpu-out), table printed last
 set -euo pipefail
@@ -20,7 +26,7 @@ echo "[gpu-check] building (nvcc: $(command -v nvcc || echo 'absent, NVRTC at ru
 ./mvnw -q -B -o -DskipTests install
 
 mkdir -p "$dest"
-rm -rf "$dest/lib" "$dest/test-classes" "$dest/reference"
+rm -rf "$dest/lib" "$dest/test-classes" "$dest/reference" "$dest/base"
 mkdir -p "$dest/lib" "$dest/test-classes/dev/kiln/runtime/cuda" "$dest/test-classes/dev/kiln/runtime/infer" \
   "$dest/test-classes/dev/kiln/models/cs336" "$dest/reference"
 
@@ -61,10 +67,36 @@ cp scripts/reference/attention_bench.py scripts/reference/bench_table.py scripts
   "$dest/reference/"
 cp scripts/run-gpu-checks.sh "$dest/run-gpu-checks.sh"
 
+if [[ -n "${KILN_BASE:-}" ]]; then
+  base_rev=$(git rev-parse --verify "${KILN_BASE}^{commit}") || { echo "[gpu-check] KILN_BASE=$KILN_BASE is not a commit" >&2; exit 1; }
+  base_tree=$(mktemp -d)
+  echo "[gpu-check] building the base, $KILN_BASE ($base_rev), in $base_tree"
+  git worktree add -q --detach "$base_tree" "$base_rev"
+  # Its own local repository, with ~/.m2's as a read-only tail: installing the base's kiln artifacts (the models
+  # take the processor from the repository) must not replace this build's.
+  if ! (cd "$base_tree" && ./mvnw -q -B -o -DskipTests -Dmaven.repo.local="$base_tree/.m2" \
+      -Dmaven.repo.local.tail="$HOME/.m2/repository" install); then
+    git worktree remove --force "$base_tree"
+    echo "[gpu-check] the base $KILN_BASE did not build" >&2
+    exit 1
+  fi
+  mkdir -p "$dest/base"
+  for module in dsl runtime models samples; do
+    python3 scripts/reference/jar_delta.py "$(ls "$base_tree/$module"/target/kiln-$module-*.jar | grep -v -e sources -e tests | head -1)" \
+      "$(ls "$dest"/lib/kiln-$module-*.jar | head -1)" "$dest/base/kiln-$module-base.jar"
+  done
+  git worktree remove --force "$base_tree"
+  # The two builds and OpenBLAS would not fit one call's 64 MiB: an A/B package leaves OpenBLAS out, which only the
+  # GPU tests need (they compare against the CPU device); run-gpu-checks.sh skips them without it.
+  rm -f "$dest"/lib/openblas-*.jar
+  echo "[gpu-check] KILN_BASE: OpenBLAS left out, so this package runs benchmarks and A/B rounds, not the GPU tests"
+fi
+
 size=$(du -sb "$dest" | cut -f1)
 echo "[gpu-check] $dest: $((size / 1024 / 1024)) MiB ($(ls "$dest/lib" | wc -l) jars)"
 if (( size > 60 * 1024 * 1024 )); then
   echo "[gpu-check] $dest is over 60 MiB: the GPU machine takes at most 64 MiB per call" >&2
   exit 1
 fi
+
 echo "[gpu-check] on the GPU machine: bash $dest/run-gpu-checks.sh"

@@ -27,7 +27,10 @@
 #   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
 #                           setting in turn (environment assignments, space-separated within one), KILN_AB_ROUNDS
 #                           rounds (default 2), GEMM choices pinned by one file so that the settings' common GEMMs run
-#                           the same kernels; a table of every run and of each setting's mean (reference/rounds_table.py)
+#                           the same kernels; a table of every run and of each setting's mean (reference/rounds_table.py).
+#                           A setting "kiln" is the package as it is; the word "base" in a setting runs the build of
+#                           the revision the package was made with KILN_BASE=<revision> (scripts/gpu-check.sh), e.g.
+#                           KILN_AB="base;kiln" for a change's before and after
 #   KILN_PEER_ROUNDS=2      Kiln graphed and torch.compile on KILN_PEER_CONFIG (default tinystories) in turn, that many
 #                           rounds, with the SM clock, power and clock-event reasons sampled by nvidia-smi during each
 #                           run (a sustained step holds the H200 at its 700 W limit: docs/cuda.md); the same table.
@@ -45,12 +48,15 @@ torch_modes=${KILN_TORCH_MODES:-eager,compile}
 torch_configs=${KILN_TORCH_CONFIGS:-$train}
 
 tar xzf "$pkg/jre25.tgz" -C /tmp
-java=(/tmp/jre25/bin/java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx48g
-  -cp "$pkg/lib/*:$pkg/test-classes")
+jvm=(/tmp/jre25/bin/java --enable-native-access=ALL-UNNAMED --add-modules jdk.incubator.vector -Xmx48g)
+java=("${jvm[@]}" -cp "$pkg/lib/*:$pkg/test-classes")
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv > "$out/nvidia-smi.txt" 2>&1
 tests_rc=0
 
-if [[ "${KILN_TESTS:-1}" == 1 ]]; then
+if [[ "${KILN_TESTS:-1}" == 1 ]] && ! ls "$pkg"/lib/openblas-*.jar > /dev/null 2>&1; then
+  echo "=== GPU tests skipped: this package has no OpenBLAS (made with KILN_BASE for A/B rounds), which the tests'" \
+    "CPU reference needs; make one without KILN_BASE to run them"
+elif [[ "${KILN_TESTS:-1}" == 1 ]]; then
   echo "=== GPU tests"
   timeout ${KILN_TEST_TIMEOUT:-200} "${java[@]}" dev.kiln.runtime.cuda.GpuTestMain "$pkg/test-classes" > "$out/gpu-tests.log" 2>&1
   tests_rc=$?
@@ -85,20 +91,33 @@ rounds_run() { # round setting configs tag
     PYTHONUNBUFFERED=1 timeout ${KILN_TORCH_TIMEOUT:-300} python3 "$pkg/reference/train_bench_gpu.py" --configs "$3" \
       --modes compile --clip "${KILN_TORCH_CLIP:-1.0}" --steps "${KILN_ROUNDS_STEPS:-30}" --warmup 5 2> "$out/rounds-$4.err" > "$jsonl"
   else
-    local assign=()
-    [[ "$2" != kiln ]] && read -ra assign <<< "$2"
-    env "${assign[@]}" KILN_GEMM_CHOICES="$out/rounds-gemm-choices.txt" timeout ${KILN_TRAIN_TIMEOUT:-240} "${java[@]}" \
+    local words=() assign=() run=("${java[@]}")
+    [[ "$2" != kiln ]] && read -ra words <<< "$2"
+    for w in "${words[@]}"; do
+      if [[ "$w" == base ]]; then
+        # The base revision's differing classes and kernels first (scripts/gpu-check.sh, KILN_BASE).
+        run=("${jvm[@]}" -cp "$pkg/base/*:$pkg/lib/*:$pkg/test-classes")
+      else
+        assign+=("$w")
+      fi
+    done
+    env "${assign[@]}" KILN_GEMM_CHOICES="$out/rounds-gemm-choices.txt" timeout ${KILN_TRAIN_TIMEOUT:-240} "${run[@]}" \
       dev.kiln.cli.KilnCommand bench train --device cuda --configs "$3" --steps "${KILN_ROUNDS_STEPS:-30}" --warmup 5 --graphs --python none \
       2> "$out/rounds-$4.err" > "$jsonl"
   fi
   [[ -n "$pid" ]] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
   cut -c1-200 "$jsonl"
-  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$jsonl" "$clk" >> "$out/rounds.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$jsonl" "$clk" "${4%%-*}" >> "$out/rounds.tsv"
 }
 if [[ -n "${KILN_AB:-}${KILN_PEER_ROUNDS:-}" ]]; then
   rm -f "$out/rounds.tsv"
   if [[ -n "${KILN_AB:-}" ]]; then
     IFS=';' read -ra settings <<< "$KILN_AB"
+    if [[ " ${settings[*]} " =~ [[:space:]]base[[:space:]] ]] && ! ls "$pkg"/base/*.jar > /dev/null 2>&1; then
+      echo "KILN_AB names the base build, but this package has none: make it with KILN_BASE=<revision>" \
+        "scripts/gpu-check.sh (or the base and this build do not differ)" >&2
+      settings=()
+    fi
     for ((r = 1; r <= ${KILN_AB_ROUNDS:-2}; r++)); do
       for i in "${!settings[@]}"; do
         rounds_run "$r" "${settings[$i]}" "${KILN_AB_CONFIGS:-tinystories}" "ab-$r-$i"
@@ -109,7 +128,7 @@ if [[ -n "${KILN_AB:-}${KILN_PEER_ROUNDS:-}" ]]; then
     rounds_run "$r" kiln "${KILN_PEER_CONFIG:-tinystories}" "peer-$r-kiln"
     rounds_run "$r" torch-compile "${KILN_PEER_CONFIG:-tinystories}" "peer-$r-torch"
   done
-  python3 "$pkg/reference/rounds_table.py" "$out/rounds.tsv" | tee "$out/rounds-table.txt"
+  [[ -f "$out/rounds.tsv" ]] && python3 "$pkg/reference/rounds_table.py" "$out/rounds.tsv" | tee "$out/rounds-table.txt"
 fi
 if [[ "${KILN_NSYS:-0}" == 1 ]] && command -v nsys > /dev/null; then
   echo "=== nsys: kernel time of 3 small steps"

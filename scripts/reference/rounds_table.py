@@ -7,10 +7,12 @@ round (the peer's ms over Kiln's).
   usage: rounds_table.py RUNS.tsv
 
 RUNS.tsv has one line per run, tab-separated: round, setting (environment assignments for an A/B run, "kiln" or
-"torch-compile" for a peer round's two runs), the JSON-lines file the run wrote, and optionally its clock file
+"torch-compile" for a peer round's two runs), the JSON-lines file the run wrote, optionally its clock file
 (nvidia-smi samples: timestamp, SM MHz, memory MHz, power W and optionally the active clock-event reasons as a hex
 mask; the samples above 250 W count as under load, and those whose mask has bit 0x4, the software power cap, as
-held to the card's power limit). A run
+held to the card's power limit), and optionally the run's kind, "ab" or "peer" (without it, the settings "kiln" and
+"torch-compile" are a peer round's and the others A/B settings; with it, an A/B setting may be "kiln", the package
+as it is, against "base", the build KILN_BASE packed). A run
 whose file holds no result line shows as "-"; an "error" line shows as "err". Standard library only.
 """
 import os
@@ -69,14 +71,15 @@ def main(argv):
         for line in f:
             cols = line.rstrip("\n").split("\t")
             if len(cols) >= 3:
-                runs.append((cols[0], cols[1], results(cols[2]), clocks(cols[3] if len(cols) > 3 else "")))
+                kind = cols[4] if len(cols) > 4 and cols[4] else "peer" if cols[1] in PEER else "ab"
+                runs.append((cols[0], cols[1], results(cols[2]), clocks(cols[3] if len(cols) > 3 else ""), kind))
     if not runs:
         print("no runs")
         return 1
     configs = []
     settings = []
-    for _, setting, res, _ in runs:
-        if setting not in settings:
+    for _, setting, res, _, kind in runs:
+        if kind == "ab" and setting not in settings:
             settings.append(setting)
         for c in res:
             if c not in configs:
@@ -84,9 +87,9 @@ def main(argv):
     cell = lambda v: "-" if v is None else v if isinstance(v, str) else "%.2f" % v
     print("| round | setting | " + " | ".join(c + " ms" for c in configs) + " | clocks |")
     print("| --- | --- | " + " | ".join("---" for _ in configs) + " | --- |")
-    for rnd, setting, res, clk in runs:
+    for rnd, setting, res, clk, _ in runs:
         print("| %s | %s | %s | %s |" % (rnd, setting, " | ".join(cell(res.get(c)) for c in configs), clk))
-    ab = [s for s in settings if s not in PEER]
+    ab = settings
     if ab:
         print()
         print("| config | " + " | ".join(ab) + " |")
@@ -94,7 +97,7 @@ def main(argv):
         for c in configs:
             means = []
             for s in ab:
-                v = [r[2][c] for r in runs if r[1] == s and isinstance(r[2].get(c), float)]
+                v = [r[2][c] for r in runs if r[4] == "ab" and r[1] == s and isinstance(r[2].get(c), float)]
                 means.append(sum(v) / len(v) if v else None)
             row = []
             for i, m in enumerate(means):
@@ -104,14 +107,15 @@ def main(argv):
                 row.append(text)
             print("| %s | %s |" % (c, " | ".join(row)))
         print("(mean ms a step; (Nx): the first setting's ms / this one's, above 1 means this setting is faster)")
-    rounds = [r[0] for r in runs if r[1] == "kiln"]
-    if rounds and any(r[1] == "torch-compile" for r in runs):
+    peer = [r for r in runs if r[4] == "peer"]
+    rounds = [r[0] for r in peer if r[1] == "kiln"]
+    if rounds and any(r[1] == "torch-compile" for r in peer):
         print()
         print("| round | config | kiln ms | torch.compile ms | Kiln's speed-up |")
         print("| --- | --- | --- | --- | --- |")
         for rnd in rounds:
-            k = next(r[2] for r in runs if r[0] == rnd and r[1] == "kiln")
-            t = next((r[2] for r in runs if r[0] == rnd and r[1] == "torch-compile"), {})
+            k = next(r[2] for r in peer if r[0] == rnd and r[1] == "kiln")
+            t = next((r[2] for r in peer if r[0] == rnd and r[1] == "torch-compile"), {})
             for c in k:
                 kv, tv = k.get(c), t.get(c)
                 ratio = "%.2fx" % (tv / kv) if isinstance(kv, float) and isinstance(tv, float) else "-"
