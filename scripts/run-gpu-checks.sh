@@ -24,6 +24,8 @@
 #                           the same base clocks; both runs also list their GEMM launches in order (--gemms)
 #   KILN_NCU_FLAGS="..."    more ncu flags for both, e.g. "--cache-control none --clock-control none" for kernel times
 #                           as a real step sees them (boost clocks, caches not flushed between kernels)
+#   KILN_NCU_ISSUE=1        both also measure the share of cycles each kernel issued an instruction on, shown per
+#                           family and kernel: at the card's power limit instructions cost a step time (docs/cuda.md)
 #   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
 #                           setting in turn (environment assignments, space-separated within one), KILN_AB_ROUNDS
 #                           rounds (default 2), GEMM choices pinned by one file so that the settings' common GEMMs run
@@ -187,11 +189,13 @@ if [[ "${KILN_SANITIZE:-0}" == 1 ]]; then
     "$pkg/test-classes" Device > "$out/sanitizer.log" 2>&1
   echo "exit $?; $(grep -E 'ERROR SUMMARY|GPUTEST (PASS|FAIL)' "$out/sanitizer.log" | tr '\n' ' ' | cut -c1-600)"
 fi
+ncu_metrics=gpu__time_duration.sum
+[[ "${KILN_NCU_ISSUE:-0}" == 1 ]] && ncu_metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active
 if [[ -n "${KILN_NCU:-}" ]]; then
   echo "=== ncu: kernel times of one eager ${KILN_NCU} step"
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
   KILN_GEMM_CHOICES="$out/gemm-choices.txt" timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" ${KILN_NCU_FLAGS:-} \
-    --target-processes all --metrics gpu__time_duration.sum --csv --page raw \
+    --target-processes all --metrics "$ncu_metrics" --csv --page raw \
     --log-file "$out/ncu.csv" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$KILN_NCU" \
     --steps 1 --warmup 1 --python none > "$out/ncu-bench.log" 2>&1
   echo "exit $?"
@@ -202,7 +206,7 @@ if [[ -n "${KILN_NCU_TORCH:-}" ]]; then
   mode=${KILN_NCU_TORCH_MODE:-compile}
   echo "=== ncu: kernel times of one torch-$mode ${KILN_NCU_TORCH} step"
   ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
-  timeout ${KILN_NCU_TIMEOUT:-300} "$ncu" ${KILN_NCU_FLAGS:-} --profile-from-start off --metrics gpu__time_duration.sum --csv --page raw \
+  timeout ${KILN_NCU_TIMEOUT:-300} "$ncu" ${KILN_NCU_FLAGS:-} --profile-from-start off --metrics "$ncu_metrics" --csv --page raw \
     --log-file "$out/ncu-torch.csv" python3 "$pkg/reference/train_bench_gpu.py" --configs "$KILN_NCU_TORCH" \
     --modes "$mode" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 2 --warmup 3 --cuda-profile-step > "$out/ncu-torch-bench.log" 2>&1
   echo "exit $?"

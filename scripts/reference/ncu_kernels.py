@@ -12,7 +12,9 @@ and to check a kernel change. The CSV comes from
 (run-gpu-checks.sh does this with KILN_NCU=<config>). A step ends with the fused AdamW kernel, so the kernels after
 the second-to-last AdamW launch, up to and including the last one, are one whole step (warm-up steps and the
 benchmark's profiled step come before and after it). Prints the families (GEMMs, attention, RoPE, ...), then the
-slowest kernels.
+slowest kernels. With smsp__issue_active.avg.pct_of_peak_sustained_active among the metrics (run-gpu-checks.sh's
+KILN_NCU_ISSUE=1), each line also gives the share of cycles on which an instruction issued, weighted by time: a
+step at the card's power limit pays for instructions even in a kernel its bytes bound (docs/cuda.md, "Power").
 
   python3 ncu_kernels.py ncu.csv [--top 25]
 """
@@ -41,6 +43,7 @@ FAMILIES = [
     ("gathers and scatters", re.compile(r"^kiln_(gather|scatter)")),
 ]
 GENERATED = re.compile(r"^([A-Z][A-Za-z0-9]*)_(apply|loss|forward)\w*?_(fwd|bwd)_\d+")
+ISSUE = "smsp__issue_active.avg.pct_of_peak_sustained_active"
 UNITS = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0, "second": 1e3, "s": 1e3}
 
 
@@ -55,7 +58,7 @@ def family(name):
 
 
 def read(path):
-    """(kernel name, milliseconds, grid, block) per launch, in launch order."""
+    """(kernel name, milliseconds, grid, block, issue % or None) per launch, in launch order."""
     with open(path, newline="") as f:
         lines = [line for line in f if not line.startswith("==")]
     rows = list(csv.reader(lines))
@@ -68,6 +71,7 @@ def read(path):
     name_at, time_at = header.index("Kernel Name"), header.index("gpu__time_duration.sum")
     grid_at = header.index("Grid Size") if "Grid Size" in header else None
     block_at = header.index("Block Size") if "Block Size" in header else None
+    issue_at = header.index(ISSUE) if ISSUE in header else None
     body = rows[1:]
     scale = UNITS["nsecond"]
     if body and body[0] and body[0][0] == "":  # the units row
@@ -79,8 +83,12 @@ def read(path):
     launches = []
     for r in body:
         if len(r) > max(name_at, time_at) and r[time_at].strip():
+            issue = None
+            if issue_at is not None and len(r) > issue_at and r[issue_at].strip():
+                issue = float(r[issue_at].replace(",", ""))
             launches.append((re.sub(r"\(.*", "", r[name_at]).strip(), float(r[time_at].replace(",", "")) * scale,
-                             r[grid_at] if grid_at is not None else "", r[block_at] if block_at is not None else ""))
+                             r[grid_at] if grid_at is not None else "", r[block_at] if block_at is not None else "",
+                             issue))
     return launches
 
 
@@ -104,23 +112,32 @@ def main():
     step, what = (launches, "every launch (one step)") if args.all else one_step(launches)
     total = sum(launch[1] for launch in step)
     print("%s: %d launches, %.3f ms of kernel time" % (what, len(step), total))
-    fams = collections.defaultdict(lambda: [0.0, 0])
-    kernels = collections.defaultdict(lambda: [0.0, 0])
-    for name, t, _, _ in step:
+    # [ms, calls, ms of the launches with an issue share, their issue-weighted ms]
+    fams = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0])
+    kernels = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0])
+    for name, t, _, _, issue in step:
         for table, key in ((fams, family(name)), (kernels, name)):
             table[key][0] += t
             table[key][1] += 1
-    print("%-34s %9s %6s %7s" % ("family", "ms", "share", "calls"))
-    for key, (t, n) in sorted(fams.items(), key=lambda kv: -kv[1][0]):
-        print("%-34s %9.3f %5.1f%% %7d" % (key, t, 100 * t / total if total else 0, n))
+            if issue is not None:
+                table[key][2] += t
+                table[key][3] += t * issue
+    issued = any(launch[4] is not None for launch in step)
+    issue_cell = lambda e: (" %6.1f%%" % (e[3] / e[2]) if e[2] > 0 else " %7s" % "-") if issued else ""
+    issue_head = " %7s" % "issue" if issued else ""
+    print("%-34s %9s %6s %7s%s" % ("family", "ms", "share", "calls", issue_head))
+    for key, e in sorted(fams.items(), key=lambda kv: -kv[1][0]):
+        print("%-34s %9.3f %5.1f%% %7d%s" % (key, e[0], 100 * e[0] / total if total else 0, e[1], issue_cell(e)))
     print()
-    print("%-72s %9s %7s" % ("kernel", "ms", "calls"))
-    for key, (t, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        print("%-72s %9.3f %7d" % (key[:72], t, n))
+    print("%-72s %9s %7s%s" % ("kernel", "ms", "calls", issue_head))
+    for key, e in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
+        print("%-72s %9.3f %7d%s" % (key[:72], e[0], e[1], issue_cell(e)))
+    if issued:
+        print("(issue: the share of cycles on which an instruction issued, weighted by each launch's time)")
     if args.gemms:
         print()
         print("GEMM launches in order: ms, grid, block, kernel")
-        for name, t, grid, block in step:
+        for name, t, grid, block, _ in step:
             if family(name) == "GEMMs (cuBLAS)":
                 print("%8.4f %-16s %-12s %s" % (t, grid, block, name[:110]))
 
