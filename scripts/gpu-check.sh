@@ -72,20 +72,16 @@ if [[ -n "${KILN_BASE:-}" ]]; then
   base_tree=$(mktemp -d)
   echo "[gpu-check] building the base, $KILN_BASE ($base_rev), in $base_tree"
   git worktree add -q --detach "$base_tree" "$base_rev"
+  trap 'git worktree remove --force "$base_tree"' EXIT  # whatever happens below
   # Its own local repository, with ~/.m2's as a read-only tail: installing the base's kiln artifacts (the models
   # take the processor from the repository) must not replace this build's.
-  if ! (cd "$base_tree" && ./mvnw -q -B -o -DskipTests -Dmaven.repo.local="$base_tree/.m2" \
-      -Dmaven.repo.local.tail="$HOME/.m2/repository" install); then
-    git worktree remove --force "$base_tree"
-    echo "[gpu-check] the base $KILN_BASE did not build" >&2
-    exit 1
-  fi
+  (cd "$base_tree" && ./mvnw -q -B -o -DskipTests -Dmaven.repo.local="$base_tree/.m2" \
+    -Dmaven.repo.local.tail="$HOME/.m2/repository" install) || { echo "[gpu-check] the base $KILN_BASE did not build" >&2; exit 1; }
   mkdir -p "$dest/base"
   for module in dsl runtime models samples; do
     python3 scripts/reference/jar_delta.py "$(ls "$base_tree/$module"/target/kiln-$module-*.jar | grep -v -e sources -e tests | head -1)" \
       "$(ls "$dest"/lib/kiln-$module-*.jar | head -1)" "$dest/base/kiln-$module-base.jar"
   done
-  git worktree remove --force "$base_tree"
   # The two builds and OpenBLAS would not fit one call's 64 MiB: an A/B package leaves OpenBLAS out, which only the
   # GPU tests need (they compare against the CPU device); run-gpu-checks.sh skips them without it.
   rm -f "$dest"/lib/openblas-*.jar
@@ -98,5 +94,4 @@ if (( size > 60 * 1024 * 1024 )); then
   echo "[gpu-check] $dest is over 60 MiB: the GPU machine takes at most 64 MiB per call" >&2
   exit 1
 fi
-
 echo "[gpu-check] on the GPU machine: bash $dest/run-gpu-checks.sh"

@@ -6,8 +6,9 @@
 scripts/gpu-check.sh (KILN_BASE=<revision>) uses it to pack a second build for the GPU machine within its 64 MiB:
 put first on the class path, OUT.jar makes the classes and kernels of the base revision win over the current ones,
 and the entries both builds share come from the current jar. An entry only the current build has stays visible
-(nothing can hide it), which is harmless as long as the base code never names it. Prints how many entries differ;
-writes no file when none do.
+(nothing can hide it), which is harmless as long as the base code never names it. nvcc's fatbins of unchanged
+sources can differ byte for byte between two builds (seen for flash_attention and cross_entropy), so they may be
+packed too: same code, a few MB more. Prints how many entries differ; writes no file when none do.
 """
 import os
 import sys

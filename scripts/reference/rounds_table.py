@@ -77,10 +77,10 @@ def main(argv):
         print("no runs")
         return 1
     configs = []
-    settings = []
+    ab = []  # the A/B settings, in order of first appearance
     for _, setting, res, _, kind in runs:
-        if kind == "ab" and setting not in settings:
-            settings.append(setting)
+        if kind == "ab" and setting not in ab:
+            ab.append(setting)
         for c in res:
             if c not in configs:
                 configs.append(c)
@@ -89,7 +89,6 @@ def main(argv):
     print("| --- | --- | " + " | ".join("---" for _ in configs) + " | --- |")
     for rnd, setting, res, clk, _ in runs:
         print("| %s | %s | %s | %s |" % (rnd, setting, " | ".join(cell(res.get(c)) for c in configs), clk))
-    ab = settings
     if ab:
         print()
         print("| config | " + " | ".join(ab) + " |")
