@@ -377,6 +377,14 @@ public final class FlashAttention {
     static int sharedBytes(int rows, int d) {
       return rows * 8 + d / 2 * 8;
     }
+
+    /**
+     * Shared memory the backward adds beyond {@link #sharedBytes}: each row's (cos, sin) pairs as fp16, rows of
+     * {@code d / 2 + 4} words (flash_attention.cu, kiln_rope_cs_ld), for the stores that turn dq and dk back.
+     */
+    static int backwardTableBytes(int rows, int d) {
+      return rows * (d / 2 + 4) * 4;
+    }
   }
 
   /**
@@ -556,7 +564,8 @@ public final class FlashAttention {
     if (rows > 0) {
       // q, k, v and dOut of one (batch, head) slab in padded rows and its rows' lse and dot: one kernel computes
       // dot = rowsum(dOut · out) and writes dq, dk and dv.
-      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4 + (rope != null ? Rope.sharedBytes(rows, d) : 0);
+      int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4
+          + (rope != null ? Rope.sharedBytes(rows, d) + Rope.backwardTableBytes(rows, d) : 0);
       KernelArgs args = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(out).ptr(dOut).ptr(lse).ptr(dq).ptr(dk).ptr(dv)
           .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
           .struct(g.v.words()).struct(lo.words()).struct(ldo.words()).struct(ldq.words()).struct(ldk.words())

@@ -658,11 +658,28 @@ __device__ __forceinline__ unsigned kiln_rope_turn(unsigned w, float2 cs) {
   return kiln_pack_bf16(x0 * cs.x - x1 * cs.y, x0 * cs.y + x1 * cs.x);
 }
 
+// (cos, sin) as two fp16 in one word, and back: the backward's table of them (rope_rows' cs_out), [row][pair] with
+// rows of D/2 + 4 words, so the 8 rows a warp's stores read at once fall in distinct banks (FlashAttention.Rope).
+template <int D>
+__host__ __device__ constexpr int kiln_rope_cs_ld() { return D / 2 + 4; }
+__device__ __forceinline__ unsigned kiln_pack_f16(float2 cs) {
+  unsigned r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(cs.y), "f"(cs.x));
+  return r;
+}
+__device__ __forceinline__ float2 kiln_unpack_f16(unsigned w) {
+  float2 cs;
+  asm("{.reg .f16 lo, hi;\n mov.b32 {lo, hi}, %2;\n cvt.f32.f16 %0, lo;\n cvt.f32.f16 %1, hi;\n}"
+      : "=f"(cs.x), "=f"(cs.y) : "r"(w));
+  return cs;
+}
+
 // Rows [row0, row0 + ROWS) of the padded slab tiles qs and ks (row r at r·LD) turned in place, 16 bytes (four pairs)
-// of each a step, one (cos, sin) for both; rows past n hold zeros and are left so.
+// of each a step, one (cos, sin) for both; rows past n hold zeros and are left so. cs_out (the backward's, else
+// null): each (cos, sin) also as two fp16 at [row][pair] (kiln_rope_cs_ld), for the stores that turn dq and dk back.
 template <int D, int ROWS, int NT>
 __device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0, int n, const double* ps,
-                                          const double* fs, int tid) {
+                                          const double* fs, int tid, unsigned* cs_out = nullptr) {
   constexpr int CPR = D / 8, LD = D + 8;
   for (int i = tid; i < ROWS * CPR; i += NT) {
     const int row = row0 + i / CPR, c = (i % CPR) * 8;
@@ -671,37 +688,39 @@ __device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0
     uint4* wq = reinterpret_cast<uint4*>(qs + row * LD + c);
     uint4* wk = reinterpret_cast<uint4*>(ks + row * LD + c);
     uint4 q = *wq, k = *wk;
-    float2 cs = kiln_rope_cs(p, fs, c / 2);
-    q.x = kiln_rope_turn(q.x, cs);
-    k.x = kiln_rope_turn(k.x, cs);
-    cs = kiln_rope_cs(p, fs, c / 2 + 1);
-    q.y = kiln_rope_turn(q.y, cs);
-    k.y = kiln_rope_turn(k.y, cs);
-    cs = kiln_rope_cs(p, fs, c / 2 + 2);
-    q.z = kiln_rope_turn(q.z, cs);
-    k.z = kiln_rope_turn(k.z, cs);
-    cs = kiln_rope_cs(p, fs, c / 2 + 3);
-    q.w = kiln_rope_turn(q.w, cs);
-    k.w = kiln_rope_turn(k.w, cs);
+    float2 cs[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) cs[j] = kiln_rope_cs(p, fs, c / 2 + j);
+    q.x = kiln_rope_turn(q.x, cs[0]);
+    k.x = kiln_rope_turn(k.x, cs[0]);
+    q.y = kiln_rope_turn(q.y, cs[1]);
+    k.y = kiln_rope_turn(k.y, cs[1]);
+    q.z = kiln_rope_turn(q.z, cs[2]);
+    k.z = kiln_rope_turn(k.z, cs[2]);
+    q.w = kiln_rope_turn(q.w, cs[3]);
+    k.w = kiln_rope_turn(k.w, cs[3]);
     *wq = q;
     *wk = k;
+    if (cs_out != nullptr)
+      *reinterpret_cast<uint4*>(cs_out + row * kiln_rope_cs_ld<D>() + c / 2) =
+          make_uint4(kiln_pack_f16(cs[0]), kiln_pack_f16(cs[1]), kiln_pack_f16(cs[2]), kiln_pack_f16(cs[3]));
   }
 }
 
 // store_rows for one 16-row tile with RoPE's inverse rotation on each pair: a lane's accumulators (i·8 + 2t,
-// i·8 + 2t + 1) are exactly pair 4i + t of the row.
+// i·8 + 2t + 1) are exactly pair 4i + t of the row, whose (cos, sin) rope_rows left in cs ([row][pair], two fp16:
+// 2^-12 relative, 8× below the bf16 rounding of the rows it turned) rather than computed again for each of dq and dk.
 template <int D, typename TO>
 __device__ __forceinline__ void store_rows_unrope(TO* dst, kiln_i64 sr, float (*acc)[D / 8][4], float mul, int row0,
-                                                  int n, int g, int t, const double* ps, const double* fs) {
+                                                  int n, int g, int t, const unsigned* cs_table) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + g + r * 8;
     if (row < n) {
       TO* d = dst + (kiln_i64)row * sr;
-      const double p = ps[row];
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) {
-        const float2 cs = kiln_rope_cs(p, fs, 4 * i + t);
+        const float2 cs = kiln_unpack_f16(cs_table[row * kiln_rope_cs_ld<D>() + 4 * i + t]);
         const float a = acc[0][i][2 * r] * mul, b = acc[0][i][2 * r + 1] * mul;
         kiln_store_pair(d + i * 8 + 2 * t, a * cs.x + b * cs.y, b * cs.x - a * cs.y);
       }
@@ -871,6 +890,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   float* Ds = Ls + NMAX;                  // [NMAX]
   double* Ps = (double*)(Ds + NMAX);  // ROPE: [NMAX] positions, then [D / 2] frequencies
   double* Fs = Ps + NMAX;
+  unsigned* Cs = (unsigned*)(Fs + D / 2);  // ROPE: [NMAX][D / 2 + 4] (cos, sin) as fp16 pairs, for dq's and dk's stores
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
@@ -921,7 +941,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
       dq_tile<D, LD, 1, BT, true>(dq, qf, df, Qs, dOs, wrow0, Ks + j * BT * LD, Vs + j * BT * LD, lse2, dot, j * BT,
                                   wrow0, n, causal, sl2, g, t, lane);
     if constexpr (ROPE) {
-      store_rows_unrope<D, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t, Ps, Fs);
+      store_rows_unrope<D, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t, Cs);
     } else {
       store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
     }
@@ -938,9 +958,9 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   if constexpr (ROPE) {
     // The rows that arrived: the first half when causal, else all of them.
     if (causal) {
-      rope_rows<D, NMAX / 2, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
+      rope_rows<D, NMAX / 2, NT>(Qs, Ks, 0, n, Ps, Fs, tid, Cs);
     } else {
-      rope_rows<D, NMAX, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
+      rope_rows<D, NMAX, NT>(Qs, Ks, 0, n, Ps, Fs, tid, Cs);
     }
   }
   tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, first, lane);
@@ -952,7 +972,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   __syncthreads();
   tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, second, lane);
   if constexpr (ROPE) {
-    if (causal) rope_rows<D, NMAX / 2, NT>(Qs, Ks, NMAX / 2, n, Ps, Fs, tid);
+    if (causal) rope_rows<D, NMAX / 2, NT>(Qs, Ks, NMAX / 2, n, Ps, Fs, tid, Cs);
   }
   __syncthreads();  // dK/dV read every query row's dot and lse (and every turned row)
   if (!causal) dq_rows(first);
@@ -969,7 +989,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
                                     n, causal, sl2, g, t, lane);
     }
     if constexpr (ROPE) {
-      store_rows_unrope<D, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t, Ps, Fs);
+      store_rows_unrope<D, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t, Cs);
     } else {
       store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
     }
