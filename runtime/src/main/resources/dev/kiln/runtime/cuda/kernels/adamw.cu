@@ -28,18 +28,29 @@ struct KilnAdamTensor {  // 64 bytes; the Java side writes the same layout (Adam
 __device__ __forceinline__ bool kiln_aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 __device__ __forceinline__ bool kiln_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
 
-// One element's update (g already scaled), in place.
+// sqrt on the special-function unit (sqrt.approx: within 2^-23 relative, subnormals kept): the update's square
+// root and division were IEEE-rounded, about 8 instructions each an element, and at a card's power limit a step
+// pays for a kernel's instructions even where its bytes set its time (docs/cuda.md, "Power", twenty-third session).
+// The update m / (sqrt(v) + eps) is then within a few parts in 10^7 of the rounded one, far below the weight's own
+// fp32 rounding of the step it takes.
+__device__ __forceinline__ float kiln_sqrt_approx(float x) {
+  float y;
+  asm("sqrt.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// One element's update (g already scaled), in place. The denominators are at least eps, inside __fdividef's range.
 __device__ __forceinline__ void kiln_adam_one(float g, float& p, float& m, float& v, float lr, float beta1,
                                               float beta2, float eps, float weight_decay, float step, float bc2,
                                               float inv_sqrt_bc2, float decay, int cs336) {
   m = beta1 * m + (1.f - beta1) * g;
   v = beta2 * v + (1.f - beta2) * g * g;
   if (cs336) {
-    p -= step * sqrtf(bc2) * m / (sqrtf(v) + eps);
+    p -= __fdividef(step * sqrtf(bc2) * m, kiln_sqrt_approx(v) + eps);
     p -= lr * weight_decay * p;
   } else {
     p *= decay;
-    p -= step * m / (sqrtf(v) * inv_sqrt_bc2 + eps);
+    p -= __fdividef(step * m, kiln_sqrt_approx(v) * inv_sqrt_bc2 + eps);
   }
 }
 
