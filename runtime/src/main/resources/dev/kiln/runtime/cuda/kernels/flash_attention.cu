@@ -370,8 +370,9 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
 // tiles Ks and Vs (key wkey0 onwards), the query tile's BM rows (query m0 onwards) are qs and dos with their lse and
 // dot in ls and ds. S^T = K_w Q^T, P^T = exp(S^T · scale − lse), dV += P^T dO, dP^T = V_w dO^T,
 // dS^T = P^T ∘ (dP^T − dot), dK += dS^T Q (the scale is applied when dK is stored). LSE2: whether ls is already in
-// log2 units (one FFMA a score instead of a multiply and an FFMA).
-template <int D, int LD, int MT, int BM, bool LSE2 = false>
+// log2 units (one FFMA a score instead of a multiply and an FFMA). MASK: whether some of the tile's scores may be masked
+// (past n, or above the diagonal when causal); a caller that knows none are passes false and skips the tests.
+template <int D, int LD, int MT, int BM, bool LSE2 = false, bool MASK = true>
 __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D / 8][4], const kiln_bf16* Ks,
                                           const kiln_bf16* Vs, int krow, const kiln_bf16* qs, const kiln_bf16* dos,
                                           const float* ls, const float* ds, int m0, int wkey0, int n, int causal,
@@ -391,7 +392,7 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
         const int col = m0 + cl;
         const int key = wkey0 + mt * 16 + g + (e >> 1) * 8;
         float x = kiln_exp2(LSE2 ? fmaf(p[mt][nb][e], sl2, -ls[cl]) : p[mt][nb][e] * sl2 - ls[cl] * KILN_LOG2E);
-        if (col >= n || (causal && col < key)) x = 0.f;
+        if (MASK && (col >= n || (causal && col < key))) x = 0.f;
         p[mt][nb][e] = x;
       }
     }
@@ -412,7 +413,8 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
 // One key tile's contribution to one warp's dQ: the warp's MT tiles of 16 query rows (from wrow0) are qf and df's
 // registers (QREG) or rows qrow.. of the smem tiles Qs and dOs, with lse (log2 units) and dot per row; the tile's BN
 // keys (key n0 onwards) are ks and vs. Recomputes S and dP, then dQ += dS K (the scale is applied when dQ is stored).
-template <int D, int LD, int MT, int BN, bool QREG>
+// MASK as dkdv_tile's.
+template <int D, int LD, int MT, int BN, bool QREG, bool MASK = true>
 __device__ __forceinline__ void dq_tile(float (*dq)[D / 8][4], const unsigned (*qf)[D / 16][4],
                                         const unsigned (*df)[D / 16][4], const kiln_bf16* Qs, const kiln_bf16* dOs,
                                         int qrow, const kiln_bf16* ks, const kiln_bf16* vs, const float (*lse2)[2],
@@ -437,7 +439,7 @@ __device__ __forceinline__ void dq_tile(float (*dq)[D / 8][4], const unsigned (*
         const int col = n0 + nb * 8 + 2 * t + (e & 1);
         const int row = wrow0 + mt * 16 + g + (e >> 1) * 8;
         float x = kiln_exp2(p[mt][nb][e] * sl2 - lse2[mt][e >> 1]);
-        if (col >= n || (causal && col > row)) x = 0.f;
+        if (MASK && (col >= n || (causal && col > row))) x = 0.f;
         dp[mt][nb][e] = x * (dp[mt][nb][e] - dot[mt][e >> 1]);  // dS
       }
     }
@@ -740,11 +742,28 @@ __device__ __forceinline__ void store_rows_unrope(TO* dst, kiln_i64 sr, float (*
 // Rows [0, NMAX/2) of a slab's tile go in the first cp.async group and the rest in the second: under a causal mask the
 // first half of the query rows sees only the first half of the keys, so the warps start on their first tile (all in
 // the first half) while the second half is still arriving.
-template <int D, int NMAX, int NT>
+// ROWWISE: the block's threads cover whole rows (NT a multiple of a row's 16-byte chunks), so each thread keeps one
+// column and walks rows NT / CPR apart, with no division of a chunk index (ncu's per-instruction counts, d32
+// backward: its eight loads in load_tile's form were 9% of the kernel's instructions, about 30 a 16-byte copy).
+// Which kernels take it is ptxas's register allocation, checked kernel by kernel: the RoPE forms (what a RoPE model
+// runs) keep their registers with it, while the plain forward at three blocks a multiprocessor (80 registers) spilled
+// 32 bytes and the plain backward 12, so they keep load_tile, as do the tiled kernels, several of which spilled.
+template <int D, int NMAX, int NT, bool ROWWISE>
 __device__ __forceinline__ void load_halves(kiln_bf16* s, const kiln_bf16* g, kiln_i64 sr, int half, int n,
                                             int tid) {
-  constexpr int LD = D + 8, H = NMAX / 2;
-  load_tile<D, H, NT>(s + half * H * LD, g, sr, half * H, n, tid);
+  constexpr int LD = D + 8, H = NMAX / 2, CPR = D / 8, STEP = NT / CPR;
+  static_assert(NT % CPR == 0 && H % STEP == 0, "the threads cover whole rows of the half");
+  if constexpr (ROWWISE) {
+    const int r = half * H + (unsigned)tid / CPR, c = (unsigned)tid % CPR * 8;
+#pragma unroll
+    for (int j = 0; j < H / STEP; ++j) {
+      const int row = r + j * STEP;
+      const bool valid = row < n;
+      kiln_cp_async16(s + row * LD + c, g + (valid ? (kiln_i64)row * sr + c : 0), valid);
+    }
+  } else {
+    load_tile<D, H, NT>(s + half * H * LD, g, sr, half * H, n, tid);
+  }
 }
 
 // Forward: warps own query tiles and walk the key tiles of 64 that they see. The scale is folded into the
@@ -771,9 +790,9 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
   const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    load_halves<D, NMAX, NT>(Qs, q, lq.sr, half, n, tid);
-    load_halves<D, NMAX, NT>(Ks, k, lk.sr, half, n, tid);
-    load_halves<D, NMAX, NT>(Vs, v, lv.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(Qs, q, lq.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(Ks, k, lk.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(Vs, v, lv.sr, half, n, tid);
     kiln_cp_async_commit();
   }
   if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
@@ -863,6 +882,10 @@ __device__ __forceinline__ void tile_dot(float* Ds, float* Ls, const OutHalfRows
   }
 }
 
+// Tags that pick a tile function's masked or unmasked form from a generic lambda.
+struct kiln_masked { static constexpr bool value = true; };
+struct kiln_unmasked { static constexpr bool value = false; };
+
 // Backward: also computes dot = rowsum(dO ∘ O) itself (from the forward's output O, of type TI), so the separate row-sum
 // kernel and its round trip through global memory are gone. dQ of each warp's first query tile runs first (under a
 // causal mask it needs only the first half of the slab), then dK and dV (warps own key tiles and walk the query
@@ -881,6 +904,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
                                          kiln_attn_layout ldv, const kiln_attn_rope& rp) {
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16;
   static_assert(TILES == 2 * WARPS && NMAX % (2 * BT) == 0, "a warp owns two 16-row tiles of the slab");
+  static_assert(BT % 16 == 0, "the unmasked tiles are found with 16-row tiles");
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
   kiln_bf16* Ks = Qs + NMAX * LD;
@@ -900,10 +924,10 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   const kiln_bf16* dout = dO + kiln_attn_slab(ldo, bh, heads);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    load_halves<D, NMAX, NT>(Qs, q, lq.sr, half, n, tid);
-    load_halves<D, NMAX, NT>(Ks, k, lk.sr, half, n, tid);
-    load_halves<D, NMAX, NT>(Vs, v, lv.sr, half, n, tid);
-    load_halves<D, NMAX, NT>(dOs, dout, ldo.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(Qs, q, lq.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(Ks, k, lk.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(Vs, v, lv.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE>(dOs, dout, ldo.sr, half, n, tid);
     kiln_load_vec<NMAX / 2, NT>(Ls + half * (NMAX / 2), LSE + vbase, half * (NMAX / 2), n, tid);
     kiln_cp_async_commit();
   }
@@ -937,7 +961,15 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     zero<1, D / 8>(dq);
     int nkb = qtiles;
     if (causal) nkb = kiln_min(nkb, (wrow0 + 16 + BT - 1) / BT);
-    for (int j = 0; j < nkb; ++j)
+    // Key tiles before the diagonal one (causal), or before a partial last one, mask nothing: their loop skips the
+    // tests (ncu: the masks were a quarter of the loops' instructions). With wrow0 and BT multiples of 16, a causal
+    // row's last tile holds its diagonal and every earlier tile ends at or before wrow0.
+    const int unmasked = causal ? nkb - 1 : kiln_min(nkb, n / BT);
+    int j = 0;
+    for (; j < unmasked; ++j)
+      dq_tile<D, LD, 1, BT, true, false>(dq, qf, df, Qs, dOs, wrow0, Ks + j * BT * LD, Vs + j * BT * LD, lse2, dot,
+                                         j * BT, wrow0, n, causal, sl2, g, t, lane);
+    for (; j < nkb; ++j)
       dq_tile<D, LD, 1, BT, true>(dq, qf, df, Qs, dOs, wrow0, Ks + j * BT * LD, Vs + j * BT * LD, lse2, dot, j * BT,
                                   wrow0, n, causal, sl2, g, t, lane);
     if constexpr (ROPE) {
@@ -983,11 +1015,17 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     float dk[1][D / 8][4], dv[1][D / 8][4];
     zero<1, D / 8>(dk);
     zero<1, D / 8>(dv);
-    for (int it = causal ? wkey0 / BT : 0; it < qtiles; ++it) {
+    // The diagonal query tile (causal) and a partial last one are masked; the tiles between them mask nothing (the
+    // one after the diagonal starts at or past wkey0 + 16, with wkey0 and BT multiples of 16).
+    auto tile = [&](auto mask, int it) {
       const int m0 = it * BT;
-      dkdv_tile<D, LD, 1, BT, true>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0, wkey0,
-                                    n, causal, sl2, g, t, lane);
-    }
+      dkdv_tile<D, LD, 1, BT, true, decltype(mask)::value>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD,
+                                                           Ls + m0, Ds + m0, m0, wkey0, n, causal, sl2, g, t, lane);
+    };
+    int it = causal ? wkey0 / BT : 0;
+    if (causal) tile(kiln_masked{}, it++);
+    for (const int full = n / BT; it < full; ++it) tile(kiln_unmasked{}, it);
+    for (; it < qtiles; ++it) tile(kiln_masked{}, it);
     if constexpr (ROPE) {
       store_rows_unrope<D, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t, Cs);
     } else {
