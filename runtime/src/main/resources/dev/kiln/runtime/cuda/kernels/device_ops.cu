@@ -733,6 +733,17 @@ __device__ __forceinline__ float4 kiln_load4(const unsigned short* p, int j) {
   return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u), __uint_as_float(w.y << 16),
                      __uint_as_float(w.y & 0xffff0000u));
 }
+// Group j of a bf16 row as its two packed words, and the packed pair of -inf placeholders past a row's end.
+__device__ __forceinline__ uint2 kiln_load_raw4(const unsigned short* p, int j) {
+  return reinterpret_cast<const uint2*>(p)[j];
+}
+#define KILN_BF16X2_NEG_INF 0xff80ff80u
+// The larger of each half of two bf16 pairs (a NaN loses to a number, as in fmaxf).
+__device__ __forceinline__ unsigned kiln_max_bf16x2(unsigned a, unsigned b) {
+  unsigned r;
+  asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
 __device__ __forceinline__ float kiln_load1(const float* p, kiln_i64 i) { return p[i]; }
 __device__ __forceinline__ float kiln_load1(const unsigned short* p, kiln_i64 i) {
   return __uint_as_float((unsigned)p[i] << 16);
@@ -775,11 +786,39 @@ __device__ void kiln_xent_cached4(const X* __restrict__ x, const I* __restrict__
     const X* row = x + r * v;
     float4 e[PER4];
     float m = -KILN_INF;
+    if constexpr (sizeof(X) == 2) {
+      // bf16: the groups stay packed until the exponentials, and the row's maximum is taken on the pairs as they are
+      // (max.bf16x2, exact): half the max instructions and no widening for it. Where only the last group can run past
+      // the row (the usual block size, a uniform test), the others load with no test and no -inf placeholder: an
+      // out-of-row group's placeholder was an instruction an entry (ncu's per-instruction counts, TinyStories).
+      uint2 w[PER4];
+      if ((PER4 - 1) * (int)blockDim.x <= n4) {
 #pragma unroll
-    for (int i = 0; i < PER4; ++i) {
-      const int j = threadIdx.x + i * blockDim.x;
-      e[i] = j < n4 ? kiln_load4(row, j) : make_float4(-KILN_INF, -KILN_INF, -KILN_INF, -KILN_INF);
-      m = fmaxf(m, fmaxf(fmaxf(e[i].x, e[i].y), fmaxf(e[i].z, e[i].w)));
+        for (int i = 0; i < PER4 - 1; ++i) w[i] = kiln_load_raw4(row, threadIdx.x + i * blockDim.x);
+        const int j = threadIdx.x + (PER4 - 1) * blockDim.x;
+        w[PER4 - 1] = j < n4 ? kiln_load_raw4(row, j) : make_uint2(KILN_BF16X2_NEG_INF, KILN_BF16X2_NEG_INF);
+      } else {
+#pragma unroll
+        for (int i = 0; i < PER4; ++i) {
+          const int j = threadIdx.x + i * blockDim.x;
+          w[i] = j < n4 ? kiln_load_raw4(row, j) : make_uint2(KILN_BF16X2_NEG_INF, KILN_BF16X2_NEG_INF);
+        }
+      }
+      unsigned mp = KILN_BF16X2_NEG_INF;
+#pragma unroll
+      for (int i = 0; i < PER4; ++i) mp = kiln_max_bf16x2(mp, kiln_max_bf16x2(w[i].x, w[i].y));
+      m = fmaxf(__uint_as_float(mp << 16), __uint_as_float(mp & 0xffff0000u));
+#pragma unroll
+      for (int i = 0; i < PER4; ++i)
+        e[i] = make_float4(__uint_as_float(w[i].x << 16), __uint_as_float(w[i].x & 0xffff0000u),
+                           __uint_as_float(w[i].y << 16), __uint_as_float(w[i].y & 0xffff0000u));
+    } else {
+#pragma unroll
+      for (int i = 0; i < PER4; ++i) {
+        const int j = threadIdx.x + i * blockDim.x;
+        e[i] = j < n4 ? kiln_load4(row, j) : make_float4(-KILN_INF, -KILN_INF, -KILN_INF, -KILN_INF);
+        m = fmaxf(m, fmaxf(fmaxf(e[i].x, e[i].y), fmaxf(e[i].z, e[i].w)));
+      }
     }
     m = kiln_block_reduce(m, true, part);
     const float shift = m == -KILN_INF ? 0.f : m;  // a row of -inf logits: every exp is 0, lse is -inf
