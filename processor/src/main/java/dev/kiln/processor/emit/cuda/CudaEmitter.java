@@ -22,7 +22,7 @@ public final class CudaEmitter {
   private CudaEmitter() {}
 
   /** Elements each thread of a POINTWISE kernel computes ({@code Kernel.elementsPerThread}). */
-  public static final int PER_THREAD = 4;
+  public static final int PER_THREAD = 8;
 
   public static String source(String module, List<FusedKernel> kernels) {
     StringBuilder b = new StringBuilder();
@@ -36,8 +36,8 @@ public final class CudaEmitter {
     b.append("//   * Inputs are read at their level: full [row * cols + col], col [col] (a last-dim vector\n");
     b.append("//     broadcast over rows), row [row] (one value per row), scalar [0].\n");
     b.append("//   * POINTWISE kernels: ").append(PER_THREAD).append(" elements a thread, any block size; launch\n");
-    b.append("//     ceil(rows * cols / (").append(PER_THREAD).append(" * blockDim.x)) blocks. The elements are consecutive (one\n");
-    b.append("//     vector access per tensor) when cols is a multiple of 4 and every pointer 16-byte aligned,\n");
+    b.append("//     ceil(rows * cols / (").append(PER_THREAD).append(" * blockDim.x)) blocks. The elements are consecutive (vector\n");
+    b.append("//     accesses per tensor) when cols is a multiple of 4 and every pointer 16-byte aligned,\n");
     b.append("//     else blockDim.x apart.\n");
     b.append("//   * ROWS kernels (with a reduction over the last dim), in two forms; reductions accumulate in T.\n");
     b.append("//     <name>_<variant>: one block per row (gridDim.x = rows), blockDim.x a multiple of 32 and at\n");
@@ -86,16 +86,22 @@ public final class CudaEmitter {
   }
 
   private static final String PRELUDE = """
-      // exp and the logistic sigmoid (Primitive.EXP, SIGMOID). In float on the special-function unit: __expf is
-      // 2^(x log2 e), within 2 + 1.2 |x| ulp, and __fdividef multiplies by an approximate reciprocal (2 ulp; 0 past
-      // 2^126, where the sigmoid is below float's normal range anyway): far below a bf16 result's rounding and the
-      // GPU tests' fp32 tolerances. expf and the IEEE division took about ten instructions each, and SwiGLU's
-      // kernels issued an instruction on two cycles in three while at the memory bandwidth, on a card held at its
-      // power limit, where instructions cost a training step time. double keeps the accurate forms.
+      // exp and the logistic sigmoid (Primitive.EXP, SIGMOID). In float on the special-function unit: 2^(x log2 e)
+      // by ex2.approx.ftz, within 2 + 1.2 |x| ulp as __expf, and __fdividef multiplies by an approximate reciprocal
+      // (2 ulp; 0 past 2^126, where the sigmoid is below float's normal range anyway): far below a bf16 result's
+      // rounding and the GPU tests' fp32 tolerances. expf and the IEEE division took about ten instructions each, and
+      // SwiGLU's kernels issued an instruction on two cycles in three while at the memory bandwidth, on a card held
+      // at its power limit, where instructions cost a training step time. The .ftz form returns 0 for results below
+      // 2^-126 (x < -87.3), where __expf's non-ftz form gave the subnormal, at three more instructions an element
+      // (ncu's per-instruction counts, SwiGLU's forward). double keeps the accurate forms.
       template <typename T> __device__ __forceinline__ T kiln_exp(T x) { return exp(x); }
-      __device__ __forceinline__ float kiln_exp(float x) { return __expf(x); }
+      __device__ __forceinline__ float kiln_exp(float x) {
+        float y;
+        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+        return y;
+      }
       template <typename T> __device__ __forceinline__ T kiln_sigmoid(T x) { return T(1) / (T(1) + exp(-x)); }
-      __device__ __forceinline__ float kiln_sigmoid(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
+      __device__ __forceinline__ float kiln_sigmoid(float x) { return __fdividef(1.f, 1.f + kiln_exp(-x)); }
 
       template <typename T> __device__ __forceinline__ T kiln_warp_sum(T v) {
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -180,6 +186,30 @@ public final class CudaEmitter {
         unsigned short h[4];
         for (int u = 0; u < 4; ++u) asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h[u]) : "f"(v[u]));
         *reinterpret_cast<uint2*>(p + i) = make_uint2(h[0] | (unsigned) h[1] << 16, h[2] | (unsigned) h[3] << 16);
+      }
+
+      // Eight consecutive elements from i (a multiple of 8; the pointer 16-byte aligned), for the vector path of a
+      // pointwise kernel: one 16-byte access for bf16, two for fp32.
+      template <typename T, typename S> __device__ __forceinline__ void kiln_get8(const S* p, long long i, T* v) {
+        kiln_get4(p, i, v);
+        kiln_get4(p, i + 4, v + 4);
+      }
+      __device__ __forceinline__ void kiln_get8(const unsigned short* p, long long i, float* v) {
+        const uint4 w = *reinterpret_cast<const uint4*>(p + i);
+        const unsigned q[4] = {w.x, w.y, w.z, w.w};
+        for (int u = 0; u < 4; ++u) {
+          v[2 * u] = __uint_as_float(q[u] << 16);
+          v[2 * u + 1] = __uint_as_float(q[u] & 0xffff0000u);
+        }
+      }
+      template <typename T, typename S> __device__ __forceinline__ void kiln_put8(S* p, long long i, const T* v) {
+        kiln_put4(p, i, v);
+        kiln_put4(p, i + 4, v + 4);
+      }
+      __device__ __forceinline__ void kiln_put8(unsigned short* p, long long i, const float* v) {
+        unsigned q[4];
+        for (int u = 0; u < 4; ++u) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(q[u]) : "f"(v[2 * u + 1]), "f"(v[2 * u]));
+        *reinterpret_cast<uint4*>(p + i) = make_uint4(q[0], q[1], q[2], q[3]);
       }
 
       // Where the rows of a row kernel's block sum a column-sum output over its run of rows (Kernel.columnSums):
@@ -633,11 +663,13 @@ public final class CudaEmitter {
       java.util.regex.Pattern.compile("kiln_put\\(t(\\d+), i, (v\\d+)\\);");
 
   /**
-   * The pointwise kernel's 4-wide path: where the row length is a multiple of 4 and every pointer is 16-byte aligned
-   * (one uniform test), a thread takes 4 consecutive elements, and each full input and output moves through one
-   * vector access (16 bytes of fp32, 8 of bf16) instead of 4 scalar ones blockDim apart. The element arithmetic is
-   * the scalar body's, on registers: with bf16 inputs (GEMM outputs kept so) the scalar path issued a 2-byte load
-   * per element and ran SwiGLU at about 2 TB/s.
+   * The pointwise kernel's vector path: where the row length is a multiple of 4 and every pointer is 16-byte aligned
+   * (one uniform test), a thread takes PER_THREAD (8) consecutive elements, and each full input and output moves
+   * through 16-byte accesses (two of fp32, one of bf16) instead of 8 scalar ones blockDim apart. The element
+   * arithmetic is the scalar body's, on registers: with bf16 inputs (GEMM outputs kept so) the scalar path issued a
+   * 2-byte load per element and ran SwiGLU at about 2 TB/s. Eight elements rather than four halve the share of a
+   * thread's fixed cost (its parameters, index and alignment tests: about 35 instructions, a third of SwiGLU's
+   * forward at four; ncu's per-instruction counts).
    */
   private static void vectorPath(StringBuilder b, FusedKernel k, String body) {
     java.util.Set<String> ins = new java.util.TreeSet<>();
@@ -660,20 +692,22 @@ public final class CudaEmitter {
       }
       aligned.append(") & 15) == 0");
     }
-    b.append("  const long long base = ((long long) blockIdx.x * blockDim.x + threadIdx.x) * 4;\n");
+    b.append("  const long long base = ((long long) blockIdx.x * blockDim.x + threadIdx.x) * ").append(PER_THREAD)
+        .append(";\n");
     b.append("  if (").append(aligned).append(") {\n");
-    b.append("    if (base + 3 < n) {\n");
+    b.append("    if (base + ").append(PER_THREAD - 1).append(" < n) {\n");
     for (String t : ins) {
-      b.append("      T x").append(t).append("[4];\n      kiln_get4(t").append(t).append(", base, x").append(t)
-          .append(");\n");
+      b.append("      T x").append(t).append("[").append(PER_THREAD).append("];\n      kiln_get").append(PER_THREAD)
+          .append("(t").append(t).append(", base, x").append(t).append(");\n");
     }
     for (String t : outs) {
-      b.append("      T y").append(t).append("[4];\n");
+      b.append("      T y").append(t).append("[").append(PER_THREAD).append("];\n");
     }
-    b.append("#pragma unroll\n      for (int u = 0; u < 4; ++u) {\n        const long long e = base + u;\n")
+    b.append("#pragma unroll\n      for (int u = 0; u < ").append(PER_THREAD)
+        .append("; ++u) {\n        const long long e = base + u;\n")
         .append(vecBody.replaceAll("(?m)^(?=.)", "        ")).append("      }\n");
     for (String t : outs) {
-      b.append("      kiln_put4(t").append(t).append(", base, y").append(t).append(");\n");
+      b.append("      kiln_put").append(PER_THREAD).append("(t").append(t).append(", base, y").append(t).append(");\n");
     }
     b.append("    } else {\n      for (long long e = base; e < n; ++e) {\n")
         .append(body.replaceAll("(?m)^(?=.)", "        ")).append("      }\n    }\n    return;\n  }\n");

@@ -882,10 +882,6 @@ __device__ __forceinline__ void tile_dot(float* Ds, float* Ls, const OutHalfRows
   }
 }
 
-// Tags that pick a tile function's masked or unmasked form from a generic lambda.
-struct kiln_masked { static constexpr bool value = true; };
-struct kiln_unmasked { static constexpr bool value = false; };
-
 // Backward: also computes dot = rowsum(dO ∘ O) itself (from the forward's output O, of type TI), so the separate row-sum
 // kernel and its round trip through global memory are gone. dQ of each warp's first query tile runs first (under a
 // causal mask it needs only the first half of the slab), then dK and dV (warps own key tiles and walk the query
@@ -1017,15 +1013,21 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     zero<1, D / 8>(dv);
     // The diagonal query tile (causal) and a partial last one are masked; the tiles between them mask nothing (the
     // one after the diagonal starts at or past wkey0 + 16, with wkey0 and BT multiples of 16).
-    auto tile = [&](auto mask, int it) {
+    // (Two plain lambdas, not one generic one: NVRTC takes a generic lambda's operator() for a host function.)
+    auto masked = [&](int it) {
       const int m0 = it * BT;
-      dkdv_tile<D, LD, 1, BT, true, decltype(mask)::value>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD,
-                                                           Ls + m0, Ds + m0, m0, wkey0, n, causal, sl2, g, t, lane);
+      dkdv_tile<D, LD, 1, BT, true>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0, wkey0,
+                                    n, causal, sl2, g, t, lane);
+    };
+    auto unmasked = [&](int it) {
+      const int m0 = it * BT;
+      dkdv_tile<D, LD, 1, BT, true, false>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0,
+                                           wkey0, n, causal, sl2, g, t, lane);
     };
     int it = causal ? wkey0 / BT : 0;
-    if (causal) tile(kiln_masked{}, it++);
-    for (const int full = n / BT; it < full; ++it) tile(kiln_unmasked{}, it);
-    for (; it < qtiles; ++it) tile(kiln_masked{}, it);
+    if (causal) masked(it++);
+    for (const int full = n / BT; it < full; ++it) unmasked(it);
+    for (; it < qtiles; ++it) masked(it);
     if constexpr (ROPE) {
       store_rows_unrope<D, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t, Cs);
     } else {
