@@ -64,6 +64,7 @@ done
 rm -f "$dest/cp.txt"
 cp scripts/reference/attention_bench.py scripts/reference/bench_table.py scripts/reference/train_bench_gpu.py \
   scripts/reference/train_bench_table.py scripts/reference/ncu_kernels.py scripts/reference/rounds_table.py \
+  scripts/reference/sass_hotspots.py \
   "$dest/reference/"
 cp scripts/run-gpu-checks.sh "$dest/run-gpu-checks.sh"
 

@@ -24,6 +24,10 @@
 #                           the same base clocks; both runs also list their GEMM launches in order (--gemms)
 #   KILN_NCU_FLAGS="..."    more ncu flags for both, e.g. "--cache-control none --clock-control none" for kernel times
 #                           as a real step sees them (boost clocks, caches not flushed between kernels)
+#   KILN_NCU_SASS=<regex>   ncu's per-instruction counts of the first KILN_NCU_SASS_COUNT (default 4) launches of
+#                           the kernels whose names match, in one eager KILN_NCU_SASS_CONFIG (default tinystories)
+#                           step: each kernel's opcode mix and its hot runs of SASS (reference/sass_hotspots.py), the
+#                           annotated SASS under $OUT/sass: where a kernel's instructions go (docs/cuda.md, "Power")
 #   KILN_NCU_ISSUE=1        both also measure the share of cycles each kernel issued an instruction on, shown per
 #                           family and kernel: at the card's power limit instructions cost a step time (docs/cuda.md)
 #   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
@@ -201,6 +205,22 @@ if [[ -n "${KILN_NCU:-}" ]]; then
   echo "exit $?"
   python3 "$pkg/reference/ncu_kernels.py" --gemms "$out/ncu.csv" > "$out/ncu-kernels.txt"
   sed '/^GEMM launches/,$d' "$out/ncu-kernels.txt"
+fi
+if [[ -n "${KILN_NCU_SASS:-}" ]]; then
+  # Per-instruction counts (SourceCounters) of the first launches of the kernels matching the regex, in one eager step
+  # of KILN_NCU_SASS_CONFIG, GEMM choices pinned as for KILN_NCU; reference/sass_hotspots.py prints each kernel's
+  # opcode mix and its hot runs of SASS, and writes each kernel's annotated SASS under $out/sass.
+  echo "=== ncu: instructions of ${KILN_NCU_SASS} in one eager ${KILN_NCU_SASS_CONFIG:-tinystories} step"
+  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
+  KILN_GEMM_CHOICES="$out/gemm-choices.txt" timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" --cache-control none \
+    --clock-control none -k "regex:${KILN_NCU_SASS}" -c "${KILN_NCU_SASS_COUNT:-4}" --section SourceCounters \
+    --import-source no -f -o "$out/sass" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda \
+    --configs "${KILN_NCU_SASS_CONFIG:-tinystories}" --steps 1 --warmup 1 --python none > "$out/ncu-sass-bench.log" 2>&1
+  echo "exit $?"
+  "$ncu" -i "$out/sass.ncu-rep" --page source --print-source sass --csv > "$out/sass-source.csv" 2> "$out/sass-source.err"
+  python3 "$pkg/reference/sass_hotspots.py" --annotate "$out/sass" "$out/sass-source.csv" | tee "$out/sass-hotspots.txt"
+  # The report and the full CSV are large; the hot spots and the annotated SASS are what come back.
+  rm -f "$out/sass.ncu-rep" "$out/sass-source.csv"
 fi
 if [[ -n "${KILN_NCU_TORCH:-}" ]]; then
   mode=${KILN_NCU_TORCH_MODE:-compile}
