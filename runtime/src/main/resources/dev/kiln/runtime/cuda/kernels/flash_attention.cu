@@ -752,8 +752,8 @@ template <int D, int NMAX, int NT, bool ROWWISE>
 __device__ __forceinline__ void load_halves(kiln_bf16* s, const kiln_bf16* g, kiln_i64 sr, int half, int n,
                                             int tid) {
   constexpr int LD = D + 8, H = NMAX / 2, CPR = D / 8, STEP = NT / CPR;
-  static_assert(NT % CPR == 0 && H % STEP == 0, "the threads cover whole rows of the half");
   if constexpr (ROWWISE) {
+    static_assert(NT % CPR == 0 && H % STEP == 0, "the threads cover whole rows of the half");
     const int r = half * H + (unsigned)tid / CPR, c = (unsigned)tid % CPR * 8;
 #pragma unroll
     for (int j = 0; j < H / STEP; ++j) {
