@@ -27,7 +27,9 @@
 #   KILN_NCU_SASS=<regex>   ncu's per-instruction counts of the first KILN_NCU_SASS_COUNT (default 4) launches of
 #                           the kernels whose names match, in one eager KILN_NCU_SASS_CONFIG (default tinystories)
 #                           step: each kernel's opcode mix and its hot runs of SASS (reference/sass_hotspots.py), the
-#                           annotated SASS under $OUT/sass: where a kernel's instructions go (docs/cuda.md, "Power")
+#                           annotated SASS under $OUT/sass: where a kernel's instructions go (docs/cuda.md, "Power");
+#                           launches count in step order across all matching names, so a backward kernel needs a
+#                           count past the forward's launches (or a regex that matches it alone)
 #   KILN_NCU_ISSUE=1        both also measure the share of cycles each kernel issued an instruction on, shown per
 #                           family and kernel: at the card's power limit instructions cost a step time (docs/cuda.md)
 #   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
