@@ -35,7 +35,8 @@
 #   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
 #                           setting in turn (environment assignments, space-separated within one), KILN_AB_ROUNDS
 #                           rounds (default 2), GEMM choices pinned by one file so that the settings' common GEMMs run
-#                           the same kernels; a table of every run and of each setting's mean (reference/rounds_table.py).
+#                           the same kernels (a setting that assigns KILN_GEMM_CHOICES keeps its own file); a table of
+#                           every run and of each setting's mean (reference/rounds_table.py).
 #                           A setting "kiln" is the package as it is; the word "base" in a setting runs the build of
 #                           the revision the package was made with KILN_BASE=<revision> (scripts/gpu-check.sh), e.g.
 #                           KILN_AB="base;kiln" for a change's before and after
@@ -109,7 +110,11 @@ rounds_run() { # round setting configs tag
         assign+=("$w")
       fi
     done
-    env "${assign[@]}" KILN_GEMM_CHOICES="$out/rounds-gemm-choices.txt" timeout ${KILN_TRAIN_TIMEOUT:-240} "${run[@]}" \
+    # One choices file for every setting, so their common GEMMs run the same kernels, unless the setting names its
+    # own (KILN_GEMM_CHOICES=..., e.g. to compare KILN_GEMM_TUNE=sustained's choices with the default timing's).
+    local choices=("KILN_GEMM_CHOICES=$out/rounds-gemm-choices.txt")
+    [[ " ${assign[*]} " == *" KILN_GEMM_CHOICES="* ]] && choices=()
+    env "${choices[@]}" "${assign[@]}" timeout ${KILN_TRAIN_TIMEOUT:-240} "${run[@]}" \
       dev.kiln.cli.KilnCommand bench train --device cuda --configs "$3" --steps "${KILN_ROUNDS_STEPS:-30}" --warmup 5 --graphs --python none \
       2> "$out/rounds-$4.err" > "$jsonl"
   fi

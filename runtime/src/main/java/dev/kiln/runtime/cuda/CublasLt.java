@@ -89,6 +89,20 @@ final class CublasLt implements AutoCloseable {
    */
   private static final int TIMING_ROUNDS = 5;
   private static final boolean TUNE = !"0".equals(System.getenv("KILN_GEMM_TUNE"));
+  /**
+   * {@code KILN_GEMM_TUNE=sustained}: the candidates are timed as a training step runs them, on a card held at its power
+   * limit. The heuristic's first answer first runs back to back for {@link #HEAT_MS} ms, so the card reaches the
+   * limit, and then each candidate runs back to back for about {@link #SUSTAINED_MS} ms in each round. At the
+   * limit a sustained step's clock is set by the power it draws (docs/cuda.md, "Power"), so a kernel that is faster
+   * at the boost clock but draws more power can lose to one that moves less data per multiply-add. The default
+   * timing, two runs a round, measures them near the boost clock. Opt-in, for comparing the two choices (each
+   * process with its own {@code KILN_GEMM_CHOICES} file).
+   */
+  private static final boolean SUSTAINED = "sustained".equals(System.getenv("KILN_GEMM_TUNE"));
+  static final double HEAT_MS = 200;
+  static final double SUSTAINED_MS = 20;
+  /** At most this many runs a candidate a round in sustained timing: past it a problem's runs are launch-bound anyway. */
+  private static final int MAX_SUSTAINED_RUNS = 4096;
   /** {@code KILN_GEMM_LOG=1}: each timing prints its problem, every candidate's time and the choice to stderr. */
   private static final boolean LOG = "1".equals(System.getenv("KILN_GEMM_LOG"));
   /**
@@ -241,23 +255,39 @@ final class CublasLt implements AutoCloseable {
       long addend, long out, CudaArray workspace, CudaStream stream) {
     CudaDevice device = workspace.device();
     int n = plan.candidates.size();
-    double[][] rounds = new double[n][TIMING_ROUNDS];
+    double[][] rounds = new double[n][TIMING_ROUNDS]; // ms a run
+    int[] runs = new int[n];
+    Arrays.fill(runs, TIMED_RUNS);
     try (CudaEvent start = new CudaEvent(device); CudaEvent end = new CudaEvent(device)) {
       for (int round = -1; round < TIMING_ROUNDS; round++) { // round -1 warms every candidate up
+        if (round == 0 && SUSTAINED && rounds[0][0] != Double.POSITIVE_INFINITY) {
+          // Bring the card to its power limit before the first timed round.
+          int heat = (int) Math.min(64 * MAX_SUSTAINED_RUNS, Math.ceil(HEAT_MS / Math.max(rounds[0][0], 1e-3)));
+          for (int r = 0; r < heat; r++) {
+            run(p, plan, plan.candidates.get(0), alpha, beta, first, second, addend, out, workspace, stream);
+          }
+        }
         for (int i = 0; i < n; i++) {
           if (round >= 0 && rounds[i][0] == Double.POSITIVE_INFINITY) {
             continue;
           }
           MemorySegment algo = plan.candidates.get(i);
+          int count = round < 0 ? 1 : runs[i];
           try {
             start.record(stream);
-            for (int r = 0; r < (round < 0 ? 1 : TIMED_RUNS); r++) {
+            for (int r = 0; r < count; r++) {
               run(p, plan, algo, alpha, beta, first, second, addend, out, workspace, stream);
             }
             end.record(stream);
-            float elapsed = end.elapsedMillisSince(start);
+            double perRun = end.elapsedMillisSince(start) / (double) count;
             if (round >= 0) {
-              rounds[i][round] = elapsed;
+              rounds[i][round] = perRun;
+            } else {
+              rounds[i][0] = perRun; // the warm-up's single run: the sustained runs' estimate, overwritten below
+              if (SUSTAINED) {
+                runs[i] = (int) Math.max(TIMED_RUNS, Math.min(MAX_SUSTAINED_RUNS,
+                    Math.ceil(SUSTAINED_MS / Math.max(perRun, 1e-3))));
+              }
             }
           } catch (CudaException e) {
             if (i == 0) {
@@ -282,9 +312,10 @@ final class CublasLt implements AutoCloseable {
     }
     int chosen = ms[best] <= ms[0] * (1 - MIN_GAIN_PERCENT / 100.0) ? best : 0;
     if (LOG) {
-      StringBuilder line = new StringBuilder("kiln gemm ").append(p).append(": µs per run");
+      StringBuilder line = new StringBuilder("kiln gemm ").append(p).append(SUSTAINED ? ": µs per run, sustained"
+          : ": µs per run");
       for (double t : ms) {
-        line.append(String.format(" %.1f", t * 1000 / TIMED_RUNS));
+        line.append(String.format(" %.1f", t * 1000));
       }
       System.err.println(line.append("; chose ").append(chosen));
     }
