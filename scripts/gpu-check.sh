@@ -50,23 +50,26 @@ cp models/target/test-classes/dev/kiln/models/cs336/{TransformerLm*Test,*GpuTest
 ./mvnw -q -B -o dependency:build-classpath -pl samples -Dmdep.includeScope=runtime -Dmdep.outputFile="$root/$dest/cp2.txt"
 printf ':%s\n' "$(tr ':' '\n' < "$dest/cp2.txt" | grep picocli | head -1)" >> "$dest/cp.txt"
 rm -f "$dest/cp2.txt"
+# A jar into the package without the entries that match the globs (paths inside the jar).
+pack_without() {
+  local jar=$1 tmp
+  shift
+  tmp=$(mktemp -d)
+  (cd "$tmp" && unzip -q "$jar" && for glob in "$@"; do rm -rf $glob; done && zip -q -r "$root/$dest/lib/$(basename "$jar")" .)
+  rm -rf "$tmp"
+}
 tr ':' '\n' < "$dest/cp.txt" | while read -r jar; do
   case "$(basename "$jar")" in
     kiln-*|auto-service-*) ;;                         # kiln jars copied above
     jcuda-natives-*)
       # Only the driver binding loads (cuBLAS/NVRTC go through FFM): drop the other natives (24 MB of them).
-      tmp=$(mktemp -d)
-      (cd "$tmp" && unzip -q "$jar" && rm -f lib/libJNvPTXCompiler-* lib/libJNvrtc-* && zip -q -r "$root/$dest/lib/$(basename "$jar")" .)
-      rm -rf "$tmp" ;;
+      pack_without "$jar" 'lib/libJNvPTXCompiler-*' 'lib/libJNvrtc-*' ;;
     openblas-*-linux-x86_64.jar)
       # Kiln loads only the LAPACK-free binding (runtime/cpu/Blas: openblas_nolapack): drop the two other JNI
       # libraries and the headers (7 MB of the jar's 19), so a package with a base build (KILN_BASE) keeps OpenBLAS
       # and its GPU tests within one call's 64 MiB.
-      tmp=$(mktemp -d)
-      (cd "$tmp" && unzip -q "$jar" && rm -rf org/bytedeco/openblas/linux-x86_64/libjniopenblas.so \
-        org/bytedeco/openblas/linux-x86_64/libjniopenblas_full.so org/bytedeco/openblas/linux-x86_64/include \
-        && zip -q -r "$root/$dest/lib/$(basename "$jar")" .)
-      rm -rf "$tmp" ;;
+      o=org/bytedeco/openblas/linux-x86_64
+      pack_without "$jar" "$o/libjniopenblas.so" "$o/libjniopenblas_full.so" "$o/include" ;;
     *) cp "$jar" "$dest/lib/" ;;
   esac
 done

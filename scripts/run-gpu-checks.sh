@@ -200,11 +200,12 @@ if [[ "${KILN_SANITIZE:-0}" == 1 ]]; then
     "$pkg/test-classes" Device > "$out/sanitizer.log" 2>&1
   echo "exit $?; $(grep -E 'ERROR SUMMARY|GPUTEST (PASS|FAIL)' "$out/sanitizer.log" | tr '\n' ' ' | cut -c1-600)"
 fi
+# Nsight Compute, for the KILN_NCU* runs below.
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
 ncu_metrics=gpu__time_duration.sum
 [[ "${KILN_NCU_ISSUE:-0}" == 1 ]] && ncu_metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active
 if [[ -n "${KILN_NCU:-}" ]]; then
   echo "=== ncu: kernel times of one eager ${KILN_NCU} step"
-  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
   KILN_GEMM_CHOICES="$out/gemm-choices.txt" timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" ${KILN_NCU_FLAGS:-} \
     --target-processes all --metrics "$ncu_metrics" --csv --page raw \
     --log-file "$out/ncu.csv" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda --configs "$KILN_NCU" \
@@ -218,7 +219,6 @@ if [[ -n "${KILN_NCU_SASS:-}" ]]; then
   # of KILN_NCU_SASS_CONFIG, GEMM choices pinned as for KILN_NCU; reference/sass_hotspots.py prints each kernel's
   # opcode mix and its hot runs of SASS, and writes each kernel's annotated SASS under $out/sass.
   echo "=== ncu: instructions of ${KILN_NCU_SASS} in one eager ${KILN_NCU_SASS_CONFIG:-tinystories} step"
-  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
   KILN_GEMM_CHOICES="$out/gemm-choices.txt" timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" --cache-control none \
     --clock-control none -k "regex:${KILN_NCU_SASS}" -c "${KILN_NCU_SASS_COUNT:-4}" --section SourceCounters \
     --import-source no -f -o "$out/sass" "${java[@]}" dev.kiln.cli.KilnCommand bench train --device cuda \
@@ -232,7 +232,6 @@ fi
 if [[ -n "${KILN_NCU_TORCH:-}" ]]; then
   mode=${KILN_NCU_TORCH_MODE:-compile}
   echo "=== ncu: kernel times of one torch-$mode ${KILN_NCU_TORCH} step"
-  ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
   timeout ${KILN_NCU_TIMEOUT:-300} "$ncu" ${KILN_NCU_FLAGS:-} --profile-from-start off --metrics "$ncu_metrics" --csv --page raw \
     --log-file "$out/ncu-torch.csv" python3 "$pkg/reference/train_bench_gpu.py" --configs "$KILN_NCU_TORCH" \
     --modes "$mode" --clip "${KILN_TORCH_CLIP:-1.0}" --steps 2 --warmup 3 --cuda-profile-step > "$out/ncu-torch-bench.log" 2>&1

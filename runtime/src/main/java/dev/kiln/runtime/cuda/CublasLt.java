@@ -256,13 +256,14 @@ final class CublasLt implements AutoCloseable {
     CudaDevice device = workspace.device();
     int n = plan.candidates.size();
     double[][] rounds = new double[n][TIMING_ROUNDS]; // ms a run
+    double[] warm = new double[n]; // the warm-up's single run, ms: sustained timing's estimate of a run
     int[] runs = new int[n];
     Arrays.fill(runs, TIMED_RUNS);
     try (CudaEvent start = new CudaEvent(device); CudaEvent end = new CudaEvent(device)) {
       for (int round = -1; round < TIMING_ROUNDS; round++) { // round -1 warms every candidate up
-        if (round == 0 && SUSTAINED && rounds[0][0] != Double.POSITIVE_INFINITY) {
+        if (round == 0 && SUSTAINED) {
           // Bring the card to its power limit before the first timed round.
-          int heat = (int) Math.min(64 * MAX_SUSTAINED_RUNS, Math.ceil(HEAT_MS / Math.max(rounds[0][0], 1e-3)));
+          int heat = (int) Math.min(64 * MAX_SUSTAINED_RUNS, Math.ceil(HEAT_MS / Math.max(warm[0], 1e-3)));
           for (int r = 0; r < heat; r++) {
             run(p, plan, plan.candidates.get(0), alpha, beta, first, second, addend, out, workspace, stream);
           }
@@ -283,7 +284,7 @@ final class CublasLt implements AutoCloseable {
             if (round >= 0) {
               rounds[i][round] = perRun;
             } else {
-              rounds[i][0] = perRun; // the warm-up's single run: the sustained runs' estimate, overwritten below
+              warm[i] = perRun;
               if (SUSTAINED) {
                 runs[i] = (int) Math.max(TIMED_RUNS, Math.min(MAX_SUSTAINED_RUNS,
                     Math.ceil(SUSTAINED_MS / Math.max(perRun, 1e-3))));
