@@ -47,6 +47,23 @@ public interface Device {
   }
 
   /**
+   * {@code count} outputs of one fused kernel ({@link Kernel#gemmOperandRowStride()}), each of {@code shape}, for
+   * {@link #emptyGemmOperand}'s readers. A device may lay them side by side in the rows of one matrix
+   * ({@code [rows, count · cols]}, output i in columns {@code i · cols} on): the generated code orders them as the
+   * module declares the sub-modules whose backward reads them (SwiGLU's gradients for {@code w1}, then {@code w3}),
+   * so that with those sub-modules' weights laid out alike, the sum of their GEMMs is one GEMM over the stacked
+   * operands. The results are then views with a row stride; every reader but the kernel sees them through GEMMs. The
+   * default allocates each with {@link #emptyGemmOperand}.
+   */
+  default Tensor[] emptyGemmOperands(DType dtype, int count, long... shape) {
+    Tensor[] out = new Tensor[count];
+    for (int i = 0; i < count; i++) {
+      out[i] = emptyGemmOperand(dtype, shape);
+    }
+    return out;
+  }
+
+  /**
    * {@link #empty} for a GEMM's output whose every reader takes bf16: GEMMs, attention's q, k, v and dOut (and its
    * backward's out), {@link #crossEntropy} and {@link #crossEntropyBackward}'s logits, {@link #rope}'s x,
    * {@link #binary} ADD and SUB (an fp32 result), and fused kernels, which read such an input

@@ -36,10 +36,16 @@ import java.lang.foreign.MemorySegment;
  *     inputs, every one full and added once, no scalars (the input gradient of a module whose input feeds several
  *     GEMMs: {@code x Wqᵀ}, {@code x Wkᵀ}, {@code x Wvᵀ}). A device may compute it any way that adds the inputs up: a
  *     mixed-precision GPU device runs the GEMMs that produce the inputs as one GEMM over their stacked operands
+ * @param gemmOperandRowStride whether the CUDA kernel takes the row stride of its {@code gemmOperands} outputs, in
+ *     elements, as one more {@code long long} argument after {@code cols} (before the scalars): a
+ *     {@link Kind#POINTWISE} kernel of two or more such outputs, which the generated code allocates together with
+ *     {@link Device#emptyGemmOperands}. A device that lays them side by side in the rows of one matrix passes that
+ *     matrix's row stride (the SwiGLU backward's two gradients, each then a block of columns of one GEMM operand);
+ *     for contiguous outputs it passes {@code cols}. The Java implementation sees contiguous outputs only
  */
 public record Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu,
     long gemmOperands, int elementsPerThread, long bf16Inputs, long columnSums, int twinOutput,
-    boolean sumOfInputs) {
+    boolean sumOfInputs, boolean gemmOperandRowStride) {
 
   public Kernel {
     if (elementsPerThread < 1) {
@@ -50,6 +56,17 @@ public record Kernel(String name, Kind kind, int inputs, int outputs, String cud
       throw new IllegalArgumentException("kernel " + name + ": a sum of inputs is a pointwise kernel of two or more"
           + " inputs and one output, got " + kind + " with " + inputs + " inputs and " + outputs + " outputs");
     }
+    if (gemmOperandRowStride && (kind != Kind.POINTWISE || Long.bitCount(gemmOperands) < 2)) {
+      throw new IllegalArgumentException("kernel " + name + ": a row stride for GEMM-only outputs is for a pointwise"
+          + " kernel of two or more of them, got " + kind + " with " + Long.bitCount(gemmOperands));
+    }
+  }
+
+  /** A kernel whose GEMM-only outputs are contiguous (an older processor's). */
+  public Kernel(String name, Kind kind, int inputs, int outputs, String cudaResource, Cpu cpu, long gemmOperands,
+      int elementsPerThread, long bf16Inputs, long columnSums, int twinOutput, boolean sumOfInputs) {
+    this(name, kind, inputs, outputs, cudaResource, cpu, gemmOperands, elementsPerThread, bf16Inputs, columnSums,
+        twinOutput, sumOfInputs, false);
   }
 
   /** A kernel that is not known to be a plain sum of its inputs. */

@@ -170,7 +170,7 @@ class TransformerLmGpuTest {
         p = p.withTiedEmbeddings();
       }
       List<Tensor> params = new ArrayList<>(m.stateDict(p).values());
-      dev.withBf16Twins(params);
+      dev.withBf16Twins(m.stateDict(p));
       Context ctx = new Context();
       long before = dev.launches();
       double loss = dev.download(m.loss(ctx, p, dev.fromHost(batch.tokens()), dev.fromHost(batch.positions()),
@@ -232,7 +232,7 @@ class TransformerLmGpuTest {
   }
 
   @Test
-  void theQkvGradientsAreOneGemmEachWhereTheirOperandsStack() {
+  void theQkvAndSwiGluGradientsAreOneGemmEachWhereTheirOperandsStack() {
     // In mixed precision, with the parameters' bf16 copies end to end in one allocation (withBf16Twins, as CudaEngine
     // makes them), attention's backward writes dq, dk and dv interleaved, and the q, k and v projections' input
     // gradients and their sum run as one GEMM with K = 3·d_model (CudaModelDevice.stackedSum); their weight
@@ -243,10 +243,12 @@ class TransformerLmGpuTest {
     // gradients (the processor's overwrite: nothing else reads them). Against the same step with stacking off: the
     // loss bit for bit (the forward is the same), five
     // launches a layer fewer where it applies (three GEMMs and the sum kernel become one GEMM, and three weight-gradient
-    // GEMMs one; QK-norm's variants put a norm between attention and the projections, so not there), and every
-    // gradient within 3e-2 relative L2, as in
-    // the test above: the stacked GEMM adds in its fp32 accumulator where the sum kernel added three bf16-rounded
-    // GEMM results.
+    // GEMMs one; QK-norm's variants put a norm between attention and the projections, so not there), two more
+    // where the FFN is SwiGLU (its backward writes the gradients for w1 and w3 side by side, emptyGemmOperands, and
+    // the engine's twin order puts w1 and w3 end to end: their input gradients, two GEMMs of which the second adds
+    // the first, become one GEMM with K = 2·d_ff, and their two weight-gradient GEMMs one with M = 2·d_ff), and every
+    // gradient within 3e-2 relative L2, as in the test above: the stacked GEMM adds in its fp32 accumulator where
+    // the sum kernel added three bf16-rounded GEMM results.
     CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
     int stacked = 0;
     for (TransformerLmVariantsTest.Variant v : TransformerLmVariantsTest.variants().toList()) {
@@ -270,7 +272,8 @@ class TransformerLmGpuTest {
         long saved = launches[1] - launches[0];
         String calls = what + ": " + launches[0] + " launches stacked:\n" + reports[0] + launches[1] + " not:\n"
             + reports[1];
-        assertEquals(c.qkNorm() ? 0 : 5L * c.numLayers(), saved, calls);
+        long swiGlu = c.ffn() == ModelConfig.Ffn.SWIGLU ? 2 : 0;
+        assertEquals(((c.qkNorm() ? 0 : 5L) + swiGlu) * c.numLayers(), saved, calls);
         stacked += saved > 0 ? 1 : 0;
         assertGradientsClose(what + " stacked q/k/v gradients", runs[1], runs[0], 3e-2);
       }

@@ -50,6 +50,13 @@ public final class FusedKernel {
    */
   final java.util.Set<Value> columnSums = new java.util.LinkedHashSet<>();
 
+  /**
+   * For each of {@link #gemmOperands}, the component (sub-module field) whose backward takes it as the gradient of
+   * its result, where there is one ({@link GemmOperands}); the generated code orders such outputs by those
+   * components' declaration ({@code Device.emptyGemmOperands}).
+   */
+  final Map<Value, String> gemmOperandReaders = new LinkedHashMap<>();
+
   FusedKernel(String name, Shape domain) {
     this.name = name;
     this.domain = domain;
@@ -186,6 +193,21 @@ public final class FusedKernel {
       }
     }
     return sums.contains(out);
+  }
+
+  /** {@link #gemmOperandReaders}: the sub-module whose backward reads each GEMM-only output, where one does. */
+  public Map<Value, String> gemmOperandReaders() {
+    return gemmOperandReaders;
+  }
+
+  /**
+   * Whether the kernel takes its GEMM-only outputs' row stride ({@code Kernel.gemmOperandRowStride}): a pointwise
+   * kernel of two or more of them, which the generated code allocates together ({@code Device.emptyGemmOperands})
+   * and a device may lay side by side in the rows of one matrix. Not for the forward's results (their storage
+   * depends on the caller).
+   */
+  public boolean gemmOperandRowStride() {
+    return !hasReduction() && resultGemmOperands.isEmpty() && Long.bitCount(gemmOperandMask()) >= 2;
   }
 
   /** {@link #gemmOperands()} as a bit mask over the outputs (bit i: output i), as {@code Kernel} carries it. */

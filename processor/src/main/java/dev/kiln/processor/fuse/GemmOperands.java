@@ -89,6 +89,10 @@ public final class GemmOperands {
         boolean inMask = index++ < 64;
         if (inMask && e.getValue() == Level.FULL && g.onlyGemms(e.getKey())) {
           k.gemmOperands.add(e.getKey());
+          String reader = g.gradientReader(e.getKey(), new java.util.HashSet<>());
+          if (reader != null) {
+            k.gemmOperandReaders.put(e.getKey(), reader);
+          }
         }
       }
       // An output that is the forward's result and otherwise read only by GEMMs (a norm's output) is a GEMM operand
@@ -394,6 +398,9 @@ public final class GemmOperands {
         }
         case Node.CallGrad g -> {
           callGrads.add(g);
+          if (g.call().component() != null && g.dOut() != null) {
+            resultGradientOf.merge(g.dOut(), g.call().component(), (x, y) -> x.equals(y) ? x : "");
+          }
           // A call of this module's own forward (the loss's) has its facts too: the forward graph is analysed first.
           read(g.dOut(), (g.call().component() != null || g.call().calleeType() != null)
               && callees.resultGradient(g.call()));
@@ -442,6 +449,33 @@ public final class GemmOperands {
     }
     int i = plan.backward.inputGrads().indexOf(v);
     return i < 64 ? i : -1;
+  }
+
+  /**
+   * The sub-module component whose backward takes each value as its result's gradient ({@code w3} for SwiGLU's
+   * gradient of {@code x·W3}), or "" where several do.
+   */
+  private final Map<Value, String> resultGradientOf = new HashMap<>();
+
+  /**
+   * The one component whose backward reads {@code v} (directly, or as a branch result it is yielded as) as its
+   * result's gradient, or null: none, or several.
+   */
+  private String gradientReader(Value v, java.util.Set<Value> seen) {
+    if (!seen.add(v)) {
+      return null;
+    }
+    String found = resultGradientOf.get(v);
+    for (Value out : yieldedAs.getOrDefault(v, List.of())) {
+      String r = gradientReader(out, seen);
+      if (r != null) {
+        if (found != null && !found.equals(r)) {
+          return null;
+        }
+        found = r;
+      }
+    }
+    return found == null || found.isEmpty() ? null : found;
   }
 
   /** How many times a parameter-gradient node reads each value. */

@@ -172,13 +172,9 @@ public final class CudaEngine<P> implements TrainingEngine {
       v.put(e.getKey(), CudaArray.zeros(dev.gpu(), DType.F32, p.shape()));
     }
     if (dev.precision() == CudaModelDevice.Precision.BF16) {
-      // One allocation, in the state dict's order: projections declared together (q, k, v) have their bf16 weights
-      // as rows of one matrix, which the device's stacked GEMMs read in place.
-      List<String> keys = new ArrayList<>(byName.keySet());
-      List<CudaArray> made = dev.withBf16Twins(new ArrayList<>(byName.values()));
-      for (int i = 0; i < keys.size(); i++) {
-        twins.put(keys.get(i), made.get(i));
-      }
+      // One allocation, laid out so that projections declared together (q, k, v) or of one shape in one module (an
+      // FFN's w1 and w3) have their bf16 weights as rows of one matrix, which the device's stacked GEMMs read in place.
+      twins.putAll(dev.withBf16Twins(byName));
     }
   }
 

@@ -272,6 +272,11 @@ public final class CudaEmitter {
     params.add("long long cols");
     args.add("rows");
     args.add("cols");
+    if (k.gemmOperandRowStride()) {
+      // The GEMM-only outputs' row stride (Kernel.gemmOperandRowStride): cols where they are contiguous.
+      params.add("long long ldg");
+      args.add("ldg");
+    }
     for (int s = 0; s < k.scalars().size(); s++) {
       params.add("double s" + s);
       args.add("s" + s);
@@ -416,10 +421,11 @@ public final class CudaEmitter {
       // iteration it kept them in order, one element's latency after another).
       String body = b.substring(bodyStart).replaceAll("(?m)^  ", ""); // from the body's indentation to none
       b.setLength(bodyStart);
-      String indented = body.replaceAll("(?m)^(?=.)", "      ");
+      String stored = rowStridedStores(body, k);
+      String indented = stored.replaceAll("(?m)^(?=.)", "      ");
       String loop = "for (int u = 0; u < " + PER_THREAD + "; ++u) {\n      const long long e = first + (long long) u"
           + " * blockDim.x;\n";
-      vectorPath(b, k, body);
+      vectorPath(b, k, body, stored);
       b.append("  if (first + (long long) ").append(PER_THREAD - 1).append(" * blockDim.x < n) {\n")
           .append("#pragma unroll\n    ").append(loop).append(indented).append("    }\n  } else {\n    ")
           .append(loop).append("      if (e >= n) break;\n").append(indented).append("    }\n  }\n");
@@ -671,7 +677,23 @@ public final class CudaEmitter {
    * thread's fixed cost (its parameters, index and alignment tests: about 35 instructions, a third of SwiGLU's
    * forward at four; ncu's per-instruction counts).
    */
-  private static void vectorPath(StringBuilder b, FusedKernel k, String body) {
+  /**
+   * {@code body} with its stores of GEMM-only outputs at {@code r * ldg + c} instead of {@code i}, in a kernel that
+   * takes their row stride ({@link FusedKernel#gemmOperandRowStride()}); else {@code body} as it is.
+   */
+  private static String rowStridedStores(String body, FusedKernel k) {
+    if (!k.gemmOperandRowStride()) {
+      return body;
+    }
+    List<Value> outs = new ArrayList<>(k.outputs().keySet());
+    for (Value v : k.gemmOperands()) {
+      String t = "t" + (k.inputs().size() + outs.indexOf(v));
+      body = body.replace("kiln_put(" + t + ", i, ", "kiln_put(" + t + ", r * ldg + c, ");
+    }
+    return body;
+  }
+
+  private static void vectorPath(StringBuilder b, FusedKernel k, String body, String stored) {
     java.util.Set<String> ins = new java.util.TreeSet<>();
     java.util.Set<String> outs = new java.util.TreeSet<>();
     java.util.regex.Matcher m = FULL_LOAD.matcher(body);
@@ -694,7 +716,23 @@ public final class CudaEmitter {
     }
     b.append("  const long long base = ((long long) blockIdx.x * blockDim.x + threadIdx.x) * ").append(PER_THREAD)
         .append(";\n");
+    boolean strided = k.gemmOperandRowStride();
+    java.util.Set<String> gemmOuts = new java.util.TreeSet<>();
+    if (strided) {
+      // A thread's elements lie in one row when cols is a multiple of PER_THREAD, and its 16-byte stores stay
+      // aligned when ldg is too. r · ldg + c is base + r · (ldg − cols): one division a thread, none when contiguous.
+      aligned.append(" && (ldg == cols || (cols % ").append(PER_THREAD).append(" == 0 && ldg % ").append(PER_THREAD)
+          .append(" == 0))");
+      List<Value> kouts = new ArrayList<>(k.outputs().keySet());
+      for (Value v : k.gemmOperands()) {
+        gemmOuts.add(String.valueOf(k.inputs().size() + kouts.indexOf(v)));
+      }
+    }
     b.append("  if (").append(aligned).append(") {\n");
+    if (strided) {
+      b.append("    const long long gbase = ldg == cols ? base : base + (ldg - cols) * (narrow ? (long long) ((unsigned)"
+          + " base / (unsigned) cols) : base / cols);\n");
+    }
     b.append("    if (base + ").append(PER_THREAD - 1).append(" < n) {\n");
     for (String t : ins) {
       b.append("      T x").append(t).append("[").append(PER_THREAD).append("];\n      kiln_get").append(PER_THREAD)
@@ -707,10 +745,11 @@ public final class CudaEmitter {
         .append("; ++u) {\n        const long long e = base + u;\n")
         .append(vecBody.replaceAll("(?m)^(?=.)", "        ")).append("      }\n");
     for (String t : outs) {
-      b.append("      kiln_put").append(PER_THREAD).append("(t").append(t).append(", base, y").append(t).append(");\n");
+      b.append("      kiln_put").append(PER_THREAD).append("(t").append(t).append(gemmOuts.contains(t) ? ", gbase, y"
+          : ", base, y").append(t).append(");\n");
     }
     b.append("    } else {\n      for (long long e = base; e < n; ++e) {\n")
-        .append(body.replaceAll("(?m)^(?=.)", "        ")).append("      }\n    }\n    return;\n  }\n");
+        .append(stored.replaceAll("(?m)^(?=.)", "        ")).append("      }\n    }\n    return;\n  }\n");
   }
 
   private static void load(StringBuilder b, FusedKernel k, List<Value> ins, Value x, List<Value> loaded, String in) {

@@ -868,7 +868,30 @@ final class BodyEmitter {
     }
     line("long[] " + shape + " = " + ref(src) + ".shape();");
     List<Value> outs = new ArrayList<>(k.outputs().keySet());
+    String together = null;
+    List<Value> stacked = new ArrayList<>(k.gemmOperands());
+    if (k.gemmOperandRowStride()) {
+      // Allocated together, in the order of the sub-modules whose backward reads them (declaration order, as a
+      // device lays out those sub-modules' weights): a device may place them side by side in one matrix's rows.
+      List<String> order = new ArrayList<>(module.components().keySet());
+      stacked.sort(java.util.Comparator.comparingInt(v -> {
+        int at = order.indexOf(k.gemmOperandReaders().getOrDefault(v, ""));
+        return at < 0 ? Integer.MAX_VALUE : at;
+      }));
+      together = shape.replace("shape", "gemmOperands");
+      List<String> readers = new ArrayList<>();
+      for (Value v : stacked) {
+        readers.add(k.gemmOperandReaders().getOrDefault(v, "?"));
+      }
+      line("Tensor[] " + together + " = dev.emptyGemmOperands(dtype, " + stacked.size() + ", " + shape
+          + "); // read by the backward of " + String.join(", ", readers) + ", in that order");
+    }
     for (Value v : outs) {
+      if (together != null && stacked.contains(v)) {
+        line("Tensor " + nameOf(v) + " = " + together + "[" + stacked.indexOf(v) + "];" + comment(v));
+        tensors.add(nameOf(v));
+        continue;
+      }
       String s = k.outputs().get(v) == Level.FULL ? shape
           : "Sizes.cat(Sizes.range(" + shape + ", 0, " + shape + ".length - 1), new long[] {1})";
       if (k.columnSums().contains(v)) {

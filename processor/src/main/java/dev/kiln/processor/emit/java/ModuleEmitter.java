@@ -222,10 +222,10 @@ public final class ModuleEmitter {
     }
     for (FusedKernel k : allKernels) {
       t.addField(FieldSpec.builder(KERNEL, kernelField(k), Modifier.PRIVATE, Modifier.STATIC, Modifier.FINAL)
-          .initializer("new $T($S, $T.Kind.$L, $L, $L, $S, $T::$L, $LL, $L, $LL, $LL, $L, $L)", KERNEL, k.name(),
-              KERNEL, k.hasReduction() ? "ROWS" : "POINTWISE", k.inputs().size(), k.outputs().size(), cudaResource,
-              kernels, k.name(), k.gemmOperandMask(), k.hasReduction() ? 1 : CudaEmitter.PER_THREAD,
-              k.bf16InputMask(), k.columnSumMask(), k.twinOutput(), k.sumOfInputs())
+          .initializer("new $T($S, $T.Kind.$L, $L, $L, $S, $T::$L, $LL, $L, $LL, $LL, $L, $L, $L)", KERNEL,
+              k.name(), KERNEL, k.hasReduction() ? "ROWS" : "POINTWISE", k.inputs().size(), k.outputs().size(),
+              cudaResource, kernels, k.name(), k.gemmOperandMask(), k.hasReduction() ? 1 : CudaEmitter.PER_THREAD,
+              k.bf16InputMask(), k.columnSumMask(), k.twinOutput(), k.sumOfInputs(), k.gemmOperandRowStride())
           .build());
     }
     return t.build();

@@ -676,6 +676,57 @@ public final class CudaModelDevice implements Device {
     return twins;
   }
 
+  /**
+   * {@link #withBf16Twins(List)} for a state dict, in the order of {@link #twinOrder}, so that the weights the stacked
+   * GEMMs read together lie end to end; the twins by key, in the state dict's order.
+   */
+  public Map<String, CudaArray> withBf16Twins(Map<String, ? extends Tensor> stateDict) {
+    List<String> keys = twinOrder(stateDict);
+    List<Tensor> ordered = new ArrayList<>();
+    keys.forEach(k -> ordered.add(stateDict.get(k)));
+    List<CudaArray> made = withBf16Twins(ordered);
+    Map<String, CudaArray> out = new java.util.LinkedHashMap<>();
+    stateDict.keySet().forEach(k -> out.put(k, made.get(keys.indexOf(k))));
+    return out;
+  }
+
+  /**
+   * The state dict's keys, each parameter followed by the later ones of the same module (the same key up to its last
+   * two parts: {@code layers.0.ffn.} of {@code layers.0.ffn.w3.weight}) and shape: {@code w1, w3, w2} for an FFN's
+   * {@code w1, w2, w3}, where w1 and w3 are {@code [d_ff, d_model]} and w2 is not; q, k, v and the output projection
+   * stay as declared. The stacked GEMMs of SwiGLU's backward ({@link #emptyGemmOperands}) need w1 and w3 end to end
+   * in this order, the order in which the generated code lays out the gradients that multiply them (the module's
+   * declaration order).
+   */
+  public static List<String> twinOrder(Map<String, ? extends Tensor> stateDict) {
+    List<String> keys = new ArrayList<>(stateDict.keySet());
+    List<String> out = new ArrayList<>();
+    java.util.Set<String> placed = new java.util.HashSet<>();
+    for (int i = 0; i < keys.size(); i++) {
+      String k = keys.get(i);
+      if (!placed.add(k)) {
+        continue;
+      }
+      out.add(k);
+      for (int j = i + 1; j < keys.size(); j++) {
+        String o = keys.get(j);
+        if (!placed.contains(o) && moduleOf(o).equals(moduleOf(k))
+            && Arrays.equals(stateDict.get(o).shape(), stateDict.get(k).shape())) {
+          placed.add(o);
+          out.add(o);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** A state-dict key without its last two parts (the component and the tensor's name): its module's prefix. */
+  private static String moduleOf(String key) {
+    int last = key.lastIndexOf('.');
+    int before = last < 0 ? -1 : key.lastIndexOf('.', last - 1);
+    return before < 0 ? "" : key.substring(0, before + 1);
+  }
+
   /** Elements a twin takes in an arena: its own, rounded up to 128 (256 bytes, the allocator's alignment). */
   private static long twinSlot(long numel) {
     return (numel + 127) / 128 * 128;
@@ -937,6 +988,37 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor emptyGemmOperand(DType dtype, long... shape) {
     return emptyMixed(gemmOperandsInBf16, dtype, shape);
+  }
+
+  /**
+   * In mixed precision with GEMM stacking on, {@code count} bf16 outputs side by side in the rows of one
+   * {@code [rows, count · cols]} matrix (output i in columns {@code i · cols} on), views with that row stride: the
+   * SwiGLU backward's gradients for {@code w1} and {@code w3}. Their input gradients {@code dA W1 + dB W3} are then
+   * one GEMM of {@code [dA dB]} and {@code [W1; W3]} ({@link #addToPendingGemm}; the engine lays same-shaped sibling
+   * weights end to end), and their weight gradients one GEMM of {@code [dA dB]ᵀ X} over stacked rows
+   * ({@link #runGradientGemms}). Elsewhere, or where cols is not a multiple of 8 (the kernels' 16-byte stores), one
+   * {@link #emptyGemmOperand} each.
+   */
+  @Override
+  public Tensor[] emptyGemmOperands(DType dtype, int count, long... shape) {
+    boolean low = gemmOperandsInBf16 && precision == Precision.BF16 && dtype == DType.F32;
+    if (!low || !stackGemms || !fuseGemmAdds || count < 2 || shape.length == 0 || shape[shape.length - 1] % 8 != 0) {
+      return Device.super.emptyGemmOperands(dtype, count, shape);
+    }
+    int r = shape.length;
+    long cols = shape[r - 1];
+    long rows = NdArray.numel(shape) / Math.max(cols, 1);
+    CudaArray all = newArray(DType.BF16, rows, count * cols);
+    long[] strides = new long[r];
+    strides[r - 1] = 1;
+    for (int i = r - 2; i >= 0; i--) {
+      strides[i] = i == r - 2 ? count * cols : strides[i + 1] * shape[i + 1];
+    }
+    Tensor[] out = new Tensor[count];
+    for (int i = 0; i < count; i++) {
+      out[i] = wrap(all.strided(shape, strides, all.offset() + i * cols));
+    }
+    return out;
   }
 
   /** A new tensor, in bf16 where {@code bf16} and mixed precision allow it for an F32 one. */
@@ -1861,8 +1943,19 @@ public final class CudaModelDevice implements Device {
     PendingGemm pb = wholePending(ts[1].array());
     if (pa != null && pb != null && pa != pb && Arrays.equals(pa.out().shape(), pb.out().shape())
         && Arrays.equals(ts[0].array().shape(), ts[1].array().shape())) {
-      // Two deferred GEMMs (the input gradients of w1 and w3): the first writes fp32, the second adds it in its
-      // epilogue. Their bf16 results stay deferred, for other readers.
+      // Two deferred GEMMs (the input gradients of w1 and w3). Where their operands lie side by side (SwiGLU's
+      // gradients from emptyGemmOperands, the twins of w1 and w3 end to end), one GEMM of K = 2 d_ff sums them in
+      // its fp32 accumulator.
+      CudaArray[] ab = stackGemms ? stackedOperands(new ArrayList<>(List.of(pa, pb))) : null;
+      if (ab != null) {
+        CudaArray out = newArray(DType.F32, ts[0].array().shape());
+        cublas.gemm(pa.alpha(), ab[0], ab[1], 0f, out.view(ab[0].shape(0), ab[1].shape(1)));
+        launches++;
+        mark("gemm over stacked operands (a sum of 2 GEMMs)");
+        return wrap(out);
+      }
+      // Else the first writes fp32 and the second adds it in its epilogue. Their bf16 results stay deferred, for
+      // other readers.
       CudaArray first = temp(DType.F32, pa.out().shape());
       try {
         cublas.gemm(pa.alpha(), pa.a(), pa.b(), 0f, first);
@@ -1928,36 +2021,14 @@ public final class CudaModelDevice implements Device {
         return false;
       }
     }
-    if (parts.size() < 2) {
+    CudaArray[] ab = parts.size() < 2 ? null : stackedOperands(parts);
+    if (ab == null || ab[0].shape(0) * ab[1].shape(1) != out.numel()) {
       return false;
     }
-    parts.sort(java.util.Comparator.comparingLong(p -> p.a().offset()));
-    CudaArray a0 = parts.get(0).a();
-    CudaArray b0 = parts.get(0).b();
-    if (a0.rank() != 2 || b0.rank() != 2) {
-      return false;
-    }
-    long m = a0.shape(0);
-    long n = b0.shape(1);
-    long k = 0;
-    for (PendingGemm p : parts) {
-      CudaArray a = p.a();
-      CudaArray b = p.b();
-      boolean fits = p.alpha() == parts.get(0).alpha() && a.rank() == 2 && b.rank() == 2
-          && a.dtype() == DType.BF16 && b.dtype() == DType.BF16 && a.sharesBufferWith(a0) && b.sharesBufferWith(b0)
-          && a.shape(0) == m && a.stride(1) == 1 && a.stride(0) == a0.stride(0) && a.offset() == a0.offset() + k
-          && b.shape(1) == n && b.stride(1) == 1 && b.stride(0) == b0.stride(0)
-          && b.offset() == b0.offset() + k * b0.stride(0) && a.shape(1) == b.shape(0);
-      if (!fits) {
-        return false;
-      }
-      k += a.shape(1);
-    }
-    if (k > a0.stride(0) || m * n != out.numel()) {
-      return false; // A's rows would overlap
-    }
-    CudaArray a = a0.strided(new long[] {m, k}, new long[] {a0.stride(0), 1}, a0.offset());
-    CudaArray b = b0.strided(new long[] {k, n}, new long[] {b0.stride(0), 1}, b0.offset());
+    CudaArray a = ab[0];
+    CudaArray b = ab[1];
+    long m = a.shape(0);
+    long n = b.shape(1);
     CudaArray o = out.view(m, n);
     written(out);
     if (addend != null) {
@@ -1974,11 +2045,60 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
+   * The operands {@code [A_1 … A_n]} and {@code [B_1; …; B_n]} of one GEMM that sums the deferred GEMMs {@code parts}
+   * ({@code A_i B_i}, all of one alpha), where the {@code A_i} (bf16, rows contiguous) lie side by side in the
+   * columns of one matrix and the {@code B_i} one under another in the rows of another, in the same order; else null.
+   * Sorts {@code parts} by where their {@code A_i} lie.
+   */
+  private static CudaArray[] stackedOperands(List<PendingGemm> parts) {
+    parts.sort(java.util.Comparator.comparingLong(p -> p.a().offset()));
+    CudaArray a0 = parts.get(0).a();
+    CudaArray b0 = parts.get(0).b();
+    if (a0.rank() != 2 || b0.rank() != 2) {
+      return null;
+    }
+    long m = a0.shape(0);
+    long n = b0.shape(1);
+    long k = 0;
+    for (PendingGemm p : parts) {
+      CudaArray a = p.a();
+      CudaArray b = p.b();
+      boolean fits = p.alpha() == parts.get(0).alpha() && a.rank() == 2 && b.rank() == 2
+          && a.dtype() == DType.BF16 && b.dtype() == DType.BF16 && a.sharesBufferWith(a0) && b.sharesBufferWith(b0)
+          && a.shape(0) == m && a.stride(1) == 1 && a.stride(0) == a0.stride(0) && a.offset() == a0.offset() + k
+          && b.shape(1) == n && b.stride(1) == 1 && b.stride(0) == b0.stride(0)
+          && b.offset() == b0.offset() + k * b0.stride(0) && a.shape(1) == b.shape(0);
+      if (!fits) {
+        return null;
+      }
+      k += a.shape(1);
+    }
+    if (k > a0.stride(0)) {
+      return null; // A's rows would overlap
+    }
+    return new CudaArray[] {a0.strided(new long[] {m, k}, new long[] {a0.stride(0), 1}, a0.offset()),
+        b0.strided(new long[] {k, n}, new long[] {b0.stride(0), 1}, b0.offset())};
+  }
+
+  /**
    * Turns running sums of GEMMs over stacked operands as one GEMM ({@link #stackedSum}, with attention's gradients
    * interleaved for it) off or on; on by default, or as {@code KILN_GEMM_STACKING=0} says.
    */
   public void stackGemms(boolean on) {
     stackGemms = on;
+  }
+
+  /**
+   * The row stride of {@code a} seen as a {@code [rows, cols]} matrix whose rows are contiguous (its leading dims
+   * merged): {@code cols} for a contiguous array, more for rows of a wider matrix ({@link #emptyGemmOperands}); -1
+   * where it is not such a matrix.
+   */
+  private static long rowStride(CudaArray a, long rows, long cols) {
+    if (a.isContiguous()) {
+      return cols;
+    }
+    long[] st = a.numel() == rows * cols ? NdArray.viewStrides(a.shape(), a.strides(), new long[] {rows, cols}) : null;
+    return st == null || st[1] != 1 || st[0] < cols ? -1 : st[0];
   }
 
   /** The deferred GEMM whose whole result {@code g} is (contiguous, all of it), or null. */
@@ -3148,9 +3268,17 @@ public final class CudaModelDevice implements Device {
     KernelArgs args = new KernelArgs();
     DType dtype = null;
     int bf16Outputs = 0;
+    long ldg = -1; // the GEMM-only outputs' row stride (Kernel.gemmOperandRowStride), one for all of them
     for (int i = 0; i < arrays.length; i++) {
       CudaArray a = arrays[i];
-      if (!a.isContiguous()) {
+      if (kernel.gemmOperandRowStride() && i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs())) {
+        long ld = rowStride(a, sizes[0], sizes[1]);
+        if (ld < 0 || ldg >= 0 && ld != ldg) {
+          throw new IllegalArgumentException("cuda device, " + what + ": GEMM-only output " + i + " is neither"
+              + " contiguous nor rows of one stride shared with the others (emptyGemmOperands makes them so)");
+        }
+        ldg = ld;
+      } else if (!a.isContiguous()) {
         throw new IllegalArgumentException("cuda device, " + what + ": tensor " + i + " is not contiguous");
       }
       if (a.dtype() == DType.BF16) {
@@ -3188,6 +3316,9 @@ public final class CudaModelDevice implements Device {
     long rows = sizes[0];
     long cols = sizes[1];
     args.i64(rows).i64(cols);
+    if (kernel.gemmOperandRowStride()) {
+      args.i64(ldg);
+    }
     for (double s : scalars) {
       args.f64(s);
     }
