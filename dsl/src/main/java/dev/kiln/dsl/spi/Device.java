@@ -219,8 +219,9 @@ public interface Device {
   /**
    * {@link #binary}, where the processor proves every reader of the result takes bf16 ({@code bf16Result}) and an
    * operand may be a GEMM output kept in bf16 ({@link #emptyGemmResult}): adding a zero to such an operand may then
-   * return the operand itself, in bf16 (the loss's gradient of the logits when z-loss is off). The default ignores
-   * the hint.
+   * return the operand itself, in bf16 (the loss's gradient of the logits when z-loss is off), and a sum of two GEMM
+   * outputs may be rounded to bf16 once (an FFN's input gradient, which a norm's backward reads next, as autocast
+   * hands it a sum of bf16 GEMM outputs). The default ignores the hint.
    */
   default Tensor binary(Binary op, Tensor a, Tensor b, boolean bf16Result) {
     return binary(op, a, b);

@@ -43,6 +43,9 @@ public final class GemmOperands {
 
     /** Whether the callee's backward reads the gradient of its result only in GEMMs. */
     boolean resultGradient(Node.Call call);
+
+    /** Whether the callee's backward takes the gradient of its result in bf16 ({@code Result.bf16Gradient}). */
+    boolean bf16Gradient(Node.Call call);
   }
 
   /** How a value is read, from the most to the least permissive. */
@@ -124,6 +127,8 @@ public final class GemmOperands {
       plan.gemmOperandInputs[i] = g.onlyGemms(plan.graph.inputs().get(i).value());
     }
     plan.gemmOperandGradient = plan.backward.dOut() != null && g.onlyGemms(plan.backward.dOut());
+    Bf16When gradient = plan.backward.dOut() == null ? null : g.low(plan.backward.dOut());
+    plan.bf16Gradient = gradient != null && gradient.consent() == LowKind.YES && gradient.guard().equals(ALWAYS);
     g.bf16Results(kernels);
     g.paramGradients();
   }
@@ -149,6 +154,9 @@ public final class GemmOperands {
    */
   private void bf16Results(List<FusedKernel> kernels) {
     java.util.Set<Value> maybe = new java.util.HashSet<>();
+    if (plan.bf16Gradient) {
+      maybe.add(plan.backward.dOut()); // a caller may hand it over in bf16: its kernels read it through _in16
+    }
     for (Node.Prim p : einsums) {
       Bf16When when = low(p.out());
       if (when != null && plan.gemms.get(p).writesInPlace()) {
@@ -190,7 +198,9 @@ public final class GemmOperands {
       for (Node.Prim p : bf16Producers) {
         boolean source = alwaysBf16Source(p) || p.inputs().stream().anyMatch(maybe::contains);
         Bf16When when = source && !plan.bf16Prims.containsKey(p) ? low(p.out()) : null;
-        if (when != null && when.consent() == LowKind.YES) {
+        // Or the module's input gradient, where the caller takes it in bf16 (the FFN's, a sum of two GEMMs, which a
+        // norm's backward reads next): not the forward's result, which is the residual stream in a block.
+        if (when != null && (when.consent() == LowKind.YES || when.consent() == LowKind.GRADIENT)) {
           plan.bf16Prims.put(p, when);
           grew |= maybe.add(p.out());
         }
@@ -402,8 +412,11 @@ public final class GemmOperands {
             resultGradientOf.merge(g.dOut(), g.call().component(), (x, y) -> x.equals(y) ? x : "");
           }
           // A call of this module's own forward (the loss's) has its facts too: the forward graph is analysed first.
-          read(g.dOut(), (g.call().component() != null || g.call().calleeType() != null)
-              && callees.resultGradient(g.call()));
+          // A callee whose backward takes its result's gradient in bf16 (a norm's fused kernels) lets it be stored so.
+          boolean callee = g.call().component() != null || g.call().calleeType() != null;
+          boolean gemm = callee && callees.resultGradient(g.call());
+          read(g.dOut(), gemm ? Read.GEMM : Read.OTHER,
+              gemm || callee && callees.bf16Gradient(g.call()) ? LowKind.YES : LowKind.NO, -1);
           // An addend goes into the callee's kernel that computes the argument's gradient: a full-precision read.
           g.plus().stream().filter(java.util.Objects::nonNull).forEach(v -> read(v, false));
         }
@@ -551,13 +564,16 @@ public final class GemmOperands {
    * attention, which keeps out in bf16), cross-entropy's logits, RoPE's x (the q and k projections), and an add or subtract
    * outside any kernel (the residual add of
    * a projection's output, the sum of two projections' input gradients: same-shaped operands, which the device reads
-   * in bf16 directly; other shapes it widens first). A fused kernel's inputs are handled by the caller.
+   * in bf16 directly; other shapes it widens first), and a sum to a smaller shape outside any kernel (LayerNorm's
+   * bias gradient, which the device sums in fp32 from the bf16 values). A fused kernel's inputs are handled by the
+   * caller.
    */
   private static boolean takesBf16(Node.Prim p, int i) {
     return switch (p.op()) {
       case ATTENTION_DQ, ATTENTION_DK, ATTENTION_DV -> i == 3 || i == 4;
       case CROSS_ENTROPY, CROSS_ENTROPY_GRAD -> i == 0;
       case ROPE -> i == 0;
+      case SUM_TO -> i == 0; // a bias gradient's sum over the rows: the device reads bf16 and sums in fp32
       case ADD, SUB -> true;
       default -> false;
     };

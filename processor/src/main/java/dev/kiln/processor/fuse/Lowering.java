@@ -78,6 +78,12 @@ public final class Lowering {
     public boolean[] gemmOperandInputs = new boolean[0];
     /** Whether backward reads the result's gradient only in GEMMs ({@link GemmOperands}). */
     public boolean gemmOperandGradient;
+    /**
+     * Whether backward takes the result's gradient in bf16 as it is ({@link GemmOperands}): every read of it a GEMM,
+     * attention's, or a fused kernel's (which reads such an input through its {@code _in16} variants), whatever the
+     * hyper-parameters. A caller may then hand it a gradient stored in bf16 (a norm's, from the projections after it).
+     */
+    public boolean bf16Gradient;
     /** Results of sub-module calls that only GEMMs read: their context says so ({@code Context.resultForGemms}). */
     public final Set<Value> gemmOperandCallResults = new HashSet<>();
     /**

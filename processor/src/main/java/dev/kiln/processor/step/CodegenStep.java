@@ -52,7 +52,7 @@ final class CodegenStep {
   private final GeneratedFiles files;
 
   /** What a module's GEMMs read: which forward inputs only GEMMs read, and whether only GEMMs read dOut. */
-  record GemmFacts(boolean[] inputs, boolean gradient) {}
+  record GemmFacts(boolean[] inputs, boolean gradient, boolean bf16Gradient) {}
 
   CodegenStep(ProcessingEnvironment env, ModuleReader reader, Map<String, boolean[]> differentiable,
       Map<String, GemmFacts> gemmOperands) {
@@ -140,7 +140,8 @@ final class CodegenStep {
     boolean[] inputs = compiled == null ? null : compiled.namedInputs(ModuleEmitter.GEMM_OPERAND_INPUTS,
         c.args().size());
     return new GemmFacts(inputs == null ? new boolean[c.args().size()] : inputs,
-        compiled != null && compiled.constant(ModuleEmitter.GEMM_OPERAND_GRADIENT) instanceof Boolean b && b);
+        compiled != null && compiled.constant(ModuleEmitter.GEMM_OPERAND_GRADIENT) instanceof Boolean b && b,
+        compiled != null && compiled.constant(ModuleEmitter.BF16_GRADIENT) instanceof Boolean b16 && b16);
   }
 
   /** A callee compiled in an earlier compilation: its forward's parameter names and its generated class. */
@@ -210,7 +211,7 @@ final class CodegenStep {
         CallGradAddends.run(b.block(), call -> addsToGradients(call) ? differentiableArgs(call, m) : null);
         Lowering.Result r = lower(m.simpleName() + "_" + g.method(), g, b);
         if (g.kind() == Graph.Kind.FORWARD) {
-          gemmOperands.put(m.type(), new GemmFacts(r.gemmOperandInputs, r.gemmOperandGradient));
+          gemmOperands.put(m.type(), new GemmFacts(r.gemmOperandInputs, r.gemmOperandGradient, r.bf16Gradient));
         }
         lowered.add(r);
         if (plus != null) {
@@ -280,6 +281,11 @@ final class CodegenStep {
       @Override
       public boolean resultGradient(Node.Call call) {
         return gemmFacts(call).gradient();
+      }
+
+      @Override
+      public boolean bf16Gradient(Node.Call call) {
+        return gemmFacts(call).bf16Gradient();
       }
     });
     ColumnSums.run(r);

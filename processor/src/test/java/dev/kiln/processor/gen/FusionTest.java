@@ -346,9 +346,9 @@ class FusionTest {
   /**
    * Attention is one device call each way. Its output goes only to the output projection's GEMMs (and its own
    * backward's row sums), so the call is told it may write it in bf16. Of its gradients, dv goes only to the v
-   * projection's GEMMs and is marked too; dq and dk go to the {@code Rope} sub-module's backward, which says only
-   * whether GEMMs alone read its result gradient (they do not: RoPE does), so those stay in their own precision.
-   * (The CS336 block applies RoPE inline, where all three are marked.)
+   * projection's GEMMs and is marked too; dq and dk go to the {@code Rope} sub-module's backward, whose RoPE takes
+   * its result gradient in bf16 as it is (its {@code BF16_GRADIENT}), so they are marked as well, as where the CS336
+   * block applies RoPE inline.
    */
   @Test
   void attentionIsOneCallEachWayAndLinearsUseNoCopies() {
@@ -362,7 +362,7 @@ class FusionTest {
     assertEquals(1, dev.bf16Results, "attention's output, read only by the output projection");
     run.backward(y);
     assertEquals(1, dev.calls.stream().filter(c -> c.equals("attentionBackward")).count(), dev.calls::toString);
-    assertEquals(1, dev.bf16Results, "dv, read only by the v projection's GEMMs");
+    assertEquals(3, dev.bf16Results, "dv, read only by the v projection's GEMMs; dq and dk, by Rope's backward");
     // x's gradient is the sum of the three projections' input gradients: one kernel, marked as a plain sum so that a
     // device may run the three GEMMs as one over stacked operands instead.
     List<Kernel> sums = dev.launches.stream().filter(Kernel::sumOfInputs).toList();

@@ -39,6 +39,8 @@ public final class ModuleEmitter {
   public static final String GEMM_OPERAND_INPUTS = "GEMM_OPERAND_INPUTS";
   /** The constant saying whether backward reads the result's gradient only in GEMMs. */
   public static final String GEMM_OPERAND_GRADIENT = "GEMM_OPERAND_GRADIENT";
+  /** The constant saying whether backward takes the result's gradient in bf16 as it is. */
+  public static final String BF16_GRADIENT = "BF16_GRADIENT";
   /** The constant saying whether backward has the form that adds to the input gradients itself. */
   public static final String ADDS_TO_INPUT_GRADIENTS = "ADDS_TO_INPUT_GRADIENTS";
   static final ClassName PLAN = ClassName.get("dev.kiln.dsl.spi", "EinopsPlan");
@@ -195,6 +197,10 @@ public final class ModuleEmitter {
     t.addField(FieldSpec.builder(boolean.class, GEMM_OPERAND_GRADIENT, Modifier.PUBLIC, Modifier.STATIC,
         Modifier.FINAL).addJavadoc("Whether backward reads {@code dOut} only in GEMMs (read by the processor of"
         + " modules that call this one).\n").initializer("$L", forwardGraph().gemmOperandGradient).build());
+    t.addField(FieldSpec.builder(boolean.class, BF16_GRADIENT, Modifier.PUBLIC, Modifier.STATIC, Modifier.FINAL)
+        .addJavadoc("Whether backward takes {@code dOut} in bf16 as it is: every read of it a GEMM, attention's or a"
+            + " fused kernel's, so a mixed-precision caller may store it in bf16 (read by the processor of modules"
+            + " that call this one).\n").initializer("$L", forwardGraph().bf16Gradient).build());
     t.addField(FieldSpec.builder(boolean.class, ADDS_TO_INPUT_GRADIENTS, Modifier.PUBLIC, Modifier.STATIC,
         Modifier.FINAL).addJavadoc("Whether {@code backward} has a form with an addend per differentiable input,"
         + " added inside the kernels that compute the input gradients (read by the processor of modules that call"

@@ -1880,7 +1880,7 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor binary(Binary op, Tensor a, Tensor b, boolean bf16Result) {
     if (op == Binary.ADD && !pendingGemms.isEmpty()) {
-      Tensor fused = addToPendingGemm(a, b);
+      Tensor fused = addToPendingGemm(a, b, bf16Result);
       if (fused != null) {
         return fused;
       }
@@ -1935,9 +1935,10 @@ public final class CudaModelDevice implements Device {
    * an fp32 array of its shape (the residual stream), as one cuBLASLt call with {@code x} in its epilogue: the
    * fp32 sum is written directly, and the add's own pass (TinyStories: 40 µs, 8 a step) is gone. The sum is of the
    * GEMM's fp32 accumulator, not of its bf16 rounding, so it is the more exact one. The GEMM stays deferred for
-   * another reader of {@code g}, if any comes. Null where the operands do not suit.
+   * another reader of {@code g}, if any comes. Null where the operands do not suit. With {@code bf16Result} (every
+   * reader takes bf16), a sum of two GEMMs over stacked operands is written in bf16.
    */
-  private Tensor addToPendingGemm(Tensor a, Tensor b) {
+  private Tensor addToPendingGemm(Tensor a, Tensor b, boolean bf16Result) {
     CudaTensor[] ts = {ct(a, "binary ADD", "a"), ct(b, "binary ADD", "b")};
     PendingGemm pa = wholePending(ts[0].array());
     PendingGemm pb = wholePending(ts[1].array());
@@ -1945,10 +1946,10 @@ public final class CudaModelDevice implements Device {
         && Arrays.equals(ts[0].array().shape(), ts[1].array().shape())) {
       // Two deferred GEMMs (the input gradients of w1 and w3). Where their operands lie side by side (SwiGLU's
       // gradients from emptyGemmOperands, the twins of w1 and w3 end to end), one GEMM of K = 2 d_ff sums them in
-      // its fp32 accumulator.
+      // its fp32 accumulator, rounded to bf16 once where every reader takes that (a norm's backward next).
       CudaArray[] ab = stackGemms ? stackedOperands(new ArrayList<>(List.of(pa, pb))) : null;
       if (ab != null) {
-        CudaArray out = newArray(DType.F32, ts[0].array().shape());
+        CudaArray out = newArray(bf16Result ? DType.BF16 : DType.F32, ts[0].array().shape());
         cublas.gemm(pa.alpha(), ab[0], ab[1], 0f, out.view(ab[0].shape(0), ab[1].shape(1)));
         launches++;
         mark("gemm over stacked operands (a sum of 2 GEMMs)");
@@ -1962,7 +1963,7 @@ public final class CudaModelDevice implements Device {
         launches++;
         mark("gemm (fp32, the first of a sum of two)");
         Tensor firstSum = wrap(first.view(ts[0].array().shape()));
-        Tensor sum = addToPendingGemm(firstSum, b);
+        Tensor sum = addToPendingGemm(firstSum, b, false);
         return sum != null ? sum : binary(Binary.ADD, firstSum, b);
       } finally {
         first.close(); // stream-ordered: the memory is reused only by work queued after the reads above
@@ -2190,7 +2191,12 @@ public final class CudaModelDevice implements Device {
 
   @Override
   public Tensor reduce(Reduction how, Tensor x, int[] axes, boolean keepDims) {
-    CudaArray a = floating(x, "reduce", "x");
+    CudaArray in = arr(x, "reduce", "x");
+    // A bf16 input in mixed precision: a gradient the GEMMs wrote so for a module whose backward takes it in bf16
+    // (the processor's Result.bf16Gradient: LayerNorm's bias gradient sums it over the rows). Summed in fp32 from
+    // the bf16 values, read as they are where the rows are contiguous, else from an exact fp32 copy.
+    boolean bf16 = in.dtype() == DType.BF16 && precision == Precision.BF16;
+    CudaArray a = bf16 ? in : floating(x, "reduce", "x");
     if (how == Reduction.MEAN) {
       throw new IllegalArgumentException("cuda device, reduce: MEAN is not a device reduction (scale a SUM)");
     }
@@ -2225,23 +2231,6 @@ public final class CudaModelDevice implements Device {
       }
     }
     long[] outShape = keepDims ? outKeep : keptShape.stream().mapToLong(Long::longValue).toArray();
-    CudaArray out = newArray(a.dtype(), outShape);
-    int opCode = switch (how) {
-      case SUM -> 0;
-      case MAX -> 1;
-      case MIN -> 2;
-      default -> throw new IllegalArgumentException("cuda device, reduce: " + how);
-    };
-    String t = suffix(a.dtype());
-    if (cols == 1 || rows * cols == 0) {
-      // Nothing reduced (or nothing to reduce over): a copy, or the empty reduction's identity.
-      if (rows * cols == 0) {
-        fill(wrap(out), opCode == 0 ? 0 : (opCode == 1 ? Double.NEGATIVE_INFINITY : Double.POSITIVE_INFINITY));
-      } else {
-        copyArray(a.strided(outShape, stridesOfKept(a, red, outShape.length, keepDims), a.offset()), out);
-      }
-      return wrap(out);
-    }
     boolean leading = true;
     boolean seenKept = false;
     for (int d = 0; d < r; d++) {
@@ -2250,6 +2239,29 @@ public final class CudaModelDevice implements Device {
       } else if (seenKept && a.shape(d) != 1) {
         leading = false;
       }
+    }
+    if (bf16 && !(a.isContiguous() && leading && rows > 1 && cols > 1)) {
+      try (CudaArray wide = temp(DType.F32, a.shape())) {
+        copyArray(a, wide);
+        return reduce(how, wrap(wide), axes, keepDims); // stream-ordered: the copy is freed after its reader
+      }
+    }
+    CudaArray out = newArray(bf16 ? DType.F32 : a.dtype(), outShape);
+    int opCode = switch (how) {
+      case SUM -> 0;
+      case MAX -> 1;
+      case MIN -> 2;
+      default -> throw new IllegalArgumentException("cuda device, reduce: " + how);
+    };
+    String t = bf16 ? "bf16" : suffix(a.dtype());
+    if (cols == 1 || rows * cols == 0) {
+      // Nothing reduced (or nothing to reduce over): a copy, or the empty reduction's identity.
+      if (rows * cols == 0) {
+        fill(wrap(out), opCode == 0 ? 0 : (opCode == 1 ? Double.NEGATIVE_INFINITY : Double.POSITIVE_INFINITY));
+      } else {
+        copyArray(a.strided(outShape, stridesOfKept(a, red, outShape.length, keepDims), a.offset()), out);
+      }
+      return wrap(out);
     }
     if (a.isContiguous() && leading && rows > 1) {
       reduceColumns(t, a, out, cols, rows, opCode);
@@ -2322,11 +2334,12 @@ public final class CudaModelDevice implements Device {
       launches++;
       return;
     }
-    try (CudaArray partial = temp(a.dtype(), chunks, kept)) {
+    try (CudaArray partial = temp(out.dtype(), chunks, kept)) {
       k.launch(stream, colBlocks, chunks, BLOCK, 0, new KernelArgs().ptr(a).ptr(partial).i64(reduced).i64(kept)
           .i32(opCode).i64(perChunk));
-      k.launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs().ptr(partial).ptr(out).i64(chunks).i64(kept)
-          .i32(opCode).i64(chunks));
+      // The partial sums are in the output's dtype (fp32 for a bf16 input).
+      op("kiln_reduce_cols_" + suffix(out.dtype())).launch(stream, colBlocks, 1, BLOCK, 0, new KernelArgs()
+          .ptr(partial).ptr(out).i64(chunks).i64(kept).i32(opCode).i64(chunks));
     }
     launches += 2;
   }

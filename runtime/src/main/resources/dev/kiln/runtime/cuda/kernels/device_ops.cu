@@ -400,8 +400,10 @@ __device__ void kiln_reduce_rows(const T* __restrict__ x, T* __restrict__ out, k
 // out[chunk, c] = reduce(x[r, c] for r in the chunk's rows), x contiguous [rows, cols]. Block: 32 columns x
 // blockDim.x / 32 row lanes (coalesced reads along a row; the host launches 8 lanes, or 32 for chunks of 256 rows
 // and more); gridDim.y chunks of rows. The host reduces the chunks in a second launch.
-template <class T>
-__device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, kiln_i64 rows, kiln_i64 cols, int op,
+// O, the output's type, is T's, or float for bf16 (KilnB16) input: a gradient the GEMMs wrote in bf16 summed over its
+// rows (LayerNorm's bias), widened exactly as it is read.
+template <class T, class O>
+__device__ void kiln_reduce_cols(const T* __restrict__ x, O* __restrict__ out, kiln_i64 rows, kiln_i64 cols, int op,
                                  kiln_i64 rows_per_chunk) {
   __shared__ double part[32][33];
   const kiln_i64 c = (kiln_i64)blockIdx.x * 32 + (threadIdx.x & 31);
@@ -412,13 +414,13 @@ __device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, k
   if (c < cols) {
     // Unrolled so that four loads are in flight before the first add waits.
 #pragma unroll 4
-    for (kiln_i64 r = r0 + lane_row; r < r1; r += lanes) acc = kiln_red(op, acc, (double)x[r * cols + c]);
+    for (kiln_i64 r = r0 + lane_row; r < r1; r += lanes) acc = kiln_red(op, acc, kd(x[r * cols + c]));
   }
   part[lane_row][threadIdx.x & 31] = acc;
   __syncthreads();
   if (lane_row == 0 && c < cols) {
     for (int k = 1; k < lanes; k++) acc = kiln_red(op, acc, part[k][threadIdx.x]);
-    out[(kiln_i64)blockIdx.y * cols + c] = (T)acc;
+    out[(kiln_i64)blockIdx.y * cols + c] = (O)acc;
   }
 }
 
@@ -429,10 +431,15 @@ __device__ void kiln_reduce_cols(const T* __restrict__ x, T* __restrict__ out, k
   extern "C" __global__ void __launch_bounds__(1024) kiln_reduce_cols_##N(const T* x, T* out, kiln_i64 rows, \
                                                                          kiln_i64 cols, int op,               \
                                                                          kiln_i64 rows_per_chunk) {           \
-    kiln_reduce_cols<T>(x, out, rows, cols, op, rows_per_chunk);                                               \
+    kiln_reduce_cols<T, T>(x, out, rows, cols, op, rows_per_chunk);                                            \
   }
 KILN_REDUCE(f32, float)
 KILN_REDUCE(f64, double)
+extern "C" __global__ void __launch_bounds__(1024) kiln_reduce_cols_bf16(const KilnB16* x, float* out, kiln_i64 rows,
+                                                                        kiln_i64 cols, int op,
+                                                                        kiln_i64 rows_per_chunk) {
+  kiln_reduce_cols<KilnB16, float>(x, out, rows, cols, op, rows_per_chunk);
+}
 
 // ---------------------------------------------------------------- embedding rows and last-dim picks
 

@@ -183,6 +183,32 @@ class CudaModelDeviceGpuTest {
   }
 
   @Test
+  void bf16GradientsSumOverRowsInFp32() {
+    // A norm's backward takes its result's gradient in bf16 where the GEMMs after it wrote it so (the processor's
+    // BF16_GRADIENT); LayerNorm's bias gradient sums it over the rows (sumTo). In mixed precision the device reads
+    // the bf16 values and sums in fp32: against the CPU's sum of the same values widened exactly, 1e-5 relative (the
+    // kernel sums in double, the CPU in its own order). Contiguous rows take the bf16 column kernel (one launch up
+    // to its single-pass rows, chunks past them); other patterns an exact fp32 copy first.
+    for (long[] shape : new long[][] {{64, 48}, {4096, 70}, {2, 300, 33}}) {
+      NdArray x16 = randn(shape).to(DType.BF16).to(DType.F32);
+      Tensor onGpu = gpuBf16.cast(gpuBf16.fromHost(x16), DType.BF16);
+      assertEquals(DType.BF16, onGpu.dtype());
+      int r = shape.length;
+      long[] to = new long[r];
+      Arrays.fill(to, 1);
+      to[r - 1] = shape[r - 1];
+      String what = "sumTo of bf16 " + Arrays.toString(shape);
+      Tensor got = gpuBf16.sumTo(onGpu, to);
+      assertEquals(DType.F32, got.dtype(), what);
+      GpuTesting.assertClose(what, d(cpu.sumTo(x16, to), cpu), d(got, gpuBf16), 1e-5, 1e-6);
+      int[] last = {r - 1};
+      GpuTesting.assertClose("sum over the last axis of bf16 " + Arrays.toString(shape),
+          d(cpu.reduce(Reduction.SUM, x16, last, false), cpu),
+          d(gpuBf16.reduce(Reduction.SUM, onGpu, last, false), gpuBf16), 1e-5, 1e-6);
+    }
+  }
+
+  @Test
   void gatherScatterPickAndTheirIndexErrors() {
     long[] idv = new long[24];
     for (int i = 0; i < idv.length; i++) {
