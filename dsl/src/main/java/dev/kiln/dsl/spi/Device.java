@@ -70,7 +70,10 @@ public interface Device {
    * ({@link Kernel#isBf16Input}) through a conversion. A mixed-precision device may store it in bf16, as {@code
    * torch.autocast} keeps a linear layer's output: it is rounded once, and the GEMM that writes it and every reader
    * move half the bytes. Unlike {@link #emptyGemmOperand}, this changes results (by that rounding), so a device does
-   * it only where its precision policy says so. The default is {@code empty(dtype, shape)}.
+   * it only where its precision policy says so. The same for the output of a fused kernel that is a plain sum of
+   * GEMM outputs ({@link Kernel#sumOfInputs()}) whose readers take bf16: a device that computes the sum as one GEMM
+   * writes it in bf16, and one that runs the kernel must write it rounded to bf16 (the kernel writes in its compute
+   * dtype; a device may run it into a temporary and round that). The default is {@code empty(dtype, shape)}.
    */
   default Tensor emptyGemmResult(DType dtype, long... shape) {
     return empty(dtype, shape);

@@ -57,6 +57,14 @@ public final class FusedKernel {
    */
   final Map<Value, String> gemmOperandReaders = new LinkedHashMap<>();
 
+  /**
+   * The output of a plain sum of inputs ({@link #sumOfInputs()}) whose every reader takes bf16, and when
+   * ({@link GemmOperands}): the generated code allocates it with {@code Device.emptyGemmResult} under that
+   * condition, and a device that computes the sum as one GEMM writes it rounded once (attention's input gradient,
+   * which a norm's backward reads next). Null where there is none.
+   */
+  GemmOperands.Bf16When bf16SumOutput;
+
   FusedKernel(String name, Shape domain) {
     this.name = name;
     this.domain = domain;
@@ -193,6 +201,11 @@ public final class FusedKernel {
       }
     }
     return sums.contains(out);
+  }
+
+  /** {@link #bf16SumOutput}: when the plain sum's output may be stored in bf16, or null. */
+  public GemmOperands.Bf16When bf16SumOutput() {
+    return bf16SumOutput;
   }
 
   /** {@link #gemmOperandReaders}: the sub-module whose backward reads each GEMM-only output, where one does. */

@@ -130,6 +130,15 @@ public final class GemmOperands {
     Bf16When gradient = plan.backward.dOut() == null ? null : g.low(plan.backward.dOut());
     plan.bf16Gradient = gradient != null && gradient.consent() == LowKind.YES && gradient.guard().equals(ALWAYS);
     g.bf16Results(kernels);
+    for (FusedKernel k : kernels) {
+      // A plain sum of GEMM outputs (the q, k and v projections' input gradients) whose readers take bf16, or whose
+      // caller takes it so as an input gradient: a device that sums by one GEMM may write it in bf16.
+      Value out = k.sumOfInputs() ? k.outputs().keySet().iterator().next() : null;
+      Bf16When w = out == null || k.gemmOperands.contains(out) ? null : g.low(out);
+      if (w != null && (w.consent() == LowKind.YES || w.consent() == LowKind.GRADIENT)) {
+        k.bf16SumOutput = w;
+      }
+    }
     g.paramGradients();
   }
 

@@ -368,6 +368,10 @@ class FusionTest {
     List<Kernel> sums = dev.launches.stream().filter(Kernel::sumOfInputs).toList();
     assertEquals(1, sums.size(), dev.launches::toString);
     assertEquals(3, sums.get(0).inputs(), sums.get(0)::toString);
+    // That sum is the module's input gradient: where the caller takes it in bf16 (a norm's backward next), the
+    // generated code allocates it as a GEMM result, which a device that sums by one GEMM writes in bf16.
+    String attention = Generated.cs336().source("CompiledMultiHeadSelfAttention.java");
+    assertTrue(attention.contains("ctx$.inputGradientInBf16(0) ? dev.emptyGemmResult("), attention);
     String source = Generated.cs336().source("CompiledLinear.java");
     assertTrue(source.contains("no copies"), "Linear's einsums are GEMMs with layout flags:\n" + source);
     assertTrue(!source.contains("interleaved groups"), source);

@@ -262,10 +262,11 @@ public final class CudaEmitter {
       params.add((k.bf16Inputs().contains(v) ? "const H*" : "const T*") + " __restrict__ t" + i);
       args.add("t" + i++);
     }
-    // Outputs only GEMMs read have the storage type G (T, or bf16 in the _f32_bf16 variant).
-    boolean gemmOperands = !k.gemmOperands().isEmpty();
+    // Outputs only GEMMs read have the storage type G (T, or bf16 in the _f32_bf16 variant), as has a plain sum's
+    // output that its readers take in bf16 (FusedKernel.bf16SumOutput).
+    boolean gemmOperands = !k.gemmOperands().isEmpty() || k.bf16SumOutput() != null;
     for (Value v : k.outputs().keySet()) {
-      params.add((k.gemmOperands().contains(v) ? "G" : "T") + "* __restrict__ t" + i);
+      params.add((k.gemmOperands().contains(v) || k.bf16SumOutput() != null ? "G" : "T") + "* __restrict__ t" + i);
       args.add("t" + i++);
     }
     params.add("long long rows");

@@ -906,6 +906,12 @@ final class BodyEmitter {
       if (k.resultGemmOperands().contains(v)) {
         alloc = "ctx$.resultForGemms() ? " + alloc + " : dev.empty(dtype, " + s + ")";
       }
+      if (k.bf16SumOutput() != null) {
+        // A plain sum whose readers take bf16: a device that sums by one GEMM may write it so.
+        String when = when(k.bf16SumOutput());
+        alloc = (when.equals("true") ? "" : when + " ? ") + "dev.emptyGemmResult(dtype, " + s + ")"
+            + (when.equals("true") ? "" : " : dev.empty(dtype, " + s + ")");
+      }
       line("Tensor " + nameOf(v) + " = " + alloc + ";" + comment(v));
       tensors.add(nameOf(v));
     }

@@ -1993,17 +1993,19 @@ public final class CudaModelDevice implements Device {
    * A sum kernel's work ({@code Kernel.sumOfInputs}: {@code arrays} its inputs, then its output at {@code inputs}) as
    * one GEMM, where its inputs are deferred GEMMs {@code A_i B_i} whose {@code A_i} lie side by side in the columns
    * of one matrix and whose {@code B_i} lie one under another in the rows of another: {@code [A_1 … A_n]} times
-   * {@code [B_1; …; B_n]}, {@code K = Σ K_i}, written in fp32 into the output. That is the input gradient of the q,
+   * {@code [B_1; …; B_n]}, {@code K = Σ K_i}, written into the output in its dtype (fp32, or bf16 where the
+   * processor found every reader takes that: a norm's backward next, {@link #emptyGemmResult}). That is the input
+   * gradient of the q,
    * k and v projections: attention's backward writes dq, dk and dv interleaved ({@link #attentionGradients}), and
    * {@link #withBf16Twins} lays the three weights end to end. One input that is not such a GEMM, fp32 and laid out
-   * as the output, is added in the GEMM's epilogue. So n GEMMs and the sum's pass become one GEMM, which sums in its
+   * as the output, is added in the GEMM's epilogue (an fp32 output only). So n GEMMs and the sum's pass become one GEMM, which sums in its
    * fp32 accumulator rather than adding n bf16 roundings. The deferred GEMMs stay deferred for any other reader (a
    * scope's end drops them unread). Returns false, queuing nothing, where the inputs do not suit.
    */
   private boolean stackedSum(CudaArray[] arrays, int inputs) {
     CudaArray out = arrays[inputs];
-    if (!stackGemms || !fuseGemmAdds || precision != Precision.BF16 || out.dtype() != DType.F32
-        || !out.isContiguous() || out.numel() == 0) {
+    if (!stackGemms || !fuseGemmAdds || precision != Precision.BF16
+        || out.dtype() != DType.F32 && out.dtype() != DType.BF16 || !out.isContiguous() || out.numel() == 0) {
       return false;
     }
     List<PendingGemm> parts = new ArrayList<>();
@@ -2031,6 +2033,9 @@ public final class CudaModelDevice implements Device {
     long m = a.shape(0);
     long n = b.shape(1);
     CudaArray o = out.view(m, n);
+    if (addend != null && out.dtype() != DType.F32) {
+      return false; // the epilogue's addend and the result share a dtype
+    }
     written(out);
     if (addend != null) {
       if (!cublas.gemmAdding(parts.get(0).alpha(), a, b, addend.view(m, n), o)) {
@@ -3247,8 +3252,10 @@ public final class CudaModelDevice implements Device {
     for (int i = 0; i < tensors.length; i++) {
       boolean gemmOperand = i >= kernel.inputs() && kernel.isGemmOperand(i - kernel.inputs());
       boolean gemmResult = i < kernel.inputs() && kernel.isBf16Input(i);
+      // A plain sum's output that emptyGemmResult made bf16: written by one GEMM, or by the kernel's _f32_bf16 form.
+      boolean sumResult = kernel.sumOfInputs() && i == kernel.inputs() && precision == Precision.BF16;
       CudaArray a = arr(tensors[i], what, "tensor " + i);
-      if (!(gemmOperand || gemmResult) || a.dtype() != DType.BF16) {
+      if (!(gemmOperand || gemmResult || sumResult) || a.dtype() != DType.BF16) {
         // Only an output that only GEMMs read, or an input that may be a GEMM output kept in bf16, may be bf16.
         a = floating(tensors[i], what, "tensor " + i);
       }
@@ -3264,6 +3271,7 @@ public final class CudaModelDevice implements Device {
     if (kernel.sumOfInputs() && stackedSum(arrays, kernel.inputs())) {
       return;
     }
+
     List<CudaArray> temps = new ArrayList<>(2);
     if (bf16Inputs > 0 && fp32MaybeBf16 > 0) {
       // The _in16 variants read all such inputs as bf16: with some in fp32 (a caller that wanted one of them in its
@@ -3313,7 +3321,9 @@ public final class CudaModelDevice implements Device {
     }
     String variant = suffix(dtype);
     if (bf16Outputs > 0) {
-      if (bf16Outputs != Long.bitCount(kernel.gemmOperands()) || dtype != DType.F32) {
+      // A plain sum's one output, where its readers take bf16 (emptyGemmResult), has the same variants.
+      long gemmOnly = kernel.sumOfInputs() ? 1 : Long.bitCount(kernel.gemmOperands());
+      if (bf16Outputs != gemmOnly || dtype != DType.F32) {
         throw new IllegalArgumentException("cuda device, " + what + ": " + bf16Outputs + " of its "
             + Long.bitCount(kernel.gemmOperands()) + " GEMM-only outputs are bf16 with " + dtype
             + " inputs; allocate all of them with emptyGemmOperand, with F32 inputs");
