@@ -1995,12 +1995,13 @@ public final class CudaModelDevice implements Device {
    * of one matrix and whose {@code B_i} lie one under another in the rows of another: {@code [A_1 … A_n]} times
    * {@code [B_1; …; B_n]}, {@code K = Σ K_i}, written into the output in its dtype (fp32, or bf16 where the
    * processor found every reader takes that: a norm's backward next, {@link #emptyGemmResult}). That is the input
-   * gradient of the q,
-   * k and v projections: attention's backward writes dq, dk and dv interleaved ({@link #attentionGradients}), and
+   * gradient of the q, k and v projections: attention's backward writes dq, dk and dv interleaved
+   * ({@link #attentionGradients}), and
    * {@link #withBf16Twins} lays the three weights end to end. One input that is not such a GEMM, fp32 and laid out
-   * as the output, is added in the GEMM's epilogue (an fp32 output only). So n GEMMs and the sum's pass become one GEMM, which sums in its
-   * fp32 accumulator rather than adding n bf16 roundings. The deferred GEMMs stay deferred for any other reader (a
-   * scope's end drops them unread). Returns false, queuing nothing, where the inputs do not suit.
+   * as the output, is added in the GEMM's epilogue (an fp32 output only). So n GEMMs and the sum's pass become one
+   * GEMM, which sums in its fp32 accumulator rather than adding n bf16 roundings. The deferred GEMMs stay deferred
+   * for any other reader (a scope's end drops them unread). Returns false, queuing nothing, where the inputs do not
+   * suit.
    */
   private boolean stackedSum(CudaArray[] arrays, int inputs) {
     CudaArray out = arrays[inputs];
@@ -2051,8 +2052,8 @@ public final class CudaModelDevice implements Device {
   }
 
   /**
-   * The operands {@code [A_1 … A_n]} and {@code [B_1; …; B_n]} of one GEMM that sums the deferred GEMMs {@code parts}
-   * ({@code A_i B_i}, all of one alpha), where the {@code A_i} (bf16, rows contiguous) lie side by side in the
+   * The operands {@code [A_1 … A_n]} and {@code [B_1; …; B_n]} of one GEMM that sums the deferred GEMMs
+   * {@code parts} ({@code A_i B_i}, all of one alpha), where the {@code A_i} (bf16, rows contiguous) lie side by side in the
    * columns of one matrix and the {@code B_i} one under another in the rows of another, in the same order; else null.
    * Sorts {@code parts} by where their {@code A_i} lie.
    */
