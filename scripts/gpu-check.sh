@@ -42,7 +42,7 @@ cp -r runtime/target/test-classes/dev/kiln/runtime/cuda/. "$dest/test-classes/de
 # Generation on the GPU, and the reference-engine helpers its test shares with the CPU tests.
 cp runtime/target/test-classes/dev/kiln/runtime/infer/{DeviceLmEngine,TinyLms}*.class "$dest/test-classes/dev/kiln/runtime/infer/"
 # The generated-model GPU tests and the CPU-side fixtures they reuse (the variant list).
-cp models/target/test-classes/dev/kiln/models/cs336/{TransformerLm*Test,*GpuTest}*.class \
+cp models/target/test-classes/dev/kiln/models/cs336/{TransformerLmVariantsTest,*GpuTest}*.class \
   "$dest/test-classes/dev/kiln/models/cs336/"
 
 ./mvnw -q -B -o dependency:build-classpath -pl runtime -Dmdep.includeScope=test -Dmdep.outputFile="$root/$dest/cp.txt"
