@@ -282,33 +282,6 @@ class TransformerLmGpuTest {
   }
 
   @Test
-  void crossEntropyInChunksOfRowsFollowsItsGemm() {
-    // KILN_XENT_CHUNKS: the LM head's deferred GEMM runs in chunks of rows, each followed by the cross-entropy of its
-    // rows (and the logits' gradient written ahead, which the first step teaches the device). Against the same
-    // step unchunked: 2 × (4 − 1) more forward launches, the loss within 1e-4 relative and every gradient within 3e-2
-    // relative L2 (the chunks' GEMMs may be other cuBLAS kernels, whose fp32 sums round a logit to the other bf16
-    // neighbour now and then). A vocabulary of 96: rows a multiple of 4, as the chunked form needs.
-    CudaModelDevice dev = gpu(CudaModelDevice.Precision.BF16);
-    ModelConfig base = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
-    ModelConfig c = new ModelConfig(96, base.contextLength(), base.dModel(), base.numLayers(), base.numHeads(),
-        base.dFf(), base.ropeTheta(), base.normPlacement(), base.norm(), base.normEps(), base.ffn(), base.positions(),
-        base.tiedEmbeddings(), base.qkNorm(), base.zLoss());
-    Batch batch = Batch.random(c, 17);
-    twinnedStep(dev, c, batch); // learns the loss gradient, so the next forwards write the logits' gradient ahead
-    TwinnedStep whole = twinnedStep(dev, c, batch);
-    dev.chunkCrossEntropy(4);
-    TwinnedStep chunked;
-    try {
-      chunked = twinnedStep(dev, c, batch);
-    } finally {
-      dev.chunkCrossEntropy(0);
-    }
-    assertEquals(whole.forwardLaunches() + 6, chunked.forwardLaunches(), "forward launches");
-    assertEquals(whole.run().loss(), chunked.run().loss(), 1e-4 * Math.abs(whole.run().loss()), "loss");
-    assertGradientsClose("chunked cross-entropy", whole.run(), chunked.run(), 3e-2);
-  }
-
-  @Test
   void projectionsOfOneInputRunAsOneBatchedGemm() {
     // In mixed precision, with the parameters' bf16 copies end to end (withBf16Twins, as CudaEngine makes them), the
     // q, k and v projections of one normed input, and SwiGLU's w1 and w3, are deferred GEMMs that share A with their

@@ -186,21 +186,6 @@ public final class CudaModelDevice implements Device {
   private boolean useGradientArenas = !"0".equals(System.getenv("KILN_GRADIENT_ARENA"));
   private boolean batchSiblingGemms = !"0".equals(System.getenv("KILN_SIBLING_GEMMS"));
   /**
-   * Row chunks of a deferred LM-head GEMM that {@link #crossEntropy} runs one at a time, each followed by the
-   * cross-entropy of its rows ({@link #chunkedCrossEntropy}); 0 or 1 runs the GEMM whole first. {@code
-   * KILN_XENT_CHUNKS}, off by default.
-   */
-  private int xentChunks = parseChunks(System.getenv("KILN_XENT_CHUNKS"));
-
-  private static int parseChunks(String s) {
-    try {
-      return s == null ? 0 : Math.max(0, Integer.parseInt(s.strip()));
-    } catch (NumberFormatException e) {
-      throw new IllegalArgumentException("KILN_XENT_CHUNKS must be a whole number of row chunks (0 for none), got '"
-          + s + "'", e);
-    }
-  }
-  /**
    * Deferred GEMMs that run as one strided-batched GEMM ({@link #runSiblings}), by member: consecutive ones reading
    * the same {@code A} with {@code B}s at one stride in one buffer (the q, k and v projections of one input, whose
    * bf16 weights lie end to end; the FFN's {@code w1} and {@code w3}, {@code w2} between them).
@@ -2696,10 +2681,6 @@ public final class CudaModelDevice implements Device {
    */
   @Override
   public Tensor crossEntropy(Tensor logits, Tensor targets) {
-    Tensor chunked = chunkedCrossEntropy(logits, targets);
-    if (chunked != null) {
-      return chunked;
-    }
     CudaArray[] xt = crossEntropyOperands(logits, targets, "crossEntropy");
     CudaArray out = newArray(computeDtype(xt[0]), xt[1].shape());
     CudaArray lse = !scopes.isEmpty() && vectorXent(xt[0]) ? newArray(DType.F32, xt[1].shape()) : null;
@@ -2715,70 +2696,6 @@ public final class CudaModelDevice implements Device {
       xentAhead.put(CastKey.of(xt[0]), new AheadGrad(CastKey.of(xt[1]), g, ahead, xentPlanKey(xt[0])));
     }
     return wrap(out);
-  }
-
-  /**
-   * {@link #crossEntropy} of logits that are the whole result of a deferred GEMM (the LM head's, bf16), in
-   * {@link #xentChunks} chunks of rows: each chunk's GEMM, then the cross-entropy of those rows (and the gradient
-   * ahead, as {@link #crossEntropy} writes it), so that the kernel reads the chunk's logits while the GEMM's writes
-   * are still in L2 rather than from memory (TinyStories: 0.66 GB of logits a step). Null, having run nothing, where
-   * the logits are not such a result or their rows do not split evenly.
-   */
-  private Tensor chunkedCrossEntropy(Tensor logits, Tensor targets) {
-    if (xentChunks < 2 || scopes.isEmpty() || pendingGemms.isEmpty() || precision != Precision.BF16) {
-      return null;
-    }
-    CudaArray given = ct(logits, "crossEntropy", "logits").array();
-    PendingGemm p = wholePending(given);
-    if (p == null || siblings.containsKey(p) || given.dtype() != DType.BF16 || p.a().rank() != 2
-        || p.out().rank() != 2 || !p.out().isContiguous()) {
-      return null;
-    }
-    long rows = p.out().shape(0);
-    long v = p.out().shape(1);
-    CudaArray t = contiguousArray(ids(targets, "crossEntropy"));
-    if (rows % xentChunks != 0 || v % 4 != 0 || v > XENT_CACHED4_MAX || t.numel() != rows
-        || given.rank() != t.rank() + 1 || !Arrays.equals(Arrays.copyOf(given.shape(), t.rank()), t.shape())) {
-      return null;
-    }
-    pendingGemms.remove(p);
-    p.out().dropProducer();
-    if (!vectorXent(given)) { // its address is known only now, with the producer dropped: the GEMM whole, then as usual
-      runPending(p);
-      return null;
-    }
-    CudaArray out = newArray(DType.F32, t.shape());
-    CudaArray lse = newArray(DType.F32, t.shape());
-    Float g = bf16GradientOnly(given) ? xentGradPlans.get(xentPlanKey(given)) : null;
-    CudaArray ahead = g != null ? newArray(DType.BF16, given.shape()) : null;
-    long per = rows / xentChunks;
-    long k = p.a().shape(1);
-    for (int c = 0; c < xentChunks; c++) {
-      long r0 = c * per;
-      CudaArray a = p.a().strided(new long[] {per, k}, p.a().strides(), p.a().offset() + r0 * p.a().stride(0));
-      CudaArray x = p.out().strided(new long[] {per, v}, new long[] {v, 1}, p.out().offset() + r0 * v);
-      cublas.gemm(p.alpha(), a, p.b(), 0f, x);
-      launches++;
-      crossEntropyLaunch(x, rowsOf(t, r0, per), null, rowsOf(out, r0, per), ahead == null ? null
-          : ahead.strided(new long[] {per, v}, new long[] {v, 1}, ahead.offset() + r0 * v), rowsOf(lse, r0, per),
-          g != null ? g : 0f);
-    }
-    mark("gemm + cross-entropy in " + xentChunks + " chunks of rows");
-    lseCache.put(CastKey.of(given), lse);
-    if (ahead != null) {
-      xentAhead.put(CastKey.of(given), new AheadGrad(CastKey.of(t), g, ahead, xentPlanKey(given)));
-    }
-    return wrap(out);
-  }
-
-  /** Elements {@code [r0, r0 + n)} of contiguous {@code a}, as a vector. */
-  private static CudaArray rowsOf(CudaArray a, long r0, long n) {
-    return a.strided(new long[] {n}, new long[] {1}, a.offset() + r0);
-  }
-
-  /** Turns {@link #chunkedCrossEntropy} on ({@code chunks} of at least 2) or off; {@code KILN_XENT_CHUNKS} says. */
-  public void chunkCrossEntropy(int chunks) {
-    xentChunks = Math.max(0, chunks);
   }
 
   /** Whether the backward of logits {@code x} may return its gradient in bf16 alone (given bf16Result). */
