@@ -293,11 +293,35 @@ class FusionTest {
   }
 
   private static boolean addsToInputGradients(String module) {
+    return booleanConstant(module, "ADDS_TO_INPUT_GRADIENTS");
+  }
+
+  private static boolean booleanConstant(String module, String name) {
     try {
-      return Generated.cs336().type(Harness.compiledName(module)).getField("ADDS_TO_INPUT_GRADIENTS").getBoolean(null);
+      return Generated.cs336().type(Harness.compiledName(module)).getField(name).getBoolean(null);
     } catch (ReflectiveOperationException e) {
       throw new IllegalStateException(e);
     }
+  }
+
+  /**
+   * BF16_GRADIENT: whether a module's backward takes its result's gradient in bf16 as it is. A norm's backward reads
+   * it only in its fused kernel, a Linear's only in GEMMs, the SwiGLU's only in its w2's backward: all do. A block's
+   * does not: its result's gradient is also the residual addend of ln2's backward, a read in full precision. So the
+   * block lets the SwiGLU's and attention's input gradients be bf16 (the norms read them next), and the SwiGLU adds
+   * its two GEMMs' input gradients with that consent as the add's bf16 hint.
+   */
+  @Test
+  void aResultGradientIsBf16WhereEveryReadTakesIt() {
+    for (String module : List.of("cs336.RmsNorm", "cs336.Linear", "cs336.SwiGlu", "cs336.MultiHeadSelfAttention")) {
+      assertTrue(booleanConstant(module, "BF16_GRADIENT"), module);
+    }
+    assertTrue(!booleanConstant("cs336.TransformerBlock", "BF16_GRADIENT"), "the block's gradient is the residual's");
+    String block = Generated.cs336().source("CompiledTransformerBlock.java");
+    assertTrue(block.contains("ffn$.forward(ctx$.child(\"ffn\", false, true, 1L)"), block);
+    assertTrue(block.contains("attn$.forward(ctx$.child(\"attn\", false, true, 1L)"), block);
+    String swiGlu = Generated.cs336().source("CompiledSwiGlu.java");
+    assertTrue(swiGlu.contains("dev.binary(Device.Binary.ADD, v11$, v19$, ctx$.inputGradientInBf16(0))"), swiGlu);
   }
 
   /**
