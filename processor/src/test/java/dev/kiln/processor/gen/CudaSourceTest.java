@@ -83,11 +83,25 @@ class CudaSourceTest {
         }
       }
       assertTrue(kernels > 0, m + " has no kernels");
-      assertEquals(2 * kernels + bf16Variants + warpRowForms, cu.split("extern \"C\"", -1).length - 1,
+      assertEquals(2 * kernels + bf16Variants + warpRowForms, cu.split("extern \"C\" __global__", -1).length - 1,
           m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, f32_in16 where an"
               + " input may be a bf16 GEMM output, f32_bf16_in16 where both, _tw where a row kernel's one full output"
               + " has a bf16 twin, and the warp-row and block-row forms of row kernels");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
+    }
+  }
+
+  /**
+   * Each generated module says its kernels wait for the grid before them ({@code kiln_waits_at_entry}), and each
+   * kernel does so before it touches memory: the runtime launches them programmatically (docs/cuda.md).
+   */
+  @Test
+  void everyKernelWaitsForTheGridBeforeIt() {
+    Generated g = Generated.cs336();
+    for (String m : WITH_KERNELS) {
+      String cu = g.resource("META-INF/kiln/cuda/" + m + ".cu");
+      assertTrue(cu.contains("extern \"C\" __device__ int kiln_waits_at_entry = 1;"), m + " defines the marker");
+      assertEquals(List.of(), dev.kiln.runtime.cuda.KernelEntries.withoutWait(cu), m);
     }
   }
 

@@ -29,6 +29,7 @@ public final class CudaDevice {
   private final PinnedStaging staging;
   private final KernelLoader kernels;
   private volatile CudaStream defaultStream;
+  private volatile boolean programmaticLaunch;
 
   private CudaDevice(int ordinal) {
     CudaProbe.Report report = CudaProbe.probe();
@@ -52,6 +53,25 @@ public final class CudaDevice {
     this.allocator = new CachingAllocator(this);
     this.staging = new PinnedStaging(this);
     this.kernels = new KernelLoader(this);
+    this.programmaticLaunch = supportsProgrammaticLaunch() && !"0".equals(System.getenv("KILN_PDL"));
+  }
+
+  /** Whether kernels can be launched programmatically here: compute capability 9.0 or later and a CUDA 12+ driver. */
+  public boolean supportsProgrammaticLaunch() {
+    return computeCapability() >= 90 && ProgrammaticLaunch.available();
+  }
+
+  /**
+   * Whether the kernels of modules that wait at their entry are launched programmatically ({@link
+   * ProgrammaticLaunch}): on by default where supported; {@code KILN_PDL=0} turns it off.
+   */
+  public boolean programmaticLaunch() {
+    return programmaticLaunch;
+  }
+
+  /** Turns programmatic launches on (where {@link #supportsProgrammaticLaunch supported}) or off, for later launches. */
+  public void programmaticLaunch(boolean on) {
+    programmaticLaunch = on && supportsProgrammaticLaunch();
   }
 
   /** Device {@code ordinal}, opened on first use; throws {@link IllegalStateException} with the reason if absent. */

@@ -1,24 +1,34 @@
 package dev.kiln.runtime.cuda;
 
-import jcuda.driver.CUfunction;
 import jcuda.driver.CUfunction_attribute;
 import jcuda.driver.JCudaDriver;
 
 /** One {@code extern "C" __global__} function of a loaded module. */
 public final class CudaKernel {
   private final CudaDevice device;
-  private final CUfunction function;
+  private final DevicePointer.Function function;
   private final String name;
+  private final boolean waitsAtEntry;
   private int dynamicSharedLimit = 48 * 1024;
 
-  CudaKernel(CudaDevice device, CUfunction function, String name) {
+  /**
+   * @param waitsAtEntry whether the kernel waits for the grid before it ({@code kiln_pdl_enter()}) before it touches
+   *     memory, so that it may be launched programmatically ({@link ProgrammaticLaunch})
+   */
+  CudaKernel(CudaDevice device, DevicePointer.Function function, String name, boolean waitsAtEntry) {
     this.device = device;
     this.function = function;
     this.name = name;
+    this.waitsAtEntry = waitsAtEntry;
   }
 
   public String name() {
     return name;
+  }
+
+  /** Whether the kernel's module waits for the previous grid at every kernel's entry (kiln_common.cuh). */
+  public boolean waitsAtEntry() {
+    return waitsAtEntry;
   }
 
   /** Registers per thread, from the compiled code. */
@@ -65,11 +75,15 @@ public final class CudaKernel {
           "cuFuncSetAttribute(" + name + ", max dynamic shared memory " + sharedBytes + ")");
       dynamicSharedLimit = sharedBytes;
     }
-    int rc = JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, blockX, blockY, 1, sharedBytes,
-        stream.handle(), args.toPointer(), null);
+    boolean programmatic = waitsAtEntry && device.programmaticLaunch();
+    int rc = programmatic
+        ? ProgrammaticLaunch.launch(function.handle(), stream.rawHandle(), gridX, gridY, blockX, blockY, sharedBytes,
+            args)
+        : JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, blockX, blockY, 1, sharedBytes,
+            stream.handle(), args.toPointer(), null);
     if (rc != 0) { // the message is built only on failure: launches are the hot path of a training step
-      CudaException.check(rc, "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + ", block " + blockX + "x"
-          + blockY + ", smem " + sharedBytes + ")");
+      CudaException.check(rc, (programmatic ? "cuLaunchKernelEx(" : "cuLaunchKernel(") + name + ", grid " + gridX
+          + "x" + gridY + ", block " + blockX + "x" + blockY + ", smem " + sharedBytes + ")");
     }
   }
 }

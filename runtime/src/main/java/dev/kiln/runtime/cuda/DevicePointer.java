@@ -1,11 +1,13 @@
 package dev.kiln.runtime.cuda;
 
 import jcuda.driver.CUdeviceptr;
+import jcuda.driver.CUfunction;
 import jcuda.driver.CUstream;
 
 /**
- * JCuda keeps raw handles in a protected field; these subclasses read them, because cuBLAS and NVRTC are called
- * through FFM (their JCuda bindings do not load on CUDA 13, see docs/cuda.md) and need plain addresses.
+ * JCuda keeps raw handles in a protected field; these subclasses read them, because cuBLAS, NVRTC and
+ * {@code cuLaunchKernelEx} are called through FFM (their JCuda bindings do not load on CUDA 13 or do not exist, see
+ * docs/cuda.md) and need plain addresses.
  */
 final class DevicePointer extends CUdeviceptr {
   DevicePointer() {}
@@ -22,6 +24,13 @@ final class DevicePointer extends CUdeviceptr {
 
   /** A stream whose raw {@code CUstream} handle can be handed to cuBLAS. */
   static final class Stream extends CUstream {
+    long handle() {
+      return getNativePointer();
+    }
+  }
+
+  /** A kernel function whose raw {@code CUfunction} handle can be handed to {@code cuLaunchKernelEx}. */
+  static final class Function extends CUfunction {
     long handle() {
       return getNativePointer();
     }

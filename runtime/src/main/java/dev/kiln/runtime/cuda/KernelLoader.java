@@ -13,6 +13,7 @@ import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
+import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
@@ -32,6 +33,8 @@ public final class KernelLoader {
   /** Headers the kernels include; NVRTC gets them by name. */
   private static final List<String> HEADERS = List.of("kiln_common.cuh", "kiln_attention.cuh", "kiln_wgmma.cuh");
   private static final String HOPPER_SUFFIX = "_sm90a";
+  /** The device global by which a module says its kernels wait at entry (kiln_common.cuh, kiln_pdl_enter). */
+  static final String WAITS_AT_ENTRY = "kiln_waits_at_entry";
   private static final List<String> NVRTC_OPTIONS = List.of("-std=c++17");
 
   /** Where a module's code came from. */
@@ -49,10 +52,29 @@ public final class KernelLoader {
     private final Map<String, CudaKernel> functions = new ConcurrentHashMap<>();
     private final Map<String, Boolean> present = new ConcurrentHashMap<>();
 
-    Module(CUmodule module, String name, Origin origin) {
+    private final boolean waitsAtEntry;
+
+    /** @param source the module's CUDA C where it is on the class path, else null */
+    Module(CUmodule module, String name, Origin origin, String source) {
       this.module = module;
       this.name = name;
       this.origin = origin;
+      // Kiln's kernels and those its processor generates define this marker and wait for the previous grid at their
+      // entry (kiln_common.cuh); a module built before that, such as a model jar from an older processor, does not.
+      // Where the source is at hand, each kernel is checked for the wait as well: one without it would race with the
+      // kernel before it under a programmatic launch.
+      boolean marked = JCudaDriver.cuModuleGetGlobal(new CUdeviceptr(), new long[1], module, WAITS_AT_ENTRY) == 0;
+      List<String> missing = marked && source != null ? KernelEntries.withoutWait(source) : List.of();
+      if (!missing.isEmpty()) {
+        System.err.println("[kiln] CUDA module " + name + ": launched without programmatic dependent launch, since"
+            + " these kernels do not begin with kiln_pdl_enter(): " + missing);
+      }
+      this.waitsAtEntry = marked && missing.isEmpty();
+    }
+
+    /** Whether every kernel of the module waits for the previous grid before it touches memory. */
+    public boolean waitsAtEntry() {
+      return waitsAtEntry;
     }
 
     public Origin origin() {
@@ -71,10 +93,10 @@ public final class KernelLoader {
     public CudaKernel kernel(String symbol) {
       return functions.computeIfAbsent(symbol, s -> {
         device.makeCurrent();
-        CUfunction f = new CUfunction();
+        DevicePointer.Function f = new DevicePointer.Function();
         CudaException.check(JCudaDriver.cuModuleGetFunction(f, module, s),
             "cuModuleGetFunction(" + name + ", " + s + ")");
-        return new CudaKernel(device, f, s);
+        return new CudaKernel(device, f, s, waitsAtEntry);
       });
     }
   }
@@ -132,7 +154,8 @@ public final class KernelLoader {
         CUmodule m = new CUmodule();
         int rc = JCudaDriver.cuModuleLoadData(m, fatbin);
         if (rc == 0) {
-          return new Module(m, name, Origin.FATBIN);
+          byte[] src = resource(dir, name + ".cu");
+          return new Module(m, name, Origin.FATBIN, src == null ? null : new String(src, StandardCharsets.UTF_8));
         }
         fatbinProblem = "cuModuleLoadData(" + name + ".fatbin) failed: " + CudaException.describe(rc);
       }
@@ -188,7 +211,7 @@ public final class KernelLoader {
     }
     CUmodule m = new CUmodule();
     CudaException.check(JCudaDriver.cuModuleLoadData(m, cubin), "cuModuleLoadData(" + cached.getFileName() + ")");
-    return new Module(m, name, origin);
+    return new Module(m, name, origin, source);
   }
 
   /** {@code KILN_CUDA_CACHE}, else {@code ~/.cache/kiln/cuda}. */

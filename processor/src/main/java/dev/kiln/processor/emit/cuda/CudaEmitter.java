@@ -86,6 +86,19 @@ public final class CudaEmitter {
   }
 
   private static final String PRELUDE = """
+      // Programmatic dependent launch (Hopper and later): the runtime launches a module's kernels so that their blocks
+      // may be scheduled while the kernel before them is still finishing when the module defines kiln_waits_at_entry,
+      // and every kernel below therefore first waits for the previous grid to complete and its writes to be visible,
+      // then lets the next kernel be scheduled (a no-op for a plain launch and before sm_90). As the runtime's own
+      // kernels do (kiln_common.cuh).
+      extern "C" __device__ int kiln_waits_at_entry = 1;
+      __device__ __forceinline__ void kiln_pdl_enter() {
+      #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+      #endif
+      }
+
       // exp and the logistic sigmoid (Primitive.EXP, SIGMOID). In float on the special-function unit: 2^(x log2 e)
       // by ex2.approx.ftz, within 2 + 1.2 |x| ulp as __expf, and __fdividef multiplies by an approximate reciprocal
       // (2 ulp; 0 past 2^126, where the sigmoid is below float's normal range anyway): far below a bf16 result's
@@ -462,19 +475,20 @@ public final class CudaEmitter {
         String sig = ps + (tw ? ", unsigned short* __restrict__ tw" : "");
         String inst = types + (twin >= 0 ? (tw ? ", true" : ", false") : "");
         String pass = call + (twin >= 0 ? (tw ? ", tw" : ", nullptr") : "");
-        b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(suffix).append('(').append(sig)
-            .append(") {\n  ").append(k.name()).append("_body<").append(inst).append(">(").append(pass)
-            .append(");\n}\n\n");
+        // Every entry first waits for the grid before it (kiln_pdl_enter, PRELUDE).
+        String open = "(" + sig + ") {\n  kiln_pdl_enter();\n  " + k.name();
+        b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(suffix).append(open)
+            .append("_body<").append(inst).append(">(").append(pass).append(");\n}\n\n");
         if (rows && !t[0].equals("f64")) {
           for (int j : WARP_ROW_SPANS) {
             b.append("extern \"C\" __global__ void ").append(k.name()).append("_w").append(j).append('_')
-                .append(suffix).append('(').append(sig).append(") {\n  ").append(k.name()).append("_wbody<")
-                .append(inst).append(", ").append(j).append(", false>(").append(pass).append(");\n}\n\n");
+                .append(suffix).append(open).append("_wbody<").append(inst).append(", ").append(j)
+                .append(", false>(").append(pass).append(");\n}\n\n");
           }
           for (int j : BLOCK_ROW_SPANS) {
             b.append("extern \"C\" __global__ void ").append(k.name()).append("_b").append(j).append('_')
-                .append(suffix).append('(').append(sig).append(") {\n  ").append(k.name()).append("_wbody<")
-                .append(inst).append(", ").append(j).append(", true>(").append(pass).append(");\n}\n\n");
+                .append(suffix).append(open).append("_wbody<").append(inst).append(", ").append(j)
+                .append(", true>(").append(pass).append(");\n}\n\n");
           }
         }
       }

@@ -180,6 +180,7 @@ extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi
                                                                     float beta1, float beta2, float eps,
                                                                     float weight_decay, float bc1, float bc2,
                                                                     float grad_scale, int cs336) {
+  kiln_pdl_enter();
   kiln_adamw_block(tensors, count, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
 }
 
@@ -188,6 +189,7 @@ extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi
 extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi_dev(const KilnAdamTensor* __restrict__ tensors,
                                                                         int count,
                                                                         const float* __restrict__ hyper) {
+  kiln_pdl_enter();
   if (hyper[8] != 0.f) return;
   kiln_adamw_block(tensors, count, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5],
                    hyper[6], hyper[7], hyper[9] != 0.f);
@@ -198,6 +200,7 @@ extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi
 // hyper[8] (skip) = 1 when the norm is not finite. out[0] = the norm before clipping, for the host to log.
 extern "C" __global__ void kiln_clip_scale(const double* __restrict__ sumsq, int n, float max_norm, float inv_micro,
                                            float* hyper, double* out) {
+  kiln_pdl_enter();
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   double s = 0;
   for (int i = 0; i < n; i++) s += sumsq[i];

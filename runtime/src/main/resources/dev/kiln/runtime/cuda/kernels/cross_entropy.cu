@@ -85,11 +85,13 @@ __device__ __forceinline__ void cross_entropy(const T* __restrict__ logits, cons
 extern "C" __global__ void kiln_cross_entropy_f32(const float* logits, const int* targets, float* loss,
                                                   float* dlogits, int vocab, kiln_i64 row_stride,
                                                   float grad_scale, int ignore_index, int cache) {
+  kiln_pdl_enter();
   cross_entropy<float>(logits, targets, loss, dlogits, vocab, row_stride, grad_scale, ignore_index, cache);
 }
 
 extern "C" __global__ void kiln_cross_entropy_bf16(const kiln_bf16* logits, const int* targets, float* loss,
                                                    kiln_bf16* dlogits, int vocab, kiln_i64 row_stride,
                                                    float grad_scale, int ignore_index, int cache) {
+  kiln_pdl_enter();
   cross_entropy<kiln_bf16>(logits, targets, loss, dlogits, vocab, row_stride, grad_scale, ignore_index, cache);
 }

@@ -147,15 +147,18 @@ __device__ void kiln_copy4(const TI* __restrict__ src, KilnShape sh, KilnStrides
 #define KILN_COPY(NI, TI, NO, TO)                                                                            \
   extern "C" __global__ void kiln_copy_##NI##_##NO(const TI* src, KilnShape sh, KilnStrides ss, TO* dst,    \
                                                    KilnStrides ds, kiln_i64 n) {                            \
+    kiln_pdl_enter();                                                                                       \
     kiln_copy<kiln_i64, TI, TO>(src, sh, ss, dst, ds, n);                                                    \
   }                                                                                                          \
   extern "C" __global__ void kiln_copy_##NI##_##NO##_32(const TI* src, KilnShape sh, KilnStrides ss, TO* dst,\
                                                         KilnStrides ds, kiln_i64 n) {                       \
+    kiln_pdl_enter();                                                                                       \
     kiln_copy<unsigned, TI, TO>(src, sh, ss, dst, ds, n);                                                    \
   }                                                                                                          \
   extern "C" __global__ void kiln_copy_##NI##_##NO##_32x4(const TI* src, KilnShape sh, KilnStrides ss,      \
                                                           TO* dst, KilnStrides ds, kiln_i64 groups,         \
                                                           kiln_i64 si, kiln_i64 di) {                       \
+    kiln_pdl_enter();                                                                                       \
     kiln_copy4<unsigned, TI, TO>(src, sh, ss, dst, ds, groups, si, di);                                      \
   }
 #define KILN_COPY_FROM(NI, TI)                    \
@@ -182,9 +185,11 @@ __device__ void kiln_fill(T* __restrict__ dst, KilnShape sh, KilnStrides ds, kil
 
 #define KILN_FILL(N, T)                                                                                         \
   extern "C" __global__ void kiln_fill_##N(T* dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double v) {      \
+    kiln_pdl_enter();                                                                                         \
     kiln_fill<kiln_i64, T>(dst, sh, ds, n, v);                                                                  \
   }                                                                                                             \
   extern "C" __global__ void kiln_fill_##N##_32(T* dst, KilnShape sh, KilnStrides ds, kiln_i64 n, double v) { \
+    kiln_pdl_enter();                                                                                         \
     kiln_fill<unsigned, T>(dst, sh, ds, n, v);                                                                  \
   }
 KILN_FILL(f32, float)
@@ -273,18 +278,22 @@ __device__ void kiln_where(const KilnBool* __restrict__ c, KilnStrides cs, const
 #define KILN_MATH_I(N, T, SUF, I)                                                                              \
   extern "C" __global__ void kiln_unary_##N##SUF(const T* x, KilnShape sh, KilnStrides xs, T* out, kiln_i64 n,    \
                                                  int op) {                                                       \
+    kiln_pdl_enter();                                                                                            \
     kiln_unary<I, T>(x, sh, xs, out, n, op);                                                                     \
   }                                                                                                              \
   extern "C" __global__ void kiln_binary_##N##SUF(const T* a, KilnStrides as, const T* b, KilnStrides bs,       \
                                                   KilnShape sh, T* out, kiln_i64 n, int op) {                    \
+    kiln_pdl_enter();                                                                                            \
     kiln_binary<I, T>(a, as, b, bs, sh, out, n, op);                                                             \
   }                                                                                                              \
   extern "C" __global__ void kiln_compare_##N##SUF(const T* a, KilnStrides as, const T* b, KilnStrides bs,      \
                                                    KilnShape sh, KilnBool* out, kiln_i64 n, int op) {            \
+    kiln_pdl_enter();                                                                                            \
     kiln_compare<I, T>(a, as, b, bs, sh, out, n, op);                                                            \
   }                                                                                                              \
   extern "C" __global__ void kiln_where_##N##SUF(const KilnBool* c, KilnStrides cs, const T* a, KilnStrides as, \
                                                  const T* b, KilnStrides bs, KilnShape sh, T* out, kiln_i64 n) { \
+    kiln_pdl_enter();                                                                                            \
     kiln_where<I, T>(c, cs, a, as, b, bs, sh, out, n);                                                           \
   }
 #define KILN_MATH(N, T)             \
@@ -301,6 +310,7 @@ KILN_MATH(f64, double)
 // as the strided cast does, so the two paths give the same bits.
 extern "C" __global__ void kiln_cast4_f32_bf16(const float4* __restrict__ src, uint2* __restrict__ dst,
                                                kiln_i64 n4) {
+  kiln_pdl_enter();
   KILN_GRID_LOOP(i, n4) {
     const float4 v = src[i];
     uint2 w;
@@ -313,6 +323,7 @@ extern "C" __global__ void kiln_cast4_f32_bf16(const float4* __restrict__ src, u
 // out may be a (an in-place add): each element is read before it is written, by the same thread.
 extern "C" __global__ void kiln_binary4_f32(const float4* a, const float4* __restrict__ b, float4* out, kiln_i64 n4,
                                             int op) {
+  kiln_pdl_enter();
   KILN_GRID_LOOP(i, n4) {
     const float4 x = a[i];
     const float4 y = b[i];
@@ -351,6 +362,7 @@ __device__ void kiln_binary4_mixed(const A* __restrict__ a, const B* __restrict_
 }
 #define KILN_BINARY4_MIXED(NA, A, NB, B)                                                                      \
   extern "C" __global__ void kiln_binary4_##NA##_##NB(const A* a, const B* b, float4* out, kiln_i64 n4, int op) { \
+    kiln_pdl_enter();                                                                                             \
     kiln_binary4_mixed<A, B>(a, b, out, n4, op);                                                               \
   }
 KILN_BINARY4_MIXED(f32, float4, bf16, uint2)
@@ -426,11 +438,13 @@ __device__ void kiln_reduce_cols(const T* __restrict__ x, O* __restrict__ out, k
 
 #define KILN_REDUCE(N, T)                                                                                      \
   extern "C" __global__ void kiln_reduce_rows_##N(const T* x, T* out, kiln_i64 rows, kiln_i64 cols, int op) { \
+    kiln_pdl_enter();                                                                                         \
     kiln_reduce_rows<T>(x, out, rows, cols, op);                                                               \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__(1024) kiln_reduce_cols_##N(const T* x, T* out, kiln_i64 rows, \
                                                                          kiln_i64 cols, int op,               \
                                                                          kiln_i64 rows_per_chunk) {           \
+    kiln_pdl_enter();                                                                                         \
     kiln_reduce_cols<T, T>(x, out, rows, cols, op, rows_per_chunk);                                            \
   }
 KILN_REDUCE(f32, float)
@@ -438,6 +452,7 @@ KILN_REDUCE(f64, double)
 extern "C" __global__ void __launch_bounds__(1024) kiln_reduce_cols_bf16(const KilnB16* x, float* out, kiln_i64 rows,
                                                                         kiln_i64 cols, int op,
                                                                         kiln_i64 rows_per_chunk) {
+  kiln_pdl_enter();
   kiln_reduce_cols<KilnB16, float>(x, out, rows, cols, op, rows_per_chunk);
 }
 
@@ -541,18 +556,22 @@ __device__ void kiln_scatter_last(T* __restrict__ dx, const I* __restrict__ idx,
 #define KILN_INDEX(N, T, NI, I)                                                                                  \
   extern "C" __global__ void kiln_gather_rows_##N##_##NI(const T* table, const I* ids, T* out, kiln_i64 count, \
                                                          kiln_i64 d, kiln_i64 rows, kiln_i64* err) {            \
+    kiln_pdl_enter();                                                                                           \
     kiln_gather_rows<T, I>(table, ids, out, count, d, rows, err);                                                \
   }                                                                                                              \
   extern "C" __global__ void kiln_scatter_rows_##N##_##NI(T* dtable, const I* ids, const T* src, kiln_i64 count,\
                                                           kiln_i64 d, kiln_i64 rows, kiln_i64* err) {           \
+    kiln_pdl_enter();                                                                                           \
     kiln_scatter_rows<T, I>(dtable, ids, src, count, d, rows, err);                                              \
   }                                                                                                              \
   extern "C" __global__ void kiln_pick_##N##_##NI(const T* x, const I* idx, T* out, kiln_i64 rows, kiln_i64 n,  \
                                                   kiln_i64* err) {                                               \
+    kiln_pdl_enter();                                                                                            \
     kiln_pick<T, I>(x, idx, out, rows, n, err);                                                                  \
   }                                                                                                              \
   extern "C" __global__ void kiln_scatter_last_##N##_##NI(T* dx, const I* idx, const T* src, kiln_i64 rows,     \
                                                           kiln_i64 n, kiln_i64 k, kiln_i64* err) {              \
+    kiln_pdl_enter();                                                                                           \
     kiln_scatter_last<T, I>(dx, idx, src, rows, n, k, err);                                                      \
   }
 KILN_INDEX(f32, float, i32, int)
@@ -561,11 +580,13 @@ KILN_INDEX(f32, float, i64, kiln_i64)
   extern "C" __global__ void kiln_gather_rows4_f32_##NI(const float4* table, const I* ids, float4* out,         \
                                                         kiln_i64 count, kiln_i64 d4, kiln_i64 rows,             \
                                                         kiln_i64* err) {                                        \
+    kiln_pdl_enter();                                                                                           \
     kiln_gather_rows4<I>(table, ids, out, count, d4, rows, err);                                                 \
   }                                                                                                              \
   extern "C" __global__ void kiln_scatter_rows4_f32_##NI(float4* dtable, const I* ids, const float4* src,       \
                                                          kiln_i64 count, kiln_i64 d4, kiln_i64 rows,            \
                                                          kiln_i64* err) {                                       \
+    kiln_pdl_enter();                                                                                           \
     kiln_scatter_rows4<I>(dtable, ids, src, count, d4, rows, err);                                               \
   }
 KILN_INDEX4(i32, int)
@@ -644,6 +665,7 @@ __device__ void kiln_xent(const T* __restrict__ x, const I* __restrict__ target,
 #define KILN_XENT(N, T, NI, I)                                                                                 \
   extern "C" __global__ void kiln_xent_##N##_##NI(const T* x, const I* target, const T* dloss, T* out,          \
                                                   kiln_i64 rows, kiln_i64 v, kiln_i64* err) {                   \
+    kiln_pdl_enter();                                                                                           \
     kiln_xent<T, T, I>(x, target, dloss, out, rows, v, err);                                                     \
   }
 KILN_XENT(f32, float, i32, int)
@@ -717,6 +739,7 @@ __device__ void kiln_xent_cached(const T* __restrict__ x, const I* __restrict__ 
 #define KILN_XENT_CACHED(N, T, NI, I)                                                                          \
   extern "C" __global__ void __launch_bounds__(1024) kiln_xent_cached_##N##_##NI(                            \
       const T* x, const I* target, const T* dloss, T* out, kiln_i64 rows, kiln_i64 v, kiln_i64* err) {         \
+    kiln_pdl_enter();                                                                                          \
     kiln_xent_cached<T, I, 16>(x, target, dloss, out, rows, v, err);                                           \
   }
 KILN_XENT_CACHED(f32, float, i32, int)
@@ -904,11 +927,13 @@ __device__ void kiln_xent_grad4(const X* __restrict__ x, const I* __restrict__ t
   extern "C" __global__ void __launch_bounds__(512, 2) kiln_xent_cached4_##N##_##NI(                             \
       const X* x, const I* target, const float* dloss, float* out, uint2* out16, float* lse_out, float g_ahead,  \
       kiln_i64 rows, kiln_i64 v, kiln_i64* err) {                                                              \
+    kiln_pdl_enter();                                                                                          \
     kiln_xent_cached4<X, I, 8>(x, target, dloss, out, out16, lse_out, g_ahead, rows, v, err);                  \
   }                                                                                                            \
   extern "C" __global__ void kiln_xent_grad4_##N##_##NI(const X* x, const I* target, const float* lse,          \
                                                         const float* dloss, float* out, uint2* out16,           \
                                                         kiln_i64 rows, kiln_i64 v, kiln_i64* err) {             \
+    kiln_pdl_enter();                                                                                           \
     kiln_xent_grad4<X, I, 4>(x, target, lse, dloss, out, out16, rows, v, err);                                 \
   }
 KILN_XENT_CACHED4(f32, float, i32, int)
@@ -1031,6 +1056,7 @@ __device__ void kiln_rope(const T* __restrict__ x, kiln_i64 n1, kiln_i64 n2, kil
                                                   kiln_i64 tableRows, T* out, unsigned short* out16,            \
                                                   kiln_i64 o0, kiln_i64 o1, kiln_i64 o2, kiln_i64 rows,         \
                                                   kiln_i64 half, double sign, int paired) {                     \
+    kiln_pdl_enter();                                                                                           \
     kiln_rope<T, I, IDX>(x, n1, n2, s0, s1, s2, pos, p0, p1, p2, invFreq, table, tableRows, out, out16, o0, o1,   \
                          o2, rows, half, sign, paired);                                                          \
   }
@@ -1151,6 +1177,7 @@ __device__ void kiln_rope_tokens(const X* __restrict__ x, kiln_i64 n1, kiln_i64 
                                                        kiln_i64 tableRows, float* out, unsigned short* out16,         \
                                                        kiln_i64 o0, kiln_i64 o1, unsigned tokens, unsigned span,      \
                                                        unsigned width, double sign) {                                \
+    kiln_pdl_enter();                                                                                                \
     kiln_rope_tokens<X, I>(x, n1, s0, s1, pos, p0, p1, invFreq, table, tableRows, out, out16, o0, o1, tokens, span, \
                            width, sign);                                                                             \
   }
@@ -1203,6 +1230,7 @@ struct KilnSumsqTensor {  // 32 bytes; CudaModelDevice.squaresTable writes the s
 };
 #define KILN_SUMSQ_CHUNK 8192
 extern "C" __global__ void kiln_sumsq_multi_f32(const KilnSumsqTensor* __restrict__ tensors, int count, double* out) {
+  kiln_pdl_enter();
   __shared__ double part[32];
   const kiln_i64 b = blockIdx.x;
   int lo = 0, hi = count - 1;
@@ -1253,8 +1281,15 @@ extern "C" __global__ void kiln_sumsq_multi_f32(const KilnSumsqTensor* __restric
   kiln_block_sum_into(acc, part, out + lo);
 }
 
-extern "C" __global__ void kiln_sumsq_f32(const float* x, kiln_i64 n, double* out) { kiln_sumsq<float>(x, n, out); }
-extern "C" __global__ void kiln_sumsq_f64(const double* x, kiln_i64 n, double* out) { kiln_sumsq<double>(x, n, out); }
+extern "C" __global__ void kiln_sumsq_f32(const float* x, kiln_i64 n, double* out) {
+  kiln_pdl_enter();
+  kiln_sumsq<float>(x, n, out);
+}
+extern "C" __global__ void kiln_sumsq_f64(const double* x, kiln_i64 n, double* out) {
+  kiln_pdl_enter();
+  kiln_sumsq<double>(x, n, out);
+}
 extern "C" __global__ void kiln_sumsq_bf16(const kiln_bf16* x, kiln_i64 n, double* out) {
+  kiln_pdl_enter();
   kiln_sumsq<kiln_bf16>(x, n, out);
 }

@@ -1225,6 +1225,7 @@ __device__ __forceinline__ void bwd_dkdv_simt(const T* Q, const T* K, const T* V
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    kiln_pdl_enter();                                                                                          \
     fwd_tc<D, W, MT, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                        \
   }
 #define KILN_FWD(SUFFIX, D, W, MT, BN, BOUNDS)                                  \
@@ -1251,6 +1252,7 @@ KILN_FWD(d128_w4r32k32, 128, 4, 2, 32, (128))
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
       KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
+    kiln_pdl_enter();                                                                                          \
     bwd_dkdv_tc<D, W, MT, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo,   \
                                   ldk, ldv);                                                                   \
   }
@@ -1260,6 +1262,7 @@ KILN_FWD(d128_w4r32k32, 128, 4, 2, 32, (128))
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
       KILN_L ldo, KILN_L ldq) {                                                                                \
+    kiln_pdl_enter();                                                                                          \
     bwd_dq_tc<D, W, MT, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);   \
   }
 // The dK/dV and dQ kernels of a backward variant, from one line, so the two always exist together. TILE is the query
@@ -1288,11 +1291,13 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    kiln_pdl_enter();                                                                                          \
     fwd_head<D, W, NMAX, TO, false>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo, kiln_attn_rope{}); \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_rope(                                             \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo, kiln_attn_rope rope) {              \
+    kiln_pdl_enter();                                                                                          \
     fwd_head<D, W, NMAX, TO, true>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo, rope);            \
   }
 #define KILN_BWD_HEAD_T(NAME, D, W, NMAX, BT, BOUNDS, TO, TI)                                                     \
@@ -1300,6 +1305,7 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
       const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
       KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv) {                       \
+    kiln_pdl_enter();                                                                                          \
     bwd_head<D, W, NMAX, BT, TO, TI, false>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk, \
                                             lv, lo, ldo, ldq, ldk, ldv, kiln_attn_rope{});                    \
   }                                                                                                            \
@@ -1307,6 +1313,7 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
       const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
       KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv, kiln_attn_rope rope) {  \
+    kiln_pdl_enter();                                                                                          \
     bwd_head<D, W, NMAX, BT, TO, TI, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk,  \
                                            lv, lo, ldo, ldq, ldk, ldv, rope);                                 \
   }
@@ -1328,17 +1335,20 @@ KILN_BWD_HEAD(d32_w8h256, 32, 8, 256, 32, (256, 2))
   extern "C" __global__ void kiln_attn_fwd_simt_##SUFFIX(const T* q, const T* k, const T* v, T* o, float* lse,  \
                                                          int n, int heads, int d, float scale, int causal,      \
                                                          KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {          \
+    kiln_pdl_enter();                                                                                           \
     fwd_simt<T>(q, k, v, o, lse, n, heads, d, scale, causal, lq, lk, lv, lo);                                  \
   }                                                                                                            \
   extern "C" __global__ void kiln_attn_bwd_dq_simt_##SUFFIX(                                                   \
       const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dot, T* dq, int n,      \
       int heads, int d, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L ldo, KILN_L ldq) {     \
+    kiln_pdl_enter();                                                                                           \
     bwd_dq_simt<T>(q, k, v, dout, lse, dot, dq, n, heads, d, scale, causal, lq, lk, lv, ldo, ldq);             \
   }                                                                                                            \
   extern "C" __global__ void kiln_attn_bwd_dkdv_simt_##SUFFIX(                                                 \
       const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dot, T* dk, T* dv,      \
       int n, int heads, int d, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L ldo,            \
       KILN_L ldk, KILN_L ldv) {                                                                                \
+    kiln_pdl_enter();                                                                                          \
     bwd_dkdv_simt<T>(q, k, v, dout, lse, dot, dk, dv, n, heads, d, scale, causal, lq, lk, lv, ldo, ldk, ldv);  \
   }
 KILN_SIMT(f32, float)
@@ -1390,6 +1400,7 @@ __device__ __forceinline__ void bwd_dot_vec(const kiln_bf16* O, const kiln_bf16*
 #define KILN_DOT_VEC(D)                                                                                        \
   extern "C" __global__ void kiln_attn_bwd_dot_vec_d##D(const kiln_bf16* o, const kiln_bf16* dout, float* dot,  \
                                                         int n, int heads, KILN_L lo, KILN_L ldo) {              \
+    kiln_pdl_enter();                                                                                           \
     bwd_dot_vec<D>(o, dout, dot, n, heads, lo, ldo);                                                           \
   }
 KILN_DOT_VEC(8)
@@ -1403,6 +1414,7 @@ KILN_DOT_VEC(256)
 #define KILN_DOT(SUFFIX, TO, TG)                                                                               \
   extern "C" __global__ void kiln_attn_bwd_dot_##SUFFIX(const TO* o, const TG* dout, float* dot, int n,         \
                                                         int heads, int d, KILN_L lo, KILN_L ldo) {              \
+    kiln_pdl_enter();                                                                                           \
     bwd_dot<TO, TG>(o, dout, dot, n, heads, d, lo, ldo);                                                       \
   }
 KILN_DOT(bf16_bf16, kiln_bf16, kiln_bf16)

@@ -565,6 +565,7 @@ __device__ __forceinline__ void bwd_dq_wg(const kiln_bf16* __restrict__ Q, const
   extern "C" __global__ void __launch_bounds__(128 * WG, MINB) NAME(                                          \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
       float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    kiln_pdl_enter();                                                                                          \
     fwd_wg_pipe<D, WG, BN, TO>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo);                      \
   }
 #define KILN_FWD_WGP(SUFFIX, D, WG, BN, MINB)                                          \
@@ -583,6 +584,7 @@ KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128, 1)
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
       KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
+    kiln_pdl_enter();                                                                                          \
     bwd_dkdv_wg<D, WG, BM, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv, ldo, ldk,  \
                                ldv);                                                                           \
   }
@@ -591,6 +593,7 @@ KILN_FWD_WGP(d128_w8wgpk128, 128, 2, 128, 1)
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
       KILN_L ldo, KILN_L ldq) {                                                                                \
+    kiln_pdl_enter();                                                                                          \
     bwd_dq_wg<D, WG, BN, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo, ldq);      \
   }
 // Backward variants: a block of 64 * WG keys (dK/dV) or queries (dQ); TILE is the query tile of dK/dV and the key

@@ -12,6 +12,23 @@ typedef long long kiln_i64;
 #define KILN_LN2 0.6931471805599453f
 #define KILN_INF __int_as_float(0x7f800000)
 
+// Programmatic dependent launch (Hopper and later; CudaKernel). The runtime launches the kernels of a module that
+// defines kiln_waits_at_entry with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so their blocks may be
+// scheduled while the kernel before them in the stream is still running its last blocks. That is only safe because
+// every kernel of such a module calls kiln_pdl_enter() before it touches memory: griddepcontrol.wait returns once
+// the previous grid has completed and its writes are visible, and griddepcontrol.launch_dependents then lets the next
+// kernel's blocks be scheduled (they wait at their own entry in turn, so this kernel's writes are complete before
+// they read). Without the attribute (a plain launch, or a GPU before sm_90) both are no-ops.
+// KernelEntriesTest checks that every kernel of these files starts with the call (KernelEntries).
+extern "C" __device__ int kiln_waits_at_entry = 1;
+
+__device__ __forceinline__ void kiln_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Plain min: NVRTC compiles these sources without CUDA's math headers.
 __device__ __forceinline__ int kiln_min(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ kiln_i64 kiln_min(kiln_i64 a, kiln_i64 b) { return a < b ? a : b; }
