@@ -13,6 +13,7 @@
 #   KILN_TORCH_PROFILE=3    the peer also prints its GPU time per kernel family over 3 profiled steps (torch.profiler)
 #   KILN_TORCH_CLIP=1.0     the peer's gradient clipping (default 1.0, as Kiln's step clips; 0 = none)
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
+#   KILN_ATTENTION_SHAPES=1 also time both at the training configs' attention shapes, side by side
 #   KILN_GEMMPREC=1         also time mixed-precision GEMMs: cast + bf16 GEMM against cuBLAS's FAST_16BF on fp32
 #   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16, CUDA graphs), from the project
 #                           folder, resume it for 100 more steps, then `kiln generate` (greedy) and `kiln forward` on
@@ -188,6 +189,26 @@ if [[ "${KILN_ATTENTION:-0}" == 1 ]]; then
   timeout 240 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark "$reps" 2>&1 | tee "$out/kiln-bench.log" | cut -c1-200
   echo "=== PyTorch attention benchmark"
   PYTHONUNBUFFERED=1 timeout 240 python3 "$pkg/reference/attention_bench.py" "$reps" 2>&1 | tee "$out/torch-bench.log" | cut -c1-200
+fi
+if [[ "${KILN_ATTENTION_SHAPES:-0}" == 1 ]]; then
+  echo "=== attention at the training configs' shapes: Kiln, then PyTorch SDPA (flash)"
+  timeout 120 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark shapes 200 2>&1 | grep BENCH \
+    | tee "$out/kiln-shapes.log"
+  PYTHONUNBUFFERED=1 timeout 120 python3 "$pkg/reference/attention_bench.py" shapes 200 2>&1 | grep BENCH \
+    | tee "$out/torch-shapes.log"
+  python3 - "$out/kiln-shapes.log" "$out/torch-shapes.log" <<'PY'
+import re, sys
+def rows(path):
+    return {m['config']: m for m in (dict(re.findall(r'(\w+)=(\S+)', l)) for l in open(path)) if 'config' in m}
+kiln, torch = rows(sys.argv[1]), rows(sys.argv[2])
+print('| config | b x h x n x d | Kiln fwd ms | PyTorch fwd ms | Kiln fwd+bwd ms | PyTorch fwd+bwd ms | Kiln speed-up (fwd+bwd) |')
+print('| --- | --- | --- | --- | --- | --- | --- |')
+for c, k in kiln.items():
+    t = torch.get(c)
+    if t:
+        print(f"| {c} | {k['b']} x {k['h']} x {k['n']} x {k['d']} | {k['fwd_ms']} | {t['fwd_ms']} | {k['fwdbwd_ms']} | "
+              f"{t['fwdbwd_ms']} | {float(t['fwdbwd_ms']) / float(k['fwdbwd_ms']):.2f}x |")
+PY
 fi
 if [[ "${KILN_GEMMPREC:-0}" == 1 ]]; then
   echo "=== GEMM precision benchmark (cast + bf16 against FAST_16BF)"

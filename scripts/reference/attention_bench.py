@@ -6,8 +6,13 @@ mean over repetitions after warm-up), printing lines in the same format so scrip
              [batch, heads, n, d] with batch = 16384 / n, heads = 2048 / d
   gemm:      a @ b.t() of bf16 matrices in CudaBenchmark.GEMM_SHAPES (cuBLAS/cuBLASLt underneath), bf16 out
 
-  python3 attention_bench.py [REPS]   # attention (REPS repetitions, default 10), then the GEMMs
-  python3 attention_bench.py gemm     # the GEMMs alone, as CudaBenchmark gemm
+  shapes:    the attention of the training benchmark's configs at their own shapes (TRAINING_SHAPES), causal,
+             forward and forward+backward
+
+  python3 attention_bench.py [REPS]         # attention (REPS repetitions, default 10), then the GEMMs
+  python3 attention_bench.py gemm           # the GEMMs alone, as CudaBenchmark gemm
+  python3 attention_bench.py shapes [REPS]  # the training configs' attention (default 100 repetitions), as
+                                            # CudaBenchmark shapes
 """
 import sys
 
@@ -57,6 +62,38 @@ def attention(reps):
             del q, k, v, g
 
 
+# (config, batch, heads, n, d) of the training benchmark's attention, as CudaBenchmark.TRAINING_SHAPES.
+TRAINING_SHAPES = [("tinystories", 128, 16, 256, 32), ("small", 4, 12, 512, 64), ("medium", 4, 16, 512, 64),
+                   ("large", 4, 20, 512, 64), ("xl", 4, 32, 512, 80)]
+
+
+def training_shapes(reps):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for name, b, h, n, d in TRAINING_SHAPES:
+        mk = lambda: (torch.rand(b, h, n, d, device="cuda", generator=gen, dtype=torch.float32) * 2 - 1).to(
+            torch.bfloat16)
+        q, k, v, g = mk().requires_grad_(), mk().requires_grad_(), mk().requires_grad_(), mk()
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            def fwd():
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            def fwdbwd():
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                out.backward(g)
+
+            with torch.no_grad():
+                for _ in range(3):
+                    fwd()
+                t_fwd = timed(fwd, reps)
+            for _ in range(3):
+                fwdbwd()
+            t_both = timed(fwdbwd, reps)
+        flops = 3.5 * 4.0 * b * h * n * n * d / 2
+        print(f"BENCH attnshape config={name} d={d} n={n} b={b} h={h} fwd_ms={t_fwd:.4f} fwdbwd_ms={t_both:.4f} "
+              f"tflops={flops / (t_both * 1e-3) / 1e12:.1f}", flush=True)
+        del q, k, v, g
+
+
 # (M, N, K) of C[M, N] = A[M, K] @ B[N, K]^T, as CudaBenchmark.GEMM_SHAPES.
 GEMM_SHAPES = [(4096, 4096, 4096), (8192, 8192, 8192),
                (2048, 10240, 2560), (2048, 2560, 10240),
@@ -77,6 +114,9 @@ def gemm():
 
 if __name__ == "__main__":
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", flush=True)
+    if len(sys.argv) > 1 and sys.argv[1] == "shapes":
+        training_shapes(int(sys.argv[2]) if len(sys.argv) > 2 else 100)
+        sys.exit(0)
     if not (len(sys.argv) > 1 and sys.argv[1] == "gemm"):
         attention(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
     gemm()

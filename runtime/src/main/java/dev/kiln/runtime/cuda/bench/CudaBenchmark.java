@@ -48,13 +48,18 @@ public final class CudaBenchmark {
     CudaDevice dev = CudaDevice.first();
     System.out.println("device " + dev);
     // Arguments: the attention repetitions (default 10), "gemm" for the GEMMs alone, "graph" for the cost of a
-    // CUDA graph's kernel nodes alone, or "power" for the clock and power each kind of kernel holds when sustained.
+    // CUDA graph's kernel nodes alone, "power" for the clock and power each kind of kernel holds when sustained, or
+    // "shapes [REPS]" for the attention of the training benchmark's configs at their own shapes.
     if (args.length > 0 && args[0].equals("graph")) {
       graphNodes(dev);
       return;
     }
     if (args.length > 0 && args[0].equals("power")) {
       power(dev);
+      return;
+    }
+    if (args.length > 0 && args[0].equals("shapes")) {
+      trainingShapes(dev, args.length > 1 ? Integer.parseInt(args[1]) : 100);
       return;
     }
     boolean gemmOnly = args.length > 0 && args[0].equals("gemm");
@@ -296,6 +301,45 @@ public final class CudaBenchmark {
     }
   }
 
+  /**
+   * {config, batch, heads, n, d} of the training benchmark's attention (`kiln bench train`'s configs), as
+   * attention_bench.py's TRAINING_SHAPES: where its step spends its attention time, next to the peer's kernel.
+   */
+  static final long[][] TRAINING_SHAPES = {{128, 16, 256, 32}, {4, 12, 512, 64}, {4, 16, 512, 64}, {4, 20, 512, 64},
+      {4, 32, 512, 80}};
+  static final String[] TRAINING_CONFIGS = {"tinystories", "small", "medium", "large", "xl"};
+
+  /**
+   * The attention of each {@link #TRAINING_SHAPES} config with the default kernels, causal, bf16: lines {@code BENCH
+   * attnshape config=.. d=.. n=.. b=.. h=.. fwd_ms=.. fwdbwd_ms=.. tflops=..}.
+   */
+  private static void trainingShapes(CudaDevice dev, int reps) {
+    long numel = 0;
+    for (long[] s : TRAINING_SHAPES) {
+      numel = Math.max(numel, s[0] * s[1] * s[2] * s[3]);
+    }
+    CudaStream stream = dev.defaultStream();
+    try (CudaArray q = CudaArray.fromHost(dev, uniformBf16(numel, 1));
+        CudaArray k = CudaArray.fromHost(dev, uniformBf16(numel, 2));
+        CudaArray v = CudaArray.fromHost(dev, uniformBf16(numel, 3));
+        CudaArray dOut = CudaArray.fromHost(dev, uniformBf16(numel, 4));
+        CudaArray out = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray dq = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray dk = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray dv = CudaArray.empty(dev, DType.BF16, numel);
+        CudaArray lse = CudaArray.empty(dev, DType.F32, numel / 32)) {
+      CudaArray[] bufs = {q, k, v, dOut, out, dq, dk, dv, lse};
+      FlashAttention fa = new FlashAttention(stream);
+      for (int i = 0; i < TRAINING_SHAPES.length; i++) {
+        long[] s = TRAINING_SHAPES[i];
+        double[] t = time(dev, fa, bufs, new long[] {s[0], s[1], s[2], s[3]}, reps);
+        System.out.printf("BENCH attnshape config=%s d=%d n=%d b=%d h=%d fwd_ms=%.4f fwdbwd_ms=%.4f tflops=%.1f%n",
+            TRAINING_CONFIGS[i], s[3], s[2], s[0], s[1], t[0], t[1],
+            3.5 * causalForwardFlops(s[0], s[1], s[2], s[3]) / (t[1] * 1e-3) / 1e12);
+      }
+    }
+  }
+
   /** Causal: half the score matrix. Forward 2 GEMMs (4 n^2 d); backward 5 (10 n^2 d): 3.5x forward in all. */
   private static double causalForwardFlops(long b, long h, long n, long d) {
     return 4.0 * b * h * n * n * d / 2;
@@ -303,10 +347,14 @@ public final class CudaBenchmark {
 
   /** {mean forward ms, mean forward+backward ms} over {@code reps} after two warm-up rounds. */
   private static double[] time(CudaDevice dev, FlashAttention fa, CudaArray[] bufs, long d, long n, int reps) {
+    // d = 80 (xl's head dim): 25 heads, the buffers' first 16k x 2000 elements
+    return time(dev, fa, bufs, new long[] {TOKENS / n, WIDTH / d, n, d}, reps);
+  }
+
+  /** As {@link #time(CudaDevice, FlashAttention, CudaArray[], long, long, int)} at {@code shape} = [b, h, n, d]. */
+  private static double[] time(CudaDevice dev, FlashAttention fa, CudaArray[] bufs, long[] shape, int reps) {
     CudaStream stream = dev.defaultStream();
-    long b = TOKENS / n;
-    long h = WIDTH / d; // d = 80 (xl's head dim): 25 heads, the buffers' first 16k x 2000 elements
-    long[] shape = {b, h, n, d};
+    long b = shape[0], h = shape[1], n = shape[2], d = shape[3];
     CudaArray[] v = new CudaArray[8];
     for (int i = 0; i < v.length; i++) {
       v[i] = bufs[i].narrow(0, 0, b * h * n * d).view(shape);
