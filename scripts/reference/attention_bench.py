@@ -33,33 +33,37 @@ def timed(fn, reps):
     return start.elapsed_time(end) / reps
 
 
+def sdpa_times(gen, b, h, n, d, reps, warmup=2):
+    """(forward ms, forward+backward ms) of causal flash SDPA on random bf16 [b, h, n, d] tensors, and its FLOPs."""
+    mk = lambda: (torch.rand(b, h, n, d, device="cuda", generator=gen, dtype=torch.float32) * 2 - 1).to(
+        torch.bfloat16)
+    q, k, v, g = mk().requires_grad_(), mk().requires_grad_(), mk().requires_grad_(), mk()
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        def fwd():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+        def fwdbwd():
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out.backward(g)
+
+        with torch.no_grad():
+            for _ in range(warmup):
+                fwd()
+            t_fwd = timed(fwd, reps)
+        for _ in range(warmup):
+            fwdbwd()
+        t_both = timed(fwdbwd, reps)
+    return t_fwd, t_both, 3.5 * 4.0 * b * h * n * n * d / 2
+
+
 def attention(reps):
     gen = torch.Generator(device="cuda").manual_seed(0)
     for d in (64, 128):
         for n in (1024, 2048, 4096, 8192, 16384):
             b, h = TOKENS // n, WIDTH // d
-            mk = lambda: (torch.rand(b, h, n, d, device="cuda", generator=gen, dtype=torch.float32) * 2 - 1).to(
-                torch.bfloat16)
-            q, k, v, g = mk().requires_grad_(), mk().requires_grad_(), mk().requires_grad_(), mk()
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                def fwd():
-                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-                def fwdbwd():
-                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                    out.backward(g)
-
-                with torch.no_grad():
-                    for _ in range(2):
-                        fwd()
-                    t_fwd = timed(fwd, reps)
-                for _ in range(2):
-                    fwdbwd()
-                t_both = timed(fwdbwd, reps)
-            flops = 3.5 * 4.0 * b * h * n * n * d / 2
+            t_fwd, t_both, flops = sdpa_times(gen, b, h, n, d, reps)
             print(f"BENCH attn d={d} n={n} b={b} h={h} fwd_ms={t_fwd:.4f} fwdbwd_ms={t_both:.4f} "
                   f"tflops={flops / (t_both * 1e-3) / 1e12:.1f}", flush=True)
-            del q, k, v, g
 
 
 # (config, batch, heads, n, d) of the training benchmark's attention, as CudaBenchmark.TRAINING_SHAPES.
@@ -70,28 +74,9 @@ TRAINING_SHAPES = [("tinystories", 128, 16, 256, 32), ("small", 4, 12, 512, 64),
 def training_shapes(reps):
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name, b, h, n, d in TRAINING_SHAPES:
-        mk = lambda: (torch.rand(b, h, n, d, device="cuda", generator=gen, dtype=torch.float32) * 2 - 1).to(
-            torch.bfloat16)
-        q, k, v, g = mk().requires_grad_(), mk().requires_grad_(), mk().requires_grad_(), mk()
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            def fwd():
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-            def fwdbwd():
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                out.backward(g)
-
-            with torch.no_grad():
-                for _ in range(3):
-                    fwd()
-                t_fwd = timed(fwd, reps)
-            for _ in range(3):
-                fwdbwd()
-            t_both = timed(fwdbwd, reps)
-        flops = 3.5 * 4.0 * b * h * n * n * d / 2
+        t_fwd, t_both, flops = sdpa_times(gen, b, h, n, d, reps, warmup=3)
         print(f"BENCH attnshape config={name} d={d} n={n} b={b} h={h} fwd_ms={t_fwd:.4f} fwdbwd_ms={t_both:.4f} "
               f"tflops={flops / (t_both * 1e-3) / 1e12:.1f}", flush=True)
-        del q, k, v, g
 
 
 # (M, N, K) of C[M, N] = A[M, K] @ B[N, K]^T, as CudaBenchmark.GEMM_SHAPES.

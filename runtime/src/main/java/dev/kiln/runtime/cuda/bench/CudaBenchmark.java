@@ -254,19 +254,42 @@ public final class CudaBenchmark {
     return NdArray.of(s, DType.BF16, n);
   }
 
+  /**
+   * q, k, v and dO (random bf16 of {@code numel} elements), then out, dq, dk, dv (bf16) and lse (fp32, one a row at
+   * d = 32): what {@link #time} views at each shape.
+   */
+  private record AttentionBuffers(CudaArray[] all) implements AutoCloseable {
+    static AttentionBuffers of(CudaDevice dev, long numel) {
+      CudaArray[] all = new CudaArray[9];
+      try {
+        for (int i = 0; i < 4; i++) {
+          all[i] = CudaArray.fromHost(dev, uniformBf16(numel, i + 1));
+        }
+        for (int i = 4; i < 8; i++) {
+          all[i] = CudaArray.empty(dev, DType.BF16, numel);
+        }
+        all[8] = CudaArray.empty(dev, DType.F32, numel / 32);
+        return new AttentionBuffers(all);
+      } catch (RuntimeException | Error e) {
+        new AttentionBuffers(all).close();
+        throw e;
+      }
+    }
+
+    @Override
+    public void close() {
+      for (CudaArray a : all) {
+        if (a != null) {
+          a.close();
+        }
+      }
+    }
+  }
+
   private static void attention(CudaDevice dev, int reps) {
-    long numel = TOKENS * WIDTH;
     CudaStream stream = dev.defaultStream();
-    try (CudaArray q = CudaArray.fromHost(dev, uniformBf16(numel, 1));
-        CudaArray k = CudaArray.fromHost(dev, uniformBf16(numel, 2));
-        CudaArray v = CudaArray.fromHost(dev, uniformBf16(numel, 3));
-        CudaArray dOut = CudaArray.fromHost(dev, uniformBf16(numel, 4));
-        CudaArray out = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray dq = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray dk = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray dv = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray lse = CudaArray.empty(dev, DType.F32, TOKENS * WIDTH / 32)) { // one per row at d = 32
-      CudaArray[] bufs = {q, k, v, dOut, out, dq, dk, dv, lse};
+    try (AttentionBuffers buffers = AttentionBuffers.of(dev, TOKENS * WIDTH)) {
+      CudaArray[] bufs = buffers.all();
       FlashAttention fa = new FlashAttention(stream);
       for (long d : new long[] {64, 128}) {
         for (long n : new long[] {1024, 2048, 4096, 8192, 16384}) {
@@ -319,16 +342,8 @@ public final class CudaBenchmark {
       numel = Math.max(numel, s[0] * s[1] * s[2] * s[3]);
     }
     CudaStream stream = dev.defaultStream();
-    try (CudaArray q = CudaArray.fromHost(dev, uniformBf16(numel, 1));
-        CudaArray k = CudaArray.fromHost(dev, uniformBf16(numel, 2));
-        CudaArray v = CudaArray.fromHost(dev, uniformBf16(numel, 3));
-        CudaArray dOut = CudaArray.fromHost(dev, uniformBf16(numel, 4));
-        CudaArray out = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray dq = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray dk = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray dv = CudaArray.empty(dev, DType.BF16, numel);
-        CudaArray lse = CudaArray.empty(dev, DType.F32, numel / 32)) {
-      CudaArray[] bufs = {q, k, v, dOut, out, dq, dk, dv, lse};
+    try (AttentionBuffers buffers = AttentionBuffers.of(dev, numel)) {
+      CudaArray[] bufs = buffers.all();
       FlashAttention fa = new FlashAttention(stream);
       for (int i = 0; i < TRAINING_SHAPES.length; i++) {
         long[] s = TRAINING_SHAPES[i];
