@@ -31,10 +31,10 @@ public final class FlashAttention {
 
   /**
    * Whether {@code rowsum(dOut · out)} can take 16-byte loads ({@code kiln_attn_bwd_dot_vec_d*}): both bf16, the head
-   * width a power of two from 8 to 256, every row 16-byte aligned.
+   * width a multiple of 8 up to 256, every row 16-byte aligned.
    */
   private static boolean dotVectorised(CudaArray out, Heads lo, CudaArray dOut, Heads ldo, long d) {
-    return out.dtype() == DType.BF16 && dOut.dtype() == DType.BF16 && d >= 8 && d <= 256 && Long.bitCount(d) == 1
+    return out.dtype() == DType.BF16 && dOut.dtype() == DType.BF16 && d >= 8 && d <= 256 && d % 8 == 0
         && out.address() % 16 == 0 && dOut.address() % 16 == 0 && lo.stridesMultipleOf(8)
         && ldo.stridesMultipleOf(8);
   }
@@ -579,8 +579,8 @@ public final class FlashAttention {
     }
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {
       if (dotVectorised(out, lo, dOut, ldo, g.d)) {
-        // d / 8 lanes a row, 16 bytes a lane, DOT_VEC_STEPS groups of rows a warp, 8 warps a block.
-        long rowsPerWarp = DOT_VEC_STEPS * 32 * 8 / g.d;
+        // d / 8 lanes a row, 16 bytes a lane, DOT_VEC_STEPS groups of 32 / (d / 8) rows a warp, 8 warps a block.
+        long rowsPerWarp = DOT_VEC_STEPS * (32 / (g.d / 8));
         m.kernel("kiln_attn_bwd_dot_vec_d" + g.d).launch(stream, ceilDiv(g.n, 8 * rowsPerWarp), g.bh, 256, 0,
             new KernelArgs().ptr(out).ptr(dOut).ptr(dot).i32((int) g.n).i32((int) g.heads).struct(lo.words())
                 .struct(ldo.words()));

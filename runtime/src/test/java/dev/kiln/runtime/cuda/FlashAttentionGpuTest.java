@@ -284,6 +284,10 @@ class FlashAttentionGpuTest {
     run(DType.F32, 2, 1, 100, 32, AttentionMask.NONE);
     run(DType.F32, 1, 1, 65, 128, AttentionMask.NONE);
     run(DType.BF16, 1, 2, 120, 96, AttentionMask.CAUSAL);
+    // bf16 row sums of the backward at widths whose 16-byte pieces do not divide a warp (3 and 25 lanes a row; 80's
+    // 10 and 96's 12 run above): kiln_attn_bwd_dot_vec's tree over a row's lanes.
+    run(DType.BF16, 1, 2, 45, 24, AttentionMask.CAUSAL);
+    run(DType.BF16, 1, 1, 37, 200, AttentionMask.NONE);
   }
 
   @Test

@@ -1354,16 +1354,20 @@ KILN_BWD_HEAD(d32_w8h256, 32, 8, 256, 32, (256, 2))
 KILN_SIMT(f32, float)
 KILN_SIMT(bf16, kiln_bf16)
 
-// dot[i] = sum_d dO[i,d] * O[i,d] for bf16 O and dO with D a power of two from 8 to 256, every row 16 bytes aligned:
-// D / 8 lanes a row, 8 entries (16 bytes) a lane, KILN_DOT_VEC_STEPS groups of 32 * 8 / D rows a warp, their loads all
-// issued before the first sum. One bf16 a lane (bwd_dot) moved 1.4 TB/s at TinyStories' D = 32 (47 us a layer).
+// dot[i] = sum_d dO[i,d] * O[i,d] for bf16 O and dO with D a multiple of 8 up to 256, every row 16 bytes aligned:
+// L = D / 8 lanes a row, 8 entries (16 bytes) a lane, KILN_DOT_VEC_STEPS groups of 32 / L rows a warp (the last
+// 32 mod L lanes idle where L does not divide 32: 2 of them at xl's D = 80), their loads all issued before the first
+// sum. One bf16 a lane (bwd_dot) moved 1.4 TB/s at TinyStories' D = 32 (47 us a layer), and 15.2 against a
+// vector kernel's 5-6 us a layer at xl's D = 80 (ncu, twenty-sixth session), before D = 80 had one.
 #define KILN_DOT_VEC_STEPS 4
 template <int D>
 __device__ __forceinline__ void bwd_dot_vec(const kiln_bf16* O, const kiln_bf16* dO, float* DOT, int n, int heads,
                                             kiln_attn_layout lo, kiln_attn_layout ldo) {
+  static_assert(D % 8 == 0 && D >= 8 && D <= 256, "16-byte pieces, at most a warp a row");
   constexpr int L = D / 8;        // lanes a row
   constexpr int RPS = 32 / L;     // rows a warp per step
   const int lane = threadIdx.x & 31;
+  const bool active = lane < RPS * L;
   const int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int bh = blockIdx.y;
   const kiln_bf16* o = O + kiln_attn_slab(lo, bh, heads) + (lane % L) * 8;
@@ -1372,7 +1376,7 @@ __device__ __forceinline__ void bwd_dot_vec(const kiln_bf16* O, const kiln_bf16*
 #pragma unroll
   for (int s = 0; s < KILN_DOT_VEC_STEPS; ++s) {
     const int row = (warp * KILN_DOT_VEC_STEPS + s) * RPS + lane / L;
-    if (row < n) {
+    if (active && row < n) {
       a[s] = *reinterpret_cast<const uint4*>(o + (kiln_i64)row * lo.sr);
       b[s] = *reinterpret_cast<const uint4*>(g + (kiln_i64)row * ldo.sr);
     } else {
@@ -1390,25 +1394,39 @@ __device__ __forceinline__ void bwd_dot_vec(const kiln_bf16* O, const kiln_bf16*
       t += kiln_bf16_lo(x[w]) * kiln_bf16_lo(y[w]);
       t += kiln_bf16_hi(x[w]) * kiln_bf16_hi(y[w]);
     }
+    if constexpr ((L & (L - 1)) == 0) {
 #pragma unroll
-    for (int off = L / 2; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+      for (int off = L / 2; off > 0; off >>= 1) t += __shfl_xor_sync(0xffffffffu, t, off);
+    } else {
+      // A tree over each row's L lanes: a lane adds the partial sum of the lane off above it only when that lane is
+      // of its row, so every partial stays within its row, and the row's first lane ends with the row's sum.
+#pragma unroll
+      for (int off = 1; off < L; off <<= 1) {
+        const float u = __shfl_down_sync(0xffffffffu, t, off);
+        if (lane % L + off < L) t += u;
+      }
+    }
     const int row = (warp * KILN_DOT_VEC_STEPS + s) * RPS + lane / L;
-    if (lane % L == 0 && row < n) DOT[(kiln_i64)bh * n + row] = t;
+    if (active && lane % L == 0 && row < n) DOT[(kiln_i64)bh * n + row] = t;
   }
 }
 
 #define KILN_DOT_VEC(D)                                                                                        \
   extern "C" __global__ void kiln_attn_bwd_dot_vec_d##D(const kiln_bf16* o, const kiln_bf16* dout, float* dot,  \
                                                         int n, int heads, KILN_L lo, KILN_L ldo) {              \
-    kiln_pdl_enter();                                                                                           \
+    kiln_pdl_enter();                                                                                          \
     bwd_dot_vec<D>(o, dout, dot, n, heads, lo, ldo);                                                           \
   }
-KILN_DOT_VEC(8)
-KILN_DOT_VEC(16)
-KILN_DOT_VEC(32)
-KILN_DOT_VEC(64)
-KILN_DOT_VEC(128)
-KILN_DOT_VEC(256)
+// Every multiple of 8 up to 256 (FlashAttention.dotVectorised).
+#define KILN_DOT_VEC4(A, B, C, D) KILN_DOT_VEC(A) KILN_DOT_VEC(B) KILN_DOT_VEC(C) KILN_DOT_VEC(D)
+KILN_DOT_VEC4(8, 16, 24, 32)
+KILN_DOT_VEC4(40, 48, 56, 64)
+KILN_DOT_VEC4(72, 80, 88, 96)
+KILN_DOT_VEC4(104, 112, 120, 128)
+KILN_DOT_VEC4(136, 144, 152, 160)
+KILN_DOT_VEC4(168, 176, 184, 192)
+KILN_DOT_VEC4(200, 208, 216, 224)
+KILN_DOT_VEC4(232, 240, 248, 256)
 
 // dot over (o, dO) types: bf16/bf16 (bf16 attention), f32/f32 (fp32), f32/bf16 (mixed precision: fp32 results).
 #define KILN_DOT(SUFFIX, TO, TG)                                                                               \
