@@ -58,12 +58,12 @@ public final class CudaDevice {
 
   /** Whether kernels can be launched programmatically here: compute capability 9.0 or later and a CUDA 12+ driver. */
   public boolean supportsProgrammaticLaunch() {
-    return computeCapability() >= 90 && ProgrammaticLaunch.available();
+    return computeCapability() >= 90 && KernelLaunch.hasLaunchKernelEx();
   }
 
   /**
-   * Whether the kernels of modules that wait at their entry are launched programmatically ({@link
-   * ProgrammaticLaunch}): on by default where supported; {@code KILN_PDL=0} turns it off.
+   * Whether the kernels of modules that wait at their entry are launched programmatically ({@link KernelLaunch}): on
+   * by default where supported; {@code KILN_PDL=0} turns it off.
    */
   public boolean programmaticLaunch() {
     return programmaticLaunch;

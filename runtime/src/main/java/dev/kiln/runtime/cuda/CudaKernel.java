@@ -13,7 +13,7 @@ public final class CudaKernel {
 
   /**
    * @param waitsAtEntry whether the kernel waits for the grid before it ({@code kiln_pdl_enter()}) before it touches
-   *     memory, so that it may be launched programmatically ({@link ProgrammaticLaunch})
+   *     memory, so that it may be launched programmatically ({@link KernelLaunch})
    */
   CudaKernel(CudaDevice device, DevicePointer.Function function, String name, boolean waitsAtEntry) {
     this.device = device;
@@ -76,14 +76,11 @@ public final class CudaKernel {
       dynamicSharedLimit = sharedBytes;
     }
     boolean programmatic = waitsAtEntry && device.programmaticLaunch();
-    int rc = programmatic
-        ? ProgrammaticLaunch.launch(function.handle(), stream.rawHandle(), gridX, gridY, blockX, blockY, sharedBytes,
-            args)
-        : JCudaDriver.cuLaunchKernel(function, (int) gridX, (int) gridY, 1, blockX, blockY, 1, sharedBytes,
-            stream.handle(), args.toPointer(), null);
+    int rc = KernelLaunch.launch(function.handle(), stream.rawHandle(), gridX, gridY, blockX, blockY, sharedBytes,
+        args, programmatic);
     if (rc != 0) { // the message is built only on failure: launches are the hot path of a training step
-      CudaException.check(rc, (programmatic ? "cuLaunchKernelEx(" : "cuLaunchKernel(") + name + ", grid " + gridX
-          + "x" + gridY + ", block " + blockX + "x" + blockY + ", smem " + sharedBytes + ")");
+      CudaException.check(rc, "launch of " + name + " (grid " + gridX + "x" + gridY + ", block " + blockX + "x"
+          + blockY + ", smem " + sharedBytes + (programmatic ? ", programmatic" : "") + ")");
     }
   }
 }

@@ -6,24 +6,19 @@ import static java.lang.foreign.ValueLayout.JAVA_LONG;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
-import jcuda.NativePointerObject;
-import jcuda.Pointer;
 
 /**
- * Kernel parameters in declaration order, each with its C type made explicit (no guessing int vs long). Each is kept
- * twice: as the JCuda pointer {@code cuLaunchKernel} takes, and as its value's bits for {@link ProgrammaticLaunch},
- * which writes them into native memory itself.
+ * Kernel parameters in declaration order, each with its C type made explicit (no guessing int vs long), kept as their
+ * values' bits, which {@link KernelLaunch} writes into native memory for the driver.
  */
 public final class KernelArgs {
-  private final List<NativePointerObject> args = new ArrayList<>();
   /** Each argument's value: one word for a scalar or pointer, a struct's words in order. */
   private final List<long[]> values = new ArrayList<>();
   /** Whether the argument is a 4-byte scalar ({@code int}, {@code float}), written as the low half of its word. */
   private final List<Boolean> fourBytes = new ArrayList<>();
   private long valueBytes;
 
-  private KernelArgs add(NativePointerObject jcuda, long[] words, boolean fourByteScalar) {
-    args.add(jcuda);
+  private KernelArgs add(long[] words, boolean fourByteScalar) {
     values.add(words);
     fourBytes.add(fourByteScalar);
     valueBytes += 8L * words.length;
@@ -32,7 +27,7 @@ public final class KernelArgs {
 
   /** A device pointer parameter ({@code T*}). */
   public KernelArgs ptr(long address) {
-    return add(Pointer.to(new long[] {address}), new long[] {address}, false);
+    return add(new long[] {address}, false);
   }
 
   public KernelArgs ptr(CudaArray a) {
@@ -50,29 +45,24 @@ public final class KernelArgs {
   }
 
   public KernelArgs i32(int v) {
-    return add(Pointer.to(new int[] {v}), new long[] {v}, true);
+    return add(new long[] {v}, true);
   }
 
   public KernelArgs i64(long v) {
-    return add(Pointer.to(new long[] {v}), new long[] {v}, false);
+    return add(new long[] {v}, false);
   }
 
   public KernelArgs f32(float v) {
-    return add(Pointer.to(new float[] {v}), new long[] {Float.floatToRawIntBits(v)}, true);
+    return add(new long[] {Float.floatToRawIntBits(v)}, true);
   }
 
   public KernelArgs f64(double v) {
-    return add(Pointer.to(new double[] {v}), new long[] {Double.doubleToRawLongBits(v)}, false);
+    return add(new long[] {Double.doubleToRawLongBits(v)}, false);
   }
 
   /** A struct passed by value, given as its bytes in 8-byte words (the kernel's signature sets how many it reads). */
   public KernelArgs struct(long[] words) {
-    long[] copy = words.clone();
-    return add(Pointer.to(copy), copy, false);
-  }
-
-  Pointer toPointer() {
-    return Pointer.to(args.toArray(new NativePointerObject[0]));
+    return add(words.clone(), false);
   }
 
   int count() {
