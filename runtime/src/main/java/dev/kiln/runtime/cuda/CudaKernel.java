@@ -79,8 +79,8 @@ public final class CudaKernel {
     int rc = KernelLaunch.launch(function.handle(), stream.rawHandle(), gridX, gridY, blockX, blockY, sharedBytes,
         args, programmatic);
     if (rc != 0) { // the message is built only on failure: launches are the hot path of a training step
-      CudaException.check(rc, "launch of " + name + " (grid " + gridX + "x" + gridY + ", block " + blockX + "x"
-          + blockY + ", smem " + sharedBytes + (programmatic ? ", programmatic" : "") + ")");
+      CudaException.check(rc, KernelLaunch.call() + "(" + name + ", grid " + gridX + "x" + gridY + ", block "
+          + blockX + "x" + blockY + ", smem " + sharedBytes + (programmatic ? ", programmatic" : "") + ")");
     }
   }
 }

@@ -53,6 +53,11 @@ final class KernelLaunch {
     return LAUNCH_KERNEL_EX != null;
   }
 
+  /** The driver function launches go through, for messages. */
+  static String call() {
+    return LAUNCH_KERNEL_EX != null ? "cuLaunchKernelEx" : "cuLaunchKernel";
+  }
+
   /**
    * Queues {@code function} on {@code stream}, with the programmatic-serialization attribute when {@code
    * programmatic}; returns the driver's result code.
