@@ -415,6 +415,95 @@ class TransformerLmGpuTest {
     }
   }
 
+  /**
+   * Mixed precision keeps the linear layers' master weights in two planes ({@code MasterPlanes}): a graphed run with
+   * them trains as one without them, the fp32 arrays are not joined during steps (their joins stay pending), and a
+   * checkpoint's host copy taken between replays, and again after more, holds the latest weights each time. The two
+   * runs' bf16 weights differ only where a weight lies exactly between two bf16 values (rounded away from zero
+   * instead of to even), so they agree as graphed and eager runs do (the same tolerances as there); weights two steps
+   * stale would differ by about 5e-2 relative L2.
+   */
+  @Test
+  void mastersInTwoPlanesTrainAsFp32Masters() {
+    ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
+    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
+        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    CudaModelDevice planesDev = gpu(CudaModelDevice.Precision.BF16);
+    CudaModelDevice flatDev = gpu(CudaModelDevice.Precision.BF16);
+    planesDev.storeMastersInPlanes(true);
+    flatDev.storeMastersInPlanes(false);
+    try (CudaEngine<TransformerLm> planes = engine(planesDev, c, opt);
+        CudaEngine<TransformerLm> flat = engine(flatDev, c, opt)) {
+      planes.enableGraphs(0.5);
+      flat.enableGraphs(0.5);
+      assertEquals(0, planes.mastersInPlanes(), "nothing in planes before the first update");
+      Rng rng = new Rng(12);
+      Map<String, double[]> atStep4 = null;
+      for (int step = 1; step <= 6; step++) {
+        NdArray x = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+        NdArray y = rng.integers(NdArray.zeros(DType.I64, BATCH, c.contextLength()), 0, c.vocabSize());
+        double[] loss = new double[2];
+        TrainingEngine[] engines = {flat, planes};
+        for (int e = 0; e < 2; e++) {
+          engines[e].beginStep(3e-3);
+          loss[e] = engines[e].accumulate(x, y);
+          engines[e].clipGradients(1, 0.5);
+          engines[e].update(3e-3);
+        }
+        assertEquals(loss[0], loss[1], 1e-3 * loss[0], "step " + step + " loss");
+        if (step == 4) {
+          planes.syncToHost();
+          atStep4 = hostCopy(planes);
+        }
+      }
+      // The linear layers' weights: q, k, v, the output projection and the FFN's three in each layer, and the LM
+      // head (untied in this config). Norm weights and the embedding keep fp32 masters.
+      assertEquals(c.numLayers() * 7 + 1, planes.mastersInPlanes(), "masters in planes");
+      assertEquals(0, flat.mastersInPlanes(), "masters in planes with the device's planes off");
+      int pending = 0;
+      for (Tensor t : planes.stateDict().values()) {
+        dev.kiln.runtime.cuda.device.CudaTensor ct = (dev.kiln.runtime.cuda.device.CudaTensor) t;
+        if (ct.lowerPlane() != null) {
+          assertTrue(ct.array().producerPending(), ct + ": its fp32 array was joined during a step");
+          pending++;
+        }
+      }
+      assertEquals(planes.mastersInPlanes(), pending, "masters in planes found in the model's state dict");
+      planes.syncToHost();
+      flat.syncToHost();
+      Map<String, double[]> a = hostCopy(flat);
+      Map<String, double[]> b = hostCopy(planes);
+      for (String n : a.keySet()) {
+        assertTrue(relativeL2(a.get(n), b.get(n)) <= 1e-2, n + " after 6 steps: relative L2 "
+            + relativeL2(a.get(n), b.get(n)));
+      }
+      // The copy taken at step 4 was of step 4: the weights moved since.
+      double moved = 0;
+      for (String n : a.keySet()) {
+        moved = Math.max(moved, relativeL2(b.get(n), atStep4.get(n)));
+      }
+      assertTrue(moved > 1e-2, "the weights did not move between steps 4 and 6: " + moved);
+    }
+  }
+
+  private static Map<String, double[]> hostCopy(TrainingEngine e) {
+    Map<String, double[]> out = new LinkedHashMap<>();
+    for (String n : e.hostParameters().names()) {
+      out.put(n, e.hostParameters().get(n).to(DType.F64).toDoubleArray());
+    }
+    return out;
+  }
+
+  private static double relativeL2(double[] a, double[] b) {
+    double num = 0;
+    double den = 0;
+    for (int i = 0; i < a.length; i++) {
+      num += (a[i] - b[i]) * (a[i] - b[i]);
+      den += a[i] * a[i];
+    }
+    return Math.sqrt(num / Math.max(den, 1e-300));
+  }
+
   @Test
   void queuedGraphStepsEqualAwaitedGraphSteps() {
     CudaModelDevice awaitedDev = gpu(CudaModelDevice.Precision.FP32);

@@ -15,13 +15,17 @@ import java.util.List;
 public final class FusedAdamW {
   /** Elements each thread block updates; must match KILN_ADAM_CHUNK in adamw.cu. */
   static final int CHUNK = 4096;
-  private static final int DESCRIPTOR_BYTES = 64;
+  private static final int DESCRIPTOR_BYTES = 72;
 
   /**
    * One parameter: fp32 {@code param}, {@code m}, {@code v} of one size; {@code grad} fp32 or bf16 of that size;
-   * {@code paramBf16} (or null) receives a bf16 copy of the updated parameter.
+   * {@code paramBf16} (or null) receives a bf16 copy of the updated parameter. With {@code paramLow} the master weight
+   * is two planes ({@link MasterPlanes}): {@code paramBf16} its upper plane, {@code paramLow} its lower, both read and
+   * written in place of {@code param}, whose memory the update does not touch (its shape only is used here; the
+   * caller joins the planes into it when something reads it).
    */
-  public record Param(CudaArray param, CudaArray grad, CudaArray m, CudaArray v, CudaArray paramBf16) {
+  public record Param(CudaArray param, CudaArray grad, CudaArray m, CudaArray v, CudaArray paramBf16,
+      CudaArray paramLow) {
     public Param {
       long n = param.numel();
       if (param.dtype() != DType.F32 || m.dtype() != DType.F32 || v.dtype() != DType.F32) {
@@ -31,18 +35,35 @@ public final class FusedAdamW {
       if (grad.dtype() != DType.F32 && grad.dtype() != DType.BF16) {
         throw new IllegalArgumentException("AdamW gradients must be F32 or BF16, got " + grad.dtype());
       }
-      if (grad.numel() != n || m.numel() != n || v.numel() != n || (paramBf16 != null && paramBf16.numel() != n)) {
+      if (grad.numel() != n || m.numel() != n || v.numel() != n || (paramBf16 != null && paramBf16.numel() != n)
+          || (paramLow != null && paramLow.numel() != n)) {
         throw new IllegalArgumentException("AdamW param of " + n + " elements with grad " + grad.numel() + ", m "
-            + m.numel() + ", v " + v.numel() + (paramBf16 == null ? "" : ", bf16 copy " + paramBf16.numel()));
+            + m.numel() + ", v " + v.numel() + (paramBf16 == null ? "" : ", bf16 copy " + paramBf16.numel())
+            + (paramLow == null ? "" : ", lower plane " + paramLow.numel()));
       }
       if (paramBf16 != null && paramBf16.dtype() != DType.BF16) {
         throw new IllegalArgumentException("AdamW's parameter copy must be BF16, got " + paramBf16.dtype());
       }
-      for (CudaArray a : new CudaArray[] {param, grad, m, v, paramBf16}) {
+      if (paramLow != null && (paramBf16 == null || paramLow.dtype() != DType.BF16)) {
+        throw new IllegalArgumentException("a two-plane master weight needs its upper plane (the bf16 copy) and a"
+            + " BF16-sized lower plane; got " + (paramBf16 == null ? "no upper plane" : "a lower plane of "
+            + paramLow.dtype()));
+      }
+      for (CudaArray a : new CudaArray[] {param, grad, m, v, paramBf16, paramLow}) {
         if (a != null) {
           a.requireContiguous("AdamW");
         }
       }
+    }
+
+    /** A parameter with an fp32 master weight. */
+    public Param(CudaArray param, CudaArray grad, CudaArray m, CudaArray v, CudaArray paramBf16) {
+      this(param, grad, m, v, paramBf16, null);
+    }
+
+    /** Whether the master weight is two planes. */
+    public boolean inPlanes() {
+      return paramLow != null;
     }
   }
 
@@ -130,7 +151,7 @@ public final class FusedAdamW {
   }
 
   /**
-   * Fills the 64-byte descriptors of {@code params} into {@code t} (each with its gradient's dtype: fp32 and bf16
+   * Fills the 72-byte descriptors of {@code params} into {@code t} (each with its gradient's dtype: fp32 and bf16
    * gradients mix in one launch); returns the number of blocks.
    */
   private static long describe(List<Param> params, MemorySegment t) {
@@ -138,14 +159,16 @@ public final class FusedAdamW {
     for (int i = 0; i < params.size(); i++) {
       Param p = params.get(i);
       long base = (long) i * DESCRIPTOR_BYTES;
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base, p.param().address());
+      // A two-plane master's fp32 array is not read: asking its address would join the planes into it.
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base, p.inPlanes() ? 0L : p.param().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 8, p.grad().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 16, p.m().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 24, p.v().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 32, p.paramBf16() == null ? 0L : p.paramBf16().address());
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 40, p.param().numel());
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 48, blocks);
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, p.grad().dtype() == DType.BF16 ? 1L : 0L);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 40, p.inPlanes() ? p.paramLow().address() : 0L);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 48, p.param().numel());
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, blocks);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 64, p.grad().dtype() == DType.BF16 ? 1L : 0L);
       blocks += (p.param().numel() + CHUNK - 1) / CHUNK;
     }
     return blocks;

@@ -32,7 +32,10 @@ import java.util.Map;
  * <p><b>Mixed precision</b> ({@link CudaModelDevice.Precision#BF16}): every parameter gets a bf16 twin that AdamW
  * rewrites after each update, so GEMMs read bf16 weights with no cast; master weights and moments are fp32. A linear
  * layer's weight gradient is bf16, as autocast rounds it ({@code CudaModelDevice.emptyParamGradient}); the other
- * gradients (norms, embeddings) are fp32, and sums over micro-batches are fp32.
+ * gradients (norms, embeddings) are fp32, and sums over micro-batches are fp32. From the first update on, the
+ * parameters whose gradient came in bf16 (only GEMMs read them) keep their fp32 master weight as two 16-bit planes,
+ * the twin being the upper one ({@link dev.kiln.runtime.cuda.MasterPlanes}): AdamW writes 2 bytes a parameter less,
+ * and the fp32 arrays are joined from the planes only when something reads them (a checkpoint's host copy).
  *
  * <p><b>Memory per step.</b> Everything a step allocates (inputs, activations, gradients) lives in one device scope,
  * closed when the step ends; the caching allocator hands the same blocks to the next step. With gradient
@@ -57,6 +60,14 @@ public final class CudaEngine<P> implements TrainingEngine {
   private final Map<String, CudaArray> m = new LinkedHashMap<>();
   private final Map<String, CudaArray> v = new LinkedHashMap<>();
   private final Map<String, CudaArray> twins = new LinkedHashMap<>();
+  /**
+   * The lower planes of the master weights kept in two planes ({@link CudaModelDevice#keepMasterInPlanes}), by name:
+   * the parameters whose gradient the first step's backward wrote in bf16, which only GEMMs read.
+   */
+  private final Map<String, CudaArray> lowerPlanes = new LinkedHashMap<>();
+  /** The parameters whose first gradient came in bf16 (null until the first backward). */
+  private java.util.Set<String> bf16Gradients;
+  private boolean planesChosen;
   private final FusedAdamW adamw;
   private Optimizer hostOptimizer;
   private long steps;
@@ -187,6 +198,11 @@ public final class CudaEngine<P> implements TrainingEngine {
     return dev;
   }
 
+  /** The module's parameters on the device, by state-dict key. */
+  public Map<String, Tensor> stateDict() {
+    return program.stateDict(params);
+  }
+
   @Override
   public ParameterSet hostParameters() {
     return hostParams;
@@ -226,14 +242,10 @@ public final class CudaEngine<P> implements TrainingEngine {
     dev.enableGraphs();
     GraphState g = new GraphState(maxGradNorm, CudaArray.zeros(dev.gpu(), DType.F32, 10),
         CudaArray.zeros(dev.gpu(), DType.F64, Math.max(1, byName.size())), CudaArray.zeros(dev.gpu(), DType.F64, 1));
-    List<FusedAdamW.Param> table = new ArrayList<>();
     for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
-      CudaTensor gradBuffer = (CudaTensor) dev.zeros(DType.F32, e.getValue().shape());
-      g.grads.put(e.getKey(), gradBuffer);
-      table.add(new FusedAdamW.Param(e.getValue().array(), gradBuffer.array(), m.get(e.getKey()), v.get(e.getKey()),
-          twins.get(e.getKey())));
+      g.grads.put(e.getKey(), (CudaTensor) dev.zeros(DType.F32, e.getValue().shape()));
     }
-    g.table = adamw.prepare(table);
+    g.table = adamw.prepare(adamwParams(n -> g.grads.get(n).array()));
     g.squares = dev.squaresTable(new ArrayList<>(g.grads.values()));
     graph = g;
   }
@@ -254,6 +266,9 @@ public final class CudaEngine<P> implements TrainingEngine {
       boolean first = grads == null;
       if (first) {
         grads = new LinkedHashMap<>();
+      }
+      if (bf16Gradients == null) {
+        bf16Gradients = bf16Gradients(g);
       }
       for (Route r : routes) {
         Tensor gi = g.get(r.moduleKey());
@@ -328,15 +343,12 @@ public final class CudaEngine<P> implements TrainingEngine {
       // The recorded step's memory belongs to the graph now: every replay writes the same addresses.
       g.memory.addAll(stepScope.detach());
       stepScope = dev.scope();
+      // The captured norm and AdamW launches read their tables at fixed addresses: point those at the gradients the
+      // graph writes itself, and at the planes of the master weights the first update put in planes (after the
+      // table was first filled).
+      adamw.refill(g.table, adamwParams(n -> g.grads.get(n).array()));
       if (!inPlace.isEmpty()) {
-        // The captured norm and AdamW launches read their tables at fixed addresses: point those at the gradients
-        // the graph writes itself, and give back the buffers they replace.
-        List<FusedAdamW.Param> table = new ArrayList<>();
-        for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
-          table.add(new FusedAdamW.Param(e.getValue().array(), g.grads.get(e.getKey()).array(), m.get(e.getKey()),
-              v.get(e.getKey()), twins.get(e.getKey())));
-        }
-        adamw.refill(g.table, table);
+        // The norms' table reads the in-place gradients too; the buffers they replace go back.
         if (g.squares != null) {
           dev.refillSquaresTable(g.squares, new ArrayList<>(g.grads.values()));
         }
@@ -345,11 +357,76 @@ public final class CudaEngine<P> implements TrainingEngine {
       }
     }
     g.graph.launch(dev.gpu().defaultStream());
+    mastersChanged();
     double loss = dev.download(g.loss)[0];
     g.lastNorm = g.norm.toHost().toDoubleArray()[0];
     g.lastSkipped = g.hyper.toHost().toDoubleArray()[HYPER_SKIPPED] != 0;
     g.replayed = true;
     return loss;
+  }
+
+  /**
+   * AdamW's table: every parameter with its gradient ({@code gradOf} by name), moments and bf16 twin, and for a master
+   * weight in planes its lower plane.
+   */
+  private List<FusedAdamW.Param> adamwParams(java.util.function.Function<String, CudaArray> gradOf) {
+    List<FusedAdamW.Param> table = new ArrayList<>();
+    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
+      String n = e.getKey();
+      table.add(new FusedAdamW.Param(e.getValue().array(), gradOf.apply(n), m.get(n), v.get(n), twins.get(n),
+          lowerPlanes.get(n)));
+    }
+    return table;
+  }
+
+  /**
+   * The trainer names of the parameters whose gradient in {@code g} (one micro-batch's, by module key) is bf16: a
+   * linear layer's weight, which only GEMMs read ({@code CudaModelDevice.emptyParamGradient}). A name that two keys
+   * share (a tied weight) is left out: its other use may read the fp32 weight.
+   */
+  private java.util.Set<String> bf16Gradients(Map<String, Tensor> g) {
+    Map<String, Integer> routesOf = new java.util.HashMap<>();
+    routes.forEach(r -> routesOf.merge(r.name(), 1, Integer::sum));
+    java.util.Set<String> out = new java.util.LinkedHashSet<>();
+    for (Route r : routes) {
+      Tensor gi = g.get(r.moduleKey());
+      if (routesOf.get(r.name()) == 1 && gi != null && gi.dtype() == DType.BF16) {
+        out.add(r.name());
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Before the first update: keeps the master weights of the parameters only GEMMs read in two planes, where the
+   * device does so ({@link CudaModelDevice#storesMastersInPlanes}). Their twins become the upper planes.
+   */
+  private void choosePlanes() {
+    if (planesChosen || bf16Gradients == null) {
+      return;
+    }
+    planesChosen = true;
+    if (!dev.storesMastersInPlanes()) {
+      return;
+    }
+    for (String n : bf16Gradients) {
+      CudaTensor p = byName.get(n);
+      if (twins.get(n) != null && p.array().coversBuffer()) {
+        lowerPlanes.put(n, dev.keepMasterInPlanes(p));
+      }
+    }
+  }
+
+  /** After an update (eager or replayed): the fp32 arrays of masters in planes are stale until read. */
+  private void mastersChanged() {
+    for (String n : lowerPlanes.keySet()) {
+      dev.masterChangedInPlanes(byName.get(n));
+    }
+  }
+
+  /** How many parameters keep their master weight in two planes (0 before the first update). */
+  public int mastersInPlanes() {
+    return lowerPlanes.size();
   }
 
   /**
@@ -477,6 +554,7 @@ public final class CudaEngine<P> implements TrainingEngine {
     slot.upload(inBytes, g.targets.array(), stream);
     slot.upload(hyperAt, g.hyper, stream);
     g.graph.launch(stream);
+    mastersChanged();
     slot.download(g.loss.array(), lossAt, stream);
     slot.download(g.norm, normAt, stream);
     slot.download(g.hyper, flagsAt, stream);
@@ -586,16 +664,12 @@ public final class CudaEngine<P> implements TrainingEngine {
     if (graph != null) {
       graph.eagerSteps++;
     }
-    List<FusedAdamW.Param> ps = new ArrayList<>();
-    for (Map.Entry<String, CudaTensor> e : byName.entrySet()) {
-      String n = e.getKey();
-      CudaArray g = ((CudaTensor) grads.get(n)).array();
-      ps.add(new FusedAdamW.Param(e.getValue().array(), g, m.get(n), v.get(n), twins.get(n)));
-    }
+    choosePlanes();
     steps++;
-    adamw.step(ps, new FusedAdamW.Hyper((float) lr, (float) optConfig.beta1(), (float) optConfig.beta2(),
-        (float) optConfig.eps(), (float) optConfig.weightDecay(), steps, (float) gradScale,
-        optConfig.formula() == AdamW.Formula.CS336));
+    adamw.step(adamwParams(n -> ((CudaTensor) grads.get(n)).array()), new FusedAdamW.Hyper((float) lr,
+        (float) optConfig.beta1(), (float) optConfig.beta2(), (float) optConfig.eps(), (float) optConfig.weightDecay(),
+        steps, (float) gradScale, optConfig.formula() == AdamW.Formula.CS336));
+    mastersChanged();
     dev.mark("fused AdamW");
     abandonStep();
     dev.mark("end of step (scope close)");

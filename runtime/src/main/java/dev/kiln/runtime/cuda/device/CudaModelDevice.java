@@ -17,6 +17,7 @@ import dev.kiln.runtime.cuda.CudaStream;
 import dev.kiln.runtime.cuda.FlashAttention;
 import dev.kiln.runtime.cuda.KernelArgs;
 import dev.kiln.runtime.cuda.KernelLoader;
+import dev.kiln.runtime.cuda.MasterPlanes;
 import dev.kiln.runtime.tensor.NdArray;
 import dev.kiln.runtime.tensor.Rng;
 import dev.kiln.runtime.tensor.Storage;
@@ -237,6 +238,7 @@ public final class CudaModelDevice implements Device {
   private boolean gemmOperandsInBf16 = true;
   private boolean gemmResultsInBf16 = true;
   private boolean paramGradientsInBf16 = !"0".equals(System.getenv("KILN_BF16_PARAM_GRADS"));
+  private boolean mastersInPlanes = !"0".equals(System.getenv("KILN_MASTER_PLANES"));
   /** Inside a CUDA-graph capture: nothing may synchronise or copy from the host. */
   private boolean capturing;
   /** Uploads and iotas served from a content cache (persistent tensors), so a captured graph never copies them. */
@@ -532,6 +534,9 @@ public final class CudaModelDevice implements Device {
   public void release(Tensor t) {
     if (t instanceof CudaTensor c) {
       c.array().close();
+      if (c.lowerPlane() != null) {
+        c.lowerPlane().close();
+      }
       CudaArray twin = c.bf16Twin();
       TwinArena arena = twin == null ? null : twinArenas.remove(twin);
       if (arena != null) {
@@ -737,11 +742,86 @@ public final class CudaModelDevice implements Device {
 
   private final Map<CudaArray, TwinArena> twinArenas = new IdentityHashMap<>();
 
-  /** Rewrites the bf16 twin of {@code param} (if it has one) from its fp32 values, after they were loaded. */
+  /**
+   * Rewrites the bf16 twin of {@code param} (if it has one) from its fp32 values, after they were loaded; for a
+   * master kept in planes ({@link #keepMasterInPlanes}), both planes.
+   */
   public void refreshBf16Twin(Tensor param) {
     CudaTensor t = ct(param, "refreshBf16Twin", "param");
-    if (t.bf16Twin() != null) {
+    if (t.lowerPlane() != null) {
+      written(t.bf16Twin());
+      written(t.lowerPlane());
+      MasterPlanes.split(stream, t.array(), t.bf16Twin(), t.lowerPlane());
+      launches++;
+    } else if (t.bf16Twin() != null) {
       copyArray(t.array(), t.bf16Twin());
+    }
+  }
+
+  /**
+   * Whether {@link #keepMasterInPlanes} may keep master weights in two planes (the default; {@code
+   * KILN_MASTER_PLANES=0} says no). The trainer asks this for the parameters only GEMMs read.
+   */
+  public boolean storesMastersInPlanes() {
+    return mastersInPlanes && precision == Precision.BF16;
+  }
+
+  /** Turns {@link #storesMastersInPlanes} off or on for parameters not yet in planes. */
+  public void storeMastersInPlanes(boolean on) {
+    mastersInPlanes = on;
+  }
+
+  /**
+   * Keeps {@code param}'s fp32 master weight from now on as two 16-bit planes ({@link MasterPlanes}): its bf16 twin,
+   * which becomes the upper plane (the weight rounded with ties away from zero instead of to even: one weight in
+   * 65,536 a bf16 step apart), and a lower plane made here. Whoever updates the weight then updates the planes (the
+   * fused AdamW does) and calls {@link #masterChangedInPlanes} after each update; the fp32 array is left to go stale and
+   * is rewritten from the planes when something next reads it. That is for parameters only GEMMs read, through the
+   * twin: anything else reading the fp32 array pays for a join. Returns the lower plane (the existing one if already in
+   * planes).
+   *
+   * @throws IllegalArgumentException for a parameter without a bf16 twin
+   */
+  public CudaArray keepMasterInPlanes(Tensor param) {
+    CudaTensor t = ct(param, "keepMasterInPlanes", "param");
+    if (t.lowerPlane() != null) {
+      return t.lowerPlane();
+    }
+    if (t.bf16Twin() == null || !t.bf16Twin().isContiguous()) {
+      throw new IllegalArgumentException("cuda device: a master weight kept in planes needs a contiguous bf16 twin as"
+          + " its upper plane (withBf16Twin first); " + t + " has " + (t.bf16Twin() == null ? "none" : "a strided one"));
+    }
+    if (!t.array().coversBuffer()) {
+      // The join is deferred on the buffer: a parameter sharing it would run the join whenever it is read.
+      throw new IllegalArgumentException("cuda device: a master weight kept in planes needs an allocation of its own; "
+          + t + " is a view of a larger one");
+    }
+    CudaArray lower = CudaArray.empty(gpu, stream, DType.BF16, t.array().shape());
+    t.attachLowerPlane(lower);
+    refreshBf16Twin(t);
+    return lower;
+  }
+
+  /**
+   * Says that the planes of {@code param}'s master weight ({@link #keepMasterInPlanes}) were updated in stream order
+   * and its fp32 array is stale: the first use of the array's memory after this (a host copy, a kernel, a copy) joins
+   * the planes into it first, through the buffer's deferred producer, which reads the planes as the stream then has
+   * them. Cheap when called after every update: a join already pending stays as it is.
+   */
+  public void masterChangedInPlanes(Tensor param) {
+    CudaTensor t = ct(param, "masterChangedInPlanes", "param");
+    if (t.lowerPlane() == null) {
+      throw new IllegalArgumentException("cuda device: " + t + " does not keep its master weight in planes");
+    }
+    CudaArray master = t.array();
+    if (!master.producerPending()) {
+      CudaArray upper = t.bf16Twin();
+      CudaArray lower = t.lowerPlane();
+      master.deferProducer(() -> {
+        MasterPlanes.join(stream, upper, lower, master);
+        launches++;
+        mark("kiln_planes_join");
+      });
     }
   }
 

@@ -14,6 +14,8 @@ import dev.kiln.runtime.cuda.CudaArray;
 public final class CudaTensor implements Tensor {
   private final CudaArray array;
   private CudaArray bf16;
+  /** The lower plane of a master weight kept as two planes ({@link dev.kiln.runtime.cuda.MasterPlanes}), or null. */
+  private CudaArray lowerPlane;
 
   CudaTensor(CudaArray array, CudaArray bf16) {
     this.array = array;
@@ -41,6 +43,21 @@ public final class CudaTensor implements Tensor {
     bf16 = twin;
   }
 
+  /**
+   * The lower plane of this parameter's master weight where it is kept as two planes, its {@link #bf16Twin} the
+   * upper one ({@link CudaModelDevice#keepMasterInPlanes}); else null.
+   */
+  public CudaArray lowerPlane() {
+    return lowerPlane;
+  }
+
+  void attachLowerPlane(CudaArray plane) {
+    if (lowerPlane != null) {
+      throw new IllegalStateException(this + " already keeps its master weight in planes");
+    }
+    lowerPlane = plane;
+  }
+
   @Override
   public long[] shape() {
     return array.shape();
@@ -58,7 +75,7 @@ public final class CudaTensor implements Tensor {
 
   @Override
   public String toString() {
-    return "CudaTensor(" + array.dtype() + java.util.Arrays.toString(array.shape()) + (bf16 != null ? ", bf16 twin"
-        : "") + ")";
+    return "CudaTensor(" + array.dtype() + java.util.Arrays.toString(array.shape()) + (lowerPlane != null ? ", master in planes"
+        : bf16 != null ? ", bf16 twin" : "") + ")";
   }
 }
