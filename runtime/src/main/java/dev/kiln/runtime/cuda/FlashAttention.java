@@ -86,7 +86,7 @@ public final class FlashAttention {
     public static final Map<Integer, List<String>> FORWARD_VARIANTS = Map.of(
         32, List.of("w4mb4", "w4r32", "w8wgp", "w8h256", "w8h256mb3"),
         64, List.of("w4mb4", "w8", "w8mb2", "w4r32", "w4r32k32", "w4wgp", "w8wgp", "w12wgpk128"),
-        80, List.of("w4mb3", "w4r32", "w4r32k32"),
+        80, List.of("w4mb3", "w4r32", "w4r32k32", "w16h512kv"),
         128, List.of("w4mb2", "w8", "w4mb3", "w4r32", "w4r32k32", "w4wgp", "w8wgp", "w8wgpk128"));
     /**
      * The compiled backward variants per head dim (KILN_BWD and KILN_BWD_WG lines: a dK/dV and a dQ kernel each).
@@ -101,15 +101,17 @@ public final class FlashAttention {
     /**
      * Fastest of the compiled variants on an H200 (CudaBenchmark's BENCHVAR lines, docs/cuda.md has the table).
      * Forward: warpgroup MMA with the softmax overlapped (wgp) at d64 and d128 (16k, thirteenth session: d64 3.22 ms
-     * with w12wgpk128, 3.58 with w4wgp, 4.76 at 32 rows a warp on mma.sync; d128 2.60 against w8wgp's 2.83); 32 rows
-     * a warp at d80; at d32 one block a whole head (w8h256mb3) up to 256 rows, TinyStories' context (ncu, one layer:
+     * with w12wgpk128, 3.58 with w4wgp, 4.76 at 32 rows a warp on mma.sync; d128 2.60 against w8wgp's 2.83); at d80
+     * one block a slab of up to 512 rows, k and v in shared memory and q from global (w16h512kv; xl's attention at its
+     * training shape, CudaBenchmark shapes, twenty-seventh session: forward 0.0301 ms against 0.0451 for w4r32, 32 rows
+     * a warp, which longer sequences take); at d32 one block a whole head (w8h256mb3) up to 256 rows, TinyStories' context (ncu, one layer:
      * 75 us against w4mb4's 97; longer sequences take BEYOND_WHOLE_HEAD's w8wgp). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4
      * with w8wg; d128 10.3 against 11.6 with w4wg); at d32 the whole-head kernel (188 us a layer against 307 for the
      * row sums, dK/dV and dQ kernels of w4mb3); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at
      * n = 512, and training runs short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
-        Map.of(32, "w8h256mb3", 64, "w8wgp", 80, "w4r32", 128, "w8wgpk128"),
+        Map.of(32, "w8h256mb3", 64, "w8wgp", 80, "w16h512kv", 128, "w8wgpk128"),
         Map.of(32, "w8h256", 64, "w8wgk128", 80, "w4", 128, "w8wg"),
         // Three warpgroups and 128-key tiles at d64 from 8k rows: at 16k 3.97 ms against w8wgp's 4.30, at 2k 0.647
         // against 0.617 and at 512 0.285 against 0.215 (BENCHVAR lines of one call, twelfth session; thirteenth:
@@ -267,6 +269,14 @@ public final class FlashAttention {
       return m.matches() ? Integer.parseInt(m.group(1)) : 0;
     }
 
+    /**
+     * Whether a whole-head forward variant keeps only k and v in shared memory ({@code w<warps>h<rows>kv}, fwd_head's
+     * QG form), each warp reading its query rows from global memory: a slab of 512 rows at d80 fits in 180 KB.
+     */
+    static boolean queryFromGlobal(String variant) {
+      return wholeHeadRows(variant) > 0 && variant.endsWith("kv");
+    }
+
     /** Whether {@code variant} is a warpgroup-MMA kernel of {@code flash_attention_sm90a.cu} (Hopper only). */
     static boolean hopperOnly(String variant) {
       return variant.contains("wg");
@@ -394,7 +404,8 @@ public final class FlashAttention {
   public boolean rotatesOnLoad(long d, long n) {
     String forward = usesTensorCores(DType.BF16, d) ? tuning.forward(d, n) : null;
     String backward = forward != null ? tuning.backward(d) : null;
-    return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= Tuning.wholeHeadRows(backward);
+    return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= Tuning.wholeHeadRows(backward)
+        && !Tuning.queryFromGlobal(forward);
   }
 
   /** Forward pass with the usual scale {@code 1 / sqrt(d)}. */
@@ -462,8 +473,10 @@ public final class FlashAttention {
       int smem;
       long blocks = ceilDiv(g.n, bm);
       if (rows > 0) {
-        // q, k and v of one (batch, head) slab in padded rows.
-        smem = 3 * rows * (d + 8) * 2 + (rope != null ? Rope.sharedBytes(rows, d) : 0);
+        // q, k and v of one (batch, head) slab in padded rows; k and v only for the kv variants, whose warps take
+        // their q rows from global memory.
+        smem = (Tuning.queryFromGlobal(variant) ? 2 : 3) * rows * (d + 8) * 2
+            + (rope != null ? Rope.sharedBytes(rows, d) : 0);
         blocks = 1;
       } else if (Tuning.hopperOnly(variant)) {
         // Unpadded swizzled tiles (Q, then two K and two V buffers), plus slack to align them to 1024 bytes.
@@ -488,7 +501,9 @@ public final class FlashAttention {
 
   /** Whether the forward of {@code g} at {@code scale} runs a whole-head variant (the variant choice below). */
   private boolean rotatingForward(Geometry g, float scale) {
-    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(tuning.forward(g.d, g.n));
+    String variant = g.tensorCores ? tuning.forward(g.d, g.n) : "";
+    // The kv variants read q from global memory, unturned: they have no _rope entry point.
+    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(variant) && !Tuning.queryFromGlobal(variant);
   }
 
   /** Backward pass with the usual scale. */

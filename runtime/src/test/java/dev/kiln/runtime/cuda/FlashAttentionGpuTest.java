@@ -279,6 +279,20 @@ class FlashAttentionGpuTest {
   }
 
   @Test
+  void wholeSlabForwardAtD80TakesQueryRowsFromGlobalMemory() {
+    // w16h512kv: one block a (batch, head) slab of up to 512 rows with k and v in shared memory and each warp's query
+    // rows read from global memory, as xl trains (heads of 80, context 512): the full slab, a ragged one, a single
+    // tile, both masks, head-split views with fp32 and bf16 results; past 512 rows the tiled forward runs.
+    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(80, "w16h512kv");
+    run(DType.BF16, 2, 2, 512, 80, AttentionMask.CAUSAL, t);
+    run(DType.BF16, 1, 2, 491, 80, AttentionMask.CAUSAL, t);
+    run(DType.BF16, 1, 1, 9, 80, AttentionMask.NONE, t);
+    run(DType.BF16, 1, 3, 512, 80, AttentionMask.CAUSAL, t, true, DType.F32);
+    run(DType.BF16, 1, 2, 300, 80, AttentionMask.NONE, t, true, DType.BF16);
+    run(DType.BF16, 1, 1, 600, 80, AttentionMask.CAUSAL, t);
+  }
+
+  @Test
   void fp32AndOtherHeadDimsTakeTheSimtPath() {
     run(DType.F32, 1, 2, 150, 64, AttentionMask.CAUSAL);
     run(DType.F32, 2, 1, 100, 32, AttentionMask.NONE);

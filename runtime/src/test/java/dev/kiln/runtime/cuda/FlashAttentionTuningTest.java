@@ -36,8 +36,10 @@ class FlashAttentionTuningTest {
           new int[] {Integer.parseInt(m.group(5)), Integer.parseInt(m.group(6)), Integer.parseInt(m.group(7))});
     }
     assertTrue(kernels.size() > 20, "parsed only " + kernels.size() + " variant lines from flash_attention.cu");
-    // Whole-head lines: KILN_FWD_HEAD(d<d>_<variant>, D, warps, rows, bounds), one 16-row tile a warp at a time.
-    Matcher h = Pattern.compile("^KILN_(FWD|BWD)_HEAD\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+),", Pattern.MULTILINE)
+    // Whole-head lines: KILN_FWD_HEAD(d<d>_<variant>, D, warps, rows, bounds), one 16-row tile a warp at a time, and
+    // KILN_FWD_SLAB (the same with q from global memory).
+    Matcher h = Pattern.compile("^KILN_(FWD|BWD)_(?:HEAD|SLAB)\\(d(\\d+)_(\\w+), (\\d+), (\\d+), (\\d+),",
+        Pattern.MULTILINE)
         .matcher(source("flash_attention.cu"));
     int heads = 0;
     while (h.find()) {

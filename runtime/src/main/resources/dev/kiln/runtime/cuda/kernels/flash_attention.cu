@@ -766,20 +766,39 @@ __device__ __forceinline__ void load_halves(kiln_bf16* s, const kiln_bf16* g, ki
   }
 }
 
+// A warp's A fragments of q rows row0..row0+15, columns c0..c0+15, straight from global memory, as lds_a's ldmatrix
+// would give them from a shared tile (matrix i of the x4 is rows + 8·(i & 1), columns + 8·(i >> 1); a lane holds row
+// g, columns 2t and 2t+1 of each); rows past n are zero. Loaded once a query tile, so their half-used sectors cost
+// little (fwd_head's QG form).
+__device__ __forceinline__ void ldg_a(unsigned* a, const kiln_bf16* q, kiln_i64 sr, int row0, int c0, int n,
+                                      int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = row0 + g + (i & 1) * 8;
+    a[i] = row < n ? *reinterpret_cast<const unsigned*>(q + (kiln_i64)row * sr + c0 + (i >> 1) * 8 + 2 * t) : 0u;
+  }
+}
+
 // Forward: warps own query tiles and walk the key tiles of 64 that they see. The scale is folded into the
 // exponentials (fwd_tile's FOLD), so the host runs it for positive scales only. ROPE: q and k come unrotated and are
-// turned in shared memory (rope_rows) as their rows land.
-template <int D, int WARPS, int NMAX, typename TO, bool ROPE>
+// turned in shared memory (rope_rows) as their rows land. QG: only k and v go to shared memory and each warp takes its
+// query tiles' fragments from global memory (ldg_a), so a longer slab fits: 512 rows of d80 in 180 KB, where q, k and
+// v would need 270 (the _w<warps>h<rows>kv variants; not with ROPE, which turns q in shared memory).
+template <int D, int WARPS, int NMAX, typename TO, bool ROPE, bool QG = false>
 __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                          const kiln_bf16* __restrict__ V, TO* __restrict__ O,
                                          float* __restrict__ LSE, int n, int heads, float scale, int causal,
                                          kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
                                          kiln_attn_layout lo, const kiln_attn_rope& rp) {
-  constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, BN = 64, TILES = NMAX / 16;
+  // QG's 16 warps have 128 registers a thread: key tiles of 32 keep the score tile to 16 of them (at 64, 44 bytes
+  // spilled).
+  constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, BN = QG ? 32 : 64, TILES = NMAX / 16;
   static_assert(TILES == 2 * WARPS && NMAX % (2 * BN) == 0, "a warp owns two 16-row tiles of the slab");
+  static_assert(!(ROPE && QG), "RoPE on load turns q in shared memory");
   extern __shared__ __align__(16) unsigned char smem[];
-  kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each
-  kiln_bf16* Ks = Qs + NMAX * LD;
+  kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each (no Qs with QG)
+  kiln_bf16* Ks = QG ? Qs : Qs + NMAX * LD;
   kiln_bf16* Vs = Ks + NMAX * LD;
   double* Ps = (double*)(Vs + NMAX * LD);  // ROPE: [NMAX] positions, then [D / 2] frequencies
   double* Fs = Ps + NMAX;
@@ -790,11 +809,12 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
   const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    load_halves<D, NMAX, NT, ROPE>(Qs, q, lq.sr, half, n, tid);
+    if constexpr (!QG) load_halves<D, NMAX, NT, ROPE>(Qs, q, lq.sr, half, n, tid);
     load_halves<D, NMAX, NT, ROPE>(Ks, k, lk.sr, half, n, tid);
     load_halves<D, NMAX, NT, ROPE>(Vs, v, lv.sr, half, n, tid);
     kiln_cp_async_commit();
   }
+
   if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
   const float sl2 = scale * KILN_LOG2E;
   for (int half = 0; half < 2; ++half) {
@@ -820,7 +840,13 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
     if (wrow0 >= n) continue;
     unsigned qf[1][KS][4];
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) lds_a<LD>(qf[0][kk], Qs, wrow0, kk * 16, lane);
+    for (int kk = 0; kk < KS; ++kk) {
+      if constexpr (QG) {
+        ldg_a(qf[0][kk], q, lq.sr, wrow0, kk * 16, n, lane);
+      } else {
+        lds_a<LD>(qf[0][kk], Qs, wrow0, kk * 16, lane);
+      }
+    }
     float o[1][D / 8][4];
     zero<1, D / 8>(o);
     float mrow[1][2] = {{-KILN_INF, -KILN_INF}}, lrow[1][2] = {{0.f, 0.f}};
@@ -1327,6 +1353,20 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
   KILN_BWD_HEAD_T(kiln_attn_bwd_head_bf16_##SUFFIX##_of32_if32, D, W, NMAX, BT, BOUNDS, float, float)
 KILN_FWD_HEAD(d32_w8h256, 32, 8, 256, (256, 2))
 KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
+// The q-from-global form (fwd_head's QG): one block a slab of up to 512 rows at d80 (xl's heads and context), k and v
+// resident (180 KB), 16 warps of two 16-row query tiles each. No _rope entry point.
+#define KILN_FWD_SLAB_T(NAME, D, W, NMAX, BOUNDS, TO)                                                         \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
+      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo) {                                   \
+    kiln_pdl_enter();                                                                                          \
+    fwd_head<D, W, NMAX, TO, false, true>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo,            \
+                                          kiln_attn_rope{});                                                   \
+  }
+#define KILN_FWD_SLAB(SUFFIX, D, W, NMAX, BOUNDS)                                         \
+  KILN_FWD_SLAB_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \
+  KILN_FWD_SLAB_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, W, NMAX, BOUNDS, float)
+KILN_FWD_SLAB(d80_w16h512kv, 80, 16, 512, (512, 1))
 // The backward's tiles of the other pass are 32 rows: at 64, 128 registers held the score tiles only with spills
 // (44-52 bytes; 199-211 against 188 us a layer at TinyStories' shape, ncu).
 KILN_BWD_HEAD(d32_w8h256, 32, 8, 256, 32, (256, 2))
