@@ -358,8 +358,7 @@ class TransformerLmGpuTest {
       ModelConfig c = k.c();
       CudaModelDevice eagerDev = gpu(precision);
       CudaModelDevice graphDev = gpu(precision);
-      TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
-          1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+      TrainConfig.OptimizerConfig opt = cs336AdamW();
       try (CudaEngine<TransformerLm> eager = engine(eagerDev, c, opt);
           CudaEngine<TransformerLm> graphed = engine(graphDev, c, opt)) {
         graphed.enableGraphs(0.5);
@@ -397,14 +396,8 @@ class TransformerLmGpuTest {
           if (precision == CudaModelDevice.Precision.BF16) {
             // AdamW normalises each update, so an entry whose gradient is at bf16 noise level may move differently:
             // compare whole tensors, by relative L2.
-            double num = 0;
-            double den = 0;
-            for (int i = 0; i < a.length; i++) {
-              num += (a[i] - b[i]) * (a[i] - b[i]);
-              den += a[i] * a[i];
-            }
-            assertTrue(Math.sqrt(num) <= 1e-2 * Math.sqrt(den), precision + " " + n + " after 6 steps: relative L2 "
-                + Math.sqrt(num / Math.max(den, 1e-300)));
+            assertTrue(relativeL2(a, b) <= 1e-2, precision + " " + n + " after 6 steps: relative L2 "
+                + relativeL2(a, b));
           } else {
             for (int i = 0; i < a.length; i++) {
               assertEquals(a[i], b[i], 1e-5, precision + " " + n + " after 6 steps");
@@ -426,8 +419,7 @@ class TransformerLmGpuTest {
   @Test
   void mastersInTwoPlanesTrainAsFp32Masters() {
     ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
-    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
-        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    TrainConfig.OptimizerConfig opt = cs336AdamW();
     CudaModelDevice planesDev = gpu(CudaModelDevice.Precision.BF16);
     CudaModelDevice flatDev = gpu(CudaModelDevice.Precision.BF16);
     planesDev.storeMastersInPlanes(true);
@@ -486,6 +478,12 @@ class TransformerLmGpuTest {
     }
   }
 
+  /** AdamW as the CS336 trainer configures it (betas 0.9/0.95, weight decay 0.1, CS336's form of the update). */
+  private static TrainConfig.OptimizerConfig cs336AdamW() {
+    return new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95, 1e-8, 0.1, AdamW.Formula.CS336,
+        0, false);
+  }
+
   private static Map<String, double[]> hostCopy(TrainingEngine e) {
     Map<String, double[]> out = new LinkedHashMap<>();
     for (String n : e.hostParameters().names()) {
@@ -509,8 +507,7 @@ class TransformerLmGpuTest {
     CudaModelDevice awaitedDev = gpu(CudaModelDevice.Precision.FP32);
     CudaModelDevice queuedDev = gpu(CudaModelDevice.Precision.FP32);
     ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
-    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
-        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    TrainConfig.OptimizerConfig opt = cs336AdamW();
     try (CudaEngine<TransformerLm> awaited = engine(awaitedDev, c, opt);
         CudaEngine<TransformerLm> queued = engine(queuedDev, c, opt)) {
       awaited.enableGraphs(0.5);
@@ -614,8 +611,7 @@ class TransformerLmGpuTest {
   @Test
   void bf16WeightGradientsAreSummedOverMicroBatchesInFp32() {
     ModelConfig c = config(TransformerLmVariantsTest.variants().findFirst().orElseThrow());
-    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
-        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    TrainConfig.OptimizerConfig opt = cs336AdamW();
     CudaModelDevice low = gpu(CudaModelDevice.Precision.BF16);
     CudaModelDevice wide = gpu(CudaModelDevice.Precision.BF16);
     wide.storeParamGradientsInBf16(false);
@@ -634,8 +630,7 @@ class TransformerLmGpuTest {
     CompiledModel<TransformerLm> cpuModel = new CompiledModel<>(
         TransformerLmVariantsTest.program(cpuM, NdArray.arange(DType.I64, c.contextLength())), cpuP,
         LmModule.names(c, cpuM.stateDict(cpuP).keySet()));
-    TrainConfig.OptimizerConfig opt = new TrainConfig.OptimizerConfig(TrainConfig.OptimizerName.ADAMW, 0.9, 0.95,
-        1e-8, 0.1, AdamW.Formula.CS336, 0, false);
+    TrainConfig.OptimizerConfig opt = cs336AdamW();
     TrainingEngine cpu = TrainingEngine.forModel(cpuModel, opt);
 
     try (CudaEngine<TransformerLm> gpu = engine(dev, c, opt)) {
