@@ -410,11 +410,11 @@ class TransformerLmGpuTest {
 
   /**
    * Mixed precision keeps the linear layers' master weights in two planes ({@code MasterPlanes}): a graphed run with
-   * them trains as one without them, the fp32 arrays are not joined during steps (their joins stay pending), and a
-   * checkpoint's host copy taken between replays, and again after more, holds the latest weights each time. The two
-   * runs' bf16 weights differ only where a weight lies exactly between two bf16 values (rounded away from zero
-   * instead of to even), so they agree as graphed and eager runs do (the same tolerances as there); weights two steps
-   * stale would differ by about 5e-2 relative L2.
+   * them trains as one without them; no step joins the planes into the fp32 arrays (nor does the graph's capture
+   * record a join), only a host copy does, once a master; and a checkpoint's host copy taken between replays, and
+   * again after more, holds the latest weights each time. The two runs' bf16 weights differ only where a weight lies
+   * exactly between two bf16 values (rounded away from zero instead of to even), so they agree as graphed and eager
+   * runs do (the same tolerances as there); weights two steps stale would differ by about 5e-2 relative L2.
    */
   @Test
   void mastersInTwoPlanesTrainAsFp32Masters() {
@@ -444,7 +444,10 @@ class TransformerLmGpuTest {
         }
         assertEquals(loss[0], loss[1], 1e-3 * loss[0], "step " + step + " loss");
         if (step == 4) {
+          // No step joined a master (nor did the graph's capture record a join): only the host copy does, once each.
+          assertEquals(0, planesDev.masterJoins(), "joins of masters in planes during 4 steps");
           planes.syncToHost();
+          assertEquals(planes.mastersInPlanes(), planesDev.masterJoins(), "joins for the host copy at step 4");
           atStep4 = hostCopy(planes);
         }
       }
@@ -452,6 +455,7 @@ class TransformerLmGpuTest {
       // head (untied in this config). Norm weights and the embedding keep fp32 masters.
       assertEquals(c.numLayers() * 7 + 1, planes.mastersInPlanes(), "masters in planes");
       assertEquals(0, flat.mastersInPlanes(), "masters in planes with the device's planes off");
+      assertEquals(planes.mastersInPlanes(), planesDev.masterJoins(), "joins after steps 5 and 6, before the copy");
       int pending = 0;
       for (Tensor t : planes.stateDict().values()) {
         dev.kiln.runtime.cuda.device.CudaTensor ct = (dev.kiln.runtime.cuda.device.CudaTensor) t;

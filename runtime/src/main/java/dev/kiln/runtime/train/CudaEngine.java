@@ -385,8 +385,7 @@ public final class CudaEngine<P> implements TrainingEngine {
    * share (a tied weight) is left out: its other use may read the fp32 weight.
    */
   private java.util.Set<String> bf16Gradients(Map<String, Tensor> g) {
-    Map<String, Integer> routesOf = new java.util.HashMap<>();
-    routes.forEach(r -> routesOf.merge(r.name(), 1, Integer::sum));
+    Map<String, Integer> routesOf = routesPerName();
     java.util.Set<String> out = new java.util.LinkedHashSet<>();
     for (Route r : routes) {
       Tensor gi = g.get(r.moduleKey());
@@ -395,6 +394,13 @@ public final class CudaEngine<P> implements TrainingEngine {
       }
     }
     return out;
+  }
+
+  /** How many state-dict keys route to each trainer name: two for a tied weight. */
+  private Map<String, Integer> routesPerName() {
+    Map<String, Integer> routesOf = new java.util.HashMap<>();
+    routes.forEach(r -> routesOf.merge(r.name(), 1, Integer::sum));
+    return routesOf;
   }
 
   /**
@@ -447,8 +453,7 @@ public final class CudaEngine<P> implements TrainingEngine {
     if (!GRADIENTS_IN_PLACE) {
       return Map.of();
     }
-    Map<String, Integer> routesOf = new java.util.HashMap<>();
-    routes.forEach(r -> routesOf.merge(r.name(), 1, Integer::sum));
+    Map<String, Integer> routesOf = routesPerName();
     Map<String, CudaTensor> out = new LinkedHashMap<>();
     List<CudaArray> taken = new ArrayList<>();
     for (Route r : routes) {

@@ -819,11 +819,22 @@ public final class CudaModelDevice implements Device {
       CudaArray lower = t.lowerPlane();
       master.deferProducer(() -> {
         MasterPlanes.join(stream, upper, lower, master);
+        masterJoins++;
         launches++;
         mark("kiln_planes_join");
       });
     }
   }
+
+  /**
+   * How many times a master weight's planes were joined into its fp32 array ({@link #masterChangedInPlanes}): a
+   * training step that reads its weights only through their bf16 copies joins none.
+   */
+  public long masterJoins() {
+    return masterJoins;
+  }
+
+  private long masterJoins;
 
   /** {@code dst += src} element by element ({@code src} broadcasts to {@code dst}, which must be contiguous). */
   public void addInto(Tensor dst, Tensor src) {
