@@ -104,11 +104,12 @@ public final class FlashAttention {
      * with w12wgpk128, 3.58 with w4wgp, 4.76 at 32 rows a warp on mma.sync; d128 2.60 against w8wgp's 2.83); at d80
      * one block a slab of up to 512 rows, k and v in shared memory and q from global (w16h512kv; xl's attention at its
      * training shape, CudaBenchmark shapes, twenty-seventh session: forward 0.0301 ms against 0.0451 for w4r32, 32 rows
-     * a warp, which longer sequences take); at d32 one block a whole head (w8h256mb3) up to 256 rows, TinyStories' context (ncu, one layer:
-     * 75 us against w4mb4's 97; longer sequences take BEYOND_WHOLE_HEAD's w8wgp). Backward: warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4
-     * with w8wg; d128 10.3 against 11.6 with w4wg); at d32 the whole-head kernel (188 us a layer against 307 for the
-     * row sums, dK/dV and dQ kernels of w4mb3); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at
-     * n = 512, and training runs short sequences.
+     * a warp, which longer sequences take); at d32 one block a whole head (w8h256mb3) up to 256 rows, TinyStories'
+     * context (ncu, one layer: 75 us against w4mb4's 97; longer sequences take BEYOND_WHOLE_HEAD's w8wgp). Backward:
+     * warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4 with w8wg; d128 10.3 against 11.6
+     * with w4wg); at d32 the whole-head kernel (188 us a layer against 307 for the row sums, dK/dV and dQ kernels of
+     * w4mb3); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at n = 512, and training runs short
+     * sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w8h256mb3", 64, "w8wgp", 80, "w16h512kv", 128, "w8wgpk128"),
@@ -455,8 +456,10 @@ public final class FlashAttention {
       int d = (int) g.d;
       String variant = tuning.forward(d, g.n);
       int rows = Tuning.wholeHeadRows(variant);
-      // A whole-head kernel holds at most `rows` rows of q, k and v.
-      if (rows > 0 && g.n > rows) {
+      // A whole-head kernel holds at most `rows` rows of q, k and v, in shared memory the device must have: the d80
+      // slab's 180 KB fit Hopper's 227 KB a block but not an A100's 163.
+      if (rows > 0 && (g.n > rows
+          || wholeHeadForwardBytes(variant, d, rope != null) > device.maxSharedMemoryPerBlock())) {
         variant = Tuning.BEYOND_WHOLE_HEAD.forward(d);
         rows = 0;
       }
@@ -473,10 +476,7 @@ public final class FlashAttention {
       int smem;
       long blocks = ceilDiv(g.n, bm);
       if (rows > 0) {
-        // q, k and v of one (batch, head) slab in padded rows; k and v only for the kv variants, whose warps take
-        // their q rows from global memory.
-        smem = (Tuning.queryFromGlobal(variant) ? 2 : 3) * rows * (d + 8) * 2
-            + (rope != null ? Rope.sharedBytes(rows, d) : 0);
+        smem = wholeHeadForwardBytes(variant, d, rope != null);
         blocks = 1;
       } else if (Tuning.hopperOnly(variant)) {
         // Unpadded swizzled tiles (Q, then two K and two V buffers), plus slack to align them to 1024 bytes.
@@ -499,11 +499,22 @@ public final class FlashAttention {
     return true;
   }
 
+  /**
+   * Shared memory of a whole-head forward {@code variant} at head dim {@code d}: q, k and v of one (batch, head) slab
+   * in padded rows, k and v only for the kv variants (whose warps take their q rows from global memory), and RoPE's
+   * positions and frequencies where it turns q and k.
+   */
+  private static int wholeHeadForwardBytes(String variant, int d, boolean rope) {
+    int rows = Tuning.wholeHeadRows(variant);
+    return (Tuning.queryFromGlobal(variant) ? 2 : 3) * rows * (d + 8) * 2 + (rope ? Rope.sharedBytes(rows, d) : 0);
+  }
+
   /** Whether the forward of {@code g} at {@code scale} runs a whole-head variant (the variant choice below). */
   private boolean rotatingForward(Geometry g, float scale) {
     String variant = g.tensorCores ? tuning.forward(g.d, g.n) : "";
     // The kv variants read q from global memory, unturned: they have no _rope entry point.
-    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(variant) && !Tuning.queryFromGlobal(variant);
+    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(variant) && !Tuning.queryFromGlobal(variant)
+        && wholeHeadForwardBytes(variant, (int) g.d, true) <= device.maxSharedMemoryPerBlock();
   }
 
   /** Backward pass with the usual scale. */
