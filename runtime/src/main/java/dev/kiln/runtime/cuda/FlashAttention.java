@@ -504,7 +504,7 @@ public final class FlashAttention {
    * in padded rows, k and v only for the kv variants (whose warps take their q rows from global memory), and RoPE's
    * positions and frequencies where it turns q and k.
    */
-  private static int wholeHeadForwardBytes(String variant, int d, boolean rope) {
+  static int wholeHeadForwardBytes(String variant, int d, boolean rope) {
     int rows = Tuning.wholeHeadRows(variant);
     return (Tuning.queryFromGlobal(variant) ? 2 : 3) * rows * (d + 8) * 2 + (rope ? Rope.sharedBytes(rows, d) : 0);
   }

@@ -188,4 +188,17 @@ class FlashAttentionTuningTest {
         () -> new FlashAttention.Tuning(Map.of(64, "w4mb4"), FlashAttention.Tuning.DEFAULT.backward()));
     assertTrue(missing.getMessage().contains("for each head dim"), missing.getMessage());
   }
+
+  @Test
+  void wholeHeadForwardsSizeTheirSharedMemoryByWhatTheyHold() {
+    // q, k and v of 256 rows at d32 in padded rows (40 elements): 61,440 bytes, which any GPU holds. The d80 slab
+    // keeps k and v of 512 rows only (88-element rows): 180,224 bytes, within an H100/H200's 232,448 a block but
+    // over an A100's 167,936, where the host must take the tiled forward instead.
+    assertEquals(3 * 256 * 40 * 2, FlashAttention.wholeHeadForwardBytes("w8h256mb3", 32, false));
+    assertEquals(2 * 512 * 88 * 2, FlashAttention.wholeHeadForwardBytes("w16h512kv", 80, false));
+    assertTrue(FlashAttention.Tuning.queryFromGlobal("w16h512kv"));
+    assertTrue(!FlashAttention.Tuning.queryFromGlobal("w8h256mb3") && !FlashAttention.Tuning.queryFromGlobal("w4r32"));
+    // What the slab hands longer sequences, or a GPU without the memory: a tiled forward.
+    assertEquals(0, FlashAttention.Tuning.wholeHeadRows(FlashAttention.Tuning.BEYOND_WHOLE_HEAD.forward(80)));
+  }
 }
