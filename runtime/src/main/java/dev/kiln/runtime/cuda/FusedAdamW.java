@@ -8,9 +8,9 @@ import java.lang.foreign.ValueLayout;
 import java.util.List;
 
 /**
- * AdamW over many parameter tensors in one kernel launch ({@code adamw.cu}), with fp32 master weights and fp32
- * moments, as {@code torch.optim.AdamW(fused=True)} computes it (decoupled weight decay; bias corrections from the
- * step number).
+ * AdamW over many parameter tensors in one kernel launch ({@code adamw.cu}), with fp32 master weights (an fp32
+ * array, or two 16-bit planes whose upper one is the bf16 copy: {@link MasterPlanes}) and fp32 moments, as
+ * {@code torch.optim.AdamW(fused=True)} computes it (decoupled weight decay; bias corrections from the step number).
  */
 public final class FusedAdamW {
   /** Elements each thread block updates; must match KILN_ADAM_CHUNK in adamw.cu. */
