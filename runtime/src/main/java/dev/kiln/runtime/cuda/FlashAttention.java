@@ -95,7 +95,7 @@ public final class FlashAttention {
     public static final Map<Integer, List<String>> BACKWARD_VARIANTS = Map.of(
         32, List.of("w4mb3", "w4r32", "w8wgk128", "w8h256"),
         64, List.of("w4mb3", "w4", "w8", "w4r32", "w4wg", "w8wg", "w8wgk128"),
-        80, List.of("w4", "w4r32"),
+        80, List.of("w4", "w4r32", "w8h512s"),
         128, List.of("w4", "w8", "w4wg", "w8wg", "w8wgk32"));
 
     /**
@@ -278,6 +278,15 @@ public final class FlashAttention {
       return wholeHeadRows(variant) > 0 && variant.endsWith("kv");
     }
 
+    /**
+     * Whether a backward variant is the slab form ({@code w<warps>h<rows>s}, KILN_BWD_SLAB): a dK/dV and a dQ kernel
+     * with the tiled ones' arguments, after the same row-sum kernel, one block a (batch, head) slab of up to {@code
+     * rows} rows; dK/dV keeps q and dO resident, dQ keeps k and v.
+     */
+    static boolean slabBackward(String variant) {
+      return wholeHeadRows(variant) > 0 && variant.endsWith("s");
+    }
+
     /** Whether {@code variant} is a warpgroup-MMA kernel of {@code flash_attention_sm90a.cu} (Hopper only). */
     static boolean hopperOnly(String variant) {
       return variant.contains("wg");
@@ -406,7 +415,7 @@ public final class FlashAttention {
     String forward = usesTensorCores(DType.BF16, d) ? tuning.forward(d, n) : null;
     String backward = forward != null ? tuning.backward(d) : null;
     return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= Tuning.wholeHeadRows(backward)
-        && !Tuning.queryFromGlobal(forward);
+        && !Tuning.queryFromGlobal(forward) && !Tuning.slabBackward(backward);
   }
 
   /** Forward pass with the usual scale {@code 1 / sqrt(d)}. */
@@ -499,6 +508,11 @@ public final class FlashAttention {
     return true;
   }
 
+  /** Shared memory of the slab backward's dK/dV kernel: q and dO of {@code rows} padded rows, their lse and dot. */
+  static int slabBackwardBytes(int rows, int d) {
+    return 2 * rows * (d + 8) * 2 + 2 * rows * 4;
+  }
+
   /**
    * Shared memory of a whole-head forward {@code variant} at head dim {@code d}: q, k and v of one (batch, head) slab
    * in padded rows, k and v only for the kv variants (whose warps take their q rows from global memory), and RoPE's
@@ -576,18 +590,22 @@ public final class FlashAttention {
     int d = (int) g.d;
     String chosen = g.tensorCores ? tuning.backward(d) : null;
     int rows = chosen == null ? 0 : Tuning.wholeHeadRows(chosen);
-    // A whole-head kernel holds at most `rows` rows and reads `out` in 16-byte pieces for its row sums.
-    if (rows > 0 && (g.n > rows || out.address() % 16 != 0 || !lo.stridesMultipleOf(16 / out.dtype().byteSize()))) {
+    boolean slab = rows > 0 && Tuning.slabBackward(chosen);
+    // A whole-head kernel holds at most `rows` rows and reads `out` in 16-byte pieces for its row sums; a slab kernel
+    // holds two of q, k, v and dO, in shared memory the device must have.
+    if (rows > 0 && (g.n > rows || (slab ? slabBackwardBytes(rows, d) > device.maxSharedMemoryPerBlock()
+        : out.address() % 16 != 0 || !lo.stridesMultipleOf(16 / out.dtype().byteSize())))) {
       chosen = Tuning.BEYOND_WHOLE_HEAD.backward(d);
       rows = 0;
+      slab = false;
     }
     if (chosen != null && Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {
       chosen = Tuning.PORTABLE.backward(d);
     }
-    if (rope != null && rows == 0) {
+    if (rope != null && (rows == 0 || slab)) {
       return false;
     }
-    if (rows > 0) {
+    if (rows > 0 && !slab) {
       // q, k, v and dOut of one (batch, head) slab in padded rows and its rows' lse and dot: one kernel computes
       // dot = rowsum(dOut · out) and writes dq, dk and dv.
       int smem = 4 * rows * (d + 8) * 2 + 2 * rows * 4
@@ -628,13 +646,20 @@ public final class FlashAttention {
           m = device.kernels().module("flash_attention_sm90a");
         }
         int smemDkdv = tiles + 4 * tile * 4;
-        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk)).launch(stream, ceilDiv(g.n, block),
+        long grid = ceilDiv(g.n, block);
+        int smemDq = tiles;
+        if (slab) {
+          // One block a slab: q and dO (with lse and dot) for dK/dV, k and v for dQ.
+          grid = 1;
+          smemDkdv = slabBackwardBytes(rows, d);
+          smemDq = 2 * rows * (d + 8) * 2;
+        }
+        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk)).launch(stream, grid,
             g.bh, warps * 32, smemDkdv, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk)
                 .ptr(dv).i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
                 .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldk.words())
                 .struct(ldv.words()));
-        int smemDq = tiles;
-        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant + resultSuffix(dq)).launch(stream, ceilDiv(g.n, block),
+        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant + resultSuffix(dq)).launch(stream, grid,
             g.bh, warps * 32, smemDq, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq)
                 .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
                 .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldq.words()));

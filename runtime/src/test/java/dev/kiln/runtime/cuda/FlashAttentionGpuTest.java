@@ -293,6 +293,22 @@ class FlashAttentionGpuTest {
   }
 
   @Test
+  void slabBackwardAtD80() {
+    // w8h512s: dK/dV with q and dO of the slab resident and each warp's k and v from global memory, dQ with k and v
+    // resident and each warp's q and dO from global memory, one block a slab, after the tiled path's row sums: the
+    // shapes of the slab forward's test, with it and with the tiled forward.
+    for (String fwd : List.of("w16h512kv", "w4r32")) {
+      FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(80, fwd).withBackward(80, "w8h512s");
+      run(DType.BF16, 2, 2, 512, 80, AttentionMask.CAUSAL, t);
+      run(DType.BF16, 1, 2, 491, 80, AttentionMask.CAUSAL, t);
+      run(DType.BF16, 1, 1, 9, 80, AttentionMask.NONE, t);
+      run(DType.BF16, 1, 3, 512, 80, AttentionMask.CAUSAL, t, true, DType.F32);
+      run(DType.BF16, 1, 2, 300, 80, AttentionMask.NONE, t, true, DType.BF16);
+      run(DType.BF16, 1, 1, 600, 80, AttentionMask.CAUSAL, t);
+    }
+  }
+
+  @Test
   void fp32AndOtherHeadDimsTakeTheSimtPath() {
     run(DType.F32, 1, 2, 150, 64, AttentionMask.CAUSAL);
     run(DType.F32, 2, 1, 100, 32, AttentionMask.NONE);

@@ -372,14 +372,22 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
 // dS^T = P^T ∘ (dP^T − dot), dK += dS^T Q (the scale is applied when dK is stored). LSE2: whether ls is already in
 // log2 units (one FFMA a score instead of a multiply and an FFMA). MASK: whether some of the tile's scores may be masked
 // (past n, or above the diagonal when causal); a caller that knows none are passes false and skips the tests.
-template <int D, int LD, int MT, int BM, bool LSE2 = false, bool MASK = true>
+// KREG: the warp's k and v rows are kf's and vf's registers (A fragments, MT = 1) instead of smem rows (the slab
+// backward's form, bwd_dkdv_slab).
+template <int D, int LD, int MT, int BM, bool LSE2 = false, bool MASK = true, bool KREG = false>
 __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D / 8][4], const kiln_bf16* Ks,
                                           const kiln_bf16* Vs, int krow, const kiln_bf16* qs, const kiln_bf16* dos,
                                           const float* ls, const float* ds, int m0, int wkey0, int n, int causal,
-                                          float sl2, int g, int t, int lane) {
+                                          float sl2, int g, int t, int lane,
+                                          const unsigned (*kf)[D / 16][4] = nullptr,
+                                          const unsigned (*vf)[D / 16][4] = nullptr) {
   float p[MT][BM / 8][4];
   zero<MT, BM / 8>(p);
-  mma_abt<D, LD, BM, MT>(p, Ks, krow, qs, lane);
+  if constexpr (KREG) {
+    mma_abt_reg<D, LD, BM, MT>(p, kf, qs, lane);
+  } else {
+    mma_abt<D, LD, BM, MT>(p, Ks, krow, qs, lane);
+  }
   // Masked entries are exactly 0. The mask stays inline here: branching on it once a tile, as the forward does, made
   // the tiled kernels 3-7% slower (d32, d80) and the whole-head one 2% (d32, n = 256, 191 against 188 us).
 #pragma unroll
@@ -400,7 +408,11 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
   mma_pb<D, LD, BM, MT>(dv, p, dos, lane);
   float dp[MT][BM / 8][4];
   zero<MT, BM / 8>(dp);
-  mma_abt<D, LD, BM, MT>(dp, Vs, krow, dos, lane);
+  if constexpr (KREG) {
+    mma_abt_reg<D, LD, BM, MT>(dp, vf, dos, lane);
+  } else {
+    mma_abt<D, LD, BM, MT>(dp, Vs, krow, dos, lane);
+  }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -1064,6 +1076,169 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   dq_rows(second);
 }
 
+// ------------------------------------------------------------------------------------------------ slab backward
+
+// The slab backward (_w<warps>h<rows>s): the forward slab's layout turned around for each pass, one block a (batch,
+// head) slab of up to NMAX rows, so a 512-row slab at d80 runs as one wave of blocks. dK/dV keeps q and dO (and
+// their rows' lse and dot) resident and reads each warp's key tiles' k and v from global memory as A fragments
+// (ldg_a); dQ keeps k and v resident and reads each warp's query tiles' q and dO so. The row sums come from the
+// tiled path's dot kernel. A warp owns TILES / WARPS tiles of 16 rows, taken from both ends of the slab so that under
+// a causal mask every warp has the same work: i-th tile w, 2W-1-w, 2W+w, 4W-1-w, ... (kiln_slab_tile).
+template <int WARPS>
+__device__ __forceinline__ int kiln_slab_tile(int i, int warp) {
+  return (i & 1) == 0 ? i * WARPS + warp : (i + 1) * WARPS - 1 - warp;
+}
+
+// dQ: k and v of the slab in shared memory, halves in two cp.async groups (the first half's query tiles need only the
+// first half's keys when causal); each warp's query tiles in order, the first half's before the second's.
+template <int D, int WARPS, int NMAX, int BN, typename TO>
+__device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                            const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
+                                            const float* __restrict__ LSE, const float* __restrict__ DOT,
+                                            TO* __restrict__ dQ, int n, int heads, float scale, int causal,
+                                            kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
+                                            kiln_attn_layout ldo, kiln_attn_layout ldq) {
+  constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16, TPW = TILES / WARPS;
+  static_assert(TILES % (2 * WARPS) == 0 && NMAX % (2 * BN) == 0 && BN % 16 == 0, "whole tiles a warp and half");
+  extern __shared__ __align__(16) unsigned char smem[];
+  kiln_bf16* Ks = (kiln_bf16*)smem;  // [NMAX][LD]
+  kiln_bf16* Vs = Ks + NMAX * LD;    // [NMAX][LD]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* dout = dO + kiln_attn_slab(ldo, bh, heads);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    load_halves<D, NMAX, NT, false>(Ks, K + kiln_attn_slab(lk, bh, heads), lk.sr, half, n, tid);
+    load_halves<D, NMAX, NT, false>(Vs, V + kiln_attn_slab(lv, bh, heads), lv.sr, half, n, tid);
+    kiln_cp_async_commit();
+  }
+  const float sl2 = scale * KILN_LOG2E;
+  for (int i = 0; i < TPW; ++i) {
+    if (i == 0) {
+      if (causal) {
+        kiln_cp_async_wait<1>();
+      } else {
+        kiln_cp_async_wait<0>();
+      }
+      __syncthreads();
+    } else if (i == TPW / 2) {
+      kiln_cp_async_wait<0>();
+      __syncthreads();
+    }
+    const int wrow0 = kiln_slab_tile<WARPS>(i, warp) * 16;
+    if (wrow0 >= n) continue;
+    unsigned qf[1][KS][4], df[1][KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      ldg_a(qf[0][kk], q, lq.sr, wrow0, kk * 16, n, lane);
+      ldg_a(df[0][kk], dout, ldo.sr, wrow0, kk * 16, n, lane);
+    }
+    float lse2[1][2], dot[1][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = wrow0 + g + r * 8;
+      lse2[0][r] = row < n ? LSE[vbase + row] * KILN_LOG2E : 0.f;
+      dot[0][r] = row < n ? DOT[vbase + row] : 0.f;
+    }
+    float dq[1][D / 8][4];
+    zero<1, D / 8>(dq);
+    int nkb = (n + BN - 1) / BN;
+    if (causal) nkb = kiln_min(nkb, (wrow0 + 16 + BN - 1) / BN);
+    // As bwd_head's dq_rows: with wrow0 and BN multiples of 16, the tiles before a causal row's last one, or before a
+    // partial last one, mask nothing.
+    const int unmasked = causal ? nkb - 1 : kiln_min(nkb, n / BN);
+    int j = 0;
+    for (; j < unmasked; ++j)
+      dq_tile<D, LD, 1, BN, true, false>(dq, qf, df, nullptr, nullptr, wrow0, Ks + j * BN * LD, Vs + j * BN * LD,
+                                         lse2, dot, j * BN, wrow0, n, causal, sl2, g, t, lane);
+    for (; j < nkb; ++j)
+      dq_tile<D, LD, 1, BN, true>(dq, qf, df, nullptr, nullptr, wrow0, Ks + j * BN * LD, Vs + j * BN * LD, lse2, dot,
+                                  j * BN, wrow0, n, causal, sl2, g, t, lane);
+    store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+  }
+}
+
+// dK/dV: q, dO, lse and dot of the slab in shared memory, the second half first (a causal key tile in the second half
+// sees only the second half's queries), so the warps' second-half key tiles start while the first half arrives.
+template <int D, int WARPS, int NMAX, int BM, typename TO>
+__device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
+                                              const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
+                                              const float* __restrict__ LSE, const float* __restrict__ DOT,
+                                              TO* __restrict__ dK, TO* __restrict__ dV, int n, int heads,
+                                              float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
+                                              kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldk,
+                                              kiln_attn_layout ldv) {
+  constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16, TPW = TILES / WARPS;
+  static_assert(TILES % (2 * WARPS) == 0 && NMAX % (2 * BM) == 0 && BM % 16 == 0, "whole tiles a warp and half");
+  extern __shared__ __align__(16) unsigned char smem[];
+  kiln_bf16* Qs = (kiln_bf16*)smem;         // [NMAX][LD]
+  kiln_bf16* dOs = Qs + NMAX * LD;          // [NMAX][LD]
+  float* Ls = (float*)(dOs + NMAX * LD);    // [NMAX]
+  float* Ds = Ls + NMAX;                    // [NMAX]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y;
+  const kiln_i64 vbase = (kiln_i64)bh * n;
+  const kiln_bf16* q = Q + kiln_attn_slab(lq, bh, heads);
+  const kiln_bf16* dout = dO + kiln_attn_slab(ldo, bh, heads);
+  const kiln_bf16* k = K + kiln_attn_slab(lk, bh, heads);
+  const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int half = 1 - h;
+    load_halves<D, NMAX, NT, false>(Qs, q, lq.sr, half, n, tid);
+    load_halves<D, NMAX, NT, false>(dOs, dout, ldo.sr, half, n, tid);
+    kiln_load_vec<NMAX / 2, NT>(Ls + half * (NMAX / 2), LSE + vbase, half * (NMAX / 2), n, tid);
+    kiln_load_vec<NMAX / 2, NT>(Ds + half * (NMAX / 2), DOT + vbase, half * (NMAX / 2), n, tid);
+    kiln_cp_async_commit();
+  }
+  const float sl2 = scale * KILN_LOG2E;
+  const int mtiles = (n + BM - 1) / BM;
+  // The warp's tiles from the last: its second-half tiles (i >= TPW / 2) first.
+  for (int r = 0; r < TPW; ++r) {
+    const int i = TPW - 1 - r;
+    if (r == 0) {
+      if (causal) {
+        kiln_cp_async_wait<1>();
+      } else {
+        kiln_cp_async_wait<0>();
+      }
+      __syncthreads();
+    } else if (r == TPW / 2) {
+      kiln_cp_async_wait<0>();
+      __syncthreads();
+    }
+    const int wkey0 = kiln_slab_tile<WARPS>(i, warp) * 16;
+    if (wkey0 >= n) continue;
+    unsigned kf[1][KS][4], vf[1][KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      ldg_a(kf[0][kk], k, lk.sr, wkey0, kk * 16, n, lane);
+      ldg_a(vf[0][kk], v, lv.sr, wkey0, kk * 16, n, lane);
+    }
+    float dk[1][D / 8][4], dv[1][D / 8][4];
+    zero<1, D / 8>(dk);
+    zero<1, D / 8>(dv);
+    // As bwd_head: the diagonal query tile (causal) and a partial last one are masked, the tiles between them not.
+    int it = causal ? wkey0 / BM : 0;
+    auto tile = [&](int m0, bool masked) {
+      if (masked) {
+        dkdv_tile<D, LD, 1, BM, false, true, true>(dk, dv, nullptr, nullptr, 0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0,
+                                                   Ds + m0, m0, wkey0, n, causal, sl2, g, t, lane, kf, vf);
+      } else {
+        dkdv_tile<D, LD, 1, BM, false, false, true>(dk, dv, nullptr, nullptr, 0, Qs + m0 * LD, dOs + m0 * LD,
+                                                    Ls + m0, Ds + m0, m0, wkey0, n, causal, sl2, g, t, lane, kf, vf);
+      }
+    };
+    if (causal) tile(it++ * BM, true);
+    for (const int full = n / BM; it < full; ++it) tile(it * BM, false);
+    for (; it < mtiles; ++it) tile(it * BM, true);
+    store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+    store_rows<D, 1, TO>(dV + kiln_attn_slab(ldv, bh, heads), ldv.sr, dv, 1.f, wkey0, n, g, t);
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ SIMT path
 
 constexpr int SIMT_MAX_D = 256;
@@ -1367,6 +1542,32 @@ KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
   KILN_FWD_SLAB_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \
   KILN_FWD_SLAB_T(kiln_attn_fwd_bf16_##SUFFIX##_of32, D, W, NMAX, BOUNDS, float)
 KILN_FWD_SLAB(d80_w16h512kv, 80, 16, 512, (512, 1))
+// The slab backward (bwd_dkdv_slab, bwd_dq_slab): a dK/dV and a dQ kernel with the tiled ones' arguments (the host
+// runs the row-sum kernel first, as for them), one block a slab; TILE is the query tile of dK/dV and the key tile of
+// dQ.
+#define KILN_BWD_SLAB_T(NAME_DKDV, NAME_DQ, D, W, NMAX, TILE, BOUNDS, TO)                                       \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME_DKDV(                                               \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
+      const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
+      KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
+    kiln_pdl_enter();                                                                                          \
+    bwd_dkdv_slab<D, W, NMAX, TILE, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv,  \
+                                        ldo, ldk, ldv);                                                        \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME_DQ(                                                 \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
+      const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
+      KILN_L ldo, KILN_L ldq) {                                                                                \
+    kiln_pdl_enter();                                                                                          \
+    bwd_dq_slab<D, W, NMAX, TILE, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo,   \
+                                      ldq);                                                                    \
+  }
+#define KILN_BWD_SLAB(SUFFIX, D, W, NMAX, TILE, BOUNDS)                                                      \
+  KILN_BWD_SLAB_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_obf16, kiln_attn_bwd_dq_bf16_##SUFFIX##_obf16, D, W, NMAX, \
+                  TILE, BOUNDS, kiln_bf16)                                                                     \
+  KILN_BWD_SLAB_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_of32, kiln_attn_bwd_dq_bf16_##SUFFIX##_of32, D, W, NMAX,   \
+                  TILE, BOUNDS, float)
+KILN_BWD_SLAB(d80_w8h512s, 80, 8, 512, 32, (256, 1))
 // The backward's tiles of the other pass are 32 rows: at 64, 128 registers held the score tiles only with spills
 // (44-52 bytes; 199-211 against 188 us a layer at TinyStories' shape, ncu).
 KILN_BWD_HEAD(d32_w8h256, 32, 8, 256, 32, (256, 2))
