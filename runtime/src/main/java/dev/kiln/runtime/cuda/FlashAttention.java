@@ -108,12 +108,14 @@ public final class FlashAttention {
      * context (ncu, one layer: 75 us against w4mb4's 97; longer sequences take BEYOND_WHOLE_HEAD's w8wgp). Backward:
      * warpgroup MMA at d64 and d128 (forward+backward at 16k: d64 11.8 ms, 12.4 with w8wg; d128 10.3 against 11.6
      * with w4wg); at d32 the whole-head kernel (188 us a layer against 307 for the row sums, dK/dV and dQ kernels of
-     * w4mb3); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at n = 512, and training runs short
-     * sequences.
+     * w4mb3); at d80 one block a slab of up to 512 rows, dK/dV with q and dO resident and dQ with k and v resident
+     * (w8h512s; xl's shape, CudaBenchmark shapes, twenty-eighth session: forward and backward 0.1183 ms against 0.1666
+     * with w4, which longer sequences take); elsewhere 16 rows a warp, as 32 was 5% faster at 16k but 1% slower at n
+     * = 512, and training runs short sequences.
      */
     public static final Tuning DEFAULT = new Tuning(
         Map.of(32, "w8h256mb3", 64, "w8wgp", 80, "w16h512kv", 128, "w8wgpk128"),
-        Map.of(32, "w8h256", 64, "w8wgk128", 80, "w4", 128, "w8wg"),
+        Map.of(32, "w8h256", 64, "w8wgk128", 80, "w8h512s", 128, "w8wg"),
         // Three warpgroups and 128-key tiles at d64 from 8k rows: at 16k 3.97 ms against w8wgp's 4.30, at 2k 0.647
         // against 0.617 and at 512 0.285 against 0.215 (BENCHVAR lines of one call, twelfth session; thirteenth:
         // 3.22 at 16k, 0.53 at 2k against w8wgp's 0.46).

@@ -201,4 +201,17 @@ class FlashAttentionTuningTest {
     // What the slab hands longer sequences, or a GPU without the memory: a tiled forward.
     assertEquals(0, FlashAttention.Tuning.wholeHeadRows(FlashAttention.Tuning.BEYOND_WHOLE_HEAD.forward(80)));
   }
+
+  @Test
+  void slabBackwardSizesItsSharedMemoryByTheResidentHalf() {
+    // dK/dV, the larger of the two kernels, keeps q and dO of 512 rows at d80 in padded rows and each row's lse and
+    // dot: 184,320 bytes, within an H100/H200's 232,448 but over an A100's 167,936 (there the tiled backward runs).
+    assertEquals(2 * 512 * 88 * 2 + 2 * 512 * 4, FlashAttention.slabBackwardBytes(512, 80));
+    assertTrue(FlashAttention.slabBackwardBytes(512, 80) <= 232_448 && FlashAttention.slabBackwardBytes(512, 80) > 167_936);
+    assertTrue(FlashAttention.Tuning.slabBackward(FlashAttention.Tuning.DEFAULT.backward(80)));
+    assertEquals(512, FlashAttention.Tuning.wholeHeadRows(FlashAttention.Tuning.DEFAULT.backward(80)));
+    // The whole-head backward of d32 holds all four tensors in one kernel: not the slab form.
+    assertTrue(!FlashAttention.Tuning.slabBackward(FlashAttention.Tuning.DEFAULT.backward(32)));
+    assertEquals(0, FlashAttention.Tuning.wholeHeadRows(FlashAttention.Tuning.BEYOND_WHOLE_HEAD.backward(80)));
+  }
 }
