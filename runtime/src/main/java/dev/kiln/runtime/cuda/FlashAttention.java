@@ -410,14 +410,18 @@ public final class FlashAttention {
   }
 
   /**
-   * Whether attention at head dim {@code d} over {@code n} rows of bf16 runs whole-head kernels forward and backward,
-   * which alone can apply RoPE as they load q and k ({@link #forwardRotatingInto}, {@link #backwardRotatingInto}).
+   * Whether attention at head dim {@code d} over {@code n} rows of bf16 runs whole-head kernels forward and backward
+   * (the slab forms included), which alone can apply RoPE as they load q and k ({@link #forwardRotatingInto},
+   * {@link #backwardRotatingInto}), with the shared memory for it on this device.
    */
   public boolean rotatesOnLoad(long d, long n) {
     String forward = usesTensorCores(DType.BF16, d) ? tuning.forward(d, n) : null;
     String backward = forward != null ? tuning.backward(d) : null;
-    return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= Tuning.wholeHeadRows(backward)
-        && !Tuning.queryFromGlobal(forward) && !Tuning.slabBackward(backward);
+    int rows = backward == null ? 0 : Tuning.wholeHeadRows(backward);
+    return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= rows
+        && wholeHeadForwardBytes(forward, (int) d, true) <= device.maxSharedMemoryPerBlock()
+        && (!Tuning.slabBackward(backward)
+            || slabBackwardBytes(rows, (int) d) + Rope.sharedBytes(rows, (int) d) <= device.maxSharedMemoryPerBlock());
   }
 
   /** Forward pass with the usual scale {@code 1 / sqrt(d)}. */
@@ -528,8 +532,7 @@ public final class FlashAttention {
   /** Whether the forward of {@code g} at {@code scale} runs a whole-head variant (the variant choice below). */
   private boolean rotatingForward(Geometry g, float scale) {
     String variant = g.tensorCores ? tuning.forward(g.d, g.n) : "";
-    // The kv variants read q from global memory, unturned: they have no _rope entry point.
-    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(variant) && !Tuning.queryFromGlobal(variant)
+    return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(variant)
         && wholeHeadForwardBytes(variant, (int) g.d, true) <= device.maxSharedMemoryPerBlock();
   }
 
@@ -595,7 +598,8 @@ public final class FlashAttention {
     boolean slab = rows > 0 && Tuning.slabBackward(chosen);
     // A whole-head kernel holds at most `rows` rows and reads `out` in 16-byte pieces for its row sums; a slab kernel
     // holds two of q, k, v and dO, in shared memory the device must have.
-    if (rows > 0 && (g.n > rows || (slab ? slabBackwardBytes(rows, d) > device.maxSharedMemoryPerBlock()
+    int ropeBytes = rope != null && rows > 0 ? Rope.sharedBytes(rows, d) : 0;
+    if (rows > 0 && (g.n > rows || (slab ? slabBackwardBytes(rows, d) + ropeBytes > device.maxSharedMemoryPerBlock()
         : out.address() % 16 != 0 || !lo.stridesMultipleOf(16 / out.dtype().byteSize())))) {
       chosen = Tuning.BEYOND_WHOLE_HEAD.backward(d);
       rows = 0;
@@ -604,7 +608,7 @@ public final class FlashAttention {
     if (chosen != null && Tuning.hopperOnly(chosen) && !device.kernels().hopper()) {
       chosen = Tuning.PORTABLE.backward(d);
     }
-    if (rope != null && (rows == 0 || slab)) {
+    if (rope != null && rows == 0) {
       return false;
     }
     if (rows > 0 && !slab) {
@@ -651,20 +655,27 @@ public final class FlashAttention {
         long grid = ceilDiv(g.n, block);
         int smemDq = tiles;
         if (slab) {
-          // One block a slab: q and dO (with lse and dot) for dK/dV, k and v for dQ.
+          // One block a slab: q and dO (with lse and dot) for dK/dV, k and v for dQ, and RoPE's positions and
+          // frequencies after them.
           grid = 1;
-          smemDkdv = slabBackwardBytes(rows, d);
-          smemDq = 2 * rows * (d + 8) * 2;
+          smemDkdv = slabBackwardBytes(rows, d) + ropeBytes;
+          smemDq = 2 * rows * (d + 8) * 2 + ropeBytes;
         }
-        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk)).launch(stream, grid,
-            g.bh, warps * 32, smemDkdv, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk)
-                .ptr(dv).i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
-                .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldk.words())
-                .struct(ldv.words()));
-        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant + resultSuffix(dq)).launch(stream, grid,
-            g.bh, warps * 32, smemDq, new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq)
-                .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words())
-                .struct(g.k.words()).struct(g.v.words()).struct(ldo.words()).struct(ldq.words()));
+        String ropeSuffix = rope != null ? "_rope" : "";
+        KernelArgs dkdvArgs = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dk).ptr(dv)
+            .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
+            .struct(g.v.words()).struct(ldo.words()).struct(ldk.words()).struct(ldv.words());
+        KernelArgs dqArgs = new KernelArgs().ptr(q).ptr(k).ptr(v).ptr(dOut).ptr(lse).ptr(dot).ptr(dq)
+            .i32((int) g.n).i32((int) g.heads).f32(scale).i32(causal).struct(g.q.words()).struct(g.k.words())
+            .struct(g.v.words()).struct(ldo.words()).struct(ldq.words());
+        if (rope != null) {
+          dkdvArgs.struct(rope.words());
+          dqArgs.struct(rope.words());
+        }
+        m.kernel("kiln_attn_bwd_dkdv_bf16_d" + d + variant + resultSuffix(dk) + ropeSuffix).launch(stream, grid,
+            g.bh, warps * 32, smemDkdv, dkdvArgs);
+        m.kernel("kiln_attn_bwd_dq_bf16_d" + d + variant + resultSuffix(dq) + ropeSuffix).launch(stream, grid,
+            g.bh, warps * 32, smemDq, dqArgs);
       } else {
         String sfx = suffix(q.dtype());
         m.kernel("kiln_attn_bwd_dkdv_simt_" + sfx).launch(stream, ceilDiv(g.n, 4), g.bh, 128, 0,

@@ -688,6 +688,12 @@ __device__ __forceinline__ float2 kiln_unpack_f16(unsigned w) {
   return cs;
 }
 
+// Four pairs (16 bytes of a row) turned by their (cos, sin).
+__device__ __forceinline__ uint4 kiln_rope_turn4(uint4 x, const float2* cs) {
+  return make_uint4(kiln_rope_turn(x.x, cs[0]), kiln_rope_turn(x.y, cs[1]), kiln_rope_turn(x.z, cs[2]),
+                    kiln_rope_turn(x.w, cs[3]));
+}
+
 // Rows [row0, row0 + ROWS) of the padded slab tiles qs and ks (row r at r·LD) turned in place, 16 bytes (four pairs)
 // of each a step, one (cos, sin) for both; rows past n hold zeros and are left so. cs_out (the backward's, else
 // null): each (cos, sin) also as two fp16 at [row][pair] (kiln_rope_cs_ld), for the stores that turn dq and dk back.
@@ -701,23 +707,63 @@ __device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0
     const double p = ps[row];
     uint4* wq = reinterpret_cast<uint4*>(qs + row * LD + c);
     uint4* wk = reinterpret_cast<uint4*>(ks + row * LD + c);
-    uint4 q = *wq, k = *wk;
     float2 cs[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) cs[j] = kiln_rope_cs(p, fs, c / 2 + j);
-    q.x = kiln_rope_turn(q.x, cs[0]);
-    k.x = kiln_rope_turn(k.x, cs[0]);
-    q.y = kiln_rope_turn(q.y, cs[1]);
-    k.y = kiln_rope_turn(k.y, cs[1]);
-    q.z = kiln_rope_turn(q.z, cs[2]);
-    k.z = kiln_rope_turn(k.z, cs[2]);
-    q.w = kiln_rope_turn(q.w, cs[3]);
-    k.w = kiln_rope_turn(k.w, cs[3]);
-    *wq = q;
-    *wk = k;
+    *wq = kiln_rope_turn4(*wq, cs);
+    *wk = kiln_rope_turn4(*wk, cs);
     if (cs_out != nullptr)
       *reinterpret_cast<uint4*>(cs_out + row * kiln_rope_cs_ld<D>() + c / 2) =
           make_uint4(kiln_pack_f16(cs[0]), kiln_pack_f16(cs[1]), kiln_pack_f16(cs[2]), kiln_pack_f16(cs[3]));
+  }
+}
+
+// rope_rows for the slab kernels, which keep one of q and k in shared memory and take the other from global memory
+// (fwd_head's QG form, bwd_dkdv_slab, bwd_dq_slab): rows [row0, row0 + ROWS) of the padded tile s turned in place.
+template <int D, int ROWS, int NT>
+__device__ __forceinline__ void rope_rows_of(kiln_bf16* s, int row0, int n, const double* ps, const double* fs,
+                                             int tid) {
+  constexpr int CPR = D / 8, LD = D + 8;
+  for (int i = tid; i < ROWS * CPR; i += NT) {
+    const int row = row0 + i / CPR, c = (i % CPR) * 8;
+    if (row >= n) continue;
+    const double p = ps[row];
+    float2 cs[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) cs[j] = kiln_rope_cs(p, fs, c / 2 + j);
+    uint4* w = reinterpret_cast<uint4*>(s + row * LD + c);
+    *w = kiln_rope_turn4(*w, cs);
+  }
+}
+
+// A fragments that ldg_a took from global memory (rows row0.., columns c0..c0 + 15) turned in registers: a[i] holds
+// row row0 + g + 8·(i & 1), columns c0 + 8·(i >> 1) + 2t and the next, which are pair c0 / 2 + 4·(i >> 1) + t. Rows
+// past n are zero and stay so (their staged position is 0).
+__device__ __forceinline__ void rope_frag_a(unsigned* a, int row0, int c0, const double* ps, const double* fs,
+                                            int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    a[i] = kiln_rope_turn(a[i], kiln_rope_cs(ps[row0 + g + (i & 1) * 8], fs, c0 / 2 + (i >> 1) * 4 + t));
+}
+
+// store_rows for one 16-row tile with RoPE's inverse rotation on each pair, (cos, sin) of (row, pair) from cs_of: a
+// lane's accumulators (i·8 + 2t, i·8 + 2t + 1) are exactly pair 4i + t of the row.
+template <int D, typename TO, class CS>
+__device__ __forceinline__ void store_rows_turned_back(TO* dst, kiln_i64 sr, float (*acc)[D / 8][4], float mul,
+                                                       int row0, int n, int g, int t, CS cs_of) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + g + r * 8;
+    if (row < n) {
+      TO* d = dst + (kiln_i64)row * sr;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        const float2 cs = cs_of(row, 4 * i + t);
+        const float a = acc[0][i][2 * r] * mul, b = acc[0][i][2 * r + 1] * mul;
+        kiln_store_pair(d + i * 8 + 2 * t, a * cs.x + b * cs.y, b * cs.x - a * cs.y);
+      }
+    }
   }
 }
 
@@ -727,19 +773,9 @@ __device__ __forceinline__ void rope_rows(kiln_bf16* qs, kiln_bf16* ks, int row0
 template <int D, typename TO>
 __device__ __forceinline__ void store_rows_unrope(TO* dst, kiln_i64 sr, float (*acc)[D / 8][4], float mul, int row0,
                                                   int n, int g, int t, const unsigned* cs_table) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + g + r * 8;
-    if (row < n) {
-      TO* d = dst + (kiln_i64)row * sr;
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        const float2 cs = kiln_unpack_f16(cs_table[row * kiln_rope_cs_ld<D>() + 4 * i + t]);
-        const float a = acc[0][i][2 * r] * mul, b = acc[0][i][2 * r + 1] * mul;
-        kiln_store_pair(d + i * 8 + 2 * t, a * cs.x + b * cs.y, b * cs.x - a * cs.y);
-      }
-    }
-  }
+  store_rows_turned_back<D, TO>(dst, sr, acc, mul, row0, n, g, t, [&](int row, int pair) {
+    return kiln_unpack_f16(cs_table[row * kiln_rope_cs_ld<D>() + pair]);
+  });
 }
 
 // Short sequences (n <= NMAX, e.g. TinyStories' 256 rows at d32): one block owns a whole (b, h) slab, loads q, k, v
@@ -796,7 +832,8 @@ __device__ __forceinline__ void ldg_a(unsigned* a, const kiln_bf16* q, kiln_i64 
 // exponentials (fwd_tile's FOLD), so the host runs it for positive scales only. ROPE: q and k come unrotated and are
 // turned in shared memory (rope_rows) as their rows land. QG: only k and v go to shared memory and each warp takes its
 // query tiles' fragments from global memory (ldg_a), so a longer slab fits: 512 rows of d80 in 180 KB, where q, k and
-// v would need 270 (the _w<warps>h<rows>kv variants; not with ROPE, which turns q in shared memory).
+// v would need 270 (the _w<warps>h<rows>kv variants). QG with ROPE turns k in shared memory (rope_rows_of) and each
+// warp's q fragments in registers as they arrive (rope_frag_a).
 template <int D, int WARPS, int NMAX, typename TO, bool ROPE, bool QG = false>
 __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                          const kiln_bf16* __restrict__ V, TO* __restrict__ O,
@@ -807,7 +844,6 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
   // spilled).
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, BN = QG ? 32 : 64, TILES = NMAX / 16;
   static_assert(TILES == 2 * WARPS && NMAX % (2 * BN) == 0, "a warp owns two 16-row tiles of the slab");
-  static_assert(!(ROPE && QG), "RoPE on load turns q in shared memory");
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Qs = (kiln_bf16*)smem;  // [NMAX][LD] each (no Qs with QG)
   kiln_bf16* Ks = QG ? Qs : Qs + NMAX * LD;
@@ -821,9 +857,10 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
   const kiln_bf16* v = V + kiln_attn_slab(lv, bh, heads);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
+    // Rowwise copies need the block's threads to cover whole rows: QG's 512 threads do not cover d80's 10 pieces.
     if constexpr (!QG) load_halves<D, NMAX, NT, ROPE>(Qs, q, lq.sr, half, n, tid);
-    load_halves<D, NMAX, NT, ROPE>(Ks, k, lk.sr, half, n, tid);
-    load_halves<D, NMAX, NT, ROPE>(Vs, v, lv.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE && !QG>(Ks, k, lk.sr, half, n, tid);
+    load_halves<D, NMAX, NT, ROPE && !QG>(Vs, v, lv.sr, half, n, tid);
     kiln_cp_async_commit();
   }
 
@@ -840,7 +877,13 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
     if constexpr (ROPE) {
       // The rows that arrived: this half when causal (the half's tiles need no more), else all of them at once.
       if (causal || half == 0) {
-        if (causal) {
+        if constexpr (QG) {
+          if (causal) {
+            rope_rows_of<D, NMAX / 2, NT>(Ks, half * (NMAX / 2), n, Ps, Fs, tid);
+          } else {
+            rope_rows_of<D, NMAX, NT>(Ks, 0, n, Ps, Fs, tid);
+          }
+        } else if (causal) {
           rope_rows<D, NMAX / 2, NT>(Qs, Ks, half * (NMAX / 2), n, Ps, Fs, tid);
         } else {
           rope_rows<D, NMAX, NT>(Qs, Ks, 0, n, Ps, Fs, tid);
@@ -855,6 +898,7 @@ __device__ __forceinline__ void fwd_head(const kiln_bf16* __restrict__ Q, const 
     for (int kk = 0; kk < KS; ++kk) {
       if constexpr (QG) {
         ldg_a(qf[0][kk], q, lq.sr, wrow0, kk * 16, n, lane);
+        if constexpr (ROPE) rope_frag_a(qf[0][kk], wrow0, kk * 16, Ps, Fs, lane);
       } else {
         lds_a<LD>(qf[0][kk], Qs, wrow0, kk * 16, lane);
       }
@@ -1091,18 +1135,20 @@ __device__ __forceinline__ int kiln_slab_tile(int i, int warp) {
 
 // dQ: k and v of the slab in shared memory, halves in two cp.async groups (the first half's query tiles need only the
 // first half's keys when causal); each warp's query tiles in order, the first half's before the second's.
-template <int D, int WARPS, int NMAX, int BN, typename TO>
+template <int D, int WARPS, int NMAX, int BN, typename TO, bool ROPE>
 __device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                             const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
                                             const float* __restrict__ LSE, const float* __restrict__ DOT,
                                             TO* __restrict__ dQ, int n, int heads, float scale, int causal,
                                             kiln_attn_layout lq, kiln_attn_layout lk, kiln_attn_layout lv,
-                                            kiln_attn_layout ldo, kiln_attn_layout ldq) {
+                                            kiln_attn_layout ldo, kiln_attn_layout ldq, const kiln_attn_rope& rp) {
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16, TPW = TILES / WARPS;
   static_assert(TILES % (2 * WARPS) == 0 && NMAX % (2 * BN) == 0 && BN % 16 == 0, "whole tiles a warp and half");
   extern __shared__ __align__(16) unsigned char smem[];
   kiln_bf16* Ks = (kiln_bf16*)smem;  // [NMAX][LD]
   kiln_bf16* Vs = Ks + NMAX * LD;    // [NMAX][LD]
+  double* Ps = (double*)(Vs + NMAX * LD);  // ROPE: [NMAX] positions, then [D / 2] frequencies
+  double* Fs = Ps + NMAX;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
@@ -1114,6 +1160,7 @@ __device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, con
     load_halves<D, NMAX, NT, false>(Vs, V + kiln_attn_slab(lv, bh, heads), lv.sr, half, n, tid);
     kiln_cp_async_commit();
   }
+  if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
   const float sl2 = scale * KILN_LOG2E;
   for (int i = 0; i < TPW; ++i) {
     if (i == 0) {
@@ -1123,9 +1170,24 @@ __device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, con
         kiln_cp_async_wait<0>();
       }
       __syncthreads();
+      if constexpr (ROPE) {
+        // The keys that arrived: the first half when causal, else all of them.
+        if (causal) {
+          rope_rows_of<D, NMAX / 2, NT>(Ks, 0, n, Ps, Fs, tid);
+        } else {
+          rope_rows_of<D, NMAX, NT>(Ks, 0, n, Ps, Fs, tid);
+        }
+        __syncthreads();
+      }
     } else if (i == TPW / 2) {
       kiln_cp_async_wait<0>();
       __syncthreads();
+      if constexpr (ROPE) {
+        if (causal) {
+          rope_rows_of<D, NMAX / 2, NT>(Ks, NMAX / 2, n, Ps, Fs, tid);
+          __syncthreads();
+        }
+      }
     }
     const int wrow0 = kiln_slab_tile<WARPS>(i, warp) * 16;
     if (wrow0 >= n) continue;
@@ -1134,6 +1196,10 @@ __device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, con
     for (int kk = 0; kk < KS; ++kk) {
       ldg_a(qf[0][kk], q, lq.sr, wrow0, kk * 16, n, lane);
       ldg_a(df[0][kk], dout, ldo.sr, wrow0, kk * 16, n, lane);
+    }
+    if constexpr (ROPE) {
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) rope_frag_a(qf[0][kk], wrow0, kk * 16, Ps, Fs, lane);
     }
     float lse2[1][2], dot[1][2];
 #pragma unroll
@@ -1156,20 +1222,25 @@ __device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, con
     for (; j < nkb; ++j)
       dq_tile<D, LD, 1, BN, true>(dq, qf, df, nullptr, nullptr, wrow0, Ks + j * BN * LD, Vs + j * BN * LD, lse2, dot,
                                   j * BN, wrow0, n, causal, sl2, g, t, lane);
-    store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+    if constexpr (ROPE) {
+      store_rows_turned_back<D, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t,
+                                    [&](int row, int pair) { return kiln_rope_cs(Ps[row], Fs, pair); });
+    } else {
+      store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
+    }
   }
 }
 
 // dK/dV: q, dO, lse and dot of the slab in shared memory, the second half first (a causal key tile in the second half
 // sees only the second half's queries), so the warps' second-half key tiles start while the first half arrives.
-template <int D, int WARPS, int NMAX, int BM, typename TO>
+template <int D, int WARPS, int NMAX, int BM, typename TO, bool ROPE>
 __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                               const kiln_bf16* __restrict__ V, const kiln_bf16* __restrict__ dO,
                                               const float* __restrict__ LSE, const float* __restrict__ DOT,
                                               TO* __restrict__ dK, TO* __restrict__ dV, int n, int heads,
                                               float scale, int causal, kiln_attn_layout lq, kiln_attn_layout lk,
                                               kiln_attn_layout lv, kiln_attn_layout ldo, kiln_attn_layout ldk,
-                                              kiln_attn_layout ldv) {
+                                              kiln_attn_layout ldv, const kiln_attn_rope& rp) {
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16, TPW = TILES / WARPS;
   static_assert(TILES % (2 * WARPS) == 0 && NMAX % (2 * BM) == 0 && BM % 16 == 0, "whole tiles a warp and half");
   extern __shared__ __align__(16) unsigned char smem[];
@@ -1177,6 +1248,8 @@ __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, c
   kiln_bf16* dOs = Qs + NMAX * LD;          // [NMAX][LD]
   float* Ls = (float*)(dOs + NMAX * LD);    // [NMAX]
   float* Ds = Ls + NMAX;                    // [NMAX]
+  double* Ps = (double*)(Ds + NMAX);        // ROPE: [NMAX] positions, then [D / 2] frequencies
+  double* Fs = Ps + NMAX;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y;
   const kiln_i64 vbase = (kiln_i64)bh * n;
@@ -1193,6 +1266,7 @@ __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, c
     kiln_load_vec<NMAX / 2, NT>(Ds + half * (NMAX / 2), DOT + vbase, half * (NMAX / 2), n, tid);
     kiln_cp_async_commit();
   }
+  if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
   const float sl2 = scale * KILN_LOG2E;
   const int mtiles = (n + BM - 1) / BM;
   // The warp's tiles from the last: its second-half tiles (i >= TPW / 2) first.
@@ -1205,9 +1279,24 @@ __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, c
         kiln_cp_async_wait<0>();
       }
       __syncthreads();
+      if constexpr (ROPE) {
+        // The queries that arrived: the second half when causal, else all of them.
+        if (causal) {
+          rope_rows_of<D, NMAX / 2, NT>(Qs, NMAX / 2, n, Ps, Fs, tid);
+        } else {
+          rope_rows_of<D, NMAX, NT>(Qs, 0, n, Ps, Fs, tid);
+        }
+        __syncthreads();
+      }
     } else if (r == TPW / 2) {
       kiln_cp_async_wait<0>();
       __syncthreads();
+      if constexpr (ROPE) {
+        if (causal) {
+          rope_rows_of<D, NMAX / 2, NT>(Qs, 0, n, Ps, Fs, tid);
+          __syncthreads();
+        }
+      }
     }
     const int wkey0 = kiln_slab_tile<WARPS>(i, warp) * 16;
     if (wkey0 >= n) continue;
@@ -1216,6 +1305,10 @@ __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, c
     for (int kk = 0; kk < KS; ++kk) {
       ldg_a(kf[0][kk], k, lk.sr, wkey0, kk * 16, n, lane);
       ldg_a(vf[0][kk], v, lv.sr, wkey0, kk * 16, n, lane);
+    }
+    if constexpr (ROPE) {
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) rope_frag_a(kf[0][kk], wkey0, kk * 16, Ps, Fs, lane);
     }
     float dk[1][D / 8][4], dv[1][D / 8][4];
     zero<1, D / 8>(dk);
@@ -1234,7 +1327,12 @@ __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, c
     if (causal) tile(it++ * BM, true);
     for (const int full = n / BM; it < full; ++it) tile(it * BM, false);
     for (; it < mtiles; ++it) tile(it * BM, true);
-    store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+    if constexpr (ROPE) {
+      store_rows_turned_back<D, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t,
+                                    [&](int row, int pair) { return kiln_rope_cs(Ps[row], Fs, pair); });
+    } else {
+      store_rows<D, 1, TO>(dK + kiln_attn_slab(ldk, bh, heads), ldk.sr, dk, scale, wkey0, n, g, t);
+    }
     store_rows<D, 1, TO>(dV + kiln_attn_slab(ldv, bh, heads), ldv.sr, dv, 1.f, wkey0, n, g, t);
   }
 }
@@ -1529,7 +1627,7 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
 KILN_FWD_HEAD(d32_w8h256, 32, 8, 256, (256, 2))
 KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
 // The q-from-global form (fwd_head's QG): one block a slab of up to 512 rows at d80 (xl's heads and context), k and v
-// resident (180 KB), 16 warps of two 16-row query tiles each. No _rope entry point.
+// resident (180 KB), 16 warps of two 16-row query tiles each; the _rope entry point as the whole-head ones'.
 #define KILN_FWD_SLAB_T(NAME, D, W, NMAX, BOUNDS, TO)                                                         \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME(                                                    \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
@@ -1537,6 +1635,12 @@ KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
     kiln_pdl_enter();                                                                                          \
     fwd_head<D, W, NMAX, TO, false, true>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo,            \
                                           kiln_attn_rope{});                                                   \
+  }                                                                                                            \
+  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_rope(                                             \
+      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, TO* o, float* lse, int n, int heads,         \
+      float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv, KILN_L lo, kiln_attn_rope rope) {              \
+    kiln_pdl_enter();                                                                                          \
+    fwd_head<D, W, NMAX, TO, true, true>(q, k, v, o, lse, n, heads, scale, causal, lq, lk, lv, lo, rope);      \
   }
 #define KILN_FWD_SLAB(SUFFIX, D, W, NMAX, BOUNDS)                                         \
   KILN_FWD_SLAB_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \
@@ -1544,24 +1648,29 @@ KILN_FWD_HEAD(d32_w8h256mb3, 32, 8, 256, (256, 3))
 KILN_FWD_SLAB(d80_w16h512kv, 80, 16, 512, (512, 1))
 // The slab backward (bwd_dkdv_slab, bwd_dq_slab): a dK/dV and a dQ kernel with the tiled ones' arguments (the host
 // runs the row-sum kernel first, as for them), one block a slab; TILE is the query tile of dK/dV and the key tile of
-// dQ.
-#define KILN_BWD_SLAB_T(NAME_DKDV, NAME_DQ, D, W, NMAX, TILE, BOUNDS, TO)                                       \
+// dQ. The _rope entry points take q and k before RoPE and write dq and dk turned back, as bwd_head's.
+#define KILN_BWD_SLAB_R(NAME_DKDV, NAME_DQ, D, W, NMAX, TILE, BOUNDS, TO, ROPE, ROPE_PARAM, ROPE_ARG)            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME_DKDV(                                               \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk,       \
-      KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv) {                                                         \
+      KILN_L lv, KILN_L ldo, KILN_L ldk, KILN_L ldv ROPE_PARAM) {                                              \
     kiln_pdl_enter();                                                                                          \
-    bwd_dkdv_slab<D, W, NMAX, TILE, TO>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, lv,  \
-                                        ldo, ldk, ldv);                                                        \
+    bwd_dkdv_slab<D, W, NMAX, TILE, TO, ROPE>(q, k, v, dout, lse, dot, dk, dv, n, heads, scale, causal, lq, lk, \
+                                              lv, ldo, ldk, ldv, ROPE_ARG);                                    \
   }                                                                                                            \
   extern "C" __global__ void __launch_bounds__ BOUNDS NAME_DQ(                                                 \
       const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const kiln_bf16* dout, const float* lse,     \
       const float* dot, TO* dq, int n, int heads, float scale, int causal, KILN_L lq, KILN_L lk, KILN_L lv,    \
-      KILN_L ldo, KILN_L ldq) {                                                                                \
+      KILN_L ldo, KILN_L ldq ROPE_PARAM) {                                                                     \
     kiln_pdl_enter();                                                                                          \
-    bwd_dq_slab<D, W, NMAX, TILE, TO>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv, ldo,   \
-                                      ldq);                                                                    \
+    bwd_dq_slab<D, W, NMAX, TILE, TO, ROPE>(q, k, v, dout, lse, dot, dq, n, heads, scale, causal, lq, lk, lv,   \
+                                            ldo, ldq, ROPE_ARG);                                               \
   }
+#define KILN_COMMA ,
+#define KILN_BWD_SLAB_T(NAME_DKDV, NAME_DQ, D, W, NMAX, TILE, BOUNDS, TO)                                       \
+  KILN_BWD_SLAB_R(NAME_DKDV, NAME_DQ, D, W, NMAX, TILE, BOUNDS, TO, false, , kiln_attn_rope{})                 \
+  KILN_BWD_SLAB_R(NAME_DKDV##_rope, NAME_DQ##_rope, D, W, NMAX, TILE, BOUNDS, TO, true,                        \
+                  KILN_COMMA kiln_attn_rope rope, rope)
 #define KILN_BWD_SLAB(SUFFIX, D, W, NMAX, TILE, BOUNDS)                                                      \
   KILN_BWD_SLAB_T(kiln_attn_bwd_dkdv_bf16_##SUFFIX##_obf16, kiln_attn_bwd_dq_bf16_##SUFFIX##_obf16, D, W, NMAX, \
                   TILE, BOUNDS, kiln_bf16)                                                                     \

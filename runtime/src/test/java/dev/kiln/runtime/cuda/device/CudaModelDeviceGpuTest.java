@@ -487,16 +487,24 @@ class CudaModelDeviceGpuTest {
   @Test
   void attentionTurnsQAndKItselfWhereRopeFeedsIt() {
     // RoPE of bf16 q and k projections for attention alone (forGemms) launches nothing: the whole-head attention
-    // kernels (d32, up to 256 rows) turn q and k as they load them, the backward writes the gradients of q and k
-    // before RoPE, and RoPE's backward (forGemms) returns them as they are. Against the CPU on the bf16-rounded
+    // kernels (d32 up to 256 rows, d80 up to 512) turn q and k as they load them, the backward writes the gradients
+    // of q and k before RoPE, and RoPE's backward (forGemms) returns them as they are. Against the CPU on the bf16-rounded
     // projections and dOut, RoPE's result rounded to bf16 as the kernels round it: 3e-2 of the largest magnitude,
     // attentionCase's bf16 tolerance; a turned q read on its own, 1e-2 (one bf16 rounding of the same rotation).
     // Positions shared by the batch, and per-token ones in the thousands (the angle reduction); causal (the kernels
-    // turn each half of the rows as it lands) and unmasked (all rows at once).
+    // turn each half of the rows as it lands) and unmasked (all rows at once). Heads of 32 over 96 rows (the
+    // whole-head kernels) and of 80 over 200 (xl's slab kernels: k turned in shared memory and q in registers
+    // forward; dK/dV turns q in shared memory and k in registers, dQ the other way round, each storing its gradient
+    // turned back).
+    for (int[] shape : new int[][] {{32, 96}, {80, 200}}) {
+      attentionTurnsQAndK(shape[0], shape[1]);
+    }
+    gpuBf16.fuseRope(true);
+  }
+
+  private void attentionTurnsQAndK(int dh, int s) {
     int b = 2;
     int h = 2;
-    int s = 96;
-    int dh = 32;
     double theta = 10_000;
     double scale = 1 / Math.sqrt(dh);
     NdArray x = randn(b * s, 16);
@@ -510,7 +518,7 @@ class CudaModelDeviceGpuTest {
       for (Mask mask : new Mask[] {Mask.CAUSAL, Mask.NONE}) {
         for (boolean fuse : new boolean[] {true, false}) {
           gpuBf16.fuseRope(fuse);
-          String what = mask + ", fuse " + fuse + ", positions " + Arrays.toString(pos.shape());
+          String what = "d" + dh + ", " + mask + ", fuse " + fuse + ", positions " + Arrays.toString(pos.shape());
           try (CudaModelDevice.Scope sc = gpuBf16.scope()) {
             Tensor[] proj = new Tensor[3];
             Tensor[] view = new Tensor[3];
@@ -565,7 +573,6 @@ class CudaModelDeviceGpuTest {
         }
       }
     }
-    gpuBf16.fuseRope(true);
   }
 
   @Test
