@@ -1133,6 +1133,57 @@ __device__ __forceinline__ int kiln_slab_tile(int i, int warp) {
   return (i & 1) == 0 ? i * WARPS + warp : (i + 1) * WARPS - 1 - warp;
 }
 
+// A slab kernel's wait for its resident rows (two cp.async groups, the half its warps' first tiles need committed
+// first) at the start of its tile loop (first) and of the loop's second half. When causal the first wait takes one
+// group and the second the other; otherwise the first takes both. With ROPE the rows of s that arrived are turned in
+// shared memory before any warp reads them. `early` is the half committed first (0 or 1).
+template <int D, int NMAX, int NT, bool ROPE>
+__device__ __forceinline__ void slab_arrivals(bool first, int causal, kiln_bf16* s, int early, int n, const double* ps,
+                                              const double* fs, int tid) {
+  if (first) {
+    if (causal) {
+      kiln_cp_async_wait<1>();
+    } else {
+      kiln_cp_async_wait<0>();
+    }
+    __syncthreads();
+    if constexpr (ROPE) {
+      if (causal) {
+        rope_rows_of<D, NMAX / 2, NT>(s, early * (NMAX / 2), n, ps, fs, tid);
+      } else {
+        rope_rows_of<D, NMAX, NT>(s, 0, n, ps, fs, tid);
+      }
+      __syncthreads();
+    }
+  } else {
+    kiln_cp_async_wait<0>();
+    __syncthreads();
+    if constexpr (ROPE) {
+      if (causal) {
+        rope_rows_of<D, NMAX / 2, NT>(s, (1 - early) * (NMAX / 2), n, ps, fs, tid);
+        __syncthreads();
+      }
+    }
+  }
+}
+
+// A warp's A fragments (ldg_a) of rows row0..row0 + 15 of x and y, all KS column steps; with ROPE, x's turned in
+// registers (rope_frag_a).
+template <int KS, bool ROPE>
+__device__ __forceinline__ void ldg_a_rows(unsigned (*xf)[4], const kiln_bf16* x, kiln_i64 sx, unsigned (*yf)[4],
+                                           const kiln_bf16* y, kiln_i64 sy, int row0, int n, const double* ps,
+                                           const double* fs, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < KS; ++kk) {
+    ldg_a(xf[kk], x, sx, row0, kk * 16, n, lane);
+    ldg_a(yf[kk], y, sy, row0, kk * 16, n, lane);
+  }
+  if constexpr (ROPE) {
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) rope_frag_a(xf[kk], row0, kk * 16, ps, fs, lane);
+  }
+}
+
 // dQ: k and v of the slab in shared memory, halves in two cp.async groups (the first half's query tiles need only the
 // first half's keys when causal); each warp's query tiles in order, the first half's before the second's.
 template <int D, int WARPS, int NMAX, int BN, typename TO, bool ROPE>
@@ -1163,44 +1214,11 @@ __device__ __forceinline__ void bwd_dq_slab(const kiln_bf16* __restrict__ Q, con
   if constexpr (ROPE) rope_stage<D, NMAX, NT>(Ps, Fs, rp, bh, heads, n, tid);
   const float sl2 = scale * KILN_LOG2E;
   for (int i = 0; i < TPW; ++i) {
-    if (i == 0) {
-      if (causal) {
-        kiln_cp_async_wait<1>();
-      } else {
-        kiln_cp_async_wait<0>();
-      }
-      __syncthreads();
-      if constexpr (ROPE) {
-        // The keys that arrived: the first half when causal, else all of them.
-        if (causal) {
-          rope_rows_of<D, NMAX / 2, NT>(Ks, 0, n, Ps, Fs, tid);
-        } else {
-          rope_rows_of<D, NMAX, NT>(Ks, 0, n, Ps, Fs, tid);
-        }
-        __syncthreads();
-      }
-    } else if (i == TPW / 2) {
-      kiln_cp_async_wait<0>();
-      __syncthreads();
-      if constexpr (ROPE) {
-        if (causal) {
-          rope_rows_of<D, NMAX / 2, NT>(Ks, NMAX / 2, n, Ps, Fs, tid);
-          __syncthreads();
-        }
-      }
-    }
+    if (i == 0 || i == TPW / 2) slab_arrivals<D, NMAX, NT, ROPE>(i == 0, causal, Ks, 0, n, Ps, Fs, tid);
     const int wrow0 = kiln_slab_tile<WARPS>(i, warp) * 16;
     if (wrow0 >= n) continue;
     unsigned qf[1][KS][4], df[1][KS][4];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      ldg_a(qf[0][kk], q, lq.sr, wrow0, kk * 16, n, lane);
-      ldg_a(df[0][kk], dout, ldo.sr, wrow0, kk * 16, n, lane);
-    }
-    if constexpr (ROPE) {
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk) rope_frag_a(qf[0][kk], wrow0, kk * 16, Ps, Fs, lane);
-    }
+    ldg_a_rows<KS, ROPE>(qf[0], q, lq.sr, df[0], dout, ldo.sr, wrow0, n, Ps, Fs, lane);
     float lse2[1][2], dot[1][2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -1272,44 +1290,11 @@ __device__ __forceinline__ void bwd_dkdv_slab(const kiln_bf16* __restrict__ Q, c
   // The warp's tiles from the last: its second-half tiles (i >= TPW / 2) first.
   for (int r = 0; r < TPW; ++r) {
     const int i = TPW - 1 - r;
-    if (r == 0) {
-      if (causal) {
-        kiln_cp_async_wait<1>();
-      } else {
-        kiln_cp_async_wait<0>();
-      }
-      __syncthreads();
-      if constexpr (ROPE) {
-        // The queries that arrived: the second half when causal, else all of them.
-        if (causal) {
-          rope_rows_of<D, NMAX / 2, NT>(Qs, NMAX / 2, n, Ps, Fs, tid);
-        } else {
-          rope_rows_of<D, NMAX, NT>(Qs, 0, n, Ps, Fs, tid);
-        }
-        __syncthreads();
-      }
-    } else if (r == TPW / 2) {
-      kiln_cp_async_wait<0>();
-      __syncthreads();
-      if constexpr (ROPE) {
-        if (causal) {
-          rope_rows_of<D, NMAX / 2, NT>(Qs, 0, n, Ps, Fs, tid);
-          __syncthreads();
-        }
-      }
-    }
+    if (r == 0 || r == TPW / 2) slab_arrivals<D, NMAX, NT, ROPE>(r == 0, causal, Qs, 1, n, Ps, Fs, tid);
     const int wkey0 = kiln_slab_tile<WARPS>(i, warp) * 16;
     if (wkey0 >= n) continue;
     unsigned kf[1][KS][4], vf[1][KS][4];
-#pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      ldg_a(kf[0][kk], k, lk.sr, wkey0, kk * 16, n, lane);
-      ldg_a(vf[0][kk], v, lv.sr, wkey0, kk * 16, n, lane);
-    }
-    if constexpr (ROPE) {
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk) rope_frag_a(kf[0][kk], wkey0, kk * 16, Ps, Fs, lane);
-    }
+    ldg_a_rows<KS, ROPE>(kf[0], k, lk.sr, vf[0], v, lv.sr, wkey0, n, Ps, Fs, lane);
     float dk[1][D / 8][4], dv[1][D / 8][4];
     zero<1, D / 8>(dk);
     zero<1, D / 8>(dv);
