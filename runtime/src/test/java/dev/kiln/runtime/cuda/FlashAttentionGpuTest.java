@@ -283,7 +283,11 @@ class FlashAttentionGpuTest {
     // w16h512kv: one block a (batch, head) slab of up to 512 rows with k and v in shared memory and each warp's query
     // rows read from global memory, as xl trains (heads of 80, context 512): the full slab, a ragged one, a single
     // tile, both masks, head-split views with fp32 and bf16 results; past 512 rows the tiled forward runs.
-    FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(80, "w16h512kv");
+    runSlabShapes(FlashAttention.Tuning.DEFAULT.withForward(80, "w16h512kv"));
+  }
+
+  /** xl's slab at d80 and its edges: full, ragged and one-tile slabs, both masks, head-split views, 600 rows. */
+  private void runSlabShapes(FlashAttention.Tuning t) {
     run(DType.BF16, 2, 2, 512, 80, AttentionMask.CAUSAL, t);
     run(DType.BF16, 1, 2, 491, 80, AttentionMask.CAUSAL, t);
     run(DType.BF16, 1, 1, 9, 80, AttentionMask.NONE, t);
@@ -298,13 +302,7 @@ class FlashAttentionGpuTest {
     // resident and each warp's q and dO from global memory, one block a slab, after the tiled path's row sums: the
     // shapes of the slab forward's test, with it and with the tiled forward.
     for (String fwd : List.of("w16h512kv", "w4r32")) {
-      FlashAttention.Tuning t = FlashAttention.Tuning.DEFAULT.withForward(80, fwd).withBackward(80, "w8h512s");
-      run(DType.BF16, 2, 2, 512, 80, AttentionMask.CAUSAL, t);
-      run(DType.BF16, 1, 2, 491, 80, AttentionMask.CAUSAL, t);
-      run(DType.BF16, 1, 1, 9, 80, AttentionMask.NONE, t);
-      run(DType.BF16, 1, 3, 512, 80, AttentionMask.CAUSAL, t, true, DType.F32);
-      run(DType.BF16, 1, 2, 300, 80, AttentionMask.NONE, t, true, DType.BF16);
-      run(DType.BF16, 1, 1, 600, 80, AttentionMask.CAUSAL, t);
+      runSlabShapes(FlashAttention.Tuning.DEFAULT.withForward(80, fwd).withBackward(80, "w8h512s"));
     }
   }
 
