@@ -15,6 +15,8 @@
 #   KILN_ATTENTION=1        also run the attention benchmark (Kiln and PyTorch SDPA)
 #   KILN_ATTENTION_SHAPES=1 also time both at the training configs' attention shapes, side by side
 #   KILN_GEMMPREC=1         also time mixed-precision GEMMs: cast + bf16 GEMM against cuBLAS's FAST_16BF on fp32
+#   KILN_MEMORY=1           also time fused AdamW's bandwidth against the driver's device-to-device copy
+#                           (CudaBenchmark memory: planes and fp32 masters over 2^28 parameters, TB/s and the ratio)
 #   KILN_QUICKSTART=1       also run `kiln quickstart` with training on the GPU (bf16, CUDA graphs), from the project
 #                           folder, resume it for 100 more steps, then `kiln generate` (greedy) and `kiln forward` on
 #                           its model with --device cpu and cuda
@@ -209,6 +211,11 @@ for c, k in kiln.items():
         print(f"| {c} | {k['b']} x {k['h']} x {k['n']} x {k['d']} | {k['fwd_ms']} | {t['fwd_ms']} | {k['fwdbwd_ms']} | "
               f"{t['fwdbwd_ms']} | {float(t['fwdbwd_ms']) / float(k['fwdbwd_ms']):.2f}x |")
 PY
+fi
+if [[ "${KILN_MEMORY:-0}" == 1 ]]; then
+  echo "=== fused AdamW against the driver's device-to-device copy"
+  timeout 120 "${java[@]}" dev.kiln.runtime.cuda.bench.CudaBenchmark memory 20 2>&1 | grep BENCH \
+    | tee "$out/kiln-memory.log"
 fi
 if [[ "${KILN_GEMMPREC:-0}" == 1 ]]; then
   echo "=== GEMM precision benchmark (cast + bf16 against FAST_16BF)"

@@ -138,6 +138,24 @@ public final class CudaArray implements AutoCloseable {
   }
 
   /**
+   * Copies {@code src} (contiguous, of this array's shape and dtype) into this contiguous array on {@code stream}
+   * with the driver's device-to-device copy ({@code cuMemcpyDtoDAsync}).
+   */
+  public CudaArray copyFrom(CudaArray src, CudaStream stream) {
+    requireContiguous("copyFrom");
+    src.requireContiguous("copyFrom");
+    if (!Arrays.equals(src.shape, shape) || src.dtype != dtype) {
+      throw new IllegalArgumentException("copyFrom: device " + src + " into device " + this);
+    }
+    long bytes = byteSize();
+    if (bytes > 0) {
+      CudaException.check(jcuda.driver.JCudaDriver.cuMemcpyDtoDAsync(devicePointer(), src.devicePointer(), bytes,
+          stream.handle()), "cuMemcpyDtoDAsync(" + bytes + " bytes)");
+    }
+    return this;
+  }
+
+  /**
    * Fills every element with NaN (floats) or all-ones bits (integers): tests call this on outputs before a kernel
    * runs, so an element the kernel forgot to write cannot pass for a right answer.
    */

@@ -2,6 +2,7 @@ package dev.kiln.runtime.cuda;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import dev.kiln.dsl.DType;
@@ -74,6 +75,29 @@ class CudaMemoryGpuTest {
       assertTrue(reversed.overlaps(s1) && !reversed.overlaps(s0) && !reversed.overlaps(s2), "a negative stride");
       assertTrue(!s0.overlaps(other.view(8, 8)), "another allocation");
       assertTrue(!s0.overlaps(a.strided(new long[] {0, 8}, new long[] {8, 1}, 0)), "an empty view");
+    }
+  }
+
+  @Test
+  void deviceToDeviceCopiesTakeTheSourcesBytesIntoViewsOfTheSameShape() {
+    CudaDevice dev = GpuTesting.device();
+    NdArray h = GpuTesting.randn(new Random(3), DType.F32, 1, 7, 5);
+    try (CudaArray src = CudaArray.fromHost(dev, h);
+        CudaArray whole = CudaArray.empty(dev, DType.F32, 9, 5).poison()) {
+      // Into rows 1..7 of a larger array: the rows around them keep their poison.
+      CudaArray rows = whole.narrow(0, 1, 7);
+      rows.copyFrom(src, dev.defaultStream());
+      assertArrayEquals(GpuTesting.doubles(h), GpuTesting.doubles(rows.toHost()));
+      assertTrue(Double.isNaN(GpuTesting.doubles(whole.narrow(0, 0, 1).toHost())[0]), "the row before is untouched");
+      assertTrue(Double.isNaN(GpuTesting.doubles(whole.narrow(0, 8, 1).toHost())[4]), "the row after is untouched");
+      IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+          () -> whole.copyFrom(src, dev.defaultStream()));
+      assertTrue(e.getMessage().contains("copyFrom"), e.getMessage());
+      try (CudaArray wide = CudaArray.fromHost(dev, GpuTesting.randn(new Random(4), DType.F32, 1, 5, 7))) {
+        IllegalArgumentException t = assertThrows(IllegalArgumentException.class,
+            () -> src.copyFrom(wide.transpose(0, 1), dev.defaultStream()));
+        assertTrue(t.getMessage().contains("contiguous"), t.getMessage());
+      }
     }
   }
 

@@ -10,6 +10,7 @@ import dev.kiln.runtime.cuda.CudaGraph;
 import dev.kiln.runtime.cuda.CudaKernel;
 import dev.kiln.runtime.cuda.CudaStream;
 import dev.kiln.runtime.cuda.FlashAttention;
+import dev.kiln.runtime.cuda.FusedAdamW;
 import dev.kiln.runtime.cuda.KernelArgs;
 import dev.kiln.runtime.cuda.KernelLoader;
 import dev.kiln.runtime.tensor.NdArray;
@@ -48,14 +49,19 @@ public final class CudaBenchmark {
     CudaDevice dev = CudaDevice.first();
     System.out.println("device " + dev);
     // Arguments: the attention repetitions (default 10), "gemm" for the GEMMs alone, "graph" for the cost of a
-    // CUDA graph's kernel nodes alone, "power" for the clock and power each kind of kernel holds when sustained, or
-    // "shapes [REPS]" for the attention of the training benchmark's configs at their own shapes.
+    // CUDA graph's kernel nodes alone, "power" for the clock and power each kind of kernel holds when sustained,
+    // "memory [REPS]" for AdamW's bandwidth against the driver's copy, or "shapes [REPS]" for the attention of the
+    // training benchmark's configs at their own shapes.
     if (args.length > 0 && args[0].equals("graph")) {
       graphNodes(dev);
       return;
     }
     if (args.length > 0 && args[0].equals("power")) {
       power(dev);
+      return;
+    }
+    if (args.length > 0 && args[0].equals("memory")) {
+      memory(dev, args.length > 1 ? Integer.parseInt(args[1]) : 20);
       return;
     }
     if (args.length > 0 && args[0].equals("shapes")) {
@@ -122,6 +128,63 @@ public final class CudaBenchmark {
   }
 
   private static final int GRAPH_NODES = 160;
+
+  /**
+   * Fused AdamW's bandwidth against the card's own copy. The peer is the driver's device-to-device copy
+   * ({@code cuMemcpyDtoDAsync}) of 2 GiB, which reads and writes each byte once, as AdamW does nearly (14 bytes read
+   * and 12 written a parameter). AdamW runs over 2²⁸ parameters with bf16 gradients, the masters in two 16-bit planes
+   * (26 bytes a parameter) and in fp32 with a bf16 copy (28). xl's step moves 89 GB through AdamW at about 4 TB/s
+   * (docs/cuda.md); the ratio says what is left to win there. The graphed step's launch (device scalars,
+   * {@code FusedAdamW.step(Prepared, CudaArray)}) runs. Lines: {@code BENCH memory kind=.. gb=.. ms=.. tbps=..
+   * of_copy=..} (gigabytes moved a run, the mean time of {@code reps} runs after two, and the rate as a share of the
+   * copy's).
+   */
+  private static void memory(CudaDevice dev, int reps) {
+    CudaStream stream = dev.defaultStream();
+    long n = 1L << 28;
+    long copyBytes = 1L << 31;
+    try (CudaArray src = CudaArray.zeros(dev, DType.U8, copyBytes);
+        CudaArray dst = CudaArray.empty(dev, DType.U8, copyBytes)) {
+      double copyMs = timeMean(dev, reps, () -> dst.copyFrom(src, stream));
+      double copyTbps = 2.0 * copyBytes / (copyMs * 1e9);
+      System.out.printf("BENCH memory kind=copy_dtod gb=%.2f ms=%.4f tbps=%.3f of_copy=1.000%n",
+          2.0 * copyBytes / 1e9, copyMs, copyTbps);
+      for (boolean planes : new boolean[] {true, false}) {
+        try (CudaArray param = planes ? CudaArray.empty(dev, DType.F32, n) : CudaArray.zeros(dev, DType.F32, n);
+            CudaArray grad = CudaArray.fromHost(dev, uniformBf16(n, 7));
+            CudaArray m = CudaArray.zeros(dev, DType.F32, n);
+            CudaArray v = CudaArray.zeros(dev, DType.F32, n);
+            CudaArray upper = CudaArray.zeros(dev, DType.BF16, n);
+            CudaArray lower = planes ? CudaArray.zeros(dev, DType.BF16, n) : null;
+            CudaArray hyper = CudaArray.fromHost(dev, NdArray.fromFloats(new float[] {1e-4f, 0.9f, 0.95f, 1e-8f,
+                0.1f, 0.1f, 0.05f, 1f, 0f, 0f}, 10))) {
+          FusedAdamW opt = new FusedAdamW(dev);
+          try (FusedAdamW.Prepared p = opt.prepare(List.of(new FusedAdamW.Param(param, grad, m, v, upper, lower)))) {
+            double ms = timeMean(dev, reps, () -> opt.step(p, hyper));
+            long bytes = n * (planes ? 26 : 28);
+            double tbps = bytes / (ms * 1e9);
+            System.out.printf("BENCH memory kind=%s gb=%.2f ms=%.4f tbps=%.3f of_copy=%.3f%n",
+                planes ? "adamw_planes" : "adamw_fp32_bf16copy", bytes / 1e9, ms, tbps, tbps / copyTbps);
+          }
+        }
+      }
+    }
+  }
+
+  /** The mean time of {@code reps} runs of {@code once} queued back to back, after two for warm-up, in ms. */
+  private static double timeMean(CudaDevice dev, int reps, Runnable once) {
+    CudaStream stream = dev.defaultStream();
+    try (CudaEvent e0 = new CudaEvent(dev); CudaEvent e1 = new CudaEvent(dev)) {
+      once.run();
+      once.run();
+      e0.record(stream);
+      for (int i = 0; i < reps; i++) {
+        once.run();
+      }
+      e1.record(stream);
+      return e1.elapsedMillisSince(e0) / reps;
+    }
+  }
 
   /**
    * The clock and power at which three kinds of kernel run when each runs alone for 2 s, after 0.5 s for the card's
