@@ -149,7 +149,8 @@ public final class CudaArray implements AutoCloseable {
     }
     long bytes = byteSize();
     if (bytes > 0) {
-      CudaException.check(jcuda.driver.JCudaDriver.cuMemcpyDtoDAsync(devicePointer(), src.devicePointer(), bytes,
+      device.makeCurrent();
+      CudaException.check(JCudaDriver.cuMemcpyDtoDAsync(devicePointer(), src.devicePointer(), bytes,
           stream.handle()), "cuMemcpyDtoDAsync(" + bytes + " bytes)");
     }
     return this;
