@@ -419,9 +419,8 @@ public final class FlashAttention {
     String backward = forward != null ? tuning.backward(d) : null;
     int rows = backward == null ? 0 : Tuning.wholeHeadRows(backward);
     return backward != null && n > 0 && n <= Tuning.wholeHeadRows(forward) && n <= rows
-        && wholeHeadForwardBytes(forward, (int) d, true) <= device.maxSharedMemoryPerBlock()
-        && (!Tuning.slabBackward(backward)
-            || slabBackwardBytes(rows, (int) d) + Rope.sharedBytes(rows, (int) d) <= device.maxSharedMemoryPerBlock());
+        && wholeHeadForwardFits(forward, (int) d, true)
+        && (!Tuning.slabBackward(backward) || slabBackwardFits(rows, (int) d, true));
   }
 
   /** Forward pass with the usual scale {@code 1 / sqrt(d)}. */
@@ -474,7 +473,7 @@ public final class FlashAttention {
       // A whole-head kernel holds at most `rows` rows of q, k and v, in shared memory the device must have: the d80
       // slab's 180 KB fit Hopper's 227 KB a block but not an A100's 163.
       if (rows > 0 && (g.n > rows
-          || wholeHeadForwardBytes(variant, d, rope != null) > device.maxSharedMemoryPerBlock())) {
+          || !wholeHeadForwardFits(variant, d, rope != null))) {
         variant = Tuning.BEYOND_WHOLE_HEAD.forward(d);
         rows = 0;
       }
@@ -520,6 +519,19 @@ public final class FlashAttention {
   }
 
   /**
+   * Whether the slab backward over {@code rows} rows at head dim {@code d} fits this device's shared memory: its
+   * dK/dV kernel, the larger of the two, with RoPE's positions and frequencies where {@code rope}.
+   */
+  private boolean slabBackwardFits(int rows, int d, boolean rope) {
+    return slabBackwardBytes(rows, d) + (rope ? Rope.sharedBytes(rows, d) : 0) <= device.maxSharedMemoryPerBlock();
+  }
+
+  /** Whether a whole-head forward {@code variant} at head dim {@code d} fits this device's shared memory. */
+  private boolean wholeHeadForwardFits(String variant, int d, boolean rope) {
+    return wholeHeadForwardBytes(variant, d, rope) <= device.maxSharedMemoryPerBlock();
+  }
+
+  /**
    * Shared memory of a whole-head forward {@code variant} at head dim {@code d}: q, k and v of one (batch, head) slab
    * in padded rows, k and v only for the kv variants (whose warps take their q rows from global memory), and RoPE's
    * positions and frequencies where it turns q and k.
@@ -533,7 +545,7 @@ public final class FlashAttention {
   private boolean rotatingForward(Geometry g, float scale) {
     String variant = g.tensorCores ? tuning.forward(g.d, g.n) : "";
     return g.tensorCores && scale > 0 && g.n <= Tuning.wholeHeadRows(variant)
-        && wholeHeadForwardBytes(variant, (int) g.d, true) <= device.maxSharedMemoryPerBlock();
+        && wholeHeadForwardFits(variant, (int) g.d, true);
   }
 
   /** Backward pass with the usual scale. */
@@ -598,8 +610,7 @@ public final class FlashAttention {
     boolean slab = rows > 0 && Tuning.slabBackward(chosen);
     // A whole-head kernel holds at most `rows` rows and reads `out` in 16-byte pieces for its row sums; a slab kernel
     // holds two of q, k, v and dO, in shared memory the device must have.
-    int ropeBytes = rope != null && rows > 0 ? Rope.sharedBytes(rows, d) : 0;
-    if (rows > 0 && (g.n > rows || (slab ? slabBackwardBytes(rows, d) + ropeBytes > device.maxSharedMemoryPerBlock()
+    if (rows > 0 && (g.n > rows || (slab ? !slabBackwardFits(rows, d, rope != null)
         : out.address() % 16 != 0 || !lo.stridesMultipleOf(16 / out.dtype().byteSize())))) {
       chosen = Tuning.BEYOND_WHOLE_HEAD.backward(d);
       rows = 0;
@@ -658,6 +669,7 @@ public final class FlashAttention {
           // One block a slab: q and dO (with lse and dot) for dK/dV, k and v for dQ, and RoPE's positions and
           // frequencies after them.
           grid = 1;
+          int ropeBytes = rope != null ? Rope.sharedBytes(rows, d) : 0;
           smemDkdv = slabBackwardBytes(rows, d) + ropeBytes;
           smemDq = 2 * rows * (d + 8) * 2 + ropeBytes;
         }
