@@ -509,27 +509,6 @@ public final class CudaEmitter {
    */
   public static final int[] BLOCK_ROW_SPANS = {2, 4};
 
-  /**
-   * Loads of row {@code row}: each full input {@code t}'s groups of 4 into {@code full}{@code t}, and each row input
-   * {@code t}'s value into {@code row}{@code t}, indented by {@code in}.
-   */
-  private static void loadRow(StringBuilder b, String in, List<Integer> fullInputs, List<Integer> rowInputs,
-      String row, String fullPrefix, String rowPrefix) {
-    for (int t : rowInputs) {
-      b.append(in).append(rowPrefix).append(t).append(" = kiln_get(t").append(t).append(", ").append(row)
-          .append(");\n");
-    }
-    if (fullInputs.isEmpty()) {
-      return;
-    }
-    b.append(groupLoop(in));
-    for (int t : fullInputs) {
-      b.append(in).append("    kiln_get4(t").append(t).append(", ").append(row.equals("r") ? row : "(" + row + ")").append(" * cols + c4, ")
-          .append(fullPrefix).append(t).append(" + 4 * j);\n");
-    }
-    b.append(in).append("  }\n").append(in).append("}\n");
-  }
-
   /** The loop over a lane's groups of 4 entries of a row, opened up to the group's body, indented by {@code in}. */
   private static String groupLoop(String in) {
     return "#pragma unroll\n" + in + "for (int j = 0; j < J; ++j) {\n" + in
@@ -561,17 +540,7 @@ public final class CudaEmitter {
       b.append("  const T v").append(k.scalars().get(s).id()).append(" = T(s").append(s).append(");\n");
     }
     String in = "  ";
-    List<Integer> full = new ArrayList<>();
-    List<Integer> rowInputs = new ArrayList<>();
-    for (var en : k.inputs().entrySet()) {
-      if (en.getValue() == Level.FULL) {
-        full.add(ins.indexOf(en.getKey()));
-      } else if (en.getValue() == Level.ROW) {
-        rowInputs.add(ins.indexOf(en.getKey()));
-      }
-    }
-    boolean loops = !k.columnSums().isEmpty();
-    if (loops) {
+    if (!k.columnSums().isEmpty()) {
       b.append("  const long long per = (rows + gridDim.x - 1) / gridDim.x;\n");
       b.append("  const long long r0 = (long long) blockIdx.x * per;\n");
       b.append("  const long long r1 = r0 + per < rows ? r0 + per : rows;\n");
@@ -581,50 +550,30 @@ public final class CudaEmitter {
         b.append("  T s").append(t).append("[4 * J];\n#pragma unroll\n  for (int e = 0; e < 4 * J; ++e) s").append(t)
             .append("[e] = T(0);\n");
       }
-      // The block-row form's rows run one after another in a block, each ending at its reductions' barriers, and a
-      // grid of the blocks an SM holds (two of xl's) kept the memory idle between a row's loads and the next's: xl's
-      // norm backward moved half the bytes the memory allows (51% of DRAM peak under ncu, 25 us a call). So a block
-      // loads its next row's inputs before it works on the current one (x holds the row in hand, f the next); the
-      // warp-row form has rows enough in flight in its many warps. Span 2 only: at span 4 the second row's registers
-      // took the backward to 150-160 a thread, and a block of 16 warps (rows of 8,192) no longer fit an SM.
-      b.append("  constexpr bool PREFETCH = BLOCK && J <= 2;\n");
-      for (int t : full) {
-        b.append("  T x").append(t).append("[4 * J];\n");
-      }
-      for (int t : rowInputs) {
-        b.append("  T n").append(t).append(" = T(0);\n");
-      }
-      b.append("  if (PREFETCH && r0 + threadIdx.y < r1) {\n");
-      loadRow(b, "    ", full, rowInputs, "r0 + threadIdx.y", "x", "n");
-      b.append("  }\n");
       b.append("  for (long long r = r0 + threadIdx.y; r < r1; r += blockDim.y) {\n");
       in = "    ";
     } else {
       b.append("  const long long r = (long long) blockIdx.x * blockDim.y + threadIdx.y;\n  if (r >= rows) return;\n");
     }
+    List<Integer> full = new ArrayList<>();
     for (var en : k.inputs().entrySet()) {
       int t = ins.indexOf(en.getKey());
       if (en.getValue() == Level.ROW || en.getValue() == Level.SCALAR) {
-        b.append(in).append("const T v").append(en.getKey().id()).append(" = ")
-            .append(loops && en.getValue() == Level.ROW ? "PREFETCH ? n" + t + " : " : "").append("kiln_get(t")
-            .append(t).append(", ").append(en.getValue() == Level.ROW ? "r" : "0").append(");\n");
-      } else if (en.getValue() == Level.FULL && !loops) {
+        b.append(in).append("const T v").append(en.getKey().id()).append(" = kiln_get(t").append(t).append(", ")
+            .append(en.getValue() == Level.ROW ? "r" : "0").append(");\n");
+      } else if (en.getValue() == Level.FULL) {
+        full.add(t);
         b.append(in).append("T x").append(t).append("[4 * J];\n");
       }
     }
     String groupLoop = groupLoop(in);
     String groupEnd = in + "  }\n" + in + "}\n";
-    if (loops) {
+    if (!full.isEmpty()) {
+      b.append(groupLoop);
       for (int t : full) {
-        b.append(in).append("T f").append(t).append("[4 * J];\n");
+        b.append(in).append("    kiln_get4(t").append(t).append(", r * cols + c4, x").append(t).append(" + 4 * j);\n");
       }
-      b.append(in).append("if constexpr (PREFETCH) {\n").append(in).append("  if (r + blockDim.y < r1) {\n");
-      loadRow(b, in + "    ", full, rowInputs, "r + blockDim.y", "f", "n");
-      b.append(in).append("  }\n").append(in).append("} else {\n");
-      loadRow(b, in + "  ", full, List.of(), "r", "x", "n");
-      b.append(in).append("}\n");
-    } else if (!full.isEmpty()) {
-      loadRow(b, in, full, List.of(), "r", "x", "n");
+      b.append(groupEnd);
     }
     for (KernelSchedule.Step st : KernelSchedule.of(k)) {
       switch (st) {
@@ -710,16 +659,7 @@ public final class CudaEmitter {
         }
       }
     }
-    if (loops) {
-      if (!full.isEmpty()) {
-        // The next row's inputs become the row in hand.
-        b.append("    if constexpr (PREFETCH) {\n      if (r + blockDim.y < r1) {\n#pragma unroll\n")
-            .append("        for (int e = 0; e < 4 * J; ++e) {\n");
-        for (int t : full) {
-          b.append("          x").append(t).append("[e] = f").append(t).append("[e];\n");
-        }
-        b.append("        }\n      }\n    }\n");
-      }
+    if (!k.columnSums().isEmpty()) {
       // Each warp's sums to its slot, then the block's slots added up into its partial row.
       b.append("  }\n");
       int slot = 0;
