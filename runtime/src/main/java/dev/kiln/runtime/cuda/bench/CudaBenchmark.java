@@ -137,7 +137,7 @@ public final class CudaBenchmark {
    * (docs/cuda.md); the ratio says what is left to win there. The graphed step's launch (device scalars,
    * {@code FusedAdamW.step(Prepared, CudaArray)}) runs. Lines: {@code BENCH memory kind=.. gb=.. ms=.. tbps=..
    * of_copy=..} (gigabytes moved a run, the mean time of {@code reps} runs after two, and the rate as a share of the
-   * copy's).
+   * copy's). Then AdamW's bytes without its arithmetic ({@link #traffic}).
    */
   private static void memory(CudaDevice dev, int reps) {
     CudaStream stream = dev.defaultStream();
@@ -168,7 +168,50 @@ public final class CudaBenchmark {
           }
         }
       }
+      traffic(dev, reps, copyTbps);
     }
+  }
+
+  /**
+   * AdamW's bytes without its arithmetic ({@code bench_memory.cu}), over 2²⁸ parameters: its nine arrays as it
+   * streams them ({@code adam_traffic}), the same bytes with m and v interleaved, seven arrays ({@code
+   * adam_traffic_mv}), and a 2 GiB copy in the same blocks ({@code copy_kernel}); each as a share of the driver's
+   * copy's rate {@code copyTbps}. Whether the number of arrays a kernel streams at once costs the card bandwidth.
+   */
+  private static void traffic(CudaDevice dev, int reps, double copyTbps) {
+    CudaStream stream = dev.defaultStream();
+    KernelLoader.Module bench = dev.kernels().module("bench_memory");
+    long n = 1L << 28;
+    long groups = n / 4;
+    long blocks = groups / (256 * 4);
+    try (CudaArray grad = CudaArray.zeros(dev, DType.BF16, n); CudaArray hi = CudaArray.zeros(dev, DType.BF16, n);
+        CudaArray lo = CudaArray.zeros(dev, DType.BF16, n); CudaArray m = CudaArray.zeros(dev, DType.F32, n);
+        CudaArray v = CudaArray.zeros(dev, DType.F32, n)) {
+      CudaKernel nine = bench.kernel("kiln_bench_adam_traffic");
+      double ms = timeMean(dev, reps, () -> nine.launch(stream, blocks, 1, 256, 0,
+          new KernelArgs().ptr(grad).ptr(hi).ptr(lo).ptr(m).ptr(v).i64(groups)));
+      printTraffic("adam_traffic", n * 26, ms, copyTbps);
+      // m and v as one array of twice the length: the same bytes, read as [m0..3, v0..3] runs.
+      CudaKernel seven = bench.kernel("kiln_bench_adam_traffic_mv");
+      try (CudaArray mv = CudaArray.zeros(dev, DType.F32, 2 * n)) {
+        ms = timeMean(dev, reps, () -> seven.launch(stream, blocks, 1, 256, 0,
+            new KernelArgs().ptr(grad).ptr(hi).ptr(lo).ptr(mv).i64(groups)));
+        printTraffic("adam_traffic_mv", n * 26, ms, copyTbps);
+      }
+    }
+    long bytes = 1L << 31;
+    try (CudaArray src = CudaArray.zeros(dev, DType.U8, bytes); CudaArray dst = CudaArray.empty(dev, DType.U8, bytes)) {
+      CudaKernel copy = bench.kernel("kiln_bench_copy16");
+      double ms = timeMean(dev, reps, () -> copy.launch(stream, bytes / 16 / (256 * 4), 1, 256, 0,
+          new KernelArgs().ptr(src).ptr(dst).i64(bytes / 16)));
+      printTraffic("copy_kernel", 2 * bytes, ms, copyTbps);
+    }
+  }
+
+  private static void printTraffic(String kind, long bytes, double ms, double copyTbps) {
+    double tbps = bytes / (ms * 1e9);
+    System.out.printf("BENCH memory kind=%s gb=%.2f ms=%.4f tbps=%.3f of_copy=%.3f%n", kind, bytes / 1e9, ms, tbps,
+        tbps / copyTbps);
   }
 
   /** The mean time of {@code reps} runs of {@code once} queued back to back, after two for warm-up, in ms. */
