@@ -13,8 +13,19 @@ import java.util.List;
  * {@code torch.optim.AdamW(fused=True)} computes it (decoupled weight decay; bias corrections from the step number).
  */
 public final class FusedAdamW {
-  /** Elements each thread block updates; must match KILN_ADAM_CHUNK in adamw.cu. */
+  /** Elements of a chunk, the descriptor table's unit; must match KILN_ADAM_CHUNK in adamw.cu. */
   static final int CHUNK = 4096;
+  /**
+   * Blocks a chunk and their threads (KILN_ADAM_SPLIT and KILN_ADAM_THREADS in adamw.cu): a quarter chunk a block of
+   * 128 threads, eight blocks a multiprocessor, moved AdamW's bytes at 0.984-0.988 of the driver's device-to-device
+   * copy against 0.953 for a chunk a block of 256 (CudaBenchmark memory, twenty-ninth session); a graphed step held at
+   * the card's power limit ran the same either way. {@code KILN_ADAM_SPLIT=1} launches the chunk-a-block kernels
+   * ({@code _whole}), for comparisons.
+   */
+  private static final boolean WHOLE_CHUNKS = "1".equals(System.getenv("KILN_ADAM_SPLIT"));
+  private static final int SPLIT = WHOLE_CHUNKS ? 1 : 4;
+  private static final int THREADS = WHOLE_CHUNKS ? 256 : 128;
+  private static final String SUFFIX = WHOLE_CHUNKS ? "_whole" : "";
   private static final int DESCRIPTOR_BYTES = 72;
 
   /**
@@ -98,7 +109,7 @@ public final class FusedAdamW {
    * The tensor table of one parameter list uploaded once, for {@link #step(Prepared, CudaArray)}: what a CUDA graph
    * needs, since it cannot copy from the host. Close it when the tensors go.
    */
-  public record Prepared(CudaArray table, int count, long blocks) implements AutoCloseable {
+  public record Prepared(CudaArray table, int count, long chunks) implements AutoCloseable {
     @Override
     public void close() {
       table.close();
@@ -111,8 +122,8 @@ public final class FusedAdamW {
       throw new IllegalArgumentException("AdamW over no parameters");
     }
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    long blocks = describe(params, table.segment());
-    return new Prepared(CudaArray.fromHost(device, bytes(table, params)), params.size(), blocks);
+    long chunks = describe(params, table.segment());
+    return new Prepared(CudaArray.fromHost(device, bytes(table, params)), params.size(), chunks);
   }
 
   /**
@@ -126,7 +137,7 @@ public final class FusedAdamW {
           + params.size());
     }
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    if (describe(params, table.segment()) != p.blocks()) {
+    if (describe(params, table.segment()) != p.chunks()) {
       throw new IllegalArgumentException("AdamW table refilled with parameters of other sizes");
     }
     p.table().copyFromHost(bytes(table, params));
@@ -146,16 +157,17 @@ public final class FusedAdamW {
     if (hyper.dtype() != DType.F32 || hyper.numel() < 10) {
       throw new IllegalArgumentException("AdamW's device scalars are 10 F32 values, got " + hyper);
     }
-    device.kernels().module("adamw").kernel("kiln_adamw_multi_dev").launch(stream, p.blocks(), 1, 256, 0,
+    device.kernels().module("adamw").kernel("kiln_adamw_multi_dev" + SUFFIX).launch(stream, p.chunks() * SPLIT, 1,
+        THREADS, 0,
         new KernelArgs().ptr(p.table()).i32(p.count()).ptr(hyper));
   }
 
   /**
    * Fills the 72-byte descriptors of {@code params} into {@code t} (each with its gradient's dtype: fp32 and bf16
-   * gradients mix in one launch); returns the number of blocks.
+   * gradients mix in one launch); returns the number of chunks.
    */
   private static long describe(List<Param> params, MemorySegment t) {
-    long blocks = 0;
+    long chunks = 0;
     for (int i = 0; i < params.size(); i++) {
       Param p = params.get(i);
       long base = (long) i * DESCRIPTOR_BYTES;
@@ -167,11 +179,11 @@ public final class FusedAdamW {
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 32, p.paramBf16() == null ? 0L : p.paramBf16().address());
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 40, p.inPlanes() ? p.paramLow().address() : 0L);
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 48, p.param().numel());
-      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, blocks);
+      t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 56, chunks);
       t.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 64, p.grad().dtype() == DType.BF16 ? 1L : 0L);
-      blocks += (p.param().numel() + CHUNK - 1) / CHUNK;
+      chunks += (p.param().numel() + CHUNK - 1) / CHUNK;
     }
-    return blocks;
+    return chunks;
   }
 
   /** Updates every parameter in place, in one launch; gradients may be fp32 or bf16, each its own. */
@@ -180,14 +192,14 @@ public final class FusedAdamW {
       return;
     }
     Storage table = Storage.allocate((long) params.size() * DESCRIPTOR_BYTES);
-    long blocks = describe(params, table.segment());
-    if (blocks == 0) {
+    long chunks = describe(params, table.segment());
+    if (chunks == 0) {
       return;
     }
     float bc1 = (float) (1 - Math.pow(h.beta1(), h.step()));
     float bc2 = (float) (1 - Math.pow(h.beta2(), h.step()));
     try (CudaArray dTable = CudaArray.fromHost(device, bytes(table, params))) {
-      device.kernels().module("adamw").kernel("kiln_adamw_multi").launch(stream, blocks, 1, 256, 0,
+      device.kernels().module("adamw").kernel("kiln_adamw_multi" + SUFFIX).launch(stream, chunks * SPLIT, 1, THREADS, 0,
           new KernelArgs().ptr(dTable).i32(params.size()).f32(h.lr())
               .f32(h.beta1()).f32(h.beta2()).f32(h.eps()).f32(h.weightDecay()).f32(bc1).f32(bc2)
               .f32(h.gradScale()).i32(h.cs336() ? 1 : 0));

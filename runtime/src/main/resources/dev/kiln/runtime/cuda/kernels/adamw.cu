@@ -1,7 +1,7 @@
 // Multi-tensor AdamW: one launch updates every parameter tensor of a model.
 //
-// The host passes a table of tensors; tensor i owns blocks [first_block_i, first_block_{i+1}) of the grid, each
-// block CHUNK elements of it. Parameters, first and second moments are fp32 (master weights and optimizer state);
+// The host passes a table of tensors; tensor i owns chunks [first_block_i, first_block_{i+1}) of KILN_ADAM_CHUNK
+// elements, each taken by KILN_ADAM_SPLIT blocks of the grid (below). Parameters, first and second moments are fp32 (master weights and optimizer state);
 // gradients are fp32 or bf16, each tensor's own (a mixed-precision step's GEMM weight gradients are bf16, as autocast's,
 // while its norms' and embeddings' are fp32); an optional bf16 copy of the updated parameters is written for bf16 compute.
 // A master weight is either an fp32 array or two 16-bit planes (below), whose upper plane is the bf16 copy.
@@ -55,8 +55,18 @@ struct KilnAdamTensor {  // 72 bytes; the Java side writes the same layout (Fuse
   kiln_i64 grad_bf16;  // non-zero: grad holds bf16
 };
 
+// The table's unit: tensor i owns chunks [first_block_i, first_block_{i+1}) of KILN_ADAM_CHUNK elements. A chunk is
+// taken by KILN_ADAM_SPLIT blocks of KILN_ADAM_THREADS threads, two groups of four elements a thread (FusedAdamW
+// launches that grid). One block of 256 threads a chunk, four groups a thread, held 90 registers a thread, two blocks
+// a multiprocessor: AdamW ran at 0.953 of the driver's device-to-device copy, while its bytes moved without the
+// arithmetic ran at 0.975 (CudaBenchmark memory). Quarter blocks take 64 registers, eight blocks a multiprocessor
+// whose loads and arithmetic interleave: 0.984-0.988 (twenty-ninth session; graphed xl and TinyStories steps, held at
+// the card's power limit, ran the same). The whole-chunk blocks stay, for comparisons (KILN_ADAM_SPLIT=1: the _whole
+// kernels).
 #define KILN_ADAM_CHUNK 4096
-#define KILN_ADAM_THREADS 256  // FusedAdamW launches blocks of this many threads
+#define KILN_ADAM_SPLIT 4
+#define KILN_ADAM_THREADS 128
+#define KILN_ADAM_WHOLE_THREADS 256
 
 __device__ __forceinline__ bool kiln_aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
 __device__ __forceinline__ bool kiln_aligned8(const void* p) { return ((unsigned long long)p & 7) == 0; }
@@ -165,9 +175,10 @@ __device__ __forceinline__ void kiln_adam_grad4(const KilnAdamTensor& t, bool bf
   for (int k = 0; k < 4; k++) g[k] *= scale;
 }
 
-// Block b's share of tensor tt (which owns it), its master weight in PLANES' form.
-template <bool PLANES>
-__device__ __forceinline__ void kiln_adamw_tensor(const KilnAdamTensor& tt, kiln_i64 b, float lr, float beta1,
+// Part `part` (of SUB) of chunk b of tensor tt (which owns it), taken by a block of T threads, its master weight in
+// PLANES' form.
+template <bool PLANES, int SUB, int T>
+__device__ __forceinline__ void kiln_adamw_tensor(const KilnAdamTensor& tt, kiln_i64 b, int part, float lr, float beta1,
                                                   float beta2, float eps, float weight_decay, float bc1, float bc2,
                                                   float grad_scale, int cs336) {
   const bool grad_is_bf16 = tt.grad_bf16 != 0;
@@ -180,17 +191,18 @@ __device__ __forceinline__ void kiln_adamw_tensor(const KilnAdamTensor& tt, kiln
                                      : kiln_aligned16(tt.param) && (tt.param_bf16 == nullptr || kiln_aligned8(tt.param_bf16));
   const bool aligned = ((start & 3) == 0) && ((end - start) & 3) == 0 && master_aligned && kiln_aligned16(tt.m) &&
                        kiln_aligned16(tt.v) && (grad_is_bf16 ? kiln_aligned8(tt.grad) : kiln_aligned16(tt.grad));
-  if (aligned && end - start == KILN_ADAM_CHUNK && blockDim.x == KILN_ADAM_THREADS) {
-    // A whole chunk: every load of the thread's four groups is issued before the first store. In the loop below the
+  if (aligned && end - start == KILN_ADAM_CHUNK && blockDim.x == T) {
+    // A whole chunk: every load of the thread's groups is issued before the first store. In the loop below the
     // compiler cannot move a group's loads above the stores before it (the arrays may alias, as far as it knows),
     // so each group waited for memory on its own.
-    constexpr int U = KILN_ADAM_CHUNK / (4 * KILN_ADAM_THREADS);
+    constexpr int U = KILN_ADAM_CHUNK / (4 * T * SUB);
+    const kiln_i64 first = start + (kiln_i64)part * (KILN_ADAM_CHUNK / SUB);
     uint4 p4[U];
     float4 m4[U], v4[U];
     float g[U][4];
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const kiln_i64 i = start + 4 * (kiln_i64)(threadIdx.x + u * KILN_ADAM_THREADS);
+      const kiln_i64 i = first + 4 * (kiln_i64)(threadIdx.x + u * T);
       kiln_adam_grad4(tt, grad_is_bf16, i, grad_scale, g[u]);
       p4[u] = kiln_adam_raw4<PLANES>(tt, i);
       m4[u] = *(const float4*)(tt.m + i);
@@ -198,7 +210,7 @@ __device__ __forceinline__ void kiln_adamw_tensor(const KilnAdamTensor& tt, kiln
     }
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const kiln_i64 i = start + 4 * (kiln_i64)(threadIdx.x + u * KILN_ADAM_THREADS);
+      const kiln_i64 i = first + 4 * (kiln_i64)(threadIdx.x + u * T);
       float4 p = kiln_adam_master4<PLANES>(p4[u]);
       float* pp = &p.x;
       float* mm = &m4[u].x;
@@ -214,6 +226,7 @@ __device__ __forceinline__ void kiln_adamw_tensor(const KilnAdamTensor& tt, kiln
     }
     return;
   }
+  if (part != 0) return;  // the chunk's first block takes a ragged or unaligned chunk whole (the last of a tensor)
   if (aligned) {
     // Four elements a thread with 16-byte loads and stores: the update is bound by memory traffic (about 30 bytes a
     // parameter), and wide accesses keep more of it in flight.
@@ -251,13 +264,16 @@ __device__ __forceinline__ void kiln_adamw_tensor(const KilnAdamTensor& tt, kiln
   }
 }
 
-// One block's share of the update; the scalars come from the launch arguments (kiln_adamw_multi) or from device
-// memory (kiln_adamw_multi_dev, for CUDA graphs, where arguments are frozen at capture).
+// One block's share of the update, SUB blocks of T threads a chunk; the scalars come from the launch arguments
+// (kiln_adamw_multi) or from device memory (kiln_adamw_multi_dev, for CUDA graphs, where arguments are frozen at
+// capture).
+template <int SUB, int T>
 __device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restrict__ tensors, int count, float lr,
                                                  float beta1, float beta2, float eps, float weight_decay, float bc1,
                                                  float bc2, float grad_scale, int cs336) {
-  // Binary search for the tensor that owns this block.
-  const kiln_i64 b = blockIdx.x;
+  // Binary search for the tensor that owns this block's chunk.
+  const kiln_i64 b = blockIdx.x / SUB;
+  const int part = (int)(blockIdx.x % SUB);
   int lo = 0, hi = count - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) >> 1;
@@ -265,31 +281,32 @@ __device__ __forceinline__ void kiln_adamw_block(const KilnAdamTensor* __restric
   }
   const KilnAdamTensor tt = tensors[lo];
   if (tt.param_low != nullptr) {
-    kiln_adamw_tensor<true>(tt, b, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
+    kiln_adamw_tensor<true, SUB, T>(tt, b, part, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
   } else {
-    kiln_adamw_tensor<false>(tt, b, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
+    kiln_adamw_tensor<false, SUB, T>(tt, b, part, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
   }
 }
 
-extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi(const KilnAdamTensor* __restrict__ tensors,
-                                                                    int count, float lr,
-                                                                    float beta1, float beta2, float eps,
-                                                                    float weight_decay, float bc1, float bc2,
-                                                                    float grad_scale, int cs336) {
-  kiln_pdl_enter();
-  kiln_adamw_block(tensors, count, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);
-}
+#define KILN_ADAMW_ENTRIES(SUFFIX, SUB, T)                                                                          \
+  extern "C" __global__ void __launch_bounds__(T) kiln_adamw_multi##SUFFIX(                                        \
+      const KilnAdamTensor* __restrict__ tensors, int count, float lr, float beta1, float beta2, float eps,        \
+      float weight_decay, float bc1, float bc2, float grad_scale, int cs336) {                                     \
+    kiln_pdl_enter();                                                                                              \
+    kiln_adamw_block<SUB, T>(tensors, count, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, cs336);   \
+  }                                                                                                                \
+  extern "C" __global__ void __launch_bounds__(T) kiln_adamw_multi_dev##SUFFIX(                                    \
+      const KilnAdamTensor* __restrict__ tensors, int count, const float* __restrict__ hyper) {                    \
+    kiln_pdl_enter();                                                                                              \
+    if (hyper[8] != 0.f) return;                                                                                   \
+    kiln_adamw_block<SUB, T>(tensors, count, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5], hyper[6], \
+                             hyper[7], hyper[9] != 0.f);                                                           \
+  }
 
-// hyper: lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale, skip (non-zero: leave everything unchanged, the
-// step diverged), cs336 (non-zero: CS336's form).
-extern "C" __global__ void __launch_bounds__(KILN_ADAM_THREADS) kiln_adamw_multi_dev(const KilnAdamTensor* __restrict__ tensors,
-                                                                        int count,
-                                                                        const float* __restrict__ hyper) {
-  kiln_pdl_enter();
-  if (hyper[8] != 0.f) return;
-  kiln_adamw_block(tensors, count, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5],
-                   hyper[6], hyper[7], hyper[9] != 0.f);
-}
+// kiln_adamw_multi: the scalars as arguments. kiln_adamw_multi_dev: hyper holds lr, beta1, beta2, eps,
+// weight_decay, bc1, bc2, grad_scale, skip (non-zero: leave everything unchanged, the step diverged), cs336
+// (non-zero: CS336's form). The _whole pair takes a chunk a block (KILN_ADAM_SPLIT=1 in FusedAdamW).
+KILN_ADAMW_ENTRIES(, KILN_ADAM_SPLIT, KILN_ADAM_THREADS)
+KILN_ADAMW_ENTRIES(_whole, 1, KILN_ADAM_WHOLE_THREADS)
 
 // Global-norm clipping on the device: norm = sqrt(sum of sumsq[0..n)) * inv_micro (gradients summed over
 // micro-batches); hyper[7] (AdamW's gradient scale) = inv_micro * min(1, max_norm / (norm + 1e-6)) when max_norm > 0;
