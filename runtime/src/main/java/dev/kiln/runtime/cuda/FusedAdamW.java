@@ -199,8 +199,8 @@ public final class FusedAdamW {
     float bc1 = (float) (1 - Math.pow(h.beta1(), h.step()));
     float bc2 = (float) (1 - Math.pow(h.beta2(), h.step()));
     try (CudaArray dTable = CudaArray.fromHost(device, bytes(table, params))) {
-      device.kernels().module("adamw").kernel("kiln_adamw_multi" + SUFFIX).launch(stream, chunks * SPLIT, 1, THREADS, 0,
-          new KernelArgs().ptr(dTable).i32(params.size()).f32(h.lr())
+      device.kernels().module("adamw").kernel("kiln_adamw_multi" + SUFFIX).launch(stream, chunks * SPLIT, 1, THREADS,
+          0, new KernelArgs().ptr(dTable).i32(params.size()).f32(h.lr())
               .f32(h.beta1()).f32(h.beta2()).f32(h.eps()).f32(h.weightDecay()).f32(bc1).f32(bc2)
               .f32(h.gradScale()).i32(h.cs336() ? 1 : 0));
     }

@@ -1,9 +1,10 @@
 // Multi-tensor AdamW: one launch updates every parameter tensor of a model.
 //
 // The host passes a table of tensors; tensor i owns chunks [first_block_i, first_block_{i+1}) of KILN_ADAM_CHUNK
-// elements, each taken by KILN_ADAM_SPLIT blocks of the grid (below). Parameters, first and second moments are fp32 (master weights and optimizer state);
-// gradients are fp32 or bf16, each tensor's own (a mixed-precision step's GEMM weight gradients are bf16, as autocast's,
-// while its norms' and embeddings' are fp32); an optional bf16 copy of the updated parameters is written for bf16 compute.
+// elements, each taken by KILN_ADAM_SPLIT blocks of the grid (below). Parameters, first and second moments are fp32
+// (master weights and optimizer state); gradients are fp32 or bf16, each tensor's own (a mixed-precision step's GEMM
+// weight gradients are bf16, as autocast's, while its norms' and embeddings' are fp32); an optional bf16 copy of the
+// updated parameters is written for bf16 compute.
 // A master weight is either an fp32 array or two 16-bit planes (below), whose upper plane is the bf16 copy.
 // The update follows torch.optim.AdamW (decoupled weight decay applied before the Adam step):
 //   p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
