@@ -147,8 +147,7 @@ public final class CudaBenchmark {
         CudaArray dst = CudaArray.empty(dev, DType.U8, copyBytes)) {
       double copyMs = timeMean(dev, reps, () -> dst.copyFrom(src, stream));
       double copyTbps = 2.0 * copyBytes / (copyMs * 1e9);
-      System.out.printf("BENCH memory kind=copy_dtod gb=%.2f ms=%.4f tbps=%.3f of_copy=1.000%n",
-          2.0 * copyBytes / 1e9, copyMs, copyTbps);
+      printMemory("copy_dtod", 2 * copyBytes, copyMs, copyTbps);
       for (boolean planes : new boolean[] {true, false}) {
         try (CudaArray param = planes ? CudaArray.empty(dev, DType.F32, n) : CudaArray.zeros(dev, DType.F32, n);
             CudaArray grad = CudaArray.fromHost(dev, uniformBf16(n, 7));
@@ -161,10 +160,7 @@ public final class CudaBenchmark {
           FusedAdamW opt = new FusedAdamW(dev);
           try (FusedAdamW.Prepared p = opt.prepare(List.of(new FusedAdamW.Param(param, grad, m, v, upper, lower)))) {
             double ms = timeMean(dev, reps, () -> opt.step(p, hyper));
-            long bytes = n * (planes ? 26 : 28);
-            double tbps = bytes / (ms * 1e9);
-            System.out.printf("BENCH memory kind=%s gb=%.2f ms=%.4f tbps=%.3f of_copy=%.3f%n",
-                planes ? "adamw_planes" : "adamw_fp32_bf16copy", bytes / 1e9, ms, tbps, tbps / copyTbps);
+            printMemory(planes ? "adamw_planes" : "adamw_fp32_bf16copy", n * (planes ? 26 : 28), ms, copyTbps);
           }
         }
       }
@@ -183,32 +179,38 @@ public final class CudaBenchmark {
     KernelLoader.Module bench = dev.kernels().module("bench_memory");
     long n = 1L << 28;
     long groups = n / 4;
-    long blocks = groups / (256 * 4);
+    long blocks = groups / TRAFFIC_VECTORS_A_BLOCK;
     try (CudaArray grad = CudaArray.zeros(dev, DType.BF16, n); CudaArray hi = CudaArray.zeros(dev, DType.BF16, n);
         CudaArray lo = CudaArray.zeros(dev, DType.BF16, n); CudaArray m = CudaArray.zeros(dev, DType.F32, n);
         CudaArray v = CudaArray.zeros(dev, DType.F32, n)) {
       CudaKernel nine = bench.kernel("kiln_bench_adam_traffic");
-      double ms = timeMean(dev, reps, () -> nine.launch(stream, blocks, 1, 256, 0,
+      double ms = timeMean(dev, reps, () -> nine.launch(stream, blocks, 1, TRAFFIC_THREADS, 0,
           new KernelArgs().ptr(grad).ptr(hi).ptr(lo).ptr(m).ptr(v).i64(groups)));
-      printTraffic("adam_traffic", n * 26, ms, copyTbps);
+      printMemory("adam_traffic", n * 26, ms, copyTbps);
       // m and v as one array of twice the length: the same bytes, read as [m0..3, v0..3] runs.
       CudaKernel seven = bench.kernel("kiln_bench_adam_traffic_mv");
       try (CudaArray mv = CudaArray.zeros(dev, DType.F32, 2 * n)) {
-        ms = timeMean(dev, reps, () -> seven.launch(stream, blocks, 1, 256, 0,
+        ms = timeMean(dev, reps, () -> seven.launch(stream, blocks, 1, TRAFFIC_THREADS, 0,
             new KernelArgs().ptr(grad).ptr(hi).ptr(lo).ptr(mv).i64(groups)));
-        printTraffic("adam_traffic_mv", n * 26, ms, copyTbps);
+        printMemory("adam_traffic_mv", n * 26, ms, copyTbps);
       }
     }
     long bytes = 1L << 31;
     try (CudaArray src = CudaArray.zeros(dev, DType.U8, bytes); CudaArray dst = CudaArray.empty(dev, DType.U8, bytes)) {
       CudaKernel copy = bench.kernel("kiln_bench_copy16");
-      double ms = timeMean(dev, reps, () -> copy.launch(stream, bytes / 16 / (256 * 4), 1, 256, 0,
+      double ms = timeMean(dev, reps, () -> copy.launch(stream, bytes / 16 / TRAFFIC_VECTORS_A_BLOCK, 1,
+          TRAFFIC_THREADS, 0,
           new KernelArgs().ptr(src).ptr(dst).i64(bytes / 16)));
-      printTraffic("copy_kernel", 2 * bytes, ms, copyTbps);
+      printMemory("copy_kernel", 2 * bytes, ms, copyTbps);
     }
   }
 
-  private static void printTraffic(String kind, long bytes, double ms, double copyTbps) {
+  /** bench_memory.cu's blocks: KILN_BENCH_THREADS threads, KILN_BENCH_U vectors (groups of four) a thread. */
+  private static final int TRAFFIC_THREADS = 256;
+  private static final int TRAFFIC_VECTORS_A_BLOCK = TRAFFIC_THREADS * 4;
+
+  /** One line of {@link #memory}: what moved {@code bytes} in {@code ms}, its rate and the share of the copy's. */
+  private static void printMemory(String kind, long bytes, double ms, double copyTbps) {
     double tbps = bytes / (ms * 1e9);
     System.out.printf("BENCH memory kind=%s gb=%.2f ms=%.4f tbps=%.3f of_copy=%.3f%n", kind, bytes / 1e9, ms, tbps,
         tbps / copyTbps);
