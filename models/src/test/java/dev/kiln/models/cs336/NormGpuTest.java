@@ -156,6 +156,90 @@ class NormGpuTest {
     }
   }
 
+  @Test
+  void theForwardTakesTheResidualAddBeforeItAsItLoadsItsRows() {
+    // In mixed precision a residual add of a GEMM's result, h = res + a w^T, waits for its first reader. A norm's
+    // forward that reads it first takes the add as it loads its rows (the _sum variants): the GEMM runs plain and
+    // writes its bf16 result, and the kernel writes h = res + that result, as autocast's add of a bf16 projection
+    // computes it. So h must be, bit for bit, the fp32 sum of res and the GEMM's bf16 result read back; the norm's
+    // output and its backward must match the CPU's on that h (fp32 sums in another order: 1e-4 of the largest
+    // entry); and the GEMM's result is there without another launch. Shapes: the warp-row form (4,000 x 200), the
+    // block-row form (2,048 x 2,560), and one row a block (3,001 x 1,001), which has no _sum variant: there the add
+    // runs in the GEMM's epilogue, of the fp32 accumulator (against the CPU's fp32 product: 1e-4), and the GEMM's
+    // own result is still deferred. With the fusion off, every shape takes the epilogue.
+    CudaProbe.Report r = CudaProbe.probe();
+    Assumptions.assumeTrue(r.available(), () -> "no CUDA device: " + r.problem());
+    CudaModelDevice gpu = new CudaModelDevice(0, CudaModelDevice.Precision.BF16);
+    gpu.poisonNewTensors(true);
+    int k = 64;
+    for (boolean fuse : new boolean[] {true, false}) {
+      gpu.fuseSumsIntoRows(fuse);
+      for (NormType type : NormType.values()) {
+        for (long[] shape : new long[][] {{4_000, 200}, {2_048, 2_560}, {3_001, 1_001}}) {
+          long rows = shape[0];
+          long cols = shape[1];
+          boolean fused = fuse && cols % 4 == 0;
+          String what = type + " " + rows + "x" + cols + (fuse ? "" : ", fusion off");
+          Config config = Config.of(Map.of("d_model", cols, "norm", type.name(), "norm_eps", 1e-5));
+          Rng rng = new Rng(17);
+          NdArray res = rng.normal(NdArray.zeros(DType.F32, rows, cols), 0, 1);
+          NdArray a = rng.normal(NdArray.zeros(DType.F32, rows, k), 0, 1);
+          NdArray w = rng.normal(NdArray.zeros(DType.F32, cols, k), 0, 0.2);
+          NdArray dy = rng.normal(NdArray.zeros(DType.F32, rows, cols), 0, 1);
+          CompiledNorm gpuNorm = new CompiledNorm(gpu, DType.F32);
+          Norm gpuParams = gpuNorm.init(config, 5);
+          try (CudaModelDevice.Scope s = gpu.scope()) {
+            Tensor y = gpu.emptyGemmResult(DType.F32, rows, cols);
+            gpu.gemm(gpu.fromHost(a), false, gpu.fromHost(w), true, y, 1, 0);
+            Tensor h = gpu.binary(dev.kiln.dsl.spi.Device.Binary.ADD, gpu.fromHost(res), y);
+            Context ctx = new Context();
+            Tensor out = gpuNorm.forward(ctx, gpuParams, h);
+            Tensor gx = gpuNorm.backward(ctx, gpuParams, gpu.fromHost(dy)).x();
+            long before = gpu.launches();
+            float[] g = toFloats(gpu.toHost(y));
+            assertEquals(fused ? 0 : 1, gpu.launches() - before, what + ": the GEMM's own result "
+                + (fused ? "was written for the norm" : "still waits for a reader"));
+            float[] hs = toFloats(gpu.toHost(h));
+            float[] rs = toFloats(res);
+            if (fused) {
+              for (int i = 0; i < hs.length; i++) {
+                if (Float.floatToRawIntBits(hs[i]) != Float.floatToRawIntBits(rs[i] + g[i])) {
+                  throw new AssertionError(what + ": h[" + i + "] = " + hs[i] + ", not res + bf16(a w^T) = "
+                      + (rs[i] + g[i]));
+                }
+              }
+            } else {
+              Tensor product = new CpuDevice().zeros(DType.F32, rows, cols);
+              new CpuDevice().gemm(a.to(DType.BF16).to(DType.F32), false, w.to(DType.BF16).to(DType.F32), true,
+                  product, 1, 0);
+              close(what + " h", new CpuDevice().binary(dev.kiln.dsl.spi.Device.Binary.ADD, res, product), h, gpu,
+                  1e-4);
+            }
+            // The norm against the CPU's on the h the GPU made.
+            NdArray hHost = gpu.toHost(h).to(DType.F32);
+            CompiledNorm cpuNorm = new CompiledNorm(new CpuDevice(), DType.F32);
+            Norm cpuParams = cpuNorm.init(config, 5);
+            Context cpuCtx = new Context();
+            Tensor refY = cpuNorm.forward(cpuCtx, cpuParams, hHost);
+            Tensor refX = cpuNorm.backward(cpuCtx, cpuParams, dy).x();
+            close(what + " y", refY, out, gpu, 1e-4);
+            close(what + " dx", refX, gx, gpu, 1e-4);
+          }
+        }
+      }
+    }
+    gpu.fuseSumsIntoRows(true);
+  }
+
+  private static float[] toFloats(NdArray a) {
+    double[] d = a.to(DType.F64).toDoubleArray();
+    float[] f = new float[d.length];
+    for (int i = 0; i < d.length; i++) {
+      f[i] = (float) d[i];
+    }
+    return f;
+  }
+
   /** The norm's generated kernels that have column-sum outputs (the weight gradient's terms, and LayerNorm's bias's). */
   private static List<Kernel> columnSumKernels() {
     List<Kernel> out = new ArrayList<>();
