@@ -161,26 +161,6 @@ public final class FusedKernel {
   }
 
   /**
-   * Whether the CUDA kernel's warp-row and block-row forms also exist as {@code _sum} variants, whose first input
-   * arrives as the sum of two addends: a row kernel without column sums whose one full input is its first, read in
-   * the compute dtype (not a bf16 GEMM result). The variants take the fp32 addend where that input goes and, after
-   * the scalars (and the twin's pointer), the bf16 addend and an fp32 output for the sum, which they write as they
-   * load the row. A norm's forward after a residual add is such a kernel: a mixed-precision device then keeps the
-   * projection's GEMM plain (bf16 out) and adds the residual in the norm, rather than in the GEMM's epilogue, whose
-   * fp32 reads and writes ran it at a fraction of the tensor cores' rate.
-   */
-  public boolean sumVariants() {
-    if (!hasReduction() || !columnSums.isEmpty() || inputs.isEmpty()) {
-      return false;
-    }
-    Value first = inputs.keySet().iterator().next();
-    if (inputs.get(first) != Level.FULL || bf16Inputs.contains(first)) {
-      return false;
-    }
-    return inputs.values().stream().filter(l -> l == Level.FULL).count() == 1;
-  }
-
-  /**
    * Whether the kernel is a plain sum of its inputs ({@code Kernel.sumOfInputs}): pointwise, no scalars, every input
    * and the one output full, every member an add of two full values, each input and each partial sum read once, the
    * last sum the output. A device may then produce the output another way, such as one GEMM over the stacked

@@ -64,13 +64,6 @@ class CudaSourceTest {
               m + ": " + name + "_f32_tw exactly for a row kernel with one full output and no GEMM-only ones");
           int twinVariants = twin ? 1 + (in16 ? 1 : 0) : 0;
           bf16Variants += twinVariants;
-          // A row kernel without column sums whose one full input is t0, read in the compute dtype, also takes that
-          // input as a sum of two addends in its _sum variants (FusedKernel.sumVariants): f32 and, with GEMM-only
-          // outputs, f32_bf16, in the warp-row and block-row forms only.
-          long fullInputs = comment.lines().filter(l -> l.matches("//   t\\d+ in  full .*")).count();
-          boolean sums = rowKernel && fullInputs == 1 && comment.lines().anyMatch(l -> l.startsWith("//   t0 in  full ")
-              && !l.contains("(a GEMM output")) && !comment.contains("(summed over runs of rows");
-          int sumVariants = sums ? 1 + (marked ? 1 : 0) : 0;
           // ... and its block-row form for each of those spans.
           List<String> forms = new ArrayList<>();
           for (int span : dev.kiln.processor.emit.cuda.CudaEmitter.WARP_ROW_SPANS) {
@@ -85,9 +78,7 @@ class CudaSourceTest {
             assertEquals(twin, cu.contains("extern \"C\" __global__ void " + name + form + "_f32_tw("),
                 m + ": " + name + form + "_f32_tw exactly with the twin variants");
             assertTrue(!cu.contains(name + form + "_f64("), m + ": no f64 " + form + " form of " + name);
-            assertEquals(sums, cu.contains("extern \"C\" __global__ void " + name + form + "_f32_sum("),
-                m + ": " + name + form + "_f32_sum exactly for a row kernel whose one full input is its first");
-            warpRowForms += rowKernel ? floatVariants + twinVariants + sumVariants : 0;
+            warpRowForms += rowKernel ? floatVariants + twinVariants : 0;
           }
         }
       }
@@ -95,7 +86,7 @@ class CudaSourceTest {
       assertEquals(2 * kernels + bf16Variants + warpRowForms, cu.split("extern \"C\" __global__", -1).length - 1,
           m + ": one f32 and one f64 per kernel, f32_bf16 where an output is read only by GEMMs, f32_in16 where an"
               + " input may be a bf16 GEMM output, f32_bf16_in16 where both, _tw where a row kernel's one full output"
-              + " has a bf16 twin, and the warp-row and block-row forms of row kernels (and their _sum variants)");
+              + " has a bf16 twin, and the warp-row and block-row forms of row kernels");
       assertTrue(cu.contains("+=") && cu.contains("Conventions"), "the header states the conventions");
     }
   }

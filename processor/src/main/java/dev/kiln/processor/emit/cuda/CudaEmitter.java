@@ -61,10 +61,6 @@ public final class CudaEmitter {
     b.append("//     <name>[_w<J>|_b<J>]_f32[_in16]_tw: one more argument after the scalars, unsigned short* tw,\n");
     b.append("//     that\n");
     b.append("//     receives that output rounded to bf16 as well, for a device whose GEMMs read it next.\n");
-    b.append("//     A row kernel without column sums whose one full input is its first (FusedKernel.sumVariants)\n");
-    b.append("//     also exists as <name>_w<J>|_b<J>_f32[_bf16]_sum: that input arrives as the sum of two\n");
-    b.append("//     addends, t0 the fp32 one and, after the scalars, const unsigned short* sa the bf16 one, and\n");
-    b.append("//     float* so receives the sum (a residual add fused into the norm after it).\n");
     b.append("//\n// Dims named in the kernels' comments\n");
     Set<String> dims = new LinkedHashSet<>();
     for (FusedKernel k : kernels) {
@@ -484,35 +480,18 @@ public final class CudaEmitter {
         b.append("extern \"C\" __global__ void ").append(k.name()).append('_').append(suffix).append(open)
             .append("_body<").append(inst).append(">(").append(pass).append(");\n}\n\n");
         if (rows && !t[0].equals("f64")) {
-          String noSum = k.sumVariants() ? ", false" : "";
-          String noSumArgs = k.sumVariants() ? ", nullptr, nullptr" : "";
-          rowForms(b, k, suffix, open, inst, noSum, pass + noSumArgs);
+          for (int j : WARP_ROW_SPANS) {
+            b.append("extern \"C\" __global__ void ").append(k.name()).append("_w").append(j).append('_')
+                .append(suffix).append(open).append("_wbody<").append(inst).append(", ").append(j)
+                .append(", false>(").append(pass).append(");\n}\n\n");
+          }
+          for (int j : BLOCK_ROW_SPANS) {
+            b.append("extern \"C\" __global__ void ").append(k.name()).append("_b").append(j).append('_')
+                .append(suffix).append(open).append("_wbody<").append(inst).append(", ").append(j)
+                .append(", true>(").append(pass).append(");\n}\n\n");
+          }
         }
       }
-      if (rows && k.sumVariants() && (t[0].equals("f32") || t[0].equals("f32_bf16"))) {
-        // The _sum variants (FusedKernel.sumVariants): the first input is the fp32 addend; the bf16 addend and the
-        // sum's output come after the scalars (and the twin's pointer, null here).
-        String sig = ps + ", const unsigned short* __restrict__ sa, float* __restrict__ so";
-        String inst = types + (twin >= 0 ? ", false" : "");
-        String pass = call + (twin >= 0 ? ", nullptr" : "") + ", sa, so";
-        String open = "(" + sig + ") {\n  kiln_pdl_enter();\n  " + k.name();
-        rowForms(b, k, t[0] + "_sum", open, inst, ", true", pass);
-      }
-    }
-  }
-
-  /** The warp-row and block-row entry points of one variant ({@code _w<J>_<suffix>}, {@code _b<J>_<suffix>}). */
-  private static void rowForms(StringBuilder b, FusedKernel k, String suffix, String open, String inst, String sum,
-      String pass) {
-    for (int j : WARP_ROW_SPANS) {
-      b.append("extern \"C\" __global__ void ").append(k.name()).append("_w").append(j).append('_')
-          .append(suffix).append(open).append("_wbody<").append(inst).append(", ").append(j)
-          .append(", false").append(sum).append(">(").append(pass).append(");\n}\n\n");
-    }
-    for (int j : BLOCK_ROW_SPANS) {
-      b.append("extern \"C\" __global__ void ").append(k.name()).append("_b").append(j).append('_')
-          .append(suffix).append(open).append("_wbody<").append(inst).append(", ").append(j)
-          .append(", true").append(sum).append(">(").append(pass).append(");\n}\n\n");
     }
   }
 
@@ -555,14 +534,8 @@ public final class CudaEmitter {
   private static void warpRows(StringBuilder b, FusedKernel k, String templateHead, List<String> params) {
     List<Value> ins = new ArrayList<>(k.inputs().keySet());
     List<Value> outs = new ArrayList<>(k.outputs().keySet());
-    List<String> ps = new ArrayList<>(params);
-    if (k.sumVariants()) {
-      ps.add("const unsigned short* __restrict__ sa");
-      ps.add("T* __restrict__ so");
-    }
-    b.append(templateHead).append(", int J, bool BLOCK").append(k.sumVariants() ? ", bool SUM" : "")
-        .append(">\n__device__ void ").append(k.name()).append("_wbody(").append(String.join(", ", ps))
-        .append(") {\n");
+    b.append(templateHead).append(", int J, bool BLOCK>\n__device__ void ").append(k.name()).append("_wbody(")
+        .append(String.join(", ", params)).append(") {\n");
     for (int s = 0; s < k.scalars().size(); s++) {
       b.append("  const T v").append(k.scalars().get(s).id()).append(" = T(s").append(s).append(");\n");
     }
@@ -599,16 +572,6 @@ public final class CudaEmitter {
       b.append(groupLoop);
       for (int t : full) {
         b.append(in).append("    kiln_get4(t").append(t).append(", r * cols + c4, x").append(t).append(" + 4 * j);\n");
-      }
-      if (k.sumVariants()) {
-        // The _sum variants: the row is the fp32 addend plus the bf16 one, the sum stored as it is made.
-        b.append(in).append("    if constexpr (SUM) {\n")
-            .append(in).append("      T a[4];\n")
-            .append(in).append("      kiln_get4(sa, r * cols + c4, a);\n")
-            .append("#pragma unroll\n")
-            .append(in).append("      for (int u = 0; u < 4; ++u) x0[4 * j + u] += a[u];\n")
-            .append(in).append("      kiln_put4(so, r * cols + c4, x0 + 4 * j);\n")
-            .append(in).append("    }\n");
       }
       b.append(groupEnd);
     }

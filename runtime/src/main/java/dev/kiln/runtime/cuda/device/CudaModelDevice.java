@@ -206,21 +206,6 @@ public final class CudaModelDevice implements Device {
   private record PendingGemm(float alpha, CudaArray a, CudaArray b, CudaArray out) {}
 
   /**
-   * Residual adds {@code out = x + g} of a deferred GEMM's result {@code g}, themselves deferred, by {@code out}'s
-   * buffer ({@link #addToPendingGemm}). A generated row kernel that reads {@code out} first as its first input and
-   * has {@code _sum} variants (the next norm's forward) takes it as it loads its rows: the GEMM runs plain, writing
-   * {@code g} in bf16, and the kernel reads {@code x} and {@code g}, writes their sum into {@code out} and goes on with
-   * its row ({@link #launch}). Anything else that touches {@code out} runs the add as one cuBLASLt call with {@code x}
-   * in the GEMM's epilogue. An entry goes when it runs, when something writes what it reads (it runs first), and
-   * when its scope ends. {@code KILN_ROW_SUM_FUSION=0} or {@link #fuseSumsIntoRows(boolean)} turns this off.
-   */
-  private final Map<Object, DeferredSum> deferredSums = new IdentityHashMap<>();
-  private boolean fuseSumsIntoRows = !"0".equals(System.getenv("KILN_ROW_SUM_FUSION"));
-
-  /** {@code out = x + gemm.out}, x fp32 and laid out as out; computed once out's producer runs. */
-  private record DeferredSum(CudaArray x, PendingGemm gemm, CudaArray out) {}
-
-  /**
    * RoPE results that attention's kernels may compute themselves, by the result's buffer ({@link #ropeByAttention}).
    * A forward RoPE of q or k (bf16, for attention alone, the processor says) is not launched: its kernel becomes the
    * result's deferred producer, and an attention over two such results runs the whole-head kernel that turns q and k
@@ -1762,26 +1747,11 @@ public final class CudaModelDevice implements Device {
    * graph never runs it). In that order, so that nothing still to run reads memory whose producer was dropped.
    */
   private void settleDeferredWork(List<CudaArray> owned) {
-    if (pendingGemms.isEmpty() && deferredRopes.isEmpty() && deferredSums.isEmpty()) {
+    if (pendingGemms.isEmpty() && deferredRopes.isEmpty()) {
       return;
     }
     java.util.Set<Object> buffers = java.util.Collections.newSetFromMap(new IdentityHashMap<>());
     owned.forEach(a -> buffers.add(a.bufferIdentity()));
-    for (DeferredSum s : List.copyOf(deferredSums.values())) {
-      PendingGemm p = s.gemm();
-      if (!buffers.contains(s.out().bufferIdentity()) && (buffers.contains(s.x().bufferIdentity())
-          || buffers.contains(p.a().bufferIdentity()) || buffers.contains(p.b().bufferIdentity())
-          || buffers.contains(p.out().bufferIdentity()))) {
-        s.out().produce();
-      }
-    }
-    deferredSums.values().removeIf(s -> {
-      boolean made = buffers.contains(s.out().bufferIdentity());
-      if (made) {
-        s.out().dropProducer();
-      }
-      return made;
-    });
     for (PendingGemm p : List.copyOf(pendingGemms)) {
       if (!buffers.contains(p.out().bufferIdentity())
           && (buffers.contains(p.a().bufferIdentity()) || buffers.contains(p.b().bufferIdentity()))) {
@@ -1892,18 +1862,6 @@ public final class CudaModelDevice implements Device {
 
   /** Forgets the casts of memory that {@code a} is about to change; runs deferred GEMMs that read it first. */
   private void written(CudaArray a) {
-    if (!deferredSums.isEmpty()) {
-      // A deferred residual add runs before what it reads changes (the GEMM's result too: the fused path reads it).
-      for (DeferredSum s : List.copyOf(deferredSums.values())) {
-        PendingGemm p = s.gemm();
-        if (s.x().sharesBufferWith(a) || p.a().sharesBufferWith(a) || p.b().sharesBufferWith(a)
-            || p.out().sharesBufferWith(a)) {
-          s.out().produce();
-        } else if (s.out().sharesBufferWith(a)) {
-          deferredSums.remove(s.out().bufferIdentity()); // its producer runs when the writer asks for the address
-        }
-      }
-    }
     if (!pendingGemms.isEmpty()) {
       for (PendingGemm p : List.copyOf(pendingGemms)) {
         if (p.a().sharesBufferWith(a) || p.b().sharesBufferWith(a)) {
@@ -2013,7 +1971,7 @@ public final class CudaModelDevice implements Device {
   @Override
   public Tensor binary(Binary op, Tensor a, Tensor b, boolean bf16Result) {
     if (op == Binary.ADD && !pendingGemms.isEmpty()) {
-      Tensor fused = addToPendingGemm(a, b, bf16Result, true);
+      Tensor fused = addToPendingGemm(a, b, bf16Result);
       if (fused != null) {
         return fused;
       }
@@ -2071,7 +2029,7 @@ public final class CudaModelDevice implements Device {
    * another reader of {@code g}, if any comes. Null where the operands do not suit. With {@code bf16Result} (every
    * reader takes bf16), a sum of two GEMMs over stacked operands is written in bf16.
    */
-  private Tensor addToPendingGemm(Tensor a, Tensor b, boolean bf16Result, boolean mayDefer) {
+  private Tensor addToPendingGemm(Tensor a, Tensor b, boolean bf16Result) {
     CudaTensor[] ts = {ct(a, "binary ADD", "a"), ct(b, "binary ADD", "b")};
     PendingGemm pa = wholePending(ts[0].array());
     PendingGemm pb = wholePending(ts[1].array());
@@ -2096,7 +2054,7 @@ public final class CudaModelDevice implements Device {
         launches++;
         mark("gemm (fp32, the first of a sum of two)");
         Tensor firstSum = wrap(first.view(ts[0].array().shape()));
-        Tensor sum = addToPendingGemm(firstSum, b, false, false); // first is closed below: not deferred
+        Tensor sum = addToPendingGemm(firstSum, b, false);
         return sum != null ? sum : binary(Binary.ADD, firstSum, b);
       } finally {
         first.close(); // stream-ordered: the memory is reused only by work queued after the reads above
@@ -2111,15 +2069,8 @@ public final class CudaModelDevice implements Device {
         continue;
       }
       CudaArray out = newArray(DType.F32, x.shape());
-      if (mayDefer && fuseSumsIntoRows && !scopes.isEmpty() && x.offset() % 4 == 0 && out.numel() % 4 == 0) {
-        // Deferred in turn: a norm's forward next takes the add as it loads its rows (deferredSums). Buffers start
-        // 256-byte aligned (cuMemAlloc's whole blocks), so x at a multiple of 4 floats takes 16-byte loads.
-        DeferredSum sum = new DeferredSum(x, p, out);
-        deferredSums.put(out.bufferIdentity(), sum);
-        out.deferProducer(() -> runDeferredSum(sum));
-        return wrap(out);
-      }
-      if (!cublas.gemmAdding(p.alpha(), p.a(), p.b(), x.view(p.out().shape()), out.view(p.out().shape()))) {
+      long[] mn = p.out().shape();
+      if (!cublas.gemmAdding(p.alpha(), p.a(), p.b(), x.view(mn), out.view(mn))) {
         return null;
       }
       launches++;
@@ -2127,49 +2078,6 @@ public final class CudaModelDevice implements Device {
       return wrap(out);
     }
     return null;
-  }
-
-  /**
-   * A deferred residual add ({@link #deferredSums}) run on its own: one cuBLASLt call with {@code x} in the GEMM's
-   * epilogue, the sum of the GEMM's fp32 accumulator; where cuBLASLt takes no such call, the GEMM's bf16 result and
-   * a 4-wide add.
-   */
-  private void runDeferredSum(DeferredSum sum) {
-    deferredSums.remove(sum.out().bufferIdentity());
-    PendingGemm p = sum.gemm();
-    long[] mn = p.out().shape();
-    if (cublas.gemmAdding(p.alpha(), p.a(), p.b(), sum.x().view(mn), sum.out().view(mn))) {
-      launches++;
-      mark("gemm + residual add");
-      return;
-    }
-    long n4 = sum.out().numel() / 4;
-    launchFlat("kiln_binary4_f32_bf16", n4, new KernelArgs().ptr(sum.x()).ptr(p.out()).ptr(sum.out()).i64(n4)
-        .i32(Binary.ADD.ordinal()));
-  }
-
-  /**
-   * The deferred residual add whose result {@code first} is, whole, for a row kernel to take ({@link #deferredSums}),
-   * removed from the deferred work with its producer dropped: the caller launches the kernel that writes it, or runs
-   * {@link #runDeferredSum} itself before that kernel. Null where there is none.
-   */
-  private DeferredSum takeDeferredSum(CudaArray first) {
-    if (deferredSums.isEmpty() || first.dtype() != DType.F32 || !first.coversBuffer()) {
-      return null;
-    }
-    DeferredSum sum = deferredSums.remove(first.bufferIdentity());
-    if (sum != null) {
-      sum.out().dropProducer();
-    }
-    return sum;
-  }
-
-  /**
-   * Turns deferring a residual add to the norm after it ({@link #deferredSums}) off or on (on by default, or as
-   * {@code KILN_ROW_SUM_FUSION=0} says): off, the add runs in the GEMM's epilogue as soon as it is called.
-   */
-  public void fuseSumsIntoRows(boolean on) {
-    fuseSumsIntoRows = on;
   }
 
   /**
@@ -2710,22 +2618,6 @@ public final class CudaModelDevice implements Device {
     }
     CudaArray out = arrays[kernel.inputs() + kernel.twinOutput()];
     return out.isContiguous() ? newArray(DType.BF16, out.shape()) : null;
-  }
-
-  /**
-   * The {@code _sum} variant of {@code kernel}'s warp-row or block-row form at {@code shape} for {@code variant}, where
-   * the module has it (the processor's FusedKernel.sumVariants) and, for a block row, a block of it fits an SM; else
-   * null (the one-row-a-block form, f64, a processor of before the variants).
-   */
-  private String sumFunction(Kernel kernel, RowLaunch shape, String variant, KernelLoader.Module m) {
-    if (shape.span() == 0 || !(variant.equals("f32") || variant.equals("f32_bf16"))) {
-      return null;
-    }
-    String function = shape.function(kernel, variant + "_sum");
-    if (!m.has(function) || shape.blockRow() && residentBlocks(kernel, function, shape.threads(), 0) == 0) {
-      return null;
-    }
-    return function;
   }
 
   private RowLaunch rowLaunch(Kernel kernel, long rows, long cols, DType dtype, boolean aligned, String variant) {
@@ -3471,6 +3363,7 @@ public final class CudaModelDevice implements Device {
     if (kernel.sumOfInputs() && stackedSum(arrays, kernel.inputs())) {
       return;
     }
+
     List<CudaArray> temps = new ArrayList<>(2);
     if (bf16Inputs > 0 && fp32MaybeBf16 > 0) {
       // The _in16 variants read all such inputs as bf16: with some in fp32 (a caller that wanted one of them in its
@@ -3511,6 +3404,7 @@ public final class CudaModelDevice implements Device {
       if (i >= kernel.inputs()) {
         written(a);
       }
+      args.ptr(a);
     }
     // Outputs only GEMMs read come in bf16 (emptyGemmOperand) all together or not at all: the _f32_bf16 variant
     // writes every one of them as bf16. Inputs that are GEMM outputs kept in bf16 (emptyGemmResult): _in16.
@@ -3536,61 +3430,33 @@ public final class CudaModelDevice implements Device {
     }
     long rows = sizes[0];
     long cols = sizes[1];
-    // A deferred residual add whose result is this row kernel's first input: taken before anything asks for that
-    // input's address (which would run the add), then fused into the launch or run on its own before it.
-    DeferredSum sum = kernel.kind() == Kernel.Kind.ROWS && kernel.inputs() > 0 ? takeDeferredSum(arrays[0]) : null;
+    args.i64(rows).i64(cols);
+    if (kernel.gemmOperandRowStride()) {
+      args.i64(ldg);
+    }
+    for (double s : scalars) {
+      args.f64(s);
+    }
     KernelLoader.Module m = gpu.kernels().generated(kernel.cudaResource());
     try {
       if (rows * cols == 0) {
-        if (sum != null) {
-          runDeferredSum(sum);
-        }
         return;
-      }
-      RowLaunch shape = null;
-      String function = null;
-      if (kernel.kind() == Kernel.Kind.ROWS) {
-        boolean aligned = true;
-        for (CudaArray a : arrays) {
-          aligned &= (a.address() & 15) == 0; // the first input's deferred add, if any, was taken: no launch here
-        }
-        shape = rowLaunch(kernel, rows, cols, dtype, aligned, variant);
-        if (sum != null) {
-          function = sumFunction(kernel, shape, variant, m);
-          if (function == null) {
-            runDeferredSum(sum); // queued before the kernel that reads its result
-            sum = null;
-          } else {
-            written(sum.out());
-          }
-        }
-      }
-      for (int i = 0; i < arrays.length; i++) {
-        // The _sum variants read the add's fp32 addend where the first input goes, and write the sum (below).
-        args.ptr(i == 0 && sum != null ? sum.x() : arrays[i]);
-      }
-      args.i64(rows).i64(cols);
-      if (kernel.gemmOperandRowStride()) {
-        args.i64(ldg);
-      }
-      for (double s : scalars) {
-        args.f64(s);
       }
       if (kernel.kind() == Kernel.Kind.POINTWISE) {
         long perBlock = (long) BLOCK * kernel.elementsPerThread();
         m.kernel(kernel.name() + "_" + variant).launch(stream, (rows * cols + perBlock - 1) / perBlock, 1, BLOCK, 0,
             args);
       } else {
-        CudaArray twin = sum == null ? twinFor(kernel, arrays, variant) : null;
+        boolean aligned = true;
+        for (CudaArray a : arrays) {
+          aligned &= (a.address() & 15) == 0;
+        }
+        RowLaunch shape = rowLaunch(kernel, rows, cols, dtype, aligned, variant);
+        CudaArray twin = twinFor(kernel, arrays, variant);
         if (twin != null) {
           args.ptr(twin); // the _tw variants' last argument
         }
-        if (sum != null) {
-          // The bf16 addend, the GEMM's result: asking for its address runs the GEMM, plain, now.
-          args.ptr(sum.gemm().out()).ptr(sum.out());
-        }
-        CudaKernel k = m.kernel(function != null ? function
-            : shape.function(kernel, twin != null ? variant + "_tw" : variant));
+        CudaKernel k = m.kernel(shape.function(kernel, twin != null ? variant + "_tw" : variant));
         if (twin != null) {
           rememberCast(arrays[kernel.inputs() + kernel.twinOutput()], twin);
         } else if (kernel.twinOutput() >= 0 && !scopes.isEmpty()) {
@@ -3608,7 +3474,7 @@ public final class CudaModelDevice implements Device {
         }
       }
       launches++;
-      mark("generated " + kernel.name() + (sum != null ? " (with the residual add before it)" : ""));
+      mark("generated " + kernel.name());
     } finally {
       temps.forEach(CudaArray::close);
     }
