@@ -320,12 +320,6 @@ public final class FlashAttention {
   private final CudaDevice device;
   private final CudaStream stream;
   private final Tuning tuning;
-  /**
-   * Whether the whole-head backward passes dS to its dQ pass through a scratch in L2 (the kernels' {@code _dsg} entry
-   * points) instead of recomputing S and dP there: on unless {@code KILN_ATTN_DS_SCRATCH=0}, or as
-   * {@link #passDsThroughScratch} says.
-   */
-  private boolean dsScratch = !"0".equals(System.getenv("KILN_ATTN_DS_SCRATCH"));
 
   public FlashAttention(CudaDevice device) {
     this(device.defaultStream());
@@ -340,15 +334,6 @@ public final class FlashAttention {
     this.device = stream.device();
     this.stream = stream;
     this.tuning = tuning;
-  }
-
-  /**
-   * Turns the whole-head backward's dS scratch on or off ({@code KILN_ATTN_DS_SCRATCH}): its dQ pass then reads the
-   * dK/dV pass's dS from a scratch of 2 n² bytes a (batch, head) slab, which stays in L2 (each block's lines are
-   * dropped once read, never written back), instead of recomputing S and dP. Off, the same kernel recomputes them.
-   */
-  public void passDsThroughScratch(boolean on) {
-    dsScratch = on;
   }
 
   /** True when {@code dtype} and head dim {@code d} take the tensor-core kernels. */
@@ -649,18 +634,8 @@ public final class FlashAttention {
       if (rope != null) {
         args.struct(rope.words());
       }
-      String name = "kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i" + suffix(out.dtype())
-          + (rope != null ? "_rope" : "");
-      if (!dsScratch || !m.has(name + "_dsg")) {
-        m.kernel(name).launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, args);
-        return true;
-      }
-      // dS of each slab's 16 x 16 blocks, rows x rows bf16 (as 32-bit words): written by the dK/dV pass, read by dQ.
-      // Freed in stream order after the launch, like the row sums' array below.
-      try (CudaArray ds = CudaArray.empty(device, stream, DType.I32, g.bh * rows * rows / 2)) {
-        args.ptr(ds);
-        m.kernel(name + "_dsg").launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, args);
-      }
+      m.kernel("kiln_attn_bwd_head_bf16_d" + d + "_" + chosen + resultSuffix(dq) + "_i" + suffix(out.dtype())
+          + (rope != null ? "_rope" : "")).launch(stream, 1, g.bh, Tuning.warps(chosen) * 32, smem, args);
       return true;
     }
     try (CudaArray dot = CudaArray.empty(device, stream, DType.F32, g.bh * g.n)) {

@@ -366,39 +366,6 @@ __device__ __forceinline__ void fwd_tc(const kiln_bf16* __restrict__ Q, const ki
 
 // ------------------------------------------------------------------------------------------------ backward tiles
 
-// dS through global memory (bwd_head's DSG form): the dK/dV pass has every dS^T entry of the slab in registers, and the
-// dQ pass needs them as dS, the A operand of dQ = dS K. Rather than recompute S and dP for it (two of the backward's
-// seven products and an exponential an entry), each warp stores its dS^T tiles as bf16 A fragments of dS, one
-// 16 x 16 block (queries qt, keys kt) at block qt · tiles + kt of the slab's scratch, 16 bytes a lane (512 bytes a
-// block, so a lane's store and the dQ pass's load are one coalesced 16-byte access each). An 8 x 8 piece of dS^T in
-// an accumulator (row g, columns 2t and 2t + 1 a lane) turned by movmatrix is that piece of dS in the same layout,
-// which is an A fragment's register. The values are mma_pb's own bf16 roundings of dS, as the recomputed ones were.
-__device__ __forceinline__ unsigned kiln_movmatrix_trans(unsigned x) {
-  unsigned y;
-  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(y) : "r"(x));
-  return y;
-}
-
-// The BM query rows from m0 and 16 keys from wkey0 of dS^T (p: a 16-row accumulator tile, dS^T[key][query]) into the
-// scratch's blocks (m0 / 16 + kb, wkey0 / 16).
-template <int BM>
-__device__ __forceinline__ void store_ds_blocks(uint4* dsg, int tiles, const float (*p)[4], int m0, int wkey0,
-                                                int lane) {
-#pragma unroll
-  for (int kb = 0; kb < BM / 16; ++kb) {
-    const unsigned a0 = kiln_pack_bf16(p[2 * kb][0], p[2 * kb][1]);
-    const unsigned a1 = kiln_pack_bf16(p[2 * kb][2], p[2 * kb][3]);
-    const unsigned a2 = kiln_pack_bf16(p[2 * kb + 1][0], p[2 * kb + 1][1]);
-    const unsigned a3 = kiln_pack_bf16(p[2 * kb + 1][2], p[2 * kb + 1][3]);
-    // dS rows g and g + 8 of the block, keys 2t.. and 2t + 8..: the transposes of the pieces (keys 0-7, queries
-    // 0-7), (keys 0-7, queries 8-15), (keys 8-15, queries 0-7), (keys 8-15, queries 8-15).
-    const uint4 f = make_uint4(kiln_movmatrix_trans(a0), kiln_movmatrix_trans(a2), kiln_movmatrix_trans(a1),
-                               kiln_movmatrix_trans(a3));
-    dsg[((m0 / 16 + kb) * tiles + wkey0 / 16) * 32 + lane] = f;
-  }
-}
-
-
 // One query tile's contribution to one warp's dK and dV: the warp's MT tiles of 16 keys are rows krow.. of the smem
 // tiles Ks and Vs (key wkey0 onwards), the query tile's BM rows (query m0 onwards) are qs and dos with their lse and
 // dot in ls and ds. S^T = K_w Q^T, P^T = exp(S^T · scale − lse), dV += P^T dO, dP^T = V_w dO^T,
@@ -413,8 +380,7 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
                                           const float* ls, const float* ds, int m0, int wkey0, int n, int causal,
                                           float sl2, int g, int t, int lane,
                                           const unsigned (*kf)[D / 16][4] = nullptr,
-                                          const unsigned (*vf)[D / 16][4] = nullptr, uint4* dsg = nullptr,
-                                          int dsg_tiles = 0) {
+                                          const unsigned (*vf)[D / 16][4] = nullptr) {
   float p[MT][BM / 8][4];
   zero<MT, BM / 8>(p);
   if constexpr (KREG) {
@@ -453,7 +419,6 @@ __device__ __forceinline__ void dkdv_tile(float (*dk)[D / 8][4], float (*dv)[D /
     for (int nb = 0; nb < BM / 8; ++nb)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dp[mt][nb][e] = p[mt][nb][e] * (dp[mt][nb][e] - ds[nb * 8 + 2 * t + (e & 1)]);
-  if (dsg != nullptr) store_ds_blocks<BM>(dsg, dsg_tiles, dp[0], m0, wkey0, lane);
   mma_pb<D, LD, BM, MT>(dk, dp, qs, lane);
 }
 
@@ -1005,11 +970,8 @@ __device__ __forceinline__ void tile_dot(float* Ds, float* Ls, const OutHalfRows
 // tiles of BT that see them), then dQ of the second query tile. Each result row is written by one warp, so no
 // atomics, and the arithmetic is the tiled kernels' own (dkdv_tile, dq_tile). ROPE: q and k come unrotated and are
 // turned in shared memory as they land (rope_rows), and dq and dk are turned back as they are stored
-// (store_rows_unrope): the gradients with respect to the unrotated q and k. DSG (the _dsg entry points): the dK/dV
-// pass stores dS in the slab's blocks of the scratch dsg (store_ds_blocks), and dQ reads it back from L2 instead of
-// recomputing S and dP, after the dK/dV pass and a barrier; each block's lines are dropped from L2 once read
-// (discard), so the scratch is never written back to memory.
-template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI, bool ROPE, bool DSG = false>
+// (store_rows_unrope): the gradients with respect to the unrotated q and k.
+template <int D, int WARPS, int NMAX, int BT, typename TO, typename TI, bool ROPE>
 __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const kiln_bf16* __restrict__ K,
                                          const kiln_bf16* __restrict__ V, const TI* __restrict__ O,
                                          const kiln_bf16* __restrict__ dO, const float* __restrict__ LSE,
@@ -1017,7 +979,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
                                          int heads, float scale, int causal, kiln_attn_layout lq,
                                          kiln_attn_layout lk, kiln_attn_layout lv, kiln_attn_layout lo,
                                          kiln_attn_layout ldo, kiln_attn_layout ldq, kiln_attn_layout ldk,
-                                         kiln_attn_layout ldv, const kiln_attn_rope& rp, uint4* __restrict__ dsg = nullptr) {
+                                         kiln_attn_layout ldv, const kiln_attn_rope& rp) {
   constexpr int LD = D + 8, NT = WARPS * 32, KS = D / 16, TILES = NMAX / 16;
   static_assert(TILES == 2 * WARPS && NMAX % (2 * BT) == 0, "a warp owns two 16-row tiles of the slab");
   static_assert(BT % 16 == 0, "the unmasked tiles are found with 16-row tiles");
@@ -1095,44 +1057,6 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     }
   };
 
-  // DSG: dQ of query rows [wrow0, wrow0 + 16) from the stored dS blocks (qt, 0..) and K in shared memory.
-  uint4* const slab_ds = DSG ? dsg + (kiln_i64)bh * TILES * TILES * 32 : nullptr;
-  auto dq_rows_dsg = [&](int wrow0) {
-    if (wrow0 >= n) return;
-    const int qt = wrow0 / 16;
-    const int nkt = causal ? qt + 1 : (n + 15) / 16;
-    float dq[1][D / 8][4];
-    zero<1, D / 8>(dq);
-    const uint4* row = slab_ds + qt * TILES * 32 + lane;
-    // Four blocks' loads at a time, issued before their products (L2 latency).
-    for (int kt0 = 0; kt0 < nkt; kt0 += 4) {
-      uint4 f[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) f[u] = kt0 + u < nkt ? __ldcg(row + (kt0 + u) * 32) : make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (kt0 + u >= nkt) break;
-        const unsigned a[4] = {f[u].x, f[u].y, f[u].z, f[u].w};
-#pragma unroll
-        for (int db = 0; db < D / 8; db += 2) {
-          unsigned b[4];
-          lds_b_kn<LD>(b, Ks, (kt0 + u) * 16, db * 8, lane);
-          kiln_mma_bf16(dq[0][db], a, b[0], b[1]);
-          kiln_mma_bf16(dq[0][db + 1], a, b[2], b[3]);
-        }
-      }
-    }
-    // The blocks read are dead: their 128-byte lines leave L2 without being written back.
-    __syncwarp();
-    const char* lines = reinterpret_cast<const char*>(slab_ds + qt * TILES * 32);
-    for (int i = lane; i < nkt * 4; i += 32) asm volatile("discard.global.L2 [%0], 128;" ::"l"(lines + i * 128) : "memory");
-    if constexpr (ROPE) {
-      store_rows_unrope<D, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t, Cs);
-    } else {
-      store_rows<D, 1, TO>(dQ + kiln_attn_slab(ldq, bh, heads), ldq.sr, dq, scale, wrow0, n, g, t);
-    }
-  };
-
   // The first half of the slab: this warp's first tile's dot (its own rows, so no barrier before it is read by this
   // warp), and under a causal mask that tile's dQ.
   if (causal) {
@@ -1152,7 +1076,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
   tile_dot<D, LD, TI>(Ds, Ls, orows, dOs, first, lane);
   __syncwarp();
   if constexpr (ROPE) __syncthreads();  // dQ reads rows other threads turned
-  if (!DSG && causal) dq_rows(first);
+  if (causal) dq_rows(first);
   load_out_rows<D, TI>(orows, out, lo.sr, second, n, lane);
   kiln_cp_async_wait<0>();
   __syncthreads();
@@ -1161,7 +1085,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     if (causal) rope_rows<D, NMAX / 2, NT>(Qs, Ks, NMAX / 2, n, Ps, Fs, tid, Cs);
   }
   __syncthreads();  // dK/dV read every query row's dot and lse (and every turned row)
-  if (!DSG && !causal) dq_rows(first);
+  if (!causal) dq_rows(first);
 
   for (int half = 0; half < 2; ++half) {
     const int wkey0 = half == 0 ? first : second;
@@ -1175,12 +1099,12 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     auto masked = [&](int it) {
       const int m0 = it * BT;
       dkdv_tile<D, LD, 1, BT, true>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0, wkey0,
-                                    n, causal, sl2, g, t, lane, nullptr, nullptr, slab_ds, TILES);
+                                    n, causal, sl2, g, t, lane);
     };
     auto unmasked = [&](int it) {
       const int m0 = it * BT;
       dkdv_tile<D, LD, 1, BT, true, false>(dk, dv, Ks, Vs, wkey0, Qs + m0 * LD, dOs + m0 * LD, Ls + m0, Ds + m0, m0,
-                                           wkey0, n, causal, sl2, g, t, lane, nullptr, nullptr, slab_ds, TILES);
+                                           wkey0, n, causal, sl2, g, t, lane);
     };
     int it = causal ? wkey0 / BT : 0;
     if (causal) masked(it++);
@@ -1193,13 +1117,7 @@ __device__ __forceinline__ void bwd_head(const kiln_bf16* __restrict__ Q, const 
     }
     store_rows<D, 1, TO>(dV + kiln_attn_slab(ldv, bh, heads), ldv.sr, dv, 1.f, wkey0, n, g, t);
   }
-  if constexpr (DSG) {
-    __syncthreads();  // every warp's dS blocks stored (visible to the block's loads from L2 after the barrier)
-    dq_rows_dsg(first);
-    dq_rows_dsg(second);
-  } else {
-    dq_rows(second);
-  }
+  dq_rows(second);
 }
 
 // ------------------------------------------------------------------------------------------------ slab backward
@@ -1682,23 +1600,6 @@ KILN_BWD(d128_w8, 128, 8, 1, 32, (256))
     kiln_pdl_enter();                                                                                          \
     bwd_head<D, W, NMAX, BT, TO, TI, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal, lq, lk,  \
                                            lv, lo, ldo, ldq, ldk, ldv, rope);                                 \
-  }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_dsg(                                              \
-      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
-      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
-      KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv, uint4* dsg) {           \
-    kiln_pdl_enter();                                                                                          \
-    bwd_head<D, W, NMAX, BT, TO, TI, false, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal,   \
-                                                  lq, lk, lv, lo, ldo, ldq, ldk, ldv, kiln_attn_rope{}, dsg); \
-  }                                                                                                            \
-  extern "C" __global__ void __launch_bounds__ BOUNDS NAME##_rope_dsg(                                         \
-      const kiln_bf16* q, const kiln_bf16* k, const kiln_bf16* v, const TI* o, const kiln_bf16* dout,          \
-      const float* lse, TO* dq, TO* dk, TO* dv, int n, int heads, float scale, int causal, KILN_L lq,          \
-      KILN_L lk, KILN_L lv, KILN_L lo, KILN_L ldo, KILN_L ldq, KILN_L ldk, KILN_L ldv, kiln_attn_rope rope,   \
-      uint4* dsg) {                                                                                            \
-    kiln_pdl_enter();                                                                                          \
-    bwd_head<D, W, NMAX, BT, TO, TI, true, true>(q, k, v, o, dout, lse, dq, dk, dv, n, heads, scale, causal,    \
-                                                 lq, lk, lv, lo, ldo, ldq, ldk, ldv, rope, dsg);              \
   }
 #define KILN_FWD_HEAD(SUFFIX, D, W, NMAX, BOUNDS)                                         \
   KILN_FWD_HEAD_T(kiln_attn_fwd_bf16_##SUFFIX##_obf16, D, W, NMAX, BOUNDS, kiln_bf16) \
