@@ -35,6 +35,8 @@
 #                           count past the forward's launches (or a regex that matches it alone)
 #   KILN_NCU_ISSUE=1        both also measure the share of cycles each kernel issued an instruction on, shown per
 #                           family and kernel: at the card's power limit instructions cost a step time (docs/cuda.md)
+#   KILN_NCU_TRAFFIC=1      both also measure each kernel's DRAM bytes read and written, bytes through L2 and warp
+#                           instructions, shown per family and kernel (what a power-capped step spends energy on)
 #   KILN_AB="KILN_X=0;KILN_X=1"  A/B of settings: graphed Kiln runs of KILN_AB_CONFIGS (default tinystories), each
 #                           setting in turn (environment assignments, space-separated within one), KILN_AB_ROUNDS
 #                           rounds (default 2), GEMM choices pinned by one file so that the settings' common GEMMs run
@@ -232,6 +234,7 @@ fi
 ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu 2> /dev/null | head -1)
 ncu_metrics=gpu__time_duration.sum
 [[ "${KILN_NCU_ISSUE:-0}" == 1 ]] && ncu_metrics+=,smsp__issue_active.avg.pct_of_peak_sustained_active
+[[ "${KILN_NCU_TRAFFIC:-0}" == 1 ]] && ncu_metrics+=,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,smsp__inst_executed.sum
 if [[ -n "${KILN_NCU:-}" ]]; then
   echo "=== ncu: kernel times of one eager ${KILN_NCU} step"
   KILN_GEMM_CHOICES="$out/gemm-choices.txt" timeout ${KILN_NCU_TIMEOUT:-240} "$ncu" ${KILN_NCU_FLAGS:-} \

@@ -15,6 +15,9 @@ benchmark's profiled step come before and after it). Prints the families (GEMMs,
 slowest kernels. With smsp__issue_active.avg.pct_of_peak_sustained_active among the metrics (run-gpu-checks.sh's
 KILN_NCU_ISSUE=1), each line also gives the share of cycles on which an instruction issued, weighted by time: a
 step at the card's power limit pays for instructions even in a kernel its bytes bound (docs/cuda.md, "Power").
+With the traffic metrics (KILN_NCU_TRAFFIC=1: dram__bytes_read.sum, dram__bytes_write.sum, lts__t_bytes.sum,
+smsp__inst_executed.sum), each family and kernel also gets the MB it read from and wrote to DRAM, the MB through L2
+and its millions of warp instructions: what a step at the power limit spends energy on besides its GEMMs' products.
 
   python3 ncu_kernels.py ncu.csv [--top 25]
 """
@@ -45,6 +48,11 @@ FAMILIES = [
 GENERATED = re.compile(r"^([A-Z][A-Za-z0-9]*)_(apply|loss|forward)\w*?_(fwd|bwd)_\d+")
 ISSUE = "smsp__issue_active.avg.pct_of_peak_sustained_active"
 UNITS = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0, "second": 1e3, "s": 1e3}
+# The traffic metrics (KILN_NCU_TRAFFIC=1), each with its column label and its units scaled to MB or millions.
+TRAFFIC = [("dram__bytes_read.sum", "DRAM rd"), ("dram__bytes_write.sum", "DRAM wr"), ("lts__t_bytes.sum", "L2 MB"),
+           ("smsp__inst_executed.sum", "M inst")]
+TRAFFIC_UNITS = {"byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "Tbyte": 1e6, "inst": 1e-6, "Kinst": 1e-3,
+                 "Minst": 1.0, "Ginst": 1e3}
 
 
 def family(name):
@@ -58,7 +66,8 @@ def family(name):
 
 
 def read(path):
-    """(kernel name, milliseconds, grid, block, issue % or None) per launch, in launch order."""
+    """(kernel name, milliseconds, grid, block, issue % or None, {traffic label: MB or millions}) per launch, in
+    launch order; the traffic dict holds the TRAFFIC metrics the CSV has."""
     with open(path, newline="") as f:
         lines = [line for line in f if not line.startswith("==")]
     rows = list(csv.reader(lines))
@@ -72,6 +81,8 @@ def read(path):
     grid_at = header.index("Grid Size") if "Grid Size" in header else None
     block_at = header.index("Block Size") if "Block Size" in header else None
     issue_at = header.index(ISSUE) if ISSUE in header else None
+    traffic_at = [(label, header.index(metric)) for metric, label in TRAFFIC if metric in header]
+    traffic_scale = {label: 1.0 for label, _ in traffic_at}
     body = rows[1:]
     scale = UNITS["nsecond"]
     if body and body[0] and body[0][0] == "":  # the units row
@@ -79,6 +90,11 @@ def read(path):
         if unit not in UNITS:
             sys.exit("ncu_kernels.py: unknown time unit %r" % unit)
         scale = UNITS[unit]
+        for label, at in traffic_at:
+            u = body[0][at].strip()
+            if u not in TRAFFIC_UNITS:
+                sys.exit("ncu_kernels.py: unknown unit %r of %s" % (u, header[at]))
+            traffic_scale[label] = TRAFFIC_UNITS[u]
         body = body[1:]
     launches = []
     for r in body:
@@ -86,9 +102,11 @@ def read(path):
             issue = None
             if issue_at is not None and len(r) > issue_at and r[issue_at].strip():
                 issue = float(r[issue_at].replace(",", ""))
+            traffic = {label: float(r[at].replace(",", "")) * traffic_scale[label]
+                       for label, at in traffic_at if len(r) > at and r[at].strip()}
             launches.append((re.sub(r"\(.*", "", r[name_at]).strip(), float(r[time_at].replace(",", "")) * scale,
                              r[grid_at] if grid_at is not None else "", r[block_at] if block_at is not None else "",
-                             issue))
+                             issue, traffic))
     return launches
 
 
@@ -112,32 +130,42 @@ def main():
     step, what = (launches, "every launch (one step)") if args.all else one_step(launches)
     total = sum(launch[1] for launch in step)
     print("%s: %d launches, %.3f ms of kernel time" % (what, len(step), total))
-    # [ms, calls, ms of the launches with an issue share, their issue-weighted ms]
-    fams = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0])
-    kernels = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0])
-    for name, t, _, _, issue in step:
+    # [ms, calls, ms of the launches with an issue share, their issue-weighted ms, {traffic label: sum}]
+    fams = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0, collections.Counter()])
+    kernels = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0, collections.Counter()])
+    for name, t, _, _, issue, traffic in step:
         for table, key in ((fams, family(name)), (kernels, name)):
             table[key][0] += t
             table[key][1] += 1
             if issue is not None:
                 table[key][2] += t
                 table[key][3] += t * issue
+            table[key][4].update(traffic)
     issued = any(launch[4] is not None for launch in step)
+    labels = [label for _, label in TRAFFIC if any(label in launch[5] for launch in step)]
     issue_cell = lambda e: (" %6.1f%%" % (e[3] / e[2]) if e[2] > 0 else " %7s" % "-") if issued else ""
-    issue_head = " %7s" % "issue" if issued else ""
+    traffic_cells = lambda e: "".join(" %9.1f" % e[4][label] for label in labels)
+    issue_head = (" %7s" % "issue" if issued else "") + "".join(" %9s" % label for label in labels)
+    if labels:
+        print("traffic of the whole: " + ", ".join("%s %.0f" % (label, sum(launch[5].get(label, 0) for launch in step))
+                                                  for label in labels))
     print("%-34s %9s %6s %7s%s" % ("family", "ms", "share", "calls", issue_head))
     for key, e in sorted(fams.items(), key=lambda kv: -kv[1][0]):
-        print("%-34s %9.3f %5.1f%% %7d%s" % (key, e[0], 100 * e[0] / total if total else 0, e[1], issue_cell(e)))
+        print("%-34s %9.3f %5.1f%% %7d%s%s" % (key, e[0], 100 * e[0] / total if total else 0, e[1], issue_cell(e),
+                                              traffic_cells(e)))
     print()
     print("%-72s %9s %7s%s" % ("kernel", "ms", "calls", issue_head))
     for key, e in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        print("%-72s %9.3f %7d%s" % (key[:72], e[0], e[1], issue_cell(e)))
+        print("%-72s %9.3f %7d%s%s" % (key[:72], e[0], e[1], issue_cell(e), traffic_cells(e)))
     if issued:
         print("(issue: the share of cycles on which an instruction issued, weighted by each launch's time)")
+    if labels:
+        print("(DRAM rd, DRAM wr, L2 MB: megabytes read from and written to memory, and through L2; M inst: millions of"
+              " warp instructions)")
     if args.gemms:
         print()
         print("GEMM launches in order: ms, grid, block, kernel")
-        for name, t, grid, block, _ in step:
+        for name, t, grid, block, _, _ in step:
             if family(name) == "GEMMs (cuBLAS)":
                 print("%8.4f %-16s %-12s %s" % (t, grid, block, name[:110]))
 
