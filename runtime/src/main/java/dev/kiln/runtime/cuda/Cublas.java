@@ -126,16 +126,6 @@ public final class Cublas implements AutoCloseable {
     this.gemmApi = choice;
   }
 
-  /**
-   * Turns the wide search ({@code KILN_GEMM_SEARCH}, {@link CublasLt}) on or off for this handle's problems not yet
-   * timed, switching to cuBLASLt; returns the Lt handle, whose {@link CublasLt#lastSearch()} tests read.
-   */
-  synchronized CublasLt searchWidely(boolean on) {
-    setGemmApi(GemmApi.LT);
-    lt.searchWidely(on);
-    return lt;
-  }
-
   public synchronized GemmApi gemmApi() {
     return gemmApi;
   }

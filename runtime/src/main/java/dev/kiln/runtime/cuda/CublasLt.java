@@ -1,11 +1,9 @@
 package dev.kiln.runtime.cuda;
 
 import static java.lang.foreign.ValueLayout.ADDRESS;
-import static java.lang.foreign.ValueLayout.JAVA_BYTE;
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_LONG;
-import static java.lang.foreign.ValueLayout.JAVA_SHORT;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.FunctionDescriptor;
@@ -59,18 +57,9 @@ final class CublasLt implements AutoCloseable {
   private static final int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6;
   private static final int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7;
   private static final int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8;
-  private static final int CUBLASLT_ALGO_CAP_TILE_IDS = 6;
-  private static final int CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX = 7;
-  private static final int CUBLASLT_ALGO_CONFIG_ID = 0;
-  private static final int CUBLASLT_ALGO_CONFIG_TILE_ID = 1;
-  private static final int CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION = 5;
-  private static final int CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID = 8;
-  /** {@code cublasLtClusterShape_t}: 1x1x1, 2x1x1, 1x2x1, 2x2x1, 4x1x1, 1x4x1, 4x2x1, 2x4x1. */
-  private static final short[] CLUSTER_SHAPES = {2, 3, 5, 6, 4, 8, 7, 9};
   /** {@code sizeof(cublasLtMatmulHeuristicResult_t)}: algo (8 × uint64), workspaceSize, state, wavesCount, 4 ints. */
   private static final long HEURISTIC_RESULT_BYTES = 96;
-  static final long ALGO_BYTES = 64;
-  private static final long WORKSPACE_OFFSET = 64;
+  private static final long ALGO_BYTES = 64;
   private static final long STATE_OFFSET = 72;
   /** The largest alignment the heuristic is told about; the allocator's blocks are 256-byte aligned. */
   private static final int MAX_ALIGNMENT = 256;
@@ -87,7 +76,7 @@ final class CublasLt implements AutoCloseable {
    * The timed choice per device and problem, shared by every handle of the process: two engines (eager and graphed,
    * say) run the same kernel on the same problem and so round alike.
    */
-  private static final Map<List<Object>, GemmChoices.Choice> CHOSEN = new ConcurrentHashMap<>();
+  private static final Map<List<Object>, Integer> CHOSEN = new ConcurrentHashMap<>();
   /** Runs of one candidate timed together, in each of {@link #TIMING_ROUNDS} rounds. */
   private static final int TIMED_RUNS = 2;
   /**
@@ -110,15 +99,6 @@ final class CublasLt implements AutoCloseable {
    * process with its own {@code KILN_GEMM_CHOICES} file).
    */
   private static final boolean SUSTAINED = "sustained".equals(System.getenv("KILN_GEMM_TUNE"));
-  /**
-   * {@code KILN_GEMM_SEARCH=1}: timing also takes the quickest of a wide search over the heuristic's kernel family
-   * ({@link #search}); with {@code KILN_GEMM_TUNE=sustained} they are ranked at the power limit. Opt-in: it costs each
-   * timed problem up to {@link #SEARCH_SCREEN_MS} ms of screening on its first call (keep the choices in a
-   * {@code KILN_GEMM_CHOICES} file to pay it once).
-   */
-  private static final boolean SEARCH = TUNE && "1".equals(System.getenv("KILN_GEMM_SEARCH"));
-  static final double SEARCH_SCREEN_MS = 3000;
-  static final int SEARCH_KEEP = 8;
   static final double HEAT_MS = 200;
   static final double SUSTAINED_MS = 20;
   /** At most this many runs a candidate a round in sustained timing: past it a problem's runs are launch-bound anyway. */
@@ -181,10 +161,6 @@ final class CublasLt implements AutoCloseable {
   private final Arena arena = Arena.ofShared();
   private final Map<Problem, Plan> plans = new HashMap<>();
   private boolean closed;
-  /** Whether timing takes the wide search's candidates too ({@link #SEARCH} unless a test says otherwise). */
-  private boolean wideSearch = SEARCH;
-  /** What the last wide search on this handle found, or null before one. */
-  private Search lastSearch;
 
   CublasLt() {
     Api a = api();
@@ -197,15 +173,6 @@ final class CublasLt implements AutoCloseable {
     } catch (Throwable t) {
       throw new IllegalStateException("cuBLASLt call failed", t);
     }
-  }
-
-  synchronized void searchWidely(boolean on) {
-    wideSearch = on && TUNE;
-  }
-
-  /** What the last wide search on this handle found (null before one): the configurations Lt accepted, those timed. */
-  synchronized Search lastSearch() {
-    return lastSearch;
   }
 
   /** Where the cuBLASLt library was found, loading it if needed. */
@@ -240,28 +207,22 @@ final class CublasLt implements AutoCloseable {
       // The process's first call of a problem decides its algorithm for good: timed where that call allows it, the
       // heuristic's first answer where not. Eager steps and graph replays of one problem then run the same kernel.
       List<Object> key = List.of(workspace.device(), p);
-      GemmChoices.Choice chosen = CHOSEN.get(key);
+      Integer chosen = CHOSEN.get(key);
       if (chosen == null) {
         String savedKey = GemmChoices.key(workspace.device().name(), librarySource(), p.toString());
-        GemmChoices.Choice saved = SAVED == null ? null : SAVED.get(savedKey);
-        if (saved != null && saved.algo() != null && !runnable(plan, saved.algo(), workspace.byteSize())) {
-          System.err.println("kiln gemm: the algorithm KILN_GEMM_CHOICES (" + SAVED.file() + ") holds for " + p
-              + " does not suit this cuBLASLt; timing the problem again (delete the file's line to drop it)");
-          saved = null;
-        }
+        Integer saved = SAVED == null ? null : SAVED.get(savedKey);
         // Rerunning must leave the result as one run would: so the output may not be its own addend.
         boolean timeable = saved == null && (beta.get(JAVA_FLOAT, 0) == 0f || addend != out)
             && !stream.isCapturing();
-        GemmChoices.Choice mine = saved != null ? saved
-            : timeable ? tune(p, plan, alpha, beta, first, second, addend, out, workspace, stream)
-            : GemmChoices.Choice.of(0);
-        GemmChoices.Choice earlier = CHOSEN.putIfAbsent(key, mine);
+        int mine = saved != null ? saved
+            : timeable ? tune(p, plan, alpha, beta, first, second, addend, out, workspace, stream) : 0;
+        Integer earlier = CHOSEN.putIfAbsent(key, mine);
         chosen = earlier != null ? earlier : mine;
         if (SAVED != null && saved == null && timeable && earlier == null) {
           SAVED.put(savedKey, mine);
         }
       }
-      plan.algo = algorithm(plan, chosen);
+      plan.algo = plan.candidates.get(chosen < plan.candidates.size() ? chosen : 0);
       plan.tuned = true;
     }
     run(p, plan, plan.algo, alpha, beta, first, second, addend, out, workspace, stream);
@@ -285,24 +246,15 @@ final class CublasLt implements AutoCloseable {
 
   /**
    * Times each candidate on the call's operands ({@code beta = 0}, or an addend apart from the output, so rerunning
-   * into the output is harmless; the caller's run that follows writes the result) and returns the fastest, if it beats
-   * the heuristic's first answer by {@value #MIN_GAIN_PERCENT}%, else the first answer. The candidates are the
-   * heuristic's, and with {@code KILN_GEMM_SEARCH=1} the quickest of the wide search's ({@link #search}). A candidate
-   * that fails to run (a rare heuristic answer that the operands do not suit) is dropped.
+   * into the output is harmless; the
+   * caller's run that follows writes the result) and returns the index of the fastest, if it beats the heuristic's
+   * first answer by {@value #MIN_GAIN_PERCENT}%, else 0. A candidate that fails to run (a rare heuristic answer that
+   * the operands do not suit) is dropped.
    */
-  private GemmChoices.Choice tune(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first,
-      long second, long addend, long out, CudaArray workspace, CudaStream stream) {
+  private int tune(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first, long second,
+      long addend, long out, CudaArray workspace, CudaStream stream) {
     CudaDevice device = workspace.device();
-    List<MemorySegment> candidates = new ArrayList<>(plan.candidates);
-    String searched = "";
-    if (wideSearch) {
-      Search found = search(p, plan, alpha, beta, first, second, addend, out, workspace, stream);
-      lastSearch = found;
-      candidates.addAll(found.kept());
-      searched = String.format("; searched %d configurations, screened %d, kept %d", found.valid(), found.screened(),
-          found.kept().size());
-    }
-    int n = candidates.size();
+    int n = plan.candidates.size();
     double[][] rounds = new double[n][TIMING_ROUNDS]; // ms a run
     double[] warm = new double[n]; // the warm-up's single run, ms: sustained timing's estimate of a run
     int[] runs = new int[n];
@@ -313,14 +265,14 @@ final class CublasLt implements AutoCloseable {
           // Bring the card to its power limit before the first timed round.
           int heat = (int) Math.min(64 * MAX_SUSTAINED_RUNS, Math.ceil(HEAT_MS / Math.max(warm[0], 1e-3)));
           for (int r = 0; r < heat; r++) {
-            run(p, plan, candidates.getFirst(), alpha, beta, first, second, addend, out, workspace, stream);
+            run(p, plan, plan.candidates.get(0), alpha, beta, first, second, addend, out, workspace, stream);
           }
         }
         for (int i = 0; i < n; i++) {
           if (round >= 0 && rounds[i][0] == Double.POSITIVE_INFINITY) {
             continue;
           }
-          MemorySegment algo = candidates.get(i);
+          MemorySegment algo = plan.candidates.get(i);
           int count = round < 0 ? 1 : runs[i];
           try {
             start.record(stream);
@@ -366,153 +318,9 @@ final class CublasLt implements AutoCloseable {
       for (double t : ms) {
         line.append(String.format(" %.1f", t * 1000));
       }
-      System.err.println(line.append(searched).append("; chose ").append(chosen).append(" (")
-          .append(describe(candidates.get(chosen))).append(")"));
+      System.err.println(line.append("; chose ").append(chosen));
     }
-    return chosen < plan.candidates.size() ? GemmChoices.Choice.of(chosen)
-        : GemmChoices.Choice.of(candidates.get(chosen).toArray(JAVA_BYTE));
-  }
-
-  /** What {@link #search} found: how many configurations passed Lt's check, how many were timed, the quickest. */
-  record Search(int valid, int screened, List<MemorySegment> kept) {}
-
-  /**
-   * The wide search ({@code KILN_GEMM_SEARCH=1}): the heuristic offers {@value #CANDIDATES} configurations, but its
-   * first answer's kernel family takes many more: every tile its capabilities list, every custom option (Lt's kernel
-   * variants) and the cluster shapes of {@link #CLUSTER_SHAPES}, each kept where {@code cublasLtMatmulAlgoCheck} accepts
-   * it for this problem within the workspace. The tiles the heuristic's answers use come first, then the rest. Each is
-   * run once to warm up and {@value #TIMED_RUNS} times timed, until {@link #SEARCH_SCREEN_MS} ms of the card's time
-   * are spent, and the {@value #SEARCH_KEEP} quickest join the heuristic's answers in {@link #tune}'s rounds. The
-   * other fields (stages, split-K, reduction, swizzle) stay as the heuristic set them: an algorithm made from scratch
-   * by {@code cublasLtMatmulAlgoInit} was refused at run time (thirty-first session's probe). Why: at the H200's
-   * power limit the LM head's forward GEMM of TinyStories (10000 × 32768 × 512) ran 10% faster sustained with a
-   * 160×128 tile and no custom option than with the heuristic's answer (docs/cuda.md, "GEMMs").
-   */
-  private Search search(Problem p, Plan plan, MemorySegment alpha, MemorySegment beta, long first, long second,
-      long addend, long out, CudaArray workspace, CudaStream stream) {
-    Api a = api();
-    MemorySegment base = plan.candidates.getFirst();
-    List<MemorySegment> valid = new ArrayList<>();
-    try (Arena local = Arena.ofConfined()) {
-      MemorySegment written = local.allocate(JAVA_LONG);
-      check((int) a.capGet.invokeExact(base, CUBLASLT_ALGO_CAP_TILE_IDS, MemorySegment.NULL, 0L, written),
-          "cublasLtMatmulAlgoCapGetAttribute(TILE_IDS)");
-      int count = (int) (written.get(JAVA_LONG, 0) / 4);
-      MemorySegment ids = local.allocate(JAVA_INT, Math.max(1, count));
-      if (count > 0) {
-        check((int) a.capGet.invokeExact(base, CUBLASLT_ALGO_CAP_TILE_IDS, ids, 4L * count, written),
-            "cublasLtMatmulAlgoCapGetAttribute(TILE_IDS)");
-      }
-      MemorySegment customMax = local.allocate(JAVA_INT);
-      check((int) a.capGet.invokeExact(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX, customMax, 4L, written),
-          "cublasLtMatmulAlgoCapGetAttribute(CUSTOM_OPTION_MAX)");
-      // The heuristic's own tiles first: the screen's time may run out before the rest.
-      java.util.LinkedHashSet<Integer> tiles = new java.util.LinkedHashSet<>();
-      for (MemorySegment c : plan.candidates) {
-        tiles.add(config(c, CUBLASLT_ALGO_CONFIG_TILE_ID));
-      }
-      for (int i = 0; i < count; i++) {
-        tiles.add(ids.getAtIndex(JAVA_INT, i));
-      }
-      MemorySegment result = local.allocate(HEURISTIC_RESULT_BYTES, 8);
-      MemorySegment value = local.allocate(JAVA_INT);
-      for (int tile : tiles) {
-        for (int custom = 0; custom <= customMax.get(JAVA_INT, 0); custom++) {
-          for (short cluster : CLUSTER_SHAPES) {
-            MemorySegment algo = local.allocate(ALGO_BYTES, 8).copyFrom(base);
-            value.set(JAVA_INT, 0, tile);
-            int rc = (int) a.configSet.invokeExact(algo, CUBLASLT_ALGO_CONFIG_TILE_ID, value, 4L);
-            value.set(JAVA_INT, 0, custom);
-            rc |= (int) a.configSet.invokeExact(algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, value, 4L);
-            value.set(JAVA_SHORT, 0, cluster); // a uint16_t attribute
-            rc |= (int) a.configSet.invokeExact(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, value, 2L);
-            if (rc != 0 || (int) a.algoCheck.invokeExact(handle, plan.desc, plan.first, plan.second, plan.c, plan.c,
-                algo, result) != 0 || result.get(JAVA_LONG, WORKSPACE_OFFSET) > workspace.byteSize()
-                || plan.candidates.stream().anyMatch(c -> c.mismatch(algo) < 0)) {
-              continue;
-            }
-            valid.add(algo);
-          }
-        }
-      }
-      // Screen them on the card, within the time allowed.
-      double[] ms = new double[valid.size()];
-      Arrays.fill(ms, Double.POSITIVE_INFINITY);
-      double spent = 0;
-      int screened = 0;
-      try (CudaEvent start = new CudaEvent(workspace.device()); CudaEvent end = new CudaEvent(workspace.device())) {
-        for (int i = 0; i < valid.size() && spent < SEARCH_SCREEN_MS; i++, screened++) {
-          try {
-            start.record(stream);
-            run(p, plan, valid.get(i), alpha, beta, first, second, addend, out, workspace, stream);
-            end.record(stream);
-            double warmUp = end.elapsedMillisSince(start);
-            start.record(stream);
-            for (int r = 0; r < TIMED_RUNS; r++) {
-              run(p, plan, valid.get(i), alpha, beta, first, second, addend, out, workspace, stream);
-            }
-            end.record(stream);
-            double timed = end.elapsedMillisSince(start);
-            ms[i] = timed / TIMED_RUNS;
-            spent += warmUp + timed;
-          } catch (CudaException e) {
-            ms[i] = Double.POSITIVE_INFINITY; // Lt accepted it, the run refused it: not a candidate
-          }
-        }
-      }
-      Integer[] order = new Integer[valid.size()];
-      Arrays.setAll(order, i -> i);
-      Arrays.sort(order, (x, y) -> Double.compare(ms[x], ms[y]));
-      List<MemorySegment> kept = new ArrayList<>();
-      for (int i = 0; i < order.length && kept.size() < SEARCH_KEEP && ms[order[i]] < Double.POSITIVE_INFINITY; i++) {
-        kept.add(arena.allocate(ALGO_BYTES, 8).copyFrom(valid.get(order[i])));
-      }
-      return new Search(valid.size(), screened, List.copyOf(kept));
-    } catch (CudaException e) {
-      throw e;
-    } catch (Throwable t) {
-      throw new IllegalStateException("cuBLASLt call failed (" + describe(p) + ")", t);
-    }
-  }
-
-  /** The algorithm a choice names for {@code plan}: a heuristic answer by index (the first past the end), or bytes. */
-  private MemorySegment algorithm(Plan plan, GemmChoices.Choice choice) {
-    if (choice.algo() == null) {
-      return plan.candidates.get(choice.index() < plan.candidates.size() ? choice.index() : 0);
-    }
-    return arena.allocate(ALGO_BYTES, 8).copyFrom(MemorySegment.ofArray(choice.algo()));
-  }
-
-  /** Whether Lt accepts {@code algo} for {@code plan}'s problem within the workspace. */
-  private boolean runnable(Plan plan, byte[] algo, long workspaceBytes) {
-    try (Arena local = Arena.ofConfined()) {
-      MemorySegment a = local.allocate(ALGO_BYTES, 8).copyFrom(MemorySegment.ofArray(algo));
-      MemorySegment result = local.allocate(HEURISTIC_RESULT_BYTES, 8);
-      return (int) api().algoCheck.invokeExact(handle, plan.desc, plan.first, plan.second, plan.c, plan.c, a, result)
-          == 0 && result.get(JAVA_LONG, WORKSPACE_OFFSET) <= workspaceBytes;
-    } catch (Throwable t) {
-      throw new IllegalStateException("cuBLASLt call failed (cublasLtMatmulAlgoCheck)", t);
-    }
-  }
-
-  /** One 32-bit field of an algorithm's configuration (0 where Lt does not say). */
-  private static int config(MemorySegment algo, int attribute) {
-    try (Arena local = Arena.ofConfined()) {
-      MemorySegment v = local.allocate(JAVA_INT);
-      MemorySegment written = local.allocate(JAVA_LONG);
-      int rc = (int) api().configGet.invokeExact(algo, attribute, v, attribute == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID
-          ? 2L : 4L, written);
-      return rc != 0 ? 0 : attribute == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID ? v.get(JAVA_SHORT, 0) : v.get(JAVA_INT, 0);
-    } catch (Throwable t) {
-      throw new IllegalStateException("cuBLASLt call failed (cublasLtMatmulAlgoConfigGetAttribute)", t);
-    }
-  }
-
-  /** An algorithm's kernel family, tile, custom option and cluster shape, as Lt's enums number them (for the log). */
-  private static String describe(MemorySegment algo) {
-    return "id " + config(algo, CUBLASLT_ALGO_CONFIG_ID) + ", tile " + config(algo, CUBLASLT_ALGO_CONFIG_TILE_ID)
-        + ", custom " + config(algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION) + ", cluster "
-        + config(algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID);
+    return chosen;
   }
 
   /**
@@ -708,10 +516,6 @@ final class CublasLt implements AutoCloseable {
     final MethodHandle prefDestroy;
     final MethodHandle heuristic;
     final MethodHandle matmul;
-    final MethodHandle capGet;
-    final MethodHandle configSet;
-    final MethodHandle configGet;
-    final MethodHandle algoCheck;
 
     Api(NativeLibrary.Loaded lib) {
       this.source = lib.source();
@@ -737,13 +541,6 @@ final class CublasLt implements AutoCloseable {
       matmul = find(linker, l, "cublasLtMatmul", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS,
           ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, JAVA_LONG,
           ADDRESS));
-      capGet = find(linker, l, "cublasLtMatmulAlgoCapGetAttribute",
-          FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS));
-      configSet = find(linker, l, "cublasLtMatmulAlgoConfigSetAttribute", setAttribute);
-      configGet = find(linker, l, "cublasLtMatmulAlgoConfigGetAttribute",
-          FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS));
-      algoCheck = find(linker, l, "cublasLtMatmulAlgoCheck",
-          FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS, ADDRESS));
     }
 
     private static MethodHandle find(Linker linker, SymbolLookup l, String name, FunctionDescriptor fd) {
